@@ -1,0 +1,60 @@
+//! Newtype identifiers.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A client's identity: SHA-256 of its certificate's public key (DER `SubjectPublicKeyInfo`).
+///
+/// The canonical order of clients is the byte order of their ids; a client's Shamir
+/// x-coordinate is 1 + its index in that order within the selected set.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClientId(pub [u8; 32]);
+
+impl ClientId {
+    /// The id of the holder of this DER-encoded `SubjectPublicKeyInfo`.
+    pub fn from_spki_der(spki: &[u8]) -> Self {
+        ClientId(Sha256::digest(spki).into())
+    }
+
+    /// The raw 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lower-case hex of all 32 bytes.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl core::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Eight bytes are plenty to tell clients apart in logs.
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl core::fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "ClientId({self})")
+    }
+}
+
+/// A training task.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct TaskId(pub [u8; 16]);
+
+/// A round of a task; never reused within a task.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct RoundId(pub u64);
+
+/// A fresh random nonce per attempt of a round: a retried round is a new attempt.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct AttemptNonce(pub [u8; 16]);
+
+/// SHA-256 of a checkpoint's bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct CheckpointHash(pub [u8; 32]);

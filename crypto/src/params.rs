@@ -1,0 +1,1 @@
+//! SecAgg+ parameter choice: degree k and threshold t from (n, δ, γ, adversary class).
