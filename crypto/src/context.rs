@@ -184,7 +184,10 @@ impl RoundPlan {
                         "a fully malicious server requires the complete graph".into(),
                     ));
                 }
-                if self.degree == 0 || self.degree % 2 != 0 || self.degree as usize > n - 1 {
+                if self.degree == 0
+                    || !self.degree.is_multiple_of(2)
+                    || self.degree as usize > n - 1
+                {
                     return Err(Error::InvalidPlan(format!(
                         "Harary degree {} must be even and in 2..={}",
                         self.degree,

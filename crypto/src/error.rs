@@ -52,6 +52,15 @@ pub enum Error {
     /// The same client sent twice in one phase with different content.
     #[error("duplicate message from client {0}")]
     DuplicateClient(ClientId),
+    /// The client may not send in this phase (not in the set the phase runs over).
+    #[error("client {client} may not send in {phase}: it is not in the set this phase runs over")]
+    NotEligible { client: ClientId, phase: &'static str },
+    /// A ShareKeys message does not carry exactly one ciphertext per neighbour in U1.
+    #[error("ShareKeys from {client} does not cover its neighbours: {detail}")]
+    IncompleteShares { client: ClientId, detail: String },
+    /// The client's masked input was already complete and added to the sum.
+    #[error("masked input of client {0} is already complete")]
+    UploadComplete(ClientId),
     /// The round was aborted before; nothing more is accepted.
     #[error("the round was aborted: {0}")]
     Aborted(String),

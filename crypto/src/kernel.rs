@@ -138,6 +138,66 @@ fn apply_range(acc: &mut [u32], offset: usize, masks: &[(&MaskSeed, Sign)], chun
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn seeds(n: usize, tag: u8) -> Vec<MaskSeed> {
+        (0..n).map(|i| MaskSeed::from_bytes([tag ^ i as u8; 16])).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Expand-and-add then expand-and-subtract is the identity, for any offset and length.
+        #[test]
+        fn add_then_subtract_is_identity(
+            start in proptest::collection::vec(any::<u32>(), 1..3000),
+            offset in 0usize..100_000,
+            n_masks in 1usize..6,
+            chunk in 1usize..700,
+        ) {
+            let s = seeds(n_masks, 0x5a);
+            let add: Vec<_> = s.iter().map(|m| (m, Sign::Add)).collect();
+            let sub: Vec<_> = s.iter().map(|m| (m, Sign::Sub)).collect();
+            let mut acc = start.clone();
+            let k = Kernel { chunk_words: chunk, pool: None };
+            k.apply(&mut acc, offset, &add);
+            prop_assert_ne!(&acc, &start);
+            k.apply(&mut acc, offset, &sub);
+            prop_assert_eq!(acc, start);
+        }
+
+        /// Threaded (4 threads, tiny chunks) equals single-threaded.
+        #[test]
+        fn threaded_equals_single_threaded(
+            len in 1usize..5000,
+            offset in 0usize..10_000,
+            signs in proptest::collection::vec(any::<bool>(), 1..6),
+            chunk in 1usize..64,
+        ) {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+            let s = seeds(signs.len(), 0x33);
+            let masks: Vec<_> = s
+                .iter()
+                .zip(&signs)
+                .map(|(m, &add)| (m, if add { Sign::Add } else { Sign::Sub }))
+                .collect();
+            let mut single = vec![7u32; len];
+            let mut threaded = single.clone();
+            Kernel::single().apply(&mut single, offset, &masks);
+            Kernel { chunk_words: chunk, pool: Some(&pool) }.apply(&mut threaded, offset, &masks);
+            prop_assert_eq!(single, threaded);
+        }
+    }
+
+    #[test]
+    fn add_vector_threaded() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let mut a: Vec<u32> = (0..10_000).collect();
+        let b: Vec<u32> = (0..10_000).map(|i| u32::MAX - i).collect();
+        Kernel { chunk_words: 16, pool: Some(&pool) }.add_vector(&mut a, &b).unwrap();
+        assert!(a.iter().all(|&x| x == u32::MAX));
+        assert!(Kernel::single().add_vector(&mut a, &b[..5]).is_err());
+    }
 
     #[test]
     fn add_matches_expand() {

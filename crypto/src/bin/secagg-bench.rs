@@ -1,0 +1,417 @@
+//! `secagg-bench`: one full secure-aggregation round in memory, timed, against the limit the
+//! same machine's measured primitives imply.
+//!
+//! The dropouts happen after ShareKeys, so they cost the server reconstruction of their mask
+//! keys and regeneration of their pairwise masks. The bench asserts that the server did the
+//! minimum work: mask words = d·(|U3| + Σ_{v∈U2∖U3} |N(v)∩U3|) and key agreements =
+//! Σ_{v∈U2∖U3} |N(v)∩U3|, and that the unmasked sum equals the clear sum bit for bit.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use rand::SeedableRng;
+use rand::rngs::{StdRng, SysRng};
+use rand_core::{Rng, UnwrapErr};
+use rayon::prelude::*;
+
+use fedsec_crypto::context::{AdversaryClass, GraphKind, PPM};
+use fedsec_crypto::ids::{CheckpointHash, ClientId};
+use fedsec_crypto::kernel::{Kernel, Sign};
+use fedsec_crypto::keys::SecretScalar;
+use fedsec_crypto::params;
+use fedsec_crypto::prg::MaskSeed;
+use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
+use fedsec_crypto::secagg::driver::make_plan;
+use fedsec_crypto::secagg::messages::encode;
+use fedsec_crypto::secagg::server::SecAggServer;
+use fedsec_crypto::shamir::{self, LagrangeCache};
+use fedsec_crypto::sign::{IdentityKey, RawKeyCredentials};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum GraphArg {
+    Complete,
+    Harary,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AdversaryArg {
+    Curious,
+    SemiMalicious,
+}
+
+/// Runs one SecAgg / SecAgg+ round in memory and reports timings against the measured limit.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Number of selected clients n.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Vector length d (u32 words).
+    #[arg(long, default_value_t = 100_000)]
+    dim: u32,
+    /// Fraction of clients that drop out after ShareKeys (also the plan's assumed dropout δ).
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f64,
+    /// Neighbour graph: complete (SecAgg) or harary (SecAgg+).
+    #[arg(long, value_enum, default_value_t = GraphArg::Harary)]
+    graph: GraphArg,
+    /// Assumed corrupt fraction γ.
+    #[arg(long, default_value_t = 0.05)]
+    corrupt: f64,
+    /// Adversary class the parameters are chosen against.
+    #[arg(long, value_enum, default_value_t = AdversaryArg::SemiMalicious)]
+    adversary: AdversaryArg,
+    /// Threads for the server's vector kernel.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print only the chosen (k, t) and exit.
+    #[arg(long)]
+    params_only: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seed for the inputs and the dropout choice (keys always come from the OS RNG).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn ppm(x: f64) -> Result<u32, String> {
+    if !(0.0..1.0).contains(&x) {
+        return Err(format!("{x} is not a fraction in [0, 1)"));
+    }
+    Ok((x * f64::from(PPM)).round() as u32)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("secagg-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The input of client i: deterministic from the seed, so it need not be kept in memory.
+fn input_of(seed: u64, i: usize, dim: usize) -> Vec<u32> {
+    let mut rng = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    (0..dim).map(|_| rng.next_u32()).collect()
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let graph = match args.graph {
+        GraphArg::Complete => GraphKind::Complete,
+        GraphArg::Harary => GraphKind::Harary,
+    };
+    let adversary = match args.adversary {
+        AdversaryArg::Curious => AdversaryClass::Curious,
+        AdversaryArg::SemiMalicious => AdversaryClass::SemiMalicious,
+    };
+    let (dropout_ppm, corrupt_ppm) = (ppm(args.dropout)?, ppm(args.corrupt)?);
+    if args.params_only {
+        let p = params::choose(graph, args.clients, dropout_ppm, corrupt_ppm, adversary)
+            .map_err(|e| e.to_string())?;
+        if args.json {
+            println!("{}", serde_json::json!({"degree": p.degree, "threshold": p.threshold}));
+        } else {
+            println!("degree k = {}, threshold t = {}", p.degree, p.threshold);
+        }
+        return Ok(());
+    }
+
+    let n = args.clients;
+    let d = args.dim as usize;
+    let mut os = UnwrapErr(SysRng);
+    let mut seeded = StdRng::seed_from_u64(args.seed);
+    let identities: Vec<Arc<IdentityKey>> =
+        (0..n).map(|_| Arc::new(IdentityKey::generate(&mut os))).collect();
+    let mut ids: Vec<ClientId> = identities.iter().map(|k| k.id()).collect();
+    let checkpoint = CheckpointHash([7; 32]);
+    let plan = make_plan(
+        &mut ids,
+        graph,
+        dropout_ppm,
+        corrupt_ppm,
+        adversary,
+        args.dim,
+        checkpoint,
+        &mut os,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut by_index: Vec<Arc<IdentityKey>> = Vec::with_capacity(n);
+    for id in &plan.selected {
+        by_index.push(identities.iter().find(|k| k.id() == *id).expect("same ids").clone());
+    }
+    let policy = ClientPolicy { min_adversary: AdversaryClass::Curious, ..ClientPolicy::default() };
+    let verifier = Arc::new(RawKeyCredentials);
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(args.threads.max(1))
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
+    let mut server = SecAggServer::new(plan.clone(), verifier.clone())
+        .map_err(|e| e.to_string())?
+        .with_thread_pool(pool.clone());
+
+    // Dropouts: a seeded choice of ⌊δn⌋ clients, gone after ShareKeys.
+    let drop_count = (n as u64 * u64::from(dropout_ppm) / u64::from(PPM)) as usize;
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (seeded.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    let dropped: BTreeSet<usize> = order[..drop_count].iter().copied().collect();
+
+    let e = |e: fedsec_crypto::Error| e.to_string();
+    let mut clients: Vec<SecAggClient> = by_index
+        .iter()
+        .map(|k| {
+            SecAggClient::new(
+                k.clone(),
+                verifier.clone(),
+                &policy,
+                plan.clone(),
+                &checkpoint,
+                &ContributionLedger::default(),
+                &mut UnwrapErr(SysRng),
+            )
+        })
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+
+    // Phases 0 and 1.
+    let t0 = Instant::now();
+    for c in &clients {
+        server.receive_advertise(c.advertise().clone()).map_err(e)?;
+    }
+    let forwards = server.close_advertise().map_err(e)?;
+    let replies: Vec<_> = clients
+        .par_iter_mut()
+        .zip(forwards.par_iter())
+        .map(|(c, f)| c.handle_keys(f, &mut UnwrapErr(SysRng)))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    for r in replies {
+        server.receive_share_keys(r).map_err(e)?;
+    }
+    let forwards = server.close_share_keys().map_err(e)?;
+    let setup_s = t0.elapsed().as_secs_f64();
+
+    // Phase 2: clients mask in parallel (they are independent machines); the server adds each
+    // masked input to its running sum as it arrives, timed on its own.
+    let mut clear = vec![0u32; d];
+    let mut server_sum = Duration::ZERO;
+    let mut client_mask = Vec::new();
+    let mut upload_bytes = 0usize;
+    let batch = rayon::current_num_threads().max(1) * 2;
+    let mut ledgers = vec![ContributionLedger::default(); n];
+    for (b, (group, ledgers)) in
+        clients.chunks_mut(batch).zip(ledgers.chunks_mut(batch)).enumerate()
+    {
+        let masked: Vec<_> = group
+            .par_iter_mut()
+            .zip(ledgers.par_iter_mut())
+            .enumerate()
+            .filter(|(j, _)| !dropped.contains(&(b * batch + j)))
+            .map(|(j, (c, ledger))| {
+                let i = b * batch + j;
+                let x = input_of(args.seed, i, d);
+                let start = Instant::now();
+                let y = c.handle_shares(&forwards[i], &x, ledger, &policy);
+                (x, y, start.elapsed())
+            })
+            .collect();
+        for (x, y, took) in masked {
+            let y = y.map_err(e)?;
+            client_mask.push(took.as_secs_f64());
+            if upload_bytes == 0 {
+                upload_bytes = encode(&y).len();
+            }
+            for (c, v) in clear.iter_mut().zip(&x) {
+                *c = c.wrapping_add(*v);
+            }
+            let start = Instant::now();
+            server.receive_masked_input(&y).map_err(e)?;
+            server_sum += start.elapsed();
+        }
+    }
+    let request = server.close_masked_input().map_err(e)?;
+
+    // Phases 3 and 4 (clients verify the consistency signatures in parallel).
+    let u3 = server.u3();
+    let signatures: Vec<_> = clients
+        .par_iter_mut()
+        .enumerate()
+        .filter(|(i, _)| u3.contains(i))
+        .map(|(_, c)| c.handle_consistency(&request))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    for s in signatures {
+        server.receive_consistency(s).map_err(e)?;
+    }
+    let request = server.close_consistency().map_err(e)?;
+    let responses: Vec<_> = clients
+        .par_iter_mut()
+        .enumerate()
+        .filter(|(i, _)| u3.contains(i))
+        .map(|(_, c)| c.handle_unmasking(&request))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    for r in responses {
+        server.receive_unmasking(r).map_err(e)?;
+    }
+    let start = Instant::now();
+    let sum = server.finish().map_err(e)?;
+    let server_unmask_s = start.elapsed().as_secs_f64();
+    let exact = sum == clear;
+
+    // The minimum work, computed independently of the server.
+    let g = server.graph();
+    let u2 = server.u2();
+    let pair_masks: usize = u2
+        .iter()
+        .filter(|v| !u3.contains(v))
+        .map(|&v| g.neighbours(v).iter().filter(|u| u3.contains(u)).count())
+        .sum();
+    let expected_words = d as u64 * (u3.len() + pair_masks) as u64;
+    let stats = server.stats();
+    if stats.mask_words != expected_words || stats.key_agreements != pair_masks as u64 {
+        return Err(format!(
+            "server did more than the minimum: {} mask words (minimum {expected_words}), {} key agreements (minimum {pair_masks})",
+            stats.mask_words, stats.key_agreements
+        ));
+    }
+    let reconstructions = u3.len() + (u2.len() - u3.len());
+    if stats.reconstructions != reconstructions as u64 {
+        return Err(format!(
+            "{} reconstructions, expected {reconstructions}",
+            stats.reconstructions
+        ));
+    }
+
+    // Microbenchmarks in the same process, separately from the round.
+    let fused_gbps = measure_fused();
+    let ka_us = measure_key_agreement();
+    let reconstruct_us = measure_reconstruction(plan.threshold as usize, graph, &mut os);
+    let prg_bytes = stats.mask_words * 4;
+    let limit_s = prg_bytes as f64 / (fused_gbps * 1e9)
+        + stats.key_agreements as f64 * ka_us * 1e-6
+        + stats.reconstructions as f64 * reconstruct_us * 1e-6;
+    let efficiency = limit_s / server_unmask_s;
+    client_mask.sort_by(f64::total_cmp);
+    let client_mask_s = client_mask[client_mask.len() / 2];
+    let server_sum_s = server_sum.as_secs_f64();
+    let report = serde_json::json!({
+        "clients": n,
+        "dim": d,
+        "dropout": args.dropout,
+        "graph": match graph { GraphKind::Complete => "complete", GraphKind::Harary => "harary" },
+        "adversary": match adversary { AdversaryClass::Curious => "curious", _ => "semi-malicious" },
+        "corrupt": args.corrupt,
+        "threads": args.threads,
+        "degree": plan.degree,
+        "threshold": plan.threshold,
+        "u1": n,
+        "u2": u2.len(),
+        "u3": u3.len(),
+        "exact": exact,
+        "setup_s": setup_s,
+        "client_mask_s": client_mask_s,
+        "server_sum_s": server_sum_s,
+        "server_unmask_s": server_unmask_s,
+        "server_total_s": server_sum_s + server_unmask_s,
+        "prg_bytes": prg_bytes,
+        "key_agreements": stats.key_agreements,
+        "reconstructions": stats.reconstructions,
+        "client_upload_bytes": upload_bytes,
+        "upload_ratio_to_4d": upload_bytes as f64 / (4.0 * d as f64),
+        "fused_gbps": fused_gbps,
+        "ka_us": ka_us,
+        "reconstruct_us": reconstruct_us,
+        "limit_s": limit_s,
+        "efficiency": efficiency,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("secure aggregation round, in memory");
+        for (k, v) in report.as_object().expect("object") {
+            println!("  {k:<22} {v}");
+        }
+    }
+    if !exact {
+        return Err("the unmasked sum differs from the clear sum".into());
+    }
+    Ok(())
+}
+
+/// Fused expand-and-add throughput on one core, GB of mask per second.
+fn measure_fused() -> f64 {
+    let seeds: Vec<MaskSeed> = (0..8u8).map(|i| MaskSeed::from_bytes([i; 16])).collect();
+    let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|s| (s, Sign::Add)).collect();
+    let mut acc = vec![0u32; 1 << 20];
+    let kernel = Kernel::single();
+    kernel.apply(&mut acc, 0, &masks); // warm up
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        kernel.apply(&mut acc, 0, &masks);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&acc);
+    (masks.len() * acc.len() * 4) as f64 / best / 1e9
+}
+
+/// One pairwise-mask regeneration's key agreement and derivation, in microseconds.
+fn measure_key_agreement() -> f64 {
+    let mut rng = StdRng::seed_from_u64(3);
+    let a = SecretScalar::random(&mut rng);
+    let pks: Vec<_> = (0..64).map(|_| SecretScalar::random(&mut rng).public()).collect();
+    let ctx = fedsec_crypto::RoundContext([1; 32]);
+    let (u, v) = (ClientId([1; 32]), ClientId([2; 32]));
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        for pk in &pks {
+            std::hint::black_box(MaskSeed::pairwise(&a, pk, &ctx, &u, &v));
+        }
+        best = best.min(start.elapsed().as_secs_f64() / pks.len() as f64);
+    }
+    best * 1e6
+}
+
+/// One checked reconstruction from t shares, in microseconds, in the regime of the round: the
+/// complete graph reuses one set of holders (cached coefficients); the Harary graph has a
+/// different set for every secret.
+fn measure_reconstruction<R: rand_core::CryptoRng + ?Sized>(
+    t: usize,
+    graph: GraphKind,
+    rng: &mut R,
+) -> f64 {
+    let secret = SecretScalar::random(rng);
+    let public = secret.public();
+    let xs: Vec<u32> = (1..=t as u32).collect();
+    let shares = shamir::split(secret.expose(), t, &xs, rng).expect("valid split");
+    let picked: Vec<(u32, &shamir::ShareValue)> = xs.iter().copied().zip(shares.iter()).collect();
+    let mut cache = LagrangeCache::new();
+    let reps = 20;
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        for _ in 0..reps {
+            if graph == GraphKind::Harary {
+                cache = LagrangeCache::new();
+            }
+            std::hint::black_box(
+                cache.reconstruct_checked(&picked, &public).expect("valid shares"),
+            );
+        }
+        best = best.min(start.elapsed().as_secs_f64() / f64::from(reps));
+    }
+    best * 1e6
+}

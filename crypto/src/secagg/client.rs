@@ -1,0 +1,739 @@
+//! The client side of SecAgg / SecAgg+ as a sans-IO state machine.
+//!
+//! The caller creates a [`SecAggClient`] from a round plan it received, sends the
+//! [`AdvertiseKeys`] it returns, and feeds each server message to the matching `handle_*`
+//! method, sending what comes back. Each phase's answer is computed **once per attempt**: calling
+//! a handler again with the identical server message returns the identical bytes, and a different
+//! message for a phase already answered is refused. Any refusal that indicates a deviating server
+//! aborts the client for this attempt.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ed25519_dalek::VerifyingKey;
+use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
+
+use crate::aead::ShareKey;
+use crate::context::{AdversaryClass, PROTOCOL_VERSION, RoundContext, RoundPlan};
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::ids::{CheckpointHash, ClientId};
+use crate::kdf::Label;
+use crate::kernel::{Kernel, Sign};
+use crate::keys::{PublicKey, SecretScalar};
+use crate::params;
+use crate::prg::MaskSeed;
+use crate::secagg::messages::*;
+use crate::shamir::{self, ShareValue};
+use crate::sign::{CredentialVerifier, IdentityKey, verify, verify_many};
+
+/// The floor a client's own configuration fixes: the server cannot talk it below these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientPolicy {
+    /// The weakest adversary class accepted.
+    pub min_adversary: AdversaryClass,
+    /// The least assumed corrupt fraction γ accepted, in ppm.
+    pub min_corrupt_ppm: u32,
+    /// The largest assumed dropout δ accepted, in ppm.
+    pub max_dropout_ppm: u32,
+    /// The smallest selected set |U| accepted.
+    pub min_clients: usize,
+    /// The smallest ⌈(1−δ)|U|⌉ accepted: the least number of inputs the sum may hide in.
+    pub min_surviving: usize,
+    /// Upload at most one masked input per checkpoint (DESIGN.md "Once per checkpoint").
+    /// Turning this off lets a server that retries a round without client w subtract two
+    /// sums and learn x_w; only for tiny federations that accept that cost.
+    pub one_input_per_checkpoint: bool,
+}
+
+impl Default for ClientPolicy {
+    fn default() -> Self {
+        ClientPolicy {
+            min_adversary: AdversaryClass::SemiMalicious,
+            min_corrupt_ppm: 0,
+            max_dropout_ppm: 500_000,
+            min_clients: 3,
+            min_surviving: 2,
+            one_input_per_checkpoint: true,
+        }
+    }
+}
+
+/// The checkpoints this client has uploaded a masked input for. The caller persists it before
+/// sending the masked input, so a restart cannot make the client contribute twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContributionLedger {
+    checkpoints: BTreeSet<CheckpointHash>,
+}
+
+impl ContributionLedger {
+    /// Whether an input was uploaded on `checkpoint`.
+    pub fn contributed(&self, checkpoint: &CheckpointHash) -> bool {
+        self.checkpoints.contains(checkpoint)
+    }
+
+    fn record(&mut self, checkpoint: CheckpointHash) {
+        self.checkpoints.insert(checkpoint);
+    }
+}
+
+/// Where the client stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientPhase {
+    /// Sent AdvertiseKeys, waiting for the neighbours' keys.
+    AdvertiseKeys,
+    /// Sent ShareKeys, waiting for the shares addressed to it.
+    ShareKeys,
+    /// Sent the masked input, waiting for U3.
+    MaskedInputCollection,
+    /// Signed U3, waiting for the unmasking request.
+    ConsistencyCheck,
+    /// Revealed its shares: done.
+    Unmasking,
+    /// Abandoned this attempt.
+    Aborted,
+}
+
+impl ClientPhase {
+    fn name(self) -> &'static str {
+        match self {
+            ClientPhase::AdvertiseKeys => "AdvertiseKeys",
+            ClientPhase::ShareKeys => "ShareKeys",
+            ClientPhase::MaskedInputCollection => "MaskedInputCollection",
+            ClientPhase::ConsistencyCheck => "ConsistencyCheck",
+            ClientPhase::Unmasking => "Unmasking",
+            ClientPhase::Aborted => "Aborted",
+        }
+    }
+}
+
+/// A verified advertisement.
+pub(crate) struct Peer {
+    pub(crate) id: ClientId,
+    pub(crate) verifying_key: VerifyingKey,
+    pub(crate) enc_pk: PublicKey,
+    pub(crate) mask_pk: PublicKey,
+    pub(crate) self_mask_commitment: PublicKey,
+}
+
+/// The shares a holder keeps of one owner's secrets.
+struct HeldShares {
+    mask_key: ShareValue,
+    self_mask: ShareValue,
+}
+
+/// A cached answer to one phase: the digest of the server message and the reply.
+struct Answered<T> {
+    request: [u8; 32],
+    reply: T,
+}
+
+/// One client's participation in one attempt of one round.
+pub struct SecAggClient {
+    identity: Arc<IdentityKey>,
+    verifier: Arc<dyn CredentialVerifier>,
+    plan: RoundPlan,
+    ctx: RoundContext,
+    graph: Graph,
+    me: usize,
+    phase: ClientPhase,
+    abort_reason: Option<Error>,
+    enc_sk: Option<SecretScalar>,
+    mask_sk: Option<SecretScalar>,
+    self_seed: Option<SecretScalar>,
+    advert: AdvertiseKeys,
+    /// Verified neighbours in U1 (canonical index → keys).
+    peers: BTreeMap<usize, Peer>,
+    /// Shares held, by owner index (own shares included): owners form my view of H(u) ∩ U2.
+    held: BTreeMap<usize, HeldShares>,
+    share_keys: Option<Answered<ShareKeys>>,
+    masked_input: Option<Answered<MaskedInput>>,
+    consistency: Option<Answered<ConsistencySignature>>,
+    signed_survivors: Option<Survivors>,
+    unmasking: Option<Answered<UnmaskingResponse>>,
+}
+
+impl core::fmt::Debug for SecAggClient {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SecAggClient")
+            .field("id", &self.identity.id())
+            .field("ctx", &self.ctx)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecAggClient {
+    /// Checks the plan against this client's floor and the parameters it computes itself,
+    /// then makes this attempt's fresh keys. The advertisement to send is [`Self::advertise`].
+    ///
+    /// `verified_checkpoint` is the hash of the checkpoint this client verified (signature,
+    /// hash, version) and will train on; the plan must name the same one.
+    pub fn new<R: CryptoRng + ?Sized>(
+        identity: Arc<IdentityKey>,
+        verifier: Arc<dyn CredentialVerifier>,
+        policy: &ClientPolicy,
+        plan: RoundPlan,
+        verified_checkpoint: &CheckpointHash,
+        ledger: &ContributionLedger,
+        rng: &mut R,
+    ) -> Result<Self> {
+        plan.validate()?;
+        check_floor(policy, &plan)?;
+        let need = params::choose(
+            plan.graph,
+            plan.n(),
+            plan.dropout_ppm,
+            plan.corrupt_ppm,
+            plan.adversary,
+        )?;
+        if plan.degree != need.degree || plan.threshold < need.threshold {
+            return Err(Error::PlanBelowRequired {
+                degree: plan.degree,
+                threshold: plan.threshold,
+                need_degree: need.degree,
+                need_threshold: need.threshold,
+            });
+        }
+        if plan.checkpoint != *verified_checkpoint {
+            return Err(Error::CheckpointMismatch);
+        }
+        if policy.one_input_per_checkpoint && ledger.contributed(&plan.checkpoint) {
+            return Err(Error::AlreadyContributedOnCheckpoint);
+        }
+        let id = identity.id();
+        let me = plan.index_of(&id).ok_or(Error::NotSelected(id))?;
+        let ctx = plan.context();
+        let graph = Graph::from_plan(&plan)?;
+
+        let enc_sk = SecretScalar::random(rng);
+        let mask_sk = SecretScalar::random(rng);
+        let self_seed = SecretScalar::random(rng);
+        let (enc_pk, mask_pk, commitment) = (
+            enc_sk.public().to_bytes(),
+            mask_sk.public().to_bytes(),
+            self_seed.public().to_bytes(),
+        );
+        let signature = identity.sign(Label::Advertise, &ctx, &[&enc_pk, &mask_pk, &commitment]);
+        let advert = AdvertiseKeys {
+            version: PROTOCOL_VERSION,
+            ctx,
+            client: id,
+            credential: identity.raw_credential(),
+            enc_pk,
+            mask_pk,
+            self_mask_commitment: commitment,
+            signature: Sig(signature),
+        };
+        Ok(SecAggClient {
+            identity,
+            verifier,
+            plan,
+            ctx,
+            graph,
+            me,
+            phase: ClientPhase::AdvertiseKeys,
+            abort_reason: None,
+            enc_sk: Some(enc_sk),
+            mask_sk: Some(mask_sk),
+            self_seed: Some(self_seed),
+            advert,
+            peers: BTreeMap::new(),
+            held: BTreeMap::new(),
+            share_keys: None,
+            masked_input: None,
+            consistency: None,
+            signed_survivors: None,
+            unmasking: None,
+        })
+    }
+
+    /// Sets the credential (certificate chain) carried in the advertisement. Call before
+    /// sending [`Self::advertise`]; the credential is not signed (it certifies the key that signs).
+    pub fn with_credential(mut self, credential: Vec<u8>) -> Self {
+        self.advert.credential = credential;
+        self
+    }
+
+    /// Phase 0: the advertisement to send (identical on every call).
+    pub fn advertise(&self) -> &AdvertiseKeys {
+        &self.advert
+    }
+
+    /// The round context.
+    pub fn context(&self) -> &RoundContext {
+        &self.ctx
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &RoundPlan {
+        &self.plan
+    }
+
+    /// Where the client stands.
+    pub fn phase(&self) -> ClientPhase {
+        self.phase
+    }
+
+    /// Why the client aborted, if it did.
+    pub fn abort_reason(&self) -> Option<&Error> {
+        self.abort_reason.as_ref()
+    }
+
+    fn id(&self) -> ClientId {
+        self.identity.id()
+    }
+
+    /// Runs `f` unless the phase was already answered; caches its reply; aborts on a refusal.
+    fn answer<T: Clone>(
+        &mut self,
+        expected: ClientPhase,
+        request: [u8; 32],
+        cached: fn(&Self) -> Option<&Answered<T>>,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+        store: fn(&mut Self, Answered<T>),
+    ) -> Result<T> {
+        if let Some(done) = cached(self) {
+            return if done.request == request {
+                Ok(done.reply.clone())
+            } else {
+                Err(Error::PhaseAlreadyAnswered(expected.name()))
+            };
+        }
+        if let Some(reason) = &self.abort_reason {
+            return Err(Error::Aborted(reason.to_string()));
+        }
+        if self.phase != expected {
+            return Err(Error::OutOfPhase { expected: self.phase.name(), got: expected.name() });
+        }
+        match f(self) {
+            Ok(reply) => {
+                store(self, Answered { request, reply: reply.clone() });
+                Ok(reply)
+            }
+            Err(e) => {
+                // Any refusal means the server (or the network) misbehaved: abandon the attempt
+                // and forget the secrets, so nothing more can be revealed.
+                self.abort(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn abort(&mut self, reason: Error) {
+        self.phase = ClientPhase::Aborted;
+        self.abort_reason = Some(reason);
+        self.enc_sk = None;
+        self.mask_sk = None;
+        self.self_seed = None;
+        self.held.clear();
+    }
+
+    /// Phase 0 → 1: verifies the forwarded advertisements of H(u) ∩ U1, then Shamir-shares
+    /// s_u^SK and b_u among them and encrypts each holder's pair of shares under K_{u→v}.
+    pub fn handle_keys<R: CryptoRng + ?Sized>(
+        &mut self,
+        msg: &KeysForward,
+        rng: &mut R,
+    ) -> Result<ShareKeys> {
+        let digest = message_digest(msg);
+        self.answer(
+            ClientPhase::AdvertiseKeys,
+            digest,
+            |s| s.share_keys.as_ref(),
+            |s| s.share_keys_inner(msg, rng),
+            |s, a| {
+                s.share_keys = Some(a);
+                s.phase = ClientPhase::ShareKeys;
+            },
+        )
+    }
+
+    fn share_keys_inner<R: CryptoRng + ?Sized>(
+        &mut self,
+        msg: &KeysForward,
+        rng: &mut R,
+    ) -> Result<ShareKeys> {
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        if msg.recipient != self.id() {
+            return Err(Error::InconsistentForward("keys addressed to another client".into()));
+        }
+        let mut own_seen = false;
+        let mut peers = BTreeMap::new();
+        for advert in &msg.adverts {
+            check_header(advert.version, &advert.ctx, &self.ctx)?;
+            let idx =
+                self.plan.index_of(&advert.client).ok_or(Error::NotSelected(advert.client))?;
+            if idx == self.me {
+                if own_seen || *advert != self.advert {
+                    return Err(Error::InconsistentForward(
+                        "this client's own advertisement was altered or repeated".into(),
+                    ));
+                }
+                own_seen = true;
+                continue;
+            }
+            if !self.graph.are_neighbours(self.me, idx) {
+                return Err(Error::NotNeighbour(advert.client));
+            }
+            if peers.contains_key(&idx) {
+                return Err(Error::DuplicateClient(advert.client));
+            }
+            peers.insert(idx, verify_advert(self.verifier.as_ref(), &self.ctx, advert)?);
+        }
+        if !own_seen {
+            return Err(Error::InconsistentForward(
+                "this client's own advertisement is missing".into(),
+            ));
+        }
+        // Each client checks that at least t of its share holders remain before sending anything.
+        let holders = peers.len() + 1;
+        let t = self.plan.threshold as usize;
+        if holders < t {
+            return Err(Error::TooFewNeighbours { have: holders, need: t });
+        }
+        // Complete graph: the client sees all of U1 and checks q itself.
+        if self.graph.degree() + 1 == self.plan.n() && holders < self.plan.q() {
+            return Err(Error::TooFewClients {
+                phase: "AdvertiseKeys",
+                have: holders,
+                need: self.plan.q(),
+            });
+        }
+
+        let mut holder_idx: Vec<usize> = peers.keys().copied().collect();
+        holder_idx.push(self.me);
+        holder_idx.sort_unstable();
+        let xs: Vec<u32> = holder_idx.iter().map(|&i| RoundPlan::x_coordinate(i)).collect();
+        let mask_sk = self.mask_sk.as_ref().expect("secrets live until abort or unmasking");
+        let self_seed = self.self_seed.as_ref().expect("secrets live until abort or unmasking");
+        let mask_key_shares = shamir::split(mask_sk.expose(), t, &xs, rng)?;
+        let self_mask_shares = shamir::split(self_seed.expose(), t, &xs, rng)?;
+
+        let enc_sk = self.enc_sk.as_ref().expect("secrets live until abort or unmasking");
+        let me_id = self.id();
+        let mut out = Vec::with_capacity(peers.len());
+        for ((&idx, sk_share), b_share) in
+            holder_idx.iter().zip(mask_key_shares).zip(self_mask_shares)
+        {
+            if idx == self.me {
+                self.held.insert(idx, HeldShares { mask_key: sk_share, self_mask: b_share });
+                continue;
+            }
+            let peer = &peers[&idx];
+            let key = ShareKey::derive(enc_sk, &peer.enc_pk, &self.ctx, &me_id, &peer.id);
+            let mut plaintext = zeroize::Zeroizing::new([0u8; 64]);
+            plaintext[..32].copy_from_slice(sk_share.to_bytes().as_ref());
+            plaintext[32..].copy_from_slice(b_share.to_bytes().as_ref());
+            out.push(EncryptedShares {
+                to: peer.id,
+                ciphertext: key.seal(&self.ctx, &me_id, &peer.id, plaintext.as_ref()),
+            });
+        }
+        self.peers = peers;
+        Ok(ShareKeys { version: PROTOCOL_VERSION, ctx: self.ctx, client: me_id, shares: out })
+    }
+
+    /// Phase 1 → 2: decrypts the shares addressed to this client, then computes the masked
+    /// input y_u = x_u + PRG(self) + Σ_{v∈N(u)∩U2} σ(u,v)·PRG(s_uv) — once per attempt — and
+    /// records the checkpoint in `ledger` (persist it before sending).
+    pub fn handle_shares(
+        &mut self,
+        msg: &SharesForward,
+        input: &[u32],
+        ledger: &mut ContributionLedger,
+        policy: &ClientPolicy,
+    ) -> Result<MaskedInput> {
+        let digest = message_digest(msg);
+        if let Some(done) = &self.masked_input {
+            return if done.request == digest {
+                Ok(done.reply.clone())
+            } else {
+                Err(Error::PhaseAlreadyAnswered(ClientPhase::ShareKeys.name()))
+            };
+        }
+        // A refusal here is about the caller's own input or ledger, not the server:
+        // check those first, without aborting.
+        if input.len() != self.plan.dim as usize {
+            return Err(Error::WrongLength { got: input.len(), expected: self.plan.dim as usize });
+        }
+        if policy.one_input_per_checkpoint && ledger.contributed(&self.plan.checkpoint) {
+            self.abort(Error::AlreadyContributedOnCheckpoint);
+            return Err(Error::AlreadyContributedOnCheckpoint);
+        }
+        let reply = self.answer(
+            ClientPhase::ShareKeys,
+            digest,
+            |s| s.masked_input.as_ref(),
+            |s| s.masked_input_inner(msg, input),
+            |s, a| {
+                s.masked_input = Some(a);
+                s.phase = ClientPhase::MaskedInputCollection;
+            },
+        )?;
+        ledger.record(self.plan.checkpoint);
+        Ok(reply)
+    }
+
+    fn masked_input_inner(&mut self, msg: &SharesForward, input: &[u32]) -> Result<MaskedInput> {
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        let me_id = self.id();
+        if msg.recipient != me_id {
+            return Err(Error::InconsistentForward("shares addressed to another client".into()));
+        }
+        let enc_sk = self.enc_sk.as_ref().expect("secrets live until abort or unmasking");
+        let mut received = BTreeMap::new();
+        for fwd in &msg.shares {
+            let idx = self.plan.index_of(&fwd.from).ok_or(Error::NotSelected(fwd.from))?;
+            let peer = self.peers.get(&idx).ok_or(Error::NotNeighbour(fwd.from))?;
+            if received.contains_key(&idx) {
+                return Err(Error::DuplicateClient(fwd.from));
+            }
+            let key = ShareKey::derive(enc_sk, &peer.enc_pk, &self.ctx, &fwd.from, &me_id);
+            let plain = key
+                .open(&self.ctx, &fwd.from, &me_id, &fwd.ciphertext)
+                .ok_or(Error::BadCiphertext(fwd.from))?;
+            if plain.len() != 64 {
+                return Err(Error::BadCiphertext(fwd.from));
+            }
+            let sk: [u8; 32] = plain[..32].try_into().expect("64 bytes checked");
+            let b: [u8; 32] = plain[32..].try_into().expect("64 bytes checked");
+            let (Some(mask_key), Some(self_mask)) =
+                (ShareValue::from_bytes(&sk), ShareValue::from_bytes(&b))
+            else {
+                return Err(Error::BadCiphertext(fwd.from));
+            };
+            received.insert(idx, HeldShares { mask_key, self_mask });
+        }
+        let t = self.plan.threshold as usize;
+        if received.len() + 1 < t {
+            return Err(Error::TooFewNeighbours { have: received.len() + 1, need: t });
+        }
+
+        let mask_sk = self.mask_sk.as_ref().expect("secrets live until abort or unmasking");
+        let self_seed = self.self_seed.as_ref().expect("secrets live until abort or unmasking");
+        let mut seeds = Vec::with_capacity(received.len() + 1);
+        seeds.push((MaskSeed::self_mask(self_seed, &self.ctx, &me_id), Sign::Add));
+        for &idx in received.keys() {
+            let peer = &self.peers[&idx];
+            seeds.push((
+                MaskSeed::pairwise(mask_sk, &peer.mask_pk, &self.ctx, &me_id, &peer.id),
+                Sign::pairwise(&me_id, &peer.id),
+            ));
+        }
+        let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, g)| (s, *g)).collect();
+        let mut y = input.to_vec();
+        Kernel::single().apply(&mut y, 0, &masks);
+        self.held.extend(received);
+        let mut data = Vec::with_capacity(4 * y.len());
+        for w in &y {
+            data.extend_from_slice(&w.to_le_bytes());
+        }
+        Ok(MaskedInput { version: PROTOCOL_VERSION, ctx: self.ctx, client: me_id, offset: 0, data })
+    }
+
+    /// Phase 2 → 3: checks U3 against the thresholds and this client's view, then signs it.
+    /// A client signs at most one U3 per attempt.
+    pub fn handle_consistency(&mut self, msg: &ConsistencyRequest) -> Result<ConsistencySignature> {
+        let digest = message_digest(msg);
+        self.answer(
+            ClientPhase::MaskedInputCollection,
+            digest,
+            |s| s.consistency.as_ref(),
+            |s| s.consistency_inner(msg),
+            |s, a| {
+                s.consistency = Some(a);
+                s.phase = ClientPhase::ConsistencyCheck;
+            },
+        )
+    }
+
+    fn consistency_inner(&mut self, msg: &ConsistencyRequest) -> Result<ConsistencySignature> {
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        let u3 = msg.survivors.indices(self.plan.n())?;
+        self.check_survivors(&msg.survivors, u3.len())?;
+        let signature =
+            self.identity.sign(Label::Consistency, &self.ctx, &[&msg.survivors.digest()]);
+        self.signed_survivors = Some(msg.survivors.clone());
+        Ok(ConsistencySignature {
+            version: PROTOCOL_VERSION,
+            ctx: self.ctx,
+            client: self.id(),
+            signature: Sig(signature),
+        })
+    }
+
+    /// U3 must contain this client, reach q, leave t holders, and name no neighbour whose
+    /// shares this client never received (it could not unmask such a client).
+    fn check_survivors(&self, survivors: &Survivors, size: usize) -> Result<()> {
+        if !survivors.contains(self.me) {
+            return Err(Error::ContradictsSignedView(
+                "U3 omits this client, which uploaded".into(),
+            ));
+        }
+        let q = self.plan.q();
+        if size < q {
+            return Err(Error::TooFewClients { phase: "ConsistencyCheck", have: size, need: q });
+        }
+        for idx in self.graph.neighbours(self.me) {
+            if survivors.contains(idx) && !self.held.contains_key(&idx) {
+                return Err(Error::ContradictsSignedView(format!(
+                    "U3 contains neighbour {} whose shares never reached this client",
+                    self.plan.selected[idx]
+                )));
+            }
+        }
+        let holders = self.held.keys().filter(|&&i| survivors.contains(i)).count();
+        let t = self.plan.threshold as usize;
+        if holders < t {
+            return Err(Error::TooFewNeighbours { have: holders, need: t });
+        }
+        Ok(())
+    }
+
+    /// Phase 3 → 4: verifies at least q valid signatures from distinct clients of U3 on the U3
+    /// this client signed, then reveals shares of b_v for v ∈ H(u) ∩ U3 and of s_v^SK for
+    /// v ∈ N(u) ∩ (U2 \ U3) — never both for the same v. A request that contradicts the signed
+    /// U3 is refused and the client aborts.
+    pub fn handle_unmasking(&mut self, msg: &UnmaskingRequest) -> Result<UnmaskingResponse> {
+        let digest = message_digest(msg);
+        self.answer(
+            ClientPhase::ConsistencyCheck,
+            digest,
+            |s| s.unmasking.as_ref(),
+            |s| s.unmasking_inner(msg),
+            |s, a| {
+                s.unmasking = Some(a);
+                s.phase = ClientPhase::Unmasking;
+                // Done: nothing secret is needed any more.
+                s.enc_sk = None;
+                s.mask_sk = None;
+                s.self_seed = None;
+                s.held.clear();
+            },
+        )
+    }
+
+    fn unmasking_inner(&mut self, msg: &UnmaskingRequest) -> Result<UnmaskingResponse> {
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        let signed = self.signed_survivors.as_ref().expect("set when U3 was signed");
+        if msg.survivors != *signed {
+            return Err(Error::ContradictsSignedView(
+                "the unmasking request names another U3 than the one this client signed".into(),
+            ));
+        }
+        let n = self.plan.n();
+        let digest = signed.digest();
+        let mut seen = BTreeSet::new();
+        let mut batch = Vec::with_capacity(msg.signatures.len());
+        for s in &msg.signatures {
+            let idx = self.plan.index_of(&s.client).ok_or(Error::NotSelected(s.client))?;
+            if idx >= n || !signed.contains(idx) {
+                return Err(Error::ContradictsSignedView(format!(
+                    "consistency signature from {} who is not in U3",
+                    s.client
+                )));
+            }
+            if !seen.insert(idx) {
+                return Err(Error::DuplicateClient(s.client));
+            }
+            let key = match self.peers.get(&idx) {
+                Some(p) => p.verifying_key,
+                None if idx == self.me => self.identity.verifying_key(),
+                None => self.verifier.verify(&s.client, &s.credential)?,
+            };
+            let message = crate::kdf::labelled(Label::Consistency, &self.ctx, &[&digest]);
+            batch.push((s.client, key, message, s.signature.0));
+        }
+        verify_many(&batch)?;
+        let q = self.plan.q();
+        if seen.len() < q {
+            return Err(Error::TooFewConsistencySignatures { have: seen.len(), need: q });
+        }
+
+        let mut self_mask_shares = Vec::new();
+        let mut mask_key_shares = Vec::new();
+        for (&owner, shares) in &self.held {
+            let id = self.plan.selected[owner];
+            if signed.contains(owner) {
+                self_mask_shares
+                    .push(RevealedShare { owner: id, share: *shares.self_mask.to_bytes() });
+            } else {
+                debug_assert_ne!(owner, self.me, "this client is in its own signed U3");
+                mask_key_shares
+                    .push(RevealedShare { owner: id, share: *shares.mask_key.to_bytes() });
+            }
+        }
+        Ok(UnmaskingResponse {
+            version: PROTOCOL_VERSION,
+            ctx: self.ctx,
+            client: self.id(),
+            self_mask_shares,
+            mask_key_shares,
+        })
+    }
+}
+
+/// Verifies an advertisement's credential, signature and keys.
+pub(crate) fn verify_advert(
+    verifier: &dyn CredentialVerifier,
+    ctx: &RoundContext,
+    advert: &AdvertiseKeys,
+) -> Result<Peer> {
+    let id = advert.client;
+    let verifying_key = verifier.verify(&id, &advert.credential)?;
+    verify(
+        &verifying_key,
+        id,
+        Label::Advertise,
+        ctx,
+        &[&advert.enc_pk, &advert.mask_pk, &advert.self_mask_commitment],
+        &advert.signature.0,
+    )?;
+    let enc_pk = PublicKey::from_bytes(&advert.enc_pk).ok_or(Error::BadPublicKey(id))?;
+    let mask_pk = PublicKey::from_bytes(&advert.mask_pk).ok_or(Error::BadPublicKey(id))?;
+    let self_mask_commitment =
+        PublicKey::from_bytes(&advert.self_mask_commitment).ok_or(Error::BadPublicKey(id))?;
+    if advert.enc_pk == advert.mask_pk {
+        return Err(Error::BadPublicKey(id));
+    }
+    Ok(Peer { id, verifying_key, enc_pk, mask_pk, self_mask_commitment })
+}
+
+fn check_floor(policy: &ClientPolicy, plan: &RoundPlan) -> Result<()> {
+    let below = |what: String| Err(Error::PlanBelowFloor(what));
+    if plan.adversary < policy.min_adversary {
+        return below(format!(
+            "adversary class {:?} is weaker than this client's minimum {:?}",
+            plan.adversary, policy.min_adversary
+        ));
+    }
+    if plan.corrupt_ppm < policy.min_corrupt_ppm {
+        return below(format!(
+            "assumed corrupt fraction {} ppm is below this client's minimum {} ppm",
+            plan.corrupt_ppm, policy.min_corrupt_ppm
+        ));
+    }
+    if plan.dropout_ppm > policy.max_dropout_ppm {
+        return below(format!(
+            "assumed dropout {} ppm is above this client's maximum {} ppm",
+            plan.dropout_ppm, policy.max_dropout_ppm
+        ));
+    }
+    if plan.n() < policy.min_clients {
+        return below(format!(
+            "{} selected clients, this client requires at least {}",
+            plan.n(),
+            policy.min_clients
+        ));
+    }
+    if plan.min_surviving() < policy.min_surviving {
+        return below(format!(
+            "⌈(1−δ)n⌉ = {} surviving inputs, this client requires at least {}",
+            plan.min_surviving(),
+            policy.min_surviving
+        ));
+    }
+    Ok(())
+}

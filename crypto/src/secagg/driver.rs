@@ -1,0 +1,243 @@
+//! An honest in-memory driver: one [`SecAggServer`] and N [`SecAggClient`]s exchanging the
+//! protocol's messages without sockets, with dropouts injected per phase.
+//!
+//! Tests use it to compare the unmasked sum with the sum of the inputs computed in the clear,
+//! and to log every share released; simulations use it for thousands of clients.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand_core::CryptoRng;
+
+use crate::context::RoundPlan;
+use crate::error::{Error, Result};
+use crate::ids::ClientId;
+use crate::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
+use crate::secagg::server::SecAggServer;
+use crate::sign::{CredentialVerifier, IdentityKey};
+
+/// The five phases, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Phase 0.
+    AdvertiseKeys,
+    /// Phase 1.
+    ShareKeys,
+    /// Phase 2.
+    MaskedInputCollection,
+    /// Phase 3.
+    ConsistencyCheck,
+    /// Phase 4.
+    Unmasking,
+}
+
+impl Phase {
+    /// All five, in order.
+    pub const ALL: [Phase; 5] = [
+        Phase::AdvertiseKeys,
+        Phase::ShareKeys,
+        Phase::MaskedInputCollection,
+        Phase::ConsistencyCheck,
+        Phase::Unmasking,
+    ];
+}
+
+/// Which share a holder released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ShareKind {
+    /// A share of the self-mask seed b.
+    SelfMask,
+    /// A share of the mask key s^SK.
+    MaskKey,
+}
+
+/// One share a client released to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Released {
+    /// The holder that revealed it.
+    pub holder: ClientId,
+    /// Whose secret it is a share of.
+    pub owner: ClientId,
+    /// Which secret.
+    pub kind: ShareKind,
+}
+
+/// The outcome of a round run by the driver.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The unmasked sum, or why the round aborted.
+    pub sum: Result<Vec<u32>>,
+    /// Every share released by any client.
+    pub released: Vec<Released>,
+    /// Sizes of U1..U5 reached (fewer entries if the round aborted early).
+    pub set_sizes: Vec<usize>,
+    /// Canonical indices whose input is in the sum (U3), if phase 2 closed.
+    pub survivors: Option<Vec<usize>>,
+}
+
+/// Runs one honest round in memory.
+///
+/// `identities` and `inputs` are indexed by canonical index in `plan.selected`; a client in
+/// `drops` sends nothing from the given phase on.
+pub fn run_round<R: CryptoRng + ?Sized>(
+    plan: &RoundPlan,
+    identities: &[Arc<IdentityKey>],
+    inputs: &[Vec<u32>],
+    drops: &BTreeMap<usize, Phase>,
+    policy: &ClientPolicy,
+    verifier: Arc<dyn CredentialVerifier>,
+    rng: &mut R,
+) -> Result<Outcome> {
+    let n = plan.n();
+    if identities.len() != n || inputs.len() != n {
+        return Err(Error::WrongLength { got: identities.len().min(inputs.len()), expected: n });
+    }
+    let active = |i: usize, p: Phase| drops.get(&i).is_none_or(|&d| d > p);
+    let mut server = SecAggServer::new(plan.clone(), verifier.clone())?;
+    let mut outcome = Outcome {
+        sum: Err(Error::Aborted("not run".into())),
+        released: Vec::new(),
+        set_sizes: Vec::new(),
+        survivors: None,
+    };
+    let mut clients = Vec::with_capacity(n);
+    for id in identities {
+        let c = SecAggClient::new(
+            id.clone(),
+            verifier.clone(),
+            policy,
+            plan.clone(),
+            &plan.checkpoint,
+            &ContributionLedger::default(),
+            rng,
+        )?;
+        clients.push(c);
+    }
+    let mut ledgers = vec![ContributionLedger::default(); n];
+
+    macro_rules! close {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    outcome.sum = Err(e);
+                    return Ok(outcome);
+                }
+            }
+        };
+    }
+
+    // Phase 0.
+    for (i, c) in clients.iter().enumerate() {
+        if active(i, Phase::AdvertiseKeys) {
+            server.receive_advertise(c.advertise().clone())?;
+        }
+    }
+    let forwards = close!(server.close_advertise());
+    outcome.set_sizes.push(server.u1().len());
+
+    // Phase 1.
+    for f in &forwards {
+        let i = plan.index_of(&f.recipient).expect("server forwards only to U");
+        if active(i, Phase::ShareKeys) {
+            // A client that refuses (thresholds, a bad peer) sends nothing: like a dropout.
+            if let Ok(msg) = clients[i].handle_keys(f, rng) {
+                server.receive_share_keys(msg)?;
+            }
+        }
+    }
+    let forwards = close!(server.close_share_keys());
+    outcome.set_sizes.push(server.u2().len());
+
+    // Phase 2.
+    for f in &forwards {
+        let i = plan.index_of(&f.recipient).expect("server forwards only to U");
+        if active(i, Phase::MaskedInputCollection)
+            && let Ok(msg) = clients[i].handle_shares(f, &inputs[i], &mut ledgers[i], policy)
+        {
+            server.receive_masked_input(&msg)?;
+        }
+    }
+    let request = close!(server.close_masked_input());
+    outcome.set_sizes.push(server.u3().len());
+    outcome.survivors = Some(server.u3().into_iter().collect());
+
+    // Phase 3.
+    let u3 = server.u3();
+    for &i in &u3 {
+        if active(i, Phase::ConsistencyCheck)
+            && let Ok(msg) = clients[i].handle_consistency(&request)
+        {
+            server.receive_consistency(msg)?;
+        }
+    }
+    let request = close!(server.close_consistency());
+    outcome.set_sizes.push(request.signatures.len());
+
+    // Phase 4.
+    let mut responded = 0;
+    for s in &request.signatures {
+        let i = plan.index_of(&s.client).expect("signers are in U");
+        if active(i, Phase::Unmasking) {
+            let Ok(msg) = clients[i].handle_unmasking(&request) else { continue };
+            for r in &msg.self_mask_shares {
+                outcome.released.push(Released {
+                    holder: msg.client,
+                    owner: r.owner,
+                    kind: ShareKind::SelfMask,
+                });
+            }
+            for r in &msg.mask_key_shares {
+                outcome.released.push(Released {
+                    holder: msg.client,
+                    owner: r.owner,
+                    kind: ShareKind::MaskKey,
+                });
+            }
+            server.receive_unmasking(msg)?;
+            responded += 1;
+        }
+    }
+    outcome.set_sizes.push(responded);
+    outcome.sum = server.finish();
+    Ok(outcome)
+}
+
+/// A plan over `ids` with (k, t) chosen by [`crate::params::choose`] and a random attempt nonce
+/// and graph seed: what tests, benchmarks and simulations start from.
+#[allow(clippy::too_many_arguments)] // every argument is a plan field
+pub fn make_plan<R: CryptoRng + ?Sized>(
+    ids: &mut [ClientId],
+    graph: crate::context::GraphKind,
+    dropout_ppm: u32,
+    corrupt_ppm: u32,
+    adversary: crate::context::AdversaryClass,
+    dim: u32,
+    checkpoint: crate::ids::CheckpointHash,
+    rng: &mut R,
+) -> Result<RoundPlan> {
+    use crate::context::PROTOCOL_VERSION;
+    ids.sort_unstable();
+    let params = crate::params::choose(graph, ids.len(), dropout_ppm, corrupt_ppm, adversary)?;
+    let mut attempt = [0u8; 16];
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut attempt);
+    rng.fill_bytes(&mut seed);
+    Ok(RoundPlan {
+        version: PROTOCOL_VERSION,
+        task_id: crate::ids::TaskId([0; 16]),
+        round_id: crate::ids::RoundId(1),
+        attempt: crate::ids::AttemptNonce(attempt),
+        selected: ids.to_vec(),
+        graph,
+        degree: params.degree,
+        threshold: params.threshold,
+        dropout_ppm,
+        corrupt_ppm,
+        adversary,
+        graph_seed: seed,
+        dim,
+        quant: crate::quant::QuantParams::for_clients(ids.len(), 1.0, 1)?,
+        checkpoint,
+    })
+}

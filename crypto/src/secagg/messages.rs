@@ -1,0 +1,299 @@
+//! The protocol's messages: plain serde types, each carrying the protocol version and the
+//! round context it belongs to. Transport adapters convert them to and from wire types.
+//!
+//! Naming follows Bonawitz et al. (CCS 2017), §4: phase 0 AdvertiseKeys, 1 ShareKeys,
+//! 2 MaskedInputCollection, 3 ConsistencyCheck, 4 Unmasking.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::context::{PROTOCOL_VERSION, RoundContext};
+use crate::error::{Error, Result};
+use crate::ids::ClientId;
+
+/// An Ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sig(#[serde(with = "serde_bytes")] pub [u8; 64]);
+
+impl core::fmt::Debug for Sig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Sig(")?;
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+/// Phase 0, client → server: the client's two public keys and self-mask commitment, signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertiseKeys {
+    /// Protocol version.
+    pub version: u32,
+    /// Round context.
+    pub ctx: RoundContext,
+    /// The sender.
+    pub client: ClientId,
+    /// The sender's certificate chain (or raw SPKI in simulations): peers verify it themselves.
+    #[serde(with = "serde_bytes")]
+    pub credential: Vec<u8>,
+    /// c_u^PK, for share encryption.
+    pub enc_pk: [u8; 32],
+    /// s_u^PK, for pairwise masks.
+    pub mask_pk: [u8; 32],
+    /// B_u = b_u·G, the commitment to the self-mask seed.
+    pub self_mask_commitment: [u8; 32],
+    /// Sign_id(`advertise` ‖ ctx ‖ c^PK ‖ s^PK ‖ B).
+    pub signature: Sig,
+}
+
+/// Phase 0 → 1, server → client u: the advertisements of u's share holders that advertised
+/// (u's own included, unchanged).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysForward {
+    /// Protocol version.
+    pub version: u32,
+    /// Round context.
+    pub ctx: RoundContext,
+    /// The client this is for.
+    pub recipient: ClientId,
+    /// Advertisements of H(u) ∩ U1.
+    pub adverts: Vec<AdvertiseKeys>,
+}
+
+/// One encrypted pair of shares (of s_u^SK and b_u) for one holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedShares {
+    /// The holder it is for.
+    pub to: ClientId,
+    /// ChaCha20-Poly1305 under K_{u→v}.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// Phase 1, client → server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareKeys {
+    /// Protocol version.
+    pub version: u32,
+    /// Round context.
+    pub ctx: RoundContext,
+    /// The sender u.
+    pub client: ClientId,
+    /// One ciphertext per neighbour in N(u) ∩ U1, in canonical order.
+    pub shares: Vec<EncryptedShares>,
+}
+
+/// One forwarded ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedShares {
+    /// Who encrypted it.
+    pub from: ClientId,
+    /// The ciphertext, as the sender made it.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// Phase 1 → 2, server → client v: the ciphertexts addressed to v by its neighbours in U2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharesForward {
+    /// Protocol version.
+    pub version: u32,
+    /// Round context.
+    pub ctx: RoundContext,
+    /// The client this is for.
+    pub recipient: ClientId,
+    /// Ciphertexts from N(v) ∩ U2, in canonical order of sender.
+    pub shares: Vec<ForwardedShares>,
+}
+
+/// Phase 2, client → server: y_u, or a chunk of it, as little-endian `u32` words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedInput {
+    /// Protocol version.
+    pub version: u32,
+    /// Round context.
+    pub ctx: RoundContext,
+    /// The sender.
+    pub client: ClientId,
+    /// Word offset of this chunk in the vector.
+    pub offset: u32,
+    /// Little-endian `u32` words.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl MaskedInput {
+    /// Number of words in this chunk.
+    pub fn words(&self) -> usize {
+        self.data.len() / 4
+    }
+
+    /// Splits a complete masked input into chunks of at most `chunk_words` words.
+    pub fn chunks(&self, chunk_words: usize) -> Vec<MaskedInput> {
+        let step = chunk_words.max(1) * 4;
+        self.data
+            .chunks(step)
+            .enumerate()
+            .map(|(i, c)| MaskedInput {
+                version: self.version,
+                ctx: self.ctx,
+                client: self.client,
+                offset: self.offset + (i * chunk_words.max(1)) as u32,
+                data: c.to_vec(),
+            })
+            .collect()
+    }
+}
+
+/// The set U3 as a bitmap over the canonical order of U (bit i of byte i/8, LSB first).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Survivors(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl Survivors {
+    /// The bitmap of `members` (canonical indices) over n clients.
+    pub fn from_indices(n: usize, members: impl IntoIterator<Item = usize>) -> Self {
+        let mut bits = vec![0u8; n.div_ceil(8)];
+        for i in members {
+            bits[i / 8] |= 1 << (i % 8);
+        }
+        Survivors(bits)
+    }
+
+    /// Checks the length and that the padding bits are clear, then returns the members.
+    pub fn indices(&self, n: usize) -> Result<Vec<usize>> {
+        if self.0.len() != n.div_ceil(8) {
+            return Err(Error::Malformed(format!(
+                "U3 bitmap has {} bytes, {n} clients need {}",
+                self.0.len(),
+                n.div_ceil(8)
+            )));
+        }
+        if !n.is_multiple_of(8) && self.0[n / 8] >> (n % 8) != 0 {
+            return Err(Error::Malformed("U3 bitmap has bits set past the last client".into()));
+        }
+        Ok((0..n).filter(|&i| self.contains(i)).collect())
+    }
+
+    /// Whether index i is set.
+    pub fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1)
+    }
+
+    /// SHA-256 of the bitmap: what consistency signatures cover.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(&self.0).into()
+    }
+}
+
+/// Phase 2 → 3, server → clients of U3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyRequest {
+    /// Protocol version.
+    pub version: u32,
+    /// Round context.
+    pub ctx: RoundContext,
+    /// U3.
+    pub survivors: Survivors,
+}
+
+/// Phase 3, client → server: Sign_id(`consistency` ‖ ctx ‖ SHA-256(U3)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencySignature {
+    /// Protocol version.
+    pub version: u32,
+    /// Round context.
+    pub ctx: RoundContext,
+    /// The signer.
+    pub client: ClientId,
+    /// The signature.
+    pub signature: Sig,
+}
+
+/// A consistency signature as the server forwards it, with the signer's credential so that a
+/// client can verify signers that are not its neighbours.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedSurvivors {
+    /// The signer.
+    pub client: ClientId,
+    /// The signer's credential.
+    #[serde(with = "serde_bytes")]
+    pub credential: Vec<u8>,
+    /// Its signature on U3.
+    pub signature: Sig,
+}
+
+/// Phase 3 → 4, server → clients of U4: U3 and at least q signatures on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskingRequest {
+    /// Protocol version.
+    pub version: u32,
+    /// Round context.
+    pub ctx: RoundContext,
+    /// U3, as signed.
+    pub survivors: Survivors,
+    /// The signatures collected.
+    pub signatures: Vec<SignedSurvivors>,
+}
+
+/// One revealed share: the holder's share of a secret of `owner`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevealedShare {
+    /// Whose secret this is a share of.
+    pub owner: ClientId,
+    /// The share (a canonical scalar).
+    pub share: [u8; 32],
+}
+
+impl core::fmt::Debug for RevealedShare {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "RevealedShare({}, <share>)", self.owner)
+    }
+}
+
+/// Phase 4, client → server: shares of b_v for v ∈ H(u) ∩ U3 and of s_v^SK for
+/// v ∈ N(u) ∩ (U2 \ U3) — never both for the same v.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskingResponse {
+    /// Protocol version.
+    pub version: u32,
+    /// Round context.
+    pub ctx: RoundContext,
+    /// The holder.
+    pub client: ClientId,
+    /// Shares of self-mask seeds b_v of survivors.
+    pub self_mask_shares: Vec<RevealedShare>,
+    /// Shares of mask keys s_v^SK of dropped clients.
+    pub mask_key_shares: Vec<RevealedShare>,
+}
+
+/// Checks a message's version and context.
+pub(crate) fn check_header(
+    version: u32,
+    ctx: &RoundContext,
+    expected: &RoundContext,
+) -> Result<()> {
+    if version != PROTOCOL_VERSION {
+        return Err(Error::UnsupportedVersion { got: version, supported: PROTOCOL_VERSION });
+    }
+    if ctx != expected {
+        return Err(Error::WrongContext);
+    }
+    Ok(())
+}
+
+/// SHA-256 of a message's canonical serde encoding: how retries are recognised as identical.
+pub(crate) fn message_digest<T: Serialize>(msg: &T) -> [u8; 32] {
+    let bytes = postcard::to_stdvec(msg).expect("protocol messages always serialize");
+    Sha256::digest(bytes).into()
+}
+
+/// Encodes a message with the crate's canonical encoding (postcard).
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    postcard::to_stdvec(msg).expect("protocol messages always serialize")
+}
+
+/// Decodes a message encoded with [`encode`].
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| Error::Malformed(e.to_string()))
+}

@@ -1,0 +1,8 @@
+//! SecAgg (Bonawitz et al., CCS 2017) and SecAgg+ (Bell et al., CCS 2020) as sans-IO state
+//! machines: [`client::SecAggClient`] and [`server::SecAggServer`] exchange the plain messages
+//! of [`messages`]; [`driver`] runs a whole round in memory.
+
+pub mod client;
+pub mod driver;
+pub mod messages;
+pub mod server;

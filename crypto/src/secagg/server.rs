@@ -1,0 +1,635 @@
+//! The server side of SecAgg / SecAgg+ as a sans-IO state machine.
+//!
+//! The caller (the coordinator's round engine, or an in-memory driver) feeds each client message
+//! to the matching `receive_*` method and, when a phase's deadline passes or everyone answered,
+//! calls the matching `close_*` method, which returns the messages to send next. A phase closes
+//! only if at least q = max(t, ⌈(1−δ)n⌉) clients remain; otherwise the round aborts and no sum
+//! is ever produced. A malformed or unauthenticated message from one client is refused with a
+//! typed error and changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::context::{PROTOCOL_VERSION, RoundContext, RoundPlan};
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::ids::ClientId;
+use crate::kdf::Label;
+use crate::kernel::{DEFAULT_CHUNK_WORDS, Kernel, Sign};
+use crate::prg::MaskSeed;
+use crate::secagg::client::{Peer, verify_advert};
+use crate::secagg::messages::*;
+use crate::shamir::{LagrangeCache, ShareValue};
+use crate::sign::{CredentialVerifier, verify};
+
+/// Where the server stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerPhase {
+    /// Collecting AdvertiseKeys (U1).
+    AdvertiseKeys,
+    /// Collecting ShareKeys (U2).
+    ShareKeys,
+    /// Collecting masked inputs (U3).
+    MaskedInputCollection,
+    /// Collecting consistency signatures (U4).
+    ConsistencyCheck,
+    /// Collecting unmasking shares (U5).
+    Unmasking,
+    /// The sum was produced.
+    Finished,
+    /// The round was aborted: no sum.
+    Aborted,
+}
+
+impl ServerPhase {
+    fn name(self) -> &'static str {
+        match self {
+            ServerPhase::AdvertiseKeys => "AdvertiseKeys",
+            ServerPhase::ShareKeys => "ShareKeys",
+            ServerPhase::MaskedInputCollection => "MaskedInputCollection",
+            ServerPhase::ConsistencyCheck => "ConsistencyCheck",
+            ServerPhase::Unmasking => "Unmasking",
+            ServerPhase::Finished => "Finished",
+            ServerPhase::Aborted => "Aborted",
+        }
+    }
+}
+
+/// What happened to a masked-input chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadProgress {
+    /// Stored aside; `received` of `dim` words so far.
+    Partial {
+        /// Words received.
+        received: usize,
+        /// Vector length.
+        dim: usize,
+    },
+    /// The upload is complete and was added to the running sum.
+    Complete,
+    /// An identical chunk was received before (a retry); nothing changed.
+    Duplicate,
+}
+
+/// Work counters of the unmasking, for benchmarks and the minimality checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnmaskStats {
+    /// Mask words expanded (self masks and dropped clients' pairwise masks).
+    pub mask_words: u64,
+    /// Key agreements run to regenerate pairwise masks.
+    pub key_agreements: u64,
+    /// Secrets reconstructed (self-mask seeds and dropped mask keys).
+    pub reconstructions: u64,
+}
+
+/// A masked input being received in chunks.
+struct PartialUpload {
+    words: Vec<u32>,
+    /// Filled word ranges, sorted, disjoint.
+    filled: Vec<(usize, usize)>,
+    received: usize,
+}
+
+/// The server's side of one attempt of one round.
+pub struct SecAggServer {
+    plan: RoundPlan,
+    ctx: RoundContext,
+    graph: Graph,
+    verifier: Arc<dyn CredentialVerifier>,
+    phase: ServerPhase,
+    abort_reason: Option<Error>,
+    advertised: BTreeMap<usize, (AdvertiseKeys, Peer)>,
+    share_keys: BTreeMap<usize, ShareKeys>,
+    uploads: BTreeMap<usize, PartialUpload>,
+    complete: BTreeSet<usize>,
+    sum: Vec<u32>,
+    survivors: Option<Survivors>,
+    consistency: BTreeMap<usize, ConsistencySignature>,
+    unmasking: BTreeMap<usize, UnmaskingResponse>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    chunk_words: usize,
+    stats: UnmaskStats,
+}
+
+impl core::fmt::Debug for SecAggServer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SecAggServer")
+            .field("ctx", &self.ctx)
+            .field("phase", &self.phase)
+            .field("u1", &self.advertised.len())
+            .field("u2", &self.share_keys.len())
+            .field("u3", &self.complete.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecAggServer {
+    /// Starts an attempt from a plan (validated here).
+    pub fn new(plan: RoundPlan, verifier: Arc<dyn CredentialVerifier>) -> Result<Self> {
+        plan.validate()?;
+        let ctx = plan.context();
+        let graph = Graph::from_plan(&plan)?;
+        let dim = plan.dim as usize;
+        Ok(SecAggServer {
+            plan,
+            ctx,
+            graph,
+            verifier,
+            phase: ServerPhase::AdvertiseKeys,
+            abort_reason: None,
+            advertised: BTreeMap::new(),
+            share_keys: BTreeMap::new(),
+            uploads: BTreeMap::new(),
+            complete: BTreeSet::new(),
+            sum: vec![0; dim],
+            survivors: None,
+            consistency: BTreeMap::new(),
+            unmasking: BTreeMap::new(),
+            pool: None,
+            chunk_words: DEFAULT_CHUNK_WORDS,
+            stats: UnmaskStats::default(),
+        })
+    }
+
+    /// Runs the vector kernel on `pool` (threads split the vector by range).
+    pub fn with_thread_pool(mut self, pool: Arc<rayon::ThreadPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Sets the kernel's chunk size in words.
+    pub fn with_chunk_words(mut self, chunk_words: usize) -> Self {
+        self.chunk_words = chunk_words.max(1);
+        self
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &RoundPlan {
+        &self.plan
+    }
+
+    /// The round context.
+    pub fn context(&self) -> &RoundContext {
+        &self.ctx
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Where the server stands.
+    pub fn phase(&self) -> ServerPhase {
+        self.phase
+    }
+
+    /// Why the round aborted, if it did.
+    pub fn abort_reason(&self) -> Option<&Error> {
+        self.abort_reason.as_ref()
+    }
+
+    /// Counters of the unmasking work.
+    pub fn stats(&self) -> UnmaskStats {
+        self.stats
+    }
+
+    /// U1: canonical indices of the clients that advertised keys.
+    pub fn u1(&self) -> BTreeSet<usize> {
+        self.advertised.keys().copied().collect()
+    }
+
+    /// U2: canonical indices of the clients that shared keys.
+    pub fn u2(&self) -> BTreeSet<usize> {
+        self.share_keys.keys().copied().collect()
+    }
+
+    /// U3: canonical indices of the clients whose masked input is complete.
+    pub fn u3(&self) -> BTreeSet<usize> {
+        self.complete.clone()
+    }
+
+    /// Masked inputs being received (not yet complete): what bounds the memory in flight.
+    pub fn uploads_in_flight(&self) -> usize {
+        self.uploads.len()
+    }
+
+    /// Aborts the round: nothing more is accepted and no sum is produced.
+    pub fn abort(&mut self, reason: Error) {
+        self.phase = ServerPhase::Aborted;
+        self.abort_reason = Some(reason);
+        self.uploads.clear();
+        self.sum.clear();
+    }
+
+    fn expect_phase(&self, expected: ServerPhase) -> Result<()> {
+        if let Some(reason) = &self.abort_reason {
+            return Err(Error::Aborted(reason.to_string()));
+        }
+        if self.phase != expected {
+            return Err(Error::OutOfPhase { expected: self.phase.name(), got: expected.name() });
+        }
+        Ok(())
+    }
+
+    fn index(&self, id: &ClientId) -> Result<usize> {
+        self.plan.index_of(id).ok_or(Error::NotSelected(*id))
+    }
+
+    fn require_quorum(&mut self, phase: &'static str, have: usize) -> Result<()> {
+        let need = self.plan.q();
+        if have < need {
+            let e = Error::TooFewClients { phase, have, need };
+            self.abort(e.clone());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- phase 0
+
+    /// Phase 0: an advertisement. Verifies the credential, signature and keys.
+    pub fn receive_advertise(&mut self, msg: AdvertiseKeys) -> Result<()> {
+        self.expect_phase(ServerPhase::AdvertiseKeys)?;
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        let idx = self.index(&msg.client)?;
+        if let Some((prev, _)) = self.advertised.get(&idx) {
+            return if *prev == msg { Ok(()) } else { Err(Error::DuplicateClient(msg.client)) };
+        }
+        let peer = verify_advert(self.verifier.as_ref(), &self.ctx, &msg)?;
+        self.advertised.insert(idx, (msg, peer));
+        Ok(())
+    }
+
+    /// Closes phase 0 (U1 fixed) and returns, for each u ∈ U1, the advertisements of
+    /// H(u) ∩ U1.
+    pub fn close_advertise(&mut self) -> Result<Vec<KeysForward>> {
+        self.expect_phase(ServerPhase::AdvertiseKeys)?;
+        self.require_quorum("AdvertiseKeys", self.advertised.len())?;
+        let mut out = Vec::with_capacity(self.advertised.len());
+        for (&u, (advert, _)) in &self.advertised {
+            let adverts = self
+                .graph
+                .holders(u)
+                .into_iter()
+                .filter_map(|v| self.advertised.get(&v).map(|(a, _)| a.clone()))
+                .collect();
+            out.push(KeysForward {
+                version: PROTOCOL_VERSION,
+                ctx: self.ctx,
+                recipient: advert.client,
+                adverts,
+            });
+        }
+        self.phase = ServerPhase::ShareKeys;
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- phase 1
+
+    /// Phase 1: a client's encrypted shares, exactly one per neighbour in U1.
+    pub fn receive_share_keys(&mut self, msg: ShareKeys) -> Result<()> {
+        self.expect_phase(ServerPhase::ShareKeys)?;
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        let u = self.index(&msg.client)?;
+        if !self.advertised.contains_key(&u) {
+            return Err(Error::NotEligible { client: msg.client, phase: "ShareKeys" });
+        }
+        if let Some(prev) = self.share_keys.get(&u) {
+            return if *prev == msg { Ok(()) } else { Err(Error::DuplicateClient(msg.client)) };
+        }
+        let mut seen = BTreeSet::new();
+        for s in &msg.shares {
+            let v = self.index(&s.to)?;
+            if v == u || !self.graph.are_neighbours(u, v) {
+                return Err(Error::NotNeighbour(s.to));
+            }
+            if !self.advertised.contains_key(&v) {
+                return Err(Error::IncompleteShares {
+                    client: msg.client,
+                    detail: format!("ciphertext for {} who did not advertise keys", s.to),
+                });
+            }
+            if !seen.insert(v) {
+                return Err(Error::IncompleteShares {
+                    client: msg.client,
+                    detail: format!("two ciphertexts for {}", s.to),
+                });
+            }
+        }
+        let expected = self
+            .graph
+            .neighbours(u)
+            .into_iter()
+            .filter(|v| self.advertised.contains_key(v))
+            .count();
+        if seen.len() != expected {
+            return Err(Error::IncompleteShares {
+                client: msg.client,
+                detail: format!("{} ciphertexts for {expected} neighbours in U1", seen.len()),
+            });
+        }
+        self.share_keys.insert(u, msg);
+        Ok(())
+    }
+
+    /// Closes phase 1 (U2 fixed) and returns, for each v ∈ U2, the ciphertexts addressed to v
+    /// by its neighbours in U2.
+    pub fn close_share_keys(&mut self) -> Result<Vec<SharesForward>> {
+        self.expect_phase(ServerPhase::ShareKeys)?;
+        self.require_quorum("ShareKeys", self.share_keys.len())?;
+        let mut inbox: BTreeMap<ClientId, Vec<ForwardedShares>> =
+            self.share_keys.values().map(|m| (m.client, Vec::new())).collect();
+        for msg in self.share_keys.values() {
+            for s in &msg.shares {
+                if let Some(list) = inbox.get_mut(&s.to) {
+                    list.push(ForwardedShares {
+                        from: msg.client,
+                        ciphertext: s.ciphertext.clone(),
+                    });
+                }
+            }
+        }
+        self.phase = ServerPhase::MaskedInputCollection;
+        Ok(inbox
+            .into_iter()
+            .map(|(recipient, shares)| SharesForward {
+                version: PROTOCOL_VERSION,
+                ctx: self.ctx,
+                recipient,
+                shares,
+            })
+            .collect())
+    }
+
+    // ---------------------------------------------------------------- phase 2
+
+    /// Phase 2: a masked input, whole or in chunks at word offsets. A client's upload is kept
+    /// aside until complete, then added to the running sum.
+    pub fn receive_masked_input(&mut self, msg: &MaskedInput) -> Result<UploadProgress> {
+        self.expect_phase(ServerPhase::MaskedInputCollection)?;
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        let u = self.index(&msg.client)?;
+        if !self.share_keys.contains_key(&u) {
+            return Err(Error::NotEligible { client: msg.client, phase: "MaskedInputCollection" });
+        }
+        if self.complete.contains(&u) {
+            return Err(Error::UploadComplete(msg.client));
+        }
+        let dim = self.plan.dim as usize;
+        let offset = msg.offset as usize;
+        let len = msg.data.len() / 4;
+        if !msg.data.len().is_multiple_of(4) || len == 0 || offset + len > dim {
+            return Err(Error::BadChunk { offset, len, dim });
+        }
+        let pool = self.pool.clone();
+        let kernel = Kernel { chunk_words: self.chunk_words, pool: pool.as_deref() };
+        if offset == 0 && len == dim && !self.uploads.contains_key(&u) {
+            // The whole vector at once: add it straight into the sum.
+            add_le_words(&kernel, &mut self.sum, &msg.data);
+            self.complete.insert(u);
+            return Ok(UploadProgress::Complete);
+        }
+        let upload = self.uploads.entry(u).or_insert_with(|| PartialUpload {
+            words: vec![0; dim],
+            filled: Vec::new(),
+            received: 0,
+        });
+        let end = offset + len;
+        let overlaps: Vec<(usize, usize)> =
+            upload.filled.iter().copied().filter(|&(a, b)| a < end && offset < b).collect();
+        if !overlaps.is_empty() {
+            let covered = overlaps.iter().any(|&(a, b)| a <= offset && end <= b);
+            let same = upload.words[offset..end]
+                .iter()
+                .zip(msg.data.chunks_exact(4))
+                .all(|(w, b)| *w == u32::from_le_bytes(b.try_into().expect("4 bytes")));
+            return if covered && same {
+                Ok(UploadProgress::Duplicate)
+            } else {
+                Err(Error::BadChunk { offset, len, dim })
+            };
+        }
+        for (w, b) in upload.words[offset..end].iter_mut().zip(msg.data.chunks_exact(4)) {
+            *w = u32::from_le_bytes(b.try_into().expect("4 bytes"));
+        }
+        upload.filled.push((offset, end));
+        upload.filled.sort_unstable();
+        upload.received += len;
+        if upload.received < dim {
+            return Ok(UploadProgress::Partial { received: upload.received, dim });
+        }
+        let upload = self.uploads.remove(&u).expect("present above");
+        kernel.add_vector(&mut self.sum, &upload.words)?;
+        self.complete.insert(u);
+        Ok(UploadProgress::Complete)
+    }
+
+    /// Closes phase 2 (U3 fixed; incomplete uploads are dropped) and returns U3 for every
+    /// client in it.
+    pub fn close_masked_input(&mut self) -> Result<ConsistencyRequest> {
+        self.expect_phase(ServerPhase::MaskedInputCollection)?;
+        self.uploads.clear();
+        self.require_quorum("MaskedInputCollection", self.complete.len())?;
+        let survivors = Survivors::from_indices(self.plan.n(), self.complete.iter().copied());
+        self.survivors = Some(survivors.clone());
+        self.phase = ServerPhase::ConsistencyCheck;
+        Ok(ConsistencyRequest { version: PROTOCOL_VERSION, ctx: self.ctx, survivors })
+    }
+
+    // ---------------------------------------------------------------- phase 3
+
+    /// Phase 3: a client's signature on U3.
+    pub fn receive_consistency(&mut self, msg: ConsistencySignature) -> Result<()> {
+        self.expect_phase(ServerPhase::ConsistencyCheck)?;
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        let u = self.index(&msg.client)?;
+        if !self.complete.contains(&u) {
+            return Err(Error::NotEligible { client: msg.client, phase: "ConsistencyCheck" });
+        }
+        if let Some(prev) = self.consistency.get(&u) {
+            return if *prev == msg { Ok(()) } else { Err(Error::DuplicateClient(msg.client)) };
+        }
+        let digest = self.survivors.as_ref().expect("set when phase 2 closed").digest();
+        let key = &self.advertised[&u].1.verifying_key;
+        verify(key, msg.client, Label::Consistency, &self.ctx, &[&digest], &msg.signature.0)?;
+        self.consistency.insert(u, msg);
+        Ok(())
+    }
+
+    /// Closes phase 3 (U4 fixed) and returns U3 with the signatures collected.
+    pub fn close_consistency(&mut self) -> Result<UnmaskingRequest> {
+        self.expect_phase(ServerPhase::ConsistencyCheck)?;
+        self.require_quorum("ConsistencyCheck", self.consistency.len())?;
+        let signatures = self
+            .consistency
+            .iter()
+            .map(|(u, s)| SignedSurvivors {
+                client: s.client,
+                credential: self.advertised[u].0.credential.clone(),
+                signature: s.signature,
+            })
+            .collect();
+        self.phase = ServerPhase::Unmasking;
+        Ok(UnmaskingRequest {
+            version: PROTOCOL_VERSION,
+            ctx: self.ctx,
+            survivors: self.survivors.clone().expect("set when phase 2 closed"),
+            signatures,
+        })
+    }
+
+    // ---------------------------------------------------------------- phase 4
+
+    /// Phase 4: a holder's revealed shares. Each share must be one the holder may reveal: of b_v
+    /// for v ∈ H(u) ∩ U3, of s_v^SK for v ∈ N(u) ∩ (U2 \ U3).
+    pub fn receive_unmasking(&mut self, msg: UnmaskingResponse) -> Result<()> {
+        self.expect_phase(ServerPhase::Unmasking)?;
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        let h = self.index(&msg.client)?;
+        if !self.consistency.contains_key(&h) {
+            return Err(Error::NotEligible { client: msg.client, phase: "Unmasking" });
+        }
+        if let Some(prev) = self.unmasking.get(&h) {
+            return if *prev == msg { Ok(()) } else { Err(Error::DuplicateClient(msg.client)) };
+        }
+        let mut owners = BTreeSet::new();
+        for s in &msg.self_mask_shares {
+            let v = self.index(&s.owner)?;
+            if !(v == h || self.graph.are_neighbours(h, v)) {
+                return Err(Error::NotNeighbour(s.owner));
+            }
+            if !self.complete.contains(&v) || !owners.insert(v) {
+                return Err(Error::Malformed(format!("unexpected self-mask share of {}", s.owner)));
+            }
+            ShareValue::from_bytes(&s.share)
+                .ok_or_else(|| Error::Malformed("share is not a canonical scalar".into()))?;
+        }
+        for s in &msg.mask_key_shares {
+            let v = self.index(&s.owner)?;
+            if !self.graph.are_neighbours(h, v) {
+                return Err(Error::NotNeighbour(s.owner));
+            }
+            if self.complete.contains(&v) || !self.share_keys.contains_key(&v) || !owners.insert(v)
+            {
+                return Err(Error::Malformed(format!("unexpected mask-key share of {}", s.owner)));
+            }
+            ShareValue::from_bytes(&s.share)
+                .ok_or_else(|| Error::Malformed("share is not a canonical scalar".into()))?;
+        }
+        self.unmasking.insert(h, msg);
+        Ok(())
+    }
+
+    /// Closes phase 4: reconstructs each survivor's self-mask seed and each dropped client's
+    /// mask key from t shares, checks b_v·G = B_v and s_v^SK·G = s_v^PK, and removes the masks:
+    /// z = Σ_{u∈U3} y_u − Σ_{u∈U3} PRG(self_u) − Σ_{v∈U2\U3} Σ_{u∈N(v)∩U3} σ(u,v)·PRG(s_uv).
+    pub fn finish(&mut self) -> Result<Vec<u32>> {
+        self.expect_phase(ServerPhase::Unmasking)?;
+        self.require_quorum("Unmasking", self.unmasking.len())?;
+        match self.unmask() {
+            Ok(sum) => {
+                self.phase = ServerPhase::Finished;
+                Ok(sum)
+            }
+            Err(e) => {
+                self.abort(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn unmask(&mut self) -> Result<Vec<u32>> {
+        let t = self.plan.threshold as usize;
+        // Collect shares by owner: (x of holder, share).
+        let mut self_shares: BTreeMap<usize, Vec<(u32, ShareValue)>> = BTreeMap::new();
+        let mut key_shares: BTreeMap<usize, Vec<(u32, ShareValue)>> = BTreeMap::new();
+        for (&h, msg) in &self.unmasking {
+            let x = RoundPlan::x_coordinate(h);
+            for s in &msg.self_mask_shares {
+                let v = self.plan.index_of(&s.owner).expect("checked on receipt");
+                let share = ShareValue::from_bytes(&s.share).expect("checked on receipt");
+                self_shares.entry(v).or_default().push((x, share));
+            }
+            for s in &msg.mask_key_shares {
+                let v = self.plan.index_of(&s.owner).expect("checked on receipt");
+                let share = ShareValue::from_bytes(&s.share).expect("checked on receipt");
+                key_shares.entry(v).or_default().push((x, share));
+            }
+        }
+        let mut cache = LagrangeCache::new();
+        let mut seeds: Vec<(MaskSeed, Sign)> = Vec::new();
+        let mut stats = UnmaskStats::default();
+        for &u in &self.complete {
+            let id = self.plan.selected[u];
+            let shares = self_shares.get(&u).map(Vec::as_slice).unwrap_or(&[]);
+            if shares.len() < t {
+                return Err(Error::ShareCountBelowThreshold {
+                    client: id,
+                    have: shares.len(),
+                    need: t,
+                });
+            }
+            let picked: Vec<(u32, &ShareValue)> =
+                shares[..t].iter().map(|(x, s)| (*x, s)).collect();
+            let commitment = &self.advertised[&u].1.self_mask_commitment;
+            let b = cache.reconstruct_checked(&picked, commitment).map_err(|_| {
+                Error::ReconstructionMismatch { client: id, what: "self-mask seed b" }
+            })?;
+            stats.reconstructions += 1;
+            seeds.push((MaskSeed::self_mask(&b, &self.ctx, &id), Sign::Sub));
+        }
+        for &v in self.share_keys.keys().filter(|v| !self.complete.contains(v)) {
+            let v_id = self.plan.selected[v];
+            let shares = key_shares.get(&v).map(Vec::as_slice).unwrap_or(&[]);
+            if shares.len() < t {
+                return Err(Error::ShareCountBelowThreshold {
+                    client: v_id,
+                    have: shares.len(),
+                    need: t,
+                });
+            }
+            let picked: Vec<(u32, &ShareValue)> =
+                shares[..t].iter().map(|(x, s)| (*x, s)).collect();
+            let mask_pk = &self.advertised[&v].1.mask_pk;
+            let s_v = cache.reconstruct_checked(&picked, mask_pk).map_err(|_| {
+                Error::ReconstructionMismatch { client: v_id, what: "mask key s^SK" }
+            })?;
+            stats.reconstructions += 1;
+            for u in self.graph.neighbours(v).into_iter().filter(|u| self.complete.contains(u)) {
+                let (u_id, u_pk) = (self.plan.selected[u], &self.advertised[&u].1.mask_pk);
+                stats.key_agreements += 1;
+                // u added σ(u,v)·PRG(s_uv); take it away.
+                seeds.push((
+                    MaskSeed::pairwise(&s_v, u_pk, &self.ctx, &u_id, &v_id),
+                    Sign::pairwise(&u_id, &v_id).flip(),
+                ));
+            }
+        }
+        let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, g)| (s, *g)).collect();
+        stats.mask_words = masks.len() as u64 * u64::from(self.plan.dim);
+        let mut sum = std::mem::take(&mut self.sum);
+        let pool = self.pool.clone();
+        Kernel { chunk_words: self.chunk_words, pool: pool.as_deref() }.apply(&mut sum, 0, &masks);
+        self.stats = stats;
+        Ok(sum)
+    }
+}
+
+/// sum[i] += LE u32 at data[4i..4i+4], split across the kernel's threads.
+fn add_le_words(kernel: &Kernel<'_>, sum: &mut [u32], data: &[u8]) {
+    use rayon::prelude::*;
+    let add = |s: &mut [u32], d: &[u8]| {
+        for (w, b) in s.iter_mut().zip(d.chunks_exact(4)) {
+            *w = w.wrapping_add(u32::from_le_bytes(b.try_into().expect("4 bytes")));
+        }
+    };
+    match kernel.pool {
+        Some(pool) if pool.current_num_threads() > 1 && sum.len() > kernel.chunk_words => {
+            let per = sum.len().div_ceil(pool.current_num_threads());
+            pool.install(|| {
+                sum.par_chunks_mut(per).zip(data.par_chunks(per * 4)).for_each(|(s, d)| add(s, d))
+            });
+        }
+        _ => add(sum, data),
+    }
+}

@@ -1,0 +1,646 @@
+//! A deviating server, and malformed or replayed messages. Each attack that a protocol rule
+//! stops is shown beside the same attack succeeding just below that rule, so the test proves
+//! the rule is what protects.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::*;
+use fedsec_crypto::context::{AdversaryClass, GraphKind, RoundPlan};
+use fedsec_crypto::error::Error;
+use fedsec_crypto::graph::Graph;
+use fedsec_crypto::kernel::{Kernel, Sign};
+use fedsec_crypto::keys::PublicKey;
+use fedsec_crypto::prg::MaskSeed;
+use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
+use fedsec_crypto::secagg::driver::{Phase, run_round};
+use fedsec_crypto::secagg::messages::*;
+use fedsec_crypto::secagg::server::SecAggServer;
+use fedsec_crypto::shamir::{self, ShareValue};
+use fedsec_crypto::sign::IdentityKey;
+
+const DIM: u32 = 32;
+
+/// A round run honestly up to the end of phase 2, for a server that deviates afterwards.
+struct Staged {
+    plan: RoundPlan,
+    clients: Vec<SecAggClient>,
+    server: SecAggServer,
+    adverts: Vec<AdvertiseKeys>,
+    masked: Vec<MaskedInput>,
+    inputs: Vec<Vec<u32>>,
+}
+
+fn new_clients(
+    plan: &RoundPlan,
+    keys: &[Arc<IdentityKey>],
+    policy: &ClientPolicy,
+) -> Vec<SecAggClient> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            SecAggClient::new(
+                k.clone(),
+                verifier(),
+                policy,
+                plan.clone(),
+                &CHECKPOINT,
+                &ContributionLedger::default(),
+                &mut rng(500 + i as u64),
+            )
+            .expect("plan accepted")
+        })
+        .collect()
+}
+
+fn stage(
+    plan: &RoundPlan,
+    keys: &[Arc<IdentityKey>],
+    ledgers: &mut [ContributionLedger],
+    policy: &ClientPolicy,
+) -> Staged {
+    let n = plan.n();
+    let mut clients = new_clients(plan, keys, policy);
+    let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
+    let adverts: Vec<_> = clients.iter().map(|c| c.advertise().clone()).collect();
+    for a in &adverts {
+        server.receive_advertise(a.clone()).unwrap();
+    }
+    let fwd = server.close_advertise().unwrap();
+    for (c, f) in clients.iter_mut().zip(&fwd) {
+        server.receive_share_keys(c.handle_keys(f, &mut rng(6)).unwrap()).unwrap();
+    }
+    let fwd = server.close_share_keys().unwrap();
+    let inputs = inputs(n, plan.dim, 77);
+    let mut masked = Vec::new();
+    for (i, (c, f)) in clients.iter_mut().zip(&fwd).enumerate() {
+        let y = c.handle_shares(f, &inputs[i], &mut ledgers[i], policy).unwrap();
+        server.receive_masked_input(&y).unwrap();
+        masked.push(y);
+    }
+    Staged { plan: plan.clone(), clients, server, adverts, masked, inputs }
+}
+
+fn words(m: &MaskedInput) -> Vec<u32> {
+    m.data.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// Shows each client in `group` the view `view` of U3 and collects their unmasking responses;
+/// clients refuse as the protocol says.
+fn show_view(s: &mut Staged, group: &[usize], view: &[usize]) -> Vec<UnmaskingResponse> {
+    let n = s.plan.n();
+    let ctx = *s.clients[0].context();
+    let survivors = Survivors::from_indices(n, view.iter().copied());
+    let request = ConsistencyRequest { version: 1, ctx, survivors: survivors.clone() };
+    let mut sigs = Vec::new();
+    for &i in group {
+        if let Ok(sig) = s.clients[i].handle_consistency(&request) {
+            sigs.push(SignedSurvivors {
+                client: sig.client,
+                credential: s.adverts[i].credential.clone(),
+                signature: sig.signature,
+            });
+        }
+    }
+    let request = UnmaskingRequest { version: 1, ctx, survivors, signatures: sigs };
+    group.iter().filter_map(|&i| s.clients[i].handle_unmasking(&request).ok()).collect()
+}
+
+/// With t shares of both b_w and s_w^SK, the server strips every mask off y_w.
+fn recover(s: &Staged, w: usize, responses: &[UnmaskingResponse]) -> Option<Vec<u32>> {
+    let t = s.plan.threshold as usize;
+    let w_id = s.plan.selected[w];
+    let x_of = |id| s.plan.index_of(id).unwrap() as u32 + 1;
+    let mut b_shares = Vec::new();
+    let mut s_shares = Vec::new();
+    for r in responses {
+        for sh in r.self_mask_shares.iter().filter(|sh| sh.owner == w_id) {
+            b_shares.push((x_of(&r.client), ShareValue::from_bytes(&sh.share).unwrap()));
+        }
+        for sh in r.mask_key_shares.iter().filter(|sh| sh.owner == w_id) {
+            s_shares.push((x_of(&r.client), ShareValue::from_bytes(&sh.share).unwrap()));
+        }
+    }
+    if b_shares.len() < t || s_shares.len() < t {
+        return None;
+    }
+    fn pick(v: &[(u32, ShareValue)], t: usize) -> Vec<(u32, &ShareValue)> {
+        v[..t].iter().map(|(x, s)| (*x, s)).collect()
+    }
+    let b = shamir::reconstruct(&pick(&b_shares, t)).unwrap();
+    let s_w = shamir::reconstruct(&pick(&s_shares, t)).unwrap();
+    let ctx = *s.clients[0].context();
+    let g = Graph::from_plan(&s.plan).unwrap();
+    let mut seeds = vec![(MaskSeed::self_mask(&b, &ctx, &w_id), Sign::Sub)];
+    for v in g.neighbours(w) {
+        let v_id = s.plan.selected[v];
+        let pk = PublicKey::from_bytes(&s.adverts[v].mask_pk).unwrap();
+        seeds.push((
+            MaskSeed::pairwise(&s_w, &pk, &ctx, &w_id, &v_id),
+            Sign::pairwise(&w_id, &v_id).flip(),
+        ));
+    }
+    let masks: Vec<_> = seeds.iter().map(|(m, g)| (m, *g)).collect();
+    let mut x = words(&s.masked[w]);
+    Kernel::single().apply(&mut x, 0, &masks);
+    Some(x)
+}
+
+/// The complete-graph equivocation: clients in A are told w dropped (they reveal s_w^SK shares),
+/// clients in B that w survived (they reveal b_w shares).
+fn equivocate(plan: &RoundPlan, keys: &[Arc<IdentityKey>], a_size: usize) -> Option<Vec<u32>> {
+    let n = plan.n();
+    let mut ledgers = vec![ContributionLedger::default(); n];
+    let mut s = stage(plan, keys, &mut ledgers, &policy());
+    let w = 0;
+    let a: Vec<usize> = (1..=a_size).collect();
+    let b: Vec<usize> = std::iter::once(w).chain(a_size + 1..n).collect();
+    let all: Vec<usize> = (0..n).collect();
+    let without_w: Vec<usize> = (1..n).collect();
+    let mut responses = show_view(&mut s, &a, &without_w);
+    responses.extend(show_view(&mut s, &b, &all));
+    recover(&s, w, &responses).inspect(|x| assert_eq!(x, &s.inputs[w]))
+}
+
+#[test]
+fn equivocation_on_u3_succeeds_only_below_the_consistency_rule() {
+    let n = 10;
+    // Curious class: q = ⌈(1−δ)n⌉ = 5 ≤ (n + n_C)/2 = 5, the rule is not enforced.
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.5, 0.05, AdversaryClass::Curious, DIM, 1);
+    assert_eq!(plan.q(), 5);
+    assert!(plan.q() as f64 <= (n + plan.assumed_corrupt()) as f64 / 2.0);
+    let recovered = equivocate(&plan, &keys, 5);
+    assert!(recovered.is_some(), "below the rule the server recovers x_w");
+
+    // Semi-malicious: q > (n + n_C)/2, so no two views of U3 can both gather q signatures.
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.4, 0.05, AdversaryClass::SemiMalicious, DIM, 1);
+    assert!(2 * plan.q() > n + plan.assumed_corrupt());
+    for a_size in 1..n - 1 {
+        assert!(
+            equivocate(&plan, &keys, a_size).is_none(),
+            "split {a_size}/{}: x_w leaked",
+            n - a_size
+        );
+    }
+}
+
+#[test]
+fn a_plan_that_breaks_the_consistency_rule_is_refused() {
+    let (mut plan, _) =
+        federation(10, GraphKind::Complete, 0.5, 0.05, AdversaryClass::Curious, DIM, 2);
+    plan.adversary = AdversaryClass::SemiMalicious;
+    assert!(matches!(plan.validate(), Err(Error::ConsistencyRuleBroken { .. })));
+}
+
+/// The retry attack: finish a round, claim failure, retry without w on the same checkpoint,
+/// subtract the two sums.
+fn retry_without_w(one_input_per_checkpoint: bool) -> Result<Vec<u32>, Error> {
+    let n = 8;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.25, 0.05, AdversaryClass::SemiMalicious, DIM, 3);
+    let policy = ClientPolicy { one_input_per_checkpoint, ..policy() };
+    let xs = inputs(n, DIM, 4);
+    let mut ledgers = vec![ContributionLedger::default(); n];
+    // Attempt 1 with everyone, ledgers kept.
+    let first = {
+        let mut clients = new_clients(&plan, &keys, &policy);
+        let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
+        for c in &clients {
+            server.receive_advertise(c.advertise().clone()).unwrap();
+        }
+        let f = server.close_advertise().unwrap();
+        for (c, f) in clients.iter_mut().zip(&f) {
+            server.receive_share_keys(c.handle_keys(f, &mut rng(1)).unwrap()).unwrap();
+        }
+        let f = server.close_share_keys().unwrap();
+        for (i, (c, f)) in clients.iter_mut().zip(&f).enumerate() {
+            server
+                .receive_masked_input(
+                    &c.handle_shares(f, &xs[i], &mut ledgers[i], &policy).unwrap(),
+                )
+                .unwrap();
+        }
+        let r = server.close_masked_input().unwrap();
+        for c in clients.iter_mut() {
+            server.receive_consistency(c.handle_consistency(&r).unwrap()).unwrap();
+        }
+        let r = server.close_consistency().unwrap();
+        for c in clients.iter_mut() {
+            server.receive_unmasking(c.handle_unmasking(&r).unwrap()).unwrap();
+        }
+        server.finish().unwrap()
+    };
+    // Attempt 2 without w = 0, same checkpoint: every client consults its ledger.
+    let mut retry = next_attempt(&plan, 9);
+    retry.selected.remove(0);
+    let p = fedsec_crypto::params::for_plan(&retry).unwrap();
+    (retry.degree, retry.threshold) = (p.degree, p.threshold);
+    let retry_keys = &keys[1..];
+    for (i, k) in retry_keys.iter().enumerate() {
+        SecAggClient::new(
+            k.clone(),
+            verifier(),
+            &policy,
+            retry.clone(),
+            &CHECKPOINT,
+            &ledgers[i + 1],
+            &mut rng(2),
+        )?;
+    }
+    let out = run_round(
+        &retry,
+        retry_keys,
+        &xs[1..],
+        &BTreeMap::new(),
+        &policy,
+        verifier(),
+        &mut rng(3),
+    )?;
+    let second = out.sum?;
+    Ok(first.iter().zip(&second).map(|(a, b)| a.wrapping_sub(*b)).collect())
+}
+
+#[test]
+fn retry_without_w_on_the_same_checkpoint_is_refused() {
+    let xs = inputs(8, DIM, 4);
+    // Below the rule (the switch relaxed): the difference of the two sums is x_w.
+    assert_eq!(retry_without_w(false).expect("relaxed clients take part twice"), xs[0]);
+    // With the rule: clients refuse a second masked input on the same checkpoint.
+    assert_eq!(retry_without_w(true), Err(Error::AlreadyContributedOnCheckpoint));
+}
+
+#[test]
+fn asking_for_both_shares_of_one_peer_is_refused() {
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.3, 0.05, AdversaryClass::SemiMalicious, DIM, 5);
+    let mut ledgers = vec![ContributionLedger::default(); n];
+    let mut s = stage(&plan, &keys, &mut ledgers, &policy());
+    let ctx = *s.clients[0].context();
+    let all: Vec<usize> = (0..n).collect();
+    let first = show_view(&mut s, &all, &all);
+    assert_eq!(first.len(), n, "honest unmasking");
+    // Now the server claims w = 3 dropped after all and asks again: refused, same U3 only.
+    let without: Vec<usize> = all.iter().copied().filter(|&i| i != 3).collect();
+    let survivors = Survivors::from_indices(n, without.iter().copied());
+    let req = UnmaskingRequest { version: 1, ctx, survivors, signatures: vec![] };
+    for c in s.clients.iter_mut() {
+        assert!(matches!(c.handle_unmasking(&req), Err(Error::PhaseAlreadyAnswered(_))));
+    }
+    // A request naming another U3 than the one signed is refused and the client aborts.
+    let mut ledgers = vec![ContributionLedger::default(); n];
+    let mut s = stage(&plan, &keys, &mut ledgers, &policy());
+    let survivors = Survivors::from_indices(n, all.iter().copied());
+    let ctx1 = *s.clients[1].context();
+    let signed = s.clients[1]
+        .handle_consistency(&ConsistencyRequest { version: 1, ctx: ctx1, survivors })
+        .unwrap();
+    let other = Survivors::from_indices(n, without.iter().copied());
+    let req = UnmaskingRequest {
+        version: 1,
+        ctx: *s.clients[1].context(),
+        survivors: other,
+        signatures: vec![SignedSurvivors {
+            client: signed.client,
+            credential: s.adverts[1].credential.clone(),
+            signature: signed.signature,
+        }],
+    };
+    assert!(matches!(s.clients[1].handle_unmasking(&req), Err(Error::ContradictsSignedView(_))));
+    let survivors = Survivors::from_indices(n, all.iter().copied());
+    let again = ConsistencyRequest { version: 1, ctx: *s.clients[1].context(), survivors };
+    assert!(
+        s.clients[1].handle_consistency(&again).is_ok(),
+        "identical retry of an answered phase"
+    );
+    let _ = &mut s.server;
+}
+
+#[test]
+fn plans_below_the_floor_are_refused() {
+    let n = 20;
+    let (plan, keys) =
+        federation(n, GraphKind::Harary, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 6);
+    let strict = ClientPolicy {
+        min_adversary: AdversaryClass::SemiMalicious,
+        min_corrupt_ppm: 50_000,
+        max_dropout_ppm: 200_000,
+        min_clients: 10,
+        min_surviving: 10,
+        one_input_per_checkpoint: true,
+    };
+    let try_plan = |p: &RoundPlan| {
+        SecAggClient::new(
+            keys[0].clone(),
+            verifier(),
+            &strict,
+            p.clone(),
+            &CHECKPOINT,
+            &ContributionLedger::default(),
+            &mut rng(1),
+        )
+        .map(|_| ())
+    };
+    assert_eq!(try_plan(&plan), Ok(()));
+    let mut p = plan.clone();
+    p.threshold -= 1;
+    assert!(matches!(try_plan(&p), Err(Error::PlanBelowRequired { .. })), "lower t");
+    let mut p = plan.clone();
+    p.degree -= 2;
+    assert!(
+        matches!(try_plan(&p), Err(Error::PlanBelowRequired { .. } | Error::InvalidPlan(_))),
+        "another k"
+    );
+    let mut p = plan.clone();
+    p.adversary = AdversaryClass::Curious;
+    assert!(matches!(try_plan(&p), Err(Error::PlanBelowFloor(_))), "curious class");
+    let mut p = plan.clone();
+    p.dropout_ppm = 300_000;
+    assert!(matches!(try_plan(&p), Err(Error::PlanBelowFloor(_))), "larger δ");
+    let mut p = plan.clone();
+    p.corrupt_ppm = 10_000;
+    assert!(matches!(try_plan(&p), Err(Error::PlanBelowFloor(_))), "smaller γ");
+    let mut p = plan.clone();
+    p.checkpoint.0[0] ^= 1;
+    assert_eq!(try_plan(&p), Err(Error::CheckpointMismatch), "another checkpoint");
+}
+
+/// Runs phase 0 and returns clients, server and the honest forwards.
+fn after_advertise(
+    plan: &RoundPlan,
+    keys: &[Arc<IdentityKey>],
+) -> (Vec<SecAggClient>, SecAggServer, Vec<KeysForward>) {
+    let clients = new_clients(plan, keys, &policy());
+    let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
+    for c in &clients {
+        server.receive_advertise(c.advertise().clone()).unwrap();
+    }
+    let fwd = server.close_advertise().unwrap();
+    (clients, server, fwd)
+}
+
+#[test]
+fn forwarded_keys_must_match_the_graph() {
+    let (plan, keys) =
+        federation(24, GraphKind::Harary, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 7);
+    let (mut clients, server, fwd) = after_advertise(&plan, &keys);
+    let g = server.graph().clone();
+    let non_neighbour =
+        (1..plan.n()).find(|&v| !g.are_neighbours(0, v)).expect("Harary graph is sparse");
+    let all_adverts: Vec<AdvertiseKeys> = clients.iter().map(|c| c.advertise().clone()).collect();
+    // Extra: a non-neighbour's keys.
+    let mut extra = fwd[0].clone();
+    extra.adverts.push(all_adverts[non_neighbour].clone());
+    assert_eq!(
+        clients[0].handle_keys(&extra, &mut rng(1)),
+        Err(Error::NotNeighbour(plan.selected[non_neighbour]))
+    );
+    // Missing: its own advertisement dropped.
+    let (mut clients, _, fwd) = after_advertise(&plan, &keys);
+    let mut missing = fwd[0].clone();
+    missing.adverts.retain(|a| a.client != plan.selected[0]);
+    assert!(matches!(
+        clients[0].handle_keys(&missing, &mut rng(1)),
+        Err(Error::InconsistentForward(_))
+    ));
+    // Missing: so many neighbours that fewer than t holders remain.
+    let (mut clients, _, fwd) = after_advertise(&plan, &keys);
+    let mut few = fwd[0].clone();
+    few.adverts.truncate(plan.threshold as usize - 1);
+    if !few.adverts.iter().any(|a| a.client == plan.selected[0]) {
+        few.adverts.push(all_adverts[0].clone());
+        few.adverts.remove(0);
+    }
+    assert!(matches!(
+        clients[0].handle_keys(&few, &mut rng(1)),
+        Err(Error::TooFewNeighbours { .. })
+    ));
+    // Altered: a neighbour's mask key swapped (the signature no longer verifies).
+    let (mut clients, _, fwd) = after_advertise(&plan, &keys);
+    let mut altered = fwd[0].clone();
+    let j = altered.adverts.iter().position(|a| a.client != plan.selected[0]).unwrap();
+    altered.adverts[j].mask_pk = all_adverts[non_neighbour].mask_pk;
+    assert_eq!(
+        clients[0].handle_keys(&altered, &mut rng(1)),
+        Err(Error::BadSignature(altered.adverts[j].client))
+    );
+    // Duplicate.
+    let (mut clients, _, fwd) = after_advertise(&plan, &keys);
+    let mut dup = fwd[0].clone();
+    let again = dup.adverts[j].clone();
+    dup.adverts.push(again.clone());
+    assert_eq!(
+        clients[0].handle_keys(&dup, &mut rng(1)),
+        Err(Error::DuplicateClient(again.client))
+    );
+}
+
+#[test]
+fn replays_from_another_round_or_attempt_are_refused() {
+    let (plan, keys) =
+        federation(10, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 8);
+    let old = new_clients(&plan, &keys, &policy());
+    let retry = next_attempt(&plan, 99);
+    let mut server = SecAggServer::new(retry.clone(), verifier()).unwrap();
+    // The whole old message: wrong context.
+    assert_eq!(server.receive_advertise(old[0].advertise().clone()), Err(Error::WrongContext));
+    // The old signature under the new context: does not verify.
+    let mut replay = old[0].advertise().clone();
+    replay.ctx = retry.context();
+    assert_eq!(server.receive_advertise(replay), Err(Error::BadSignature(plan.selected[0])));
+    // And clients refuse old forwards the same way.
+    let (mut clients, _, fwd) = after_advertise(&retry, &keys);
+    let mut old_fwd = fwd[1].clone();
+    old_fwd.ctx = plan.context();
+    assert_eq!(clients[1].handle_keys(&old_fwd, &mut rng(1)), Err(Error::WrongContext));
+}
+
+#[test]
+fn a_retried_phase_returns_byte_identical_messages() {
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 9);
+    let (mut clients, mut server, fwd) = after_advertise(&plan, &keys);
+    let first = clients[2].handle_keys(&fwd[2], &mut rng(1)).unwrap();
+    let again = clients[2].handle_keys(&fwd[2], &mut rng(2)).unwrap();
+    assert_eq!(encode(&first), encode(&again), "ShareKeys resent byte-identical");
+    let mut other = fwd[2].clone();
+    other.adverts.pop();
+    assert!(matches!(
+        clients[2].handle_keys(&other, &mut rng(1)),
+        Err(Error::PhaseAlreadyAnswered(_))
+    ));
+    for (i, c) in clients.iter_mut().enumerate() {
+        if i != 2 {
+            server.receive_share_keys(c.handle_keys(&fwd[i], &mut rng(1)).unwrap()).unwrap();
+        }
+    }
+    server.receive_share_keys(first.clone()).unwrap();
+    assert_eq!(server.receive_share_keys(first), Ok(()), "an identical retry is accepted");
+    let fwd = server.close_share_keys().unwrap();
+    let x = vec![5u32; DIM as usize];
+    let mut ledger = ContributionLedger::default();
+    let y1 = clients[2].handle_shares(&fwd[2], &x, &mut ledger, &policy()).unwrap();
+    let y2 = clients[2].handle_shares(&fwd[2], &x, &mut ledger, &policy()).unwrap();
+    assert_eq!(encode(&y1), encode(&y2), "masked input resent byte-identical");
+    assert!(ledger.contributed(&CHECKPOINT));
+}
+
+#[test]
+fn forged_and_malformed_messages_get_typed_errors() {
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 10);
+    let clients = new_clients(&plan, &keys, &policy());
+    let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
+    // Forged signature.
+    let mut forged = clients[0].advertise().clone();
+    forged.signature.0[10] ^= 1;
+    assert_eq!(server.receive_advertise(forged), Err(Error::BadSignature(plan.selected[0])));
+    // Certificate whose key hashes to another id.
+    let mut wrong = clients[0].advertise().clone();
+    wrong.credential = clients[1].advertise().credential.clone();
+    assert!(matches!(server.receive_advertise(wrong), Err(Error::BadCredential { .. })));
+    // Identity point as a key.
+    let mut ident = clients[0].advertise().clone();
+    ident.mask_pk = [0; 32];
+    assert!(server.receive_advertise(ident).is_err());
+    // A client outside U.
+    let stranger = IdentityKey::generate(&mut rng(77));
+    let mut outsider = clients[0].advertise().clone();
+    outsider.client = stranger.id();
+    assert_eq!(server.receive_advertise(outsider), Err(Error::NotSelected(stranger.id())));
+    // Duplicate client id: the same client twice with different content.
+    server.receive_advertise(clients[0].advertise().clone()).unwrap();
+    let other = SecAggClient::new(
+        keys[0].clone(),
+        verifier(),
+        &policy(),
+        plan.clone(),
+        &CHECKPOINT,
+        &ContributionLedger::default(),
+        &mut rng(8),
+    )
+    .unwrap();
+    assert_eq!(
+        server.receive_advertise(other.advertise().clone()),
+        Err(Error::DuplicateClient(plan.selected[0]))
+    );
+    // A plan listing one id twice.
+    let mut dup_plan = plan.clone();
+    dup_plan.selected[1] = dup_plan.selected[0];
+    assert!(matches!(dup_plan.validate(), Err(Error::InvalidPlan(_))));
+    // Out of phase.
+    let staged_err = server.close_masked_input();
+    assert!(matches!(staged_err, Err(Error::OutOfPhase { .. })));
+}
+
+#[test]
+fn wrong_vector_length_and_bad_chunks_are_refused() {
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 11);
+    let (mut clients, mut server, fwd) = after_advertise(&plan, &keys);
+    for (c, f) in clients.iter_mut().zip(&fwd) {
+        server.receive_share_keys(c.handle_keys(f, &mut rng(1)).unwrap()).unwrap();
+    }
+    let fwd = server.close_share_keys().unwrap();
+    let mut ledger = ContributionLedger::default();
+    assert_eq!(
+        clients[0].handle_shares(&fwd[0], &[1, 2, 3], &mut ledger, &policy()),
+        Err(Error::WrongLength { got: 3, expected: DIM as usize })
+    );
+    let y =
+        clients[0].handle_shares(&fwd[0], &vec![1; DIM as usize], &mut ledger, &policy()).unwrap();
+    // Too long, misaligned, past the end: refused, nothing changes.
+    let mut long = y.clone();
+    long.data.extend_from_slice(&[0; 4]);
+    assert!(matches!(server.receive_masked_input(&long), Err(Error::BadChunk { .. })));
+    let mut odd = y.clone();
+    odd.data.pop();
+    assert!(matches!(server.receive_masked_input(&odd), Err(Error::BadChunk { .. })));
+    // Chunks: a conflicting overlap is refused, an identical retry is a duplicate.
+    let parts = y.chunks(10);
+    server.receive_masked_input(&parts[0]).unwrap();
+    assert_eq!(
+        server.receive_masked_input(&parts[0]),
+        Ok(fedsec_crypto::secagg::server::UploadProgress::Duplicate)
+    );
+    let mut conflict = parts[0].clone();
+    conflict.data[0] ^= 1;
+    assert!(matches!(server.receive_masked_input(&conflict), Err(Error::BadChunk { .. })));
+    for p in &parts[1..] {
+        server.receive_masked_input(p).unwrap();
+    }
+    assert!(server.u3().contains(&0));
+    assert_eq!(
+        server.receive_masked_input(&parts[1]),
+        Err(Error::UploadComplete(plan.selected[0]))
+    );
+}
+
+#[test]
+fn shares_from_a_non_neighbour_are_refused() {
+    let (plan, keys) =
+        federation(24, GraphKind::Harary, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 12);
+    let (mut clients, mut server, fwd) = after_advertise(&plan, &keys);
+    let g = server.graph().clone();
+    let mut sent = Vec::new();
+    for (c, f) in clients.iter_mut().zip(&fwd) {
+        let m = c.handle_keys(f, &mut rng(1)).unwrap();
+        sent.push(m.clone());
+        server.receive_share_keys(m).unwrap();
+    }
+    let fwd = server.close_share_keys().unwrap();
+    let stranger = (1..plan.n()).find(|&v| !g.are_neighbours(0, v)).unwrap();
+    let mut bad = fwd[0].clone();
+    bad.shares.push(ForwardedShares {
+        from: plan.selected[stranger],
+        ciphertext: sent[stranger].shares[0].ciphertext.clone(),
+    });
+    let mut ledger = ContributionLedger::default();
+    assert_eq!(
+        clients[0].handle_shares(&bad, &vec![0; DIM as usize], &mut ledger, &policy()),
+        Err(Error::NotNeighbour(plan.selected[stranger]))
+    );
+    // On the server side: a ShareKeys ciphertext addressed to a non-neighbour.
+    let (plan2, keys2) =
+        federation(24, GraphKind::Harary, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 13);
+    let (mut clients2, mut server2, fwd2) = after_advertise(&plan2, &keys2);
+    let g2 = server2.graph().clone();
+    let mut m = clients2[0].handle_keys(&fwd2[0], &mut rng(1)).unwrap();
+    let s2 = (1..plan2.n()).find(|&v| !g2.are_neighbours(0, v)).unwrap();
+    m.shares[0].to = plan2.selected[s2];
+    assert_eq!(server2.receive_share_keys(m), Err(Error::NotNeighbour(plan2.selected[s2])));
+}
+
+#[test]
+fn a_bad_share_is_detected_not_summed() {
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 14);
+    let mut ledgers = vec![ContributionLedger::default(); n];
+    let mut s = stage(&plan, &keys, &mut ledgers, &policy());
+    let r = s.server.close_masked_input().unwrap();
+    for c in s.clients.iter_mut() {
+        s.server.receive_consistency(c.handle_consistency(&r).unwrap()).unwrap();
+    }
+    let r = s.server.close_consistency().unwrap();
+    for (i, c) in s.clients.iter_mut().enumerate() {
+        let mut resp = c.handle_unmasking(&r).unwrap();
+        if i == 0 {
+            // Holder 0 lies about its share of client 0's seed (a valid scalar, wrong value).
+            resp.self_mask_shares[0].share = [1; 32];
+            resp.self_mask_shares[0].share[31] = 0;
+        }
+        s.server.receive_unmasking(resp).unwrap();
+    }
+    let err = s.server.finish().unwrap_err();
+    assert!(matches!(err, Error::ReconstructionMismatch { .. }), "{err:?}");
+    assert!(s.server.finish().is_err(), "an aborted round produces no sum");
+    let _ = Phase::ALL;
+}

@@ -1,0 +1,83 @@
+//! Shared helpers of the integration tests: a federation of in-memory identities.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::sync::Arc;
+
+use fedsec_crypto::context::{AdversaryClass, GraphKind, PPM, RoundPlan};
+use fedsec_crypto::ids::{AttemptNonce, CheckpointHash, ClientId};
+use fedsec_crypto::secagg::client::ClientPolicy;
+use fedsec_crypto::secagg::driver::make_plan;
+use fedsec_crypto::sign::{IdentityKey, RawKeyCredentials};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use rand_core::Rng;
+
+pub const CHECKPOINT: CheckpointHash = CheckpointHash([0xc4; 32]);
+
+pub fn rng(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed)
+}
+
+/// n identities and a plan over them, identities returned in canonical order.
+pub fn federation(
+    n: usize,
+    graph: GraphKind,
+    dropout: f64,
+    corrupt: f64,
+    class: AdversaryClass,
+    dim: u32,
+    seed: u64,
+) -> (RoundPlan, Vec<Arc<IdentityKey>>) {
+    let mut r = rng(seed);
+    let mut keys: Vec<Arc<IdentityKey>> =
+        (0..n).map(|_| Arc::new(IdentityKey::generate(&mut r))).collect();
+    keys.sort_by_key(|k| k.id());
+    let mut ids: Vec<ClientId> = keys.iter().map(|k| k.id()).collect();
+    let plan = make_plan(
+        &mut ids,
+        graph,
+        (dropout * f64::from(PPM)) as u32,
+        (corrupt * f64::from(PPM)) as u32,
+        class,
+        dim,
+        CHECKPOINT,
+        &mut r,
+    )
+    .expect("parameters exist");
+    (plan, keys)
+}
+
+/// A new attempt of the same round: fresh nonce, same everything else.
+pub fn next_attempt(plan: &RoundPlan, seed: u64) -> RoundPlan {
+    let mut p = plan.clone();
+    let mut nonce = [0u8; 16];
+    rng(seed).fill_bytes(&mut nonce);
+    p.attempt = AttemptNonce(nonce);
+    p
+}
+
+/// Random inputs, one per client.
+pub fn inputs(n: usize, dim: u32, seed: u64) -> Vec<Vec<u32>> {
+    let mut r = rng(seed);
+    (0..n).map(|_| (0..dim).map(|_| r.next_u32()).collect()).collect()
+}
+
+/// The sum in the clear of the inputs of `members`.
+pub fn clear_sum(inputs: &[Vec<u32>], members: &[usize]) -> Vec<u32> {
+    let mut sum = vec![0u32; inputs[0].len()];
+    for &i in members {
+        for (s, x) in sum.iter_mut().zip(&inputs[i]) {
+            *s = s.wrapping_add(*x);
+        }
+    }
+    sum
+}
+
+/// A permissive policy for tests that exercise the curious class.
+pub fn policy() -> ClientPolicy {
+    ClientPolicy { min_adversary: AdversaryClass::Curious, ..ClientPolicy::default() }
+}
+
+pub fn verifier() -> Arc<RawKeyCredentials> {
+    Arc::new(RawKeyCredentials)
+}

@@ -1,0 +1,153 @@
+//! Whole rounds through the in-memory driver: the unmasked sum equals the clear sum of the
+//! inputs of U3 bit for bit, for both graphs, with dropouts in each phase up to the most the
+//! thresholds allow; one past them, the round aborts, no sum is produced, and the server never
+//! holds t shares of both secrets of any client.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+use fedsec_crypto::context::{AdversaryClass, GraphKind, RoundPlan};
+use fedsec_crypto::error::Error;
+use fedsec_crypto::graph::Graph;
+use fedsec_crypto::secagg::driver::{Outcome, Phase, ShareKind, run_round};
+
+const DIM: u32 = 64;
+
+fn run(
+    plan: &RoundPlan,
+    keys: &[std::sync::Arc<fedsec_crypto::sign::IdentityKey>],
+    drops: &BTreeMap<usize, Phase>,
+    seed: u64,
+) -> (Outcome, Vec<Vec<u32>>) {
+    let xs = inputs(plan.n(), plan.dim, seed);
+    let out = run_round(plan, keys, &xs, drops, &policy(), verifier(), &mut rng(seed + 1))
+        .expect("honest messages are accepted");
+    (out, xs)
+}
+
+/// The server never holds t or more shares of both b_w and s_w^SK for any w.
+fn assert_never_both(plan: &RoundPlan, out: &Outcome) {
+    let t = plan.threshold as usize;
+    let mut count: BTreeMap<
+        (fedsec_crypto::ClientId, ShareKind),
+        BTreeSet<fedsec_crypto::ClientId>,
+    > = BTreeMap::new();
+    for r in &out.released {
+        count.entry((r.owner, r.kind)).or_default().insert(r.holder);
+    }
+    for w in &plan.selected {
+        let b = count.get(&(*w, ShareKind::SelfMask)).map_or(0, BTreeSet::len);
+        let s = count.get(&(*w, ShareKind::MaskKey)).map_or(0, BTreeSet::len);
+        assert!(b < t || s < t, "server holds {b} shares of b and {s} of s^SK of {w} (t = {t})");
+        // No single holder ever releases both for one owner.
+        for r in out.released.iter().filter(|r| r.owner == *w && r.kind == ShareKind::SelfMask) {
+            assert!(
+                !out.released
+                    .iter()
+                    .any(|o| o.owner == *w && o.holder == r.holder && o.kind == ShareKind::MaskKey),
+                "holder {} released both shares of {w}",
+                r.holder
+            );
+        }
+    }
+}
+
+/// Chooses `m` clients to drop so that every secret keeps at least t holders among the rest
+/// when possible (greedy: drop clients whose holders' slack is largest).
+fn pick_drops(plan: &RoundPlan, m: usize, avoid_holder_shortfall: bool) -> Vec<usize> {
+    let g = Graph::from_plan(plan).expect("valid plan");
+    let n = plan.n();
+    let t = plan.threshold as usize;
+    let mut alive: Vec<bool> = vec![true; n];
+    let mut dropped = Vec::new();
+    // Holders of each secret that are still alive.
+    let holders: Vec<Vec<usize>> = (0..n).map(|i| g.holders(i)).collect();
+    for _ in 0..m {
+        let best = (0..n)
+            .filter(|&i| alive[i])
+            .max_by_key(|&i| {
+                // The tightest remaining holder count among secrets i holds a share of.
+                let slack = holders
+                    .iter()
+                    .enumerate()
+                    .filter(|(o, h)| *o != i && alive[*o] && h.contains(&i))
+                    .map(|(_, h)| h.iter().filter(|&&x| alive[x]).count())
+                    .min()
+                    .unwrap_or(usize::MAX);
+                if avoid_holder_shortfall { (slack, usize::MAX - i) } else { (usize::MAX - i, 0) }
+            })
+            .expect("enough clients");
+        alive[best] = false;
+        dropped.push(best);
+        let _ = t;
+    }
+    dropped
+}
+
+fn dropout_matrix(graph: GraphKind, n: usize) {
+    let (plan, keys) = federation(n, graph, 0.3, 0.05, AdversaryClass::SemiMalicious, DIM, 42);
+    let q = plan.q();
+    let most = n - q;
+    assert!(most > 0, "the plan must allow some dropouts (n = {n}, q = {q})");
+    for (p_i, phase) in Phase::ALL.into_iter().enumerate() {
+        // Up to the most the thresholds allow: the round completes, exactly.
+        let drops: BTreeMap<usize, Phase> =
+            pick_drops(&plan, most, true).into_iter().map(|i| (i, phase)).collect();
+        let (out, xs) = run(&plan, &keys, &drops, 100 + p_i as u64);
+        let sum = out
+            .sum
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{graph:?}, {most} dropped in {phase:?}: {e}"));
+        let survivors = out.survivors.as_ref().expect("phase 2 closed");
+        let expected_u3: Vec<usize> = (0..n)
+            .filter(|i| drops.get(i).is_none_or(|&d| d > Phase::MaskedInputCollection))
+            .collect();
+        assert_eq!(survivors, &expected_u3);
+        assert_eq!(sum, &clear_sum(&xs, survivors), "{graph:?}, drops in {phase:?}: sum differs");
+        assert_never_both(&plan, &out);
+
+        // One past: the round aborts and no sum is produced.
+        let drops: BTreeMap<usize, Phase> =
+            pick_drops(&plan, most + 1, true).into_iter().map(|i| (i, phase)).collect();
+        let (out, _) = run(&plan, &keys, &drops, 200 + p_i as u64);
+        assert!(
+            matches!(out.sum, Err(Error::TooFewClients { .. })),
+            "{graph:?}, {} dropped in {phase:?}: expected an abort, got {:?}",
+            most + 1,
+            out.sum.as_ref().map(|_| "a sum")
+        );
+        assert_never_both(&plan, &out);
+    }
+}
+
+#[test]
+fn complete_graph_dropout_matrix() {
+    dropout_matrix(GraphKind::Complete, 20);
+}
+
+#[test]
+fn harary_graph_dropout_matrix() {
+    dropout_matrix(GraphKind::Harary, 24);
+}
+
+#[test]
+fn no_dropouts_complete_and_harary_100() {
+    for graph in [GraphKind::Complete, GraphKind::Harary] {
+        let (plan, keys) = federation(100, graph, 0.1, 0.05, AdversaryClass::SemiMalicious, 256, 7);
+        let drops: BTreeMap<usize, Phase> = pick_drops(&plan, 10, true)
+            .into_iter()
+            .map(|i| (i, Phase::MaskedInputCollection))
+            .collect();
+        let (out, xs) = run(&plan, &keys, &drops, 9);
+        let survivors = out.survivors.clone().expect("phase 2 closed");
+        assert_eq!(survivors.len(), 90);
+        assert_eq!(
+            out.sum.as_ref().expect("round completes"),
+            &clear_sum(&xs, &survivors),
+            "{graph:?}"
+        );
+        assert_never_both(&plan, &out);
+    }
+}
