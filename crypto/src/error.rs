@@ -52,6 +52,14 @@ pub enum Error {
     /// The same client sent twice in one phase with different content.
     #[error("duplicate message from client {0}")]
     DuplicateClient(ClientId),
+    /// A message claims another sender than the authenticated peer that sent it.
+    #[error(
+        "message claims to come from {claimed}, but the authenticated sender is {authenticated}"
+    )]
+    SenderMismatch { claimed: ClientId, authenticated: ClientId },
+    /// Too many masked inputs are being received at once.
+    #[error("{limit} masked inputs are already being received; retry later")]
+    TooManyUploadsInFlight { limit: usize },
     /// The client may not send in this phase (not in the set the phase runs over).
     #[error("client {client} may not send in {phase}: it is not in the set this phase runs over")]
     NotEligible { client: ClientId, phase: &'static str },

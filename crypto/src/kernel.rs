@@ -112,7 +112,8 @@ impl<'p> Kernel<'p> {
 fn apply_range(acc: &mut [u32], offset: usize, masks: &[(&MaskSeed, Sign)], chunk: usize) {
     let mut ciphers: Vec<(MaskCipher, Sign)> =
         masks.iter().map(|(seed, sign)| (seed.cipher_at_word(offset), *sign)).collect();
-    let mut buf = vec![0u8; chunk * 4];
+    // The keystream is mask material: wiped when the buffer is dropped.
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; chunk * 4]);
     let mut pos = offset;
     for acc_chunk in acc.chunks_mut(chunk) {
         let bytes = &mut buf[..acc_chunk.len() * 4];

@@ -21,6 +21,7 @@ pub mod keys;
 pub mod params;
 pub mod prg;
 pub mod quant;
+pub mod rng;
 pub mod secagg;
 pub mod shamir;
 pub mod sign;

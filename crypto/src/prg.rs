@@ -62,7 +62,7 @@ impl MaskSeed {
     /// Expands words `offset..offset + out.len()` of the mask into `out` (overwriting it).
     pub fn expand_into(&self, offset: usize, out: &mut [u32]) {
         let mut c = self.cipher_at_word(offset);
-        let mut buf = [0u8; 4 * 1024];
+        let mut buf = Zeroizing::new([0u8; 4 * 1024]);
         for chunk in out.chunks_mut(1024) {
             let bytes = &mut buf[..chunk.len() * 4];
             bytes.fill(0);

@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use common::Authed;
 use common::*;
 use fedsec_crypto::context::{AdversaryClass, GraphKind, RoundPlan};
 use fedsec_crypto::error::Error;
@@ -17,7 +18,7 @@ use fedsec_crypto::prg::MaskSeed;
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
 use fedsec_crypto::secagg::driver::{Phase, run_round};
 use fedsec_crypto::secagg::messages::*;
-use fedsec_crypto::secagg::server::SecAggServer;
+use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
 use fedsec_crypto::shamir::{self, ShareValue};
 use fedsec_crypto::sign::IdentityKey;
 
@@ -39,8 +40,7 @@ fn new_clients(
     policy: &ClientPolicy,
 ) -> Vec<SecAggClient> {
     keys.iter()
-        .enumerate()
-        .map(|(i, k)| {
+        .map(|k| {
             SecAggClient::new(
                 k.clone(),
                 verifier(),
@@ -48,7 +48,6 @@ fn new_clients(
                 plan.clone(),
                 &CHECKPOINT,
                 &ContributionLedger::default(),
-                &mut rng(500 + i as u64),
             )
             .expect("plan accepted")
         })
@@ -66,18 +65,18 @@ fn stage(
     let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
     let adverts: Vec<_> = clients.iter().map(|c| c.advertise().clone()).collect();
     for a in &adverts {
-        server.receive_advertise(a.clone()).unwrap();
+        server.adv(a.clone()).unwrap();
     }
     let fwd = server.close_advertise().unwrap();
     for (c, f) in clients.iter_mut().zip(&fwd) {
-        server.receive_share_keys(c.handle_keys(f, &mut rng(6)).unwrap()).unwrap();
+        server.shares(c.handle_keys(f).unwrap()).unwrap();
     }
     let fwd = server.close_share_keys().unwrap();
     let inputs = inputs(n, plan.dim, 77);
     let mut masked = Vec::new();
     for (i, (c, f)) in clients.iter_mut().zip(&fwd).enumerate() {
-        let y = c.handle_shares(f, &inputs[i], &mut ledgers[i], policy).unwrap();
-        server.receive_masked_input(&y).unwrap();
+        let y = c.handle_shares(f, &inputs[i], &mut ledgers[i]).unwrap();
+        server.masked(&y).unwrap();
         masked.push(y);
     }
     Staged { plan: plan.clone(), clients, server, adverts, masked, inputs }
@@ -151,17 +150,55 @@ fn recover(s: &Staged, w: usize, responses: &[UnmaskingResponse]) -> Option<Vec<
 /// The complete-graph equivocation: clients in A are told w dropped (they reveal s_w^SK shares),
 /// clients in B that w survived (they reveal b_w shares).
 fn equivocate(plan: &RoundPlan, keys: &[Arc<IdentityKey>], a_size: usize) -> Option<Vec<u32>> {
+    let a: Vec<usize> = (1..=a_size).collect();
+    equivocate_groups(plan, keys, &a)
+}
+
+/// The same equivocation with explicit groups: w = 0 is in B; A is told w dropped.
+fn equivocate_groups(plan: &RoundPlan, keys: &[Arc<IdentityKey>], a: &[usize]) -> Option<Vec<u32>> {
     let n = plan.n();
     let mut ledgers = vec![ContributionLedger::default(); n];
     let mut s = stage(plan, keys, &mut ledgers, &policy());
     let w = 0;
-    let a: Vec<usize> = (1..=a_size).collect();
-    let b: Vec<usize> = std::iter::once(w).chain(a_size + 1..n).collect();
+    assert!(!a.contains(&w));
+    let b: Vec<usize> = (0..n).filter(|i| !a.contains(i)).collect();
     let all: Vec<usize> = (0..n).collect();
     let without_w: Vec<usize> = (1..n).collect();
-    let mut responses = show_view(&mut s, &a, &without_w);
+    let mut responses = show_view(&mut s, a, &without_w);
     responses.extend(show_view(&mut s, &b, &all));
     recover(&s, w, &responses).inspect(|x| assert_eq!(x, &s.inputs[w]))
+}
+
+/// Splits the clients in two halves, each holding about half of w's share holders H(w).
+fn split_holders(plan: &RoundPlan, a_size: usize) -> Vec<usize> {
+    let g = Graph::from_plan(plan).unwrap();
+    let w = 0;
+    let holders: Vec<usize> = g.holders(w).into_iter().filter(|&v| v != w).collect();
+    let others: Vec<usize> = (1..plan.n()).filter(|v| !holders.contains(v)).collect();
+    let mut a: Vec<usize> = holders.iter().copied().step_by(2).collect();
+    a.extend(others.iter().copied().take(a_size.saturating_sub(a.len())));
+    a.truncate(a_size);
+    a
+}
+
+#[test]
+fn harary_equivocation_succeeds_only_below_the_consistency_rule() {
+    let n = 40;
+    // Curious SecAgg+: q = ⌈(1−δ)n⌉ = 20 ≤ (n + n_C)/2 = 21 and 2t ≤ |H(w)|: the server splits
+    // w's holders between a view where w survived and one where it dropped.
+    let (plan, keys) =
+        federation(n, GraphKind::Harary, 0.5, 0.05, AdversaryClass::Curious, DIM, 21);
+    assert!(2 * plan.q() <= n + plan.assumed_corrupt());
+    assert!(equivocate_groups(&plan, &keys, &split_holders(&plan, n / 2)).is_some());
+
+    // Semi-malicious SecAgg+: q > (n + n_C)/2 and 2t > |H(w)|; no split leaks x_w.
+    let (plan, keys) =
+        federation(n, GraphKind::Harary, 0.3, 0.05, AdversaryClass::SemiMalicious, DIM, 21);
+    assert!(2 * plan.q() > n + plan.assumed_corrupt());
+    for a_size in [10, 15, 19, 20, 21, 25, 30] {
+        let a = split_holders(&plan, a_size);
+        assert!(equivocate_groups(&plan, &keys, &a).is_none(), "split {a_size}: x_w leaked");
+    }
 }
 
 #[test]
@@ -199,7 +236,7 @@ fn a_plan_that_breaks_the_consistency_rule_is_refused() {
 /// The retry attack: finish a round, claim failure, retry without w on the same checkpoint,
 /// subtract the two sums.
 fn retry_without_w(one_input_per_checkpoint: bool) -> Result<Vec<u32>, Error> {
-    let n = 8;
+    let n = 9;
     let (plan, keys) =
         federation(n, GraphKind::Complete, 0.25, 0.05, AdversaryClass::SemiMalicious, DIM, 3);
     let policy = ClientPolicy { one_input_per_checkpoint, ..policy() };
@@ -210,27 +247,23 @@ fn retry_without_w(one_input_per_checkpoint: bool) -> Result<Vec<u32>, Error> {
         let mut clients = new_clients(&plan, &keys, &policy);
         let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
         for c in &clients {
-            server.receive_advertise(c.advertise().clone()).unwrap();
+            server.adv(c.advertise().clone()).unwrap();
         }
         let f = server.close_advertise().unwrap();
         for (c, f) in clients.iter_mut().zip(&f) {
-            server.receive_share_keys(c.handle_keys(f, &mut rng(1)).unwrap()).unwrap();
+            server.shares(c.handle_keys(f).unwrap()).unwrap();
         }
         let f = server.close_share_keys().unwrap();
         for (i, (c, f)) in clients.iter_mut().zip(&f).enumerate() {
-            server
-                .receive_masked_input(
-                    &c.handle_shares(f, &xs[i], &mut ledgers[i], &policy).unwrap(),
-                )
-                .unwrap();
+            server.masked(&c.handle_shares(f, &xs[i], &mut ledgers[i]).unwrap()).unwrap();
         }
         let r = server.close_masked_input().unwrap();
         for c in clients.iter_mut() {
-            server.receive_consistency(c.handle_consistency(&r).unwrap()).unwrap();
+            server.consistent(c.handle_consistency(&r).unwrap()).unwrap();
         }
         let r = server.close_consistency().unwrap();
         for c in clients.iter_mut() {
-            server.receive_unmasking(c.handle_unmasking(&r).unwrap()).unwrap();
+            server.unmask(c.handle_unmasking(&r).unwrap()).unwrap();
         }
         server.finish().unwrap()
     };
@@ -248,25 +281,16 @@ fn retry_without_w(one_input_per_checkpoint: bool) -> Result<Vec<u32>, Error> {
             retry.clone(),
             &CHECKPOINT,
             &ledgers[i + 1],
-            &mut rng(2),
         )?;
     }
-    let out = run_round(
-        &retry,
-        retry_keys,
-        &xs[1..],
-        &BTreeMap::new(),
-        &policy,
-        verifier(),
-        &mut rng(3),
-    )?;
+    let out = run_round(&retry, retry_keys, &xs[1..], &BTreeMap::new(), &policy, verifier())?;
     let second = out.sum?;
     Ok(first.iter().zip(&second).map(|(a, b)| a.wrapping_sub(*b)).collect())
 }
 
 #[test]
 fn retry_without_w_on_the_same_checkpoint_is_refused() {
-    let xs = inputs(8, DIM, 4);
+    let xs = inputs(9, DIM, 4);
     // Below the rule (the switch relaxed): the difference of the two sums is x_w.
     assert_eq!(retry_without_w(false).expect("relaxed clients take part twice"), xs[0]);
     // With the rule: clients refuse a second masked input on the same checkpoint.
@@ -341,7 +365,6 @@ fn plans_below_the_floor_are_refused() {
             p.clone(),
             &CHECKPOINT,
             &ContributionLedger::default(),
-            &mut rng(1),
         )
         .map(|_| ())
     };
@@ -377,7 +400,7 @@ fn after_advertise(
     let clients = new_clients(plan, keys, &policy());
     let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
     for c in &clients {
-        server.receive_advertise(c.advertise().clone()).unwrap();
+        server.adv(c.advertise().clone()).unwrap();
     }
     let fwd = server.close_advertise().unwrap();
     (clients, server, fwd)
@@ -396,17 +419,14 @@ fn forwarded_keys_must_match_the_graph() {
     let mut extra = fwd[0].clone();
     extra.adverts.push(all_adverts[non_neighbour].clone());
     assert_eq!(
-        clients[0].handle_keys(&extra, &mut rng(1)),
+        clients[0].handle_keys(&extra),
         Err(Error::NotNeighbour(plan.selected[non_neighbour]))
     );
     // Missing: its own advertisement dropped.
     let (mut clients, _, fwd) = after_advertise(&plan, &keys);
     let mut missing = fwd[0].clone();
     missing.adverts.retain(|a| a.client != plan.selected[0]);
-    assert!(matches!(
-        clients[0].handle_keys(&missing, &mut rng(1)),
-        Err(Error::InconsistentForward(_))
-    ));
+    assert!(matches!(clients[0].handle_keys(&missing), Err(Error::InconsistentForward(_))));
     // Missing: so many neighbours that fewer than t holders remain.
     let (mut clients, _, fwd) = after_advertise(&plan, &keys);
     let mut few = fwd[0].clone();
@@ -415,17 +435,14 @@ fn forwarded_keys_must_match_the_graph() {
         few.adverts.push(all_adverts[0].clone());
         few.adverts.remove(0);
     }
-    assert!(matches!(
-        clients[0].handle_keys(&few, &mut rng(1)),
-        Err(Error::TooFewNeighbours { .. })
-    ));
+    assert!(matches!(clients[0].handle_keys(&few), Err(Error::TooFewNeighbours { .. })));
     // Altered: a neighbour's mask key swapped (the signature no longer verifies).
     let (mut clients, _, fwd) = after_advertise(&plan, &keys);
     let mut altered = fwd[0].clone();
     let j = altered.adverts.iter().position(|a| a.client != plan.selected[0]).unwrap();
     altered.adverts[j].mask_pk = all_adverts[non_neighbour].mask_pk;
     assert_eq!(
-        clients[0].handle_keys(&altered, &mut rng(1)),
+        clients[0].handle_keys(&altered),
         Err(Error::BadSignature(altered.adverts[j].client))
     );
     // Duplicate.
@@ -433,10 +450,7 @@ fn forwarded_keys_must_match_the_graph() {
     let mut dup = fwd[0].clone();
     let again = dup.adverts[j].clone();
     dup.adverts.push(again.clone());
-    assert_eq!(
-        clients[0].handle_keys(&dup, &mut rng(1)),
-        Err(Error::DuplicateClient(again.client))
-    );
+    assert_eq!(clients[0].handle_keys(&dup), Err(Error::DuplicateClient(again.client)));
 }
 
 #[test]
@@ -447,16 +461,16 @@ fn replays_from_another_round_or_attempt_are_refused() {
     let retry = next_attempt(&plan, 99);
     let mut server = SecAggServer::new(retry.clone(), verifier()).unwrap();
     // The whole old message: wrong context.
-    assert_eq!(server.receive_advertise(old[0].advertise().clone()), Err(Error::WrongContext));
+    assert_eq!(server.adv(old[0].advertise().clone()), Err(Error::WrongContext));
     // The old signature under the new context: does not verify.
     let mut replay = old[0].advertise().clone();
     replay.ctx = retry.context();
-    assert_eq!(server.receive_advertise(replay), Err(Error::BadSignature(plan.selected[0])));
+    assert_eq!(server.adv(replay), Err(Error::BadSignature(plan.selected[0])));
     // And clients refuse old forwards the same way.
     let (mut clients, _, fwd) = after_advertise(&retry, &keys);
     let mut old_fwd = fwd[1].clone();
     old_fwd.ctx = plan.context();
-    assert_eq!(clients[1].handle_keys(&old_fwd, &mut rng(1)), Err(Error::WrongContext));
+    assert_eq!(clients[1].handle_keys(&old_fwd), Err(Error::WrongContext));
 }
 
 #[test]
@@ -465,27 +479,24 @@ fn a_retried_phase_returns_byte_identical_messages() {
     let (plan, keys) =
         federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 9);
     let (mut clients, mut server, fwd) = after_advertise(&plan, &keys);
-    let first = clients[2].handle_keys(&fwd[2], &mut rng(1)).unwrap();
-    let again = clients[2].handle_keys(&fwd[2], &mut rng(2)).unwrap();
+    let first = clients[2].handle_keys(&fwd[2]).unwrap();
+    let again = clients[2].handle_keys(&fwd[2]).unwrap();
     assert_eq!(encode(&first), encode(&again), "ShareKeys resent byte-identical");
     let mut other = fwd[2].clone();
     other.adverts.pop();
-    assert!(matches!(
-        clients[2].handle_keys(&other, &mut rng(1)),
-        Err(Error::PhaseAlreadyAnswered(_))
-    ));
+    assert!(matches!(clients[2].handle_keys(&other), Err(Error::PhaseAlreadyAnswered(_))));
     for (i, c) in clients.iter_mut().enumerate() {
         if i != 2 {
-            server.receive_share_keys(c.handle_keys(&fwd[i], &mut rng(1)).unwrap()).unwrap();
+            server.shares(c.handle_keys(&fwd[i]).unwrap()).unwrap();
         }
     }
-    server.receive_share_keys(first.clone()).unwrap();
-    assert_eq!(server.receive_share_keys(first), Ok(()), "an identical retry is accepted");
+    server.shares(first.clone()).unwrap();
+    assert_eq!(server.shares(first), Ok(()), "an identical retry is accepted");
     let fwd = server.close_share_keys().unwrap();
     let x = vec![5u32; DIM as usize];
     let mut ledger = ContributionLedger::default();
-    let y1 = clients[2].handle_shares(&fwd[2], &x, &mut ledger, &policy()).unwrap();
-    let y2 = clients[2].handle_shares(&fwd[2], &x, &mut ledger, &policy()).unwrap();
+    let y1 = clients[2].handle_shares(&fwd[2], &x, &mut ledger).unwrap();
+    let y2 = clients[2].handle_shares(&fwd[2], &x, &mut ledger).unwrap();
     assert_eq!(encode(&y1), encode(&y2), "masked input resent byte-identical");
     assert!(ledger.contributed(&CHECKPOINT));
 }
@@ -500,22 +511,22 @@ fn forged_and_malformed_messages_get_typed_errors() {
     // Forged signature.
     let mut forged = clients[0].advertise().clone();
     forged.signature.0[10] ^= 1;
-    assert_eq!(server.receive_advertise(forged), Err(Error::BadSignature(plan.selected[0])));
+    assert_eq!(server.adv(forged), Err(Error::BadSignature(plan.selected[0])));
     // Certificate whose key hashes to another id.
     let mut wrong = clients[0].advertise().clone();
     wrong.credential = clients[1].advertise().credential.clone();
-    assert!(matches!(server.receive_advertise(wrong), Err(Error::BadCredential { .. })));
+    assert!(matches!(server.adv(wrong), Err(Error::BadCredential { .. })));
     // Identity point as a key.
     let mut ident = clients[0].advertise().clone();
     ident.mask_pk = [0; 32];
-    assert!(server.receive_advertise(ident).is_err());
+    assert!(server.adv(ident).is_err());
     // A client outside U.
     let stranger = IdentityKey::generate(&mut rng(77));
     let mut outsider = clients[0].advertise().clone();
     outsider.client = stranger.id();
-    assert_eq!(server.receive_advertise(outsider), Err(Error::NotSelected(stranger.id())));
+    assert_eq!(server.adv(outsider), Err(Error::NotSelected(stranger.id())));
     // Duplicate client id: the same client twice with different content.
-    server.receive_advertise(clients[0].advertise().clone()).unwrap();
+    server.adv(clients[0].advertise().clone()).unwrap();
     let other = SecAggClient::new(
         keys[0].clone(),
         verifier(),
@@ -523,11 +534,10 @@ fn forged_and_malformed_messages_get_typed_errors() {
         plan.clone(),
         &CHECKPOINT,
         &ContributionLedger::default(),
-        &mut rng(8),
     )
     .unwrap();
     assert_eq!(
-        server.receive_advertise(other.advertise().clone()),
+        server.adv(other.advertise().clone()),
         Err(Error::DuplicateClient(plan.selected[0]))
     );
     // A plan listing one id twice.
@@ -546,41 +556,38 @@ fn wrong_vector_length_and_bad_chunks_are_refused() {
         federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 11);
     let (mut clients, mut server, fwd) = after_advertise(&plan, &keys);
     for (c, f) in clients.iter_mut().zip(&fwd) {
-        server.receive_share_keys(c.handle_keys(f, &mut rng(1)).unwrap()).unwrap();
+        server.shares(c.handle_keys(f).unwrap()).unwrap();
     }
     let fwd = server.close_share_keys().unwrap();
+    let mut server = server.with_upload_chunk_words(10);
     let mut ledger = ContributionLedger::default();
     assert_eq!(
-        clients[0].handle_shares(&fwd[0], &[1, 2, 3], &mut ledger, &policy()),
+        clients[0].handle_shares(&fwd[0], &[1, 2, 3], &mut ledger),
         Err(Error::WrongLength { got: 3, expected: DIM as usize })
     );
-    let y =
-        clients[0].handle_shares(&fwd[0], &vec![1; DIM as usize], &mut ledger, &policy()).unwrap();
+    let y = clients[0].handle_shares(&fwd[0], &vec![1; DIM as usize], &mut ledger).unwrap();
     // Too long, misaligned, past the end: refused, nothing changes.
     let mut long = y.clone();
     long.data.extend_from_slice(&[0; 4]);
-    assert!(matches!(server.receive_masked_input(&long), Err(Error::BadChunk { .. })));
+    assert!(matches!(server.masked(&long), Err(Error::BadChunk { .. })));
     let mut odd = y.clone();
     odd.data.pop();
-    assert!(matches!(server.receive_masked_input(&odd), Err(Error::BadChunk { .. })));
+    assert!(matches!(server.masked(&odd), Err(Error::BadChunk { .. })));
     // Chunks: a conflicting overlap is refused, an identical retry is a duplicate.
     let parts = y.chunks(10);
-    server.receive_masked_input(&parts[0]).unwrap();
+    server.masked(&parts[0]).unwrap();
     assert_eq!(
-        server.receive_masked_input(&parts[0]),
+        server.masked(&parts[0]),
         Ok(fedsec_crypto::secagg::server::UploadProgress::Duplicate)
     );
     let mut conflict = parts[0].clone();
     conflict.data[0] ^= 1;
-    assert!(matches!(server.receive_masked_input(&conflict), Err(Error::BadChunk { .. })));
+    assert!(matches!(server.masked(&conflict), Err(Error::BadChunk { .. })));
     for p in &parts[1..] {
-        server.receive_masked_input(p).unwrap();
+        server.masked(p).unwrap();
     }
     assert!(server.u3().contains(&0));
-    assert_eq!(
-        server.receive_masked_input(&parts[1]),
-        Err(Error::UploadComplete(plan.selected[0]))
-    );
+    assert_eq!(server.masked(&parts[1]), Err(Error::UploadComplete(plan.selected[0])));
 }
 
 #[test]
@@ -591,9 +598,9 @@ fn shares_from_a_non_neighbour_are_refused() {
     let g = server.graph().clone();
     let mut sent = Vec::new();
     for (c, f) in clients.iter_mut().zip(&fwd) {
-        let m = c.handle_keys(f, &mut rng(1)).unwrap();
+        let m = c.handle_keys(f).unwrap();
         sent.push(m.clone());
-        server.receive_share_keys(m).unwrap();
+        server.shares(m).unwrap();
     }
     let fwd = server.close_share_keys().unwrap();
     let stranger = (1..plan.n()).find(|&v| !g.are_neighbours(0, v)).unwrap();
@@ -604,7 +611,7 @@ fn shares_from_a_non_neighbour_are_refused() {
     });
     let mut ledger = ContributionLedger::default();
     assert_eq!(
-        clients[0].handle_shares(&bad, &vec![0; DIM as usize], &mut ledger, &policy()),
+        clients[0].handle_shares(&bad, &vec![0; DIM as usize], &mut ledger),
         Err(Error::NotNeighbour(plan.selected[stranger]))
     );
     // On the server side: a ShareKeys ciphertext addressed to a non-neighbour.
@@ -612,35 +619,107 @@ fn shares_from_a_non_neighbour_are_refused() {
         federation(24, GraphKind::Harary, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 13);
     let (mut clients2, mut server2, fwd2) = after_advertise(&plan2, &keys2);
     let g2 = server2.graph().clone();
-    let mut m = clients2[0].handle_keys(&fwd2[0], &mut rng(1)).unwrap();
+    let mut m = clients2[0].handle_keys(&fwd2[0]).unwrap();
     let s2 = (1..plan2.n()).find(|&v| !g2.are_neighbours(0, v)).unwrap();
     m.shares[0].to = plan2.selected[s2];
-    assert_eq!(server2.receive_share_keys(m), Err(Error::NotNeighbour(plan2.selected[s2])));
+    assert_eq!(server2.shares(m), Err(Error::NotNeighbour(plan2.selected[s2])));
 }
 
 #[test]
 fn a_bad_share_is_detected_not_summed() {
+    // One holder lies about its share of client 0's seed (a valid scalar, wrong value), then two.
+    for liars in [vec![0usize], vec![0, 1]] {
+        let n = 10;
+        let (plan, keys) =
+            federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 14);
+        let mut ledgers = vec![ContributionLedger::default(); n];
+        let mut s = stage(&plan, &keys, &mut ledgers, &policy());
+        let r = s.server.close_masked_input().unwrap();
+        for c in s.clients.iter_mut() {
+            s.server.consistent(c.handle_consistency(&r).unwrap()).unwrap();
+        }
+        let r = s.server.close_consistency().unwrap();
+        for (i, c) in s.clients.iter_mut().enumerate() {
+            let mut resp = c.handle_unmasking(&r).unwrap();
+            if liars.contains(&i) {
+                let lie = resp.self_mask_shares.iter_mut().find(|sh| sh.owner == plan.selected[0]);
+                let lie = lie.expect("every holder has a share of client 0");
+                lie.share = [i as u8 + 1; 32];
+                lie.share[31] = 0;
+            }
+            s.server.unmask(resp).unwrap();
+        }
+        if liars.len() == 1 {
+            // With t + 1 shares, one bad share is found, left out and reported; the sum is exact.
+            let all: Vec<usize> = (0..n).collect();
+            assert_eq!(s.server.finish().unwrap(), clear_sum(&s.inputs, &all));
+            assert_eq!(
+                s.server.misbehaving_holders().iter().copied().collect::<Vec<_>>(),
+                vec![plan.selected[0]]
+            );
+        } else {
+            // Two bad shares among the first t + 1: detected, never summed; the round aborts.
+            let err = s.server.finish().unwrap_err();
+            assert!(matches!(err, Error::ReconstructionMismatch { .. }), "{err:?}");
+            assert!(s.server.finish().is_err(), "an aborted round produces no sum");
+        }
+    }
+}
+
+#[test]
+fn a_message_in_another_clients_name_is_refused() {
     let n = 10;
     let (plan, keys) =
-        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 14);
-    let mut ledgers = vec![ContributionLedger::default(); n];
-    let mut s = stage(&plan, &keys, &mut ledgers, &policy());
-    let r = s.server.close_masked_input().unwrap();
-    for c in s.clients.iter_mut() {
-        s.server.receive_consistency(c.handle_consistency(&r).unwrap()).unwrap();
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 15);
+    let clients = new_clients(&plan, &keys, &policy());
+    let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
+    let victim = clients[0].advertise().clone();
+    assert_eq!(
+        server.receive_advertise(plan.selected[1], victim.clone()),
+        Err(Error::SenderMismatch { claimed: plan.selected[0], authenticated: plan.selected[1] })
+    );
+    // Nothing changed: the victim's own message is still accepted.
+    assert_eq!(server.receive_advertise(plan.selected[0], victim), Ok(()));
+}
+
+#[test]
+fn partial_uploads_are_bounded_and_aligned() {
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 16);
+    let mut clients = new_clients(&plan, &keys, &policy());
+    let mut server = SecAggServer::new(plan.clone(), verifier())
+        .unwrap()
+        .with_upload_chunk_words(8)
+        .with_max_uploads_in_flight(2);
+    for c in &clients {
+        server.adv(c.advertise().clone()).unwrap();
     }
-    let r = s.server.close_consistency().unwrap();
-    for (i, c) in s.clients.iter_mut().enumerate() {
-        let mut resp = c.handle_unmasking(&r).unwrap();
-        if i == 0 {
-            // Holder 0 lies about its share of client 0's seed (a valid scalar, wrong value).
-            resp.self_mask_shares[0].share = [1; 32];
-            resp.self_mask_shares[0].share[31] = 0;
-        }
-        s.server.receive_unmasking(resp).unwrap();
+    let fwd = server.close_advertise().unwrap();
+    for (c, f) in clients.iter_mut().zip(&fwd) {
+        server.shares(c.handle_keys(f).unwrap()).unwrap();
     }
-    let err = s.server.finish().unwrap_err();
-    assert!(matches!(err, Error::ReconstructionMismatch { .. }), "{err:?}");
-    assert!(s.server.finish().is_err(), "an aborted round produces no sum");
-    let _ = Phase::ALL;
+    let fwd = server.close_share_keys().unwrap();
+    let ys: Vec<MaskedInput> = clients
+        .iter_mut()
+        .zip(&fwd)
+        .map(|(c, f)| {
+            c.handle_shares(f, &[3; DIM as usize], &mut ContributionLedger::default()).unwrap()
+        })
+        .collect();
+    // Misaligned or wrongly sized chunks are refused.
+    let mut misaligned = ys[0].chunks(8)[0].clone();
+    misaligned.offset = 4;
+    assert!(matches!(server.masked(&misaligned), Err(Error::BadChunk { .. })));
+    assert!(matches!(server.masked(&ys[0].chunks(5)[0]), Err(Error::BadChunk { .. })));
+    // Two partial uploads may be in flight, not a third; a whole vector needs no buffer.
+    server.masked(&ys[0].chunks(8)[0]).unwrap();
+    server.masked(&ys[1].chunks(8)[0]).unwrap();
+    assert_eq!(server.masked(&ys[2].chunks(8)[0]), Err(Error::TooManyUploadsInFlight { limit: 2 }));
+    assert_eq!(server.masked(&ys[3]), Ok(UploadProgress::Complete));
+    for c in &ys[0].chunks(8)[1..] {
+        server.masked(c).unwrap();
+    }
+    assert_eq!(server.uploads_in_flight(), 1);
+    server.masked(&ys[2].chunks(8)[0]).unwrap();
 }

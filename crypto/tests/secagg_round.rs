@@ -22,7 +22,7 @@ fn run(
     seed: u64,
 ) -> (Outcome, Vec<Vec<u32>>) {
     let xs = inputs(plan.n(), plan.dim, seed);
-    let out = run_round(plan, keys, &xs, drops, &policy(), verifier(), &mut rng(seed + 1))
+    let out = run_round(plan, keys, &xs, drops, &policy(), verifier())
         .expect("honest messages are accepted");
     (out, xs)
 }

@@ -126,6 +126,8 @@ fn run(args: &Args) -> Result<(), String> {
     let n = args.clients;
     let d = args.dim as usize;
     let mut os = UnwrapErr(SysRng);
+    let fused_before = measure_fused();
+    let ka_before = measure_key_agreement();
     let mut seeded = StdRng::seed_from_u64(args.seed);
     let identities: Vec<Arc<IdentityKey>> =
         (0..n).map(|_| Arc::new(IdentityKey::generate(&mut os))).collect();
@@ -146,6 +148,7 @@ fn run(args: &Args) -> Result<(), String> {
     for id in &plan.selected {
         by_index.push(identities.iter().find(|k| k.id() == *id).expect("same ids").clone());
     }
+    let rec_before = measure_reconstruction(plan.threshold as usize, graph, &mut os);
     let policy = ClientPolicy { min_adversary: AdversaryClass::Curious, ..ClientPolicy::default() };
     let verifier = Arc::new(RawKeyCredentials);
     let pool = Arc::new(
@@ -178,7 +181,6 @@ fn run(args: &Args) -> Result<(), String> {
                 plan.clone(),
                 &checkpoint,
                 &ContributionLedger::default(),
-                &mut UnwrapErr(SysRng),
             )
         })
         .collect::<Result<_, _>>()
@@ -187,17 +189,17 @@ fn run(args: &Args) -> Result<(), String> {
     // Phases 0 and 1.
     let t0 = Instant::now();
     for c in &clients {
-        server.receive_advertise(c.advertise().clone()).map_err(e)?;
+        server.receive_advertise(c.advertise().client, c.advertise().clone()).map_err(e)?;
     }
     let forwards = server.close_advertise().map_err(e)?;
     let replies: Vec<_> = clients
         .par_iter_mut()
         .zip(forwards.par_iter())
-        .map(|(c, f)| c.handle_keys(f, &mut UnwrapErr(SysRng)))
+        .map(|(c, f)| c.handle_keys(f))
         .collect::<Result<_, _>>()
         .map_err(e)?;
     for r in replies {
-        server.receive_share_keys(r).map_err(e)?;
+        server.receive_share_keys(r.client, r).map_err(e)?;
     }
     let forwards = server.close_share_keys().map_err(e)?;
     let setup_s = t0.elapsed().as_secs_f64();
@@ -222,7 +224,7 @@ fn run(args: &Args) -> Result<(), String> {
                 let i = b * batch + j;
                 let x = input_of(args.seed, i, d);
                 let start = Instant::now();
-                let y = c.handle_shares(&forwards[i], &x, ledger, &policy);
+                let y = c.handle_shares(&forwards[i], &x, ledger);
                 (x, y, start.elapsed())
             })
             .collect();
@@ -236,7 +238,7 @@ fn run(args: &Args) -> Result<(), String> {
                 *c = c.wrapping_add(*v);
             }
             let start = Instant::now();
-            server.receive_masked_input(&y).map_err(e)?;
+            server.receive_masked_input(y.client, &y).map_err(e)?;
             server_sum += start.elapsed();
         }
     }
@@ -252,7 +254,7 @@ fn run(args: &Args) -> Result<(), String> {
         .collect::<Result<_, _>>()
         .map_err(e)?;
     for s in signatures {
-        server.receive_consistency(s).map_err(e)?;
+        server.receive_consistency(s.client, s).map_err(e)?;
     }
     let request = server.close_consistency().map_err(e)?;
     let responses: Vec<_> = clients
@@ -263,7 +265,7 @@ fn run(args: &Args) -> Result<(), String> {
         .collect::<Result<_, _>>()
         .map_err(e)?;
     for r in responses {
-        server.receive_unmasking(r).map_err(e)?;
+        server.receive_unmasking(r.client, r).map_err(e)?;
     }
     let start = Instant::now();
     let sum = server.finish().map_err(e)?;
@@ -286,7 +288,12 @@ fn run(args: &Args) -> Result<(), String> {
             stats.mask_words, stats.key_agreements
         ));
     }
-    let reconstructions = u3.len() + (u2.len() - u3.len());
+    // One self-mask seed per survivor, one mask key per dropped client with a surviving neighbour.
+    let reconstructions = u3.len()
+        + u2.iter()
+            .filter(|v| !u3.contains(v))
+            .filter(|&&v| g.neighbours(v).iter().any(|u| u3.contains(u)))
+            .count();
     if stats.reconstructions != reconstructions as u64 {
         return Err(format!(
             "{} reconstructions, expected {reconstructions}",
@@ -294,10 +301,12 @@ fn run(args: &Args) -> Result<(), String> {
         ));
     }
 
-    // Microbenchmarks in the same process, separately from the round.
-    let fused_gbps = measure_fused();
-    let ka_us = measure_key_agreement();
-    let reconstruct_us = measure_reconstruction(plan.threshold as usize, graph, &mut os);
+    // Microbenchmarks in the same process, separately from the round: the best of a run before
+    // and one after it, so that a busy moment of the machine does not lower the limit.
+    let fused_gbps = fused_before.max(measure_fused());
+    let ka_us = ka_before.min(measure_key_agreement());
+    let reconstruct_us =
+        rec_before.min(measure_reconstruction(plan.threshold as usize, graph, &mut os));
     let prg_bytes = stats.mask_words * 4;
     let limit_s = prg_bytes as f64 / (fused_gbps * 1e9)
         + stats.key_agreements as f64 * ka_us * 1e-6
@@ -358,7 +367,7 @@ fn measure_fused() -> f64 {
     let kernel = Kernel::single();
     kernel.apply(&mut acc, 0, &masks); // warm up
     let mut best = f64::MAX;
-    for _ in 0..5 {
+    for _ in 0..25 {
         let start = Instant::now();
         kernel.apply(&mut acc, 0, &masks);
         best = best.min(start.elapsed().as_secs_f64());
@@ -375,7 +384,7 @@ fn measure_key_agreement() -> f64 {
     let ctx = fedsec_crypto::RoundContext([1; 32]);
     let (u, v) = (ClientId([1; 32]), ClientId([2; 32]));
     let mut best = f64::MAX;
-    for _ in 0..5 {
+    for _ in 0..10 {
         let start = Instant::now();
         for pk in &pks {
             std::hint::black_box(MaskSeed::pairwise(&a, pk, &ctx, &u, &v));
@@ -401,7 +410,7 @@ fn measure_reconstruction<R: rand_core::CryptoRng + ?Sized>(
     let mut cache = LagrangeCache::new();
     let reps = 20;
     let mut best = f64::MAX;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let start = Instant::now();
         for _ in 0..reps {
             if graph == GraphKind::Harary {

@@ -11,11 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
-use rand_core::CryptoRng;
-use serde::{Deserialize, Serialize};
 
 use crate::aead::ShareKey;
-use crate::context::{AdversaryClass, PROTOCOL_VERSION, RoundContext, RoundPlan};
+use crate::context::{PROTOCOL_VERSION, RoundContext, RoundPlan};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::ids::{CheckpointHash, ClientId};
@@ -24,59 +22,12 @@ use crate::kernel::{Kernel, Sign};
 use crate::keys::{PublicKey, SecretScalar};
 use crate::params;
 use crate::prg::MaskSeed;
+use crate::rng::os_rng;
 use crate::secagg::messages::*;
+use crate::secagg::policy::check_floor;
+pub use crate::secagg::policy::{ClientPolicy, ContributionLedger};
 use crate::shamir::{self, ShareValue};
 use crate::sign::{CredentialVerifier, IdentityKey, verify, verify_many};
-
-/// The floor a client's own configuration fixes: the server cannot talk it below these.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientPolicy {
-    /// The weakest adversary class accepted.
-    pub min_adversary: AdversaryClass,
-    /// The least assumed corrupt fraction γ accepted, in ppm.
-    pub min_corrupt_ppm: u32,
-    /// The largest assumed dropout δ accepted, in ppm.
-    pub max_dropout_ppm: u32,
-    /// The smallest selected set |U| accepted.
-    pub min_clients: usize,
-    /// The smallest ⌈(1−δ)|U|⌉ accepted: the least number of inputs the sum may hide in.
-    pub min_surviving: usize,
-    /// Upload at most one masked input per checkpoint (DESIGN.md "Once per checkpoint").
-    /// Turning this off lets a server that retries a round without client w subtract two
-    /// sums and learn x_w; only for tiny federations that accept that cost.
-    pub one_input_per_checkpoint: bool,
-}
-
-impl Default for ClientPolicy {
-    fn default() -> Self {
-        ClientPolicy {
-            min_adversary: AdversaryClass::SemiMalicious,
-            min_corrupt_ppm: 0,
-            max_dropout_ppm: 500_000,
-            min_clients: 3,
-            min_surviving: 2,
-            one_input_per_checkpoint: true,
-        }
-    }
-}
-
-/// The checkpoints this client has uploaded a masked input for. The caller persists it before
-/// sending the masked input, so a restart cannot make the client contribute twice.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContributionLedger {
-    checkpoints: BTreeSet<CheckpointHash>,
-}
-
-impl ContributionLedger {
-    /// Whether an input was uploaded on `checkpoint`.
-    pub fn contributed(&self, checkpoint: &CheckpointHash) -> bool {
-        self.checkpoints.contains(checkpoint)
-    }
-
-    fn record(&mut self, checkpoint: CheckpointHash) {
-        self.checkpoints.insert(checkpoint);
-    }
-}
 
 /// Where the client stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +88,7 @@ pub struct SecAggClient {
     ctx: RoundContext,
     graph: Graph,
     me: usize,
+    one_input_per_checkpoint: bool,
     phase: ClientPhase,
     abort_reason: Option<Error>,
     enc_sk: Option<SecretScalar>,
@@ -146,7 +98,8 @@ pub struct SecAggClient {
     /// Verified neighbours in U1 (canonical index → keys).
     peers: BTreeMap<usize, Peer>,
     /// Shares held, by owner index (own shares included): owners form my view of H(u) ∩ U2.
-    held: BTreeMap<usize, HeldShares>,
+    /// Boxed, so that moving entries never leaves copies of a share behind.
+    held: BTreeMap<usize, Box<HeldShares>>,
     share_keys: Option<Answered<ShareKeys>>,
     masked_input: Option<Answered<MaskedInput>>,
     consistency: Option<Answered<ConsistencySignature>>,
@@ -170,14 +123,13 @@ impl SecAggClient {
     ///
     /// `verified_checkpoint` is the hash of the checkpoint this client verified (signature,
     /// hash, version) and will train on; the plan must name the same one.
-    pub fn new<R: CryptoRng + ?Sized>(
+    pub fn new(
         identity: Arc<IdentityKey>,
         verifier: Arc<dyn CredentialVerifier>,
         policy: &ClientPolicy,
         plan: RoundPlan,
         verified_checkpoint: &CheckpointHash,
         ledger: &ContributionLedger,
-        rng: &mut R,
     ) -> Result<Self> {
         plan.validate()?;
         check_floor(policy, &plan)?;
@@ -207,9 +159,12 @@ impl SecAggClient {
         let ctx = plan.context();
         let graph = Graph::from_plan(&plan)?;
 
-        let enc_sk = SecretScalar::random(rng);
-        let mask_sk = SecretScalar::random(rng);
-        let self_seed = SecretScalar::random(rng);
+        // Key generation always uses the OS RNG, even in a seeded simulation: keys reused across
+        // attempts would let a server reconstruct b_u in one and s_u^SK in the other.
+        let mut rng = os_rng();
+        let enc_sk = SecretScalar::random(&mut rng);
+        let mask_sk = SecretScalar::random(&mut rng);
+        let self_seed = SecretScalar::random(&mut rng);
         let (enc_pk, mask_pk, commitment) = (
             enc_sk.public().to_bytes(),
             mask_sk.public().to_bytes(),
@@ -233,6 +188,7 @@ impl SecAggClient {
             ctx,
             graph,
             me,
+            one_input_per_checkpoint: policy.one_input_per_checkpoint,
             phase: ClientPhase::AdvertiseKeys,
             abort_reason: None,
             enc_sk: Some(enc_sk),
@@ -332,17 +288,13 @@ impl SecAggClient {
 
     /// Phase 0 → 1: verifies the forwarded advertisements of H(u) ∩ U1, then Shamir-shares
     /// s_u^SK and b_u among them and encrypts each holder's pair of shares under K_{u→v}.
-    pub fn handle_keys<R: CryptoRng + ?Sized>(
-        &mut self,
-        msg: &KeysForward,
-        rng: &mut R,
-    ) -> Result<ShareKeys> {
+    pub fn handle_keys(&mut self, msg: &KeysForward) -> Result<ShareKeys> {
         let digest = message_digest(msg);
         self.answer(
             ClientPhase::AdvertiseKeys,
             digest,
             |s| s.share_keys.as_ref(),
-            |s| s.share_keys_inner(msg, rng),
+            |s| s.share_keys_inner(msg),
             |s, a| {
                 s.share_keys = Some(a);
                 s.phase = ClientPhase::ShareKeys;
@@ -350,11 +302,7 @@ impl SecAggClient {
         )
     }
 
-    fn share_keys_inner<R: CryptoRng + ?Sized>(
-        &mut self,
-        msg: &KeysForward,
-        rng: &mut R,
-    ) -> Result<ShareKeys> {
+    fn share_keys_inner(&mut self, msg: &KeysForward) -> Result<ShareKeys> {
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         if msg.recipient != self.id() {
             return Err(Error::InconsistentForward("keys addressed to another client".into()));
@@ -408,17 +356,23 @@ impl SecAggClient {
         let xs: Vec<u32> = holder_idx.iter().map(|&i| RoundPlan::x_coordinate(i)).collect();
         let mask_sk = self.mask_sk.as_ref().expect("secrets live until abort or unmasking");
         let self_seed = self.self_seed.as_ref().expect("secrets live until abort or unmasking");
-        let mask_key_shares = shamir::split(mask_sk.expose(), t, &xs, rng)?;
-        let self_mask_shares = shamir::split(self_seed.expose(), t, &xs, rng)?;
+        let mut rng = os_rng();
+        let mask_key_shares = shamir::split(mask_sk.expose(), t, &xs, &mut rng)?;
+        let self_mask_shares = shamir::split(self_seed.expose(), t, &xs, &mut rng)?;
 
         let enc_sk = self.enc_sk.as_ref().expect("secrets live until abort or unmasking");
         let me_id = self.id();
         let mut out = Vec::with_capacity(peers.len());
+        // Iterate by reference: the shares stay in their vectors, which zeroize them on drop.
         for ((&idx, sk_share), b_share) in
-            holder_idx.iter().zip(mask_key_shares).zip(self_mask_shares)
+            holder_idx.iter().zip(&mask_key_shares).zip(&self_mask_shares)
         {
             if idx == self.me {
-                self.held.insert(idx, HeldShares { mask_key: sk_share, self_mask: b_share });
+                let own = HeldShares {
+                    mask_key: ShareValue::from_bytes(&sk_share.to_bytes()).expect("canonical"),
+                    self_mask: ShareValue::from_bytes(&b_share.to_bytes()).expect("canonical"),
+                };
+                self.held.insert(idx, Box::new(own));
                 continue;
             }
             let peer = &peers[&idx];
@@ -443,7 +397,6 @@ impl SecAggClient {
         msg: &SharesForward,
         input: &[u32],
         ledger: &mut ContributionLedger,
-        policy: &ClientPolicy,
     ) -> Result<MaskedInput> {
         let digest = message_digest(msg);
         if let Some(done) = &self.masked_input {
@@ -458,7 +411,7 @@ impl SecAggClient {
         if input.len() != self.plan.dim as usize {
             return Err(Error::WrongLength { got: input.len(), expected: self.plan.dim as usize });
         }
-        if policy.one_input_per_checkpoint && ledger.contributed(&self.plan.checkpoint) {
+        if self.one_input_per_checkpoint && ledger.contributed(&self.plan.checkpoint) {
             self.abort(Error::AlreadyContributedOnCheckpoint);
             return Err(Error::AlreadyContributedOnCheckpoint);
         }
@@ -497,14 +450,14 @@ impl SecAggClient {
             if plain.len() != 64 {
                 return Err(Error::BadCiphertext(fwd.from));
             }
-            let sk: [u8; 32] = plain[..32].try_into().expect("64 bytes checked");
-            let b: [u8; 32] = plain[32..].try_into().expect("64 bytes checked");
+            let sk = zeroize::Zeroizing::new(<[u8; 32]>::try_from(&plain[..32]).expect("64 bytes"));
+            let b = zeroize::Zeroizing::new(<[u8; 32]>::try_from(&plain[32..]).expect("64 bytes"));
             let (Some(mask_key), Some(self_mask)) =
                 (ShareValue::from_bytes(&sk), ShareValue::from_bytes(&b))
             else {
                 return Err(Error::BadCiphertext(fwd.from));
             };
-            received.insert(idx, HeldShares { mask_key, self_mask });
+            received.insert(idx, Box::new(HeldShares { mask_key, self_mask }));
         }
         let t = self.plan.threshold as usize;
         if received.len() + 1 < t {
@@ -526,6 +479,10 @@ impl SecAggClient {
         let mut y = input.to_vec();
         Kernel::single().apply(&mut y, 0, &masks);
         self.held.extend(received);
+        // The own shares are in `held`; nothing else needs the secret keys any more.
+        self.enc_sk = None;
+        self.mask_sk = None;
+        self.self_seed = None;
         let mut data = Vec::with_capacity(4 * y.len());
         for w in &y {
             data.extend_from_slice(&w.to_le_bytes());
@@ -699,41 +656,4 @@ pub(crate) fn verify_advert(
         return Err(Error::BadPublicKey(id));
     }
     Ok(Peer { id, verifying_key, enc_pk, mask_pk, self_mask_commitment })
-}
-
-fn check_floor(policy: &ClientPolicy, plan: &RoundPlan) -> Result<()> {
-    let below = |what: String| Err(Error::PlanBelowFloor(what));
-    if plan.adversary < policy.min_adversary {
-        return below(format!(
-            "adversary class {:?} is weaker than this client's minimum {:?}",
-            plan.adversary, policy.min_adversary
-        ));
-    }
-    if plan.corrupt_ppm < policy.min_corrupt_ppm {
-        return below(format!(
-            "assumed corrupt fraction {} ppm is below this client's minimum {} ppm",
-            plan.corrupt_ppm, policy.min_corrupt_ppm
-        ));
-    }
-    if plan.dropout_ppm > policy.max_dropout_ppm {
-        return below(format!(
-            "assumed dropout {} ppm is above this client's maximum {} ppm",
-            plan.dropout_ppm, policy.max_dropout_ppm
-        ));
-    }
-    if plan.n() < policy.min_clients {
-        return below(format!(
-            "{} selected clients, this client requires at least {}",
-            plan.n(),
-            policy.min_clients
-        ));
-    }
-    if plan.min_surviving() < policy.min_surviving {
-        return below(format!(
-            "⌈(1−δ)n⌉ = {} surviving inputs, this client requires at least {}",
-            plan.min_surviving(),
-            policy.min_surviving
-        ));
-    }
-    Ok(())
 }

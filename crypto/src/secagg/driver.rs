@@ -79,14 +79,13 @@ pub struct Outcome {
 ///
 /// `identities` and `inputs` are indexed by canonical index in `plan.selected`; a client in
 /// `drops` sends nothing from the given phase on.
-pub fn run_round<R: CryptoRng + ?Sized>(
+pub fn run_round(
     plan: &RoundPlan,
     identities: &[Arc<IdentityKey>],
     inputs: &[Vec<u32>],
     drops: &BTreeMap<usize, Phase>,
     policy: &ClientPolicy,
     verifier: Arc<dyn CredentialVerifier>,
-    rng: &mut R,
 ) -> Result<Outcome> {
     let n = plan.n();
     if identities.len() != n || inputs.len() != n {
@@ -109,7 +108,6 @@ pub fn run_round<R: CryptoRng + ?Sized>(
             plan.clone(),
             &plan.checkpoint,
             &ContributionLedger::default(),
-            rng,
         )?;
         clients.push(c);
     }
@@ -130,7 +128,7 @@ pub fn run_round<R: CryptoRng + ?Sized>(
     // Phase 0.
     for (i, c) in clients.iter().enumerate() {
         if active(i, Phase::AdvertiseKeys) {
-            server.receive_advertise(c.advertise().clone())?;
+            server.receive_advertise(c.advertise().client, c.advertise().clone())?;
         }
     }
     let forwards = close!(server.close_advertise());
@@ -141,8 +139,8 @@ pub fn run_round<R: CryptoRng + ?Sized>(
         let i = plan.index_of(&f.recipient).expect("server forwards only to U");
         if active(i, Phase::ShareKeys) {
             // A client that refuses (thresholds, a bad peer) sends nothing: like a dropout.
-            if let Ok(msg) = clients[i].handle_keys(f, rng) {
-                server.receive_share_keys(msg)?;
+            if let Ok(msg) = clients[i].handle_keys(f) {
+                server.receive_share_keys(f.recipient, msg)?;
             }
         }
     }
@@ -153,9 +151,9 @@ pub fn run_round<R: CryptoRng + ?Sized>(
     for f in &forwards {
         let i = plan.index_of(&f.recipient).expect("server forwards only to U");
         if active(i, Phase::MaskedInputCollection)
-            && let Ok(msg) = clients[i].handle_shares(f, &inputs[i], &mut ledgers[i], policy)
+            && let Ok(msg) = clients[i].handle_shares(f, &inputs[i], &mut ledgers[i])
         {
-            server.receive_masked_input(&msg)?;
+            server.receive_masked_input(f.recipient, &msg)?;
         }
     }
     let request = close!(server.close_masked_input());
@@ -168,7 +166,7 @@ pub fn run_round<R: CryptoRng + ?Sized>(
         if active(i, Phase::ConsistencyCheck)
             && let Ok(msg) = clients[i].handle_consistency(&request)
         {
-            server.receive_consistency(msg)?;
+            server.receive_consistency(msg.client, msg)?;
         }
     }
     let request = close!(server.close_consistency());
@@ -194,7 +192,7 @@ pub fn run_round<R: CryptoRng + ?Sized>(
                     kind: ShareKind::MaskKey,
                 });
             }
-            server.receive_unmasking(msg)?;
+            server.receive_unmasking(msg.client, msg)?;
             responded += 1;
         }
     }

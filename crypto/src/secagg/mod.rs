@@ -5,4 +5,5 @@
 pub mod client;
 pub mod driver;
 pub mod messages;
+pub mod policy;
 pub mod server;

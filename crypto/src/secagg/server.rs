@@ -5,7 +5,8 @@
 //! calls the matching `close_*` method, which returns the messages to send next. A phase closes
 //! only if at least q = max(t, ⌈(1−δ)n⌉) clients remain; otherwise the round aborts and no sum
 //! is ever produced. A malformed or unauthenticated message from one client is refused with a
-//! typed error and changes nothing.
+//! typed error and changes nothing. Every `receive_*` method takes the sender's id as the
+//! transport authenticated it, and refuses a message that claims another sender.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,6 +22,15 @@ use crate::secagg::client::{Peer, verify_advert};
 use crate::secagg::messages::*;
 use crate::shamir::{LagrangeCache, ShareValue};
 use crate::sign::{CredentialVerifier, verify};
+
+/// Two 32-byte shares plus the 16-byte Poly1305 tag.
+const SHARE_CIPHERTEXT_LEN: usize = 64 + 16;
+
+/// Default number of partial masked inputs held at once.
+pub const DEFAULT_MAX_UPLOADS_IN_FLIGHT: usize = 64;
+
+/// Default words per masked-input chunk (1 MiB).
+pub const DEFAULT_UPLOAD_CHUNK_WORDS: usize = 1 << 18;
 
 /// Where the server stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +92,11 @@ pub struct UnmaskStats {
     pub reconstructions: u64,
 }
 
-/// A masked input being received in chunks.
+/// A masked input being received in aligned chunks.
 struct PartialUpload {
     words: Vec<u32>,
-    /// Filled word ranges, sorted, disjoint.
-    filled: Vec<(usize, usize)>,
+    /// Which chunks arrived.
+    chunks: Vec<bool>,
     received: usize,
 }
 
@@ -108,7 +118,10 @@ pub struct SecAggServer {
     unmasking: BTreeMap<usize, UnmaskingResponse>,
     pool: Option<Arc<rayon::ThreadPool>>,
     chunk_words: usize,
+    upload_chunk_words: usize,
+    max_uploads_in_flight: usize,
     stats: UnmaskStats,
+    bad_holders: BTreeSet<ClientId>,
 }
 
 impl core::fmt::Debug for SecAggServer {
@@ -147,7 +160,10 @@ impl SecAggServer {
             unmasking: BTreeMap::new(),
             pool: None,
             chunk_words: DEFAULT_CHUNK_WORDS,
+            upload_chunk_words: DEFAULT_UPLOAD_CHUNK_WORDS,
+            max_uploads_in_flight: DEFAULT_MAX_UPLOADS_IN_FLIGHT,
             stats: UnmaskStats::default(),
+            bad_holders: BTreeSet::new(),
         })
     }
 
@@ -160,6 +176,19 @@ impl SecAggServer {
     /// Sets the kernel's chunk size in words.
     pub fn with_chunk_words(mut self, chunk_words: usize) -> Self {
         self.chunk_words = chunk_words.max(1);
+        self
+    }
+
+    /// Sets the masked-input chunk size: a chunk must start at a multiple of it and hold exactly
+    /// that many words (the last one the rest); a whole vector is also accepted at once.
+    pub fn with_upload_chunk_words(mut self, words: usize) -> Self {
+        self.upload_chunk_words = words.max(1);
+        self
+    }
+
+    /// Bounds the partial masked inputs held at once (each holds a whole vector).
+    pub fn with_max_uploads_in_flight(mut self, limit: usize) -> Self {
+        self.max_uploads_in_flight = limit.max(1);
         self
     }
 
@@ -191,6 +220,12 @@ impl SecAggServer {
     /// Counters of the unmasking work.
     pub fn stats(&self) -> UnmaskStats {
         self.stats
+    }
+
+    /// Holders whose revealed share did not fit the published point and was left out of a
+    /// reconstruction (known after [`Self::finish`]). The coordinator should not select them again.
+    pub fn misbehaving_holders(&self) -> &BTreeSet<ClientId> {
+        &self.bad_holders
     }
 
     /// U1: canonical indices of the clients that advertised keys.
@@ -248,7 +283,8 @@ impl SecAggServer {
     // ---------------------------------------------------------------- phase 0
 
     /// Phase 0: an advertisement. Verifies the credential, signature and keys.
-    pub fn receive_advertise(&mut self, msg: AdvertiseKeys) -> Result<()> {
+    pub fn receive_advertise(&mut self, from: ClientId, msg: AdvertiseKeys) -> Result<()> {
+        check_sender(&from, &msg.client)?;
         self.expect_phase(ServerPhase::AdvertiseKeys)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let idx = self.index(&msg.client)?;
@@ -287,7 +323,8 @@ impl SecAggServer {
     // ---------------------------------------------------------------- phase 1
 
     /// Phase 1: a client's encrypted shares, exactly one per neighbour in U1.
-    pub fn receive_share_keys(&mut self, msg: ShareKeys) -> Result<()> {
+    pub fn receive_share_keys(&mut self, from: ClientId, msg: ShareKeys) -> Result<()> {
+        check_sender(&from, &msg.client)?;
         self.expect_phase(ServerPhase::ShareKeys)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let u = self.index(&msg.client)?;
@@ -307,6 +344,16 @@ impl SecAggServer {
                 return Err(Error::IncompleteShares {
                     client: msg.client,
                     detail: format!("ciphertext for {} who did not advertise keys", s.to),
+                });
+            }
+            if s.ciphertext.len() != SHARE_CIPHERTEXT_LEN {
+                return Err(Error::IncompleteShares {
+                    client: msg.client,
+                    detail: format!(
+                        "ciphertext for {} has {} bytes, expected {SHARE_CIPHERTEXT_LEN}",
+                        s.to,
+                        s.ciphertext.len()
+                    ),
                 });
             }
             if !seen.insert(v) {
@@ -365,7 +412,12 @@ impl SecAggServer {
 
     /// Phase 2: a masked input, whole or in chunks at word offsets. A client's upload is kept
     /// aside until complete, then added to the running sum.
-    pub fn receive_masked_input(&mut self, msg: &MaskedInput) -> Result<UploadProgress> {
+    pub fn receive_masked_input(
+        &mut self,
+        from: ClientId,
+        msg: &MaskedInput,
+    ) -> Result<UploadProgress> {
+        check_sender(&from, &msg.client)?;
         self.expect_phase(ServerPhase::MaskedInputCollection)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let u = self.index(&msg.client)?;
@@ -389,21 +441,26 @@ impl SecAggServer {
             self.complete.insert(u);
             return Ok(UploadProgress::Complete);
         }
+        let c = self.upload_chunk_words;
+        if !offset.is_multiple_of(c) || len != c.min(dim - offset) {
+            return Err(Error::BadChunk { offset, len, dim });
+        }
+        if !self.uploads.contains_key(&u) && self.uploads.len() >= self.max_uploads_in_flight {
+            return Err(Error::TooManyUploadsInFlight { limit: self.max_uploads_in_flight });
+        }
         let upload = self.uploads.entry(u).or_insert_with(|| PartialUpload {
             words: vec![0; dim],
-            filled: Vec::new(),
+            chunks: vec![false; dim.div_ceil(c)],
             received: 0,
         });
         let end = offset + len;
-        let overlaps: Vec<(usize, usize)> =
-            upload.filled.iter().copied().filter(|&(a, b)| a < end && offset < b).collect();
-        if !overlaps.is_empty() {
-            let covered = overlaps.iter().any(|&(a, b)| a <= offset && end <= b);
+        let chunk = offset / c;
+        if upload.chunks[chunk] {
             let same = upload.words[offset..end]
                 .iter()
                 .zip(msg.data.chunks_exact(4))
                 .all(|(w, b)| *w == u32::from_le_bytes(b.try_into().expect("4 bytes")));
-            return if covered && same {
+            return if same {
                 Ok(UploadProgress::Duplicate)
             } else {
                 Err(Error::BadChunk { offset, len, dim })
@@ -412,8 +469,7 @@ impl SecAggServer {
         for (w, b) in upload.words[offset..end].iter_mut().zip(msg.data.chunks_exact(4)) {
             *w = u32::from_le_bytes(b.try_into().expect("4 bytes"));
         }
-        upload.filled.push((offset, end));
-        upload.filled.sort_unstable();
+        upload.chunks[chunk] = true;
         upload.received += len;
         if upload.received < dim {
             return Ok(UploadProgress::Partial { received: upload.received, dim });
@@ -439,7 +495,8 @@ impl SecAggServer {
     // ---------------------------------------------------------------- phase 3
 
     /// Phase 3: a client's signature on U3.
-    pub fn receive_consistency(&mut self, msg: ConsistencySignature) -> Result<()> {
+    pub fn receive_consistency(&mut self, from: ClientId, msg: ConsistencySignature) -> Result<()> {
+        check_sender(&from, &msg.client)?;
         self.expect_phase(ServerPhase::ConsistencyCheck)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let u = self.index(&msg.client)?;
@@ -482,7 +539,8 @@ impl SecAggServer {
 
     /// Phase 4: a holder's revealed shares. Each share must be one the holder may reveal: of b_v
     /// for v ∈ H(u) ∩ U3, of s_v^SK for v ∈ N(u) ∩ (U2 \ U3).
-    pub fn receive_unmasking(&mut self, msg: UnmaskingResponse) -> Result<()> {
+    pub fn receive_unmasking(&mut self, from: ClientId, msg: UnmaskingResponse) -> Result<()> {
+        check_sender(&from, &msg.client)?;
         self.expect_phase(ServerPhase::Unmasking)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let h = self.index(&msg.client)?;
@@ -559,6 +617,7 @@ impl SecAggServer {
         let mut cache = LagrangeCache::new();
         let mut seeds: Vec<(MaskSeed, Sign)> = Vec::new();
         let mut stats = UnmaskStats::default();
+        let mut bad_holders = BTreeSet::new();
         for &u in &self.complete {
             let id = self.plan.selected[u];
             let shares = self_shares.get(&u).map(Vec::as_slice).unwrap_or(&[]);
@@ -569,17 +628,24 @@ impl SecAggServer {
                     need: t,
                 });
             }
-            let picked: Vec<(u32, &ShareValue)> =
-                shares[..t].iter().map(|(x, s)| (*x, s)).collect();
             let commitment = &self.advertised[&u].1.self_mask_commitment;
-            let b = cache.reconstruct_checked(&picked, commitment).map_err(|_| {
-                Error::ReconstructionMismatch { client: id, what: "self-mask seed b" }
-            })?;
+            let b = reconstruct_robust(&mut cache, shares, t, commitment, &mut bad_holders)
+                .ok_or(Error::ReconstructionMismatch { client: id, what: "self-mask seed b" })?;
             stats.reconstructions += 1;
             seeds.push((MaskSeed::self_mask(&b, &self.ctx, &id), Sign::Sub));
         }
         for &v in self.share_keys.keys().filter(|v| !self.complete.contains(v)) {
             let v_id = self.plan.selected[v];
+            let survivors: Vec<usize> = self
+                .graph
+                .neighbours(v)
+                .into_iter()
+                .filter(|u| self.complete.contains(u))
+                .collect();
+            if survivors.is_empty() {
+                // No mask of v is left in the sum: nothing to reconstruct.
+                continue;
+            }
             let shares = key_shares.get(&v).map(Vec::as_slice).unwrap_or(&[]);
             if shares.len() < t {
                 return Err(Error::ShareCountBelowThreshold {
@@ -588,14 +654,11 @@ impl SecAggServer {
                     need: t,
                 });
             }
-            let picked: Vec<(u32, &ShareValue)> =
-                shares[..t].iter().map(|(x, s)| (*x, s)).collect();
             let mask_pk = &self.advertised[&v].1.mask_pk;
-            let s_v = cache.reconstruct_checked(&picked, mask_pk).map_err(|_| {
-                Error::ReconstructionMismatch { client: v_id, what: "mask key s^SK" }
-            })?;
+            let s_v = reconstruct_robust(&mut cache, shares, t, mask_pk, &mut bad_holders)
+                .ok_or(Error::ReconstructionMismatch { client: v_id, what: "mask key s^SK" })?;
             stats.reconstructions += 1;
-            for u in self.graph.neighbours(v).into_iter().filter(|u| self.complete.contains(u)) {
+            for u in survivors {
                 let (u_id, u_pk) = (self.plan.selected[u], &self.advertised[&u].1.mask_pk);
                 stats.key_agreements += 1;
                 // u added σ(u,v)·PRG(s_uv); take it away.
@@ -611,8 +674,54 @@ impl SecAggServer {
         let pool = self.pool.clone();
         Kernel { chunk_words: self.chunk_words, pool: pool.as_deref() }.apply(&mut sum, 0, &masks);
         self.stats = stats;
+        self.bad_holders =
+            bad_holders.into_iter().map(|x: u32| self.plan.selected[x as usize - 1]).collect();
         Ok(sum)
     }
+}
+
+/// Reconstructs a secret from `shares` (x, share) and checks it against `expected`. When the
+/// first t shares do not fit and a (t+1)-th exists, one bad share among the first t + 1 is found
+/// by leaving each out in turn; its holder's x goes into `bad`. Two or more bad shares among
+/// them make the reconstruction fail (and the round abort) rather than guess.
+fn reconstruct_robust(
+    cache: &mut LagrangeCache,
+    shares: &[(u32, ShareValue)],
+    t: usize,
+    expected: &crate::keys::PublicKey,
+    bad: &mut BTreeSet<u32>,
+) -> Option<crate::keys::SecretScalar> {
+    let pick = |skip: Option<usize>| -> Vec<(u32, &ShareValue)> {
+        shares
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .take(t)
+            .map(|(_, (x, s))| (*x, s))
+            .collect()
+    };
+    if let Ok(secret) = cache.reconstruct_checked(&pick(None), expected) {
+        return Some(secret);
+    }
+    if shares.len() <= t {
+        return None;
+    }
+    for (j, (x, _)) in shares.iter().enumerate().take(t + 1) {
+        if let Ok(secret) = cache.reconstruct_checked(&pick(Some(j)), expected) {
+            bad.insert(*x);
+            return Some(secret);
+        }
+    }
+    None
+}
+
+/// Every `receive_*` takes the sender the transport authenticated (the id of its TLS client
+/// certificate): a client cannot submit in another's name.
+fn check_sender(authenticated: &ClientId, claimed: &ClientId) -> Result<()> {
+    if authenticated != claimed {
+        return Err(Error::SenderMismatch { claimed: *claimed, authenticated: *authenticated });
+    }
+    Ok(())
 }
 
 /// sum[i] += LE u32 at data[4i..4i+4], split across the kernel's threads.

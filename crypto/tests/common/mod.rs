@@ -7,6 +7,8 @@ use fedsec_crypto::context::{AdversaryClass, GraphKind, PPM, RoundPlan};
 use fedsec_crypto::ids::{AttemptNonce, CheckpointHash, ClientId};
 use fedsec_crypto::secagg::client::ClientPolicy;
 use fedsec_crypto::secagg::driver::make_plan;
+use fedsec_crypto::secagg::messages::*;
+use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
 use fedsec_crypto::sign::{IdentityKey, RawKeyCredentials};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -80,4 +82,32 @@ pub fn policy() -> ClientPolicy {
 
 pub fn verifier() -> Arc<RawKeyCredentials> {
     Arc::new(RawKeyCredentials)
+}
+
+/// The server's `receive_*` with the sender authenticated as the one the message names, as an
+/// honest transport would: tests of other rules need not repeat it.
+pub trait Authed {
+    fn adv(&mut self, m: AdvertiseKeys) -> fedsec_crypto::Result<()>;
+    fn shares(&mut self, m: ShareKeys) -> fedsec_crypto::Result<()>;
+    fn masked(&mut self, m: &MaskedInput) -> fedsec_crypto::Result<UploadProgress>;
+    fn consistent(&mut self, m: ConsistencySignature) -> fedsec_crypto::Result<()>;
+    fn unmask(&mut self, m: UnmaskingResponse) -> fedsec_crypto::Result<()>;
+}
+
+impl Authed for SecAggServer {
+    fn adv(&mut self, m: AdvertiseKeys) -> fedsec_crypto::Result<()> {
+        self.receive_advertise(m.client, m)
+    }
+    fn shares(&mut self, m: ShareKeys) -> fedsec_crypto::Result<()> {
+        self.receive_share_keys(m.client, m)
+    }
+    fn masked(&mut self, m: &MaskedInput) -> fedsec_crypto::Result<UploadProgress> {
+        self.receive_masked_input(m.client, m)
+    }
+    fn consistent(&mut self, m: ConsistencySignature) -> fedsec_crypto::Result<()> {
+        self.receive_consistency(m.client, m)
+    }
+    fn unmask(&mut self, m: UnmaskingResponse) -> fedsec_crypto::Result<()> {
+        self.receive_unmasking(m.client, m)
+    }
 }
