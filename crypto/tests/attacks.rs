@@ -16,7 +16,7 @@ use fedsec_crypto::kernel::{Kernel, Sign};
 use fedsec_crypto::keys::PublicKey;
 use fedsec_crypto::prg::MaskSeed;
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
-use fedsec_crypto::secagg::driver::{Phase, run_round};
+use fedsec_crypto::secagg::driver::run_round;
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
 use fedsec_crypto::shamir::{self, ShareValue};
