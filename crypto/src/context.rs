@@ -216,6 +216,8 @@ impl RoundPlan {
             }
         }
         self.quant.validate()?;
+        // The sum of n quantized inputs must not wrap around Z_2^32.
+        self.quant.check_bit_budget(n)?;
         Ok(())
     }
 

@@ -723,3 +723,20 @@ fn partial_uploads_are_bounded_and_aligned() {
     assert_eq!(server.uploads_in_flight(), 1);
     server.masked(&ys[2].chunks(8)[0]).unwrap();
 }
+
+#[test]
+fn a_plan_whose_sum_could_wrap_is_refused() {
+    let (mut plan, keys) =
+        federation(10, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 17);
+    plan.quant.value_scale *= 4.0;
+    assert!(matches!(plan.validate(), Err(Error::BitBudget(_))));
+    let refused = SecAggClient::new(
+        keys[0].clone(),
+        verifier(),
+        &policy(),
+        plan,
+        &CHECKPOINT,
+        &ContributionLedger::default(),
+    );
+    assert!(matches!(refused, Err(Error::BitBudget(_))));
+}
