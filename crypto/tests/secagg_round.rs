@@ -11,7 +11,7 @@ use common::*;
 use fedsec_crypto::context::{AdversaryClass, GraphKind, RoundPlan};
 use fedsec_crypto::error::Error;
 use fedsec_crypto::graph::Graph;
-use fedsec_crypto::secagg::driver::{Outcome, Phase, ShareKind, run_round};
+use fedsec_crypto::secagg::driver::{Outcome, Phase, ShareKind, run_round, run_round_on};
 
 const DIM: u32 = 64;
 
@@ -149,5 +149,24 @@ fn no_dropouts_complete_and_harary_100() {
             "{graph:?}"
         );
         assert_never_both(&plan, &out);
+    }
+}
+
+/// The server's kernel split over 4 threads (tiny chunks) gives the same exact sum.
+#[test]
+fn threaded_server_is_exact() {
+    let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap());
+    for graph in [GraphKind::Complete, GraphKind::Harary] {
+        let (plan, keys) = federation(40, graph, 0.3, 0.05, AdversaryClass::SemiMalicious, 1000, 5);
+        let drops: BTreeMap<usize, Phase> = pick_drops(&plan, 8, true)
+            .into_iter()
+            .map(|i| (i, Phase::MaskedInputCollection))
+            .collect();
+        let xs = inputs(plan.n(), plan.dim, 6);
+        let out =
+            run_round_on(Some(pool.clone()), &plan, &keys, &xs, &drops, &policy(), verifier())
+                .expect("honest messages are accepted");
+        let survivors = out.survivors.clone().expect("phase 2 closed");
+        assert_eq!(out.sum.expect("round completes"), clear_sum(&xs, &survivors), "{graph:?}");
     }
 }

@@ -361,13 +361,13 @@ fn run(args: &Args) -> Result<(), String> {
 
 /// Fused expand-and-add throughput on one core, GB of mask per second.
 fn measure_fused() -> f64 {
-    let seeds: Vec<MaskSeed> = (0..8u8).map(|i| MaskSeed::from_bytes([i; 16])).collect();
+    let seeds: Vec<MaskSeed> = (0..32u8).map(|i| MaskSeed::from_bytes([i; 16])).collect();
     let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|s| (s, Sign::Add)).collect();
     let mut acc = vec![0u32; 1 << 20];
     let kernel = Kernel::single();
     kernel.apply(&mut acc, 0, &masks); // warm up
     let mut best = f64::MAX;
-    for _ in 0..25 {
+    for _ in 0..15 {
         let start = Instant::now();
         kernel.apply(&mut acc, 0, &masks);
         best = best.min(start.elapsed().as_secs_f64());

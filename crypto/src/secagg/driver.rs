@@ -87,12 +87,28 @@ pub fn run_round(
     policy: &ClientPolicy,
     verifier: Arc<dyn CredentialVerifier>,
 ) -> Result<Outcome> {
+    run_round_on(None, plan, identities, inputs, drops, policy, verifier)
+}
+
+/// [`run_round`] with the server's kernel on a thread pool.
+pub fn run_round_on(
+    pool: Option<Arc<rayon::ThreadPool>>,
+    plan: &RoundPlan,
+    identities: &[Arc<IdentityKey>],
+    inputs: &[Vec<u32>],
+    drops: &BTreeMap<usize, Phase>,
+    policy: &ClientPolicy,
+    verifier: Arc<dyn CredentialVerifier>,
+) -> Result<Outcome> {
     let n = plan.n();
     if identities.len() != n || inputs.len() != n {
         return Err(Error::WrongLength { got: identities.len().min(inputs.len()), expected: n });
     }
     let active = |i: usize, p: Phase| drops.get(&i).is_none_or(|&d| d > p);
     let mut server = SecAggServer::new(plan.clone(), verifier.clone())?;
+    if let Some(pool) = pool {
+        server = server.with_thread_pool(pool).with_chunk_words(64);
+    }
     let mut outcome = Outcome {
         sum: Err(Error::Aborted("not run".into())),
         released: Vec::new(),

@@ -634,6 +634,7 @@ impl SecAggServer {
             stats.reconstructions += 1;
             seeds.push((MaskSeed::self_mask(&b, &self.ctx, &id), Sign::Sub));
         }
+        let mut dropped = Vec::new();
         for &v in self.share_keys.keys().filter(|v| !self.complete.contains(v)) {
             let v_id = self.plan.selected[v];
             let survivors: Vec<usize> = self
@@ -658,15 +659,28 @@ impl SecAggServer {
             let s_v = reconstruct_robust(&mut cache, shares, t, mask_pk, &mut bad_holders)
                 .ok_or(Error::ReconstructionMismatch { client: v_id, what: "mask key s^SK" })?;
             stats.reconstructions += 1;
-            for u in survivors {
-                let (u_id, u_pk) = (self.plan.selected[u], &self.advertised[&u].1.mask_pk);
-                stats.key_agreements += 1;
-                // u added σ(u,v)·PRG(s_uv); take it away.
-                seeds.push((
-                    MaskSeed::pairwise(&s_v, u_pk, &self.ctx, &u_id, &v_id),
-                    Sign::pairwise(&u_id, &v_id).flip(),
-                ));
+            stats.key_agreements += survivors.len() as u64;
+            dropped.push((s_v, v_id, survivors));
+        }
+        // Regenerate the dropped clients' pairwise seeds: one key agreement each, spread over
+        // the pool. u added σ(u,v)·PRG(s_uv); take it away.
+        let pairs: Vec<(&crate::keys::SecretScalar, ClientId, usize)> = dropped
+            .iter()
+            .flat_map(|(s_v, v_id, us)| us.iter().map(move |&u| (s_v, *v_id, u)))
+            .collect();
+        let regenerate = |&(s_v, v_id, u): &(&crate::keys::SecretScalar, ClientId, usize)| {
+            let (u_id, u_pk) = (self.plan.selected[u], &self.advertised[&u].1.mask_pk);
+            (
+                MaskSeed::pairwise(s_v, u_pk, &self.ctx, &u_id, &v_id),
+                Sign::pairwise(&u_id, &v_id).flip(),
+            )
+        };
+        match self.pool.as_deref() {
+            Some(pool) if pool.current_num_threads() > 1 => {
+                use rayon::prelude::*;
+                seeds.extend(pool.install(|| pairs.par_iter().map(regenerate).collect::<Vec<_>>()));
             }
+            _ => seeds.extend(pairs.iter().map(regenerate)),
         }
         let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, g)| (s, *g)).collect();
         stats.mask_words = masks.len() as u64 * u64::from(self.plan.dim);
