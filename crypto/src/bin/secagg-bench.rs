@@ -344,6 +344,8 @@ fn run(args: &Args) -> Result<(), String> {
         "reconstruct_us": reconstruct_us,
         "limit_s": limit_s,
         "efficiency": efficiency,
+        // limit_s is a one-core limit; with T threads the ideal is limit_s / T.
+        "efficiency_per_thread": efficiency / args.threads.max(1) as f64,
     });
     if args.json {
         println!("{report}");
