@@ -740,3 +740,55 @@ fn a_plan_whose_sum_could_wrap_is_refused() {
     );
     assert!(matches!(refused, Err(Error::BitBudget(_))));
 }
+
+#[test]
+fn unmasking_needs_q_valid_signatures_on_the_signed_view() {
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.3, 0.05, AdversaryClass::SemiMalicious, DIM, 18);
+    let q = plan.q();
+    let ledgers = &mut vec![ContributionLedger::default(); n];
+    let mut s = stage(&plan, &keys, ledgers, &policy());
+    let ctx = *s.clients[0].context();
+    let survivors = Survivors::from_indices(n, 0..n);
+    let check = ConsistencyRequest { version: 1, ctx, survivors: survivors.clone() };
+    let signed: Vec<SignedSurvivors> = (0..n)
+        .map(|i| {
+            let sig = s.clients[i].handle_consistency(&check).unwrap();
+            SignedSurvivors {
+                client: sig.client,
+                credential: s.adverts[i].credential.clone(),
+                signature: sig.signature,
+            }
+        })
+        .collect();
+    let request = |sigs: &[SignedSurvivors]| UnmaskingRequest {
+        version: 1,
+        ctx,
+        survivors: survivors.clone(),
+        signatures: sigs.to_vec(),
+    };
+    // q − 1 signatures: refused (and the client aborts, revealing nothing).
+    assert_eq!(
+        s.clients[0].handle_unmasking(&request(&signed[..q - 1])),
+        Err(Error::TooFewConsistencySignatures { have: q - 1, need: q })
+    );
+    // A forged signature among q: refused.
+    let mut forged = signed[..q].to_vec();
+    forged[q - 1].signature.0[3] ^= 1;
+    assert_eq!(
+        s.clients[1].handle_unmasking(&request(&forged)),
+        Err(Error::BadSignature(plan.selected[q - 1]))
+    );
+    // The same signer twice: refused.
+    let mut twice = signed[..q - 1].to_vec();
+    twice.push(signed[0].clone());
+    assert_eq!(
+        s.clients[2].handle_unmasking(&request(&twice)),
+        Err(Error::DuplicateClient(plan.selected[0]))
+    );
+    // q valid signatures from distinct clients of U3: the client reveals its shares.
+    let ok = s.clients[3].handle_unmasking(&request(&signed[..q])).unwrap();
+    assert_eq!(ok.self_mask_shares.len(), n);
+    assert!(ok.mask_key_shares.is_empty());
+}
