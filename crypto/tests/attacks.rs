@@ -792,3 +792,87 @@ fn unmasking_needs_q_valid_signatures_on_the_signed_view() {
     assert_eq!(ok.self_mask_shares.len(), n);
     assert!(ok.mask_key_shares.is_empty());
 }
+
+/// Flips one random byte of a message's encoding; `None` if the result does not decode.
+fn mutate<T: serde::Serialize + serde::de::DeserializeOwned>(
+    m: &T,
+    r: &mut impl rand_core::Rng,
+) -> Option<T> {
+    let mut bytes = encode(m);
+    let i = (r.next_u32() as usize) % bytes.len();
+    bytes[i] ^= 1 << (r.next_u32() % 8);
+    decode(&bytes).ok()
+}
+
+/// After each honest message, the same client's mutated copies and replays of other phases'
+/// messages are refused with an error, and the round still ends with the exact sum.
+#[test]
+fn garbage_after_honest_messages_changes_nothing() {
+    let n = 24;
+    let (plan, keys) =
+        federation(n, GraphKind::Harary, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 19);
+    let mut r = rng(20);
+    let mut clients = new_clients(&plan, &keys, &policy());
+    let mut server =
+        SecAggServer::new(plan.clone(), verifier()).unwrap().with_upload_chunk_words(8);
+    let mut refused = 0;
+    macro_rules! garbage {
+        ($msg:expr, $recv:ident) => {
+            for _ in 0..4 {
+                if let Some(bad) = mutate(&$msg, &mut r) {
+                    if bad != $msg {
+                        assert!(server.$recv(bad).is_err(), "a mutated message was accepted");
+                        refused += 1;
+                    }
+                }
+            }
+        };
+    }
+    let adverts: Vec<_> = clients.iter().map(|c| c.advertise().clone()).collect();
+    for a in &adverts {
+        server.adv(a.clone()).unwrap();
+        garbage!(a.clone(), adv);
+    }
+    let fwd = server.close_advertise().unwrap();
+    assert!(server.adv(adverts[0].clone()).is_err(), "phase 0 is closed");
+    let mut sent = Vec::new();
+    for (c, f) in clients.iter_mut().zip(&fwd) {
+        let m = c.handle_keys(f).unwrap();
+        server.shares(m.clone()).unwrap();
+        garbage!(m.clone(), shares);
+        sent.push(m);
+    }
+    let fwd = server.close_share_keys().unwrap();
+    assert!(server.shares(sent[0].clone()).is_err(), "phase 1 is closed");
+    let xs = inputs(n, DIM, 21);
+    for (i, (c, f)) in clients.iter_mut().zip(&fwd).enumerate() {
+        let y = c.handle_shares(f, &xs[i], &mut ContributionLedger::default()).unwrap();
+        for chunk in y.chunks(8) {
+            server.masked(&chunk).unwrap();
+        }
+        // Once the upload is complete (a client's own later chunks are its own business).
+        for chunk in y.chunks(8) {
+            for _ in 0..4 {
+                if let Some(bad) = mutate(&chunk, &mut r).filter(|b| *b != chunk) {
+                    assert!(server.masked(&bad).is_err(), "a mutated chunk was accepted");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    let check = server.close_masked_input().unwrap();
+    for c in clients.iter_mut() {
+        let m = c.handle_consistency(&check).unwrap();
+        server.consistent(m.clone()).unwrap();
+        garbage!(m.clone(), consistent);
+    }
+    let request = server.close_consistency().unwrap();
+    for c in clients.iter_mut() {
+        let m = c.handle_unmasking(&request).unwrap();
+        server.unmask(m.clone()).unwrap();
+        garbage!(m.clone(), unmask);
+    }
+    let all: Vec<usize> = (0..n).collect();
+    assert_eq!(server.finish().unwrap(), clear_sum(&xs, &all));
+    assert!(refused > 200, "only {refused} mutations exercised");
+}
