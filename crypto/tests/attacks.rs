@@ -181,6 +181,36 @@ fn split_holders(plan: &RoundPlan, a_size: usize) -> Vec<usize> {
     a
 }
 
+/// The isolation of w on the Harary graph: w's neighbours are shown w ∈ U3 (they would reveal
+/// shares of b_w), the share holders of each neighbour v are shown v dropped (they would reveal
+/// shares of s_v^SK). Each neighbour z must see itself in U3, so every z gets its own view
+/// U \ (N(w) \ {z}) and the rest U \ N(w): k + 2 views, each of which needs q signatures of
+/// its own. No view gathers q, so no client reveals anything, whatever the class. (On a ring a
+/// neighbour v of w at distance d keeps only d holders outside N(w) ∪ {w}, so the attack cannot
+/// do with fewer views either; what remains is splitting H(w) between two views, the test above.)
+#[test]
+fn harary_isolation_of_one_client_reveals_nothing() {
+    let n = 40;
+    for (dropout, class) in [(0.5, AdversaryClass::Curious), (0.3, AdversaryClass::SemiMalicious)] {
+        let (plan, keys) = federation(n, GraphKind::Harary, dropout, 0.05, class, DIM, 22);
+        let g = Graph::from_plan(&plan).unwrap();
+        let ledgers = &mut vec![ContributionLedger::default(); n];
+        let mut s = stage(&plan, &keys, ledgers, &policy());
+        let w = 0;
+        let nw = g.neighbours(w);
+        let mut responses = Vec::new();
+        for &z in &nw {
+            let view: Vec<usize> = (0..n).filter(|i| !nw.contains(i) || *i == z).collect();
+            responses.extend(show_view(&mut s, &[z], &view));
+        }
+        let rest: Vec<usize> = (1..n).filter(|i| !nw.contains(i)).collect();
+        let view: Vec<usize> = (0..n).filter(|i| !nw.contains(i)).collect();
+        responses.extend(show_view(&mut s, &rest, &view));
+        assert!(responses.is_empty(), "{class:?}: a client revealed shares without q signatures");
+        assert!(recover(&s, w, &responses).is_none());
+    }
+}
+
 #[test]
 fn harary_equivocation_succeeds_only_below_the_consistency_rule() {
     let n = 40;
