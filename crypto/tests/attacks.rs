@@ -371,7 +371,6 @@ fn asking_for_both_shares_of_one_peer_is_refused() {
         s.clients[1].handle_consistency(&again).is_ok(),
         "identical retry of an answered phase"
     );
-    let _ = &mut s.server;
 }
 
 #[test]
@@ -905,4 +904,32 @@ fn garbage_after_honest_messages_changes_nothing() {
     let all: Vec<usize> = (0..n).collect();
     assert_eq!(server.finish().unwrap(), clear_sum(&xs, &all));
     assert!(refused > 200, "only {refused} mutations exercised");
+}
+
+/// Every attempt makes fresh keys from the OS RNG: nothing the caller passes in can make two
+/// attempts share b_u or s_u^SK (one reconstructed in each would unmask y_u).
+#[test]
+fn every_attempt_makes_fresh_keys() {
+    let (plan, keys) =
+        federation(10, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 23);
+    let make = |p: &RoundPlan| {
+        SecAggClient::new(
+            keys[0].clone(),
+            verifier(),
+            &policy(),
+            p.clone(),
+            &CHECKPOINT,
+            &ContributionLedger::default(),
+        )
+        .unwrap()
+        .advertise()
+        .clone()
+    };
+    let (a, b) = (make(&plan), make(&plan));
+    let c = make(&next_attempt(&plan, 1));
+    for (x, y) in [(&a, &b), (&a, &c)] {
+        assert_ne!(x.enc_pk, y.enc_pk);
+        assert_ne!(x.mask_pk, y.mask_pk);
+        assert_ne!(x.self_mask_commitment, y.self_mask_commitment);
+    }
 }

@@ -54,16 +54,15 @@ fn assert_never_both(plan: &RoundPlan, out: &Outcome) {
     }
 }
 
-/// Chooses `m` clients to drop so that every secret keeps at least t holders among the rest
-/// when possible (greedy: drop clients whose holders' slack is largest).
-fn pick_drops(plan: &RoundPlan, m: usize, avoid_holder_shortfall: bool) -> Vec<usize> {
+/// Chooses `m` clients to drop, greedily taking the client whose departure leaves the most
+/// holders for the secrets it holds a share of, so that every secret keeps t holders when the
+/// thresholds allow it.
+fn pick_drops(plan: &RoundPlan, m: usize) -> Vec<usize> {
     let g = Graph::from_plan(plan).expect("valid plan");
     let n = plan.n();
-    let t = plan.threshold as usize;
-    let mut alive: Vec<bool> = vec![true; n];
-    let mut dropped = Vec::new();
-    // Holders of each secret that are still alive.
     let holders: Vec<Vec<usize>> = (0..n).map(|i| g.holders(i)).collect();
+    let mut alive = vec![true; n];
+    let mut dropped = Vec::new();
     for _ in 0..m {
         let best = (0..n)
             .filter(|&i| alive[i])
@@ -76,12 +75,11 @@ fn pick_drops(plan: &RoundPlan, m: usize, avoid_holder_shortfall: bool) -> Vec<u
                     .map(|(_, h)| h.iter().filter(|&&x| alive[x]).count())
                     .min()
                     .unwrap_or(usize::MAX);
-                if avoid_holder_shortfall { (slack, usize::MAX - i) } else { (usize::MAX - i, 0) }
+                (slack, usize::MAX - i)
             })
             .expect("enough clients");
         alive[best] = false;
         dropped.push(best);
-        let _ = t;
     }
     dropped
 }
@@ -94,7 +92,7 @@ fn dropout_matrix(graph: GraphKind, n: usize) {
     for (p_i, phase) in Phase::ALL.into_iter().enumerate() {
         // Up to the most the thresholds allow: the round completes, exactly.
         let drops: BTreeMap<usize, Phase> =
-            pick_drops(&plan, most, true).into_iter().map(|i| (i, phase)).collect();
+            pick_drops(&plan, most).into_iter().map(|i| (i, phase)).collect();
         let (out, xs) = run(&plan, &keys, &drops, 100 + p_i as u64);
         let sum = out
             .sum
@@ -110,7 +108,7 @@ fn dropout_matrix(graph: GraphKind, n: usize) {
 
         // One past: the round aborts and no sum is produced.
         let drops: BTreeMap<usize, Phase> =
-            pick_drops(&plan, most + 1, true).into_iter().map(|i| (i, phase)).collect();
+            pick_drops(&plan, most + 1).into_iter().map(|i| (i, phase)).collect();
         let (out, _) = run(&plan, &keys, &drops, 200 + p_i as u64);
         assert!(
             matches!(out.sum, Err(Error::TooFewClients { .. })),
@@ -136,10 +134,8 @@ fn harary_graph_dropout_matrix() {
 fn no_dropouts_complete_and_harary_100() {
     for graph in [GraphKind::Complete, GraphKind::Harary] {
         let (plan, keys) = federation(100, graph, 0.1, 0.05, AdversaryClass::SemiMalicious, 256, 7);
-        let drops: BTreeMap<usize, Phase> = pick_drops(&plan, 10, true)
-            .into_iter()
-            .map(|i| (i, Phase::MaskedInputCollection))
-            .collect();
+        let drops: BTreeMap<usize, Phase> =
+            pick_drops(&plan, 10).into_iter().map(|i| (i, Phase::MaskedInputCollection)).collect();
         let (out, xs) = run(&plan, &keys, &drops, 9);
         let survivors = out.survivors.clone().expect("phase 2 closed");
         assert_eq!(survivors.len(), 90);
@@ -152,16 +148,16 @@ fn no_dropouts_complete_and_harary_100() {
     }
 }
 
-/// The server's kernel split over 4 threads (tiny chunks) gives the same exact sum.
+/// The server's kernel split over 4 threads (the vector spans several chunks) gives the same
+/// exact sum.
 #[test]
 fn threaded_server_is_exact() {
     let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap());
     for graph in [GraphKind::Complete, GraphKind::Harary] {
-        let (plan, keys) = federation(40, graph, 0.3, 0.05, AdversaryClass::SemiMalicious, 1000, 5);
-        let drops: BTreeMap<usize, Phase> = pick_drops(&plan, 8, true)
-            .into_iter()
-            .map(|i| (i, Phase::MaskedInputCollection))
-            .collect();
+        let (plan, keys) =
+            federation(40, graph, 0.3, 0.05, AdversaryClass::SemiMalicious, 20_000, 5);
+        let drops: BTreeMap<usize, Phase> =
+            pick_drops(&plan, 8).into_iter().map(|i| (i, Phase::MaskedInputCollection)).collect();
         let xs = inputs(plan.n(), plan.dim, 6);
         let out =
             run_round_on(Some(pool.clone()), &plan, &keys, &xs, &drops, &policy(), verifier())

@@ -107,7 +107,7 @@ pub fn run_round_on(
     let active = |i: usize, p: Phase| drops.get(&i).is_none_or(|&d| d > p);
     let mut server = SecAggServer::new(plan.clone(), verifier.clone())?;
     if let Some(pool) = pool {
-        server = server.with_thread_pool(pool).with_chunk_words(64);
+        server = server.with_thread_pool(pool);
     }
     let mut outcome = Outcome {
         sum: Err(Error::Aborted("not run".into())),
