@@ -135,6 +135,11 @@ pub enum Error {
     /// A wire message could not be decoded.
     #[error("malformed message: {0}")]
     Malformed(String),
+
+    // ---- models and checkpoints ----
+    /// A model is not a valid set of named f32 tensors, or does not fit a layout.
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
 }
 
 /// Result alias.

@@ -61,6 +61,7 @@ pub mod ids;
 pub mod kdf;
 pub mod kernel;
 pub mod keys;
+pub mod model;
 pub mod params;
 pub mod prg;
 pub mod quant;
