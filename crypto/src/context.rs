@@ -89,7 +89,7 @@ pub struct RoundPlan {
 }
 
 /// The round context: SHA-256 of the length-prefixed plan.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RoundContext(pub [u8; 32]);
 
 impl RoundContext {

@@ -283,7 +283,7 @@ pub(crate) fn check_header(
 }
 
 /// SHA-256 of a message's canonical serde encoding: how retries are recognised as identical.
-pub(crate) fn message_digest<T: Serialize>(msg: &T) -> [u8; 32] {
+pub fn message_digest<T: Serialize>(msg: &T) -> [u8; 32] {
     let bytes = postcard::to_stdvec(msg).expect("protocol messages always serialize");
     Sha256::digest(bytes).into()
 }

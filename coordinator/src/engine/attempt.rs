@@ -1,0 +1,87 @@
+//! One attempt of a round in progress: the protocol server, the open phase, the replies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::messages::{
+    ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
+};
+use fedsec_crypto::secagg::server::SecAggServer;
+use fedsec_crypto::{ClientId, RoundContext};
+
+use super::phase_index;
+use super::types::{RoundInfo, RoundOutcome};
+
+/// One attempt in progress.
+pub(super) struct Attempt {
+    pub(super) info: RoundInfo,
+    pub(super) ctx: RoundContext,
+    pub(super) server: SecAggServer,
+    pub(super) phase: Phase,
+    pub(super) phase_opened: Instant,
+    pub(super) deadline: Instant,
+    pub(super) phase_seconds: Vec<f64>,
+    pub(super) set_sizes: Vec<usize>,
+    /// Digest of each client's message, per phase (phase 2 uses `upload_digests`).
+    pub(super) answered: [BTreeMap<ClientId, [u8; 32]>; 5],
+    /// Digest of each chunk of each client's masked input.
+    pub(super) upload_digests: BTreeMap<ClientId, Vec<Option<[u8; 32]>>>,
+    pub(super) upload_bytes: u64,
+    pub(super) keys: BTreeMap<ClientId, KeysForward>,
+    pub(super) shares: BTreeMap<ClientId, SharesForward>,
+    pub(super) survivors: Option<ConsistencyRequest>,
+    pub(super) unmask: Option<UnmaskingRequest>,
+}
+
+impl Attempt {
+    pub(super) fn outcome(
+        &self,
+        completed: bool,
+        new_version: Option<u64>,
+        abort: Option<String>,
+    ) -> RoundOutcome {
+        RoundOutcome {
+            round_id: self.info.plan.round_id,
+            attempt: self.info.plan.attempt,
+            ctx: self.ctx,
+            completed,
+            new_checkpoint_version: new_version,
+            abort_reason: abort,
+            set_sizes: self.set_sizes.clone(),
+            phase_seconds: self.phase_seconds.clone(),
+            upload_bytes: self.upload_bytes,
+        }
+    }
+
+    /// The clients the open phase runs over: U, U1, U2, U3, U4.
+    pub(super) fn expected(&self) -> BTreeSet<ClientId> {
+        let plan = &self.info.plan;
+        let ids = |s: BTreeSet<usize>| s.into_iter().map(|i| plan.selected[i]).collect();
+        match self.phase {
+            Phase::AdvertiseKeys => plan.selected.iter().copied().collect(),
+            Phase::ShareKeys => ids(self.server.u1()),
+            Phase::MaskedInputCollection => ids(self.server.u2()),
+            Phase::ConsistencyCheck => ids(self.server.u3()),
+            Phase::Unmasking => self
+                .unmask
+                .as_ref()
+                .map(|r| r.signatures.iter().map(|s| s.client).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// True when every client the open phase runs over has answered it.
+    pub(super) fn all_answered(&self) -> bool {
+        let expected = self.expected();
+        match self.phase {
+            Phase::MaskedInputCollection => {
+                let plan = &self.info.plan;
+                let done: BTreeSet<ClientId> =
+                    self.server.u3().into_iter().map(|i| plan.selected[i]).collect();
+                expected.is_subset(&done)
+            }
+            p => expected.iter().all(|c| self.answered[phase_index(p)].contains_key(c)),
+        }
+    }
+}

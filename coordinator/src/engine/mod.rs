@@ -1,0 +1,610 @@
+//! The round engine: selection, the five SecAgg phases with their deadlines, aggregation,
+//! weighted FedAvg and the new checkpoint — for one training task, sans-IO.
+//!
+//! Like the protocol core it drives ([`SecAggServer`]), the engine never reads a clock, opens a
+//! socket or touches storage. Every call takes the current time `now`; the caller asks
+//! [`Engine::poll_timeout`] when to call [`Engine::handle_timeout`], and drains
+//! [`Engine::poll_output`] for what to do outside (store a checkpoint, write the audit log).
+//! Tests drive it with a virtual clock.
+//!
+//! # The life of a round
+//!
+//! 1. **Selection.** Clients [`check_in`](Engine::check_in). Once ⌈target × over-selection⌉
+//!    eligible clients wait, or the selection deadline passes with at least `min_clients`, the
+//!    engine samples the selected set U and fixes the round plan (k and t from the parameter
+//!    finder, a fresh attempt nonce and graph seed). A client that already uploaded a masked
+//!    input on the current checkpoint is never selected again before the next checkpoint (the
+//!    "once per checkpoint" rule of the protocol).
+//! 2. **The five phases.** Each phase accepts one message per client; an identical repeat is
+//!    accepted again (a retry after a lost connection), a different one is refused. A phase
+//!    closes when every client it runs over has answered, or at its deadline; then each client's
+//!    reply for the next phase is ready through [`Engine::reply`] (the long-poll answer).
+//! 3. **Aggregation.** The unmasked sum is decoded, divided by the summed weights (weighted
+//!    FedAvg), scaled by the server learning rate and added to the model. The engine emits
+//!    [`Output::Checkpoint`]; once the caller has stored it durably it calls
+//!    [`Engine::checkpoint_committed`], the round's result becomes visible and the next round
+//!    opens.
+//! 4. **Abort.** If a phase ends below the thresholds, the attempt aborts: nothing is revealed,
+//!    the model is unchanged, and the round is retried as a new attempt with clients that have
+//!    not contributed on this checkpoint.
+
+mod attempt;
+mod config;
+mod phases;
+mod types;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fedsec_crypto::model::Model;
+use fedsec_crypto::quant::QuantParams;
+use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::server::SecAggServer;
+use fedsec_crypto::sign::CredentialVerifier;
+use fedsec_crypto::{
+    AttemptNonce, CheckpointHash, ClientId, PROTOCOL_VERSION, RoundContext, RoundId, RoundPlan,
+};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha20Rng;
+use rand_core::Rng;
+use sha2::{Digest, Sha256};
+
+pub use config::{PhaseDeadlines, TaskConfig};
+pub use types::{
+    AuditEvent, CheckIn, NewCheckpoint, Output, Reply, RoundInfo, RoundOutcome, Status,
+};
+
+use attempt::Attempt;
+
+use crate::error::{Error, Result};
+
+/// How long a waiting check-in stays valid without the client calling again.
+pub const CHECK_IN_TTL: Duration = Duration::from_secs(60);
+
+/// How many finished attempts the engine remembers, for late callers and status.
+const RESULTS_KEPT: usize = 256;
+
+/// The name of a phase, as messages and errors show it.
+pub fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::AdvertiseKeys => "AdvertiseKeys",
+        Phase::ShareKeys => "ShareKeys",
+        Phase::MaskedInputCollection => "MaskedInputCollection",
+        Phase::ConsistencyCheck => "ConsistencyCheck",
+        Phase::Unmasking => "Unmasking",
+    }
+}
+
+fn phase_index(p: Phase) -> usize {
+    Phase::ALL.iter().position(|&q| q == p).expect("Phase::ALL lists every phase")
+}
+
+enum State {
+    Selecting { deadline: Option<Instant> },
+    Running(Box<Attempt>),
+    Committing { attempt: Box<Attempt>, checkpoint: NewCheckpoint, model: Model },
+    Finished,
+}
+
+/// The round engine of one training task. See the [module docs](self).
+pub struct Engine {
+    config: TaskConfig,
+    quant: QuantParams,
+    verifier: Arc<dyn CredentialVerifier>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    rng: ChaCha20Rng,
+    model: Model,
+    checkpoint_version: u64,
+    checkpoint_hash: CheckpointHash,
+    round_id: u64,
+    completed_rounds: u64,
+    contributed: BTreeSet<ClientId>,
+    enrolled: BTreeSet<ClientId>,
+    waiting: BTreeMap<ClientId, Instant>,
+    not_selected: BTreeSet<ClientId>,
+    state: State,
+    results: BTreeMap<RoundContext, RoundOutcome>,
+    result_order: VecDeque<RoundContext>,
+    outputs: VecDeque<Output>,
+}
+
+impl core::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Engine")
+            .field("task", &self.config.name)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine for `config`, starting from checkpoint `version` holding `model`.
+    ///
+    /// `seed` drives the public random choices (sampling, attempt nonces, graph seeds): take
+    /// it from the OS RNG in production; simulations fix it to replay a run. No secret ever
+    /// comes from it (the protocol's secrets are made by the clients, from the OS RNG).
+    pub fn new(
+        config: TaskConfig,
+        model: Model,
+        version: u64,
+        verifier: Arc<dyn CredentialVerifier>,
+        seed: [u8; 32],
+    ) -> Result<Self> {
+        config.validate()?;
+        if model.is_empty() {
+            return Err(Error::InvalidConfig("the initial model has no parameters".into()));
+        }
+        if model.len() >= u32::MAX as usize {
+            return Err(Error::InvalidConfig(format!(
+                "the model has {} parameters; a masked vector holds at most 2^32 − 2",
+                model.len()
+            )));
+        }
+        let quant = config.quant()?;
+        let bytes = model.to_safetensors()?;
+        let checkpoint_hash = CheckpointHash(Sha256::digest(&bytes).into());
+        Ok(Engine {
+            config,
+            quant,
+            verifier,
+            pool: None,
+            rng: ChaCha20Rng::from_seed(seed),
+            model,
+            checkpoint_version: version,
+            checkpoint_hash,
+            round_id: 1,
+            completed_rounds: 0,
+            contributed: BTreeSet::new(),
+            enrolled: BTreeSet::new(),
+            waiting: BTreeMap::new(),
+            not_selected: BTreeSet::new(),
+            state: State::Selecting { deadline: None },
+            results: BTreeMap::new(),
+            result_order: VecDeque::new(),
+            outputs: VecDeque::new(),
+        })
+    }
+
+    /// Runs the aggregation kernel on `pool`.
+    pub fn with_thread_pool(mut self, pool: Arc<rayon::ThreadPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Starts numbering rounds at `round_id` (a coordinator restarted on a stored checkpoint
+    /// continues after the last round it ran; round ids are never reused).
+    pub fn with_first_round(mut self, round_id: u64, completed_rounds: u64) -> Self {
+        self.round_id = round_id;
+        self.completed_rounds = completed_rounds;
+        if completed_rounds >= self.config.rounds {
+            self.state = State::Finished;
+        }
+        self
+    }
+
+    /// Replaces the credential verifier used by attempts that start from now on (for
+    /// instance, one built with the current time to check certificate validity).
+    pub fn set_verifier(&mut self, verifier: Arc<dyn CredentialVerifier>) {
+        self.verifier = verifier;
+    }
+
+    /// The task's configuration.
+    pub fn config(&self) -> &TaskConfig {
+        &self.config
+    }
+
+    /// The quantization every round uses.
+    pub fn quant(&self) -> &QuantParams {
+        &self.quant
+    }
+
+    /// The current global model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The current checkpoint's version and hash.
+    pub fn checkpoint(&self) -> (u64, CheckpointHash) {
+        (self.checkpoint_version, self.checkpoint_hash)
+    }
+
+    /// A snapshot for status calls.
+    pub fn status(&self) -> Status {
+        let (state, phase) = match &self.state {
+            State::Selecting { .. } => ("selecting", None),
+            State::Running(a) => ("running", Some(a.phase)),
+            State::Committing { .. } => ("committing", None),
+            State::Finished => ("finished", None),
+        };
+        Status {
+            state,
+            round_id: RoundId(self.round_id),
+            phase,
+            waiting: self.waiting.len(),
+            checkpoint_version: self.checkpoint_version,
+            completed_rounds: self.completed_rounds,
+        }
+    }
+
+    /// The outcome of a finished attempt, if the engine still remembers it.
+    pub fn result(&self, ctx: &RoundContext) -> Option<&RoundOutcome> {
+        self.results.get(ctx)
+    }
+
+    /// The finished attempts the engine remembers, oldest first.
+    pub fn recent_results(&self) -> impl Iterator<Item = &RoundOutcome> {
+        self.result_order.iter().filter_map(|c| self.results.get(c))
+    }
+
+    /// The running attempt's plan, if any.
+    pub fn current_round(&self) -> Option<&RoundInfo> {
+        match &self.state {
+            State::Running(a) => Some(&a.info),
+            State::Committing { attempt, .. } => Some(&attempt.info),
+            _ => None,
+        }
+    }
+
+    // ------------------------------------------------------------------ selection
+
+    /// A client asks to take part. Returns at once: [`CheckIn::Pending`] means "wait for
+    /// selection" — poll [`poll_check_in`](Self::poll_check_in) after the engine changes.
+    pub fn check_in(&mut self, client: ClientId, now: Instant) -> CheckIn {
+        if self.enrolled.insert(client) {
+            self.outputs.push_back(Output::Audit(AuditEvent::Enrollment { client }));
+        }
+        if let State::Selecting { deadline } = &mut self.state
+            && !self.contributed.contains(&client)
+        {
+            self.not_selected.remove(&client);
+            self.waiting.insert(client, now + CHECK_IN_TTL);
+            if deadline.is_none() {
+                *deadline = Some(now + self.config.deadlines.selection);
+            }
+            if self.waiting.len() >= self.config.max_selected() {
+                self.select(now);
+            }
+        }
+        self.poll_check_in(&client)
+    }
+
+    /// Where a client's check-in stands, without changing anything.
+    pub fn poll_check_in(&self, client: &ClientId) -> CheckIn {
+        let running = |reason: &str, a: &Attempt| CheckIn::RetryLater {
+            after: a.deadline.saturating_duration_since(a.phase_opened).max(Duration::from_secs(1)),
+            reason: reason.into(),
+        };
+        match &self.state {
+            State::Finished => CheckIn::Finished,
+            State::Running(a) if a.info.plan.selected.binary_search(client).is_ok() => {
+                CheckIn::Selected(Box::new(a.info.clone()))
+            }
+            State::Committing { attempt, .. }
+                if attempt.info.plan.selected.binary_search(client).is_ok() =>
+            {
+                CheckIn::Selected(Box::new(attempt.info.clone()))
+            }
+            _ if self.contributed.contains(client) => CheckIn::RetryLater {
+                after: Duration::from_secs(5),
+                reason: "already contributed on the current checkpoint; wait for the next".into(),
+            },
+            State::Running(a) => running("a round is running without this client", a),
+            State::Committing { attempt, .. } => running("a round is finishing", attempt),
+            State::Selecting { .. } if self.waiting.contains_key(client) => CheckIn::Pending,
+            State::Selecting { .. } if self.not_selected.contains(client) => CheckIn::RetryLater {
+                after: Duration::from_secs(1),
+                reason: "not selected for this round".into(),
+            },
+            State::Selecting { .. } => CheckIn::RetryLater {
+                after: Duration::ZERO,
+                reason: "check in again to wait for selection".into(),
+            },
+        }
+    }
+
+    /// Withdraws a waiting check-in (the client's call was cancelled, or it was deny-listed).
+    pub fn withdraw(&mut self, client: &ClientId) {
+        self.waiting.remove(client);
+    }
+
+    /// Samples U and starts an attempt, if enough eligible clients wait.
+    fn select(&mut self, now: Instant) {
+        let State::Selecting { .. } = self.state else { return };
+        self.waiting.retain(|_, expiry| *expiry > now);
+        let mut candidates: Vec<ClientId> = self.waiting.keys().copied().collect();
+        if candidates.len() < self.config.min_clients {
+            self.state = State::Selecting { deadline: Some(now + self.config.deadlines.selection) };
+            return;
+        }
+        let take = candidates.len().min(self.config.max_selected());
+        candidates.shuffle(&mut self.rng);
+        let mut selected = candidates[..take].to_vec();
+        selected.sort_unstable();
+        match self.start_attempt(selected.clone(), now) {
+            Ok(attempt) => {
+                self.not_selected = candidates[take..].iter().copied().collect();
+                self.waiting.clear();
+                self.outputs.push_back(Output::Audit(AuditEvent::RoundStarted {
+                    round_id: attempt.info.plan.round_id,
+                    attempt: attempt.info.plan.attempt,
+                    selected: selected.len(),
+                    degree: attempt.info.plan.degree,
+                    threshold: attempt.info.plan.threshold,
+                }));
+                self.state = State::Running(Box::new(attempt));
+            }
+            Err(e) => {
+                // Cannot happen for a validated config (min_clients admits parameters and
+                // larger rounds only relax them); keep waiting rather than fail the task.
+                tracing::error!(error = %e, "cannot plan a round; waiting for more clients");
+                self.state =
+                    State::Selecting { deadline: Some(now + self.config.deadlines.selection) };
+            }
+        }
+    }
+
+    fn start_attempt(&mut self, selected: Vec<ClientId>, now: Instant) -> Result<Attempt> {
+        let c = &self.config;
+        let params = fedsec_crypto::params::choose(
+            c.graph,
+            selected.len(),
+            c.dropout_ppm,
+            c.corrupt_ppm,
+            c.adversary,
+        )?;
+        let mut attempt = [0u8; 16];
+        let mut graph_seed = [0u8; 32];
+        self.rng.fill_bytes(&mut attempt);
+        self.rng.fill_bytes(&mut graph_seed);
+        let plan = RoundPlan {
+            version: PROTOCOL_VERSION,
+            task_id: c.task_id,
+            round_id: RoundId(self.round_id),
+            attempt: AttemptNonce(attempt),
+            selected,
+            graph: c.graph,
+            degree: params.degree,
+            threshold: params.threshold,
+            dropout_ppm: c.dropout_ppm,
+            corrupt_ppm: c.corrupt_ppm,
+            adversary: c.adversary,
+            graph_seed,
+            dim: (self.model.len() + 1) as u32,
+            quant: self.quant,
+            checkpoint: self.checkpoint_hash,
+        };
+        let mut server = SecAggServer::new(plan.clone(), self.verifier.clone())?
+            .with_upload_chunk_words(c.upload_chunk_words as usize)
+            .with_max_uploads_in_flight(c.max_uploads_in_flight);
+        if let Some(pool) = &self.pool {
+            server = server.with_thread_pool(pool.clone());
+        }
+        let n = plan.selected.len();
+        Ok(Attempt {
+            ctx: plan.context(),
+            info: RoundInfo {
+                plan,
+                checkpoint_version: self.checkpoint_version,
+                upload_chunk_words: c.upload_chunk_words,
+                phase_deadlines: c.deadlines.phases(),
+            },
+            server,
+            phase: Phase::AdvertiseKeys,
+            phase_opened: now,
+            deadline: now + c.deadlines.advertise_keys,
+            phase_seconds: Vec::new(),
+            set_sizes: vec![n],
+            answered: Default::default(),
+            upload_digests: BTreeMap::new(),
+            upload_bytes: 0,
+            keys: BTreeMap::new(),
+            shares: BTreeMap::new(),
+            survivors: None,
+            unmask: None,
+        })
+    }
+
+    // ------------------------------------------------------------------ time
+
+    /// When the engine next needs [`handle_timeout`](Self::handle_timeout).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Selecting { deadline } => *deadline,
+            State::Running(a) => Some(a.deadline),
+            State::Committing { .. } | State::Finished => None,
+        }
+    }
+
+    /// Closes whatever is due at `now`: the selection, or the open phase.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &self.state {
+            State::Selecting { deadline: Some(d) } if *d <= now => self.select(now),
+            State::Running(a) if a.deadline <= now => self.close_phase(now),
+            _ => {}
+        }
+    }
+
+    /// The next thing to do outside the engine.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Closes the open phase: fixes its set, prepares every client's reply, opens the next.
+    fn close_phase(&mut self, now: Instant) {
+        let State::Running(attempt) = &mut self.state else { return };
+        let a = attempt.as_mut();
+        let contributed = &mut self.contributed;
+        a.phase_seconds.push(now.saturating_duration_since(a.phase_opened).as_secs_f64());
+        let closed = match a.phase {
+            Phase::AdvertiseKeys => a.server.close_advertise().map(|fwd| {
+                a.keys = fwd.into_iter().map(|f| (f.recipient, f)).collect();
+                a.set_sizes.push(a.keys.len());
+            }),
+            Phase::ShareKeys => a.server.close_share_keys().map(|fwd| {
+                a.shares = fwd.into_iter().map(|f| (f.recipient, f)).collect();
+                a.set_sizes.push(a.shares.len());
+            }),
+            Phase::MaskedInputCollection => {
+                let plan = &a.info.plan;
+                // Whoever completed an upload has contributed on this checkpoint, whatever
+                // happens to the attempt.
+                contributed.extend(a.server.u3().into_iter().map(|i| plan.selected[i]));
+                a.server.close_masked_input().map(|req| {
+                    a.set_sizes.push(a.server.u3().len());
+                    a.survivors = Some(req);
+                })
+            }
+            Phase::ConsistencyCheck => a.server.close_consistency().map(|req| {
+                a.set_sizes.push(req.signatures.len());
+                a.unmask = Some(req);
+            }),
+            Phase::Unmasking => {
+                a.set_sizes.push(a.answered[phase_index(Phase::Unmasking)].len());
+                return self.aggregate(now);
+            }
+        };
+        match closed {
+            Ok(()) => {
+                let next = Phase::ALL[phase_index(a.phase) + 1];
+                a.phase = next;
+                a.phase_opened = now;
+                a.deadline = now + a.info.phase_deadlines[phase_index(next)];
+                if a.all_answered() {
+                    // Nobody is left to wait for (for instance, U4 is empty).
+                    self.close_phase(now);
+                }
+            }
+            Err(e) => self.abort(e.to_string(), now),
+        }
+    }
+
+    /// The unmasking closed: reconstruct, decode, average, apply, and hand out the checkpoint.
+    fn aggregate(&mut self, now: Instant) {
+        let State::Running(attempt) = &mut self.state else { return };
+        let sum = match attempt.server.finish() {
+            Ok(sum) => sum,
+            Err(e) => return self.abort(e.to_string(), now),
+        };
+        for client in attempt.server.misbehaving_holders() {
+            self.outputs.push_back(Output::Audit(AuditEvent::MisbehavingHolder {
+                round_id: attempt.info.plan.round_id,
+                client: *client,
+            }));
+        }
+        let model = match self.apply(&sum) {
+            Ok(m) => m,
+            Err(e) => return self.abort(format!("the sum does not decode: {e}"), now),
+        };
+        let bytes = match model.to_safetensors() {
+            Ok(b) => b,
+            Err(e) => return self.abort(format!("the new model does not serialize: {e}"), now),
+        };
+        let State::Running(attempt) = std::mem::replace(&mut self.state, State::Finished) else {
+            unreachable!("checked above")
+        };
+        let checkpoint = NewCheckpoint {
+            version: self.checkpoint_version + 1,
+            parent_version: self.checkpoint_version,
+            sha256: CheckpointHash(Sha256::digest(&bytes).into()),
+            bytes: Arc::new(bytes),
+            round_id: attempt.info.plan.round_id,
+            summary: format!(
+                "round {} of task {}: {} of {} selected clients summed",
+                attempt.info.plan.round_id.0,
+                self.config.name,
+                attempt.server.u3().len(),
+                attempt.info.plan.selected.len()
+            ),
+        };
+        self.outputs.push_back(Output::Checkpoint(checkpoint.clone()));
+        self.state = State::Committing { attempt, checkpoint, model };
+    }
+
+    /// θ + η · (Σ w·x / Σ w).
+    fn apply(&self, sum: &[u32]) -> Result<Model> {
+        let average = self.quant.weighted_average(sum)?;
+        let eta = self.config.server_learning_rate;
+        let theta = self.model.flatten();
+        let next: Vec<f32> = theta.iter().zip(&average).map(|(t, u)| t + eta * u).collect();
+        Ok(self.model.with_flat(&next)?)
+    }
+
+    /// The caller stored the checkpoint `version` durably: publish the round's result and
+    /// open the next round.
+    pub fn checkpoint_committed(&mut self, version: u64, now: Instant) -> Result<()> {
+        let State::Committing { checkpoint, .. } = &self.state else {
+            return Err(Error::InvalidConfig(format!(
+                "no checkpoint is waiting to be committed (got version {version})"
+            )));
+        };
+        if checkpoint.version != version {
+            return Err(Error::InvalidConfig(format!(
+                "checkpoint {version} committed, but {} is waiting",
+                checkpoint.version
+            )));
+        }
+        let State::Committing { attempt, checkpoint, model } =
+            std::mem::replace(&mut self.state, State::Finished)
+        else {
+            unreachable!("checked above")
+        };
+        let _ = now;
+        self.model = model;
+        self.checkpoint_version = checkpoint.version;
+        self.checkpoint_hash = checkpoint.sha256;
+        self.contributed.clear();
+        self.completed_rounds += 1;
+        self.round_id += 1;
+        let outcome = attempt.outcome(true, Some(checkpoint.version), None);
+        self.outputs.push_back(Output::Audit(AuditEvent::RoundCompleted {
+            round_id: outcome.round_id,
+            attempt: outcome.attempt,
+            participants: outcome.participants(),
+            checkpoint_version: checkpoint.version,
+        }));
+        self.remember(outcome);
+        self.state = if self.completed_rounds >= self.config.rounds {
+            State::Finished
+        } else {
+            State::Selecting { deadline: None }
+        };
+        Ok(())
+    }
+
+    /// Aborts the running attempt: nothing more is revealed, the model stays, the round is
+    /// retried as a new attempt.
+    fn abort(&mut self, reason: String, now: Instant) {
+        let State::Running(mut attempt) =
+            std::mem::replace(&mut self.state, State::Selecting { deadline: None })
+        else {
+            return;
+        };
+        let _ = now;
+        attempt.server.abort(fedsec_crypto::Error::Aborted(reason.clone()));
+        // Uploads completed before the abort count as contributions on this checkpoint.
+        let plan = &attempt.info.plan;
+        self.contributed.extend(attempt.server.u3().into_iter().map(|i| plan.selected[i]));
+        tracing::warn!(round = plan.round_id.0, %reason, "round attempt aborted");
+        self.outputs.push_back(Output::Audit(AuditEvent::RoundAborted {
+            round_id: plan.round_id,
+            attempt: plan.attempt,
+            reason: reason.clone(),
+        }));
+        self.remember(attempt.outcome(false, None, Some(reason)));
+    }
+
+    fn remember(&mut self, outcome: RoundOutcome) {
+        self.result_order.push_back(outcome.ctx);
+        self.results.insert(outcome.ctx, outcome);
+        while self.result_order.len() > RESULTS_KEPT {
+            if let Some(old) = self.result_order.pop_front() {
+                self.results.remove(&old);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+//! The five phases: messages in, retries recognised, phases closed early when everyone answered.
+
+use std::time::Instant;
+
+use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::messages::{
+    AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse, message_digest,
+};
+use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
+use fedsec_crypto::{ClientId, RoundContext};
+use sha2::{Digest, Sha256};
+
+use super::attempt::Attempt;
+use super::types::Reply;
+use super::{Engine, State, phase_index, phase_name};
+use crate::error::{Error, Result};
+
+impl Engine {
+    /// Phase 0: a client's advertised keys.
+    pub fn advertise(&mut self, from: ClientId, msg: AdvertiseKeys, now: Instant) -> Result<()> {
+        let digest = message_digest(&msg);
+        let ctx = msg.ctx;
+        self.submit(from, &ctx, Phase::AdvertiseKeys, digest, now, |s| {
+            s.receive_advertise(from, msg)
+        })
+    }
+
+    /// Phase 1: a client's encrypted shares.
+    pub fn share_keys(&mut self, from: ClientId, msg: ShareKeys, now: Instant) -> Result<()> {
+        let digest = message_digest(&msg);
+        let ctx = msg.ctx;
+        self.submit(from, &ctx, Phase::ShareKeys, digest, now, |s| s.receive_share_keys(from, msg))
+    }
+
+    /// Phase 3: a client's signature on U3.
+    pub fn consistency(
+        &mut self,
+        from: ClientId,
+        msg: ConsistencySignature,
+        now: Instant,
+    ) -> Result<()> {
+        let digest = message_digest(&msg);
+        let ctx = msg.ctx;
+        self.submit(from, &ctx, Phase::ConsistencyCheck, digest, now, |s| {
+            s.receive_consistency(from, msg)
+        })
+    }
+
+    /// Phase 4: a client's revealed shares.
+    pub fn unmasking(
+        &mut self,
+        from: ClientId,
+        msg: UnmaskingResponse,
+        now: Instant,
+    ) -> Result<()> {
+        let digest = message_digest(&msg);
+        let ctx = msg.ctx;
+        self.submit(from, &ctx, Phase::Unmasking, digest, now, |s| s.receive_unmasking(from, msg))
+    }
+
+    /// Phase 2: one chunk of a client's masked input, at an offset that is a multiple of the
+    /// plan's chunk size (the last chunk may be shorter). A chunk received again with the same
+    /// bytes — even after the upload completed — is accepted as a retry; different bytes are
+    /// refused.
+    pub fn masked_input(
+        &mut self,
+        from: ClientId,
+        chunk: &MaskedInput,
+        now: Instant,
+    ) -> Result<UploadProgress> {
+        let attempt = self.attempt_for(&chunk.ctx, Phase::MaskedInputCollection)?;
+        let plan = &attempt.info.plan;
+        plan.index_of(&from).ok_or(Error::NotSelected(from))?;
+        let chunk_words = attempt.info.upload_chunk_words as usize;
+        let dim = plan.dim as usize;
+        let offset = chunk.offset as usize;
+        let words = chunk.data.len() / 4;
+        let bad = |reason: String| Error::BadUpload { offset: chunk.offset as u64, reason };
+        if !chunk.data.len().is_multiple_of(4) {
+            return Err(bad(format!("{} bytes is not a whole number of words", chunk.data.len())));
+        }
+        if !offset.is_multiple_of(chunk_words) || offset >= dim {
+            return Err(bad(format!(
+                "offsets are multiples of {chunk_words} words below the vector length {dim}"
+            )));
+        }
+        if words != chunk_words.min(dim - offset) {
+            return Err(bad(format!(
+                "the chunk holds {words} words; at this offset it must hold {}",
+                chunk_words.min(dim - offset)
+            )));
+        }
+        let index = offset / chunk_words;
+        let digest: [u8; 32] = Sha256::digest(&chunk.data).into();
+        if let Some(seen) = attempt.upload_digests.get(&from).and_then(|d| d[index]) {
+            return if seen == digest {
+                Ok(UploadProgress::Duplicate)
+            } else {
+                Err(Error::Protocol(fedsec_crypto::Error::PhaseAlreadyAnswered(
+                    "MaskedInputCollection",
+                )))
+            };
+        }
+        if attempt.phase != Phase::MaskedInputCollection {
+            return Err(self.phase_error(Phase::MaskedInputCollection));
+        }
+        let State::Running(attempt) = &mut self.state else {
+            return Err(Error::PhaseClosed { phase: "MaskedInputCollection" });
+        };
+        let progress = attempt.server.receive_masked_input(from, chunk)?;
+        let chunks = dim.div_ceil(chunk_words);
+        attempt.upload_digests.entry(from).or_insert_with(|| vec![None; chunks])[index] =
+            Some(digest);
+        attempt.upload_bytes += chunk.data.len() as u64;
+        if attempt.all_answered() {
+            self.close_phase(now);
+        }
+        Ok(progress)
+    }
+
+    /// The running (or committing) attempt whose context is `ctx`, or why there is none.
+    fn attempt_for(&self, ctx: &RoundContext, phase: Phase) -> Result<&Attempt> {
+        let attempt = match &self.state {
+            State::Running(a) => Some(a.as_ref()),
+            State::Committing { attempt, .. } => Some(attempt.as_ref()),
+            _ => None,
+        };
+        match attempt {
+            Some(a) if a.ctx == *ctx => Ok(a),
+            _ => Err(match self.results.get(ctx) {
+                Some(r) if !r.completed => {
+                    Error::RoundAborted(r.abort_reason.clone().unwrap_or_else(|| "aborted".into()))
+                }
+                Some(_) => Error::PhaseClosed { phase: phase_name(phase) },
+                None => Error::NotCurrentAttempt {
+                    round: self.round_id,
+                    attempt: String::new(),
+                    detail: "no running attempt has this round context".into(),
+                },
+            }),
+        }
+    }
+
+    fn phase_error(&self, phase: Phase) -> Error {
+        match &self.state {
+            State::Running(a) if a.phase < phase => {
+                Error::PhaseNotOpen { phase: phase_name(phase), current: phase_name(a.phase) }
+            }
+            _ => Error::PhaseClosed { phase: phase_name(phase) },
+        }
+    }
+
+    /// The common path of the small phases: recognise retries, check the phase, hand the
+    /// message to the protocol core, close the phase early when everyone answered.
+    fn submit(
+        &mut self,
+        from: ClientId,
+        ctx: &RoundContext,
+        phase: Phase,
+        digest: [u8; 32],
+        now: Instant,
+        receive: impl FnOnce(&mut SecAggServer) -> fedsec_crypto::Result<()>,
+    ) -> Result<()> {
+        let attempt = self.attempt_for(ctx, phase)?;
+        attempt.info.plan.index_of(&from).ok_or(Error::NotSelected(from))?;
+        if let Some(seen) = attempt.answered[phase_index(phase)].get(&from) {
+            return if *seen == digest {
+                Ok(())
+            } else {
+                Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase_name(phase)).into())
+            };
+        }
+        if attempt.phase != phase {
+            return Err(self.phase_error(phase));
+        }
+        let State::Running(attempt) = &mut self.state else {
+            // The attempt is storing its checkpoint: the unmasking has closed.
+            return Err(Error::PhaseClosed { phase: phase_name(phase) });
+        };
+        receive(&mut attempt.server)?;
+        attempt.answered[phase_index(phase)].insert(from, digest);
+        if attempt.all_answered() {
+            self.close_phase(now);
+        }
+        Ok(())
+    }
+
+    /// A client's reply for the phase after `phase` (what its long-poll returns), once
+    /// `phase` has closed. `None` while the phase is open.
+    pub fn reply(
+        &self,
+        client: &ClientId,
+        ctx: &RoundContext,
+        phase: Phase,
+    ) -> Option<Result<Reply>> {
+        let attempt = match &self.state {
+            State::Running(a) if a.ctx == *ctx => a,
+            State::Committing { attempt, .. } if attempt.ctx == *ctx => {
+                if phase == Phase::Unmasking {
+                    return None; // the result is published once the checkpoint is stored
+                }
+                attempt
+            }
+            _ => {
+                return Some(match self.results.get(ctx) {
+                    Some(r) if phase == Phase::Unmasking => Ok(Reply::Result(r.clone())),
+                    Some(r) if !r.completed => Err(Error::RoundAborted(
+                        r.abort_reason.clone().unwrap_or_else(|| "aborted".into()),
+                    )),
+                    Some(_) => Err(Error::PhaseClosed { phase: phase_name(phase) }),
+                    None => Err(Error::NotCurrentAttempt {
+                        round: self.round_id,
+                        attempt: String::new(),
+                        detail: "no running attempt has this round context".into(),
+                    }),
+                });
+            }
+        };
+        if attempt.phase <= phase {
+            return None;
+        }
+        let missing = || Err(Error::PhaseClosed { phase: phase_name(phase) });
+        Some(match phase {
+            Phase::AdvertiseKeys => {
+                attempt.keys.get(client).cloned().map(Reply::Keys).map_or_else(missing, Ok)
+            }
+            Phase::ShareKeys => {
+                attempt.shares.get(client).cloned().map(Reply::Shares).map_or_else(missing, Ok)
+            }
+            Phase::MaskedInputCollection => match &attempt.survivors {
+                Some(s)
+                    if attempt
+                        .info
+                        .plan
+                        .index_of(client)
+                        .is_some_and(|i| s.survivors.contains(i)) =>
+                {
+                    Ok(Reply::Survivors(s.clone()))
+                }
+                _ => missing(),
+            },
+            Phase::ConsistencyCheck => match &attempt.unmask {
+                Some(u) if u.signatures.iter().any(|s| s.client == *client) => {
+                    Ok(Reply::Unmask(u.clone()))
+                }
+                _ => missing(),
+            },
+            Phase::Unmasking => return None,
+        })
+    }
+}

@@ -1,0 +1,655 @@
+//! The engine driven by real protocol clients on a virtual clock.
+
+use std::collections::BTreeMap;
+
+use fedsec_crypto::model::Tensor;
+use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
+use fedsec_crypto::sign::{IdentityKey, RawKeyCredentials};
+use fedsec_crypto::{AdversaryClass, GraphKind, TaskId};
+
+use fedsec_crypto::secagg::messages::ShareKeys;
+use fedsec_crypto::secagg::server::UploadProgress;
+
+use super::*;
+
+const DIM: usize = 6;
+
+struct Site {
+    key: Arc<IdentityKey>,
+    ledger: ContributionLedger,
+    update: Vec<f32>,
+    examples: u64,
+}
+
+struct Fed {
+    engine: Engine,
+    sites: Vec<Site>,
+    now: Instant,
+    rng: ChaCha20Rng,
+}
+
+fn config(n: usize) -> TaskConfig {
+    let mut c = TaskConfig::new(TaskId([7; 16]), "test", n);
+    c.graph = GraphKind::Complete;
+    c.adversary = AdversaryClass::SemiMalicious;
+    c.over_selection = 1.0;
+    c.min_clients = 8;
+    c.dropout_ppm = 300_000;
+    c.max_examples = 100;
+    c.server_learning_rate = 0.5;
+    c.rounds = 3;
+    c.deadlines = PhaseDeadlines::uniform(Duration::from_secs(10));
+    c.upload_chunk_words = 4;
+    c
+}
+
+fn initial_model() -> Model {
+    Model::new()
+        .with("w", Tensor::new(vec![2, 2], vec![0.5, -0.25, 1.0, 0.0]).unwrap())
+        .with("b", Tensor::new(vec![2], vec![0.1, -0.1]).unwrap())
+}
+
+fn fed(n: usize, config: TaskConfig) -> Fed {
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let sites = (0..n)
+        .map(|i| Site {
+            key: Arc::new(IdentityKey::generate(&mut rng)),
+            ledger: ContributionLedger::default(),
+            update: (0..DIM).map(|j| ((i * 7 + j * 3) % 11) as f32 / 11.0 - 0.45).collect(),
+            examples: 10 + 9 * i as u64,
+        })
+        .collect();
+    let engine =
+        Engine::new(config, initial_model(), 0, Arc::new(RawKeyCredentials), [3; 32]).unwrap();
+    Fed { engine, sites, now: Instant::now(), rng }
+}
+
+fn policy() -> ClientPolicy {
+    ClientPolicy { min_clients: 3, min_surviving: 3, ..ClientPolicy::default() }
+}
+
+/// What happened to each client in one attempt, by site index.
+#[derive(Default)]
+struct Drops(BTreeMap<usize, Phase>);
+
+impl Drops {
+    fn active(&self, i: usize, p: Phase) -> bool {
+        self.0.get(&i).is_none_or(|&d| d > p)
+    }
+}
+
+struct Ran {
+    info: RoundInfo,
+    quantized: BTreeMap<usize, Vec<u32>>,
+    outcome: Result<RoundOutcome>,
+}
+
+impl Fed {
+    fn site_of(&self, id: &ClientId) -> usize {
+        self.sites.iter().position(|s| s.key.id() == *id).unwrap()
+    }
+
+    fn check_in_all(&mut self) -> RoundInfo {
+        let mut info = None;
+        for s in &self.sites {
+            if let CheckIn::Selected(i) = self.engine.check_in(s.key.id(), self.now) {
+                info = Some(*i);
+            }
+        }
+        if info.is_none() {
+            self.advance();
+        }
+        let first = self.sites[0].key.id();
+        info.or_else(|| match self.engine.poll_check_in(&first) {
+            CheckIn::Selected(i) => Some(*i),
+            _ => self.engine.current_round().cloned(),
+        })
+        .expect("a round started")
+    }
+
+    /// Moves the clock to the next deadline and handles it.
+    fn advance(&mut self) {
+        if let Some(t) = self.engine.poll_timeout() {
+            self.now = self.now.max(t);
+            self.engine.handle_timeout(self.now);
+        }
+    }
+
+    fn wait_closed(&mut self, ctx: &RoundContext, phase: Phase, any: &ClientId) {
+        if self.engine.reply(any, ctx, phase).is_none() {
+            self.advance();
+        }
+    }
+
+    /// Runs one attempt with honest clients, dropping them as `drops` says.
+    fn run(&mut self, drops: &Drops) -> Ran {
+        let info = self.check_in_all();
+        let plan = info.plan.clone();
+        let ctx = plan.context();
+        let idx: Vec<usize> = plan.selected.iter().map(|id| self.site_of(id)).collect();
+        let mut clients: BTreeMap<usize, SecAggClient> = BTreeMap::new();
+        for &i in &idx {
+            let s = &self.sites[i];
+            let c = SecAggClient::new(
+                s.key.clone(),
+                Arc::new(RawKeyCredentials),
+                &policy(),
+                plan.clone(),
+                &plan.checkpoint,
+                &s.ledger,
+            )
+            .unwrap();
+            clients.insert(i, c);
+        }
+        let any = plan.selected[0];
+        // Phase 0.
+        for (&i, c) in &clients {
+            if drops.active(i, Phase::AdvertiseKeys) {
+                self.engine
+                    .advertise(c.advertise().client, c.advertise().clone(), self.now)
+                    .unwrap();
+            }
+        }
+        self.wait_closed(&ctx, Phase::AdvertiseKeys, &any);
+        // Phase 1.
+        for (&i, c) in clients.iter_mut() {
+            if !drops.active(i, Phase::ShareKeys) {
+                continue;
+            }
+            let id = self.sites[i].key.id();
+            if let Some(Ok(Reply::Keys(fwd))) = self.engine.reply(&id, &ctx, Phase::AdvertiseKeys)
+                && let Ok(msg) = c.handle_keys(&fwd)
+            {
+                self.engine.share_keys(id, msg, self.now).unwrap();
+            }
+        }
+        self.wait_closed(&ctx, Phase::ShareKeys, &any);
+        // Phase 2.
+        let mut quantized = BTreeMap::new();
+        for (&i, c) in clients.iter_mut() {
+            if !drops.active(i, Phase::MaskedInputCollection) {
+                continue;
+            }
+            let id = self.sites[i].key.id();
+            let Some(Ok(Reply::Shares(fwd))) = self.engine.reply(&id, &ctx, Phase::ShareKeys)
+            else {
+                continue;
+            };
+            let site = &mut self.sites[i];
+            let x = plan.quant.quantize(&site.update, site.examples, &mut self.rng).unwrap();
+            let Ok(y) = c.handle_shares(&fwd, &x, &mut site.ledger) else { continue };
+            for chunk in y.chunks(info.upload_chunk_words as usize) {
+                self.engine.masked_input(id, &chunk, self.now).unwrap();
+            }
+            quantized.insert(i, x);
+        }
+        self.wait_closed(&ctx, Phase::MaskedInputCollection, &any);
+        // Phase 3.
+        for (&i, c) in clients.iter_mut() {
+            if !drops.active(i, Phase::ConsistencyCheck) {
+                continue;
+            }
+            let id = self.sites[i].key.id();
+            if let Some(Ok(Reply::Survivors(req))) =
+                self.engine.reply(&id, &ctx, Phase::MaskedInputCollection)
+                && let Ok(msg) = c.handle_consistency(&req)
+            {
+                self.engine.consistency(id, msg, self.now).unwrap();
+            }
+        }
+        self.wait_closed(&ctx, Phase::ConsistencyCheck, &any);
+        // Phase 4.
+        for (&i, c) in clients.iter_mut() {
+            if !drops.active(i, Phase::Unmasking) {
+                continue;
+            }
+            let id = self.sites[i].key.id();
+            if let Some(Ok(Reply::Unmask(req))) =
+                self.engine.reply(&id, &ctx, Phase::ConsistencyCheck)
+                && let Ok(msg) = c.handle_unmasking(&req)
+            {
+                self.engine.unmasking(id, msg, self.now).unwrap();
+            }
+        }
+        if self.engine.reply(&any, &ctx, Phase::Unmasking).is_none()
+            && self.engine.current_round().is_some_and(|r| r.plan.context() == ctx)
+            && !matches!(self.engine.status().state, "committing")
+        {
+            self.advance();
+        }
+        self.commit();
+        let outcome = match self.engine.reply(&any, &ctx, Phase::Unmasking) {
+            Some(Ok(Reply::Result(r))) => Ok(r),
+            Some(Err(e)) => Err(e),
+            other => panic!("no result after the round: {other:?}"),
+        };
+        Ran { info, quantized, outcome }
+    }
+
+    /// Plays the storage: commits every checkpoint the engine hands out.
+    fn commit(&mut self) -> Vec<NewCheckpoint> {
+        let mut out = Vec::new();
+        while let Some(o) = self.engine.poll_output() {
+            if let Output::Checkpoint(c) = o {
+                self.engine.checkpoint_committed(c.version, self.now).unwrap();
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+/// The model FedAvg must produce, computed in the clear from the quantized inputs.
+fn expected_model(before: &Model, quant: &QuantParams, eta: f32, inputs: &[&Vec<u32>]) -> Model {
+    let mut sum = vec![0u32; inputs[0].len()];
+    for x in inputs {
+        for (s, v) in sum.iter_mut().zip(x.iter()) {
+            *s = s.wrapping_add(*v);
+        }
+    }
+    let avg = quant.weighted_average(&sum).unwrap();
+    let next: Vec<f32> = before.flatten().iter().zip(&avg).map(|(t, u)| t + eta * u).collect();
+    before.with_flat(&next).unwrap()
+}
+
+#[test]
+fn a_round_applies_weighted_fedavg_of_the_exact_sum() {
+    let mut f = fed(10, config(10));
+    let before = f.engine.model().clone();
+    let ran = f.run(&Drops::default());
+    let outcome = ran.outcome.unwrap();
+    assert!(outcome.completed);
+    assert_eq!(outcome.new_checkpoint_version, Some(1));
+    assert_eq!(outcome.set_sizes, vec![10, 10, 10, 10, 10, 10]);
+    let inputs: Vec<&Vec<u32>> = ran.quantized.values().collect();
+    let want = expected_model(&before, &ran.info.plan.quant, 0.5, &inputs);
+    assert_eq!(f.engine.model(), &want, "bit-for-bit the model of the clear sum");
+    assert_ne!(f.engine.model(), &before);
+    let (version, hash) = f.engine.checkpoint();
+    assert_eq!(version, 1);
+    assert_eq!(hash.0, <[u8; 32]>::from(Sha256::digest(want.to_safetensors().unwrap())));
+}
+
+#[test]
+fn dropouts_within_the_threshold_are_survived_at_the_deadline() {
+    let mut f = fed(10, config(10));
+    let before = f.engine.model().clone();
+    // One client never uploads, another vanishes after uploading: its input is in the sum.
+    let info = f.check_in_all();
+    let a = f.site_of(&info.plan.selected[2]);
+    let b = f.site_of(&info.plan.selected[5]);
+    // The selection already happened; `run` checks in again and gets the same plan.
+    let drops = Drops([(a, Phase::MaskedInputCollection), (b, Phase::ConsistencyCheck)].into());
+    let ran = f.run(&drops);
+    let outcome = ran.outcome.unwrap();
+    assert_eq!(ran.info.plan, info.plan);
+    assert!(outcome.completed);
+    assert_eq!(outcome.set_sizes, vec![10, 10, 10, 9, 8, 8]);
+    assert!(ran.quantized.contains_key(&b) && !ran.quantized.contains_key(&a));
+    let inputs: Vec<&Vec<u32>> = ran.quantized.values().collect();
+    assert_eq!(f.engine.model(), &expected_model(&before, &ran.info.plan.quant, 0.5, &inputs));
+    // Phases that waited for a dropped client lasted their full deadline.
+    assert_eq!(outcome.phase_seconds[2], 10.0);
+}
+
+#[test]
+fn an_abort_changes_nothing_and_the_retry_excludes_contributors() {
+    let mut f = fed(14, config(10));
+    let before = f.engine.model().clone();
+    let info = f.check_in_all();
+    assert_eq!(info.plan.selected.len(), 10, "the cap is target × over-selection");
+    // Four of ten vanish after uploading: q = 7 signatures cannot be reached.
+    let gone: Vec<usize> = info.plan.selected[..4].iter().map(|id| f.site_of(id)).collect();
+    let drops = Drops(gone.iter().map(|&i| (i, Phase::ConsistencyCheck)).collect());
+    let ran = f.run(&drops);
+    let outcome = ran.outcome.unwrap();
+    assert!(!outcome.completed);
+    assert_eq!(outcome.new_checkpoint_version, None);
+    assert_eq!(outcome.set_sizes, vec![10, 10, 10, 10], "it ended in ConsistencyCheck");
+    assert_eq!(f.engine.model(), &before, "the model is unchanged");
+    assert_eq!(f.engine.checkpoint().0, 0);
+    let aborted = f.engine.recent_results().next().unwrap().clone();
+    assert!(!aborted.completed);
+    assert!(aborted.abort_reason.unwrap().contains("ConsistencyCheck"));
+    // The ten uploaded on checkpoint 0: none of them may be selected again on it.
+    for id in &info.plan.selected {
+        assert!(matches!(f.engine.check_in(*id, f.now), CheckIn::RetryLater { .. }));
+    }
+    // The four others are too few for a round until the selection deadline passes... and
+    // even then below min_clients = 8: no round starts.
+    for s in &f.sites {
+        f.engine.check_in(s.key.id(), f.now);
+    }
+    f.advance();
+    assert_eq!(f.engine.status().state, "selecting");
+    assert_eq!(f.engine.status().round_id, RoundId(1), "the round id is kept for the retry");
+}
+
+#[test]
+fn retries_are_idempotent_and_conflicts_are_refused() {
+    let mut f = fed(10, config(10));
+    let info = f.check_in_all();
+    let plan = info.plan.clone();
+    let ctx = plan.context();
+    let i = f.site_of(&plan.selected[0]);
+    let key = f.sites[i].key.clone();
+    let make = |policy: &ClientPolicy| {
+        SecAggClient::new(
+            key.clone(),
+            Arc::new(RawKeyCredentials),
+            policy,
+            plan.clone(),
+            &plan.checkpoint,
+            &ContributionLedger::default(),
+        )
+        .unwrap()
+    };
+    let c = make(&policy());
+    let advert = c.advertise().clone();
+    f.engine.advertise(key.id(), advert.clone(), f.now).unwrap();
+    f.engine.advertise(key.id(), advert.clone(), f.now).unwrap();
+    // A second, different advertisement for the same phase (fresh keys).
+    let other = make(&policy()).advertise().clone();
+    let err = f.engine.advertise(key.id(), other, f.now).unwrap_err();
+    assert!(matches!(err, Error::Protocol(fedsec_crypto::Error::PhaseAlreadyAnswered(_))));
+    // Out of phase: a ShareKeys before phase 0 closed.
+    let early = ShareKeys { version: 1, ctx, client: key.id(), shares: vec![] };
+    let err = f.engine.share_keys(key.id(), early, f.now).unwrap_err();
+    assert!(matches!(err, Error::PhaseNotOpen { phase: "ShareKeys", .. }), "{err:?}");
+    // Another sender than the authenticated one.
+    let j = f.site_of(&plan.selected[1]);
+    let err = f.engine.advertise(f.sites[j].key.id(), advert.clone(), f.now).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Protocol(
+                fedsec_crypto::Error::SenderMismatch { .. }
+                    | fedsec_crypto::Error::DuplicateClient(_)
+            )
+        ),
+        "{err:?}"
+    );
+    // A message for another round context.
+    let mut stale = advert.clone();
+    stale.ctx = RoundContext([9; 32]);
+    assert!(matches!(
+        f.engine.advertise(key.id(), stale, f.now).unwrap_err(),
+        Error::NotCurrentAttempt { .. }
+    ));
+    // Everyone else but one advertises; the phase closes at its deadline. The identical
+    // advertisement still gets the answer, a late one from the client that never advertised
+    // is refused.
+    let k = f.site_of(&plan.selected[2]);
+    for id in &plan.selected[1..] {
+        let s = f.site_of(id);
+        if s == k {
+            continue;
+        }
+        let c = SecAggClient::new(
+            f.sites[s].key.clone(),
+            Arc::new(RawKeyCredentials),
+            &policy(),
+            plan.clone(),
+            &plan.checkpoint,
+            &ContributionLedger::default(),
+        )
+        .unwrap();
+        f.engine.advertise(*id, c.advertise().clone(), f.now).unwrap();
+    }
+    assert!(f.engine.reply(&key.id(), &ctx, Phase::AdvertiseKeys).is_none(), "still open");
+    f.advance();
+    f.engine.advertise(key.id(), advert, f.now).unwrap();
+    assert!(matches!(
+        f.engine.reply(&key.id(), &ctx, Phase::AdvertiseKeys),
+        Some(Ok(Reply::Keys(_)))
+    ));
+    let late_client = SecAggClient::new(
+        f.sites[k].key.clone(),
+        Arc::new(RawKeyCredentials),
+        &policy(),
+        plan.clone(),
+        &plan.checkpoint,
+        &ContributionLedger::default(),
+    )
+    .unwrap();
+    let err = f
+        .engine
+        .advertise(f.sites[k].key.id(), late_client.advertise().clone(), f.now)
+        .unwrap_err();
+    assert!(matches!(err, Error::PhaseClosed { phase: "AdvertiseKeys" }), "{err:?}");
+    assert!(matches!(
+        f.engine.reply(&f.sites[k].key.id(), &ctx, Phase::AdvertiseKeys),
+        Some(Err(Error::PhaseClosed { .. }))
+    ));
+    assert_eq!(f.engine.status().phase, Some(Phase::ShareKeys));
+}
+
+#[test]
+fn uploads_are_checked_chunk_by_chunk_and_retries_after_completion_are_recognised() {
+    let mut f = fed(10, config(10));
+    let info = f.check_in_all();
+    let plan = info.plan.clone();
+    let ctx = plan.context();
+    let mut clients: Vec<(ClientId, SecAggClient)> = plan
+        .selected
+        .iter()
+        .map(|id| {
+            let s = &f.sites[f.site_of(id)];
+            let c = SecAggClient::new(
+                s.key.clone(),
+                Arc::new(RawKeyCredentials),
+                &policy(),
+                plan.clone(),
+                &plan.checkpoint,
+                &ContributionLedger::default(),
+            )
+            .unwrap();
+            (*id, c)
+        })
+        .collect();
+    for (id, c) in &clients {
+        f.engine.advertise(*id, c.advertise().clone(), f.now).unwrap();
+    }
+    for (id, c) in clients.iter_mut() {
+        let Some(Ok(Reply::Keys(fwd))) = f.engine.reply(id, &ctx, Phase::AdvertiseKeys) else {
+            panic!("phase 0 closed early once everyone advertised")
+        };
+        let msg = c.handle_keys(&fwd).unwrap();
+        f.engine.share_keys(*id, msg, f.now).unwrap();
+    }
+    let (id, c) = &mut clients[0];
+    let Some(Ok(Reply::Shares(fwd))) = f.engine.reply(id, &ctx, Phase::ShareKeys) else {
+        panic!("phase 1 closed early once everyone shared")
+    };
+    let x = plan.quant.quantize(&[0.5; DIM], 10, &mut f.rng).unwrap();
+    let y = c.handle_shares(&fwd, &x, &mut ContributionLedger::default()).unwrap();
+    let chunks = y.chunks(4);
+    assert_eq!(chunks.len(), 2, "dim 7 in chunks of 4");
+    // Misaligned, wrong-length and ragged chunks.
+    let mut bad = chunks[0].clone();
+    bad.offset = 1;
+    assert!(matches!(f.engine.masked_input(*id, &bad, f.now), Err(Error::BadUpload { .. })));
+    let mut bad = chunks[0].clone();
+    bad.data.truncate(12);
+    assert!(matches!(f.engine.masked_input(*id, &bad, f.now), Err(Error::BadUpload { .. })));
+    let mut bad = chunks[1].clone();
+    bad.data.push(0);
+    assert!(matches!(f.engine.masked_input(*id, &bad, f.now), Err(Error::BadUpload { .. })));
+    // The upload itself, then the same chunks again (a retry after a lost connection).
+    assert!(matches!(
+        f.engine.masked_input(*id, &chunks[0], f.now),
+        Ok(UploadProgress::Partial { received: 4, dim: 7 })
+    ));
+    assert!(matches!(f.engine.masked_input(*id, &chunks[1], f.now), Ok(UploadProgress::Complete)));
+    assert!(matches!(f.engine.masked_input(*id, &chunks[0], f.now), Ok(UploadProgress::Duplicate)));
+    assert!(matches!(f.engine.masked_input(*id, &chunks[1], f.now), Ok(UploadProgress::Duplicate)));
+    // A different second submission is refused.
+    let mut other = chunks[1].clone();
+    other.data[0] ^= 1;
+    assert!(matches!(
+        f.engine.masked_input(*id, &other, f.now),
+        Err(Error::Protocol(fedsec_crypto::Error::PhaseAlreadyAnswered(_)))
+    ));
+    // A client not in U.
+    let outsider = IdentityKey::generate(&mut f.rng).id();
+    assert!(matches!(
+        f.engine.masked_input(outsider, &chunks[0], f.now),
+        Err(Error::NotSelected(_))
+    ));
+    assert_eq!(f.engine.status().phase, Some(Phase::MaskedInputCollection));
+}
+
+#[test]
+fn selection_waits_for_the_minimum_then_caps_at_over_selection() {
+    let mut c = config(10);
+    c.over_selection = 1.2;
+    let mut f = fed(15, c);
+    // Seven check-ins: below min_clients = 8, the deadline passes and nobody is selected.
+    for s in &f.sites[..7] {
+        assert_eq!(f.engine.check_in(s.key.id(), f.now), CheckIn::Pending);
+    }
+    f.advance();
+    assert_eq!(f.engine.status().state, "selecting");
+    // Three more: ten wait, still below the cap of 12; at the deadline the ten are selected.
+    for s in &f.sites[7..10] {
+        f.engine.check_in(s.key.id(), f.now);
+    }
+    assert_eq!(f.engine.status().state, "selecting");
+    f.advance();
+    let info = f.engine.current_round().unwrap().clone();
+    assert_eq!(info.plan.selected.len(), 10);
+    // A client that arrives now is told to come back later.
+    assert!(matches!(f.engine.check_in(f.sites[12].key.id(), f.now), CheckIn::RetryLater { .. }));
+    // Selected clients checking in again get the same plan.
+    let id = info.plan.selected[3];
+    assert_eq!(f.engine.check_in(id, f.now), CheckIn::Selected(Box::new(info.clone())));
+    // Enrollment is audited once per client.
+    let mut enrolled = 0;
+    while let Some(o) = f.engine.poll_output() {
+        if matches!(o, Output::Audit(AuditEvent::Enrollment { .. })) {
+            enrolled += 1;
+        }
+    }
+    assert_eq!(enrolled, 11);
+}
+
+#[test]
+fn stale_check_ins_expire() {
+    let mut f = fed(10, config(10));
+    for s in &f.sites[..9] {
+        f.engine.check_in(s.key.id(), f.now);
+    }
+    // Past the check-in lifetime, nobody called again: nobody is selected.
+    f.now += CHECK_IN_TTL + Duration::from_secs(1);
+    f.engine.handle_timeout(f.now);
+    assert_eq!(f.engine.status().state, "selecting");
+    assert_eq!(f.engine.status().waiting, 0);
+}
+
+#[test]
+fn rounds_chain_checkpoints_and_the_task_finishes() {
+    let mut f = fed(10, config(10));
+    for round in 1..=3u64 {
+        let ran = f.run(&Drops::default());
+        assert_eq!(ran.info.plan.round_id, RoundId(round));
+        assert_eq!(ran.info.checkpoint_version, round - 1);
+        let outcome = ran.outcome.unwrap();
+        assert_eq!(outcome.new_checkpoint_version, Some(round));
+        // Every round trains on the checkpoint the previous one produced.
+        assert_eq!(f.engine.checkpoint().0, round);
+    }
+    assert_eq!(f.engine.status().state, "finished");
+    assert_eq!(f.engine.check_in(f.sites[0].key.id(), f.now), CheckIn::Finished);
+}
+
+#[test]
+fn committing_holds_the_result_back() {
+    let mut f = fed(10, config(10));
+    let info = f.check_in_all();
+    let ctx = info.plan.context();
+    let any = info.plan.selected[0];
+    // Run everything but the commit, by hand.
+    let mut clients: Vec<(ClientId, SecAggClient)> = info
+        .plan
+        .selected
+        .iter()
+        .map(|id| {
+            let s = &f.sites[f.site_of(id)];
+            let c = SecAggClient::new(
+                s.key.clone(),
+                Arc::new(RawKeyCredentials),
+                &policy(),
+                info.plan.clone(),
+                &info.plan.checkpoint,
+                &ContributionLedger::default(),
+            )
+            .unwrap();
+            (*id, c)
+        })
+        .collect();
+    for (id, c) in &clients {
+        f.engine.advertise(*id, c.advertise().clone(), f.now).unwrap();
+    }
+    for (id, c) in clients.iter_mut() {
+        let Some(Ok(Reply::Keys(k))) = f.engine.reply(id, &ctx, Phase::AdvertiseKeys) else {
+            panic!()
+        };
+        f.engine.share_keys(*id, c.handle_keys(&k).unwrap(), f.now).unwrap();
+    }
+    for (id, c) in clients.iter_mut() {
+        let Some(Ok(Reply::Shares(s))) = f.engine.reply(id, &ctx, Phase::ShareKeys) else {
+            panic!()
+        };
+        let x = info.plan.quant.quantize(&[0.1; DIM], 5, &mut f.rng).unwrap();
+        let y = c.handle_shares(&s, &x, &mut ContributionLedger::default()).unwrap();
+        for chunk in y.chunks(4) {
+            f.engine.masked_input(*id, &chunk, f.now).unwrap();
+        }
+    }
+    for (id, c) in clients.iter_mut() {
+        let Some(Ok(Reply::Survivors(r))) = f.engine.reply(id, &ctx, Phase::MaskedInputCollection)
+        else {
+            panic!()
+        };
+        f.engine.consistency(*id, c.handle_consistency(&r).unwrap(), f.now).unwrap();
+    }
+    for (id, c) in clients.iter_mut() {
+        let Some(Ok(Reply::Unmask(r))) = f.engine.reply(id, &ctx, Phase::ConsistencyCheck) else {
+            panic!()
+        };
+        f.engine.unmasking(*id, c.handle_unmasking(&r).unwrap(), f.now).unwrap();
+    }
+    assert_eq!(f.engine.status().state, "committing");
+    assert!(f.engine.reply(&any, &ctx, Phase::Unmasking).is_none());
+    assert_eq!(f.engine.checkpoint().0, 0, "not before it is stored");
+    let stored = f.commit();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].parent_version, 0);
+    assert_eq!(stored[0].sha256.0, <[u8; 32]>::from(Sha256::digest(stored[0].bytes.as_slice())));
+    let Some(Ok(Reply::Result(r))) = f.engine.reply(&any, &ctx, Phase::Unmasking) else {
+        panic!("the result is published after the commit")
+    };
+    assert!(r.completed);
+    assert_eq!(r.participants(), 10);
+    assert!(f.engine.checkpoint_committed(1, f.now).is_err(), "nothing left to commit");
+}
+
+#[test]
+fn configurations_that_could_wrap_or_have_no_parameters_are_refused() {
+    let mut c = config(10);
+    c.min_clients = 0;
+    assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))));
+    let mut c = config(10);
+    c.over_selection = 0.5;
+    assert!(c.validate().is_err());
+    let mut c = config(10);
+    c.clip = f64::NAN;
+    assert!(c.validate().is_err());
+    let mut c = config(10);
+    c.graph = GraphKind::Harary;
+    c.min_clients = 4;
+    let err = c.validate().unwrap_err();
+    assert!(err.to_string().contains("min_clients = 4"), "{err}");
+    let c = config(10);
+    assert!(Engine::new(c, Model::new(), 0, Arc::new(RawKeyCredentials), [0; 32]).is_err());
+}

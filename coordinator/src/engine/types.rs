@@ -1,0 +1,181 @@
+//! The values the engine hands out: plans, check-in answers, replies, outcomes, outputs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::messages::{
+    ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
+};
+use fedsec_crypto::{AttemptNonce, CheckpointHash, ClientId, RoundContext, RoundId, RoundPlan};
+
+/// What a selected client needs to run an attempt: the plan, plus how the round runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundInfo {
+    /// The plan; its context binds every message of the attempt.
+    pub plan: RoundPlan,
+    /// The version of the checkpoint to train on (its hash is in the plan).
+    pub checkpoint_version: u64,
+    /// Masked-input chunk size in words.
+    pub upload_chunk_words: u32,
+    /// Per-phase deadlines, each relative to its phase's start.
+    pub phase_deadlines: [Duration; 5],
+}
+
+/// The answer to a check-in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckIn {
+    /// Waiting for selection; ask again (the gRPC adapter long-polls).
+    Pending,
+    /// Selected: run this attempt.
+    Selected(Box<RoundInfo>),
+    /// Not now.
+    RetryLater {
+        /// When to check in again.
+        after: Duration,
+        /// Why, for people.
+        reason: String,
+    },
+    /// The task has run all its rounds.
+    Finished,
+}
+
+/// A client's reply for the next phase, ready once a phase closes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Phase 0 → 1: the advertisements of the client's share holders.
+    Keys(KeysForward),
+    /// Phase 1 → 2: the ciphertexts addressed to the client.
+    Shares(SharesForward),
+    /// Phase 2 → 3: U3.
+    Survivors(ConsistencyRequest),
+    /// Phase 3 → 4: U3 and the signatures on it.
+    Unmask(UnmaskingRequest),
+    /// After phase 4: how the round ended.
+    Result(RoundOutcome),
+}
+
+/// How one attempt of a round ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundOutcome {
+    /// The round.
+    pub round_id: RoundId,
+    /// The attempt.
+    pub attempt: AttemptNonce,
+    /// Its context.
+    pub ctx: RoundContext,
+    /// True if the sum was computed and the new checkpoint stored.
+    pub completed: bool,
+    /// The new checkpoint's version, when completed.
+    pub new_checkpoint_version: Option<u64>,
+    /// Why the attempt aborted, when it did.
+    pub abort_reason: Option<String>,
+    /// |U|, |U1|, |U2|, |U3|, |U4|, and the number of clients that revealed shares — as far as
+    /// the attempt got.
+    pub set_sizes: Vec<usize>,
+    /// Seconds each phase stayed open, as far as the attempt got.
+    pub phase_seconds: Vec<f64>,
+    /// Bytes of masked input received (all chunks, retries included).
+    pub upload_bytes: u64,
+}
+
+impl RoundOutcome {
+    /// |U3|: the clients whose inputs are in the sum.
+    pub fn participants(&self) -> usize {
+        self.set_sizes.get(3).copied().unwrap_or(0)
+    }
+}
+
+/// What the caller must do outside the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Store this checkpoint durably, then call [`Engine::checkpoint_committed`].
+    Checkpoint(NewCheckpoint),
+    /// Record this in the audit log.
+    Audit(AuditEvent),
+}
+
+/// A checkpoint produced by a completed round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCheckpoint {
+    /// Its version (the parent's + 1).
+    pub version: u64,
+    /// The version it was trained from.
+    pub parent_version: u64,
+    /// The model as safetensors bytes.
+    pub bytes: Arc<Vec<u8>>,
+    /// SHA-256 of `bytes`.
+    pub sha256: CheckpointHash,
+    /// The round that produced it.
+    pub round_id: RoundId,
+    /// A line for people: the round, its participants.
+    pub summary: String,
+}
+
+/// Something the audit log records. Holds ids, counts and reasons — never key material or
+/// any client's vector.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuditEvent {
+    /// A client checked in for the first time.
+    Enrollment {
+        /// The client.
+        client: ClientId,
+    },
+    /// An attempt started.
+    RoundStarted {
+        /// The round.
+        round_id: RoundId,
+        /// The attempt.
+        attempt: AttemptNonce,
+        /// |U|.
+        selected: usize,
+        /// Degree k.
+        degree: u32,
+        /// Threshold t.
+        threshold: u32,
+    },
+    /// An attempt completed.
+    RoundCompleted {
+        /// The round.
+        round_id: RoundId,
+        /// The attempt.
+        attempt: AttemptNonce,
+        /// |U3|.
+        participants: usize,
+        /// The new checkpoint's version.
+        checkpoint_version: u64,
+    },
+    /// An attempt aborted.
+    RoundAborted {
+        /// The round.
+        round_id: RoundId,
+        /// The attempt.
+        attempt: AttemptNonce,
+        /// Why.
+        reason: String,
+    },
+    /// A holder sent a share that did not reconstruct; it was left out.
+    MisbehavingHolder {
+        /// The round.
+        round_id: RoundId,
+        /// The holder.
+        client: ClientId,
+    },
+}
+
+/// A snapshot of the task for status calls and progress displays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// `selecting`, `running`, `committing` or `finished`.
+    pub state: &'static str,
+    /// The current (or next) round id.
+    pub round_id: RoundId,
+    /// The open phase, when a round runs.
+    pub phase: Option<Phase>,
+    /// Clients waiting for selection.
+    pub waiting: usize,
+    /// The current checkpoint's version.
+    pub checkpoint_version: u64,
+    /// Rounds completed so far.
+    pub completed_rounds: u64,
+}
