@@ -2,5 +2,59 @@
 //!
 //! The client library of fedsec: takes part in secure federated training rounds on behalf of a
 //! data site, and ready trainers for tabular data.
+//!
+//! [`Client::connect`] reads the site's certificate and key and connects to the coordinator
+//! over mutual TLS; [`Client::run`] then takes part in rounds until the task finishes:
+//! check-in, checkpoint verification (signature, hash, no rollback), local training through
+//! the site's [`Trainer`], clipping, quantization, masking and the five protocol phases,
+//! resending identical messages after a dropped connection. Identity: [`pki`] makes the site's
+//! Ed25519 key and certificate request for the organisation's CA; [`tls`] presents the
+//! resulting certificate to the coordinator.
+//!
+//! A site provides a [`Trainer`]: given the round's global model, it trains on local data and
+//! returns the update (local − global) and how many examples it used. The library does
+//! everything else. What a trainer does **not** do: it never sees keys, masks or the network;
+//! clipping and quantization of its update happen outside it.
+//!
+//! # Example: a ready trainer on a CSV file
+//!
+//! ```no_run
+//! use std::path::Path;
+//!
+//! use fedsec_client::data::{Dataset, Standardizer};
+//! use fedsec_client::trainers::{SoftmaxRegression, TrainOptions};
+//! use fedsec_client::Trainer;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let data = Dataset::from_csv(Path::new("site.csv"), "label")?;
+//! let (mut train, mut test) = data.split(0.2, 7);
+//! let scaling = Standardizer::fit(&train); // in a federation: the agreed standardizer
+//! scaling.apply(&mut train)?;
+//! scaling.apply(&mut test)?;
+//! let features = train.feature_count();
+//! let mut trainer =
+//!     SoftmaxRegression::new(train, Some(test), 3, TrainOptions { seed: 7, ..Default::default() })?;
+//! let global = SoftmaxRegression::initial_model(features, 3);
+//! let fit = trainer.fit(&global)?;
+//! println!("{} examples, loss {:.3}", fit.examples, fit.loss);
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod pki;
+pub mod state;
+pub mod tls;
+pub mod trainer;
+pub mod trainers;
+pub mod wire;
+
+pub use client::{Client, RoundReport, RunSummary, TestHooks};
+pub use config::ClientConfig;
+pub use error::{ClientError, Result};
+pub use trainer::{Evaluation, FitResult, TrainError, Trainer};

@@ -34,6 +34,9 @@ pub enum Error {
     /// A masked-input chunk does not fit the plan's chunking.
     #[error("masked-input chunk at offset {offset}: {reason}")]
     BadUpload { offset: u64, reason: String },
+    /// A wire message has a malformed field.
+    #[error("malformed message: {0}")]
+    Malformed(String),
     /// The round was aborted; the global model is unchanged.
     #[error("the round was aborted: {0}")]
     RoundAborted(String),

@@ -5,12 +5,27 @@
 //!
 //! The [`engine`] is sans-IO, like the protocol core it drives: it takes messages and the
 //! current time and returns replies, deadlines and outputs (checkpoints to store, audit
-//! events); it never reads a clock, opens a socket or touches a file. The tonic service is a
-//! thin adapter over it.
+//! events); it never reads a clock, opens a socket or touches a file. The tonic [`service`]
+//! is a thin adapter over it: handlers authenticate the peer ([`auth`]), convert the wire
+//! message ([`wire`]), call one engine method and map the error in one place.
+//!
+//! What this crate does **not** do: train models (clients do), see any client's update (only
+//! the sum is ever unmasked), or hold the federation CA's key in production ([`pki`] makes a
+//! development CA only).
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod auth;
+pub mod config;
 pub mod engine;
 pub mod error;
+pub mod pki;
+pub mod revocation;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod tls;
+pub mod wire;
 
 pub use error::{Error, Result};

@@ -47,6 +47,13 @@ impl core::fmt::Debug for ClientId {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct TaskId(pub [u8; 16]);
 
+impl TaskId {
+    /// Lower-case hex of all 16 bytes.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// A round of a task; never reused within a task.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct RoundId(pub u64);
@@ -58,3 +65,10 @@ pub struct AttemptNonce(pub [u8; 16]);
 /// SHA-256 of a checkpoint's bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct CheckpointHash(pub [u8; 32]);
+
+impl CheckpointHash {
+    /// SHA-256 of `bytes`, the checkpoint's safetensors file.
+    pub fn of(bytes: &[u8]) -> Self {
+        CheckpointHash(Sha256::digest(bytes).into())
+    }
+}

@@ -27,6 +27,9 @@ pub enum Label {
     Consistency,
     /// Graph permutation key.
     Graph,
+    /// Checkpoint manifest signature. Bound to no round: a checkpoint outlives rounds, so it
+    /// is encoded by [`crate::checkpoint::Manifest::canonical_bytes`], never by [`labelled`].
+    Checkpoint,
 }
 
 impl Label {
@@ -40,6 +43,7 @@ impl Label {
             Label::SelfMask => b"fedsec/v1/self-mask",
             Label::Consistency => b"fedsec/v1/consistency",
             Label::Graph => b"fedsec/v1/graph",
+            Label::Checkpoint => b"fedsec/v1/checkpoint",
         }
     }
 }
@@ -95,6 +99,7 @@ mod tests {
             Label::SelfMask,
             Label::Consistency,
             Label::Graph,
+            Label::Checkpoint,
         ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {

@@ -4,9 +4,11 @@
 //! vector kernel, quantization, and the SecAgg (Bonawitz et al., CCS 2017) / SecAgg+ (Bell et
 //! al., CCS 2020) protocol as sans-IO state machines.
 //!
-//! What this crate does **not** do: network IO, clocks, storage, X.509 parsing. The protocol
-//! state machines take messages (plain serde types) and return messages; time, transport and
-//! certificate chains belong to the coordinator and the client library. Randomness for public
+//! What this crate does **not** do: network IO, clocks, storage. The protocol state machines
+//! take messages (plain serde types) and return messages; time and transport belong to the
+//! coordinator and the client library. Of X.509 it only verifies a client's certificate chain
+//! against the federation CA with rustls-webpki, at a time the caller passes in
+//! ([`x509::X509Credentials`]), and reads the leaf's public key; nothing more. Randomness for public
 //! choices (attempt nonce, graph seed, stochastic rounding) is passed in; every secret (key
 //! pairs, self-mask seeds, Shamir coefficients) comes from the OS RNG.
 //!
@@ -54,6 +56,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aead;
+pub mod checkpoint;
 pub mod context;
 pub mod error;
 pub mod graph;
@@ -69,6 +72,7 @@ pub mod rng;
 pub mod secagg;
 pub mod shamir;
 pub mod sign;
+pub mod x509;
 
 pub use context::{AdversaryClass, GraphKind, PROTOCOL_VERSION, RoundContext, RoundPlan};
 pub use error::{Error, Result};

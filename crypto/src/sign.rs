@@ -107,9 +107,10 @@ pub fn verify_many(items: &[(ClientId, VerifyingKey, Vec<u8>, [u8; 64])]) -> Res
 
 /// Checks a peer's credential (certificate chain) and returns its signing key.
 ///
-/// The core is IO-free and does not parse X.509: the client library plugs in a verifier that
-/// checks the chain against the federation CA. Whatever the credential, the verifier must check
-/// that SHA-256 of the leaf's SPKI equals the claimed id.
+/// The protocol core is IO-free and knows nothing of certificates: the coordinator and the
+/// client library plug in a verifier, normally [`crate::x509::X509Credentials`], which checks
+/// the chain against the federation CA. Whatever the credential, the verifier must check that
+/// SHA-256 of the leaf's SPKI equals the claimed id.
 pub trait CredentialVerifier: Send + Sync {
     /// Verifies `credential` for `claimed` and returns the identity key it certifies.
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> Result<VerifyingKey>;
@@ -122,20 +123,26 @@ pub struct RawKeyCredentials;
 
 impl CredentialVerifier for RawKeyCredentials {
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> Result<VerifyingKey> {
-        let bad = |reason: &str| Error::BadCredential { client: *claimed, reason: reason.into() };
-        if credential.len() != 44 || credential[..12] != ED25519_SPKI_PREFIX {
-            return Err(bad("not an Ed25519 SubjectPublicKeyInfo"));
-        }
-        if ClientId::from_spki_der(credential) != *claimed {
-            return Err(bad("SHA-256 of the public key does not match the client id"));
-        }
-        let bytes: [u8; 32] = credential[12..].try_into().expect("length checked above");
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("invalid Ed25519 key"))?;
-        if key.is_weak() {
-            return Err(bad("small-order Ed25519 key"));
-        }
-        Ok(key)
+        identity_key_of_spki(claimed, credential)
     }
+}
+
+/// The Ed25519 identity key in `spki` (a DER `SubjectPublicKeyInfo`), after checking that
+/// SHA-256 of `spki` is `claimed` and that the key is a valid, not small-order, Ed25519 key.
+pub(crate) fn identity_key_of_spki(claimed: &ClientId, spki: &[u8]) -> Result<VerifyingKey> {
+    let bad = |reason: &str| Error::BadCredential { client: *claimed, reason: reason.into() };
+    if spki.len() != 44 || spki[..12] != ED25519_SPKI_PREFIX {
+        return Err(bad("not an Ed25519 SubjectPublicKeyInfo"));
+    }
+    if ClientId::from_spki_der(spki) != *claimed {
+        return Err(bad("SHA-256 of the public key does not match the client id"));
+    }
+    let bytes: [u8; 32] = spki[12..].try_into().expect("length checked above");
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("invalid Ed25519 key"))?;
+    if key.is_weak() {
+        return Err(bad("small-order Ed25519 key"));
+    }
+    Ok(key)
 }
 
 #[cfg(test)]

@@ -249,3 +249,14 @@ impl Engine {
         })
     }
 }
+
+impl Engine {
+    /// True if `client`'s masked input for the attempt `ctx` is complete (and in the sum).
+    pub fn has_uploaded(&self, client: &ClientId, ctx: &RoundContext) -> bool {
+        let Ok(attempt) = self.attempt_for(ctx, Phase::MaskedInputCollection) else {
+            return false;
+        };
+        let plan = &attempt.info.plan;
+        plan.index_of(client).is_some_and(|i| attempt.server.u3().contains(&i))
+    }
+}

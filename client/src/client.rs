@@ -1,0 +1,502 @@
+//! Taking part in rounds: check in, verify the checkpoint, train, run the five phases.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use fedsec_crypto::model::Model;
+use fedsec_crypto::secagg::client::{ClientPolicy, SecAggClient};
+use fedsec_crypto::sign::{CredentialVerifier, IdentityKey};
+use fedsec_crypto::x509::{X509Credentials, client_id_of, encode_chain};
+use fedsec_crypto::{ClientId, TaskId};
+use fedsec_proto::v1;
+use fedsec_proto::v1::federation_client::FederationClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::config::ClientConfig;
+use crate::error::{ClientError, Result};
+use crate::state::{ClientState, StateFile};
+use crate::trainer::Trainer;
+use crate::wire::{self, Assignment};
+
+/// The metadata header naming the client when the coordinator runs `--insecure`.
+const INSECURE_CLIENT_ID_HEADER: &str = "x-fedsec-client-id";
+
+/// How one attempt this client took part in ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundReport {
+    /// The round.
+    pub round_id: u64,
+    /// True if the round completed with this client's input in the sum.
+    pub completed: bool,
+    /// The checkpoint the round produced, when it completed.
+    pub new_checkpoint_version: Option<u64>,
+    /// |U3|.
+    pub participants: u32,
+    /// The local training loss.
+    pub train_loss: f64,
+    /// Bytes sent to the coordinator in the attempt (requests and upload).
+    pub bytes_sent: u64,
+    /// Bytes received from it (model and replies).
+    pub bytes_received: u64,
+}
+
+/// What [`Client::run`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunSummary {
+    /// Attempts this client took part in, in order.
+    pub rounds: Vec<RoundReport>,
+    /// Attempts it left (refused plan, aborted round, failed call), with the reason.
+    pub abandoned: Vec<String>,
+    /// The newest checkpoint version it verified.
+    pub last_checkpoint_version: Option<u64>,
+}
+
+/// Hooks for tests of the whole system; off in normal use.
+#[derive(Debug, Clone, Default)]
+pub struct TestHooks {
+    /// Write each quantized input (little-endian u32 words) to
+    /// `DIR/round-{round}-{client id}.bin` before masking it, so a test can compare the
+    /// coordinator's sum with the clear sum. This leaks the input: tests only.
+    pub dump_quantized: Option<PathBuf>,
+    /// Stop (sleep forever) right before uploading the masked input.
+    pub stall_before_upload: bool,
+}
+
+/// A connected client of one training task. See the [crate docs](crate).
+pub struct Client {
+    config: ClientConfig,
+    fed: FederationClient<Channel>,
+    identity: Arc<IdentityKey>,
+    chain: Vec<Vec<u8>>,
+    ca_roots: Vec<Vec<u8>>,
+    coordinator_key: VerifyingKey,
+    task: TaskId,
+    policy: ClientPolicy,
+    state_file: StateFile,
+    state: ClientState,
+    hooks: TestHooks,
+}
+
+impl core::fmt::Debug for Client {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.identity.id())
+            .field("coordinator", &self.config.coordinator)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| ClientError::Io { path: path.into(), source })
+}
+
+fn pem_certs(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let text = read(path)?;
+    let certs: Vec<Vec<u8>> = rustls_pki_types::pem::PemObject::pem_slice_iter(&text)
+        .map(|c: std::result::Result<rustls_pki_types::CertificateDer<'static>, _>| {
+            c.map(|c| c.to_vec())
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| ClientError::Credential { path: path.into(), reason: format!("{e:?}") })?;
+    if certs.is_empty() {
+        return Err(ClientError::Credential { path: path.into(), reason: "no certificate".into() });
+    }
+    Ok(certs)
+}
+
+/// Reads the coordinator's checkpoint-signing key: SPKI PEM or 64 hex digits.
+pub fn load_coordinator_key(path: &Path) -> Result<VerifyingKey> {
+    let text = String::from_utf8(read(path)?)
+        .map_err(|_| ClientError::Credential { path: path.into(), reason: "not text".into() })?;
+    let bad = |reason: String| ClientError::Credential { path: path.into(), reason };
+    if text.contains("-----BEGIN") {
+        return VerifyingKey::from_public_key_pem(&text).map_err(|e| bad(e.to_string()));
+    }
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("expected a PEM public key or 64 hex digits".into()))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| bad(e.to_string()))
+}
+
+impl Client {
+    /// Reads the site's credentials and connects to the coordinator (mutual TLS unless the
+    /// configuration says `insecure`).
+    pub async fn connect(config: ClientConfig) -> Result<Client> {
+        let policy = config.policy.to_policy()?;
+        let task = TaskId(
+            hex::decode(&config.task_id)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| ClientError::Config("task_id must be 32 hex digits".into()))?,
+        );
+        let key_pem = String::from_utf8(read(&config.key)?).map_err(|_| {
+            ClientError::Credential { path: config.key.clone(), reason: "not PEM".into() }
+        })?;
+        let signing =
+            SigningKey::from_pkcs8_pem(&key_pem).map_err(|e| ClientError::Credential {
+                path: config.key.clone(),
+                reason: format!("not an Ed25519 PKCS#8 key: {e}"),
+            })?;
+        let identity = Arc::new(IdentityKey::from_signing_key(signing));
+        let chain = pem_certs(&config.cert)?;
+        let cert_id = client_id_of(&chain[0]).map_err(|e| ClientError::Credential {
+            path: config.cert.clone(),
+            reason: e.to_string(),
+        })?;
+        if cert_id != identity.id() {
+            return Err(ClientError::Credential {
+                path: config.cert.clone(),
+                reason: format!("the certificate is not for the key in {}", config.key.display()),
+            });
+        }
+        let ca_roots = pem_certs(&config.ca)?;
+        let coordinator_key = load_coordinator_key(&config.coordinator_key)?;
+        let state_file = StateFile::in_dir(&config.state_dir)?;
+        let state = state_file.load()?;
+        let endpoint = Endpoint::from_shared(config.coordinator.clone())
+            .map_err(|e| {
+                ClientError::Config(format!("coordinator = {:?}: {e}", config.coordinator))
+            })?
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true);
+        let endpoint = if config.insecure {
+            endpoint
+        } else {
+            crate::tls::install_crypto_provider();
+            let text = |p: &Path| {
+                String::from_utf8(read(p)?).map_err(|_| ClientError::Credential {
+                    path: p.into(),
+                    reason: "not PEM text".into(),
+                })
+            };
+            let tls = crate::tls::client_tls(
+                &text(&config.ca)?,
+                &text(&config.cert)?,
+                &key_pem,
+                &config.server_name,
+            )
+            .map_err(|e| ClientError::Credential {
+                path: config.cert.clone(),
+                reason: e.to_string(),
+            })?;
+            endpoint.tls_config(tls).map_err(|e| ClientError::Connect(e.to_string()))?
+        };
+        // Connects on first use, and reconnects after a dropped connection.
+        let channel = endpoint.connect_lazy();
+        let fed = FederationClient::new(channel)
+            .max_decoding_message_size(fedsec_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(fedsec_proto::MAX_MESSAGE_BYTES);
+        Ok(Client {
+            config,
+            fed,
+            identity,
+            chain,
+            ca_roots,
+            coordinator_key,
+            task,
+            policy,
+            state_file,
+            state,
+            hooks: TestHooks::default(),
+        })
+    }
+
+    /// Turns on test hooks.
+    pub fn with_test_hooks(mut self, hooks: TestHooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// This client's id: SHA-256 of its certificate's public key.
+    pub fn id(&self) -> ClientId {
+        self.identity.id()
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        if self.config.insecure
+            && let Ok(v) = self.identity.id().to_hex().parse()
+        {
+            req.metadata_mut().insert(INSECURE_CLIENT_ID_HEADER, v);
+        }
+        req
+    }
+
+    fn task_hex(&self) -> String {
+        hex::encode(self.task.0)
+    }
+
+    /// Takes part in rounds until the task finishes (or `max_rounds` completed).
+    pub async fn run<T: Trainer + 'static>(&mut self, trainer: &mut T) -> Result<RunSummary> {
+        let mut summary = RunSummary::default();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if let Some(max) = self.config.max_rounds
+                && summary.rounds.iter().filter(|r| r.completed).count() as u64 >= max
+            {
+                break;
+            }
+            let last_seen = self.state.last_seen_version.get(&self.task_hex()).copied();
+            let req = self.request(v1::CheckInRequest {
+                task_id: self.task.0.to_vec(),
+                last_seen_checkpoint_version: last_seen.unwrap_or(0),
+            });
+            let answer = match self.fed.check_in(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) if transient(&s) => {
+                    tracing::debug!(status = %s, "check-in failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(s) => return Err(ClientError::status("CheckIn", s)),
+            };
+            backoff = Duration::from_millis(200);
+            match answer.outcome {
+                Some(v1::check_in_response::Outcome::Plan(p)) => {
+                    match self.participate(&p, trainer).await {
+                        Ok(report) => {
+                            tracing::info!(
+                                round = report.round_id,
+                                completed = report.completed,
+                                "round finished"
+                            );
+                            summary.rounds.push(report);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "left the attempt");
+                            summary.abandoned.push(e.to_string());
+                        }
+                    }
+                }
+                Some(v1::check_in_response::Outcome::Retry(r)) => {
+                    tokio::time::sleep(
+                        Duration::from_millis(u64::from(r.after_ms)).max(Duration::from_millis(50)),
+                    )
+                    .await;
+                }
+                Some(v1::check_in_response::Outcome::Finished(_)) => break,
+                None => return Err(ClientError::Malformed("check-in answer: no outcome".into())),
+            }
+        }
+        summary.last_checkpoint_version =
+            self.state.last_seen_version.get(&self.task_hex()).copied();
+        Ok(summary)
+    }
+
+    /// Downloads and verifies the checkpoint of an assignment: signature, size, hash, version
+    /// (never older than one seen before), and that it is the one the plan names.
+    async fn download(&mut self, a: &Assignment, bytes_received: &mut u64) -> Result<Model> {
+        let req = self.request(v1::DownloadModelRequest { round: Some(a.round_ref()) });
+        let mut stream = self
+            .fed
+            .download_model(req)
+            .await
+            .map_err(|s| ClientError::status("DownloadModel", s))?
+            .into_inner();
+        let mut manifest = None;
+        let mut bytes = Vec::new();
+        while let Some(chunk) =
+            stream.message().await.map_err(|s| ClientError::status("DownloadModel", s))?
+        {
+            match chunk.part {
+                Some(v1::model_chunk::Part::Manifest(m)) if manifest.is_none() => {
+                    let m = wire::manifest(&m)?;
+                    bytes.reserve(m.manifest.size_bytes.min(1 << 34) as usize);
+                    manifest = Some(m);
+                }
+                Some(v1::model_chunk::Part::Data(d)) if manifest.is_some() => {
+                    *bytes_received += d.len() as u64;
+                    bytes.extend_from_slice(&d);
+                }
+                _ => {
+                    return Err(ClientError::Malformed(
+                        "model stream: manifest first, then data".into(),
+                    ));
+                }
+            }
+        }
+        let manifest =
+            manifest.ok_or_else(|| ClientError::Malformed("model stream: no manifest".into()))?;
+        let key = self.task_hex();
+        let last_seen = self.state.last_seen_version.get(&key).copied();
+        let model = manifest.verify_checkpoint(&self.coordinator_key, &bytes, last_seen)?;
+        if manifest.manifest.task_id != self.task
+            || manifest.manifest.sha256 != a.plan.checkpoint
+            || manifest.manifest.version != a.checkpoint_version
+        {
+            return Err(fedsec_crypto::Error::CheckpointMismatch.into());
+        }
+        if last_seen.is_none_or(|v| v < manifest.manifest.version) {
+            self.state.last_seen_version.insert(key, manifest.manifest.version);
+            self.state_file.save(&self.state)?;
+        }
+        Ok(model)
+    }
+
+    fn verifier(&self) -> Arc<dyn CredentialVerifier> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match X509Credentials::new(&self.ca_roots, now) {
+            Ok(v) => Arc::new(v),
+            Err(e) => unreachable!("the CA parsed when the client connected: {e}"),
+        }
+    }
+
+    /// One attempt, from the plan to the round's result.
+    async fn participate<T: Trainer + 'static>(
+        &mut self,
+        p: &v1::RoundPlan,
+        trainer: &mut T,
+    ) -> Result<RoundReport> {
+        let a = wire::plan(p)?;
+        let started = Instant::now();
+        let deadline = |phase: usize| -> Instant {
+            started + a.phase_deadlines.iter().take(phase + 1).sum::<Duration>()
+        };
+        let mut sent = 0u64;
+        let mut received = 0u64;
+        let model = self.download(&a, &mut received).await?;
+        let verified = a.plan.checkpoint;
+        let mut secagg = SecAggClient::new(
+            self.identity.clone(),
+            self.verifier(),
+            &self.policy,
+            a.plan.clone(),
+            &verified,
+            &self.state.ledger,
+        )?
+        .with_credential(encode_chain(&self.chain));
+        let fit = trainer.fit(&model)?;
+        if fit.update.len() + 1 != a.plan.dim as usize {
+            return Err(ClientError::Config(format!(
+                "the trainer's update has {} values; the plan's vector {} (with the weight)",
+                fit.update.len(),
+                a.plan.dim
+            )));
+        }
+        let ctx = a.plan.context();
+        let me = self.identity.id();
+        let rref = a.round_ref();
+
+        // Phase 0.
+        let req = wire::advertise(rref.clone(), secagg.advertise())?;
+        sent += prost::Message::encoded_len(&req) as u64;
+        let resp =
+            self.call(deadline(0), "AdvertiseKeys", req, |mut c, r| async move {
+                c.advertise_keys(r).await
+            })
+            .await?;
+        received += prost::Message::encoded_len(&resp) as u64;
+        let share_keys = secagg.handle_keys(&wire::keys(ctx, me, &resp)?)?;
+
+        // Phase 1.
+        let req = wire::share_keys(rref.clone(), &share_keys);
+        sent += prost::Message::encoded_len(&req) as u64;
+        let resp = self
+            .call(deadline(1), "ShareKeys", req, |mut c, r| async move { c.share_keys(r).await })
+            .await?;
+        received += prost::Message::encoded_len(&resp) as u64;
+        let forwarded = wire::shares(ctx, me, &resp)?;
+
+        // Phase 2: quantize, mask once, record the contribution before anything leaves.
+        let x = a.plan.quant.quantize(&fit.update, fit.examples, &mut rand::rng())?;
+        if let Some(dir) = &self.hooks.dump_quantized {
+            let bytes: Vec<u8> = x.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let path = dir.join(format!("round-{}-{}.bin", a.plan.round_id.0, me.to_hex()));
+            std::fs::write(&path, bytes).map_err(|source| ClientError::Io { path, source })?;
+        }
+        let y = secagg.handle_shares(&forwarded, &x, &mut self.state.ledger)?;
+        self.state_file.save(&self.state)?;
+        if self.hooks.stall_before_upload {
+            tracing::info!("stalling before the upload (test hook)");
+            std::future::pending::<()>().await;
+        }
+        let chunks = wire::chunks(&rref, &y, a.upload_chunk_words as usize);
+        sent += chunks.iter().map(|c| prost::Message::encoded_len(c) as u64).sum::<u64>();
+        let resp = self
+            .call(deadline(2), "UploadMaskedInput", chunks, |mut c, r| async move {
+                c.upload_masked_input(futures::stream::iter(r.into_inner())).await
+            })
+            .await?;
+        tracing::info!(round = a.plan.round_id.0, "masked input uploaded");
+        received += prost::Message::encoded_len(&resp) as u64;
+        let signature = secagg.handle_consistency(&wire::survivors(ctx, &resp))?;
+
+        // Phase 3.
+        let req = wire::consistency(rref.clone(), &signature);
+        sent += prost::Message::encoded_len(&req) as u64;
+        let resp = self
+            .call(deadline(3), "ConsistencyCheck", req, |mut c, r| async move {
+                c.consistency_check(r).await
+            })
+            .await?;
+        received += prost::Message::encoded_len(&resp) as u64;
+        let reveal = secagg.handle_unmasking(&wire::unmask_request(ctx, &resp)?)?;
+
+        // Phase 4.
+        let req = wire::unmask(rref, &reveal);
+        sent += prost::Message::encoded_len(&req) as u64;
+        // The result comes after the aggregation and the checkpoint: allow for both.
+        let result = self
+            .call(deadline(4) + Duration::from_secs(60), "Unmask", req, |mut c, r| async move {
+                c.unmask(r).await
+            })
+            .await?;
+        if !result.completed {
+            return Err(ClientError::Aborted(result.abort_reason));
+        }
+        Ok(RoundReport {
+            round_id: a.plan.round_id.0,
+            completed: true,
+            new_checkpoint_version: Some(result.new_checkpoint_version),
+            participants: result.participants,
+            train_loss: fit.loss,
+            bytes_sent: sent,
+            bytes_received: received,
+        })
+    }
+
+    /// Calls one phase, resending the identical message after a dropped connection until the
+    /// phase's deadline.
+    async fn call<M, R, F, Fut>(
+        &self,
+        until: Instant,
+        name: &'static str,
+        msg: M,
+        f: F,
+    ) -> Result<R>
+    where
+        M: Clone,
+        F: Fn(FederationClient<Channel>, Request<M>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<R>, Status>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match f(self.fed.clone(), self.request(msg.clone())).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if transient(&s) && Instant::now() + backoff < until => {
+                    tracing::debug!(call = name, status = %s, "retrying with the identical message");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(s) if s.code() == Code::Aborted => {
+                    return Err(ClientError::Aborted(s.message().into()));
+                }
+                Err(s) => return Err(ClientError::status(name, s)),
+            }
+        }
+    }
+}
+
+/// A failure worth retrying with the identical message: the connection, not the content.
+fn transient(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled)
+}

@@ -1,0 +1,164 @@
+//! The client's configuration file (`client.toml`).
+
+use std::path::{Path, PathBuf};
+
+use fedsec_crypto::AdversaryClass;
+use fedsec_crypto::secagg::client::ClientPolicy;
+use serde::Deserialize;
+
+use crate::error::{ClientError, Result};
+
+/// Where the coordinator is, who this site is, and the floor it holds the coordinator to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The coordinator's address, `https://host:port` (or `http://` with `insecure`).
+    pub coordinator: String,
+    /// The name the coordinator's certificate is checked against.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// The training task to join, 32 hex digits.
+    pub task_id: String,
+    /// The federation CA certificate (PEM): the coordinator's and the peers' certificates must
+    /// chain to it.
+    pub ca: PathBuf,
+    /// This site's certificate (PEM, Ed25519).
+    pub cert: PathBuf,
+    /// This site's private key (PKCS#8 PEM). It signs the protocol's messages too.
+    pub key: PathBuf,
+    /// The coordinator's checkpoint-signing public key (PEM or 64 hex digits).
+    pub coordinator_key: PathBuf,
+    /// Where the client keeps what must survive a restart: the newest checkpoint version seen
+    /// (no rollback) and the checkpoints it contributed to (one input per checkpoint).
+    pub state_dir: PathBuf,
+    /// The floor this site holds every round plan to.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Plain TCP to a loopback coordinator started with `--insecure` (demos only).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Stop after taking part in this many completed rounds (default: until the task ends).
+    #[serde(default)]
+    pub max_rounds: Option<u64>,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+
+/// The site's own floor: the coordinator cannot talk it below these.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// `curious`, `semi-malicious` or `malicious`.
+    pub min_adversary: String,
+    /// Smallest assumed corrupt fraction γ accepted.
+    pub min_corrupt: f64,
+    /// Largest assumed dropout δ accepted.
+    pub max_dropout: f64,
+    /// Smallest selected set |U| accepted.
+    pub min_clients: usize,
+    /// Smallest ⌈(1−δ)|U|⌉ accepted.
+    pub min_surviving: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        let p = ClientPolicy::default();
+        PolicyConfig {
+            min_adversary: "semi-malicious".into(),
+            min_corrupt: f64::from(p.min_corrupt_ppm) / 1e6,
+            max_dropout: f64::from(p.max_dropout_ppm) / 1e6,
+            min_clients: p.min_clients,
+            min_surviving: p.min_surviving,
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The core's policy.
+    pub fn to_policy(&self) -> Result<ClientPolicy> {
+        let min_adversary = match self.min_adversary.as_str() {
+            "curious" => AdversaryClass::Curious,
+            "semi-malicious" => AdversaryClass::SemiMalicious,
+            "malicious" => AdversaryClass::Malicious,
+            other => {
+                return Err(ClientError::Config(format!(
+                    "policy.min_adversary = {other:?}: expected curious, semi-malicious or malicious"
+                )));
+            }
+        };
+        let ppm = |name: &str, x: f64| {
+            if (0.0..1.0).contains(&x) {
+                Ok((x * 1e6).round() as u32)
+            } else {
+                Err(ClientError::Config(format!("policy.{name} = {x} must be in [0, 1)")))
+            }
+        };
+        Ok(ClientPolicy {
+            min_adversary,
+            min_corrupt_ppm: ppm("min_corrupt", self.min_corrupt)?,
+            max_dropout_ppm: ppm("max_dropout", self.max_dropout)?,
+            min_clients: self.min_clients,
+            min_surviving: self.min_surviving,
+            ..ClientPolicy::default()
+        })
+    }
+}
+
+impl ClientConfig {
+    /// Reads a TOML file; relative paths in it are taken relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ClientError::Io { path: path.into(), source })?;
+        let mut c: ClientConfig = toml::from_str(&text)
+            .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut c.ca, &mut c.cert, &mut c.key, &mut c.coordinator_key, &mut c.state_dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        c.policy.to_policy()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_with_paths_relative_to_the_file_and_checks_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(
+            &path,
+            r#"
+coordinator = "https://127.0.0.1:7443"
+task_id = "00112233445566778899aabbccddeeff"
+ca = "ca.pem"
+cert = "/abs/site.pem"
+key = "site.key"
+coordinator_key = "coordinator-signing.pub"
+state_dir = "state"
+[policy]
+max_dropout = 0.3
+"#,
+        )
+        .unwrap();
+        let c = ClientConfig::load(&path).unwrap();
+        assert_eq!(c.ca, dir.path().join("ca.pem"));
+        assert_eq!(c.cert, PathBuf::from("/abs/site.pem"));
+        assert_eq!(c.server_name, "localhost");
+        assert_eq!(c.policy.to_policy().unwrap().max_dropout_ppm, 300_000);
+
+        std::fs::write(&path, "coordinator = 1").unwrap();
+        let err = ClientConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("client.toml"), "{err}");
+        let bad = PolicyConfig { min_adversary: "trusting".into(), ..PolicyConfig::default() };
+        assert!(bad.to_policy().unwrap_err().to_string().contains("min_adversary"));
+        let missing = ClientConfig::load(&dir.path().join("nope.toml")).unwrap_err();
+        assert!(missing.to_string().contains("nope.toml"));
+    }
+}

@@ -1,0 +1,61 @@
+//! The client library's error type.
+
+use std::path::PathBuf;
+
+/// What can go wrong while taking part in a federation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A key or certificate file is not what it should be.
+    #[error("{path}: {reason}")]
+    Credential {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The connection to the coordinator failed.
+    #[error("cannot connect to the coordinator: {0}")]
+    Connect(String),
+    /// The coordinator answered with an error status.
+    #[error("the coordinator refused {call}: {status}")]
+    Status {
+        /// The call.
+        call: &'static str,
+        /// Its status.
+        status: Box<tonic::Status>,
+    },
+    /// A message from the coordinator has a malformed field.
+    #[error("malformed message from the coordinator: {0}")]
+    Malformed(String),
+    /// The secure aggregation core refused (a plan below the floor, a bad peer, a bad
+    /// checkpoint…): the client takes no part in that attempt.
+    #[error(transparent)]
+    Protocol(#[from] fedsec_crypto::Error),
+    /// Local training failed.
+    #[error("training failed: {0}")]
+    Training(#[from] crate::trainer::TrainError),
+    /// The attempt was aborted by the coordinator.
+    #[error("the round was aborted: {0}")]
+    Aborted(String),
+}
+
+impl ClientError {
+    pub(crate) fn status(call: &'static str, status: tonic::Status) -> Self {
+        ClientError::Status { call, status: Box::new(status) }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = ClientError> = core::result::Result<T, E>;

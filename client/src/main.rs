@@ -1,0 +1,218 @@
+//! `fedsec-client`: take part in a federation with a CSV file, without writing Rust.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fedsec_client::data::{Dataset, Standardizer};
+use fedsec_client::trainers::{Mlp, SoftmaxRegression, TrainOptions};
+use fedsec_client::{Client, ClientConfig, TestHooks, Trainer};
+
+/// A fedsec data site: trains on local data and sends only masked updates.
+#[derive(Debug, Parser)]
+#[command(name = "fedsec-client", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModelKind {
+    /// Softmax (multinomial logistic) regression.
+    Softmax,
+    /// One hidden ReLU layer.
+    Mlp,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join the task of `client.toml` and train on a CSV file until the task finishes.
+    Join {
+        /// The client configuration (TOML).
+        #[arg(long, short, env = "FEDSEC_CLIENT_CONFIG")]
+        config: PathBuf,
+        /// The local data: a CSV file with a header row.
+        #[arg(long)]
+        data: PathBuf,
+        /// The column holding the class ids (0, 1, …).
+        #[arg(long, default_value = "label")]
+        label_column: String,
+        /// The model the task trains (it must match the task's checkpoint).
+        #[arg(long, value_enum, default_value_t = ModelKind::Softmax)]
+        model: ModelKind,
+        /// Number of classes (default: the largest label in the data + 1).
+        #[arg(long)]
+        classes: Option<usize>,
+        /// Hidden units of the MLP.
+        #[arg(long, default_value_t = 32)]
+        hidden: usize,
+        /// Local epochs per round.
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+        /// Local learning rate.
+        #[arg(long, default_value_t = 0.1)]
+        learning_rate: f32,
+        /// Local minibatch size.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Standardize features with mean and standard deviation from this JSON file
+        /// (`{"mean": [...], "std": [...]}`), agreed by the federation.
+        #[arg(long)]
+        standardizer: Option<PathBuf>,
+        /// Test only: write each quantized update to this folder (it leaks the update).
+        #[arg(long, hide = true)]
+        test_dump_quantized: Option<PathBuf>,
+        /// Test only: stop before uploading the masked input.
+        #[arg(long, hide = true)]
+        test_stall_before_upload: bool,
+    },
+    /// Write the initial model of a task (safetensors), for the operator's configuration.
+    InitModel {
+        /// The model.
+        #[arg(long, value_enum, default_value_t = ModelKind::Softmax)]
+        model: ModelKind,
+        /// Number of input features.
+        #[arg(long)]
+        features: usize,
+        /// Number of classes.
+        #[arg(long)]
+        classes: usize,
+        /// Hidden units of the MLP.
+        #[arg(long, default_value_t = 32)]
+        hidden: usize,
+        /// Seed of the MLP's initial weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Certificates.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Make this site's Ed25519 key and a certificate request for the federation's CA.
+    Request {
+        /// Output folder (site.key, site.csr.pem).
+        #[arg(long)]
+        out: PathBuf,
+        /// The site's name, for the certificate's subject.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn trainer(
+    model: ModelKind,
+    data: Dataset,
+    classes: usize,
+    hidden: usize,
+    options: TrainOptions,
+) -> Result<Box<dyn Trainer>, String> {
+    let (train, test) = data.split(0.2, options.seed);
+    Ok(match model {
+        ModelKind::Softmax => Box::new(
+            SoftmaxRegression::new(train, Some(test), classes, options)
+                .map_err(|e| e.to_string())?,
+        ),
+        ModelKind::Mlp => Box::new(
+            Mlp::new(train, Some(test), hidden, classes, options).map_err(|e| e.to_string())?,
+        ),
+    })
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Join {
+            config,
+            data,
+            label_column,
+            model,
+            classes,
+            hidden,
+            epochs,
+            learning_rate,
+            batch_size,
+            standardizer,
+            test_dump_quantized,
+            test_stall_before_upload,
+        } => {
+            let config = ClientConfig::load(&config).map_err(|e| e.to_string())?;
+            let mut dataset = Dataset::from_csv(&data, &label_column).map_err(|e| e.to_string())?;
+            if let Some(path) = standardizer {
+                let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let s: Standardizer = serde_json::from_slice(&text)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                s.apply(&mut dataset).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let classes = classes.unwrap_or_else(|| dataset.classes());
+            let options =
+                TrainOptions { epochs, learning_rate, batch_size, ..TrainOptions::default() };
+            let mut trainer = trainer(model, dataset, classes, hidden, options)?;
+            let hooks = TestHooks {
+                dump_quantized: test_dump_quantized,
+                stall_before_upload: test_stall_before_upload,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut client =
+                    Client::connect(config).await.map_err(|e| e.to_string())?.with_test_hooks(hooks);
+                println!("client {} joining", client.id().to_hex());
+                let summary = client.run(&mut trainer).await.map_err(|e| e.to_string())?;
+                let done = summary.rounds.iter().filter(|r| r.completed).count();
+                println!(
+                    "task finished: {done} rounds completed, {} attempts left, last checkpoint {:?}",
+                    summary.abandoned.len(),
+                    summary.last_checkpoint_version
+                );
+                Ok(())
+            })
+        }
+        Command::InitModel { model, features, classes, hidden, seed, out } => {
+            let m = match model {
+                ModelKind::Softmax => SoftmaxRegression::initial_model(features, classes),
+                ModelKind::Mlp => Mlp::initial_model(features, hidden, classes, seed),
+            };
+            let bytes = m.to_safetensors().map_err(|e| e.to_string())?;
+            std::fs::write(&out, bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("{} parameters written to {}", m.len(), out.display());
+            Ok(())
+        }
+        Command::Pki { command: PkiCommand::Request { out, name } } => {
+            let written = fedsec_client::pki::request(&out, &name).map_err(|e| e.to_string())?;
+            println!(
+                "key {}, request {}, id {}",
+                written.key.display(),
+                written.csr.display(),
+                written.id.to_hex()
+            );
+            println!("Send site.csr.pem to the federation's CA; keep site.key private.");
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! What a client keeps across restarts: the newest checkpoint version it has seen (so a
+//! coordinator cannot roll it back) and the checkpoints it contributed a masked input to (so
+//! it never contributes twice on one checkpoint). Written atomically before the step it guards.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use fedsec_crypto::secagg::client::ContributionLedger;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ClientError, Result};
+
+/// The persisted state, per task (32 hex digits).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientState {
+    /// Newest checkpoint version seen, per task.
+    pub last_seen_version: BTreeMap<String, u64>,
+    /// Checkpoints contributed to.
+    pub ledger: ContributionLedger,
+}
+
+/// The state file in a state folder.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// The file `state.json` in `dir` (created if missing).
+    pub fn in_dir(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| ClientError::Io { path: dir.into(), source })?;
+        Ok(StateFile { path: dir.join("state.json") })
+    }
+
+    /// The saved state, or the empty state if there is none yet.
+    pub fn load(&self) -> Result<ClientState> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ClientError::Credential {
+                path: self.path.clone(),
+                reason: format!("corrupt client state: {e}"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientState::default()),
+            Err(source) => Err(ClientError::Io { path: self.path.clone(), source }),
+        }
+    }
+
+    /// Saves `state` atomically: a temporary file, synced, renamed over the old one.
+    pub fn save(&self, state: &ClientState) -> Result<()> {
+        let io = |source| ClientError::Io { path: self.path.clone(), source };
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes =
+            serde_json::to_vec_pretty(state).map_err(|e| ClientError::Config(e.to_string()))?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_names_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::in_dir(&dir.path().join("s")).unwrap();
+        assert_eq!(file.load().unwrap(), ClientState::default());
+        let mut state = ClientState::default();
+        state.last_seen_version.insert("ab".into(), 7);
+        file.save(&state).unwrap();
+        assert_eq!(file.load().unwrap(), state);
+        std::fs::write(dir.path().join("s/state.json"), b"{").unwrap();
+        let err = file.load().unwrap_err().to_string();
+        assert!(err.contains("state.json") && err.contains("corrupt"), "{err}");
+    }
+}

@@ -1,0 +1,753 @@
+//! The coordinator's tamper-evident audit log.
+//!
+//! The log is a file of JSON lines, appended to and never rewritten. Each line is one
+//! [`AuditEntry`]: `{"seq":…,"time":…,"kind":…,"detail":…,"prev":…}`, where `prev` is the
+//! lowercase hex SHA-256 of the previous line's exact bytes (without its newline). The first
+//! entry's `prev` is the SHA-256 of [`GENESIS`], which names the log format. Changing, inserting
+//! or removing any line therefore breaks the chain at the line after it.
+//!
+//! The end of the chain is pinned by the **head file**, `{log}.head` (see [`head_path`]):
+//! `{"seq":N,"hash":…,"public_key":…,"signature":…}`, rewritten atomically after every append.
+//! `hash` is the SHA-256 of entry `N`'s line, and `signature` is the coordinator's Ed25519
+//! signature over the length-prefixed encoding (see [`fedsec_crypto::kdf::push_lp`]) of
+//! [`HEAD_LABEL`] ‖ seq (u64 big-endian) ‖ hash. So lines removed from the end, or appended by
+//! anyone without the coordinator key, no longer match the head.
+//!
+//! **The head of an empty log** has `"seq":null` and the genesis hash as `hash`; in the signed
+//! encoding its seq is the empty byte string, which the length prefix keeps distinct from any
+//! 8-byte seq.
+//!
+//! **What the log records:** what happened (tasks, enrollments, rounds, checkpoints, refusals,
+//! admin actions), never key material and never any client's vector. Callers pass ids and
+//! counts only, in `detail`; the log is meant to be read by operators and auditors.
+//!
+//! **Crash behaviour:** a line is written with one write and synced before the head is
+//! replaced. A crash between the two leaves a head one entry behind the log; [`AuditLog::open`]
+//! then refuses with [`AuditError::HeadMismatch`] rather than re-sign an entry it cannot tell
+//! from one appended without the key. The operator decides, with [`verify`]'s report in hand.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use fedsec_crypto::kdf::push_lp;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The string whose SHA-256 is the `prev` of entry 0; it names the log format.
+pub const GENESIS: &[u8] = b"fedsec/v1/audit-genesis";
+
+/// The domain label that starts the bytes a head signature covers.
+pub const HEAD_LABEL: &[u8] = b"fedsec/v1/audit-head";
+
+/// What an audit entry records. Serialized in snake_case (`round_started`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EntryKind {
+    /// A training task was created.
+    TaskCreated,
+    /// A training task started running rounds.
+    TaskStarted,
+    /// A client checked in for the first time.
+    Enrollment,
+    /// A round started (selection done).
+    RoundStarted,
+    /// A round produced an aggregate.
+    RoundCompleted,
+    /// A round was given up (too few survivors, deadline, refusal of the plan…).
+    RoundAborted,
+    /// A checkpoint was written and signed.
+    Checkpoint,
+    /// A client or request was refused (denied client, replay, malformed message…).
+    Refusal,
+    /// The deny-list of client ids was reloaded.
+    DenyListReloaded,
+    /// An operator action.
+    Admin,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// Position in the log, from 0, without gaps.
+    pub seq: u64,
+    /// When it happened, in unix milliseconds, as given by the caller.
+    #[serde(rename = "time")]
+    pub time_ms: u64,
+    /// What happened.
+    pub kind: EntryKind,
+    /// The caller's ids and counts; never key material or client vectors.
+    pub detail: serde_json::Value,
+    /// Lowercase hex SHA-256 of the previous line (of [`GENESIS`] for entry 0).
+    pub prev: String,
+}
+
+/// SHA-256 of one entry's exact line bytes (without the newline).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EntryHash(pub [u8; 32]);
+
+impl EntryHash {
+    /// The hash as lowercase hex, as it appears in `prev` and in the head file.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for EntryHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EntryHash({})", self.to_hex())
+    }
+}
+
+/// What [`verify`] found in an intact log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Number of entries in the log.
+    pub entries: u64,
+    /// Hash of the last entry (the genesis hash for an empty log), as the signed head states.
+    pub head_hash: [u8; 32],
+}
+
+/// Why an audit log or its head was refused. File errors name the file, line errors the line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A line is not a complete audit entry (bad JSON, unknown or missing field, no newline).
+    #[error("{}:{line}: not an audit entry: {reason}", path.display())]
+    Malformed {
+        /// The log file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The head file is not a canonical signed head.
+    #[error("{}: not an audit head: {reason}", path.display())]
+    MalformedHead {
+        /// The head file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A line's `prev` is not the hash of the line before it: something before it changed.
+    #[error("{}:{line}: `prev` is not the SHA-256 of the line before; the chain is broken", path.display())]
+    BrokenChain {
+        /// The log file.
+        path: PathBuf,
+        /// 1-based line number of the entry whose `prev` does not match.
+        line: u64,
+    },
+    /// A line's `seq` does not follow the previous one.
+    #[error("{}:{line}: expected seq {expected}, found {got}", path.display())]
+    SequenceGap {
+        /// The log file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// The seq that line must carry.
+        expected: u64,
+        /// The seq it carries.
+        got: u64,
+    },
+    /// The signed head does not end the log: lines were removed from the end, appended
+    /// without the coordinator key, or the last line was changed.
+    #[error(
+        "{}: the signed head covers {head_entries} entries, but {} has {log_entries} entries or another last entry",
+        head.display(),
+        path.display()
+    )]
+    HeadMismatch {
+        /// The log file.
+        path: PathBuf,
+        /// The head file.
+        head: PathBuf,
+        /// Entries the head says the log has.
+        head_entries: u64,
+        /// Entries the log has.
+        log_entries: u64,
+    },
+    /// The head's signature does not verify under the trusted coordinator key.
+    #[error("{}: the head signature does not verify under the coordinator's key", path.display())]
+    BadHeadSignature {
+        /// The head file.
+        path: PathBuf,
+    },
+    /// The head's signature verifies, but its `public_key` field names another key.
+    #[error("{}: the head names a public key other than the coordinator's", path.display())]
+    HeadKeyMismatch {
+        /// The head file.
+        path: PathBuf,
+    },
+    /// The log has entries but no head file: its end cannot be checked.
+    #[error("{}: the signed head is missing", path.display())]
+    MissingHead {
+        /// The head file that should exist.
+        path: PathBuf,
+    },
+    /// The head file exists but its log does not.
+    #[error("{}: the audit log is missing, but its signed head exists", path.display())]
+    MissingLog {
+        /// The log file that should exist.
+        path: PathBuf,
+    },
+    /// An earlier append failed part-way, so the file's end is unknown; reopen to re-verify.
+    #[error("{}: an earlier append failed; reopen the log to verify it before appending", path.display())]
+    Poisoned {
+        /// The log file.
+        path: PathBuf,
+    },
+}
+
+/// The head file of a log: the log's path with `.head` appended (`audit.jsonl.head`).
+pub fn head_path(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".head");
+    PathBuf::from(name)
+}
+
+/// SHA-256 of [`GENESIS`]: the `prev` of entry 0 and the hash in an empty log's head.
+pub fn genesis_hash() -> [u8; 32] {
+    Sha256::digest(GENESIS).into()
+}
+
+/// An open audit log that appends entries and keeps the signed head in step.
+///
+/// One `AuditLog` per file: two writers on the same file would break the chain.
+pub struct AuditLog {
+    path: PathBuf,
+    head: PathBuf,
+    file: File,
+    key: SigningKey,
+    entries: u64,
+    last_hash: [u8; 32],
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .field("entries", &self.entries)
+            .field("last_hash", &EntryHash(self.last_hash))
+            .field("public_key", &hex::encode(self.key.verifying_key().as_bytes()))
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens the log at `path`, creating it and its signed head if neither exists (or if the
+    /// log is empty and has no head yet). An existing log is verified against its head under
+    /// `key`'s public half first; a broken log is refused with the error naming file and line.
+    pub fn open(path: &Path, key: SigningKey) -> Result<AuditLog, AuditError> {
+        let head = head_path(path);
+        let log_exists = path.try_exists().map_err(io_error(path))?;
+        let head_exists = head.try_exists().map_err(io_error(&head))?;
+        let (entries, last_hash) = match (log_exists, head_exists) {
+            (true, true) => {
+                let report = verify(path, &head, &key.verifying_key())?;
+                (report.entries, report.head_hash)
+            }
+            (false, true) => return Err(AuditError::MissingLog { path: path.to_owned() }),
+            (true, false) => {
+                // An empty log without a head is what a crash right after creation leaves.
+                if fs::metadata(path).map_err(io_error(path))?.len() != 0 {
+                    return Err(AuditError::MissingHead { path: head });
+                }
+                write_head(&head, &key, None, &genesis_hash())?;
+                (0, genesis_hash())
+            }
+            (false, false) => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .map_err(io_error(path))?;
+                file.sync_all().map_err(io_error(path))?;
+                sync_parent(path)?;
+                write_head(&head, &key, None, &genesis_hash())?;
+                (0, genesis_hash())
+            }
+        };
+        let file = OpenOptions::new().append(true).open(path).map_err(io_error(path))?;
+        Ok(AuditLog { path: path.to_owned(), head, file, key, entries, last_hash, poisoned: false })
+    }
+
+    /// Appends one entry at `time_ms` (unix milliseconds; the caller owns the clock), syncs it
+    /// to disk, then atomically replaces the signed head. Returns the new entry's hash.
+    ///
+    /// `detail` holds ids and counts only, never key material or client vectors. If any step
+    /// fails, the log refuses further appends ([`AuditError::Poisoned`]) until reopened.
+    pub fn append(
+        &mut self,
+        kind: EntryKind,
+        detail: serde_json::Value,
+        time_ms: u64,
+    ) -> Result<EntryHash, AuditError> {
+        if self.poisoned {
+            return Err(AuditError::Poisoned { path: self.path.clone() });
+        }
+        let entry = AuditEntry {
+            seq: self.entries,
+            time_ms,
+            kind,
+            detail,
+            prev: hex::encode(self.last_hash),
+        };
+        let mut line = serde_json::to_vec(&entry)
+            .expect("an entry of integers, strings and a JSON value always serializes");
+        let hash: [u8; 32] = Sha256::digest(&line).into();
+        line.push(b'\n');
+        if let Err(e) = self.write_line(&line, &hash) {
+            self.poisoned = true;
+            return Err(e);
+        }
+        self.entries += 1;
+        self.last_hash = hash;
+        Ok(EntryHash(hash))
+    }
+
+    fn write_line(&mut self, line: &[u8], hash: &[u8; 32]) -> Result<(), AuditError> {
+        self.file.write_all(line).map_err(io_error(&self.path))?;
+        self.file.flush().map_err(io_error(&self.path))?;
+        self.file.sync_data().map_err(io_error(&self.path))?;
+        write_head(&self.head, &self.key, Some(self.entries), hash)
+    }
+
+    /// Number of entries in the log.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Hash of the last entry (the genesis hash while the log is empty).
+    pub fn last_hash(&self) -> EntryHash {
+        EntryHash(self.last_hash)
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Verifies the log at `log` against its signed head at `head`.
+///
+/// `key` must come from a trusted source (the operator's copy of the coordinator's public
+/// key), never from the head file: a head signed by another key fails even if it names that
+/// key. Checks that the head is canonical and signed by `key`, that every line parses, that
+/// seqs run 0, 1, 2… and every `prev` matches, and that the head's seq and hash are the last
+/// line's. Reads the log line by line, so its size is not bounded by memory.
+pub fn verify(log: &Path, head: &Path, key: &VerifyingKey) -> Result<VerifyReport, AuditError> {
+    let (head_seq, head_hash) = read_head(head, key)?;
+    let file = File::open(log).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => AuditError::MissingLog { path: log.to_owned() },
+        _ => AuditError::Io { path: log.to_owned(), source: e },
+    })?;
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut entries = 0u64;
+    let mut last_hash = genesis_hash();
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(io_error(log))? == 0 {
+            break;
+        }
+        let line = entries + 1;
+        let malformed =
+            |reason: String| AuditError::Malformed { path: log.to_owned(), line, reason };
+        let Some(body) = buf.strip_suffix(b"\n") else {
+            return Err(malformed("the line has no newline (an interrupted write?)".into()));
+        };
+        let entry: AuditEntry =
+            serde_json::from_slice(body).map_err(|e| malformed(json_reason(&e)))?;
+        if entry.seq != entries {
+            return Err(AuditError::SequenceGap {
+                path: log.to_owned(),
+                line,
+                expected: entries,
+                got: entry.seq,
+            });
+        }
+        if entry.prev != hex::encode(last_hash) {
+            return Err(AuditError::BrokenChain { path: log.to_owned(), line });
+        }
+        last_hash = Sha256::digest(body).into();
+        entries = line;
+    }
+    if head_seq != entries.checked_sub(1) || head_hash != last_hash {
+        return Err(AuditError::HeadMismatch {
+            path: log.to_owned(),
+            head: head.to_owned(),
+            head_entries: head_seq.map_or(0, |s| s.saturating_add(1)),
+            log_entries: entries,
+        });
+    }
+    Ok(VerifyReport { entries, head_hash: last_hash })
+}
+
+/// The head file as stored. Hex fields are lowercase; the file is compact JSON and a newline.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeadFile {
+    /// Seq of the last entry; `null` for an empty log.
+    seq: Option<u64>,
+    hash: String,
+    public_key: String,
+    signature: String,
+}
+
+impl HeadFile {
+    fn encode(seq: Option<u64>, hash: &[u8; 32], public_key: &[u8; 32], sig: &[u8; 64]) -> Vec<u8> {
+        let head = HeadFile {
+            seq,
+            hash: hex::encode(hash),
+            public_key: hex::encode(public_key),
+            signature: hex::encode(sig),
+        };
+        let mut bytes = serde_json::to_vec(&head)
+            .expect("a struct of an integer and strings always serializes");
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// The bytes a head signature covers: `HEAD_LABEL ‖ seq ‖ hash`, each length-prefixed; the
+/// seq of an empty log is the empty string.
+fn head_message(seq: Option<u64>, hash: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 * 8 + HEAD_LABEL.len() + 8 + 32);
+    push_lp(&mut out, HEAD_LABEL);
+    match seq {
+        Some(seq) => push_lp(&mut out, &seq.to_be_bytes()),
+        None => push_lp(&mut out, &[]),
+    }
+    push_lp(&mut out, hash);
+    out
+}
+
+/// Signs and writes the head: a temporary file in the same directory, synced, then renamed
+/// over the old head, then the directory synced, so a reader sees the old head or the new.
+fn write_head(
+    path: &Path,
+    key: &SigningKey,
+    seq: Option<u64>,
+    hash: &[u8; 32],
+) -> Result<(), AuditError> {
+    let signature = key.sign(&head_message(seq, hash));
+    let bytes = HeadFile::encode(seq, hash, key.verifying_key().as_bytes(), &signature.to_bytes());
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(&bytes).map_err(io_error(&tmp))?;
+    file.sync_all().map_err(io_error(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_error(path))?;
+    sync_parent(path)
+}
+
+/// Reads the head, checks it is canonical and signed by `key`; returns its seq and hash.
+fn read_head(path: &Path, key: &VerifyingKey) -> Result<(Option<u64>, [u8; 32]), AuditError> {
+    let bytes = fs::read(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => AuditError::MissingHead { path: path.to_owned() },
+        _ => AuditError::Io { path: path.to_owned(), source: e },
+    })?;
+    let malformed = |reason: String| AuditError::MalformedHead { path: path.to_owned(), reason };
+    let head: HeadFile = serde_json::from_slice(&bytes).map_err(|e| malformed(json_reason(&e)))?;
+    let mut hash = [0u8; 32];
+    let mut public_key = [0u8; 32];
+    let mut signature = [0u8; 64];
+    for (name, text, out) in [
+        ("hash", &head.hash, &mut hash[..]),
+        ("public_key", &head.public_key, &mut public_key[..]),
+        ("signature", &head.signature, &mut signature[..]),
+    ] {
+        hex::decode_to_slice(text, out).map_err(|e| malformed(format!("`{name}`: {e}")))?;
+    }
+    // Only the bytes this code writes are accepted (no extra whitespace, no uppercase hex),
+    // so every change to the head file is an error, not just the changes that matter.
+    if bytes != HeadFile::encode(head.seq, &hash, &public_key, &signature) {
+        return Err(malformed("not in canonical form".into()));
+    }
+    key.verify_strict(&head_message(head.seq, &hash), &Signature::from_bytes(&signature))
+        .map_err(|_| AuditError::BadHeadSignature { path: path.to_owned() })?;
+    if public_key != key.to_bytes() {
+        return Err(AuditError::HeadKeyMismatch { path: path.to_owned() });
+    }
+    Ok((head.seq, hash))
+}
+
+/// A serde_json error without its "at line 1 column N" suffix (each record is one line),
+/// with the column kept.
+fn json_reason(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
+    format!("{message} (column {})", e.column())
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io { path: path.to_owned(), source }
+}
+
+/// Syncs the directory holding `path`, so a created or renamed file survives a crash.
+#[cfg(unix)]
+fn sync_parent(path: &Path) -> Result<(), AuditError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}
+
+/// Elsewhere a directory cannot be opened to sync it, so the rename is left to the OS.
+#[cfg(not(unix))]
+fn sync_parent(_path: &Path) -> Result<(), AuditError> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+    use serde_json::json;
+
+    use super::*;
+
+    fn key(seed: u64) -> SigningKey {
+        SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    /// A log of `n` entries in a fresh directory, written under `key(1)`.
+    fn write_log(n: u64) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path, key(1)).unwrap();
+        for i in 0..n {
+            log.append(
+                EntryKind::RoundCompleted,
+                json!({ "round": i, "survivors": 97 }),
+                1_000 + i,
+            )
+            .unwrap();
+        }
+        (dir, path)
+    }
+
+    fn verify_with(path: &Path, seed: u64) -> Result<VerifyReport, AuditError> {
+        verify(path, &head_path(path), &key(seed).verifying_key())
+    }
+
+    fn lines(path: &Path) -> Vec<Vec<u8>> {
+        let bytes = fs::read(path).unwrap();
+        bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect()
+    }
+
+    #[test]
+    fn written_log_verifies_and_chains_by_line_hash() {
+        let (_dir, path) = write_log(5);
+        let report = verify_with(&path, 1).unwrap();
+        assert_eq!(report.entries, 5);
+        let lines = lines(&path);
+        assert_eq!(lines.len(), 5);
+        let first: AuditEntry = serde_json::from_slice(&lines[0]).unwrap();
+        assert_eq!(first.prev, hex::encode(genesis_hash()));
+        assert_eq!(first.kind, EntryKind::RoundCompleted);
+        assert_eq!(first.time_ms, 1_000);
+        for (i, pair) in lines.windows(2).enumerate() {
+            let next: AuditEntry = serde_json::from_slice(&pair[1]).unwrap();
+            assert_eq!(next.seq, i as u64 + 1);
+            assert_eq!(next.prev, hex::encode(Sha256::digest(&pair[0])));
+        }
+        assert_eq!(report.head_hash, <[u8; 32]>::from(Sha256::digest(&lines[4])));
+        let text = String::from_utf8(lines[0].clone()).unwrap();
+        assert!(text.starts_with(r#"{"seq":0,"time":1000,"kind":"round_completed","#), "{text}");
+    }
+
+    #[test]
+    fn every_single_bit_flip_in_the_log_fails() {
+        let (_dir, path) = write_log(5);
+        let original = fs::read(&path).unwrap();
+        for pos in 0..original.len() {
+            for bit in 0..8 {
+                let mut tampered = original.clone();
+                tampered[pos] ^= 1 << bit;
+                fs::write(&path, &tampered).unwrap();
+                assert!(verify_with(&path, 1).is_err(), "flip of bit {bit} at byte {pos} passed");
+            }
+        }
+        fs::write(&path, &original).unwrap();
+        assert_eq!(verify_with(&path, 1).unwrap().entries, 5);
+    }
+
+    #[test]
+    fn every_single_bit_flip_in_the_head_fails() {
+        let (_dir, path) = write_log(2);
+        let head = head_path(&path);
+        let original = fs::read(&head).unwrap();
+        for pos in 0..original.len() {
+            for bit in 0..8 {
+                let mut tampered = original.clone();
+                tampered[pos] ^= 1 << bit;
+                fs::write(&head, &tampered).unwrap();
+                assert!(verify_with(&path, 1).is_err(), "flip of bit {bit} at byte {pos} passed");
+            }
+        }
+    }
+
+    #[test]
+    fn changed_line_is_reported_at_the_next_line() {
+        let (_dir, path) = write_log(5);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replacen(r#""round":1,"#, r#""round":7,"#, 1)).unwrap();
+        let err = verify_with(&path, 1).unwrap_err();
+        assert!(matches!(err, AuditError::BrokenChain { line: 3, .. }), "{err:?}");
+        assert!(err.to_string().starts_with(&format!("{}:3:", path.display())), "{err}");
+    }
+
+    #[test]
+    fn deleting_the_last_line_fails() {
+        let (_dir, path) = write_log(5);
+        let kept: Vec<u8> =
+            lines(&path)[..4].iter().flat_map(|l| [&l[..], b"\n"].concat()).collect();
+        fs::write(&path, kept).unwrap();
+        let err = verify_with(&path, 1).unwrap_err();
+        assert!(
+            matches!(err, AuditError::HeadMismatch { head_entries: 5, log_entries: 4, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn line_appended_without_the_key_fails() {
+        let (_dir, path) = write_log(3);
+        let last = lines(&path).pop().unwrap();
+        let forged = AuditEntry {
+            seq: 3,
+            time_ms: 5,
+            kind: EntryKind::Admin,
+            detail: json!({}),
+            prev: hex::encode(Sha256::digest(&last)),
+        };
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend(serde_json::to_vec(&forged).unwrap());
+        bytes.push(b'\n');
+        fs::write(&path, bytes).unwrap();
+        let err = verify_with(&path, 1).unwrap_err();
+        assert!(
+            matches!(err, AuditError::HeadMismatch { head_entries: 3, log_entries: 4, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn head_signed_with_another_key_fails() {
+        let (_dir, path) = write_log(3);
+        let report = verify_with(&path, 1).unwrap();
+        // A head re-signed by another key, naming that key: still not the coordinator's.
+        write_head(&head_path(&path), &key(2), Some(2), &report.head_hash).unwrap();
+        let err = verify_with(&path, 1).unwrap_err();
+        assert!(matches!(err, AuditError::BadHeadSignature { .. }), "{err:?}");
+        // The same head verifies under the key that signed it, so only the key was wrong.
+        assert_eq!(verify_with(&path, 2).unwrap(), report);
+        let err = AuditLog::open(&path, key(1)).unwrap_err();
+        assert!(matches!(err, AuditError::BadHeadSignature { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn reopening_continues_the_chain() {
+        let (_dir, path) = write_log(3);
+        let before = verify_with(&path, 1).unwrap();
+        let mut log = AuditLog::open(&path, key(1)).unwrap();
+        assert_eq!((log.entries(), log.last_hash().0), (3, before.head_hash));
+        let hash = log.append(EntryKind::Admin, json!({ "action": "reload" }), 9_000).unwrap();
+        drop(log);
+        let lines = lines(&path);
+        let fourth: AuditEntry = serde_json::from_slice(&lines[3]).unwrap();
+        assert_eq!(fourth.seq, 3);
+        assert_eq!(fourth.prev, hex::encode(before.head_hash));
+        let report = verify_with(&path, 1).unwrap();
+        assert_eq!((report.entries, report.head_hash), (4, hash.0));
+    }
+
+    #[test]
+    fn opening_a_tampered_log_refuses_to_append() {
+        let (_dir, path) = write_log(5);
+        let mut bytes = fs::read(&path).unwrap();
+        let pos = bytes.iter().position(|&b| b == b'9').unwrap(); // "survivors":97 in line 1
+        bytes[pos] = b'8';
+        fs::write(&path, &bytes).unwrap();
+        let err = AuditLog::open(&path, key(1)).unwrap_err();
+        assert!(matches!(err, AuditError::BrokenChain { line: 2, .. }), "{err:?}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "a refused open must not write");
+    }
+
+    #[test]
+    fn empty_log_has_a_signed_genesis_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        drop(AuditLog::open(&path, key(1)).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"");
+        let report = verify_with(&path, 1).unwrap();
+        assert_eq!(report, VerifyReport { entries: 0, head_hash: genesis_hash() });
+        let head: serde_json::Value =
+            serde_json::from_slice(&fs::read(head_path(&path)).unwrap()).unwrap();
+        assert_eq!(head["seq"], serde_json::Value::Null);
+        assert!(matches!(verify_with(&path, 2), Err(AuditError::BadHeadSignature { .. })));
+        // Reopening the empty log and appending starts at seq 0 from the genesis hash.
+        let mut log = AuditLog::open(&path, key(1)).unwrap();
+        log.append(EntryKind::TaskCreated, json!({ "task": "t1" }), 1).unwrap();
+        assert_eq!(verify_with(&path, 1).unwrap().entries, 1);
+    }
+
+    #[test]
+    fn missing_head_or_log_is_refused() {
+        let (_dir, path) = write_log(2);
+        let head = head_path(&path);
+        let saved = fs::read(&head).unwrap();
+        fs::remove_file(&head).unwrap();
+        assert!(matches!(verify_with(&path, 1), Err(AuditError::MissingHead { .. })));
+        assert!(matches!(AuditLog::open(&path, key(1)), Err(AuditError::MissingHead { .. })));
+        fs::write(&head, saved).unwrap();
+        fs::remove_file(&path).unwrap();
+        assert!(matches!(verify_with(&path, 1), Err(AuditError::MissingLog { .. })));
+        assert!(matches!(AuditLog::open(&path, key(1)), Err(AuditError::MissingLog { .. })));
+    }
+
+    #[test]
+    fn torn_last_line_and_seq_gap_are_named() {
+        let (_dir, path) = write_log(3);
+        let original = fs::read(&path).unwrap();
+        fs::write(&path, &original[..original.len() - 1]).unwrap();
+        let err = verify_with(&path, 1).unwrap_err();
+        assert!(matches!(err, AuditError::Malformed { line: 3, .. }), "{err:?}");
+        let text = String::from_utf8(original).unwrap();
+        fs::write(&path, text.replacen(r#"{"seq":1,"#, r#"{"seq":2,"#, 1)).unwrap();
+        let err = verify_with(&path, 1).unwrap_err();
+        assert!(
+            matches!(err, AuditError::SequenceGap { line: 2, expected: 1, got: 2, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn detail_with_newlines_stays_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path, key(1)).unwrap();
+        log.append(EntryKind::Refusal, json!({ "reason": "a\nb" }), 1).unwrap();
+        log.append(EntryKind::Refusal, json!({ "reason": "c" }), 2).unwrap();
+        assert_eq!(lines(&path).len(), 2);
+        assert_eq!(verify_with(&path, 1).unwrap().entries, 2);
+    }
+}

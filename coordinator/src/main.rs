@@ -1,0 +1,203 @@
+//! `fedsec-coordinator`: serve a federation, make a development PKI, verify the audit log.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fedsec_coordinator::config::CoordinatorConfig;
+use fedsec_coordinator::{audit, pki, server};
+
+/// The fedsec coordinator: runs secure federated training rounds and learns only the sum of
+/// the clients' updates.
+#[derive(Debug, Parser)]
+#[command(name = "fedsec-coordinator", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the Federation and Admin gRPC services.
+    ///
+    /// Every key of the configuration file can be overridden by an environment variable
+    /// FEDSEC_<KEY> (`__` between table levels, e.g. FEDSEC_TASK__ROUNDS=20) or by
+    /// `--set key=value` (e.g. --set task.rounds=20), in that order of precedence.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long, short, env = "FEDSEC_CONFIG")]
+        config: PathBuf,
+        /// Override one key (repeatable): --set task.rounds=20.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Plain TCP without client certificates; refuses anything but a loopback address.
+        #[arg(long)]
+        insecure: bool,
+        /// Address to listen on (overrides `listen`).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Certificates and keys.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Make a DEVELOPMENT CA, a server certificate, N client certificates and the
+    /// coordinator's signing key. Not for production: whoever holds ca.key can impersonate
+    /// any client. In production, use your organisation's CA and sign each site's CSR
+    /// (`fedsec-client pki request`, then `pki sign`).
+    Init {
+        /// Number of client certificates.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses for the server certificate (repeatable).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// Overwrite a non-empty output folder.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a site's certificate request (Ed25519) with a CA, for client authentication.
+    Sign {
+        /// The CA certificate (PEM).
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// The CA key (PEM).
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// The site's CSR (PEM).
+        #[arg(long)]
+        csr: PathBuf,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an audit log and the signature of its head.
+    Verify {
+        /// The audit log (JSON lines).
+        #[arg(long)]
+        log: PathBuf,
+        /// The signed head (default: the log's path with `.head` appended).
+        #[arg(long)]
+        head: Option<PathBuf>,
+        /// The coordinator's public key, from a trusted copy (coordinator-signing.pub).
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve { config, mut sets, insecure, listen } => {
+            if insecure {
+                sets.push("insecure=true".into());
+            }
+            if let Some(l) = listen {
+                sets.push(format!("listen=\"{l}\""));
+            }
+            let config = CoordinatorConfig::load(&config, std::env::vars(), &sets)
+                .map_err(|e| e.to_string())?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let ready = server::prepare(&config).await.map_err(|e| e.to_string())?;
+                // Tests and scripts read the bound address from this line.
+                println!("listening on {}", ready.local_addr().map_err(|e| e.to_string())?);
+                server::serve(ready, shutdown_signal()).await.map_err(|e| e.to_string())
+            })
+        }
+        Command::Pki { command: PkiCommand::Init { clients, out, server_names, force } } => {
+            let summary =
+                pki::init(&out, clients, &server_names, force).map_err(|e| e.to_string())?;
+            println!("CA certificate      {}", summary.ca_cert.display());
+            println!("server certificate  {}", summary.server_cert.display());
+            println!("signing public key  {}", summary.signing_public_key.display());
+            for c in &summary.clients {
+                println!("{:<19} {}  id {}", c.name, c.cert.display(), c.id.to_hex());
+            }
+            println!(
+                "DEVELOPMENT PKI written to {}. Not for production: whoever holds ca.key can impersonate any client.",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Pki { command: PkiCommand::Sign { ca_cert, ca_key, csr, out, days } } => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+            };
+            let cert = pki::sign_csr(&read(&ca_cert)?, &read(&ca_key)?, &read(&csr)?, days)
+                .map_err(|e| e.to_string())?;
+            std::fs::write(&out, cert).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("certificate written to {}", out.display());
+            Ok(())
+        }
+        Command::Audit { command: AuditCommand::Verify { log, head, key } } => {
+            let key = pki::load_verifying_key(&key).map_err(|e| e.to_string())?;
+            let head = head.unwrap_or_else(|| audit::head_path(&log));
+            let report = audit::verify(&log, &head, &key).map_err(|e| e.to_string())?;
+            println!(
+                "audit log verified: {} entries, head {}",
+                report.entries,
+                hex::encode(report.head_hash)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

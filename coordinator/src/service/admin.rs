@@ -1,0 +1,211 @@
+//! The Admin service: what the operator calls. Only operator identities (the `admins` list of
+//! the configuration) may call it over mutual TLS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedsec_crypto::model::Model;
+use fedsec_crypto::{AdversaryClass, GraphKind, TaskId};
+use fedsec_proto::v1;
+use fedsec_proto::v1::admin_server::Admin;
+use serde_json::json;
+use tonic::{Request, Response, Status};
+
+use super::{AuthMode, Coordinator};
+use crate::audit::EntryKind;
+use crate::engine::{PhaseDeadlines, TaskConfig};
+use crate::wire;
+
+/// The Admin service over a [`Coordinator`].
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl AdminService {
+    /// The service.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        AdminService { coordinator }
+    }
+
+    fn operator<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let c = &self.coordinator;
+        match c.auth {
+            AuthMode::InsecureLoopback => Ok("insecure-loopback".into()),
+            AuthMode::MutualTls => {
+                let id = crate::auth::authenticate(req, &c.deny)?.id;
+                if c.admins.contains(&id) {
+                    Ok(id.to_hex())
+                } else {
+                    Err(Status::permission_denied(format!(
+                        "{} is not an operator of this coordinator",
+                        id.to_hex()
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// A task configuration from a `CreateTaskRequest`, with the defaults of [`TaskConfig::new`]
+/// for fields left at zero.
+pub fn task_config(req: &v1::CreateTaskRequest, id: TaskId) -> Result<TaskConfig, Status> {
+    let mut c = TaskConfig::new(id, req.name.clone(), req.clients_per_round as usize);
+    if req.min_clients > 0 {
+        c.min_clients = req.min_clients as usize;
+    }
+    if req.over_selection != 0.0 {
+        c.over_selection = req.over_selection;
+    }
+    c.graph = match v1::GraphKind::try_from(req.graph) {
+        Ok(v1::GraphKind::Complete) => GraphKind::Complete,
+        Ok(v1::GraphKind::Harary) | Ok(v1::GraphKind::Unspecified) => GraphKind::Harary,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!("graph: unknown kind {}", req.graph)));
+        }
+    };
+    c.adversary = match v1::AdversaryClass::try_from(req.adversary) {
+        Ok(v1::AdversaryClass::Curious) => AdversaryClass::Curious,
+        Ok(v1::AdversaryClass::SemiMalicious) | Ok(v1::AdversaryClass::Unspecified) => {
+            AdversaryClass::SemiMalicious
+        }
+        Ok(v1::AdversaryClass::Malicious) => AdversaryClass::Malicious,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "adversary: unknown class {}",
+                req.adversary
+            )));
+        }
+    };
+    if req.dropout_ppm > 0 {
+        c.dropout_ppm = req.dropout_ppm;
+    }
+    if req.corrupt_ppm > 0 {
+        c.corrupt_ppm = req.corrupt_ppm;
+    }
+    if req.clip != 0.0 {
+        c.clip = req.clip;
+    }
+    if req.max_examples > 0 {
+        c.max_examples = req.max_examples;
+    }
+    if req.server_learning_rate != 0.0 {
+        c.server_learning_rate = req.server_learning_rate as f32;
+    }
+    if req.rounds > 0 {
+        c.rounds = req.rounds as u64;
+    }
+    if req.selection_ms > 0 {
+        c.deadlines.selection = Duration::from_millis(req.selection_ms as u64);
+    }
+    if !req.phase_deadline_ms.is_empty() {
+        let d: Vec<Duration> =
+            req.phase_deadline_ms.iter().map(|&ms| Duration::from_millis(ms as u64)).collect();
+        let [a, s, m, k, u] = d[..] else {
+            return Err(Status::invalid_argument(format!(
+                "phase_deadline_ms: {} values, expected 5",
+                d.len()
+            )));
+        };
+        c.deadlines = PhaseDeadlines {
+            selection: c.deadlines.selection,
+            advertise_keys: a,
+            share_keys: s,
+            masked_input: m,
+            consistency: k,
+            unmasking: u,
+        };
+    }
+    if req.upload_chunk_words > 0 {
+        c.upload_chunk_words = req.upload_chunk_words;
+    }
+    c.validate().map_err(Status::from)?;
+    Ok(c)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_task(
+        &self,
+        req: Request<v1::CreateTaskRequest>,
+    ) -> Result<Response<v1::CreateTaskResponse>, Status> {
+        let operator = self.operator(&req)?;
+        let mut id = [0u8; 16];
+        rand_core::Rng::fill_bytes(&mut fedsec_crypto::rng::os_rng(), &mut id);
+        let config = task_config(req.get_ref(), TaskId(id))?;
+        let model = Model::from_safetensors(&req.get_ref().initial_checkpoint)
+            .map_err(|e| Status::invalid_argument(format!("initial_checkpoint: {e}")))?;
+        let id = self.coordinator.create_task(config, model, false).await?;
+        self.coordinator.audit(
+            EntryKind::Admin,
+            json!({ "action": "create_task", "task": hex::encode(id.0), "operator": operator }),
+        );
+        Ok(Response::new(v1::CreateTaskResponse { task_id: id.0.to_vec() }))
+    }
+
+    async fn start_task(
+        &self,
+        req: Request<v1::StartTaskRequest>,
+    ) -> Result<Response<v1::StartTaskResponse>, Status> {
+        self.operator(&req)?;
+        let id = wire::task_id(&req.get_ref().task_id)?;
+        self.coordinator.start_task(&id)?;
+        Ok(Response::new(v1::StartTaskResponse {}))
+    }
+
+    async fn get_task_status(
+        &self,
+        req: Request<v1::TaskStatusRequest>,
+    ) -> Result<Response<v1::TaskStatus>, Status> {
+        self.operator(&req)?;
+        let id = wire::task_id(&req.get_ref().task_id)?;
+        let task = self.coordinator.task(&id)?;
+        let started = task.started.load(std::sync::atomic::Ordering::SeqCst);
+        let engine = task.lock();
+        let s = engine.status();
+        let state = match (started, s.state) {
+            (false, _) => "created",
+            (true, "finished") => "finished",
+            (true, _) => "running",
+        };
+        Ok(Response::new(v1::TaskStatus {
+            task_id: id.0.to_vec(),
+            name: engine.config().name.clone(),
+            state: state.into(),
+            round_id: s.round_id.0,
+            phase: s.phase.map(crate::engine::phase_name).unwrap_or(s.state).into(),
+            checked_in: s.waiting as u32,
+            checkpoint_version: s.checkpoint_version,
+            recent_rounds: engine.recent_results().map(|r| wire::result_to_wire(r, id)).collect(),
+        }))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        req: Request<v1::ListCheckpointsRequest>,
+    ) -> Result<Response<v1::ListCheckpointsResponse>, Status> {
+        self.operator(&req)?;
+        let id = wire::task_id(&req.get_ref().task_id)?;
+        self.coordinator.task(&id)?;
+        let list =
+            self.coordinator.store.list(id).await.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(v1::ListCheckpointsResponse {
+            checkpoints: list.iter().map(wire::manifest_to_wire).collect(),
+        }))
+    }
+
+    async fn reload_deny_list(
+        &self,
+        req: Request<v1::ReloadDenyListRequest>,
+    ) -> Result<Response<v1::ReloadDenyListResponse>, Status> {
+        let operator = self.operator(&req)?;
+        let denied = self
+            .coordinator
+            .deny
+            .reload()
+            .map_err(|e| Status::failed_precondition(format!("deny-list not reloaded: {e}")))?;
+        self.coordinator
+            .audit(EntryKind::DenyListReloaded, json!({ "denied": denied, "operator": operator }));
+        Ok(Response::new(v1::ReloadDenyListResponse { denied: denied as u32 }))
+    }
+}

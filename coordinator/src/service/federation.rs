@@ -1,0 +1,317 @@
+//! The Federation service: what data-site clients call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::server::UploadProgress;
+use fedsec_crypto::{ClientId, RoundContext};
+use fedsec_proto::v1;
+use fedsec_proto::v1::federation_server::Federation;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{CHECK_IN_LONG_POLL, Coordinator, TaskRuntime};
+use crate::engine::{CheckIn, Reply, RoundInfo};
+use crate::wire::{self, RoundKey};
+
+/// Bytes of checkpoint per `ModelChunk`.
+pub const DOWNLOAD_CHUNK_BYTES: usize = 1 << 20;
+
+/// The Federation service over a [`Coordinator`].
+#[derive(Debug, Clone)]
+pub struct FederationService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl FederationService {
+    /// The service.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        FederationService { coordinator }
+    }
+
+    /// The task a round key names, and the attempt's plan if it is the running one.
+    fn round(&self, key: &RoundKey) -> Result<(Arc<TaskRuntime>, Option<RoundInfo>), Status> {
+        let task = self.coordinator.task(&key.task)?;
+        let info = task.lock().current_round().filter(|r| r.plan.context() == key.ctx).cloned();
+        if let Some(info) = &info
+            && (info.plan.round_id != key.round || info.plan.attempt != key.attempt)
+        {
+            return Err(Status::invalid_argument(
+                "round: round_id and attempt do not match the round context",
+            ));
+        }
+        Ok((task, info))
+    }
+
+    /// Waits for a client's reply to `phase` (the long-poll).
+    async fn reply(
+        task: &TaskRuntime,
+        client: ClientId,
+        ctx: RoundContext,
+        phase: Phase,
+    ) -> Result<Reply, Status> {
+        let index = Phase::ALL.iter().position(|&p| p == phase).unwrap_or(0);
+        let max = match phase {
+            // The result waits for the aggregation and the checkpoint, after the deadline.
+            Phase::Unmasking => task.phase_wait(index) + Duration::from_secs(60),
+            _ => task.phase_wait(index),
+        };
+        match task.wait(max, |e| e.reply(&client, &ctx, phase)).await {
+            Some(r) => r.map_err(Status::from),
+            None => Err(Status::deadline_exceeded(format!(
+                "phase {} is still open; call again with the identical message",
+                crate::engine::phase_name(phase)
+            ))),
+        }
+    }
+}
+
+fn unexpected(reply: &Reply) -> Status {
+    Status::internal(format!("the engine replied out of order: {reply:?}"))
+}
+
+type ModelStream = Pin<Box<dyn Stream<Item = Result<v1::ModelChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Federation for FederationService {
+    async fn check_in(
+        &self,
+        req: Request<v1::CheckInRequest>,
+    ) -> Result<Response<v1::CheckInResponse>, Status> {
+        let client = self.coordinator.identify(&req)?;
+        let task = self.coordinator.task(&wire::task_id(&req.get_ref().task_id)?)?;
+        if !task.started.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(Response::new(retry(Duration::from_secs(5), "the task has not started")));
+        }
+        let verifier = (self.coordinator.verifier)();
+        let first = task
+            .with_engine(move |e, now| {
+                e.set_verifier(verifier);
+                e.check_in(client, now)
+            })
+            .await?;
+        let answer = match first {
+            CheckIn::Pending => {
+                // Withdraw the check-in if the client goes away while waiting.
+                let guard = Withdraw { task: task.clone(), client, armed: true };
+                let answer = task
+                    .wait(CHECK_IN_LONG_POLL, |e| match e.poll_check_in(&client) {
+                        CheckIn::Pending => None,
+                        other => Some(other),
+                    })
+                    .await;
+                guard.disarm();
+                answer.unwrap_or(CheckIn::RetryLater {
+                    after: Duration::ZERO,
+                    reason: "still waiting for selection".into(),
+                })
+            }
+            other => other,
+        };
+        Ok(Response::new(match answer {
+            CheckIn::Selected(info) => v1::CheckInResponse {
+                outcome: Some(v1::check_in_response::Outcome::Plan(wire::plan_to_wire(&info))),
+            },
+            CheckIn::RetryLater { after, reason } => retry(after, &reason),
+            CheckIn::Finished => v1::CheckInResponse {
+                outcome: Some(v1::check_in_response::Outcome::Finished(v1::TaskFinished {
+                    final_checkpoint_version: task.lock().checkpoint().0,
+                })),
+            },
+            CheckIn::Pending => retry(Duration::ZERO, "still waiting for selection"),
+        }))
+    }
+
+    type DownloadModelStream = ModelStream;
+
+    async fn download_model(
+        &self,
+        req: Request<v1::DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let client = self.coordinator.identify(&req)?;
+        let key = wire::round_key(req.get_ref().round.as_ref())?;
+        let (task, info) = self.round(&key)?;
+        let info = info.ok_or_else(|| {
+            Status::failed_precondition("no running attempt has this round context")
+        })?;
+        if info.plan.index_of(&client).is_none() {
+            return Err(crate::Error::NotSelected(client).into());
+        }
+        let published = task.published.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (manifest, bytes) = if published.manifest.manifest.version == info.checkpoint_version {
+            (published.manifest, published.bytes)
+        } else {
+            let (m, b) = self
+                .coordinator
+                .store
+                .get(key.task, info.checkpoint_version)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            (m, Arc::new(b.to_vec()))
+        };
+        let head = v1::ModelChunk {
+            part: Some(v1::model_chunk::Part::Manifest(wire::manifest_to_wire(&manifest))),
+        };
+        let chunks = bytes.len().div_ceil(DOWNLOAD_CHUNK_BYTES);
+        // Chunks are cut as the stream is polled, so a large model is never copied whole.
+        let body = futures::stream::iter(0..chunks).map(move |i| {
+            let end = ((i + 1) * DOWNLOAD_CHUNK_BYTES).min(bytes.len());
+            Ok(v1::ModelChunk {
+                part: Some(v1::model_chunk::Part::Data(
+                    bytes[i * DOWNLOAD_CHUNK_BYTES..end].to_vec(),
+                )),
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(head) }).chain(body))))
+    }
+
+    async fn advertise_keys(
+        &self,
+        req: Request<v1::AdvertiseKeysRequest>,
+    ) -> Result<Response<v1::AdvertiseKeysResponse>, Status> {
+        let client = self.coordinator.identify(&req)?;
+        let msg = wire::advertise(req.get_ref(), client)?;
+        let key = wire::round_key(req.get_ref().round.as_ref())?;
+        let (task, _) = self.round(&key)?;
+        task.with_engine(move |e, now| e.advertise(client, msg, now)).await??;
+        match Self::reply(&task, client, key.ctx, Phase::AdvertiseKeys).await? {
+            Reply::Keys(fwd) => Ok(Response::new(wire::keys_to_wire(&key, &fwd))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn share_keys(
+        &self,
+        req: Request<v1::ShareKeysRequest>,
+    ) -> Result<Response<v1::ShareKeysResponse>, Status> {
+        let client = self.coordinator.identify(&req)?;
+        let msg = wire::share_keys(req.get_ref(), client)?;
+        let key = wire::round_key(req.get_ref().round.as_ref())?;
+        let (task, _) = self.round(&key)?;
+        task.with_engine(move |e, now| e.share_keys(client, msg, now)).await??;
+        match Self::reply(&task, client, key.ctx, Phase::ShareKeys).await? {
+            Reply::Shares(fwd) => Ok(Response::new(wire::shares_to_wire(&key, &fwd))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn upload_masked_input(
+        &self,
+        req: Request<Streaming<v1::MaskedInputChunk>>,
+    ) -> Result<Response<v1::UploadMaskedInputResponse>, Status> {
+        let client = self.coordinator.identify(&req)?;
+        let mut stream = req.into_inner();
+        let mut round: Option<(RoundKey, Arc<TaskRuntime>)> = None;
+        while let Some(chunk) = stream.message().await? {
+            let (key, msg) = wire::chunk(chunk, client)?;
+            let task = match &round {
+                Some((k, _)) if *k != key => {
+                    return Err(Status::invalid_argument(
+                        "round: every chunk of an upload names the same attempt",
+                    ));
+                }
+                Some((_, task)) => task.clone(),
+                None => {
+                    let (task, _) = self.round(&key)?;
+                    round = Some((key, task.clone()));
+                    task
+                }
+            };
+            let progress: UploadProgress =
+                task.with_engine(move |e, now| e.masked_input(client, &msg, now)).await??;
+            let _ = progress;
+        }
+        let Some((key, task)) = round else {
+            return Err(Status::invalid_argument("the upload holds no chunk"));
+        };
+        let ctx = key.ctx;
+        if !task.lock().has_uploaded(&client, &ctx) {
+            return Err(Status::failed_precondition(
+                "the upload ended before the whole masked input arrived; send the missing chunks",
+            ));
+        }
+        match Self::reply(&task, client, ctx, Phase::MaskedInputCollection).await? {
+            Reply::Survivors(req) => Ok(Response::new(wire::survivors_to_wire(&key, &req))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn consistency_check(
+        &self,
+        req: Request<v1::ConsistencyCheckRequest>,
+    ) -> Result<Response<v1::ConsistencyCheckResponse>, Status> {
+        let client = self.coordinator.identify(&req)?;
+        let msg = wire::consistency(req.get_ref(), client)?;
+        let key = wire::round_key(req.get_ref().round.as_ref())?;
+        let (task, _) = self.round(&key)?;
+        task.with_engine(move |e, now| e.consistency(client, msg, now)).await??;
+        match Self::reply(&task, client, key.ctx, Phase::ConsistencyCheck).await? {
+            Reply::Unmask(req) => Ok(Response::new(wire::unmask_request_to_wire(&key, &req))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn unmask(
+        &self,
+        req: Request<v1::UnmaskRequest>,
+    ) -> Result<Response<v1::RoundResult>, Status> {
+        let client = self.coordinator.identify(&req)?;
+        let msg = wire::unmasking(req.get_ref(), client)?;
+        let key = wire::round_key(req.get_ref().round.as_ref())?;
+        let (task, _) = self.round(&key)?;
+        task.with_engine(move |e, now| e.unmasking(client, msg, now)).await??;
+        match Self::reply(&task, client, key.ctx, Phase::Unmasking).await? {
+            Reply::Result(r) => Ok(Response::new(wire::result_to_wire(&r, key.task))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn get_round_result(
+        &self,
+        req: Request<v1::GetRoundResultRequest>,
+    ) -> Result<Response<v1::RoundResult>, Status> {
+        self.coordinator.identify(&req)?;
+        let key = wire::round_key(req.get_ref().round.as_ref())?;
+        let task = self.coordinator.task(&key.task)?;
+        let engine = task.lock();
+        match engine.result(&key.ctx) {
+            Some(r) => Ok(Response::new(wire::result_to_wire(r, key.task))),
+            None if engine.current_round().is_some_and(|r| r.plan.context() == key.ctx) => {
+                Err(Status::unavailable("the round is still running"))
+            }
+            None => Err(Status::not_found("no round with this context is known")),
+        }
+    }
+}
+
+fn retry(after: Duration, reason: &str) -> v1::CheckInResponse {
+    v1::CheckInResponse {
+        outcome: Some(v1::check_in_response::Outcome::Retry(v1::RetryLater {
+            after_ms: after.as_millis().min(u32::MAX as u128) as u32,
+            reason: reason.into(),
+        })),
+    }
+}
+
+/// Withdraws a waiting check-in when the call is dropped (the client went away).
+struct Withdraw {
+    task: Arc<TaskRuntime>,
+    client: ClientId,
+    armed: bool,
+}
+
+impl Withdraw {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if self.armed {
+            self.task.lock().withdraw(&self.client);
+        }
+    }
+}

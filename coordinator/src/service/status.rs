@@ -1,0 +1,66 @@
+//! The one place where the coordinator's errors become gRPC statuses.
+
+use fedsec_crypto::Error as Core;
+use tonic::{Code, Status};
+
+use crate::error::Error;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = match &e {
+            Error::Protocol(core) => core_code(core),
+            Error::InvalidConfig(_) | Error::Malformed(_) | Error::BadUpload { .. } => {
+                Code::InvalidArgument
+            }
+            Error::UnknownTask(_) => Code::NotFound,
+            Error::NotSelected(_) => Code::PermissionDenied,
+            Error::TaskFinished
+            | Error::NotCurrentAttempt { .. }
+            | Error::PhaseClosed { .. }
+            | Error::PhaseNotOpen { .. } => Code::FailedPrecondition,
+            Error::RoundAborted(_) => Code::Aborted,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+fn core_code(e: &Core) -> Code {
+    match e {
+        Core::PhaseAlreadyAnswered(_) | Core::DuplicateClient(_) | Core::UploadComplete(_) => {
+            Code::AlreadyExists
+        }
+        Core::SenderMismatch { .. } | Core::NotSelected(_) | Core::NotEligible { .. } => {
+            Code::PermissionDenied
+        }
+        Core::TooManyUploadsInFlight { .. } => Code::ResourceExhausted,
+        Core::Aborted(_) | Core::TooFewClients { .. } => Code::Aborted,
+        Core::OutOfPhase { .. } | Core::WrongContext => Code::FailedPrecondition,
+        Core::UnsupportedVersion { .. } => Code::Unimplemented,
+        _ => Code::InvalidArgument,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedsec_crypto::ClientId;
+
+    #[test]
+    fn each_rule_has_its_status() {
+        let cases: Vec<(Error, Code)> = vec![
+            (Error::Malformed("x".into()), Code::InvalidArgument),
+            (Error::PhaseClosed { phase: "ShareKeys" }, Code::FailedPrecondition),
+            (Error::NotSelected(ClientId([0; 32])), Code::PermissionDenied),
+            (Error::RoundAborted("too few".into()), Code::Aborted),
+            (Core::PhaseAlreadyAnswered("AdvertiseKeys").into(), Code::AlreadyExists),
+            (Core::TooManyUploadsInFlight { limit: 2 }.into(), Code::ResourceExhausted),
+            (Core::BadSignature(ClientId([0; 32])).into(), Code::InvalidArgument),
+        ];
+        for (e, code) in cases {
+            let text = e.to_string();
+            let s = Status::from(e);
+            assert_eq!(s.code(), code, "{text}");
+            assert_eq!(s.message(), text);
+        }
+    }
+}

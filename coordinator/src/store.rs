@@ -1,0 +1,507 @@
+//! Checkpoint storage on an object store: a local directory by default, memory for tests,
+//! S3-compatible and cloud stores by URL with the `cloud` feature.
+//!
+//! Layout, per task and version:
+//!
+//! ```text
+//! tasks/{task id, hex}/checkpoints/{version, 20 digits}.safetensors     the model
+//! tasks/{task id, hex}/checkpoints/{version, 20 digits}.manifest.json   its signed manifest
+//! ```
+//!
+//! The manifest is the commit marker. [`CheckpointStore::put`] writes the data first and the
+//! manifest second, and readers only see versions whose manifest exists, so a crash between the
+//! two writes leaves nothing visible. Each write is atomic on its own: `LocalFileSystem` writes
+//! to a temporary file in the target directory and renames (or, for a create-only write,
+//! hard-links) it into place; cloud stores publish an object only when its upload completes.
+//!
+//! The store checks size and SHA-256 of what it reads against the manifest, but not the
+//! manifest's signature, whose key belongs to the caller: [`CheckpointStore::get_verified`]
+//! checks that too.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
+use fedsec_crypto::TaskId;
+use fedsec_crypto::checkpoint::SignedManifest;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+/// Suffix of a checkpoint's data object.
+const DATA_SUFFIX: &str = ".safetensors";
+/// Suffix of a checkpoint's manifest object.
+const MANIFEST_SUFFIX: &str = ".manifest.json";
+
+/// Everything that can go wrong storing or loading a checkpoint. Every variant about an object
+/// names its path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store URL has a scheme this build cannot open, or is not a URL at all.
+    #[error("cannot open checkpoint store {url:?}: {reason}")]
+    UnsupportedUrl { url: String, reason: String },
+    /// The local checkpoint directory could not be created.
+    #[error("cannot create checkpoint directory {}: {source}", root.display())]
+    CreateDir { root: std::path::PathBuf, source: std::io::Error },
+    /// The object store refused to open.
+    #[error("cannot open checkpoint store {url:?}: {source}")]
+    Open { url: String, source: object_store::Error },
+    /// A version is written at most once.
+    #[error("checkpoint version {version} already exists: {path}")]
+    VersionExists { version: u64, path: Path },
+    /// No committed checkpoint has this version.
+    #[error("no checkpoint at {path}")]
+    NotFound { path: Path },
+    /// The bytes handed to `put` are not the checkpoint the manifest describes.
+    #[error("refusing to store {path}: the bytes do not match the manifest: {source}")]
+    BytesDoNotMatchManifest { path: Path, source: fedsec_crypto::Error },
+    /// Stored data does not match its manifest (size or SHA-256): the data is corrupt.
+    #[error("checkpoint data at {path} is corrupt: {source}")]
+    Corrupt { path: Path, source: fedsec_crypto::Error },
+    /// A stored manifest is not valid manifest JSON.
+    #[error("checkpoint manifest at {path} is malformed: {source}")]
+    MalformedManifest { path: Path, source: serde_json::Error },
+    /// A stored manifest describes another task or version than the one its path names.
+    #[error(
+        "checkpoint manifest at {path} describes version {found_version} of task {found_task}, \
+         not the version and task its path names"
+    )]
+    MisplacedManifest { path: Path, found_version: u64, found_task: String },
+    /// A stored manifest's signature does not verify under the caller's key.
+    #[error("checkpoint manifest at {path} is not signed by the expected key: {source}")]
+    Unverified { path: Path, source: fedsec_crypto::Error },
+    /// The object store failed (IO, network, permissions).
+    #[error("object store failed at {path}: {source}")]
+    Backend { path: Path, source: object_store::Error },
+}
+
+/// Versioned, signed checkpoints of every task, on any [`ObjectStore`].
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl CheckpointStore {
+    /// Stores checkpoints on `store`, at its root.
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        CheckpointStore { store }
+    }
+
+    /// Opens the store a URL names:
+    ///
+    /// - a plain path or a `file://` URL: a local directory, created if missing;
+    /// - `memory://`: an in-memory store (tests, demos), empty at start;
+    /// - with the `cloud` feature, `s3://bucket/prefix`, `gs://…`, `az://…` and the https
+    ///   forms `object_store` recognises, configured from the environment (`AWS_…`,
+    ///   `GOOGLE_…`, `AZURE_…` variables).
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        let unsupported =
+            |reason: String| StoreError::UnsupportedUrl { url: url.to_owned(), reason };
+        if url.is_empty() {
+            return Err(unsupported("the location is empty".into()));
+        }
+        if !url.contains("://") {
+            return Self::local(std::path::Path::new(url), url);
+        }
+        let parsed = url::Url::parse(url).map_err(|e| unsupported(e.to_string()))?;
+        match parsed.scheme() {
+            "file" => {
+                let root = parsed
+                    .to_file_path()
+                    .map_err(|()| unsupported("not an absolute local file path".into()))?;
+                Self::local(&root, url)
+            }
+            "memory" => Ok(Self::new(Arc::new(InMemory::new()))),
+            #[cfg(feature = "cloud")]
+            _ => {
+                if let Err(e) = object_store::ObjectStoreScheme::parse(&parsed) {
+                    return Err(unsupported(e.to_string()));
+                }
+                let (store, prefix) = object_store::parse_url_opts(&parsed, std::env::vars())
+                    .map_err(|source| StoreError::Open { url: url.to_owned(), source })?;
+                let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+                    Arc::from(store)
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+                };
+                Ok(Self::new(store))
+            }
+            #[cfg(not(feature = "cloud"))]
+            other => Err(unsupported(format!(
+                "scheme {other}:// is not supported; use a local path, file:// or memory:// \
+                 (cloud stores need the `cloud` feature)"
+            ))),
+        }
+    }
+
+    /// A local directory, created if missing.
+    fn local(root: &std::path::Path, url: &str) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root)
+            .map_err(|source| StoreError::CreateDir { root: root.to_owned(), source })?;
+        let fs = LocalFileSystem::new_with_prefix(root)
+            .map_err(|source| StoreError::Open { url: url.to_owned(), source })?;
+        Ok(Self::new(Arc::new(fs)))
+    }
+
+    /// Stores a checkpoint: its data, then its manifest, which commits it.
+    ///
+    /// Refuses a version that already exists (the manifest is written create-only), and bytes
+    /// that do not match the manifest's size and SHA-256. Data left without a manifest by an
+    /// interrupted `put` is invisible and is overwritten. One writer per task is assumed (the
+    /// round engine); should two race on the same version, one is refused and readers detect
+    /// mismatched data by its hash.
+    pub async fn put(&self, manifest: &SignedManifest, bytes: Bytes) -> Result<(), StoreError> {
+        let (task, version) = (manifest.manifest.task_id, manifest.manifest.version);
+        let data_path = data_path(task, version);
+        let manifest_path = manifest_path(task, version);
+        manifest.manifest.check_bytes(&bytes).map_err(|source| {
+            StoreError::BytesDoNotMatchManifest { path: data_path.clone(), source }
+        })?;
+        // Checked first so that committed data is never overwritten; the create-only write of
+        // the manifest below is what makes the refusal atomic.
+        match self.store.head(&manifest_path).await {
+            Ok(_) => return Err(StoreError::VersionExists { version, path: manifest_path }),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => return Err(StoreError::Backend { path: manifest_path, source }),
+        }
+        self.store
+            .put(&data_path, PutPayload::from(bytes))
+            .await
+            .map_err(|source| StoreError::Backend { path: data_path, source })?;
+        let json = serde_json::to_vec_pretty(manifest).map_err(|source| {
+            StoreError::MalformedManifest { path: manifest_path.clone(), source }
+        })?;
+        let create = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.store.put_opts(&manifest_path, PutPayload::from(json), create).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(StoreError::VersionExists { version, path: manifest_path })
+            }
+            Err(source) => Err(StoreError::Backend { path: manifest_path, source }),
+        }
+    }
+
+    /// The checkpoint `version` of `task` and its manifest, after checking the data's size and
+    /// SHA-256 against the manifest (not its signature: see [`get_verified`](Self::get_verified)).
+    pub async fn get(
+        &self,
+        task: TaskId,
+        version: u64,
+    ) -> Result<(SignedManifest, Bytes), StoreError> {
+        let manifest = self.manifest(task, version).await?;
+        let path = data_path(task, version);
+        let bytes = self.read(&path).await?;
+        manifest
+            .manifest
+            .check_bytes(&bytes)
+            .map_err(|source| StoreError::Corrupt { path, source })?;
+        Ok((manifest, bytes))
+    }
+
+    /// [`get`](Self::get), then checks the manifest's signature under `key`.
+    pub async fn get_verified(
+        &self,
+        task: TaskId,
+        version: u64,
+        key: &VerifyingKey,
+    ) -> Result<(SignedManifest, Bytes), StoreError> {
+        let (manifest, bytes) = self.get(task, version).await?;
+        manifest.verify(key).map_err(|source| StoreError::Unverified {
+            path: manifest_path(task, version),
+            source,
+        })?;
+        Ok((manifest, bytes))
+    }
+
+    /// The manifest of the task's newest committed checkpoint, if any.
+    pub async fn latest(&self, task: TaskId) -> Result<Option<SignedManifest>, StoreError> {
+        match self.versions(task).await?.last() {
+            Some(&version) => Ok(Some(self.manifest(task, version).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The manifests of all the task's committed checkpoints, oldest first.
+    pub async fn list(&self, task: TaskId) -> Result<Vec<SignedManifest>, StoreError> {
+        let mut out = Vec::new();
+        for version in self.versions(task).await? {
+            out.push(self.manifest(task, version).await?);
+        }
+        Ok(out)
+    }
+
+    /// The committed versions of `task` (those with a manifest), ascending.
+    async fn versions(&self, task: TaskId) -> Result<Vec<u64>, StoreError> {
+        let prefix = checkpoints_dir(task);
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Backend { path: prefix.clone(), source })?;
+        let mut versions: Vec<u64> = objects
+            .iter()
+            .filter_map(|meta| {
+                meta.location.filename()?.strip_suffix(MANIFEST_SUFFIX)?.parse().ok()
+            })
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    /// Reads and parses one manifest, checking it describes the task and version of its path.
+    async fn manifest(&self, task: TaskId, version: u64) -> Result<SignedManifest, StoreError> {
+        let path = manifest_path(task, version);
+        let json = self.read(&path).await?;
+        let manifest: SignedManifest = serde_json::from_slice(&json)
+            .map_err(|source| StoreError::MalformedManifest { path: path.clone(), source })?;
+        let m = &manifest.manifest;
+        if m.version != version || m.task_id != task {
+            return Err(StoreError::MisplacedManifest {
+                path,
+                found_version: m.version,
+                found_task: m.task_id.to_hex(),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Reads a whole object.
+    async fn read(&self, path: &Path) -> Result<Bytes, StoreError> {
+        let read = async { self.store.get(path).await?.bytes().await };
+        read.await.map_err(|source| match source {
+            object_store::Error::NotFound { .. } => StoreError::NotFound { path: path.clone() },
+            source => StoreError::Backend { path: path.clone(), source },
+        })
+    }
+}
+
+/// `tasks/{task}/checkpoints`.
+fn checkpoints_dir(task: TaskId) -> Path {
+    Path::from(format!("tasks/{}/checkpoints", task.to_hex()))
+}
+
+/// Where the safetensors bytes of a checkpoint live.
+fn data_path(task: TaskId, version: u64) -> Path {
+    checkpoints_dir(task).join(format!("{version:020}{DATA_SUFFIX}"))
+}
+
+/// Where the signed manifest of a checkpoint lives.
+fn manifest_path(task: TaskId, version: u64) -> Path {
+    checkpoints_dir(task).join(format!("{version:020}{MANIFEST_SUFFIX}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use fedsec_crypto::checkpoint::Manifest;
+    use fedsec_crypto::ids::CheckpointHash;
+    use fedsec_crypto::model::{Model, Tensor};
+
+    const TASK: TaskId = TaskId([0xab; 16]);
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[9; 32])
+    }
+
+    /// A checkpoint of `version` (its values depend on the version) and its signed manifest.
+    fn checkpoint(version: u64) -> (SignedManifest, Bytes) {
+        let v = version as f32;
+        let bytes = Model::new()
+            .with("w", Tensor::new(vec![2, 2], vec![v, -v, 0.5, 1.0]).expect("4 values"))
+            .to_safetensors()
+            .expect("a valid model serializes");
+        let manifest = Manifest {
+            version,
+            parent_version: version.saturating_sub(1),
+            sha256: CheckpointHash::of(&bytes),
+            size_bytes: bytes.len() as u64,
+            task_id: TASK,
+            round_summary: format!("round {version}"),
+        };
+        (manifest.sign(&key()), Bytes::from(bytes))
+    }
+
+    /// Runs one scenario on an in-memory store and on a temporary directory.
+    macro_rules! on_both_backends {
+        ($scenario:ident) => {
+            mod $scenario {
+                #[tokio::test]
+                async fn in_memory() {
+                    let store = super::CheckpointStore::from_url("memory://").unwrap();
+                    super::$scenario(&store, None).await;
+                }
+
+                #[tokio::test]
+                async fn local_directory() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let root = dir.path().join("checkpoints");
+                    let store = super::CheckpointStore::from_url(root.to_str().unwrap()).unwrap();
+                    super::$scenario(&store, Some(&root)).await;
+                }
+            }
+        };
+    }
+
+    /// Replaces an object's content behind the store's back.
+    async fn overwrite(store: &CheckpointStore, path: &Path, content: Vec<u8>) {
+        store.store.put(path, PutPayload::from(content)).await.unwrap();
+    }
+
+    on_both_backends!(round_trip);
+    async fn round_trip(store: &CheckpointStore, _: Option<&std::path::Path>) {
+        assert!(store.latest(TASK).await.unwrap().is_none());
+        assert!(store.list(TASK).await.unwrap().is_empty());
+        for version in [0, 1, 2, 10] {
+            let (manifest, bytes) = checkpoint(version);
+            store.put(&manifest, bytes).await.unwrap();
+        }
+        let (manifest, bytes) = store.get(TASK, 2).await.unwrap();
+        assert_eq!((manifest, bytes), checkpoint(2));
+        let (_, bytes) = store.get_verified(TASK, 10, &key().verifying_key()).await.unwrap();
+        assert_eq!(bytes, checkpoint(10).1);
+        let versions: Vec<u64> =
+            store.list(TASK).await.unwrap().iter().map(|m| m.manifest.version).collect();
+        assert_eq!(versions, [0, 1, 2, 10]);
+        assert_eq!(store.latest(TASK).await.unwrap(), Some(checkpoint(10).0));
+        assert!(store.latest(TaskId([0; 16])).await.unwrap().is_none());
+    }
+
+    on_both_backends!(existing_version_is_refused);
+    async fn existing_version_is_refused(store: &CheckpointStore, _: Option<&std::path::Path>) {
+        let (manifest, bytes) = checkpoint(1);
+        store.put(&manifest, bytes.clone()).await.unwrap();
+        let mut other = manifest.clone();
+        other.manifest.round_summary = "a second round 1".into();
+        let err = store.put(&other.manifest.sign(&key()), bytes).await.unwrap_err();
+        assert!(matches!(err, StoreError::VersionExists { version: 1, .. }), "{err}");
+        assert!(err.to_string().contains(&manifest_path(TASK, 1).to_string()), "{err}");
+        assert_eq!(store.get(TASK, 1).await.unwrap().0, manifest);
+    }
+
+    on_both_backends!(bytes_must_match_the_manifest);
+    async fn bytes_must_match_the_manifest(store: &CheckpointStore, _: Option<&std::path::Path>) {
+        let (manifest, _) = checkpoint(1);
+        let err = store.put(&manifest, checkpoint(2).1).await.unwrap_err();
+        assert!(matches!(err, StoreError::BytesDoNotMatchManifest { .. }), "{err}");
+        assert!(store.latest(TASK).await.unwrap().is_none());
+    }
+
+    on_both_backends!(data_without_manifest_is_invisible);
+    async fn data_without_manifest_is_invisible(
+        store: &CheckpointStore,
+        _: Option<&std::path::Path>,
+    ) {
+        let (first, bytes) = checkpoint(0);
+        store.put(&first, bytes).await.unwrap();
+        // A crash after writing the data of version 1 and before its manifest.
+        let (second, bytes) = checkpoint(1);
+        overwrite(store, &data_path(TASK, 1), bytes.to_vec()).await;
+        assert_eq!(store.latest(TASK).await.unwrap(), Some(first.clone()));
+        assert_eq!(store.list(TASK).await.unwrap(), [first]);
+        let err = store.get(TASK, 1).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+        // Putting the version again after the crash commits it.
+        store.put(&second, bytes).await.unwrap();
+        assert_eq!(store.latest(TASK).await.unwrap(), Some(second));
+    }
+
+    on_both_backends!(flipped_byte_in_data_is_refused_naming_the_path);
+    async fn flipped_byte_in_data_is_refused_naming_the_path(
+        store: &CheckpointStore,
+        root: Option<&std::path::Path>,
+    ) {
+        let (manifest, bytes) = checkpoint(3);
+        store.put(&manifest, bytes.clone()).await.unwrap();
+        let path = data_path(TASK, 3);
+        let mut flipped = bytes.to_vec();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        match root {
+            // On disk, corrupt the file itself.
+            Some(root) => std::fs::write(root.join(path.as_ref()), &flipped).unwrap(),
+            None => overwrite(store, &path, flipped).await,
+        }
+        let err = store.get(TASK, 3).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Corrupt {
+                    source: fedsec_crypto::Error::CheckpointHashMismatch { version: 3 },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(path.as_ref()), "{err}");
+    }
+
+    on_both_backends!(corrupt_manifest_is_refused_naming_the_path);
+    async fn corrupt_manifest_is_refused_naming_the_path(
+        store: &CheckpointStore,
+        _: Option<&std::path::Path>,
+    ) {
+        let (manifest, bytes) = checkpoint(4);
+        store.put(&manifest, bytes).await.unwrap();
+        let path = manifest_path(TASK, 4);
+        overwrite(store, &path, b"{\"version\": 4, \"sha256\": ".to_vec()).await;
+        let err = store.get(TASK, 4).await.unwrap_err();
+        assert!(matches!(err, StoreError::MalformedManifest { .. }), "{err}");
+        assert!(err.to_string().contains(path.as_ref()), "{err}");
+        let err = store.list(TASK).await.unwrap_err();
+        assert!(err.to_string().contains(path.as_ref()), "{err}");
+    }
+
+    on_both_backends!(manifest_in_the_wrong_place_is_refused);
+    async fn manifest_in_the_wrong_place_is_refused(
+        store: &CheckpointStore,
+        _: Option<&std::path::Path>,
+    ) {
+        // An old, validly signed manifest copied over a newer version's name.
+        let (old, old_bytes) = checkpoint(1);
+        store.put(&old, old_bytes).await.unwrap();
+        let (new, new_bytes) = checkpoint(2);
+        store.put(&new, new_bytes).await.unwrap();
+        let json = serde_json::to_vec(&old).unwrap();
+        overwrite(store, &manifest_path(TASK, 2), json).await;
+        let err = store.latest(TASK).await.unwrap_err();
+        assert!(matches!(err, StoreError::MisplacedManifest { found_version: 1, .. }), "{err}");
+    }
+
+    on_both_backends!(get_verified_checks_the_signature);
+    async fn get_verified_checks_the_signature(
+        store: &CheckpointStore,
+        _: Option<&std::path::Path>,
+    ) {
+        let (manifest, bytes) = checkpoint(5);
+        store.put(&manifest, bytes).await.unwrap();
+        let stranger = SigningKey::from_bytes(&[1; 32]).verifying_key();
+        let err = store.get_verified(TASK, 5, &stranger).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unverified { .. }), "{err}");
+        assert!(err.to_string().contains(manifest_path(TASK, 5).as_ref()), "{err}");
+    }
+
+    #[test]
+    fn from_url_refuses_unknown_schemes() {
+        let err = CheckpointStore::from_url("ftp://example.com/checkpoints").unwrap_err();
+        assert!(matches!(err, StoreError::UnsupportedUrl { .. }), "{err}");
+        assert!(err.to_string().contains("ftp"), "{err}");
+        assert!(matches!(CheckpointStore::from_url(""), Err(StoreError::UnsupportedUrl { .. })));
+    }
+
+    #[tokio::test]
+    async fn file_url_opens_a_directory_it_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("a b").join("c");
+        let url = url::Url::from_directory_path(&root).unwrap();
+        let store = CheckpointStore::from_url(url.as_str()).unwrap();
+        let (manifest, bytes) = checkpoint(0);
+        store.put(&manifest, bytes).await.unwrap();
+        assert!(root.join(data_path(TASK, 0).as_ref()).is_file());
+        assert!(root.join(manifest_path(TASK, 0).as_ref()).is_file());
+    }
+}
