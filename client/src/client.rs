@@ -22,6 +22,9 @@ use crate::state::{ClientState, StateFile};
 use crate::trainer::Trainer;
 use crate::wire::{self, Assignment};
 
+/// How long check-ins may fail to reach the coordinator before `run` gives up.
+const UNREACHABLE_LIMIT: Duration = Duration::from_secs(30);
+
 /// The metadata header naming the client when the coordinator runs `--insecure`.
 const INSECURE_CLIENT_ID_HEADER: &str = "x-fedsec-client-id";
 
@@ -59,11 +62,11 @@ pub struct RunSummary {
 #[derive(Debug, Clone, Default)]
 pub struct TestHooks {
     /// Write each quantized input (little-endian u32 words) to
-    /// `DIR/round-{round}-{client id}.bin` before masking it, so a test can compare the
+    /// `DIR/round-{round}-{attempt}-{client id}.bin` before masking it, so a test can compare the
     /// coordinator's sum with the clear sum. This leaks the input: tests only.
     pub dump_quantized: Option<PathBuf>,
-    /// Stop (sleep forever) right before uploading the masked input.
-    pub stall_before_upload: bool,
+    /// Stop (sleep forever) right before uploading the masked input of this round.
+    pub stall_before_upload: Option<u64>,
 }
 
 /// A connected client of one training task. See the [crate docs](crate).
@@ -235,6 +238,7 @@ impl Client {
     pub async fn run<T: Trainer + 'static>(&mut self, trainer: &mut T) -> Result<RunSummary> {
         let mut summary = RunSummary::default();
         let mut backoff = Duration::from_millis(200);
+        let mut unreachable_since: Option<Instant> = None;
         loop {
             if let Some(max) = self.config.max_rounds
                 && summary.rounds.iter().filter(|r| r.completed).count() as u64 >= max
@@ -249,7 +253,11 @@ impl Client {
             let answer = match self.fed.check_in(req).await {
                 Ok(r) => r.into_inner(),
                 Err(s) if transient(&s) => {
-                    tracing::debug!(status = %s, "check-in failed; retrying");
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > UNREACHABLE_LIMIT {
+                        return Err(ClientError::Connect(describe(&s)));
+                    }
+                    tracing::debug!(status = %describe(&s), "check-in failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -257,6 +265,7 @@ impl Client {
                 Err(s) => return Err(ClientError::status("CheckIn", s)),
             };
             backoff = Duration::from_millis(200);
+            unreachable_since = None;
             match answer.outcome {
                 Some(v1::check_in_response::Outcome::Plan(p)) => {
                     match self.participate(&p, trainer).await {
@@ -410,12 +419,17 @@ impl Client {
         let x = a.plan.quant.quantize(&fit.update, fit.examples, &mut rand::rng())?;
         if let Some(dir) = &self.hooks.dump_quantized {
             let bytes: Vec<u8> = x.iter().flat_map(|w| w.to_le_bytes()).collect();
-            let path = dir.join(format!("round-{}-{}.bin", a.plan.round_id.0, me.to_hex()));
+            let path = dir.join(format!(
+                "round-{}-{}-{}.bin",
+                a.plan.round_id.0,
+                hex::encode(a.plan.attempt.0),
+                me.to_hex()
+            ));
             std::fs::write(&path, bytes).map_err(|source| ClientError::Io { path, source })?;
         }
         let y = secagg.handle_shares(&forwarded, &x, &mut self.state.ledger)?;
         self.state_file.save(&self.state)?;
-        if self.hooks.stall_before_upload {
+        if self.hooks.stall_before_upload == Some(a.plan.round_id.0) {
             tracing::info!("stalling before the upload (test hook)");
             std::future::pending::<()>().await;
         }
@@ -494,6 +508,17 @@ impl Client {
             }
         }
     }
+}
+
+/// A status with the chain of errors under it (a TLS alert hides under "transport error").
+fn describe(s: &Status) -> String {
+    let mut text = format!("{}: {}", s.code(), s.message());
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
 }
 
 /// A failure worth retrying with the identical message: the connection, not the content.

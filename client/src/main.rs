@@ -62,9 +62,9 @@ enum Command {
         /// Test only: write each quantized update to this folder (it leaks the update).
         #[arg(long, hide = true)]
         test_dump_quantized: Option<PathBuf>,
-        /// Test only: stop before uploading the masked input.
+        /// Test only: stop before uploading the masked input of this round.
         #[arg(long, hide = true)]
-        test_stall_before_upload: bool,
+        test_stall_before_upload: Option<u64>,
     },
     /// Write the initial model of a task (safetensors), for the operator's configuration.
     InitModel {

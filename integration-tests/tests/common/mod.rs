@@ -1,0 +1,414 @@
+//! A federation of real processes on 127.0.0.1: a development PKI, one `fedsec-coordinator`,
+//! and `fedsec-client` processes, each with its own synthetic CSV file.
+
+#![allow(dead_code)] // each test file uses a part of this harness
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fedsec_crypto::model::Model;
+use fedsec_crypto::quant::QuantParams;
+
+pub const FEATURES: usize = 4;
+pub const CLASSES: usize = 3;
+pub const TASK_ID: &str = "0f0e0d0c0b0a09080706050403020100";
+pub const CLIP: f64 = 1.0;
+pub const MAX_EXAMPLES: u64 = 100;
+pub const SERVER_LR: f32 = 1.0;
+
+/// A built binary of the workspace (`cargo test --workspace` builds both).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "fedsec-coordinator", "-p", "fedsec-client", "--bins"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the binaries failed");
+    }
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+/// Runs a command to completion and returns its stdout; panics with its stderr on failure.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A child process whose output lines are collected and can be waited for.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    notify: mpsc::Receiver<()>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let lines = lines.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                    let _ = tx.send(());
+                }
+            });
+        }
+        Proc { name: name.into(), child, lines, notify: rx }
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until `count` lines contain `needle`; returns the last such line.
+    pub fn wait_for(&self, needle: &str, count: usize, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                let hits: Vec<&String> = lines.iter().filter(|l| l.contains(needle)).collect();
+                if hits.len() >= count {
+                    return hits[count - 1].clone();
+                }
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} never printed {needle:?} ×{count}:\n{}",
+                self.name,
+                self.output()
+            );
+            let _ = self.notify.recv_timeout(left.min(Duration::from_millis(200)));
+        }
+    }
+
+    /// Waits for the process to exit; returns whether it succeeded.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait works") {
+                return status.success();
+            }
+            assert!(Instant::now() < end, "{} did not exit:\n{}", self.name, self.output());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Options of a test federation.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub clients: usize,
+    pub rounds: u64,
+    pub masked_input_ms: u64,
+    pub extra_certs: usize,
+    pub deny: Vec<usize>,
+    pub admins: Vec<usize>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clients: 10,
+            rounds: 3,
+            masked_input_ms: 10_000,
+            extra_certs: 2,
+            deny: Vec::new(),
+            admins: Vec::new(),
+        }
+    }
+}
+
+/// The files of a federation and its coordinator process.
+pub struct Federation {
+    pub dir: tempfile::TempDir,
+    pub opts: Options,
+    pub coordinator: Proc,
+    pub addr: String,
+    pub clients: Vec<Option<Proc>>,
+}
+
+impl Federation {
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.path("pki")
+    }
+
+    pub fn cert(&self, i: usize) -> (PathBuf, PathBuf) {
+        let name = format!("client-{i:03}");
+        (self.pki().join(format!("{name}.pem")), self.pki().join(format!("{name}.key")))
+    }
+
+    /// The client id of certificate `i` (from `pki init`'s listing).
+    pub fn client_id(&self, i: usize) -> String {
+        let pem = std::fs::read(self.cert(i).0).unwrap();
+        let der: Vec<u8> = pem_der(&pem);
+        fedsec_crypto::x509::client_id_of(&der).unwrap().to_hex()
+    }
+
+    /// Starts the PKI, the coordinator and (not yet) the clients.
+    pub fn start(opts: Options) -> Federation {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let total = opts.clients + opts.extra_certs;
+        run_ok(
+            Command::new(bin("fedsec-coordinator"))
+                .args(["pki", "init", "--clients", &total.to_string(), "--out"])
+                .arg(root.join("pki")),
+        );
+        run_ok(
+            Command::new(bin("fedsec-client"))
+                .args(["init-model", "--features", &FEATURES.to_string()])
+                .args(["--classes", &CLASSES.to_string(), "--out"])
+                .arg(root.join("model.safetensors")),
+        );
+        let id_of = |i: usize| {
+            let pem = std::fs::read(root.join(format!("pki/client-{i:03}.pem"))).unwrap();
+            fedsec_crypto::x509::client_id_of(&pem_der(&pem)).unwrap().to_hex()
+        };
+        let deny: Vec<String> = opts.deny.iter().map(|&i| id_of(i)).collect();
+        std::fs::write(root.join("deny.txt"), deny.join("\n") + "\n").unwrap();
+        let admins: Vec<String> =
+            opts.admins.iter().map(|&i| format!("\"{}\"", id_of(i))).collect();
+        let config = format!(
+            r#"
+listen = "127.0.0.1:0"
+store = "store"
+audit_log = "audit.log"
+signing_key = "pki/coordinator-signing.key"
+deny_list = "deny.txt"
+admins = [{admins}]
+threads = 1
+
+[tls]
+cert = "pki/server.pem"
+key = "pki/server.key"
+client_ca = "pki/ca.pem"
+
+[task]
+id = "{TASK_ID}"
+name = "integration"
+initial_model = "model.safetensors"
+clients_per_round = {clients}
+min_clients = 8
+over_selection = 1.0
+graph = "harary"
+adversary = "semi-malicious"
+dropout = 0.2
+corrupt = 0.05
+clip = {CLIP}
+max_examples = {MAX_EXAMPLES}
+server_learning_rate = {SERVER_LR}
+rounds = {rounds}
+upload_chunk_words = 4
+deadlines_ms = {{ selection = 3000, advertise_keys = 30000, share_keys = 10000, masked_input = {mi}, consistency = 10000, unmasking = 10000 }}
+"#,
+            admins = admins.join(", "),
+            clients = opts.clients,
+            rounds = opts.rounds,
+            mi = opts.masked_input_ms,
+        );
+        std::fs::write(root.join("coordinator.toml"), config).unwrap();
+        let coordinator = Proc::spawn(
+            "coordinator",
+            Command::new(bin("fedsec-coordinator"))
+                .args(["serve", "--config"])
+                .arg(root.join("coordinator.toml"))
+                .env("RUST_LOG", "info"),
+        );
+        let line = coordinator.wait_for("listening on", 1, Duration::from_secs(60));
+        let addr = line.trim_start_matches("listening on ").trim().to_string();
+        std::fs::create_dir_all(root.join("dumps")).unwrap();
+        Federation { dir, opts, coordinator, addr, clients: Vec::new() }
+    }
+
+    /// Writes client `i`'s configuration and data; returns the configuration's path.
+    pub fn client_files(&self, i: usize) -> (PathBuf, PathBuf) {
+        let root = self.dir.path();
+        let config = root.join(format!("client-{i:03}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+coordinator = "https://{addr}"
+task_id = "{TASK_ID}"
+ca = "pki/ca.pem"
+cert = "pki/client-{i:03}.pem"
+key = "pki/client-{i:03}.key"
+coordinator_key = "pki/coordinator-signing.pub"
+state_dir = "state-{i:03}"
+"#,
+                addr = self.addr
+            ),
+        )
+        .unwrap();
+        let data = root.join(format!("site-{i:03}.csv"));
+        std::fs::write(&data, synthetic_csv(i as u64, 40)).unwrap();
+        (config, data)
+    }
+
+    /// Starts client `i` (1-based certificate number) with extra arguments.
+    pub fn spawn_client(&mut self, i: usize, extra: &[&str]) {
+        let (config, data) = self.client_files(i);
+        let p = Proc::spawn(
+            &format!("client-{i:03}"),
+            Command::new(bin("fedsec-client"))
+                .args(["join", "--config"])
+                .arg(&config)
+                .arg("--data")
+                .arg(&data)
+                .args(["--classes", &CLASSES.to_string(), "--test-dump-quantized"])
+                .arg(self.path("dumps"))
+                .args(extra)
+                .env("RUST_LOG", "info"),
+        );
+        while self.clients.len() < i {
+            self.clients.push(None);
+        }
+        self.clients[i - 1] = Some(p);
+    }
+
+    pub fn client(&mut self, i: usize) -> &mut Proc {
+        self.clients[i - 1].as_mut().expect("client started")
+    }
+
+    /// Waits for every running client to exit successfully.
+    pub fn wait_clients(&mut self, timeout: Duration) {
+        for p in self.clients.iter_mut().flatten() {
+            if p.child.try_wait().ok().flatten().is_some() {
+                continue;
+            }
+            let ok = p.wait_exit(timeout);
+            assert!(ok, "{} failed:\n{}", p.name, p.output());
+        }
+    }
+
+    /// The audit log's entries of one kind.
+    pub fn audit_entries(&self, kind: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("audit.log"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+
+    /// The stored checkpoint `version`.
+    pub fn checkpoint(&self, version: u64) -> Vec<u8> {
+        std::fs::read(
+            self.path(&format!("store/tasks/{TASK_ID}/checkpoints/{version:020}.safetensors")),
+        )
+        .unwrap()
+    }
+
+    /// The quantized inputs clients dumped for one attempt, by client id.
+    pub fn dumps(&self, round: u64, attempt: &str) -> Vec<(String, Vec<u32>)> {
+        let prefix = format!("round-{round}-{attempt}-");
+        let mut out: Vec<(String, Vec<u32>)> = std::fs::read_dir(self.path("dumps"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let id = name.strip_prefix(&prefix)?.strip_suffix(".bin")?.to_string();
+                let bytes = std::fs::read(self.path("dumps").join(&name)).ok()?;
+                Some((
+                    id,
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                ))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Checks that checkpoint `round` is checkpoint `round − 1` plus the server learning rate
+    /// times the weighted average of exactly `inputs`, bit for bit.
+    pub fn assert_exact_round(&self, round: u64, inputs: &[&Vec<u32>]) {
+        let quant = QuantParams::for_clients(self.opts.clients, CLIP, MAX_EXAMPLES).unwrap();
+        let mut sum = vec![0u32; inputs[0].len()];
+        for x in inputs {
+            for (s, v) in sum.iter_mut().zip(x.iter()) {
+                *s = s.wrapping_add(*v);
+            }
+        }
+        let avg = quant.weighted_average(&sum).unwrap();
+        let before = Model::from_safetensors(&self.checkpoint(round - 1)).unwrap();
+        let next: Vec<f32> =
+            before.flatten().iter().zip(&avg).map(|(t, u)| t + SERVER_LR * u).collect();
+        let want = before.with_flat(&next).unwrap().to_safetensors().unwrap();
+        assert!(
+            want == self.checkpoint(round),
+            "checkpoint {round} is not the model of the clear sum of {} inputs",
+            inputs.len()
+        );
+    }
+}
+
+/// DER of the first certificate in a PEM file.
+pub fn pem_der(pem: &[u8]) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem).expect("a PEM certificate").to_vec()
+}
+
+/// A small 3-class dataset, different per site.
+pub fn synthetic_csv(seed: u64, rows: usize) -> String {
+    let mut s = String::from("f0,f1,f2,f3,label\n");
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % 1000) as f32 / 1000.0 - 0.5
+    };
+    for r in 0..rows {
+        let label = (r + seed as usize) % CLASSES;
+        let f: Vec<f32> =
+            (0..FEATURES).map(|j| next() + if j == label { 1.0 } else { 0.0 }).collect();
+        s.push_str(&format!("{},{},{},{},{label}\n", f[0], f[1], f[2], f[3]));
+    }
+    s
+}

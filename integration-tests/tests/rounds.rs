@@ -1,0 +1,110 @@
+//! Rounds of SecAgg+ between a coordinator and ten client processes over mutual TLS: the
+//! aggregate is exactly the clear sum of the quantized updates, dropouts are survived, and
+//! the audit log verifies.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Federation, Options, bin};
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// The completed attempts, by round, from the audit log.
+fn completed_attempts(fed: &Federation) -> Vec<(u64, String)> {
+    let mut out: Vec<(u64, String)> = fed
+        .audit_entries("round_completed")
+        .iter()
+        .map(|e| {
+            (
+                e["detail"]["round"].as_u64().unwrap(),
+                e["detail"]["attempt"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn ten_clients_three_rounds_sum_exactly_and_the_audit_log_verifies() {
+    let mut fed = Federation::start(Options::default());
+    for i in 1..=10 {
+        fed.spawn_client(i, &[]);
+    }
+    fed.wait_clients(LONG);
+    let rounds = completed_attempts(&fed);
+    assert_eq!(rounds.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    for (round, attempt) in &rounds {
+        let dumps = fed.dumps(*round, attempt);
+        assert_eq!(dumps.len(), 10, "round {round}: all ten took part");
+        let inputs: Vec<&Vec<u32>> = dumps.iter().map(|d| &d.1).collect();
+        fed.assert_exact_round(*round, &inputs);
+    }
+    // Every client says it finished with the last checkpoint.
+    for p in fed.clients.iter().flatten() {
+        assert!(p.output().contains("3 rounds completed"), "{}", p.output());
+    }
+
+    // `audit verify` passes on the log of the run, and fails after one byte is changed.
+    let verify = || {
+        Command::new(bin("fedsec-coordinator"))
+            .args(["audit", "verify", "--log"])
+            .arg(fed.path("audit.log"))
+            .arg("--key")
+            .arg(fed.pki().join("coordinator-signing.pub"))
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("audit log verified"));
+    let mut log = std::fs::read(fed.path("audit.log")).unwrap();
+    let at = log.len() / 2;
+    log[at] ^= 0x01;
+    std::fs::write(fed.path("audit.log"), &log).unwrap();
+    let bad = verify();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("audit.log"), "the error names the file: {err}");
+}
+
+#[test]
+fn a_client_killed_after_its_upload_is_summed_and_one_killed_before_is_not() {
+    let mut fed =
+        Federation::start(Options { rounds: 4, masked_input_ms: 4_000, ..Options::default() });
+    for i in 1..=10 {
+        // Client 5 stops before uploading in round 3.
+        let extra: &[&str] = if i == 5 { &["--test-stall-before-upload", "3"] } else { &[] };
+        fed.spawn_client(i, extra);
+    }
+    // Round 2: client 3 is SIGKILLed once its masked input is uploaded.
+    fed.client(3).wait_for("masked input uploaded", 2, LONG);
+    fed.client(3).kill();
+    // Round 3: client 5 is SIGKILLed before its upload.
+    fed.client(5).wait_for("stalling before the upload", 1, LONG);
+    fed.client(5).kill();
+    fed.wait_clients(LONG);
+
+    let rounds = completed_attempts(&fed);
+    assert_eq!(rounds.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    let id3 = fed.client_id(3);
+    let id5 = fed.client_id(5);
+    for (round, attempt) in &rounds {
+        let mut dumps = fed.dumps(*round, attempt);
+        if *round == 3 {
+            // Client 5 quantized its input but never uploaded it.
+            dumps.retain(|d| d.0 != id5);
+        }
+        let ids: Vec<&String> = dumps.iter().map(|d| &d.0).collect();
+        match round {
+            1 => assert_eq!(dumps.len(), 10),
+            2 => assert!(dumps.len() == 10 && ids.contains(&&id3), "client 3's input is in U3"),
+            3 => assert!(dumps.len() == 8 && !ids.contains(&&id3)),
+            _ => assert_eq!(dumps.len(), 8, "the next round runs with the eight left"),
+        }
+        let inputs: Vec<&Vec<u32>> = dumps.iter().map(|d| &d.1).collect();
+        fed.assert_exact_round(*round, &inputs);
+    }
+}
