@@ -521,7 +521,15 @@ fn describe(s: &Status) -> String {
     text
 }
 
-/// A failure worth retrying with the identical message: the connection, not the content.
+/// A failure worth retrying with the identical message: the connection, or a coordinator
+/// that is receiving as many uploads as it allows at once — not the content.
 fn transient(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled)
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::ResourceExhausted
+    )
 }

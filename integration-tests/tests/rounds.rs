@@ -46,6 +46,28 @@ fn ten_clients_three_rounds_sum_exactly_and_the_audit_log_verifies() {
     for p in fed.clients.iter().flatten() {
         assert!(p.output().contains("3 rounds completed"), "{}", p.output());
     }
+    // No process printed key material.
+    let mut secrets = Vec::new();
+    for entry in std::fs::read_dir(fed.pki()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "key") {
+            let pem = std::fs::read_to_string(&path).unwrap();
+            secrets.extend(pem.lines().filter(|l| !l.starts_with("-----")).map(String::from));
+        }
+    }
+    assert!(secrets.len() >= 12, "the keys of the PKI were found");
+    let outputs: Vec<String> = fed
+        .clients
+        .iter()
+        .flatten()
+        .map(|p| p.output())
+        .chain([fed.coordinator.output()])
+        .collect();
+    for out in &outputs {
+        for s in &secrets {
+            assert!(!out.contains(s.as_str()), "a private key appears in a log");
+        }
+    }
 
     // `audit verify` passes on the log of the run, and fails after one byte is changed.
     let verify = || {

@@ -376,6 +376,7 @@ state_dir = "state-{i:03}"
             }
         }
         let avg = quant.weighted_average(&sum).unwrap();
+        assert_ne!(self.checkpoint(round - 1), self.checkpoint(round), "round {round} moved the model");
         let before = Model::from_safetensors(&self.checkpoint(round - 1)).unwrap();
         let next: Vec<f32> =
             before.flatten().iter().zip(&avg).map(|(t, u)| t + SERVER_LR * u).collect();
