@@ -22,8 +22,8 @@ use crate::state::{ClientState, StateFile};
 use crate::trainer::Trainer;
 use crate::wire::{self, Assignment};
 
-/// How long check-ins may fail to reach the coordinator before `run` gives up.
-const UNREACHABLE_LIMIT: Duration = Duration::from_secs(30);
+/// How often `run` warns while the coordinator stays unreachable (it keeps trying).
+const UNREACHABLE_WARNING: Duration = Duration::from_secs(30);
 
 /// The metadata header naming the client when the coordinator runs `--insecure`.
 const INSECURE_CLIENT_ID_HEADER: &str = "x-fedsec-client-id";
@@ -252,12 +252,18 @@ impl Client {
             });
             let answer = match self.fed.check_in(req).await {
                 Ok(r) => r.into_inner(),
+                Err(s) if refused_by_tls(&s) => {
+                    // A certificate problem does not heal by retrying: say so and stop.
+                    return Err(ClientError::Connect(describe(&s)));
+                }
                 Err(s) if transient(&s) => {
                     let since = *unreachable_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > UNREACHABLE_LIMIT {
-                        return Err(ClientError::Connect(describe(&s)));
+                    if since.elapsed() > UNREACHABLE_WARNING {
+                        tracing::warn!(status = %describe(&s), "the coordinator has been unreachable for {:?}; still trying", since.elapsed());
+                        unreachable_since = Some(Instant::now());
+                    } else {
+                        tracing::debug!(status = %describe(&s), "check-in failed; retrying");
                     }
-                    tracing::debug!(status = %describe(&s), "check-in failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -519,6 +525,13 @@ fn describe(s: &Status) -> String {
         source = e.source();
     }
     text
+}
+
+/// The TLS handshake refused this client or the coordinator: a certificate that is not
+/// trusted, missing, revoked or expired. Retrying cannot help.
+fn refused_by_tls(s: &Status) -> bool {
+    let text = describe(s);
+    text.contains("received fatal alert") || text.contains("invalid peer certificate")
 }
 
 /// A failure worth retrying with the identical message: the connection, or a coordinator

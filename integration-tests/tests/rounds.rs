@@ -130,3 +130,30 @@ fn a_client_killed_after_its_upload_is_summed_and_one_killed_before_is_not() {
         fed.assert_exact_round(*round, &inputs);
     }
 }
+
+#[test]
+fn connections_cut_mid_round_are_resumed_with_identical_messages() {
+    let mut fed = Federation::start(Options { rounds: 2, ..Options::default() });
+    let proxy = common::CuttingProxy::start(&fed.addr, Duration::from_millis(300));
+    fed.client_addr = proxy.addr.clone();
+    for i in 1..=10 {
+        fed.spawn_client(i, &[]);
+    }
+    fed.wait_clients(LONG);
+    let cuts = proxy.cuts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(cuts > 0, "the proxy cut connections");
+    let resent = fed
+        .clients
+        .iter()
+        .flatten()
+        .filter(|p| p.output().contains("retrying with the identical message"))
+        .count();
+    assert!(resent > 0, "some client resent a message after a cut");
+    let rounds = completed_attempts(&fed);
+    assert_eq!(rounds.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
+    for (round, attempt) in &rounds {
+        let dumps = fed.dumps(*round, attempt);
+        let inputs: Vec<&Vec<u32>> = dumps.iter().map(|d| &d.1).collect();
+        fed.assert_exact_round(*round, &inputs);
+    }
+}

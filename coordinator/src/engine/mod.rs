@@ -106,6 +106,7 @@ pub struct Engine {
     not_selected: BTreeSet<ClientId>,
     state: State,
     results: BTreeMap<RoundContext, RoundOutcome>,
+    unmasked: BTreeMap<RoundContext, BTreeMap<ClientId, [u8; 32]>>,
     result_order: VecDeque<RoundContext>,
     outputs: VecDeque<Output>,
 }
@@ -162,6 +163,7 @@ impl Engine {
             not_selected: BTreeSet::new(),
             state: State::Selecting { deadline: None },
             results: BTreeMap::new(),
+            unmasked: BTreeMap::new(),
             result_order: VecDeque::new(),
             outputs: VecDeque::new(),
         })
@@ -545,7 +547,7 @@ impl Engine {
                 checkpoint.version
             )));
         }
-        let State::Committing { attempt, checkpoint, model } =
+        let State::Committing { mut attempt, checkpoint, model } =
             std::mem::replace(&mut self.state, State::Finished)
         else {
             unreachable!("checked above")
@@ -564,7 +566,8 @@ impl Engine {
             participants: outcome.participants(),
             checkpoint_version: checkpoint.version,
         }));
-        self.remember(outcome);
+        let unmasked = std::mem::take(&mut attempt.answered[phase_index(Phase::Unmasking)]);
+        self.remember(outcome, unmasked);
         self.state = if self.completed_rounds >= self.config.rounds {
             State::Finished
         } else {
@@ -592,15 +595,21 @@ impl Engine {
             attempt: plan.attempt,
             reason: reason.clone(),
         }));
-        self.remember(attempt.outcome(false, None, Some(reason)));
+        let unmasked = std::mem::take(&mut attempt.answered[phase_index(Phase::Unmasking)]);
+        self.remember(attempt.outcome(false, None, Some(reason)), unmasked);
     }
 
-    fn remember(&mut self, outcome: RoundOutcome) {
+    /// Keeps a finished attempt's outcome, and the digests of the revealed shares it received
+    /// so that a client resending its identical Unmask (its connection dropped before the
+    /// result came) still gets the result.
+    fn remember(&mut self, outcome: RoundOutcome, unmasked: BTreeMap<ClientId, [u8; 32]>) {
         self.result_order.push_back(outcome.ctx);
+        self.unmasked.insert(outcome.ctx, unmasked);
         self.results.insert(outcome.ctx, outcome);
         while self.result_order.len() > RESULTS_KEPT {
             if let Some(old) = self.result_order.pop_front() {
                 self.results.remove(&old);
+                self.unmasked.remove(&old);
             }
         }
     }

@@ -161,6 +161,16 @@ impl Engine {
         now: Instant,
         receive: impl FnOnce(&mut SecAggServer) -> fedsec_crypto::Result<()>,
     ) -> Result<()> {
+        if let Some(seen) = self.unmasked.get(ctx).filter(|_| phase == Phase::Unmasking) {
+            // The attempt is over; an identical resend still gets the result.
+            return match seen.get(&from) {
+                Some(d) if *d == digest => Ok(()),
+                Some(_) => {
+                    Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase_name(phase)).into())
+                }
+                None => Err(Error::PhaseClosed { phase: phase_name(phase) }),
+            };
+        }
         let attempt = self.attempt_for(ctx, phase)?;
         attempt.info.plan.index_of(&from).ok_or(Error::NotSelected(from))?;
         if let Some(seen) = attempt.answered[phase_index(phase)].get(&from) {

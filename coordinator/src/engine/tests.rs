@@ -613,11 +613,14 @@ fn committing_holds_the_result_back() {
         };
         f.engine.consistency(*id, c.handle_consistency(&r).unwrap(), f.now).unwrap();
     }
+    let mut revealed = Vec::new();
     for (id, c) in clients.iter_mut() {
         let Some(Ok(Reply::Unmask(r))) = f.engine.reply(id, &ctx, Phase::ConsistencyCheck) else {
             panic!()
         };
-        f.engine.unmasking(*id, c.handle_unmasking(&r).unwrap(), f.now).unwrap();
+        let msg = c.handle_unmasking(&r).unwrap();
+        f.engine.unmasking(*id, msg.clone(), f.now).unwrap();
+        revealed.push((*id, msg));
     }
     assert_eq!(f.engine.status().state, "committing");
     assert!(f.engine.reply(&any, &ctx, Phase::Unmasking).is_none());
@@ -632,6 +635,17 @@ fn committing_holds_the_result_back() {
     assert!(r.completed);
     assert_eq!(r.participants(), 10);
     assert!(f.engine.checkpoint_committed(1, f.now).is_err(), "nothing left to commit");
+    // After the attempt is over, an identical Unmask (a client whose connection dropped
+    // before the result came) is accepted and gets the result; a different one is refused.
+    let (id, msg) = revealed[0].clone();
+    f.engine.unmasking(id, msg.clone(), f.now).unwrap();
+    assert!(matches!(f.engine.reply(&id, &ctx, Phase::Unmasking), Some(Ok(Reply::Result(_)))));
+    let mut other = msg;
+    other.self_mask_shares.pop();
+    assert!(matches!(
+        f.engine.unmasking(id, other, f.now),
+        Err(Error::Protocol(fedsec_crypto::Error::PhaseAlreadyAnswered(_)))
+    ));
 }
 
 #[test]

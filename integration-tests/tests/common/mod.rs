@@ -165,6 +165,8 @@ pub struct Federation {
     pub coordinator: Proc,
     pub addr: String,
     pub clients: Vec<Option<Proc>>,
+    /// Where clients connect (the coordinator, or a proxy in front of it).
+    pub client_addr: String,
 }
 
 impl Federation {
@@ -261,7 +263,7 @@ deadlines_ms = {{ selection = 3000, advertise_keys = 30000, share_keys = 10000, 
         let line = coordinator.wait_for("listening on", 1, Duration::from_secs(60));
         let addr = line.trim_start_matches("listening on ").trim().to_string();
         std::fs::create_dir_all(root.join("dumps")).unwrap();
-        Federation { dir, opts, coordinator, addr, clients: Vec::new() }
+        Federation { dir, opts, coordinator, client_addr: addr.clone(), addr, clients: Vec::new() }
     }
 
     /// Writes client `i`'s configuration and data; returns the configuration's path.
@@ -280,7 +282,7 @@ key = "pki/client-{i:03}.key"
 coordinator_key = "pki/coordinator-signing.pub"
 state_dir = "state-{i:03}"
 "#,
-                addr = self.addr
+                addr = self.client_addr
             ),
         )
         .unwrap();
@@ -302,7 +304,7 @@ state_dir = "state-{i:03}"
                 .args(["--classes", &CLASSES.to_string(), "--test-dump-quantized"])
                 .arg(self.path("dumps"))
                 .args(extra)
-                .env("RUST_LOG", "info"),
+                .env("RUST_LOG", "info,fedsec_client=debug"),
         );
         while self.clients.len() < i {
             self.clients.push(None);
@@ -376,7 +378,11 @@ state_dir = "state-{i:03}"
             }
         }
         let avg = quant.weighted_average(&sum).unwrap();
-        assert_ne!(self.checkpoint(round - 1), self.checkpoint(round), "round {round} moved the model");
+        assert_ne!(
+            self.checkpoint(round - 1),
+            self.checkpoint(round),
+            "round {round} moved the model"
+        );
         let before = Model::from_safetensors(&self.checkpoint(round - 1)).unwrap();
         let next: Vec<f32> =
             before.flatten().iter().zip(&avg).map(|(t, u)| t + SERVER_LR * u).collect();
@@ -412,4 +418,66 @@ pub fn synthetic_csv(seed: u64, rows: usize) -> String {
         s.push_str(&format!("{},{},{},{},{label}\n", f[0], f[1], f[2], f[3]));
     }
     s
+}
+
+/// A TCP proxy that cuts every connection through it every `period`: clients must reconnect
+/// and resend. TLS runs end to end through it.
+pub struct CuttingProxy {
+    pub addr: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pub cuts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: &str, period: Duration) -> CuttingProxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let upstream = upstream.to_string();
+        {
+            let live = live.clone();
+            std::thread::spawn(move || {
+                for down in listener.incoming().map_while(Result::ok) {
+                    let Ok(up) = TcpStream::connect(&upstream) else { continue };
+                    let mut l = live.lock().unwrap();
+                    l.push(down.try_clone().unwrap());
+                    l.push(up.try_clone().unwrap());
+                    for (mut from, mut to) in
+                        [(down.try_clone().unwrap(), up.try_clone().unwrap()), (up, down)]
+                    {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(Shutdown::Both);
+                        });
+                    }
+                }
+            });
+        }
+        {
+            let (stop, cuts) = (stop.clone(), cuts.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(period);
+                    let mut l = live.lock().unwrap();
+                    if !l.is_empty() {
+                        cuts.fetch_add(1, Ordering::SeqCst);
+                    }
+                    for s in l.drain(..) {
+                        let _ = s.shutdown(Shutdown::Both);
+                    }
+                }
+            });
+        }
+        CuttingProxy { addr, stop, cuts }
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
