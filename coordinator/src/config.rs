@@ -2,7 +2,7 @@
 //!
 //! Precedence, lowest first: the file, then environment variables, then `--set` flags.
 //! An environment variable `FEDSEC_<KEY>` sets `<key>` (lower-cased, `__` separating table
-//! levels): `FEDSEC_LISTEN=0.0.0.0:7443`, `FEDSEC_TASK__ROUNDS=20`. A flag `--set
+//! levels; only variables naming a key of the file count): `FEDSEC_LISTEN=0.0.0.0:7443`, `FEDSEC_TASK__ROUNDS=20`. A flag `--set
 //! task.rounds=20` does the same; values are TOML (`--set 'task.graph="complete"'`, bare words
 //! are taken as strings).
 
@@ -36,6 +36,20 @@ pub enum ConfigError {
         reason: String,
     },
 }
+
+/// The keys at the top of the file; environment variables for other names are not overrides.
+const TOP_LEVEL_KEYS: [&str; 10] = [
+    "listen",
+    "insecure",
+    "store",
+    "audit_log",
+    "signing_key",
+    "deny_list",
+    "admins",
+    "threads",
+    "tls",
+    "task",
+];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -273,6 +287,12 @@ impl CoordinatorConfig {
         env.sort();
         for (k, v) in env {
             let key = k["FEDSEC_".len()..].to_lowercase().replace("__", ".");
+            // The FEDSEC_ namespace is shared (FEDSEC_CONFIG names the file, other programs
+            // have their own variables): only keys of this file are overrides.
+            let top = key.split('.').next().unwrap_or_default();
+            if !TOP_LEVEL_KEYS.contains(&top) {
+                continue;
+            }
             set_path(&mut table, &key, parse_value(&v))
                 .map_err(|reason| ConfigError::Invalid { origin: k.clone(), reason })?;
         }
@@ -384,6 +404,7 @@ deadlines_ms = { share_keys = 5000 }
             ("FEDSEC_TASK__ROUNDS".to_string(), "7".to_string()),
             ("FEDSEC_THREADS".to_string(), "2".to_string()),
             ("HOME".to_string(), "/x".to_string()),
+            ("FEDSEC_CONFIG".to_string(), "coordinator.toml".to_string()),
         ];
         let c = CoordinatorConfig::load(&p, env.clone(), &["task.rounds=9".into()]).unwrap();
         assert_eq!(c.threads, 2);
