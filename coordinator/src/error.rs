@@ -23,8 +23,10 @@ pub enum Error {
     #[error("client {0} is not selected for this round")]
     NotSelected(ClientId),
     /// The message is for another attempt than the one running (an old or unknown round).
-    #[error("round {round} attempt {attempt} is not running: {detail}")]
-    NotCurrentAttempt { round: u64, attempt: String, detail: String },
+    #[error(
+        "no running attempt of this task has this round context (the task is at round {current_round})"
+    )]
+    NotCurrentAttempt { current_round: u64 },
     /// The phase the message belongs to has closed; it came too late.
     #[error("phase {phase} has closed")]
     PhaseClosed { phase: &'static str },

@@ -132,11 +132,7 @@ impl Engine {
                     Error::RoundAborted(r.abort_reason.clone().unwrap_or_else(|| "aborted".into()))
                 }
                 Some(_) => Error::PhaseClosed { phase: phase_name(phase) },
-                None => Error::NotCurrentAttempt {
-                    round: self.round_id,
-                    attempt: String::new(),
-                    detail: "no running attempt has this round context".into(),
-                },
+                None => Error::NotCurrentAttempt { current_round: self.round_id },
             }),
         }
     }
@@ -218,11 +214,7 @@ impl Engine {
                         r.abort_reason.clone().unwrap_or_else(|| "aborted".into()),
                     )),
                     Some(_) => Err(Error::PhaseClosed { phase: phase_name(phase) }),
-                    None => Err(Error::NotCurrentAttempt {
-                        round: self.round_id,
-                        attempt: String::new(),
-                        detail: "no running attempt has this round context".into(),
-                    }),
+                    None => Err(Error::NotCurrentAttempt { current_round: self.round_id }),
                 });
             }
         };

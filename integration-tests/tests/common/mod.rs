@@ -140,6 +140,8 @@ pub struct Options {
     pub clients: usize,
     pub rounds: u64,
     pub masked_input_ms: u64,
+    /// How long selection waits for `clients` check-ins before it settles for fewer.
+    pub selection_ms: u64,
     pub extra_certs: usize,
     pub deny: Vec<usize>,
     pub admins: Vec<usize>,
@@ -151,6 +153,7 @@ impl Default for Options {
             clients: 10,
             rounds: 3,
             masked_input_ms: 10_000,
+            selection_ms: 3_000,
             extra_certs: 2,
             deny: Vec::new(),
             admins: Vec::new(),
@@ -245,12 +248,13 @@ max_examples = {MAX_EXAMPLES}
 server_learning_rate = {SERVER_LR}
 rounds = {rounds}
 upload_chunk_words = 4
-deadlines_ms = {{ selection = 3000, advertise_keys = 30000, share_keys = 10000, masked_input = {mi}, consistency = 10000, unmasking = 10000 }}
+deadlines_ms = {{ selection = {sel}, advertise_keys = 30000, share_keys = 10000, masked_input = {mi}, consistency = 10000, unmasking = 10000 }}
 "#,
             admins = admins.join(", "),
             clients = opts.clients,
             rounds = opts.rounds,
             mi = opts.masked_input_ms,
+            sel = opts.selection_ms,
         );
         std::fs::write(root.join("coordinator.toml"), config).unwrap();
         let coordinator = Proc::spawn(
