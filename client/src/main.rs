@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use fedsec_client::data::{Dataset, Standardizer};
 use fedsec_client::trainers::{Mlp, SoftmaxRegression, TrainOptions};
-use fedsec_client::{Client, ClientConfig, TestHooks, Trainer};
+use fedsec_client::{Client, ClientConfig, Evaluation, FitResult, TestHooks, TrainError, Trainer};
+use fedsec_crypto::model::Model;
 
 /// A fedsec data site: trains on local data and sends only masked updates.
 #[derive(Debug, Parser)]
@@ -32,8 +33,8 @@ enum Command {
         #[arg(long, short, env = "FEDSEC_CLIENT_CONFIG")]
         config: PathBuf,
         /// The local data: a CSV file with a header row.
-        #[arg(long)]
-        data: PathBuf,
+        #[arg(long, required_unless_present = "test_constant_update")]
+        data: Option<PathBuf>,
         /// The column holding the class ids (0, 1, …).
         #[arg(long, default_value = "label")]
         label_column: String,
@@ -65,6 +66,10 @@ enum Command {
         /// Test only: stop before uploading the masked input of this round.
         #[arg(long, hide = true)]
         test_stall_before_upload: Option<u64>,
+        /// Test only: instead of training on data, return this value for every parameter of
+        /// the global model (a model of any size without a dataset).
+        #[arg(long, hide = true, conflicts_with = "data")]
+        test_constant_update: Option<f32>,
     },
     /// Write the initial model of a task (safetensors), for the operator's configuration.
     InitModel {
@@ -113,6 +118,24 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
+/// Test only (`--test-constant-update`): the same value for every parameter, with a full
+/// weight, whatever the model's size; it neither trains nor evaluates anything.
+#[derive(Debug)]
+struct ConstantUpdate {
+    value: f32,
+}
+
+impl Trainer for ConstantUpdate {
+    fn fit(&mut self, global: &Model) -> Result<FitResult, TrainError> {
+        // More examples than any task's `max_examples`: the update gets the full weight.
+        Ok(FitResult { update: vec![self.value; global.len()], examples: u64::MAX >> 1, loss: 0.0 })
+    }
+
+    fn evaluate(&mut self, _global: &Model) -> Result<Option<Evaluation>, TrainError> {
+        Ok(None)
+    }
+}
+
 fn trainer(
     model: ModelKind,
     data: Dataset,
@@ -147,19 +170,32 @@ fn run(cli: Cli) -> Result<(), String> {
             standardizer,
             test_dump_quantized,
             test_stall_before_upload,
+            test_constant_update,
         } => {
             let config = ClientConfig::load(&config).map_err(|e| e.to_string())?;
-            let mut dataset = Dataset::from_csv(&data, &label_column).map_err(|e| e.to_string())?;
-            if let Some(path) = standardizer {
-                let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let s: Standardizer = serde_json::from_slice(&text)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                s.apply(&mut dataset).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            let classes = classes.unwrap_or_else(|| dataset.classes());
-            let options =
-                TrainOptions { epochs, learning_rate, batch_size, ..TrainOptions::default() };
-            let mut trainer = trainer(model, dataset, classes, hidden, options)?;
+            let mut trainer: Box<dyn Trainer> = match (test_constant_update, data) {
+                (Some(value), _) => Box::new(ConstantUpdate { value }),
+                (None, Some(data)) => {
+                    let mut dataset =
+                        Dataset::from_csv(&data, &label_column).map_err(|e| e.to_string())?;
+                    if let Some(path) = standardizer {
+                        let text =
+                            std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                        let s: Standardizer = serde_json::from_slice(&text)
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        s.apply(&mut dataset).map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
+                    let classes = classes.unwrap_or_else(|| dataset.classes());
+                    let options = TrainOptions {
+                        epochs,
+                        learning_rate,
+                        batch_size,
+                        ..TrainOptions::default()
+                    };
+                    trainer(model, dataset, classes, hidden, options)?
+                }
+                (None, None) => return Err("--data is required".into()),
+            };
             let hooks = TestHooks {
                 dump_quantized: test_dump_quantized,
                 stall_before_upload: test_stall_before_upload,

@@ -1,5 +1,10 @@
 //! End-to-end tests of fedsec live in `tests/`: they start `fedsec-coordinator` and
 //! `fedsec-client` as separate processes that talk gRPC over mutual TLS on 127.0.0.1.
-//! This library is empty.
+//!
+//! The library holds [`bench`]: the coordinator's overhead over the secure-aggregation core,
+//! measured in one process (the `coordinator-bench` binary prints it; a smoke test runs it
+//! small).
 
 #![forbid(unsafe_code)]
+
+pub mod bench;

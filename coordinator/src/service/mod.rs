@@ -59,6 +59,18 @@ pub fn x509_verifier(ca_roots: Vec<Vec<u8>>) -> VerifierFactory {
     })
 }
 
+/// The checkpoint's bytes as `Bytes` for the store, without copying them (a model can be
+/// hundreds of megabytes).
+fn shared(bytes: &Arc<Vec<u8>>) -> bytes::Bytes {
+    struct Shared(Arc<Vec<u8>>);
+    impl AsRef<[u8]> for Shared {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    bytes::Bytes::from_owner(Shared(bytes.clone()))
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -265,11 +277,12 @@ impl Coordinator {
                     round_summary: format!("initial model of task {}", config.name),
                 }
                 .sign(&self.signing);
+                let bytes = Arc::new(bytes);
                 self.store
-                    .put(&manifest, bytes.clone().into())
+                    .put(&manifest, shared(&bytes))
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?;
-                (Published { manifest, bytes: Arc::new(bytes) }, initial)
+                (Published { manifest, bytes }, initial)
             }
         };
         let version = published.manifest.manifest.version;
@@ -357,7 +370,7 @@ impl Coordinator {
         .sign(&self.signing);
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.store.put(&manifest, c.bytes.as_ref().clone().into()).await {
+            match self.store.put(&manifest, shared(&c.bytes)).await {
                 Ok(()) => break,
                 Err(crate::store::StoreError::VersionExists { .. }) => break,
                 Err(e) => {

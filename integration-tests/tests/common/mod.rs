@@ -145,6 +145,24 @@ pub struct Options {
     pub extra_certs: usize,
     pub deny: Vec<usize>,
     pub admins: Vec<usize>,
+    /// The initial model: `None` for the softmax model of `init-model`; `Some(n)` for one
+    /// tensor of `n` zeros, written by the harness (for clients with a constant update).
+    pub model_parameters: Option<usize>,
+    /// The task's `min_clients`.
+    pub min_clients: usize,
+    /// `harary` or `complete`.
+    pub graph: &'static str,
+    /// Assumed dropout δ.
+    pub dropout: f64,
+    /// Masked-input chunk size in words.
+    pub upload_chunk_words: u32,
+    /// The task's `max_uploads_in_flight` (its default when `None`).
+    pub max_uploads_in_flight: Option<usize>,
+    /// Every phase deadline but the masked input's, in milliseconds (defaults when `None`).
+    pub phase_ms: Option<u64>,
+    /// Lowers the clients' policy floor (`min_clients` and `min_surviving`) to this, for
+    /// rounds smaller than the default floor.
+    pub client_min_clients: Option<usize>,
 }
 
 impl Default for Options {
@@ -157,6 +175,14 @@ impl Default for Options {
             extra_certs: 2,
             deny: Vec::new(),
             admins: Vec::new(),
+            model_parameters: None,
+            min_clients: 8,
+            graph: "harary",
+            dropout: 0.2,
+            upload_chunk_words: 4,
+            max_uploads_in_flight: None,
+            phase_ms: None,
+            client_min_clients: None,
         }
     }
 }
@@ -203,12 +229,21 @@ impl Federation {
                 .args(["pki", "init", "--clients", &total.to_string(), "--out"])
                 .arg(root.join("pki")),
         );
-        run_ok(
-            Command::new(bin("fedsec-client"))
-                .args(["init-model", "--features", &FEATURES.to_string()])
-                .args(["--classes", &CLASSES.to_string(), "--out"])
-                .arg(root.join("model.safetensors")),
-        );
+        match opts.model_parameters {
+            None => {
+                run_ok(
+                    Command::new(bin("fedsec-client"))
+                        .args(["init-model", "--features", &FEATURES.to_string()])
+                        .args(["--classes", &CLASSES.to_string(), "--out"])
+                        .arg(root.join("model.safetensors")),
+                );
+            }
+            Some(n) => {
+                let tensor = fedsec_crypto::model::Tensor::zeros(vec![n]).unwrap();
+                let bytes = Model::new().with("weights", tensor).to_safetensors().unwrap();
+                std::fs::write(root.join("model.safetensors"), bytes).unwrap();
+            }
+        }
         let id_of = |i: usize| {
             let pem = std::fs::read(root.join(format!("pki/client-{i:03}.pem"))).unwrap();
             fedsec_crypto::x509::client_id_of(&pem_der(&pem)).unwrap().to_hex()
@@ -217,6 +252,14 @@ impl Federation {
         std::fs::write(root.join("deny.txt"), deny.join("\n") + "\n").unwrap();
         let admins: Vec<String> =
             opts.admins.iter().map(|&i| format!("\"{}\"", id_of(i))).collect();
+        let in_flight = opts
+            .max_uploads_in_flight
+            .map(|v| format!("max_uploads_in_flight = {v}\n"))
+            .unwrap_or_default();
+        let (advertise, phase) = match opts.phase_ms {
+            Some(ms) => (ms, ms),
+            None => (30_000, 10_000),
+        };
         let config = format!(
             r#"
 listen = "127.0.0.1:0"
@@ -237,24 +280,28 @@ id = "{TASK_ID}"
 name = "integration"
 initial_model = "model.safetensors"
 clients_per_round = {clients}
-min_clients = 8
+min_clients = {min_clients}
 over_selection = 1.0
-graph = "harary"
+graph = "{graph}"
 adversary = "semi-malicious"
-dropout = 0.2
+dropout = {dropout}
 corrupt = 0.05
 clip = {CLIP}
 max_examples = {MAX_EXAMPLES}
 server_learning_rate = {SERVER_LR}
 rounds = {rounds}
-upload_chunk_words = 4
-deadlines_ms = {{ selection = {sel}, advertise_keys = 30000, share_keys = 10000, masked_input = {mi}, consistency = 10000, unmasking = 10000 }}
+upload_chunk_words = {chunk}
+{in_flight}deadlines_ms = {{ selection = {sel}, advertise_keys = {advertise}, share_keys = {phase}, masked_input = {mi}, consistency = {phase}, unmasking = {phase} }}
 "#,
             admins = admins.join(", "),
             clients = opts.clients,
             rounds = opts.rounds,
             mi = opts.masked_input_ms,
             sel = opts.selection_ms,
+            min_clients = opts.min_clients,
+            graph = opts.graph,
+            dropout = opts.dropout,
+            chunk = opts.upload_chunk_words,
         );
         std::fs::write(root.join("coordinator.toml"), config).unwrap();
         let coordinator = Proc::spawn(
@@ -285,8 +332,13 @@ cert = "pki/client-{i:03}.pem"
 key = "pki/client-{i:03}.key"
 coordinator_key = "pki/coordinator-signing.pub"
 state_dir = "state-{i:03}"
-"#,
-                addr = self.client_addr
+{policy}"#,
+                addr = self.client_addr,
+                policy = self
+                    .opts
+                    .client_min_clients
+                    .map(|m| format!("[policy]\nmin_clients = {m}\nmin_surviving = {m}\n"))
+                    .unwrap_or_default(),
             ),
         )
         .unwrap();
@@ -314,6 +366,36 @@ state_dir = "state-{i:03}"
             self.clients.push(None);
         }
         self.clients[i - 1] = Some(p);
+    }
+
+    /// Starts client `i` with a trainer that returns `value` for every parameter (no data).
+    pub fn spawn_constant_client(&mut self, i: usize, value: f32) {
+        let (config, _) = self.client_files(i);
+        let p = Proc::spawn(
+            &format!("client-{i:03}"),
+            Command::new(bin("fedsec-client"))
+                .args(["join", "--config"])
+                .arg(&config)
+                .args(["--test-constant-update", &value.to_string()])
+                .env("RUST_LOG", "info"),
+        );
+        while self.clients.len() < i {
+            self.clients.push(None);
+        }
+        self.clients[i - 1] = Some(p);
+    }
+
+    /// The peak resident set of the coordinator so far (`VmHWM`), in bytes.
+    pub fn coordinator_peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.coordinator.child.id()))
+                .expect("the coordinator runs on Linux and is alive");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("/proc/<pid>/status has VmHWM");
+        kb * 1024
     }
 
     pub fn client(&mut self, i: usize) -> &mut Proc {
