@@ -27,10 +27,12 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "fedsec-coordinator", "-p", "fedsec-client", "--bins"])
-            .status()
-            .expect("cargo runs");
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "fedsec-coordinator", "-p", "fedsec-client", "--bins"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
         assert!(status.success(), "building the binaries failed");
     }
     assert!(path.exists(), "{} is missing", path.display());
