@@ -1,0 +1,11 @@
+//! # fedsec-sim
+//!
+//! The simulation harness of fedsec (in progress): it will run the real coordinator and N real
+//! clients on one machine over gRPC and mutual TLS, on small real datasets shipped in the
+//! repository, and report accuracy, phase timings and bytes.
+//!
+//! What is here today: the shipped datasets and their fixed train/test splits ([`datasets`]).
+
+#![forbid(unsafe_code)]
+
+pub mod datasets;
