@@ -20,7 +20,7 @@ use common::{CLASSES, CLIP, FEATURES, MAX_EXAMPLES, Proc, TASK_ID, bin, pem_der,
 use ed25519_dalek::SigningKey;
 use fedsec_client::state::{ClientState, StateFile};
 use fedsec_client::trainers::SoftmaxRegression;
-use fedsec_crypto::checkpoint::{Manifest, SignedManifest};
+use fedsec_crypto::checkpoint::Manifest;
 use fedsec_crypto::quant::QuantParams;
 use fedsec_crypto::{
     AdversaryClass, AttemptNonce, CheckpointHash, ClientId, GraphKind, PROTOCOL_VERSION, RoundId,
@@ -182,46 +182,14 @@ fn round_plan(me: ClientId, dim: u32, checkpoint: CheckpointHash) -> RoundPlan {
     }
 }
 
-/// The wire form of a plan, written out field by field as a coordinator sends it.
+/// The wire form of a plan, as the coordinator sends it.
 fn plan_to_wire(p: &RoundPlan, checkpoint_version: u64) -> v1::RoundPlan {
-    v1::RoundPlan {
-        version: p.version,
-        task_id: p.task_id.0.to_vec(),
-        round_id: p.round_id.0,
-        attempt: p.attempt.0.to_vec(),
-        selected: p.selected.iter().map(|c| c.0.to_vec()).collect(),
-        graph: v1::GraphKind::Complete as i32,
-        degree: p.degree,
-        threshold: p.threshold,
-        dropout_ppm: p.dropout_ppm,
-        corrupt_ppm: p.corrupt_ppm,
-        adversary: v1::AdversaryClass::SemiMalicious as i32,
-        graph_seed: p.graph_seed.to_vec(),
-        dim: p.dim,
-        quant: Some(v1::QuantParams {
-            clip: p.quant.clip,
-            value_scale: p.quant.value_scale,
-            weight_scale: p.quant.weight_scale,
-            max_examples: p.quant.max_examples,
-        }),
-        checkpoint_sha256: p.checkpoint.0.to_vec(),
+    fedsec_coordinator::wire::plan_to_wire(&fedsec_coordinator::engine::RoundInfo {
+        plan: p.clone(),
         checkpoint_version,
         upload_chunk_words: 4,
-        phase_deadline_ms: vec![10_000; 5],
-    }
-}
-
-fn manifest_to_wire(s: &SignedManifest) -> v1::CheckpointManifest {
-    let m = &s.manifest;
-    v1::CheckpointManifest {
-        version: m.version,
-        parent_version: m.parent_version,
-        sha256: m.sha256.0.to_vec(),
-        size_bytes: m.size_bytes,
-        task_id: m.task_id.0.to_vec(),
-        round_summary: m.round_summary.clone(),
-        signature: s.signature.to_vec(),
-    }
+        phase_deadlines: [Duration::from_secs(10); 5],
+    })
 }
 
 /// Who signs the manifest.
@@ -376,7 +344,7 @@ fn run_scenario(s: Scenario) -> Outcome {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let fake = FakeCoordinator {
         plan: plan_to_wire(&plan, s.version),
-        manifest: manifest_to_wire(&signed),
+        manifest: fedsec_coordinator::wire::manifest_to_wire(&signed),
         bytes,
         seen: seen.clone(),
     };

@@ -464,7 +464,7 @@ impl Engine {
             }),
             Phase::Unmasking => {
                 a.set_sizes.push(a.answered[phase_index(Phase::Unmasking)].len());
-                return self.aggregate(now);
+                return self.aggregate();
             }
         };
         match closed {
@@ -478,16 +478,16 @@ impl Engine {
                     self.close_phase(now);
                 }
             }
-            Err(e) => self.abort(e.to_string(), now),
+            Err(e) => self.abort(e.to_string()),
         }
     }
 
     /// The unmasking closed: reconstruct, decode, average, apply, and hand out the checkpoint.
-    fn aggregate(&mut self, now: Instant) {
+    fn aggregate(&mut self) {
         let State::Running(attempt) = &mut self.state else { return };
         let sum = match attempt.server.finish() {
             Ok(sum) => sum,
-            Err(e) => return self.abort(e.to_string(), now),
+            Err(e) => return self.abort(e.to_string()),
         };
         for client in attempt.server.misbehaving_holders() {
             self.outputs.push_back(Output::Audit(AuditEvent::MisbehavingHolder {
@@ -497,11 +497,11 @@ impl Engine {
         }
         let model = match self.apply(&sum) {
             Ok(m) => m,
-            Err(e) => return self.abort(format!("the sum does not decode: {e}"), now),
+            Err(e) => return self.abort(format!("the sum does not decode: {e}")),
         };
         let bytes = match model.to_safetensors() {
             Ok(b) => b,
-            Err(e) => return self.abort(format!("the new model does not serialize: {e}"), now),
+            Err(e) => return self.abort(format!("the new model does not serialize: {e}")),
         };
         let State::Running(attempt) = std::mem::replace(&mut self.state, State::Finished) else {
             unreachable!("checked above")
@@ -578,13 +578,12 @@ impl Engine {
 
     /// Aborts the running attempt: nothing more is revealed, the model stays, the round is
     /// retried as a new attempt.
-    fn abort(&mut self, reason: String, now: Instant) {
+    fn abort(&mut self, reason: String) {
         let State::Running(mut attempt) =
             std::mem::replace(&mut self.state, State::Selecting { deadline: None })
         else {
             return;
         };
-        let _ = now;
         attempt.server.abort(fedsec_crypto::Error::Aborted(reason.clone()));
         // Uploads completed before the abort count as contributions on this checkpoint.
         let plan = &attempt.info.plan;

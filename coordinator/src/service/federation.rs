@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedsec_crypto::secagg::driver::Phase;
-use fedsec_crypto::secagg::server::UploadProgress;
 use fedsec_crypto::{ClientId, RoundContext};
 use fedsec_proto::v1;
 use fedsec_proto::v1::federation_server::Federation;
@@ -219,9 +218,7 @@ impl Federation for FederationService {
                     task
                 }
             };
-            let progress: UploadProgress =
-                task.with_engine(move |e, now| e.masked_input(client, &msg, now)).await??;
-            let _ = progress;
+            task.with_engine(move |e, now| e.masked_input(client, &msg, now)).await??;
         }
         let Some((key, task)) = round else {
             return Err(Status::invalid_argument("the upload holds no chunk"));
