@@ -450,8 +450,10 @@ async fn tls_transfer(s: &Setup, n: usize, down: usize, up: usize) -> Result<f64
             Ok::<Instant, std::io::Error>(Instant::now())
         }));
     }
-    go.wait().await;
+    // Taken before the barrier opens: once it does, fast clients may finish before this task
+    // runs again.
     let start = Instant::now();
+    go.wait().await;
     let mut last = start;
     for c in clients {
         last = last.max(c.await.map_err(err)?.map_err(err)?);
