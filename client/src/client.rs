@@ -56,6 +56,13 @@ pub struct RunSummary {
     pub abandoned: Vec<String>,
     /// The newest checkpoint version it verified.
     pub last_checkpoint_version: Option<u64>,
+    /// Set when `run` stopped at a simulated dropout ([`TestHooks::drop_out`]): the round and
+    /// the phase (0–4) whose message was never sent. Drop the client (its connection closes,
+    /// as a dead process's would) and connect again to come back.
+    pub dropped_out: Option<(u64, usize)>,
+    /// The attempts this client's masked input was accepted in: (round, attempt nonce). The
+    /// input is in the sum of such an attempt if it completed.
+    pub uploaded: Vec<(u64, [u8; 16])>,
 }
 
 /// Hooks for tests of the whole system; off in normal use.
@@ -67,6 +74,14 @@ pub struct TestHooks {
     pub dump_quantized: Option<PathBuf>,
     /// Stop (sleep forever) right before uploading the masked input of this round.
     pub stall_before_upload: Option<u64>,
+    /// Simulated dropouts: round id → the phase (0 = AdvertiseKeys … 4 = Unmasking) before
+    /// whose message the client stops, as if it died. [`Client::run`] returns at once with
+    /// [`RunSummary::dropped_out`] set; each entry fires once.
+    pub drop_out: std::collections::BTreeMap<u64, usize>,
+    /// Added network latency: a pause before every call.
+    pub latency: Duration,
+    /// A slow site: a pause after local training, before the first phase's message.
+    pub slow_training: Duration,
 }
 
 /// A connected client of one training task. See the [crate docs](crate).
@@ -166,7 +181,12 @@ impl Client {
                 ClientError::Config(format!("coordinator = {:?}: {e}", config.coordinator))
             })?
             .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Keeps the connection open through long local training: the coordinator takes a
+            // selected client without a connection for a dropout.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
         let endpoint = if config.insecure {
             endpoint
         } else {
@@ -274,7 +294,7 @@ impl Client {
             unreachable_since = None;
             match answer.outcome {
                 Some(v1::check_in_response::Outcome::Plan(p)) => {
-                    match self.participate(&p, trainer).await {
+                    match self.participate(&p, trainer, &mut summary.uploaded).await {
                         Ok(report) => {
                             tracing::info!(
                                 round = report.round_id,
@@ -282,6 +302,11 @@ impl Client {
                                 "round finished"
                             );
                             summary.rounds.push(report);
+                        }
+                        Err(ClientError::DroppedOut { round, phase }) => {
+                            tracing::info!(round, phase, "dropping out (test hook)");
+                            summary.dropped_out = Some((round, phase));
+                            break;
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "left the attempt");
@@ -370,6 +395,7 @@ impl Client {
         &mut self,
         p: &v1::RoundPlan,
         trainer: &mut T,
+        uploaded: &mut Vec<(u64, [u8; 16])>,
     ) -> Result<RoundReport> {
         let a = wire::plan(p)?;
         let started = Instant::now();
@@ -400,8 +426,12 @@ impl Client {
         let ctx = a.plan.context();
         let me = self.identity.id();
         let rref = a.round_ref();
+        if !self.hooks.slow_training.is_zero() {
+            tokio::time::sleep(self.hooks.slow_training).await;
+        }
 
         // Phase 0.
+        self.drop_out_at(a.plan.round_id.0, 0)?;
         let req = wire::advertise(rref.clone(), secagg.advertise())?;
         sent += prost::Message::encoded_len(&req) as u64;
         let resp =
@@ -413,6 +443,7 @@ impl Client {
         let share_keys = secagg.handle_keys(&wire::keys(ctx, me, &resp)?)?;
 
         // Phase 1.
+        self.drop_out_at(a.plan.round_id.0, 1)?;
         let req = wire::share_keys(rref.clone(), &share_keys);
         sent += prost::Message::encoded_len(&req) as u64;
         let resp = self
@@ -435,6 +466,7 @@ impl Client {
         }
         let y = secagg.handle_shares(&forwarded, &x, &mut self.state.ledger)?;
         self.state_file.save(&self.state)?;
+        self.drop_out_at(a.plan.round_id.0, 2)?;
         if self.hooks.stall_before_upload == Some(a.plan.round_id.0) {
             tracing::info!("stalling before the upload (test hook)");
             std::future::pending::<()>().await;
@@ -447,10 +479,12 @@ impl Client {
             })
             .await?;
         tracing::info!(round = a.plan.round_id.0, "masked input uploaded");
+        uploaded.push((a.plan.round_id.0, a.plan.attempt.0));
         received += prost::Message::encoded_len(&resp) as u64;
         let signature = secagg.handle_consistency(&wire::survivors(ctx, &resp))?;
 
         // Phase 3.
+        self.drop_out_at(a.plan.round_id.0, 3)?;
         let req = wire::consistency(rref.clone(), &signature);
         sent += prost::Message::encoded_len(&req) as u64;
         let resp = self
@@ -462,6 +496,7 @@ impl Client {
         let reveal = secagg.handle_unmasking(&wire::unmask_request(ctx, &resp)?)?;
 
         // Phase 4.
+        self.drop_out_at(a.plan.round_id.0, 4)?;
         let req = wire::unmask(rref, &reveal);
         sent += prost::Message::encoded_len(&req) as u64;
         // The result comes after the aggregation and the checkpoint: allow for both.
@@ -484,6 +519,15 @@ impl Client {
         })
     }
 
+    /// The simulated dropout hook: stops before phase `phase` of round `round` if asked to.
+    fn drop_out_at(&mut self, round: u64, phase: usize) -> Result<()> {
+        if self.hooks.drop_out.get(&round) == Some(&phase) {
+            self.hooks.drop_out.remove(&round);
+            return Err(ClientError::DroppedOut { round, phase });
+        }
+        Ok(())
+    }
+
     /// Calls one phase, resending the identical message after a dropped connection until the
     /// phase's deadline.
     async fn call<M, R, F, Fut>(
@@ -499,6 +543,9 @@ impl Client {
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<R>, Status>>,
     {
         let mut backoff = Duration::from_millis(100);
+        if !self.hooks.latency.is_zero() {
+            tokio::time::sleep(self.hooks.latency).await;
+        }
         loop {
             match f(self.fed.clone(), self.request(msg.clone())).await {
                 Ok(r) => return Ok(r.into_inner()),

@@ -49,6 +49,15 @@ pub enum ClientError {
     /// The attempt was aborted by the coordinator.
     #[error("the round was aborted: {0}")]
     Aborted(String),
+    /// A simulated dropout ([`crate::TestHooks::drop_out`]): the client stops as if its
+    /// process had died.
+    #[error("dropped out of round {round} before phase {phase} (simulated)")]
+    DroppedOut {
+        /// The round.
+        round: u64,
+        /// The phase (0–4) whose message was never sent.
+        phase: usize,
+    },
 }
 
 impl ClientError {

@@ -199,6 +199,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let hooks = TestHooks {
                 dump_quantized: test_dump_quantized,
                 stall_before_upload: test_stall_before_upload,
+                ..TestHooks::default()
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -38,7 +38,7 @@ pub enum ConfigError {
 }
 
 /// The keys at the top of the file; environment variables for other names are not overrides.
-const TOP_LEVEL_KEYS: [&str; 10] = [
+const TOP_LEVEL_KEYS: [&str; 11] = [
     "listen",
     "insecure",
     "store",
@@ -47,6 +47,7 @@ const TOP_LEVEL_KEYS: [&str; 10] = [
     "deny_list",
     "admins",
     "threads",
+    "disconnect_grace_ms",
     "tls",
     "task",
 ];
@@ -76,6 +77,10 @@ pub struct CoordinatorConfig {
     /// Threads of the aggregation kernel (0: one per core).
     #[serde(default)]
     pub threads: usize,
+    /// How long a selected client may be without a connection before the running round stops
+    /// waiting for it (a client whose connection was cut reconnects within this).
+    #[serde(default = "default_disconnect_grace_ms")]
+    pub disconnect_grace_ms: u64,
     /// TLS material. With `insecure`, only `client_ca` is used (peers' certificate chains are
     /// still checked in every round).
     #[serde(default)]
@@ -83,6 +88,10 @@ pub struct CoordinatorConfig {
     /// A task to create (or resume from its stored checkpoints) and start at start-up.
     #[serde(default)]
     pub task: Option<TaskSection>,
+}
+
+fn default_disconnect_grace_ms() -> u64 {
+    2000
 }
 
 fn default_listen() -> SocketAddr {

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fedsec_crypto::ClientId;
 use fedsec_crypto::model::Model;
@@ -15,6 +16,7 @@ use tonic::transport::Server;
 
 use crate::audit::AuditLog;
 use crate::config::CoordinatorConfig;
+use crate::connections::Connections;
 use crate::revocation::DenyList;
 use crate::service::{AdminService, AuthMode, Coordinator, FederationService, x509_verifier};
 use crate::store::CheckpointStore;
@@ -39,6 +41,7 @@ pub struct Ready {
     pub coordinator: Arc<Coordinator>,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    disconnect_grace: Duration,
 }
 
 impl Ready {
@@ -110,7 +113,8 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| err(format!("cannot listen on {}: {e}", config.listen)))?;
-    Ok(Ready { coordinator, listener, tls })
+    let disconnect_grace = Duration::from_millis(config.disconnect_grace_ms);
+    Ok(Ready { coordinator, listener, tls, disconnect_grace })
 }
 
 /// Serves until `shutdown` resolves.
@@ -141,7 +145,19 @@ pub async fn serve(
     tracing::info!(addr = %ready.local_addr()?, tls = ready.tls.is_some(), "serving");
     match ready.tls {
         Some(tls) => {
-            let incoming = crate::tls::tls_incoming(ready.listener, tls);
+            let (tracker, mut gone) = Connections::new(ready.disconnect_grace);
+            let coordinator = ready.coordinator.clone();
+            tokio::spawn(async move {
+                while let Some(client) = gone.recv().await {
+                    coordinator.client_disconnected(client).await;
+                }
+            });
+            let incoming = crate::tls::tls_incoming_tracked(
+                ready.listener,
+                tls,
+                crate::tls::HANDSHAKE_TIMEOUT,
+                Some(tracker),
+            );
             router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(err)
         }
         None => {

@@ -39,6 +39,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::connections::{ConnectionGuard, Connections};
+
 /// How long a peer has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -173,10 +175,16 @@ impl core::fmt::Debug for PeerIdentity {
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
+    /// Keeps the client's account in the connection tracker open while the connection is.
+    _tracked: Option<ConnectionGuard>,
 }
 
 impl TlsConn {
-    fn new(stream: TlsStream<TcpStream>, remote_addr: SocketAddr) -> Self {
+    fn new(
+        stream: TlsStream<TcpStream>,
+        remote_addr: SocketAddr,
+        tracker: Option<&Arc<Connections>>,
+    ) -> Self {
         let (_, session) = stream.get_ref();
         let chain: Vec<Vec<u8>> = session
             .peer_certificates()
@@ -190,7 +198,8 @@ impl TlsConn {
                 None
             }
         });
-        TlsConn { stream, info: PeerInfo { remote_addr, client } }
+        let tracked = tracker.zip(client.as_ref()).map(|(t, c)| t.opened(c.id));
+        TlsConn { stream, info: PeerInfo { remote_addr, client }, _tracked: tracked }
     }
 
     /// Who is at the other end.
@@ -302,8 +311,19 @@ pub fn tls_incoming_with_timeout(
     config: Arc<ServerConfig>,
     handshake_timeout: Duration,
 ) -> TlsIncoming {
+    tls_incoming_tracked(listener, config, handshake_timeout, None)
+}
+
+/// [`tls_incoming_with_timeout`] that also accounts each authenticated connection in
+/// `tracker`, from the handshake until the connection closes.
+pub fn tls_incoming_tracked(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    handshake_timeout: Duration,
+    tracker: Option<Arc<Connections>>,
+) -> TlsIncoming {
     let (tx, rx) = mpsc::channel(READY_QUEUE);
-    tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), handshake_timeout, tx));
+    tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), handshake_timeout, tx, tracker));
     TlsIncoming { ready: ReceiverStream::new(rx) }
 }
 
@@ -312,6 +332,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
     ready: mpsc::Sender<io::Result<TlsConn>>,
+    tracker: Option<Arc<Connections>>,
 ) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
@@ -336,12 +357,13 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let ready = ready.clone();
+        let tracker = tracker.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     // The server stopped if this fails; the connection is simply dropped.
-                    let _ = ready.send(Ok(TlsConn::new(stream, peer))).await;
+                    let _ = ready.send(Ok(TlsConn::new(stream, peer, tracker.as_ref()))).await;
                 }
                 Ok(Err(e)) => tracing::warn!(%peer, reason = %e, "TLS handshake failed"),
                 Err(_) => tracing::warn!(

@@ -32,6 +32,9 @@ pub(super) struct Attempt {
     pub(super) shares: BTreeMap<ClientId, SharesForward>,
     pub(super) survivors: Option<ConsistencyRequest>,
     pub(super) unmask: Option<UnmaskingRequest>,
+    /// Selected clients whose connection closed: no phase waits for them any more. A message
+    /// from one of them (it reconnected in time) takes it off the list.
+    pub(super) gone: BTreeSet<ClientId>,
 }
 
 impl Attempt {
@@ -71,9 +74,10 @@ impl Attempt {
         }
     }
 
-    /// True when every client the open phase runs over has answered it.
+    /// True when every client the open phase runs over has answered it, or is gone.
     pub(super) fn all_answered(&self) -> bool {
-        let expected = self.expected();
+        let expected: BTreeSet<ClientId> =
+            self.expected().difference(&self.gone).copied().collect();
         match self.phase {
             Phase::MaskedInputCollection => {
                 let plan = &self.info.plan;

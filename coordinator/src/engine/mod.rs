@@ -311,6 +311,23 @@ impl Engine {
         self.waiting.remove(client);
     }
 
+    /// A client's connection closed and it did not come back (its process died, its network
+    /// went away): the running attempt stops waiting for it, so a phase whose other clients
+    /// have all answered closes now instead of at its deadline. A waiting check-in is
+    /// withdrawn. If the client does call again while its phase is open, its message is taken
+    /// as usual.
+    pub fn client_gone(&mut self, client: &ClientId, now: Instant) {
+        self.waiting.remove(client);
+        let State::Running(a) = &mut self.state else { return };
+        if a.info.plan.index_of(client).is_none() || !a.gone.insert(*client) {
+            return;
+        }
+        tracing::debug!(round = a.info.plan.round_id.0, client = %client.to_hex(), "a selected client's connection closed");
+        if a.all_answered() {
+            self.close_phase(now);
+        }
+    }
+
     /// Samples U and starts an attempt, if enough eligible clients wait.
     fn select(&mut self, now: Instant) {
         let State::Selecting { .. } = self.state else { return };
@@ -405,6 +422,7 @@ impl Engine {
             shares: BTreeMap::new(),
             survivors: None,
             unmask: None,
+            gone: BTreeSet::new(),
         })
     }
 

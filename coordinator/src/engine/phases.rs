@@ -108,6 +108,7 @@ impl Engine {
             return Err(Error::PhaseClosed { phase: "MaskedInputCollection" });
         };
         let progress = attempt.server.receive_masked_input(from, chunk)?;
+        attempt.gone.remove(&from);
         let chunks = dim.div_ceil(chunk_words);
         attempt.upload_digests.entry(from).or_insert_with(|| vec![None; chunks])[index] =
             Some(digest);
@@ -184,6 +185,7 @@ impl Engine {
             return Err(Error::PhaseClosed { phase: phase_name(phase) });
         };
         receive(&mut attempt.server)?;
+        attempt.gone.remove(&from);
         attempt.answered[phase_index(phase)].insert(from, digest);
         if attempt.all_answered() {
             self.close_phase(now);

@@ -68,13 +68,25 @@ fn policy() -> ClientPolicy {
     ClientPolicy { min_clients: 3, min_surviving: 3, ..ClientPolicy::default() }
 }
 
-/// What happened to each client in one attempt, by site index.
+/// What happened to each client in one attempt, by site index: the phase it stopped answering
+/// at (`.0`), and the phase at whose start its connection closed (`.1`).
 #[derive(Default)]
-struct Drops(BTreeMap<usize, Phase>);
+struct Drops(BTreeMap<usize, Phase>, BTreeMap<usize, Phase>);
 
 impl Drops {
     fn active(&self, i: usize, p: Phase) -> bool {
         self.0.get(&i).is_none_or(|&d| d > p)
+    }
+}
+
+impl Fed {
+    /// Tells the engine about the clients whose connection closes as phase `p` starts.
+    fn close_connections(&mut self, drops: &Drops, plan: &RoundPlan, p: Phase) {
+        for id in &plan.selected {
+            if drops.1.get(&self.site_of(id)) == Some(&p) {
+                self.engine.client_gone(id, self.now);
+            }
+        }
     }
 }
 
@@ -143,6 +155,7 @@ impl Fed {
         }
         let any = plan.selected[0];
         // Phase 0.
+        self.close_connections(drops, &plan, Phase::AdvertiseKeys);
         for (&i, c) in &clients {
             if drops.active(i, Phase::AdvertiseKeys) {
                 self.engine
@@ -152,6 +165,7 @@ impl Fed {
         }
         self.wait_closed(&ctx, Phase::AdvertiseKeys, &any);
         // Phase 1.
+        self.close_connections(drops, &plan, Phase::ShareKeys);
         for (&i, c) in clients.iter_mut() {
             if !drops.active(i, Phase::ShareKeys) {
                 continue;
@@ -165,6 +179,7 @@ impl Fed {
         }
         self.wait_closed(&ctx, Phase::ShareKeys, &any);
         // Phase 2.
+        self.close_connections(drops, &plan, Phase::MaskedInputCollection);
         let mut quantized = BTreeMap::new();
         for (&i, c) in clients.iter_mut() {
             if !drops.active(i, Phase::MaskedInputCollection) {
@@ -185,6 +200,7 @@ impl Fed {
         }
         self.wait_closed(&ctx, Phase::MaskedInputCollection, &any);
         // Phase 3.
+        self.close_connections(drops, &plan, Phase::ConsistencyCheck);
         for (&i, c) in clients.iter_mut() {
             if !drops.active(i, Phase::ConsistencyCheck) {
                 continue;
@@ -199,6 +215,7 @@ impl Fed {
         }
         self.wait_closed(&ctx, Phase::ConsistencyCheck, &any);
         // Phase 4.
+        self.close_connections(drops, &plan, Phase::Unmasking);
         for (&i, c) in clients.iter_mut() {
             if !drops.active(i, Phase::Unmasking) {
                 continue;
@@ -279,7 +296,10 @@ fn dropouts_within_the_threshold_are_survived_at_the_deadline() {
     let a = f.site_of(&info.plan.selected[2]);
     let b = f.site_of(&info.plan.selected[5]);
     // The selection already happened; `run` checks in again and gets the same plan.
-    let drops = Drops([(a, Phase::MaskedInputCollection), (b, Phase::ConsistencyCheck)].into());
+    let drops = Drops(
+        [(a, Phase::MaskedInputCollection), (b, Phase::ConsistencyCheck)].into(),
+        BTreeMap::new(),
+    );
     let ran = f.run(&drops);
     let outcome = ran.outcome.unwrap();
     assert_eq!(ran.info.plan, info.plan);
@@ -293,6 +313,34 @@ fn dropouts_within_the_threshold_are_survived_at_the_deadline() {
 }
 
 #[test]
+fn a_closed_connection_counts_as_a_dropout_at_once() {
+    let mut f = fed(10, config(10));
+    let before = f.engine.model().clone();
+    let info = f.check_in_all();
+    let id = |k: usize| info.plan.selected[k];
+    let (a, b, c, d) = (f.site_of(&id(1)), f.site_of(&id(4)), f.site_of(&id(6)), f.site_of(&id(8)));
+    // a's connection closes before phase 0 and b's while it waits for the survivors: no phase
+    // waits for them. c's closes before phase 1 but it reconnects and answers: it stays in.
+    // d simply stops answering in phase 3, so that phase still runs to its deadline.
+    let drops = Drops(
+        [(a, Phase::AdvertiseKeys), (b, Phase::ConsistencyCheck), (d, Phase::ConsistencyCheck)]
+            .into(),
+        [(a, Phase::AdvertiseKeys), (b, Phase::ConsistencyCheck), (c, Phase::ShareKeys)].into(),
+    );
+    let ran = f.run(&drops);
+    let outcome = ran.outcome.unwrap();
+    assert!(outcome.completed);
+    assert_eq!(outcome.set_sizes, vec![10, 9, 9, 9, 7, 7]);
+    assert!(ran.quantized.contains_key(&c) && ran.quantized.contains_key(&b));
+    assert_eq!(outcome.phase_seconds, vec![0.0, 0.0, 0.0, 10.0, 0.0]);
+    let inputs: Vec<&Vec<u32>> = ran.quantized.values().collect();
+    assert_eq!(f.engine.model(), &expected_model(&before, &ran.info.plan.quant, 0.5, &inputs));
+    // A client that is not in the attempt, or no attempt at all: nothing happens.
+    let stranger = IdentityKey::generate(&mut f.rng).id();
+    f.engine.client_gone(&stranger, f.now);
+}
+
+#[test]
 fn an_abort_changes_nothing_and_the_retry_excludes_contributors() {
     let mut f = fed(14, config(10));
     let before = f.engine.model().clone();
@@ -300,7 +348,8 @@ fn an_abort_changes_nothing_and_the_retry_excludes_contributors() {
     assert_eq!(info.plan.selected.len(), 10, "the cap is target × over-selection");
     // Four of ten vanish after uploading: q = 7 signatures cannot be reached.
     let gone: Vec<usize> = info.plan.selected[..4].iter().map(|id| f.site_of(id)).collect();
-    let drops = Drops(gone.iter().map(|&i| (i, Phase::ConsistencyCheck)).collect());
+    let drops =
+        Drops(gone.iter().map(|&i| (i, Phase::ConsistencyCheck)).collect(), BTreeMap::new());
     let ran = f.run(&drops);
     let outcome = ran.outcome.unwrap();
     assert!(!outcome.completed);

@@ -115,6 +115,12 @@ impl TaskRuntime {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Reads the engine (status, results, the current model) without changing it — for
+    /// embedding the coordinator, as the simulation harness does.
+    pub fn inspect<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
+        f(&self.lock())
+    }
+
     /// Runs `f` on the engine on the blocking pool, then publishes what changed.
     pub(crate) async fn with_engine<R: Send + 'static>(
         self: &Arc<Self>,
@@ -224,6 +230,18 @@ impl Coordinator {
             .get(id)
             .cloned()
             .ok_or_else(|| crate::Error::UnknownTask(hex::encode(id.0)).into())
+    }
+
+    /// A client has had no connection for the grace period: the running rounds stop waiting
+    /// for it.
+    pub async fn client_disconnected(&self, client: ClientId) {
+        let tasks: Vec<Arc<TaskRuntime>> =
+            self.tasks.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for task in tasks {
+            if let Err(e) = task.with_engine(move |e, now| e.client_gone(&client, now)).await {
+                tracing::warn!(error = %e, "could not report a closed connection to a task");
+            }
+        }
     }
 
     /// The ids of all tasks.
