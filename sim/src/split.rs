@@ -46,6 +46,13 @@ impl std::str::FromStr for Split {
     }
 }
 
+impl serde::Serialize for Split {
+    /// As it is written on the command line: `iid` or `dirichlet:α`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl std::fmt::Display for Split {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
