@@ -8,7 +8,8 @@
 //!
 //! - [`experiment`]: the settings and their checks; [`datasets`] and [`split`]: the data.
 //! - [`schedule`]: the faults, fixed in advance from the seed.
-//! - [`grpc`]: the run over real gRPC and mutual TLS on loopback.
+//! - [`grpc`]: the run over real gRPC and mutual TLS on loopback; [`memory`]: the same engine
+//!   and client protocol code without sockets, on a virtual clock.
 //! - [`baseline`]: the same federated averaging in the clear, and how far the two may differ.
 //! - [`report`]: `report.json`, `rounds.csv`, the summary table and the plots.
 
@@ -18,6 +19,7 @@ pub mod baseline;
 pub mod datasets;
 pub mod experiment;
 pub mod grpc;
+pub mod memory;
 pub mod report;
 pub mod run;
 pub mod schedule;
@@ -53,9 +55,7 @@ pub fn simulate(exp: &Experiment, progress: &ProgressBar) -> Result<Report, SimE
     progress.set_length(exp.rounds);
     let run = match exp.transport {
         Transport::Grpc => grpc::run(exp, &p, progress)?,
-        Transport::Memory => {
-            return Err(SimError::new("--transport memory: not available in this build"));
-        }
+        Transport::Memory => memory::run(exp, &p, progress)?,
     };
     progress.finish_and_clear();
     let mut evaluator = exp.evaluator(&p).map_err(|e| SimError(e.to_string()))?;

@@ -1,0 +1,516 @@
+//! The in-memory transport: the coordinator's round engine and the clients' protocol code in
+//! one thread, without sockets, on a virtual clock — for thousands of clients, and
+//! reproducible bit for bit.
+//!
+//! Every message takes the path it takes over gRPC, minus the framing: the client's protocol
+//! core ([`SecAggClient`]) makes it, the client library's wire conversion encodes it, the
+//! coordinator's wire conversion decodes and checks it, and the [`Engine`] takes it; replies
+//! go back the same way. Byte counts are the encoded messages' sizes. Each client verifies the
+//! checkpoint it trains on against the plan's hash.
+//!
+//! The clock is virtual: messages arrive after the configured latency (a straggler's first
+//! message after its extra delay), and a phase closes when everyone it waits for has answered
+//! or is gone, or else at its deadline — no time passes while the machine computes. A client
+//! the schedule drops closes its "connection" at the start of the phase it drops at
+//! ([`Engine::client_gone`]), as the gRPC transport's client does.
+//!
+//! Reproducibility: the engine's public choices (sampling, attempt nonces, graph seeds), the
+//! quantization's rounding coins, local shuffling, and which key each site holds come from the
+//! seed; the keys themselves come from the operating system. Since the sites' order by client
+//! id follows the seed, so do their positions in the plans, and since the sum is exact the keys
+//! change no result: two runs with the same seed give the same report, bit for bit — models,
+//! accuracies, losses, set sizes, virtual phase times — but for the wall-clock time and, with
+//! SecAgg+, the bytes per client: the Harary graph is drawn from the round context, which
+//! binds the clients' keys, so who neighbours whom (and so how many advertisements and shares
+//! a client relays) changes with the keys. With the complete graph the bytes repeat too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fedsec_client::Trainer;
+use fedsec_client::config::PolicyConfig;
+use fedsec_client::wire as client_wire;
+use fedsec_coordinator::engine::{Engine, Output, PhaseDeadlines, Reply, RoundInfo, TaskConfig};
+use fedsec_coordinator::wire as server_wire;
+use fedsec_crypto::model::Model;
+use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
+use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::sign::{CredentialVerifier, IdentityKey};
+use fedsec_crypto::x509::{X509Credentials, encode_chain};
+use fedsec_crypto::{AdversaryClass, ClientId, TaskId};
+use indicatif::ProgressBar;
+use prost::Message;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
+
+use crate::experiment::{ASSUMED_CORRUPT, Experiment, Prepared, SimError};
+use crate::run::{AttemptRecord, SecureRun};
+use crate::schedule;
+
+fn err(what: impl std::fmt::Display) -> SimError {
+    SimError(what.to_string())
+}
+
+fn seed32(seed: u64, what: &str, index: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"fedsec/sim/memory");
+    h.update(seed.to_le_bytes());
+    h.update(what.as_bytes());
+    h.update(index.to_le_bytes());
+    h.finalize().into()
+}
+
+/// One simulated site.
+struct Site {
+    index: usize,
+    key: Arc<IdentityKey>,
+    /// Its certificate chain, encoded for the advertisement.
+    credential: Vec<u8>,
+    ledger: ContributionLedger,
+    trainer: Box<dyn Trainer>,
+    drops: BTreeMap<u64, usize>,
+    straggler: bool,
+    coins: ChaCha20Rng,
+}
+
+/// A selected site's state in one attempt.
+struct Taking {
+    site: usize,
+    id: ClientId,
+    core: SecAggClient,
+    update: Vec<f32>,
+    examples: u64,
+    loss: f64,
+    sent: u64,
+    received: u64,
+    /// The phase it drops out at, this round.
+    drop_at: Option<usize>,
+    /// Still taking part (not dropped, not refused).
+    active: bool,
+}
+
+/// The task configuration the gRPC transport's coordinator file gives, as a value.
+fn task_config(exp: &Experiment, p: &Prepared) -> Result<TaskConfig, SimError> {
+    let ppm = |x: f64| (x * 1e6).round() as u32;
+    let mut c = TaskConfig::new(TaskId([0x5e; 16]), "fedsec-sim", p.clients_per_round);
+    c.min_clients = p.min_clients;
+    c.over_selection = 1.0;
+    c.graph = exp.graph;
+    c.adversary = AdversaryClass::SemiMalicious;
+    c.dropout_ppm = ppm(p.assumed_dropout);
+    c.corrupt_ppm = ppm(ASSUMED_CORRUPT);
+    c.clip = exp.clip;
+    c.max_examples = p.max_examples;
+    c.server_learning_rate = exp.server_learning_rate;
+    c.rounds = exp.rounds;
+    let d = Duration::from_millis(exp.phase_deadline_ms);
+    let mut deadlines = PhaseDeadlines::uniform(d);
+    deadlines.advertise_keys = d
+        + Duration::from_millis(exp.straggler_delay_ms).min(d)
+        + 2 * Duration::from_millis(exp.latency_ms);
+    c.deadlines = deadlines;
+    c.validate().map_err(err)?;
+    Ok(c)
+}
+
+/// The virtual world: the engine, the clock, the sites.
+struct World<'a> {
+    exp: &'a Experiment,
+    engine: Engine,
+    now: Instant,
+    sites: Vec<Site>,
+    by_id: BTreeMap<ClientId, usize>,
+    policy: ClientPolicy,
+    verifier: Arc<dyn CredentialVerifier>,
+    models: Vec<Model>,
+}
+
+impl World<'_> {
+    /// Moves the clock to the engine's next deadline and handles it. False if it has none.
+    fn advance(&mut self) -> bool {
+        match self.engine.poll_timeout() {
+            Some(t) => {
+                self.now = self.now.max(t);
+                self.engine.handle_timeout(self.now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Lets the latency pass, unless the phase closes first.
+    fn wait(&mut self, d: Duration) -> bool {
+        let at = self.now + d;
+        match self.engine.poll_timeout() {
+            Some(deadline) if deadline <= at => false,
+            _ => {
+                self.now = at;
+                true
+            }
+        }
+    }
+
+    /// Closes `phase` of the attempt `ctx` if it is still open (at its deadline).
+    fn close(&mut self, ctx: &fedsec_crypto::RoundContext, phase: Phase, any: &ClientId) {
+        let still_open = |e: &Engine| {
+            e.current_round().is_some_and(|r| r.plan.context() == *ctx)
+                && e.status().state == "running"
+                && e.status().phase == Some(phase)
+        };
+        if still_open(&self.engine) && self.engine.reply(any, ctx, phase).is_none() {
+            self.advance();
+        }
+    }
+
+    /// Runs the selection: every site checks in; returns the attempt's plan.
+    fn select(&mut self) -> Result<RoundInfo, SimError> {
+        for s in &self.sites {
+            self.engine.check_in(s.key.id(), self.now);
+        }
+        for _ in 0..2 {
+            if let Some(info) = self.engine.current_round() {
+                return Ok(info.clone());
+            }
+            if !self.advance() {
+                break;
+            }
+        }
+        Err(SimError(format!(
+            "round {}: fewer eligible clients than the {} a round needs (after aborted attempts, \
+             clients that already contributed to the checkpoint wait for the next one)",
+            self.engine.status().round_id.0,
+            self.engine.config().min_clients
+        )))
+    }
+
+    /// One attempt, from the plan to its outcome.
+    fn attempt(&mut self, info: RoundInfo) -> Result<AttemptRecord, SimError> {
+        let plan = info.plan.clone();
+        let round = plan.round_id.0;
+        let ctx = plan.context();
+        let assignment = client_wire::plan(&server_wire::plan_to_wire(&info)).map_err(err)?;
+        let rref = assignment.round_ref();
+        let key = server_wire::round_key(Some(&rref)).map_err(err)?;
+        let any = plan.selected[0];
+        // The checkpoint every selected client downloads and checks against the plan.
+        let model = self.engine.model().clone();
+        let bytes = model.to_safetensors().map_err(err)?;
+        if <[u8; 32]>::from(Sha256::digest(&bytes)) != plan.checkpoint.0 {
+            return Err(SimError::new("the checkpoint does not match the plan's hash"));
+        }
+        let mut taking: Vec<Taking> = Vec::with_capacity(plan.selected.len());
+        for id in &plan.selected {
+            let s = self.by_id[id];
+            let site = &mut self.sites[s];
+            let core = SecAggClient::new(
+                site.key.clone(),
+                self.verifier.clone(),
+                &self.policy,
+                plan.clone(),
+                &plan.checkpoint,
+                &site.ledger,
+            )
+            .map_err(err)?
+            .with_credential(site.credential.clone());
+            let fit = site.trainer.fit(&model).map_err(err)?;
+            taking.push(Taking {
+                site: s,
+                id: *id,
+                core,
+                update: fit.update,
+                examples: fit.examples,
+                loss: fit.loss,
+                sent: 0,
+                received: bytes.len() as u64,
+                drop_at: site.drops.remove(&round),
+                active: true,
+            });
+        }
+        let latency = Duration::from_millis(self.exp.latency_ms);
+        let drop_out = |w: &mut World<'_>, t: &mut [Taking], phase: usize| {
+            for c in t.iter_mut().filter(|c| c.active && c.drop_at == Some(phase)) {
+                c.active = false;
+                w.engine.client_gone(&c.id, w.now);
+            }
+        };
+
+        // Phase 0: advertise keys; stragglers arrive late.
+        drop_out(self, &mut taking, 0);
+        let straggle = Duration::from_millis(self.exp.straggler_delay_ms);
+        let opened = self.now;
+        for late in [false, true] {
+            let arrive = opened + latency + if late { straggle } else { Duration::ZERO };
+            let arrivals: Vec<usize> = (0..taking.len())
+                .filter(|&i| taking[i].active && self.sites[taking[i].site].straggler == late)
+                .collect();
+            if arrivals.is_empty() || !self.wait(arrive.saturating_duration_since(self.now)) {
+                continue;
+            }
+            for i in arrivals {
+                let c = &mut taking[i];
+                let req = client_wire::advertise(rref.clone(), c.core.advertise()).map_err(err)?;
+                c.sent += req.encoded_len() as u64;
+                let msg = server_wire::advertise(&req, c.id).map_err(err)?;
+                if self.engine.advertise(c.id, msg, self.now).is_err() {
+                    c.active = false;
+                }
+            }
+        }
+        self.close(&ctx, Phase::AdvertiseKeys, &any);
+
+        // Phase 1: share keys.
+        drop_out(self, &mut taking, 1);
+        let on_time = self.wait(latency);
+        for c in taking.iter_mut().filter(|c| c.active) {
+            let Some(Ok(Reply::Keys(fwd))) = self.engine.reply(&c.id, &ctx, Phase::AdvertiseKeys)
+            else {
+                c.active = false;
+                continue;
+            };
+            let resp = server_wire::keys_to_wire(&key, &fwd);
+            c.received += resp.encoded_len() as u64;
+            let fwd = client_wire::keys(ctx, c.id, &resp).map_err(err)?;
+            let Ok(msg) = c.core.handle_keys(&fwd) else {
+                c.active = false;
+                continue;
+            };
+            let req = client_wire::share_keys(rref.clone(), &msg);
+            c.sent += req.encoded_len() as u64;
+            let msg = server_wire::share_keys(&req, c.id).map_err(err)?;
+            if !on_time || self.engine.share_keys(c.id, msg, self.now).is_err() {
+                c.active = false;
+            }
+        }
+        self.close(&ctx, Phase::ShareKeys, &any);
+
+        // Phase 2: quantize, mask, upload.
+        drop_out(self, &mut taking, 2);
+        let on_time = self.wait(latency);
+        let mut uploaded = BTreeSet::new();
+        for c in taking.iter_mut().filter(|c| c.active) {
+            let Some(Ok(Reply::Shares(fwd))) = self.engine.reply(&c.id, &ctx, Phase::ShareKeys)
+            else {
+                c.active = false;
+                continue;
+            };
+            let resp = server_wire::shares_to_wire(&key, &fwd);
+            c.received += resp.encoded_len() as u64;
+            let fwd = client_wire::shares(ctx, c.id, &resp).map_err(err)?;
+            let site = &mut self.sites[c.site];
+            let x = plan.quant.quantize(&c.update, c.examples, &mut site.coins).map_err(err)?;
+            let Ok(y) = c.core.handle_shares(&fwd, &x, &mut site.ledger) else {
+                c.active = false;
+                continue;
+            };
+            let mut ok = on_time;
+            for chunk in client_wire::chunks(&rref, &y, info.upload_chunk_words as usize) {
+                c.sent += chunk.encoded_len() as u64;
+                let (_, msg) = server_wire::chunk(chunk, c.id).map_err(err)?;
+                ok = ok && self.engine.masked_input(c.id, &msg, self.now).is_ok();
+            }
+            if ok {
+                uploaded.insert(c.site);
+            } else {
+                c.active = false;
+            }
+        }
+        self.close(&ctx, Phase::MaskedInputCollection, &any);
+
+        // Phase 3: sign U3.
+        drop_out(self, &mut taking, 3);
+        let on_time = self.wait(latency);
+        for c in taking.iter_mut().filter(|c| c.active) {
+            let Some(Ok(Reply::Survivors(req))) =
+                self.engine.reply(&c.id, &ctx, Phase::MaskedInputCollection)
+            else {
+                c.active = false;
+                continue;
+            };
+            let resp = server_wire::survivors_to_wire(&key, &req);
+            c.received += resp.encoded_len() as u64;
+            let Ok(msg) = c.core.handle_consistency(&client_wire::survivors(ctx, &resp)) else {
+                c.active = false;
+                continue;
+            };
+            let req = client_wire::consistency(rref.clone(), &msg);
+            c.sent += req.encoded_len() as u64;
+            let msg = server_wire::consistency(&req, c.id).map_err(err)?;
+            if !on_time || self.engine.consistency(c.id, msg, self.now).is_err() {
+                c.active = false;
+            }
+        }
+        self.close(&ctx, Phase::ConsistencyCheck, &any);
+
+        // Phase 4: reveal shares.
+        drop_out(self, &mut taking, 4);
+        let on_time = self.wait(latency);
+        for c in taking.iter_mut().filter(|c| c.active) {
+            let Some(Ok(Reply::Unmask(req))) =
+                self.engine.reply(&c.id, &ctx, Phase::ConsistencyCheck)
+            else {
+                c.active = false;
+                continue;
+            };
+            let resp = server_wire::unmask_request_to_wire(&key, &req);
+            c.received += resp.encoded_len() as u64;
+            let req = client_wire::unmask_request(ctx, &resp).map_err(err)?;
+            let Ok(msg) = c.core.handle_unmasking(&req) else {
+                c.active = false;
+                continue;
+            };
+            let req = client_wire::unmask(rref.clone(), &msg);
+            c.sent += req.encoded_len() as u64;
+            let msg = server_wire::unmasking(&req, c.id).map_err(err)?;
+            if !on_time || self.engine.unmasking(c.id, msg, self.now).is_err() {
+                c.active = false;
+            }
+        }
+        self.close(&ctx, Phase::Unmasking, &any);
+
+        // The checkpoint: "stored" at once.
+        while let Some(o) = self.engine.poll_output() {
+            if let Output::Checkpoint(c) = o {
+                self.models.push(Model::from_safetensors(&c.bytes).map_err(err)?);
+                self.engine.checkpoint_committed(c.version, self.now).map_err(err)?;
+            }
+        }
+        let outcome = self
+            .engine
+            .result(&ctx)
+            .cloned()
+            .ok_or_else(|| SimError(format!("round {round}: the attempt left no outcome")))?;
+        let finished: Vec<&Taking> =
+            taking.iter().filter(|c| c.active && outcome.completed).collect();
+        let result_bytes = server_wire::result_to_wire(&outcome, key.task).encoded_len() as u64;
+        let losses: Vec<f64> = finished.iter().map(|c| c.loss).collect();
+        Ok(AttemptRecord {
+            round_id: round,
+            completed: outcome.completed,
+            abort_reason: outcome.abort_reason.clone(),
+            set_sizes: outcome.set_sizes.clone(),
+            phase_seconds: outcome.phase_seconds.clone(),
+            upload_bytes: outcome.upload_bytes,
+            participants: if outcome.completed {
+                uploaded.iter().map(|&s| self.sites[s].index).collect()
+            } else {
+                Vec::new()
+            },
+            scheduled_drops: taking.iter().filter(|c| c.drop_at.is_some()).count(),
+            bytes_sent: finished.iter().map(|c| c.sent).collect(),
+            bytes_received: finished.iter().map(|c| c.received + result_bytes).collect(),
+            train_loss: (!losses.is_empty())
+                .then(|| losses.iter().sum::<f64>() / losses.len() as f64),
+        })
+    }
+}
+
+fn pem_certs(path: &std::path::Path) -> Result<Vec<Vec<u8>>, SimError> {
+    use rustls_pki_types::pem::PemObject;
+    let text = std::fs::read(path).map_err(|e| SimError(format!("{}: {e}", path.display())))?;
+    rustls_pki_types::CertificateDer::pem_slice_iter(&text)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| SimError(format!("{}: {e:?}", path.display())))
+}
+
+/// A client's identity key and certificate chain, as the throw-away PKI wrote them.
+fn credentials(
+    c: &fedsec_coordinator::pki::ClientCredentials,
+) -> Result<(Arc<IdentityKey>, Vec<u8>), SimError> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let pem = std::fs::read_to_string(&c.key)
+        .map_err(|e| SimError(format!("{}: {e}", c.key.display())))?;
+    let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| SimError(format!("{}: {e}", c.key.display())))?;
+    let chain = pem_certs(&c.cert)?;
+    Ok((Arc::new(IdentityKey::from_signing_key(signing)), encode_chain(&chain)))
+}
+
+/// Runs the experiment's secure training in memory.
+pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<SecureRun, SimError> {
+    let started = Instant::now();
+    let config = task_config(exp, p)?;
+    // A throw-away PKI, as over gRPC: peers check each other's certificate chains in every
+    // round. Keys come from the operating system, never from the seed.
+    let dir = tempfile::tempdir().map_err(err)?;
+    let pki = fedsec_coordinator::pki::init(&dir.path().join("pki"), p.active.len(), &[], false)
+        .map_err(err)?;
+    let roots = pem_certs(&pki.ca_cert)?;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let verifier: Arc<dyn CredentialVerifier> =
+        Arc::new(X509Credentials::new(&roots, unix).map_err(err)?);
+    // Which key each site holds follows the seed (the keys themselves do not): the sites'
+    // order by client id — and so their positions in every plan and neighbour graph — is the
+    // same in every run with this seed.
+    let mut by_rank: Vec<&fedsec_coordinator::pki::ClientCredentials> =
+        pki.clients.iter().collect();
+    by_rank.sort_by_key(|c| c.id);
+    let mut ranks: Vec<usize> = (0..by_rank.len()).collect();
+    ranks.shuffle(&mut ChaCha20Rng::from_seed(seed32(exp.seed, "ranks", 0)));
+    let mut sites = Vec::with_capacity(p.active.len());
+    for (slot, &i) in p.active.iter().enumerate() {
+        let (key, credential) = credentials(by_rank[ranks[slot]])?;
+        sites.push(Site {
+            index: i,
+            key,
+            credential,
+            ledger: ContributionLedger::default(),
+            trainer: exp.trainer(p, i).map_err(err)?,
+            drops: schedule::drops_of(exp, i, exp.rounds),
+            straggler: schedule::is_straggler(exp, i),
+            coins: ChaCha20Rng::from_seed(seed32(exp.seed, "coins", i as u64)),
+        });
+    }
+    let by_id = sites.iter().enumerate().map(|(s, site)| (site.key.id(), s)).collect();
+    let policy = PolicyConfig {
+        max_dropout: p.assumed_dropout.max(PolicyConfig::default().max_dropout),
+        ..PolicyConfig::default()
+    }
+    .to_policy()
+    .map_err(err)?;
+    let engine = Engine::new(
+        config,
+        p.initial_model.clone(),
+        0,
+        verifier.clone(),
+        seed32(exp.seed, "engine", 0),
+    )
+    .map_err(err)?;
+    let mut world = World {
+        exp,
+        engine,
+        now: Instant::now(),
+        sites,
+        by_id,
+        policy,
+        verifier,
+        models: Vec::new(),
+    };
+    let mut attempts = Vec::new();
+    let most = exp.rounds.saturating_mul(20).max(20);
+    while world.engine.status().state != "finished" {
+        if attempts.len() as u64 >= most {
+            return Err(SimError(format!(
+                "{} attempts did not complete {} rounds: too many aborted (lower the dropout or \
+                 raise --assumed-dropout)",
+                attempts.len(),
+                exp.rounds
+            )));
+        }
+        let info = world.select()?;
+        let record = world.attempt(info)?;
+        let aborted = attempts.iter().filter(|a: &&AttemptRecord| !a.completed).count()
+            + usize::from(!record.completed);
+        attempts.push(record);
+        let status = world.engine.status();
+        progress.set_position(status.completed_rounds);
+        progress.set_message(format!("round {} · {aborted} aborted", status.round_id.0));
+    }
+    Ok(SecureRun { attempts, models: world.models, wall_s: started.elapsed().as_secs_f64() })
+}
