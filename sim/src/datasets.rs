@@ -56,6 +56,37 @@ impl Shipped {
     }
 }
 
+/// A synthetic classification set, generated from `seed`: `classes` Gaussian clusters in
+/// `features` dimensions (centres drawn from N(0, 1), unit noise), `rows` training and
+/// `rows / 4` test examples — for runs with more clients than a shipped dataset has examples.
+pub fn synthetic(rows: usize, features: usize, classes: usize, seed: u64) -> (Dataset, Dataset) {
+    use rand::{RngExt, SeedableRng};
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed ^ 0x5717_7e71c);
+    let centres: Vec<Vec<f32>> = (0..classes)
+        .map(|_| (0..features).map(|_| StandardNormal.sample(&mut rng)).collect())
+        .collect();
+    let mut make = |n: usize| {
+        let mut values = Vec::with_capacity(n * features);
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let class = rng.random_range(0..classes);
+            labels.push(class as u32);
+            for centre in &centres[class] {
+                let noise: f32 = StandardNormal.sample(&mut rng);
+                values.push(centre + noise);
+            }
+        }
+        let names = (0..features).map(|f| format!("x{f}")).collect();
+        let array =
+            ndarray::Array2::from_shape_vec((n, features), values).expect("rows × features values");
+        Dataset::new(array, labels, names).expect("one label per row, one name per column")
+    };
+    let train = make(rows);
+    let test = make((rows / 4).max(classes));
+    (train, test)
+}
+
 /// `sim/data/` of this source tree.
 pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
@@ -78,6 +109,15 @@ mod tests {
             assert_eq!(Shipped::from_name(d.name()), Some(d));
         }
         assert!(data_dir().join("LICENSE-scikit-learn").exists());
+    }
+
+    #[test]
+    fn synthetic_data_is_seeded_and_separable() {
+        let (a, t) = synthetic(400, 8, 4, 3);
+        let (b, _) = synthetic(400, 8, 4, 3);
+        assert_eq!((a.len(), t.len(), a.feature_count(), a.classes()), (400, 100, 8, 4));
+        assert_eq!(a.features, b.features);
+        assert_ne!(a.features, synthetic(400, 8, 4, 4).0.features);
     }
 
     #[test]

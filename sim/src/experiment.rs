@@ -84,6 +84,16 @@ impl std::str::FromStr for DropPhase {
 pub enum DataSource {
     /// A dataset shipped in the repository, with its fixed split.
     Shipped(String),
+    /// Generated Gaussian clusters ([`crate::datasets::synthetic`]), `rows_per_client` training
+    /// examples per client.
+    Synthetic {
+        /// Training examples per client (on average).
+        rows_per_client: usize,
+        /// Features.
+        features: usize,
+        /// Classes.
+        classes: usize,
+    },
     /// Any CSV file: numeric features and an integer label column; a seeded test split.
     Csv {
         /// The file.
@@ -275,12 +285,20 @@ impl Experiment {
             DataSource::Shipped(name) => {
                 let d = Shipped::from_name(name).ok_or_else(|| {
                     SimError(format!(
-                        "--dataset {name}: no such shipped dataset (shipped: {}); give a path \
-                         to a .csv file for your own data",
+                        "--dataset {name}: no such shipped dataset (shipped: {}; or synthetic); \
+                         give a path to a .csv file for your own data",
                         Shipped::ALL.map(|d| d.name()).join(", ")
                     ))
                 })?;
                 d.load().map_err(|e| SimError(e.to_string()))?
+            }
+            DataSource::Synthetic { rows_per_client, features, classes } => {
+                crate::datasets::synthetic(
+                    rows_per_client * self.clients,
+                    *features,
+                    *classes,
+                    self.seed,
+                )
             }
             DataSource::Csv { path, label_column, test_fraction } => {
                 let all =

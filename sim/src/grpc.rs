@@ -276,6 +276,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
                 scheduled_drops: if o.completed { scheduled_drops } else { 0 },
                 bytes_sent: reports.iter().map(|r| r.bytes_sent).collect(),
                 bytes_received: reports.iter().map(|r| r.bytes_received).collect(),
+                compute_s: None,
                 train_loss: (!losses.is_empty())
                     .then(|| losses.iter().sum::<f64>() / losses.len() as f64),
             });

@@ -78,8 +78,10 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     hidden: usize,
     /// A shipped dataset (digits: UCI handwritten digits, 1,797 8×8 images, 10 classes;
-    /// breast_cancer: UCI Wisconsin diagnostic, 569 patients, 2 classes), or the path of a
-    /// CSV file with numeric features and an integer label column (--label-column).
+    /// breast_cancer: UCI Wisconsin diagnostic, 569 patients, 2 classes), synthetic (Gaussian
+    /// clusters, 40 examples per client, 20 features, 4 classes: for thousands of clients), or
+    /// the path of a CSV file with numeric features and an integer label column
+    /// (--label-column).
     #[arg(long, default_value = "digits")]
     dataset: String,
     /// The label column of a CSV --dataset.
@@ -150,7 +152,9 @@ struct Args {
 
 impl Args {
     fn experiment(&self) -> Experiment {
-        let data = if self.dataset.ends_with(".csv") || self.dataset.contains('/') {
+        let data = if self.dataset == "synthetic" {
+            DataSource::Synthetic { rows_per_client: 40, features: 20, classes: 4 }
+        } else if self.dataset.ends_with(".csv") || self.dataset.contains('/') {
             DataSource::Csv {
                 path: PathBuf::from(&self.dataset),
                 label_column: self.label_column.clone(),

@@ -25,9 +25,10 @@
 //! a client relays) changes with the keys. With the complete graph the bytes repeat too.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ed25519_dalek::VerifyingKey;
 use fedsec_client::Trainer;
 use fedsec_client::config::PolicyConfig;
 use fedsec_client::wire as client_wire;
@@ -44,11 +45,15 @@ use prost::Message;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::experiment::{ASSUMED_CORRUPT, Experiment, Prepared, SimError};
 use crate::run::{AttemptRecord, SecureRun};
 use crate::schedule;
+
+/// Clients whose phase work runs at once (see [`World::work`]).
+const WORK_SLICE: usize = 64;
 
 fn err(what: impl std::fmt::Display) -> SimError {
     SimError(what.to_string())
@@ -70,7 +75,7 @@ struct Site {
     /// Its certificate chain, encoded for the advertisement.
     credential: Vec<u8>,
     ledger: ContributionLedger,
-    trainer: Box<dyn Trainer>,
+    trainer: Option<Box<dyn Trainer>>,
     drops: BTreeMap<u64, usize>,
     straggler: bool,
     coins: ChaCha20Rng,
@@ -81,6 +86,10 @@ struct Taking {
     site: usize,
     id: ClientId,
     core: SecAggClient,
+    /// The site's trainer, ledger and rounding coins, lent for the attempt.
+    trainer: Option<Box<dyn Trainer>>,
+    ledger: ContributionLedger,
+    coins: ChaCha20Rng,
     update: Vec<f32>,
     examples: u64,
     loss: f64,
@@ -186,7 +195,8 @@ impl World<'_> {
         )))
     }
 
-    /// One attempt, from the plan to its outcome.
+    /// One attempt, from the plan to its outcome. The clients' work of each phase runs in
+    /// parallel; their messages reach the engine one by one, in the plan's order.
     fn attempt(&mut self, info: RoundInfo) -> Result<AttemptRecord, SimError> {
         let plan = info.plan.clone();
         let round = plan.round_id.0;
@@ -194,7 +204,6 @@ impl World<'_> {
         let assignment = client_wire::plan(&server_wire::plan_to_wire(&info)).map_err(err)?;
         let rref = assignment.round_ref();
         let key = server_wire::round_key(Some(&rref)).map_err(err)?;
-        let any = plan.selected[0];
         // The checkpoint every selected client downloads and checks against the plan.
         let model = self.engine.model().clone();
         let bytes = model.to_safetensors().map_err(err)?;
@@ -215,160 +224,31 @@ impl World<'_> {
             )
             .map_err(err)?
             .with_credential(site.credential.clone());
-            let fit = site.trainer.fit(&model).map_err(err)?;
             taking.push(Taking {
                 site: s,
                 id: *id,
                 core,
-                update: fit.update,
-                examples: fit.examples,
-                loss: fit.loss,
+                trainer: site.trainer.take(),
+                ledger: std::mem::take(&mut site.ledger),
+                coins: std::mem::replace(&mut site.coins, ChaCha20Rng::from_seed([0; 32])),
+                update: Vec::new(),
+                examples: 0,
+                loss: 0.0,
                 sent: 0,
                 received: bytes.len() as u64,
                 drop_at: site.drops.remove(&round),
                 active: true,
             });
         }
-        let latency = Duration::from_millis(self.exp.latency_ms);
-        let drop_out = |w: &mut World<'_>, t: &mut [Taking], phase: usize| {
-            for c in t.iter_mut().filter(|c| c.active && c.drop_at == Some(phase)) {
-                c.active = false;
-                w.engine.client_gone(&c.id, w.now);
-            }
-        };
-
-        // Phase 0: advertise keys; stragglers arrive late.
-        drop_out(self, &mut taking, 0);
-        let straggle = Duration::from_millis(self.exp.straggler_delay_ms);
-        let opened = self.now;
-        for late in [false, true] {
-            let arrive = opened + latency + if late { straggle } else { Duration::ZERO };
-            let arrivals: Vec<usize> = (0..taking.len())
-                .filter(|&i| taking[i].active && self.sites[taking[i].site].straggler == late)
-                .collect();
-            if arrivals.is_empty() || !self.wait(arrive.saturating_duration_since(self.now)) {
-                continue;
-            }
-            for i in arrivals {
-                let c = &mut taking[i];
-                let req = client_wire::advertise(rref.clone(), c.core.advertise()).map_err(err)?;
-                c.sent += req.encoded_len() as u64;
-                let msg = server_wire::advertise(&req, c.id).map_err(err)?;
-                if self.engine.advertise(c.id, msg, self.now).is_err() {
-                    c.active = false;
-                }
-            }
-        }
-        self.close(&ctx, Phase::AdvertiseKeys, &any);
-
-        // Phase 1: share keys.
-        drop_out(self, &mut taking, 1);
-        let on_time = self.wait(latency);
-        for c in taking.iter_mut().filter(|c| c.active) {
-            let Some(Ok(Reply::Keys(fwd))) = self.engine.reply(&c.id, &ctx, Phase::AdvertiseKeys)
-            else {
-                c.active = false;
-                continue;
-            };
-            let resp = server_wire::keys_to_wire(&key, &fwd);
-            c.received += resp.encoded_len() as u64;
-            let fwd = client_wire::keys(ctx, c.id, &resp).map_err(err)?;
-            let Ok(msg) = c.core.handle_keys(&fwd) else {
-                c.active = false;
-                continue;
-            };
-            let req = client_wire::share_keys(rref.clone(), &msg);
-            c.sent += req.encoded_len() as u64;
-            let msg = server_wire::share_keys(&req, c.id).map_err(err)?;
-            if !on_time || self.engine.share_keys(c.id, msg, self.now).is_err() {
-                c.active = false;
-            }
-        }
-        self.close(&ctx, Phase::ShareKeys, &any);
-
-        // Phase 2: quantize, mask, upload.
-        drop_out(self, &mut taking, 2);
-        let on_time = self.wait(latency);
-        let mut uploaded = BTreeSet::new();
-        for c in taking.iter_mut().filter(|c| c.active) {
-            let Some(Ok(Reply::Shares(fwd))) = self.engine.reply(&c.id, &ctx, Phase::ShareKeys)
-            else {
-                c.active = false;
-                continue;
-            };
-            let resp = server_wire::shares_to_wire(&key, &fwd);
-            c.received += resp.encoded_len() as u64;
-            let fwd = client_wire::shares(ctx, c.id, &resp).map_err(err)?;
+        let result = self.phases(&info, &mut taking, &model, &rref, &key);
+        // The sites get their state back, whatever happened.
+        for c in &mut taking {
             let site = &mut self.sites[c.site];
-            let x = plan.quant.quantize(&c.update, c.examples, &mut site.coins).map_err(err)?;
-            let Ok(y) = c.core.handle_shares(&fwd, &x, &mut site.ledger) else {
-                c.active = false;
-                continue;
-            };
-            let mut ok = on_time;
-            for chunk in client_wire::chunks(&rref, &y, info.upload_chunk_words as usize) {
-                c.sent += chunk.encoded_len() as u64;
-                let (_, msg) = server_wire::chunk(chunk, c.id).map_err(err)?;
-                ok = ok && self.engine.masked_input(c.id, &msg, self.now).is_ok();
-            }
-            if ok {
-                uploaded.insert(c.site);
-            } else {
-                c.active = false;
-            }
+            site.trainer = c.trainer.take();
+            site.ledger = std::mem::take(&mut c.ledger);
+            site.coins = std::mem::replace(&mut c.coins, ChaCha20Rng::from_seed([0; 32]));
         }
-        self.close(&ctx, Phase::MaskedInputCollection, &any);
-
-        // Phase 3: sign U3.
-        drop_out(self, &mut taking, 3);
-        let on_time = self.wait(latency);
-        for c in taking.iter_mut().filter(|c| c.active) {
-            let Some(Ok(Reply::Survivors(req))) =
-                self.engine.reply(&c.id, &ctx, Phase::MaskedInputCollection)
-            else {
-                c.active = false;
-                continue;
-            };
-            let resp = server_wire::survivors_to_wire(&key, &req);
-            c.received += resp.encoded_len() as u64;
-            let Ok(msg) = c.core.handle_consistency(&client_wire::survivors(ctx, &resp)) else {
-                c.active = false;
-                continue;
-            };
-            let req = client_wire::consistency(rref.clone(), &msg);
-            c.sent += req.encoded_len() as u64;
-            let msg = server_wire::consistency(&req, c.id).map_err(err)?;
-            if !on_time || self.engine.consistency(c.id, msg, self.now).is_err() {
-                c.active = false;
-            }
-        }
-        self.close(&ctx, Phase::ConsistencyCheck, &any);
-
-        // Phase 4: reveal shares.
-        drop_out(self, &mut taking, 4);
-        let on_time = self.wait(latency);
-        for c in taking.iter_mut().filter(|c| c.active) {
-            let Some(Ok(Reply::Unmask(req))) =
-                self.engine.reply(&c.id, &ctx, Phase::ConsistencyCheck)
-            else {
-                c.active = false;
-                continue;
-            };
-            let resp = server_wire::unmask_request_to_wire(&key, &req);
-            c.received += resp.encoded_len() as u64;
-            let req = client_wire::unmask_request(ctx, &resp).map_err(err)?;
-            let Ok(msg) = c.core.handle_unmasking(&req) else {
-                c.active = false;
-                continue;
-            };
-            let req = client_wire::unmask(rref.clone(), &msg);
-            c.sent += req.encoded_len() as u64;
-            let msg = server_wire::unmasking(&req, c.id).map_err(err)?;
-            if !on_time || self.engine.unmasking(c.id, msg, self.now).is_err() {
-                c.active = false;
-            }
-        }
-        self.close(&ctx, Phase::Unmasking, &any);
+        let uploaded = result?;
 
         // The checkpoint: "stored" at once.
         while let Some(o) = self.engine.poll_output() {
@@ -403,7 +283,226 @@ impl World<'_> {
             bytes_received: finished.iter().map(|c| c.received + result_bytes).collect(),
             train_loss: (!losses.is_empty())
                 .then(|| losses.iter().sum::<f64>() / losses.len() as f64),
+            compute_s: None,
         })
+    }
+
+    /// Drops out, at the start of `phase`, the clients the schedule says.
+    fn drop_out(&mut self, taking: &mut [Taking], phase: usize) {
+        for c in taking.iter_mut().filter(|c| c.active && c.drop_at == Some(phase)) {
+            c.active = false;
+            self.engine.client_gone(&c.id, self.now);
+        }
+    }
+
+    /// Hands each active client's message to the engine, in order; a refused one leaves.
+    fn submit<M>(
+        &mut self,
+        taking: &mut [Taking],
+        messages: Vec<Option<M>>,
+        on_time: bool,
+        mut give: impl FnMut(&mut Engine, ClientId, M, Instant) -> bool,
+    ) {
+        for (c, m) in taking.iter_mut().zip(messages) {
+            match m {
+                Some(m) if on_time && c.active => {
+                    if !give(&mut self.engine, c.id, m, self.now) {
+                        c.active = false;
+                    }
+                }
+                _ => c.active = false,
+            }
+        }
+    }
+
+    /// The replies the engine prepared for the active clients after `phase`.
+    fn replies(
+        &self,
+        taking: &[Taking],
+        ctx: &fedsec_crypto::RoundContext,
+        phase: Phase,
+    ) -> Vec<Option<Reply>> {
+        taking
+            .iter()
+            .map(|c| match c.active {
+                true => self.engine.reply(&c.id, ctx, phase).and_then(Result::ok),
+                false => None,
+            })
+            .collect()
+    }
+
+    /// The clients' work after `phase`, on all cores: `f` turns each active client's reply into
+    /// its next message. Clients go in slices, so that only a slice's replies (an unmasking
+    /// request holds every survivor's signature and certificate chain) exist at once.
+    fn work<M: Send>(
+        &self,
+        taking: &mut [Taking],
+        ctx: &fedsec_crypto::RoundContext,
+        phase: Phase,
+        f: impl Fn(&mut Taking, Reply) -> Option<M> + Sync,
+    ) -> Vec<Option<M>> {
+        let mut out = Vec::with_capacity(taking.len());
+        for slice in taking.chunks_mut(WORK_SLICE) {
+            let replies = self.replies(slice, ctx, phase);
+            let done: Vec<Option<M>> =
+                slice.par_iter_mut().zip(replies).map(|(c, r)| r.and_then(|r| f(c, r))).collect();
+            out.extend(done);
+        }
+        out
+    }
+
+    /// The five phases of an attempt. Returns the sites whose masked input was taken.
+    fn phases(
+        &mut self,
+        info: &RoundInfo,
+        taking: &mut [Taking],
+        model: &Model,
+        rref: &fedsec_proto::v1::RoundRef,
+        key: &server_wire::RoundKey,
+    ) -> Result<BTreeSet<usize>, SimError> {
+        let plan = &info.plan;
+        let ctx = plan.context();
+        let any = plan.selected[0];
+        let latency = Duration::from_millis(self.exp.latency_ms);
+
+        // Local training, in parallel.
+        let fits: Vec<Result<(), String>> = taking
+            .par_iter_mut()
+            .map(|c| {
+                let trainer = c.trainer.as_mut().ok_or("a site's trainer is missing")?;
+                let fit = trainer.fit(model).map_err(|e| e.to_string())?;
+                (c.update, c.examples, c.loss) = (fit.update, fit.examples, fit.loss);
+                Ok(())
+            })
+            .collect();
+        fits.into_iter().collect::<Result<(), String>>().map_err(SimError)?;
+
+        // Phase 0: advertise keys; stragglers arrive late.
+        self.drop_out(taking, 0);
+        let straggle = Duration::from_millis(self.exp.straggler_delay_ms);
+        let opened = self.now;
+        for late in [false, true] {
+            let arrive = opened + latency + if late { straggle } else { Duration::ZERO };
+            let arrivals: Vec<usize> = (0..taking.len())
+                .filter(|&i| taking[i].active && self.sites[taking[i].site].straggler == late)
+                .collect();
+            if arrivals.is_empty() || !self.wait(arrive.saturating_duration_since(self.now)) {
+                continue;
+            }
+            for i in arrivals {
+                let c = &mut taking[i];
+                let req = client_wire::advertise(rref.clone(), c.core.advertise()).map_err(err)?;
+                c.sent += req.encoded_len() as u64;
+                let msg = server_wire::advertise(&req, c.id).map_err(err)?;
+                if self.engine.advertise(c.id, msg, self.now).is_err() {
+                    c.active = false;
+                }
+            }
+        }
+        self.close(&ctx, Phase::AdvertiseKeys, &any);
+
+        // Phase 1: share keys.
+        self.drop_out(taking, 1);
+        let on_time = self.wait(latency);
+        let out = self.work(taking, &ctx, Phase::AdvertiseKeys, |c, r| {
+            let Reply::Keys(fwd) = r else { return None };
+            let resp = server_wire::keys_to_wire(key, &fwd);
+            c.received += resp.encoded_len() as u64;
+            let fwd = client_wire::keys(ctx, c.id, &resp).ok()?;
+            let msg = c.core.handle_keys(&fwd).ok()?;
+            let req = client_wire::share_keys(rref.clone(), &msg);
+            c.sent += req.encoded_len() as u64;
+            server_wire::share_keys(&req, c.id).ok()
+        });
+        self.submit(taking, out, on_time, |e, id, m, now| e.share_keys(id, m, now).is_ok());
+        self.close(&ctx, Phase::ShareKeys, &any);
+
+        // Phase 2: quantize, mask, upload.
+        self.drop_out(taking, 2);
+        let on_time = self.wait(latency);
+        let chunk_words = info.upload_chunk_words as usize;
+        let out = self.work(taking, &ctx, Phase::ShareKeys, |c, r| {
+            let Reply::Shares(fwd) = r else { return None };
+            let resp = server_wire::shares_to_wire(key, &fwd);
+            c.received += resp.encoded_len() as u64;
+            let fwd = client_wire::shares(ctx, c.id, &resp).ok()?;
+            let x = plan.quant.quantize(&c.update, c.examples, &mut c.coins).ok()?;
+            let y = c.core.handle_shares(&fwd, &x, &mut c.ledger).ok()?;
+            let chunks = client_wire::chunks(rref, &y, chunk_words);
+            c.sent += chunks.iter().map(|k| k.encoded_len() as u64).sum::<u64>();
+            chunks
+                .into_iter()
+                .map(|k| server_wire::chunk(k, c.id).ok().map(|m| m.1))
+                .collect::<Option<Vec<_>>>()
+        });
+        let mut uploaded = BTreeSet::new();
+        let sites: Vec<usize> = taking.iter().map(|c| c.site).collect();
+        self.submit(taking, out, on_time, |e, id, chunks, now| {
+            chunks.iter().all(|m| e.masked_input(id, m, now).is_ok())
+        });
+        for (c, s) in taking.iter().zip(sites) {
+            if c.active {
+                uploaded.insert(s);
+            }
+        }
+        self.close(&ctx, Phase::MaskedInputCollection, &any);
+
+        // Phase 3: sign U3.
+        self.drop_out(taking, 3);
+        let on_time = self.wait(latency);
+        let out = self.work(taking, &ctx, Phase::MaskedInputCollection, |c, r| {
+            let Reply::Survivors(req) = r else { return None };
+            let resp = server_wire::survivors_to_wire(key, &req);
+            c.received += resp.encoded_len() as u64;
+            let msg = c.core.handle_consistency(&client_wire::survivors(ctx, &resp)).ok()?;
+            let req = client_wire::consistency(rref.clone(), &msg);
+            c.sent += req.encoded_len() as u64;
+            server_wire::consistency(&req, c.id).ok()
+        });
+        self.submit(taking, out, on_time, |e, id, m, now| e.consistency(id, m, now).is_ok());
+        self.close(&ctx, Phase::ConsistencyCheck, &any);
+
+        // Phase 4: reveal shares.
+        self.drop_out(taking, 4);
+        let on_time = self.wait(latency);
+        let out = self.work(taking, &ctx, Phase::ConsistencyCheck, |c, r| {
+            let Reply::Unmask(req) = r else { return None };
+            let resp = server_wire::unmask_request_to_wire(key, &req);
+            c.received += resp.encoded_len() as u64;
+            let req = client_wire::unmask_request(ctx, &resp).ok()?;
+            let msg = c.core.handle_unmasking(&req).ok()?;
+            let req = client_wire::unmask(rref.clone(), &msg);
+            c.sent += req.encoded_len() as u64;
+            server_wire::unmasking(&req, c.id).ok()
+        });
+        self.submit(taking, out, on_time, |e, id, m, now| e.unmasking(id, m, now).is_ok());
+        self.close(&ctx, Phase::Unmasking, &any);
+        Ok(uploaded)
+    }
+}
+
+/// The clients' certificate-chain verifier, shared by all simulated clients: each distinct
+/// (client, credential) pair is verified once and remembered. Verification is a pure function
+/// of the pair (and the fixed time), so every client would reach the same answer on its own;
+/// sharing it only saves the simulation from checking each chain once per client — n² chain
+/// checks a round. Signatures are still checked by every client.
+struct SharedVerifier {
+    inner: X509Credentials,
+    verified: Mutex<BTreeMap<(ClientId, [u8; 32]), VerifyingKey>>,
+}
+
+impl CredentialVerifier for SharedVerifier {
+    fn verify(&self, claimed: &ClientId, credential: &[u8]) -> fedsec_crypto::Result<VerifyingKey> {
+        let key = (*claimed, <[u8; 32]>::from(Sha256::digest(credential)));
+        let seen = |m: &Mutex<BTreeMap<_, VerifyingKey>>| {
+            m.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied()
+        };
+        if let Some(k) = seen(&self.verified) {
+            return Ok(k);
+        }
+        let k = self.inner.verify(claimed, credential)?;
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(key, k);
+        Ok(k)
     }
 }
 
@@ -443,8 +542,10 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let verifier: Arc<dyn CredentialVerifier> =
-        Arc::new(X509Credentials::new(&roots, unix).map_err(err)?);
+    let x509 = X509Credentials::new(&roots, unix).map_err(err)?;
+    let verifier: Arc<dyn CredentialVerifier> = Arc::new(x509.clone());
+    let shared: Arc<dyn CredentialVerifier> =
+        Arc::new(SharedVerifier { inner: x509, verified: Mutex::new(BTreeMap::new()) });
     // Which key each site holds follows the seed (the keys themselves do not): the sites'
     // order by client id — and so their positions in every plan and neighbour graph — is the
     // same in every run with this seed.
@@ -461,7 +562,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
             key,
             credential,
             ledger: ContributionLedger::default(),
-            trainer: exp.trainer(p, i).map_err(err)?,
+            trainer: Some(exp.trainer(p, i).map_err(err)?),
             drops: schedule::drops_of(exp, i, exp.rounds),
             straggler: schedule::is_straggler(exp, i),
             coins: ChaCha20Rng::from_seed(seed32(exp.seed, "coins", i as u64)),
@@ -489,7 +590,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
         sites,
         by_id,
         policy,
-        verifier,
+        verifier: shared,
         models: Vec::new(),
     };
     let mut attempts = Vec::new();
@@ -503,8 +604,10 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
                 exp.rounds
             )));
         }
+        let clock = Instant::now();
         let info = world.select()?;
-        let record = world.attempt(info)?;
+        let mut record = world.attempt(info)?;
+        record.compute_s = Some(clock.elapsed().as_secs_f64());
         let aborted = attempts.iter().filter(|a: &&AttemptRecord| !a.completed).count()
             + usize::from(!record.completed);
         attempts.push(record);

@@ -45,6 +45,9 @@ pub struct RoundRow {
     pub bytes_received_per_client: f64,
     /// Mean local training loss.
     pub train_loss: Option<f64>,
+    /// Seconds the round took to compute, with the in-memory transport (its phase times are
+    /// virtual).
+    pub compute_seconds: Option<f64>,
 }
 
 /// Everything a run reports.
@@ -85,11 +88,17 @@ pub fn build(
             selected: a.selected(),
             participants: a.set_sizes.get(3).copied().unwrap_or(0),
             dropped: a.dropped(),
-            scheduled_drops: a.scheduled_drops,
+            scheduled_drops: run
+                .attempts
+                .iter()
+                .filter(|b| b.round_id == a.round_id)
+                .map(|b| b.scheduled_drops)
+                .sum(),
             phase_seconds: a.phase_seconds.clone(),
             bytes_sent_per_client: mean(&a.bytes_sent),
             bytes_received_per_client: mean(&a.bytes_received),
             train_loss: a.train_loss,
+            compute_seconds: a.compute_s,
         })
         .collect();
     let aborted: Vec<Value> = run
@@ -129,6 +138,7 @@ pub fn build(
             "rounds_completed": rows.len(),
             "attempts_aborted": aborted.len(),
             "wall_seconds": run.wall_s,
+            "peak_memory_mib": peak_memory_mib(),
         },
         "plaintext": plaintext.and_then(|p| last(p.last())),
         "centralized": last(centralized),
@@ -210,7 +220,7 @@ impl Report {
                 r.selected,
                 r.participants,
                 r.dropped,
-                r.phase_seconds.iter().sum::<f64>(),
+                r.compute_seconds.unwrap_or_else(|| r.phase_seconds.iter().sum::<f64>()),
                 r.bytes_sent_per_client / 1e3,
                 r.bytes_received_per_client / 1e3,
             ));
@@ -224,10 +234,11 @@ impl Report {
             f(&j["centralized"]["final_accuracy"]),
         ));
         out.push_str(&format!(
-            "rounds completed: {} · attempts aborted: {} · {:.1} s\n",
+            "rounds completed: {} · attempts aborted: {} · {:.1} s · peak memory {}\n",
             j["secure"]["rounds_completed"],
             j["secure"]["attempts_aborted"],
             j["secure"]["wall_seconds"].as_f64().unwrap_or(0.0),
+            j["secure"]["peak_memory_mib"].as_f64().map_or("-".into(), |m| format!("{m:.0} MiB")),
         ));
         for a in j["aborted_attempts"].as_array().into_iter().flatten() {
             out.push_str(&format!(
@@ -288,6 +299,14 @@ impl Report {
         )?;
         Ok(written)
     }
+}
+
+/// The process's peak resident memory (Linux: `VmHWM`), in MiB.
+pub fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn register_font() {

@@ -20,7 +20,8 @@ pub struct AttemptRecord {
     pub upload_bytes: u64,
     /// The clients (by index) whose inputs are in the sum: U3, when the attempt completed.
     pub participants: Vec<usize>,
-    /// Selected clients that dropped out as the schedule said.
+    /// Selected clients that dropped out as the schedule said (over gRPC, where the attempt a
+    /// dropout hit is not known, all of a round's are counted on its completed attempt).
     pub scheduled_drops: usize,
     /// Bytes each client that saw the result sent.
     pub bytes_sent: Vec<u64>,
@@ -28,6 +29,9 @@ pub struct AttemptRecord {
     pub bytes_received: Vec<u64>,
     /// Mean local training loss of those clients.
     pub train_loss: Option<f64>,
+    /// Wall-clock seconds the attempt took to compute, where the clock is virtual (the
+    /// in-memory transport); over gRPC the phase times are real and this is `None`.
+    pub compute_s: Option<f64>,
 }
 
 impl AttemptRecord {

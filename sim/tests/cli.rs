@@ -76,3 +76,36 @@ fn bad_arguments_get_clear_errors() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("advertise_keys"), "{}", stderr(&out));
 }
+
+#[test]
+fn stragglers_and_latency_over_grpc_slow_the_first_phase_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let out = sim(&[
+        "--clients",
+        "12",
+        "--rounds",
+        "2",
+        "--dropout",
+        "0",
+        "--stragglers",
+        "0.5",
+        "--straggler-delay-ms",
+        "400",
+        "--latency-ms",
+        "20",
+        "--plaintext-baseline",
+        "false",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    assert!(json["plaintext"].is_null(), "no baseline was asked for");
+    for r in json["rounds"].as_array().unwrap() {
+        let phase0 = r["phase_seconds"][0].as_f64().unwrap();
+        assert!(phase0 >= 0.4, "phase 0 waits for the stragglers: {phase0}");
+        assert_eq!(r["participants"], 12, "a straggler within the deadline is summed");
+    }
+}

@@ -14,6 +14,10 @@ fn run(exp: &Experiment) -> Value {
 /// neighbour graph and so the keys: see the `memory` module docs).
 fn strip(mut v: Value, bytes: bool) -> Value {
     v["secure"].as_object_mut().unwrap().remove("wall_seconds");
+    v["secure"].as_object_mut().unwrap().remove("peak_memory_mib");
+    for r in v["rounds"].as_array_mut().unwrap() {
+        r.as_object_mut().unwrap().remove("compute_seconds");
+    }
     if bytes {
         for r in v["rounds"].as_array_mut().unwrap() {
             let r = r.as_object_mut().unwrap();
