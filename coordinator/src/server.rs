@@ -145,11 +145,12 @@ pub async fn serve(
     tracing::info!(addr = %ready.local_addr()?, tls = ready.tls.is_some(), "serving");
     match ready.tls {
         Some(tls) => {
-            let (tracker, mut gone) = Connections::new(ready.disconnect_grace);
+            let (tracker, mut events) = Connections::new(ready.disconnect_grace);
             let coordinator = ready.coordinator.clone();
+            // One at a time, in order: a client's return is never overtaken by its departure.
             tokio::spawn(async move {
-                while let Some(client) = gone.recv().await {
-                    coordinator.client_disconnected(client).await;
+                while let Some(event) = events.recv().await {
+                    coordinator.connection_event(event).await;
                 }
             });
             let incoming = crate::tls::tls_incoming_tracked(

@@ -14,8 +14,9 @@
 //! |avg_q − avg| ≤ (n/s + c·n/s_w) / (W − n/s_w)
 //! ```
 //!
-//! (|avg| ≤ c because every value is). The model moves by η times that, plus the rounding of
-//! θ + η·avg to f32 (half an ulp of the result) in either computation: [`aggregation_bound`].
+//! (|avg| ≤ c because every value is). The model moves by η times that, plus the roundings to
+//! f32 in either computation (the average, η·avg and θ + η·avg, half an ulp each):
+//! [`aggregation_bound`].
 
 use fedsec_crypto::model::Model;
 use fedsec_crypto::quant::QuantParams;
@@ -54,23 +55,29 @@ pub fn fedavg(
 }
 
 /// The largest difference, coordinate by coordinate, between the model the secure path makes
-/// from `contributions` and the one [`fedavg`] makes, as the [module docs](self) derive it.
-/// `after` is either resulting model (for the f32 rounding term).
+/// from `contributions` and the one [`fedavg`] makes, as the [module docs](self) derive it;
+/// `secure` and `plain` are the two results (for the f32 rounding terms). Infinite when the
+/// total weight is too small for the quantization to bound the average.
 pub fn aggregation_bound(
     quant: &QuantParams,
     contributions: &[Contribution],
     eta: f32,
-    after: &[f32],
+    secure: &[f32],
+    plain: &[f32],
 ) -> f64 {
     let n = contributions.len() as f64;
     let w: f64 = contributions.iter().map(|c| quant.weight(c.examples)).sum();
     let denominator = w - n / quant.weight_scale;
+    if denominator <= 0.0 {
+        return f64::INFINITY;
+    }
     let average = (n / quant.value_scale + quant.clip * n / quant.weight_scale) / denominator;
-    let largest = after.iter().fold(0f32, |m, v| m.max(v.abs()));
-    // Two roundings to f32 (one per path), each at most half an ulp of the result; the
-    // average itself is rounded to f32 before the step, another half ulp of |avg| ≤ c.
+    let largest = secure.iter().chain(plain).fold(0f32, |m, v| m.max(v.abs()));
     let ulp = |x: f64| x * f64::from(f32::EPSILON);
-    f64::from(eta) * (average + ulp(quant.clip)) + 2.0 * ulp(f64::from(largest))
+    let eta = f64::from(eta);
+    // f32 roundings: the average (|avg| ≤ c) and η·avg, half an ulp each, in both paths; the
+    // sum θ + η·avg, half an ulp of the result, in both paths.
+    eta * average + 2.0 * (eta * ulp(quant.clip) + ulp(eta * quant.clip)) + ulp(f64::from(largest))
 }
 
 /// Plays the rounds of a secure run without secure aggregation: round j averages the updates
@@ -188,7 +195,7 @@ mod tests {
         let average = plan.quant.weighted_average(&sum).unwrap();
         let secure: Vec<f32> = theta.iter().zip(&average).map(|(t, u)| t + eta * u).collect();
         let plain = fedavg(&theta, &contributions, clip, max_examples, eta).unwrap();
-        let bound = aggregation_bound(&plan.quant, &contributions, eta, &plain);
+        let bound = aggregation_bound(&plan.quant, &contributions, eta, &secure, &plain);
         let worst = secure
             .iter()
             .zip(&plain)

@@ -239,12 +239,6 @@ impl Experiment {
         if let Some(d) = self.assumed_dropout {
             fraction("assumed-dropout", d, false)?;
         }
-        if self.clients < 2 {
-            return Err(SimError::new("--clients: a federation needs at least 2 clients"));
-        }
-        if self.rounds == 0 {
-            return Err(SimError::new("--rounds: at least 1"));
-        }
         if self.epochs == 0 || self.batch_size == 0 {
             return Err(SimError::new("--epochs and --batch-size: at least 1"));
         }
@@ -266,9 +260,18 @@ impl Experiment {
         if self.max_examples == Some(0) {
             return Err(SimError::new("--max-examples: at least 1"));
         }
-        if self.phase_deadline_ms == 0 {
-            return Err(SimError::new("--phase-deadline-ms: at least 1"));
-        }
+        let bounded = |name: &str, v: u64, low: u64, high: u64| {
+            if (low..=high).contains(&v) {
+                Ok(())
+            } else {
+                Err(SimError(format!("--{name} {v}: between {low} and {high}")))
+            }
+        };
+        bounded("phase-deadline-ms", self.phase_deadline_ms, 1, 3_600_000)?;
+        bounded("straggler-delay-ms", self.straggler_delay_ms, 0, 3_600_000)?;
+        bounded("latency-ms", self.latency_ms, 0, 60_000)?;
+        bounded("rounds", self.rounds, 1, 100_000)?;
+        bounded("clients", self.clients as u64, 2, 1_000_000)?;
         if let DataSource::Csv { test_fraction, .. } = &self.data
             && !(*test_fraction > 0.0 && *test_fraction < 1.0)
         {
@@ -346,12 +349,24 @@ impl Experiment {
         })
     }
 
+    /// Phase 0's deadline: the phase deadline, plus the latency of the call that answers the
+    /// plan and of the advertisement. Downloading and training happen in it; a straggler whose
+    /// extra training time passes it misses the round.
+    pub fn advertise_deadline_ms(&self) -> u64 {
+        self.phase_deadline_ms + 2 * self.latency_ms
+    }
+
+    /// True if a straggler misses phase 0's deadline (and so every round).
+    pub fn stragglers_miss_rounds(&self) -> bool {
+        self.straggler_delay_ms + self.latency_ms >= self.advertise_deadline_ms()
+    }
+
     /// δ well above the dropout rate: the rate plus three standard deviations of the number
     /// of dropouts in a round of `n`, rounded up to a percent — so that a round aborts rarely.
     /// Stragglers slower than the deadline count as dropouts.
     pub fn derived_dropout(&self, n: usize) -> f64 {
         let mut rate = self.dropout;
-        if self.straggler_delay_ms >= self.phase_deadline_ms {
+        if self.stragglers_miss_rounds() {
             rate += self.stragglers;
         }
         let rate = rate.min(0.99);

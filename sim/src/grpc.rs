@@ -43,6 +43,23 @@ fn graph_name(g: fedsec_crypto::GraphKind) -> &'static str {
     }
 }
 
+/// Every attempt's outcome, in order, each once.
+#[derive(Default)]
+struct Outcomes {
+    seen: std::collections::BTreeSet<fedsec_crypto::RoundContext>,
+    list: Vec<fedsec_coordinator::engine::RoundOutcome>,
+}
+
+impl Outcomes {
+    fn merge(&mut self, recent: Vec<fedsec_coordinator::engine::RoundOutcome>) {
+        for o in recent {
+            if self.seen.insert(o.ctx) {
+                self.list.push(o);
+            }
+        }
+    }
+}
+
 /// The coordinator's configuration for the run.
 fn coordinator_config(
     exp: &Experiment,
@@ -50,8 +67,7 @@ fn coordinator_config(
     root: &std::path::Path,
 ) -> Result<CoordinatorConfig, SimError> {
     let d = exp.phase_deadline_ms;
-    // Phase 0 includes downloading and training: allow for a straggler's slower training.
-    let advertise = d + exp.straggler_delay_ms.min(d) + exp.latency_ms * 2;
+    let advertise = exp.advertise_deadline_ms();
     let text = format!(
         r#"
 listen = "127.0.0.1:0"
@@ -178,15 +194,24 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
             let trainer = exp.trainer(p, i).map_err(err)?;
             sites.push((i, tokio::spawn(site(config, trainer, hooks))));
         }
-        // The progress bar follows the task until every site is done.
+        // The progress bar follows the task, and every attempt's outcome is collected as the
+        // run goes (the engine remembers only the latest few hundred).
         let watch = {
             let task = task.clone();
             let progress = progress.clone();
             tokio::spawn(async move {
+                let mut outcomes = Outcomes::default();
                 loop {
-                    let (status, aborted) = task.inspect(|e| {
-                        (e.status(), e.recent_results().filter(|r| !r.completed).count())
-                    });
+                    let look = task.clone();
+                    // The engine's lock is held through an aggregation: wait off the runtime.
+                    let (status, recent) = tokio::task::spawn_blocking(move || {
+                        look.inspect(|e| {
+                            (e.status(), e.recent_results().cloned().collect::<Vec<_>>())
+                        })
+                    })
+                    .await
+                    .map_err(err)?;
+                    outcomes.merge(recent);
                     progress.set_position(status.completed_rounds);
                     let phase = status.phase.map_or(status.state, |ph| {
                         PHASES[fedsec_crypto::secagg::driver::Phase::ALL
@@ -195,17 +220,19 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
                             .unwrap_or(0)]
                     });
                     progress.set_message(format!(
-                        "round {} · {phase} · {aborted} aborted",
-                        status.round_id.0
+                        "round {} · {phase} · {} aborted",
+                        status.round_id.0,
+                        outcomes.list.iter().filter(|o| !o.completed).count()
                     ));
                     if status.state == "finished" {
-                        return;
+                        return Ok::<Outcomes, SimError>(outcomes);
                     }
                     tokio::time::sleep(PROGRESS_POLL).await;
                 }
             })
         };
         // A bound on the whole run: every round's deadlines, many times over.
+        // (The experiment's checks bound every term: no overflow.)
         let per_round = Duration::from_millis(
             exp.phase_deadline_ms * 7 + exp.straggler_delay_ms + exp.latency_ms * 10,
         );
@@ -228,8 +255,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
             }
         }
         let wall_s = started.elapsed().as_secs_f64();
-        watch.abort();
-        let outcomes: Vec<_> = task.inspect(|e| e.recent_results().cloned().collect());
+        let outcomes = watch.await.map_err(err)??.list;
         let _ = stop.send(());
         server.await.map_err(err)?.map_err(err)?;
 

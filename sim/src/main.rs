@@ -114,7 +114,8 @@ struct Args {
     #[arg(long, default_value_t = 0.0)]
     stragglers: f64,
     /// How much longer a straggler's training takes, in milliseconds. A straggler slower than
-    /// the phase deadline misses the round, as a dropout.
+    /// the phase deadline (phase 0's, which also holds the latency of two calls) misses every
+    /// round, as a dropout, and the derived δ counts it as one.
     #[arg(long, default_value_t = 1000)]
     straggler_delay_ms: u64,
     /// Network latency added before every call of every client, in milliseconds.

@@ -22,7 +22,9 @@
 //! accuracies, losses, set sizes, virtual phase times — but for the wall-clock time and, with
 //! SecAgg+, the bytes per client: the Harary graph is drawn from the round context, which
 //! binds the clients' keys, so who neighbours whom (and so how many advertisements and shares
-//! a client relays) changes with the keys. With the complete graph the bytes repeat too.
+//! a client relays) changes with the keys. With the complete graph the bytes repeat too. For
+//! the same reason, with SecAgg+ a round whose dropouts happen to leave some client with too
+//! few live neighbours (which the parameters make improbable) could end differently.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -97,6 +99,8 @@ struct Taking {
     received: u64,
     /// The phase it drops out at, this round.
     drop_at: Option<usize>,
+    /// It did drop out (the attempt reached that phase).
+    dropped: bool,
     /// Still taking part (not dropped, not refused).
     active: bool,
 }
@@ -117,9 +121,7 @@ fn task_config(exp: &Experiment, p: &Prepared) -> Result<TaskConfig, SimError> {
     c.rounds = exp.rounds;
     let d = Duration::from_millis(exp.phase_deadline_ms);
     let mut deadlines = PhaseDeadlines::uniform(d);
-    deadlines.advertise_keys = d
-        + Duration::from_millis(exp.straggler_delay_ms).min(d)
-        + 2 * Duration::from_millis(exp.latency_ms);
+    deadlines.advertise_keys = Duration::from_millis(exp.advertise_deadline_ms());
     c.deadlines = deadlines;
     c.validate().map_err(err)?;
     Ok(c)
@@ -174,10 +176,20 @@ impl World<'_> {
         }
     }
 
-    /// Runs the selection: every site checks in; returns the attempt's plan.
-    fn select(&mut self) -> Result<RoundInfo, SimError> {
-        for s in &self.sites {
-            self.engine.check_in(s.key.id(), self.now);
+    /// Runs the selection: the sites check in, in an order drawn from the seed for each
+    /// attempt (the engine takes the first ones that fill a round); returns the plan.
+    fn select(&mut self, attempt: usize) -> Result<RoundInfo, SimError> {
+        let mut order: Vec<usize> = (0..self.sites.len()).collect();
+        order.shuffle(&mut ChaCha20Rng::from_seed(seed32(
+            self.exp.seed,
+            "arrivals",
+            attempt as u64,
+        )));
+        for s in order {
+            self.engine.check_in(self.sites[s].key.id(), self.now);
+            if self.engine.current_round().is_some() {
+                break;
+            }
         }
         for _ in 0..2 {
             if let Some(info) = self.engine.current_round() {
@@ -236,7 +248,8 @@ impl World<'_> {
                 loss: 0.0,
                 sent: 0,
                 received: bytes.len() as u64,
-                drop_at: site.drops.remove(&round),
+                drop_at: site.drops.get(&round).copied(),
+                dropped: false,
                 active: true,
             });
         }
@@ -278,7 +291,7 @@ impl World<'_> {
             } else {
                 Vec::new()
             },
-            scheduled_drops: taking.iter().filter(|c| c.drop_at.is_some()).count(),
+            scheduled_drops: taking.iter().filter(|c| c.dropped).count(),
             bytes_sent: finished.iter().map(|c| c.sent).collect(),
             bytes_received: finished.iter().map(|c| c.received + result_bytes).collect(),
             train_loss: (!losses.is_empty())
@@ -289,8 +302,12 @@ impl World<'_> {
 
     /// Drops out, at the start of `phase`, the clients the schedule says.
     fn drop_out(&mut self, taking: &mut [Taking], phase: usize) {
+        let round = self.engine.status().round_id.0;
         for c in taking.iter_mut().filter(|c| c.active && c.drop_at == Some(phase)) {
             c.active = false;
+            c.dropped = true;
+            // Once per round, as the gRPC client's hook: a retried attempt runs without it.
+            self.sites[c.site].drops.remove(&round);
             self.engine.client_gone(&c.id, self.now);
         }
     }
@@ -605,7 +622,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
             )));
         }
         let clock = Instant::now();
-        let info = world.select()?;
+        let info = world.select(attempts.len())?;
         let mut record = world.attempt(info)?;
         record.compute_s = Some(clock.elapsed().as_secs_f64());
         let aborted = attempts.iter().filter(|a: &&AttemptRecord| !a.completed).count()

@@ -328,6 +328,14 @@ impl Engine {
         }
     }
 
+    /// A client reported gone connected again: the running attempt waits for it again (if its
+    /// phase is still open; a phase that closed without it stays closed).
+    pub fn client_back(&mut self, client: &ClientId) {
+        if let State::Running(a) = &mut self.state {
+            a.gone.remove(client);
+        }
+    }
+
     /// Samples U and starts an attempt, if enough eligible clients wait.
     fn select(&mut self, now: Instant) {
         let State::Selecting { .. } = self.state else { return };

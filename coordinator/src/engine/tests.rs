@@ -336,8 +336,34 @@ fn a_closed_connection_counts_as_a_dropout_at_once() {
     let inputs: Vec<&Vec<u32>> = ran.quantized.values().collect();
     assert_eq!(f.engine.model(), &expected_model(&before, &ran.info.plan.quant, 0.5, &inputs));
     // A client that is not in the attempt, or no attempt at all: nothing happens.
+    let status = f.engine.status();
     let stranger = IdentityKey::generate(&mut f.rng).id();
     f.engine.client_gone(&stranger, f.now);
+    f.engine.client_gone(&f.sites[0].key.id(), f.now);
+    assert_eq!(f.engine.status(), status);
+    assert_eq!(f.engine.poll_timeout(), None, "no deadline appeared");
+}
+
+#[test]
+fn a_client_back_before_its_phase_closes_is_waited_for_again() {
+    let mut f = fed(10, config(10));
+    let info = f.check_in_all();
+    let back = f.site_of(&info.plan.selected[3]);
+    // Gone at phase 0, back before answering: with it answering, nothing changes.
+    let gone_then_back = info.plan.selected[3];
+    f.engine.client_gone(&gone_then_back, f.now);
+    f.engine.client_back(&gone_then_back);
+    let ran = f.run(&Drops::default());
+    let outcome = ran.outcome.unwrap();
+    assert_eq!(outcome.set_sizes, vec![10, 10, 10, 10, 10, 10]);
+    assert!(ran.quantized.contains_key(&back));
+    // Gone and back, but silent: phase 0 waits for it until the deadline.
+    let info = f.check_in_all();
+    let silent = f.site_of(&info.plan.selected[0]);
+    f.engine.client_gone(&info.plan.selected[0], f.now);
+    f.engine.client_back(&info.plan.selected[0]);
+    let ran = f.run(&Drops([(silent, Phase::AdvertiseKeys)].into(), BTreeMap::new()));
+    assert_eq!(ran.outcome.unwrap().phase_seconds[0], 10.0);
 }
 
 #[test]

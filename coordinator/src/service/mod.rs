@@ -232,14 +232,21 @@ impl Coordinator {
             .ok_or_else(|| crate::Error::UnknownTask(hex::encode(id.0)).into())
     }
 
-    /// A client has had no connection for the grace period: the running rounds stop waiting
-    /// for it.
-    pub async fn client_disconnected(&self, client: ClientId) {
+    /// A client has had no connection for the grace period (the running rounds stop waiting
+    /// for it), or connected again after that (they take it again).
+    pub async fn connection_event(&self, event: crate::connections::ConnectionEvent) {
+        use crate::connections::ConnectionEvent;
         let tasks: Vec<Arc<TaskRuntime>> =
             self.tasks.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         for task in tasks {
-            if let Err(e) = task.with_engine(move |e, now| e.client_gone(&client, now)).await {
-                tracing::warn!(error = %e, "could not report a closed connection to a task");
+            let done = match event {
+                ConnectionEvent::Gone(c) => {
+                    task.with_engine(move |e, now| e.client_gone(&c, now)).await
+                }
+                ConnectionEvent::Back(c) => task.with_engine(move |e, _| e.client_back(&c)).await,
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "could not report a connection change to a task");
             }
         }
     }
