@@ -109,3 +109,41 @@ fn stragglers_and_latency_over_grpc_slow_the_first_phase_down() {
         assert_eq!(r["participants"], 12, "a straggler within the deadline is summed");
     }
 }
+
+#[test]
+fn any_csv_with_a_label_column_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two well-separated classes in three features, labels in a column named "kind".
+    let mut csv = String::from("a,kind,b,c\n");
+    for i in 0..400u32 {
+        let class = i % 2;
+        let x = |k: u32| f64::from((i * 37 + k * 11) % 17) / 17.0 + 3.0 * f64::from(class);
+        csv.push_str(&format!("{},{class},{},{}\n", x(1), x(2), x(3)));
+    }
+    let path = dir.path().join("sites.csv");
+    std::fs::write(&path, csv).unwrap();
+    let report = dir.path().join("report");
+    let out = sim(&[
+        "--dataset",
+        path.to_str().unwrap(),
+        "--label-column",
+        "kind",
+        "--clients",
+        "12",
+        "--rounds",
+        "3",
+        "--transport",
+        "memory",
+        "--split",
+        "iid",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["params"]["features"], 3);
+    assert_eq!(json["params"]["classes"], 2);
+    assert_eq!(json["params"]["test_examples"], 80, "a 20 % test split");
+    assert!(json["secure"]["final_accuracy"].as_f64().unwrap() > 0.95);
+}
