@@ -537,8 +537,11 @@ fn credentials(
     c: &fedsec_coordinator::pki::ClientCredentials,
 ) -> Result<(Arc<IdentityKey>, Vec<u8>), SimError> {
     use ed25519_dalek::pkcs8::DecodePrivateKey;
-    let pem = std::fs::read_to_string(&c.key)
-        .map_err(|e| SimError(format!("{}: {e}", c.key.display())))?;
+    // The private key's text is wiped once the key is parsed.
+    let pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&c.key)
+            .map_err(|e| SimError(format!("{}: {e}", c.key.display())))?,
+    );
     let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
         .map_err(|e| SimError(format!("{}: {e}", c.key.display())))?;
     let chain = pem_certs(&c.cert)?;
