@@ -48,13 +48,15 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod pki;
+pub mod round;
 pub mod state;
 pub mod tls;
 pub mod trainer;
 pub mod trainers;
 pub mod wire;
 
-pub use client::{Client, RoundReport, RunSummary, TestHooks};
+pub use client::{Client, RunSummary, TestHooks};
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
+pub use round::{Membership, Round, RoundReport, Step};
 pub use trainer::{Evaluation, FitResult, TrainError, Trainer};

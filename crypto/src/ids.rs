@@ -52,6 +52,18 @@ impl TaskId {
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    /// The task named by 32 hex digits (either case), or `None`.
+    pub fn from_hex(text: &str) -> Option<TaskId> {
+        let bytes = hex::decode(text.trim()).ok()?;
+        Some(TaskId(bytes.try_into().ok()?))
+    }
+}
+
+impl core::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
 }
 
 /// A round of a task; never reused within a task.

@@ -85,7 +85,7 @@ pub fn verify(
 
 /// Verifies many signatures at once (faster than one by one); on failure falls back to
 /// finding the first bad signer.
-pub fn verify_many(items: &[(ClientId, VerifyingKey, Vec<u8>, [u8; 64])]) -> Result<()> {
+pub fn verify_many(items: &[SignedItem]) -> Result<()> {
     if items.is_empty() {
         return Ok(());
     }
@@ -111,10 +111,36 @@ pub fn verify_many(items: &[(ClientId, VerifyingKey, Vec<u8>, [u8; 64])]) -> Res
 /// client library plug in a verifier, normally [`crate::x509::X509Credentials`], which checks
 /// the chain against the federation CA. Whatever the credential, the verifier must check that
 /// SHA-256 of the leaf's SPKI equals the claimed id.
+///
+/// The verifier also checks peers' identity signatures, so that a party that verifies the
+/// same bytes many times over — the in-memory simulation, where thousands of clients check the
+/// same consistency signatures — can remember a result instead of recomputing it. Overriding
+/// the two signature methods is only for that: an implementation must return exactly what the
+/// provided methods return for the same arguments.
 pub trait CredentialVerifier: Send + Sync {
     /// Verifies `credential` for `claimed` and returns the identity key it certifies.
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> Result<VerifyingKey>;
+
+    /// Verifies one signature by `signer` (whose key is `key`) over `message`, strictly.
+    fn verify_signature(
+        &self,
+        signer: ClientId,
+        key: &VerifyingKey,
+        message: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<()> {
+        key.verify_strict(message, &Signature::from_bytes(signature))
+            .map_err(|_| Error::BadSignature(signer))
+    }
+
+    /// Verifies many signatures, as [`verify_many`] does.
+    fn verify_signatures(&self, items: &[SignedItem]) -> Result<()> {
+        verify_many(items)
+    }
 }
+
+/// One signature to check: the signer, its key, the signed message, the signature.
+pub type SignedItem = (ClientId, VerifyingKey, Vec<u8>, [u8; 64]);
 
 /// Credentials that are bare Ed25519 SPKIs: for in-memory simulations and tests, where the
 /// identities are known to be genuine by construction (no CA is involved).

@@ -214,7 +214,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
                     outcomes.merge(recent);
                     progress.set_position(status.completed_rounds);
                     let phase = status.phase.map_or(status.state, |ph| {
-                        PHASES[fedsec_crypto::secagg::driver::Phase::ALL
+                        PHASES[fedsec_crypto::secagg::Phase::ALL
                             .iter()
                             .position(|&q| q == ph)
                             .unwrap_or(0)]

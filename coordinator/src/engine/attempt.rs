@@ -1,16 +1,16 @@
 //! One attempt of a round in progress: the protocol server, the open phase, the replies.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
-use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
     ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
 };
 use fedsec_crypto::secagg::server::SecAggServer;
 use fedsec_crypto::{ClientId, RoundContext};
 
-use super::phase_index;
 use super::types::{RoundInfo, RoundOutcome};
 
 /// One attempt in progress.
@@ -30,8 +30,10 @@ pub(super) struct Attempt {
     pub(super) upload_bytes: u64,
     pub(super) keys: BTreeMap<ClientId, KeysForward>,
     pub(super) shares: BTreeMap<ClientId, SharesForward>,
-    pub(super) survivors: Option<ConsistencyRequest>,
-    pub(super) unmask: Option<UnmaskingRequest>,
+    /// U3, the same for every client of it (shared with each reply, never copied).
+    pub(super) survivors: Option<Arc<ConsistencyRequest>>,
+    /// U3 and its signatures, the same for every signer (shared, never copied).
+    pub(super) unmask: Option<Arc<UnmaskingRequest>>,
     /// Selected clients whose connection closed: no phase waits for them any more. A message
     /// from one of them (it reconnected in time) takes it off the list.
     pub(super) gone: BTreeSet<ClientId>,
@@ -85,7 +87,7 @@ impl Attempt {
                     self.server.u3().into_iter().map(|i| plan.selected[i]).collect();
                 expected.is_subset(&done)
             }
-            p => expected.iter().all(|c| self.answered[phase_index(p)].contains_key(c)),
+            p => expected.iter().all(|c| self.answered[p.index()].contains_key(c)),
         }
     }
 }

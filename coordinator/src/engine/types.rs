@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
     ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
 };
@@ -47,10 +47,10 @@ pub enum Reply {
     Keys(KeysForward),
     /// Phase 1 → 2: the ciphertexts addressed to the client.
     Shares(SharesForward),
-    /// Phase 2 → 3: U3.
-    Survivors(ConsistencyRequest),
-    /// Phase 3 → 4: U3 and the signatures on it.
-    Unmask(UnmaskingRequest),
+    /// Phase 2 → 3: U3 — one message for every client in it, shared.
+    Survivors(Arc<ConsistencyRequest>),
+    /// Phase 3 → 4: U3 and the signatures on it — one message for every signer, shared.
+    Unmask(Arc<UnmaskingRequest>),
     /// After phase 4: how the round ended.
     Result(RoundOutcome),
 }

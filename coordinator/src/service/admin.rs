@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedsec_crypto::model::Model;
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::{AdversaryClass, GraphKind, TaskId};
 use fedsec_proto::v1;
 use fedsec_proto::v1::admin_server::Admin;
@@ -173,7 +174,7 @@ impl Admin for AdminService {
             name: engine.config().name.clone(),
             state: state.into(),
             round_id: s.round_id.0,
-            phase: s.phase.map(crate::engine::phase_name).unwrap_or(s.state).into(),
+            phase: s.phase.map(Phase::name).unwrap_or(s.state).into(),
             checked_in: s.waiting as u32,
             checkpoint_version: s.checkpoint_version,
             recent_rounds: engine.recent_results().map(|r| wire::result_to_wire(r, id)).collect(),

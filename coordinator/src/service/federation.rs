@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::{ClientId, RoundContext};
 use fedsec_proto::v1;
 use fedsec_proto::v1::federation_server::Federation;
@@ -61,7 +61,7 @@ impl FederationService {
             Some(r) => r.map_err(Status::from),
             None => Err(Status::deadline_exceeded(format!(
                 "phase {} is still open; call again with the identical message",
-                crate::engine::phase_name(phase)
+                Phase::name(phase)
             ))),
         }
     }

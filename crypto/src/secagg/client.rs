@@ -27,7 +27,7 @@ use crate::secagg::messages::*;
 use crate::secagg::policy::check_floor;
 pub use crate::secagg::policy::{ClientPolicy, ContributionLedger};
 use crate::shamir::{self, ShareValue};
-use crate::sign::{CredentialVerifier, IdentityKey, verify, verify_many};
+use crate::sign::{CredentialVerifier, IdentityKey};
 
 /// Where the client stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -603,7 +603,7 @@ impl SecAggClient {
             let message = crate::kdf::labelled(Label::Consistency, &self.ctx, &[&digest]);
             batch.push((s.client, key, message, s.signature.0));
         }
-        verify_many(&batch)?;
+        self.verifier.verify_signatures(&batch)?;
         let q = self.plan.q();
         if seen.len() < q {
             return Err(Error::TooFewConsistencySignatures { have: seen.len(), need: q });
@@ -640,14 +640,12 @@ pub(crate) fn verify_advert(
 ) -> Result<Peer> {
     let id = advert.client;
     let verifying_key = verifier.verify(&id, &advert.credential)?;
-    verify(
-        &verifying_key,
-        id,
+    let message = crate::kdf::labelled(
         Label::Advertise,
         ctx,
         &[&advert.enc_pk, &advert.mask_pk, &advert.self_mask_commitment],
-        &advert.signature.0,
-    )?;
+    );
+    verifier.verify_signature(id, &verifying_key, &message, &advert.signature.0)?;
     let enc_pk = PublicKey::from_bytes(&advert.enc_pk).ok_or(Error::BadPublicKey(id))?;
     let mask_pk = PublicKey::from_bytes(&advert.mask_pk).ok_or(Error::BadPublicKey(id))?;
     let self_mask_commitment =
