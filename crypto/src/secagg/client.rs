@@ -97,6 +97,9 @@ pub struct SecAggClient {
     advert: AdvertiseKeys,
     /// Verified neighbours in U1 (canonical index → keys).
     peers: BTreeMap<usize, Peer>,
+    /// K_{v→u} for each verified neighbour v, made in phase 1 with K_{u→v} from the same key
+    /// agreement; each opens v's one ciphertext, then is gone.
+    opening: BTreeMap<usize, ShareKey>,
     /// Shares held, by owner index (own shares included): owners form my view of H(u) ∩ U2.
     /// Boxed, so that moving entries never leaves copies of a share behind.
     held: BTreeMap<usize, Box<HeldShares>>,
@@ -196,6 +199,7 @@ impl SecAggClient {
             self_seed: Some(self_seed),
             advert,
             peers: BTreeMap::new(),
+            opening: BTreeMap::new(),
             held: BTreeMap::new(),
             share_keys: None,
             masked_input: None,
@@ -283,6 +287,7 @@ impl SecAggClient {
         self.enc_sk = None;
         self.mask_sk = None;
         self.self_seed = None;
+        self.opening.clear();
         self.held.clear();
     }
 
@@ -376,7 +381,9 @@ impl SecAggClient {
                 continue;
             }
             let peer = &peers[&idx];
-            let key = ShareKey::derive(enc_sk, &peer.enc_pk, &self.ctx, &me_id, &peer.id);
+            let (key, opening) =
+                ShareKey::derive_pair(enc_sk, &peer.enc_pk, &self.ctx, &me_id, &peer.id);
+            self.opening.insert(idx, opening);
             let mut plaintext = zeroize::Zeroizing::new([0u8; 64]);
             plaintext[..32].copy_from_slice(sk_share.to_bytes().as_ref());
             plaintext[32..].copy_from_slice(b_share.to_bytes().as_ref());
@@ -386,6 +393,8 @@ impl SecAggClient {
             });
         }
         self.peers = peers;
+        // The opening keys are all this client needs of c_u^SK from here on.
+        self.enc_sk = None;
         Ok(ShareKeys { version: PROTOCOL_VERSION, ctx: self.ctx, client: me_id, shares: out })
     }
 
@@ -435,7 +444,6 @@ impl SecAggClient {
         if msg.recipient != me_id {
             return Err(Error::InconsistentForward("shares addressed to another client".into()));
         }
-        let enc_sk = self.enc_sk.as_ref().expect("secrets live until abort or unmasking");
         let mut received = BTreeMap::new();
         for fwd in &msg.shares {
             let idx = self.plan.index_of(&fwd.from).ok_or(Error::NotSelected(fwd.from))?;
@@ -443,7 +451,7 @@ impl SecAggClient {
             if received.contains_key(&idx) {
                 return Err(Error::DuplicateClient(fwd.from));
             }
-            let key = ShareKey::derive(enc_sk, &peer.enc_pk, &self.ctx, &fwd.from, &me_id);
+            let key = self.opening.remove(&idx).ok_or(Error::NotNeighbour(fwd.from))?;
             let plain = key
                 .open(&self.ctx, &fwd.from, &me_id, &fwd.ciphertext)
                 .ok_or(Error::BadCiphertext(fwd.from))?;
@@ -480,6 +488,7 @@ impl SecAggClient {
         Kernel::single().apply(&mut y, 0, &masks);
         self.held.extend(received);
         // The own shares are in `held`; nothing else needs the secret keys any more.
+        self.opening.clear();
         self.enc_sk = None;
         self.mask_sk = None;
         self.self_seed = None;
