@@ -15,6 +15,8 @@ use fedsec_proto::v1::federation_client::FederationClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use fedsec_wire::{Reason, WireError};
+
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 pub use crate::round::RoundReport;
@@ -282,7 +284,11 @@ impl Client {
                     .await;
                 }
                 Some(v1::check_in_response::Outcome::Finished(_)) => break,
-                None => return Err(ClientError::Malformed("check-in answer: no outcome".into())),
+                None => {
+                    return Err(
+                        WireError { field: "check_in.outcome", reason: Reason::Missing }.into()
+                    );
+                }
             }
         }
         summary.last_checkpoint_version = self.last_seen();
@@ -432,14 +438,13 @@ impl Client {
                     data.extend_from_slice(&d);
                 }
                 _ => {
-                    return Err(ClientError::Malformed(
-                        "model stream: manifest first, then data".into(),
-                    ));
+                    let reason = Reason::Order("the manifest first, then the data");
+                    return Err(WireError { field: "model_chunk.part", reason }.into());
                 }
             }
         }
         let manifest =
-            manifest.ok_or_else(|| ClientError::Malformed("model stream: no manifest".into()))?;
+            manifest.ok_or(WireError { field: "model_chunk.manifest", reason: Reason::Missing })?;
         Ok(Response::Model { manifest, data })
     }
 

@@ -37,8 +37,8 @@ pub enum ClientError {
         status: Box<tonic::Status>,
     },
     /// A message from the coordinator has a malformed field.
-    #[error("malformed message from the coordinator: {0}")]
-    Malformed(String),
+    #[error("from the coordinator: {0}")]
+    Malformed(#[from] fedsec_wire::WireError),
     /// The secure aggregation core refused (a plan below the floor, a bad peer, a bad
     /// checkpoint…): the client takes no part in that attempt.
     #[error(transparent)]

@@ -53,7 +53,6 @@ pub mod state;
 pub mod tls;
 pub mod trainer;
 pub mod trainers;
-pub mod wire;
 
 pub use client::{Client, RunSummary, TestHooks};
 pub use config::ClientConfig;

@@ -35,13 +35,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
+use fedsec_crypto::checkpoint::SignedManifest;
 use fedsec_crypto::model::Model;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::client::{ClientPolicy, SecAggClient};
+use fedsec_crypto::secagg::messages::{
+    ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
+};
 use fedsec_crypto::sign::{CredentialVerifier, IdentityKey};
 use fedsec_crypto::x509::encode_chain;
 use fedsec_crypto::{ClientId, RoundPlan, TaskId};
 use fedsec_proto::v1;
+use fedsec_wire::{Assignment, PhaseMessage, RoundKey, Wire};
 use prost::Message;
 use rand::Rng;
 use zeroize::Zeroize;
@@ -49,7 +54,6 @@ use zeroize::Zeroize;
 use crate::error::{ClientError, Result};
 use crate::state::ClientState;
 use crate::trainer::FitResult;
-use crate::wire::{self, Assignment};
 
 /// How long after the last phase's deadline a client waits for the round's result: the
 /// coordinator aggregates and stores the checkpoint before it answers.
@@ -269,7 +273,7 @@ type QuantizedObserver = Box<dyn FnMut(&RoundPlan, &[u32]) + Send>;
 /// One attempt of one round. See the [module docs](self).
 pub struct Round {
     assignment: Assignment,
-    round_ref: v1::RoundRef,
+    key: RoundKey,
     me: ClientId,
     state_key: String,
     coordinator_key: VerifyingKey,
@@ -309,7 +313,7 @@ impl Round {
         state: &ClientState,
         now: Instant,
     ) -> Result<(Round, Step)> {
-        let assignment = wire::plan(plan)?;
+        let assignment = Assignment::from_wire(plan)?;
         if assignment.plan.task_id != member.task {
             return Err(ClientError::WrongTask {
                 expected: member.task,
@@ -327,10 +331,10 @@ impl Round {
             &state.ledger,
         )?
         .with_credential(member.credential.clone());
-        let round_ref = assignment.round_ref();
+        let key = assignment.key();
         let mut round = Round {
             assignment,
-            round_ref: round_ref.clone(),
+            key,
             me: member.id(),
             state_key: member.state_key(),
             coordinator_key: member.coordinator_key,
@@ -345,7 +349,8 @@ impl Round {
             uploaded: false,
             observer: None,
         };
-        let request = Request::DownloadModel(v1::DownloadModelRequest { round: Some(round_ref) });
+        let request =
+            Request::DownloadModel(v1::DownloadModelRequest { round: Some(key.to_wire()) });
         let step = round.send(request, Phase::AdvertiseKeys, false);
         Ok((round, step))
     }
@@ -409,10 +414,7 @@ impl Round {
             return Err(ClientError::UpdateLength { got: fit.update.len(), expected: dim - 1 });
         }
         (self.update, self.examples, self.train_loss) = (fit.update, fit.examples, fit.loss);
-        let request = Request::AdvertiseKeys(wire::advertise(
-            self.round_ref.clone(),
-            self.secagg.advertise(),
-        )?);
+        let request = Request::AdvertiseKeys(self.secagg.advertise().to_wire(&self.key));
         Ok(self.send(request, Phase::AdvertiseKeys, false))
     }
 
@@ -457,7 +459,6 @@ impl Round {
         state: &mut ClientState,
         coins: &mut dyn Rng,
     ) -> Result<Step> {
-        let ctx = *self.secagg.context();
         let me = self.me;
         match response {
             Response::Model { manifest, data } => {
@@ -477,14 +478,14 @@ impl Round {
             Response::AdvertiseKeys(r) => {
                 self.expect(Awaiting::Reply(Phase::AdvertiseKeys), response.name())?;
                 self.received += response.encoded_len();
-                let shares = self.secagg.handle_keys(&wire::keys(ctx, me, r)?)?;
-                let request = Request::ShareKeys(wire::share_keys(self.round_ref.clone(), &shares));
+                let shares = self.secagg.handle_keys(&KeysForward::from_wire(r, me)?)?;
+                let request = Request::ShareKeys(shares.to_wire(&self.key));
                 Ok(self.send(request, Phase::ShareKeys, false))
             }
             Response::ShareKeys(r) => {
                 self.expect(Awaiting::Reply(Phase::ShareKeys), response.name())?;
                 self.received += response.encoded_len();
-                let forwarded = wire::shares(ctx, me, r)?;
+                let forwarded = SharesForward::from_wire(r, me)?;
                 let plan = &self.assignment.plan;
                 let mut x = plan.quant.quantize(&self.update, self.examples, coins)?;
                 self.update.zeroize();
@@ -495,8 +496,8 @@ impl Round {
                 // driver persists it before the masked input leaves.
                 let y = self.secagg.handle_shares(&forwarded, &x, &mut state.ledger);
                 x.zeroize();
-                let chunks =
-                    wire::chunks(&self.round_ref, &y?, self.assignment.upload_chunk_words as usize);
+                let words = self.assignment.upload_chunk_words as usize;
+                let chunks = fedsec_wire::chunks(&self.key, &y?, words);
                 Ok(self.send(
                     Request::UploadMaskedInput(chunks),
                     Phase::MaskedInputCollection,
@@ -507,18 +508,16 @@ impl Round {
                 self.expect(Awaiting::Reply(Phase::MaskedInputCollection), response.name())?;
                 self.received += response.encoded_len();
                 self.uploaded = true;
-                let signature = self.secagg.handle_consistency(&wire::survivors(ctx, r))?;
-                let request = Request::ConsistencyCheck(wire::consistency(
-                    self.round_ref.clone(),
-                    &signature,
-                ));
+                let u3 = ConsistencyRequest::from_wire(r, me)?;
+                let signature = self.secagg.handle_consistency(&u3)?;
+                let request = Request::ConsistencyCheck(signature.to_wire(&self.key));
                 Ok(self.send(request, Phase::ConsistencyCheck, false))
             }
             Response::ConsistencyCheck(r) => {
                 self.expect(Awaiting::Reply(Phase::ConsistencyCheck), response.name())?;
                 self.received += response.encoded_len();
-                let reveal = self.secagg.handle_unmasking(&wire::unmask_request(ctx, r)?)?;
-                let request = Request::Unmask(wire::unmask(self.round_ref.clone(), &reveal));
+                let reveal = self.secagg.handle_unmasking(&UnmaskingRequest::from_wire(r, me)?)?;
+                let request = Request::Unmask(reveal.to_wire(&self.key));
                 Ok(self.send(request, Phase::Unmasking, false))
             }
             Response::Unmask(result) => {
@@ -549,7 +548,7 @@ impl Round {
         data: &[u8],
         state: &ClientState,
     ) -> Result<Model> {
-        let manifest = wire::manifest(manifest)?;
+        let manifest = SignedManifest::from_wire(manifest)?;
         let last_seen = state.last_seen_version.get(&self.state_key).copied();
         let model = manifest.verify_checkpoint(&self.coordinator_key, data, last_seen)?;
         let (m, a) = (&manifest.manifest, &self.assignment);

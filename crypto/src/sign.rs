@@ -11,6 +11,7 @@ use crate::context::RoundContext;
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
 use crate::kdf::{Label, labelled};
+use crate::keys::PublicKey;
 
 /// DER prefix of an Ed25519 `SubjectPublicKeyInfo` (RFC 8410): the 32-byte key follows.
 const ED25519_SPKI_PREFIX: [u8; 12] =
@@ -112,11 +113,11 @@ pub fn verify_many(items: &[SignedItem]) -> Result<()> {
 /// the chain against the federation CA. Whatever the credential, the verifier must check that
 /// SHA-256 of the leaf's SPKI equals the claimed id.
 ///
-/// The verifier also checks peers' identity signatures, so that a party that verifies the
-/// same bytes many times over — the in-memory simulation, where thousands of clients check the
+/// The verifier also checks peers' identity signatures and decodes their advertised keys, so
+/// that a party that verifies the same bytes many times over — the in-memory simulation, where thousands of clients check the
 /// same consistency signatures — can remember a result instead of recomputing it. Overriding
-/// the two signature methods is only for that: an implementation must return exactly what the
-/// provided methods return for the same arguments.
+/// the provided methods is only for that: an implementation must return exactly what they
+/// return for the same arguments.
 pub trait CredentialVerifier: Send + Sync {
     /// Verifies `credential` for `claimed` and returns the identity key it certifies.
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> Result<VerifyingKey>;
@@ -136,6 +137,11 @@ pub trait CredentialVerifier: Send + Sync {
     /// Verifies many signatures, as [`verify_many`] does.
     fn verify_signatures(&self, items: &[SignedItem]) -> Result<()> {
         verify_many(items)
+    }
+
+    /// Decodes a public key `owner` advertised: a canonical, non-identity Ristretto255 point.
+    fn public_key(&self, owner: ClientId, bytes: &[u8; 32]) -> Result<PublicKey> {
+        PublicKey::from_bytes(bytes).ok_or(Error::BadPublicKey(owner))
     }
 }
 

@@ -26,8 +26,8 @@
 //! the same reason, with SecAgg+ a round whose dropouts happen to leave some client with too
 //! few live neighbours (which the parameters make improbable) could end differently.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -35,15 +35,20 @@ use fedsec_client::Trainer;
 use fedsec_client::config::PolicyConfig;
 use fedsec_client::round::{Membership, Request, Response, Round, Step};
 use fedsec_client::state::ClientState;
-use fedsec_coordinator::engine::{Engine, Output, PhaseDeadlines, Reply, RoundInfo, TaskConfig};
+use fedsec_coordinator::engine::{Assignment, Engine, Output, PhaseDeadlines, Reply, TaskConfig};
 use fedsec_coordinator::wire as server_wire;
 use fedsec_crypto::checkpoint::Manifest;
+use fedsec_crypto::keys::PublicKey;
 use fedsec_crypto::model::Model;
 use fedsec_crypto::secagg::Phase;
+use fedsec_crypto::secagg::messages::{
+    AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
+};
 use fedsec_crypto::sign::{CredentialVerifier, IdentityKey, SignedItem};
 use fedsec_crypto::x509::X509Credentials;
 use fedsec_crypto::{AdversaryClass, ClientId, RoundContext, TaskId};
 use fedsec_proto::v1;
+use fedsec_wire::{PhaseMessage, RoundKey, Wire};
 use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -142,7 +147,7 @@ impl Taking {
 /// The engine's reply in its wire form. A reply the engine shares among clients (the same
 /// `Arc`) is converted once: `shared` keeps the last one and its conversion.
 fn wire_reply(
-    key: &server_wire::RoundKey,
+    key: &RoundKey,
     reply: Reply,
     shared: &mut Option<(Arc<dyn std::any::Any + Send + Sync>, Arc<Response>)>,
 ) -> Arc<Response> {
@@ -162,14 +167,12 @@ fn wire_reply(
 }
 
 /// The engine's reply as the gRPC adapter sends it.
-fn to_wire(key: &server_wire::RoundKey, reply: Reply) -> Response {
+fn to_wire(key: &RoundKey, reply: Reply) -> Response {
     match reply {
-        Reply::Keys(f) => Response::AdvertiseKeys(server_wire::keys_to_wire(key, &f)),
-        Reply::Shares(f) => Response::ShareKeys(server_wire::shares_to_wire(key, &f)),
-        Reply::Survivors(r) => Response::UploadMaskedInput(server_wire::survivors_to_wire(key, &r)),
-        Reply::Unmask(r) => {
-            Response::ConsistencyCheck(server_wire::unmask_request_to_wire(key, &r))
-        }
+        Reply::Keys(f) => Response::AdvertiseKeys(f.to_wire(key)),
+        Reply::Shares(f) => Response::ShareKeys(f.to_wire(key)),
+        Reply::Survivors(r) => Response::UploadMaskedInput(r.to_wire(key)),
+        Reply::Unmask(r) => Response::ConsistencyCheck(r.to_wire(key)),
         Reply::Result(o) => Response::Unmask(server_wire::result_to_wire(&o, key.task)),
     }
 }
@@ -253,7 +256,7 @@ impl World<'_> {
 
     /// Runs the selection: the sites check in, in an order drawn from the seed for each
     /// attempt (the engine takes the first ones that fill a round); returns the plan.
-    fn select(&mut self, attempt: usize) -> Result<RoundInfo, SimError> {
+    fn select(&mut self, attempt: usize) -> Result<Assignment, SimError> {
         let mut order: Vec<usize> = (0..self.sites.len()).collect();
         order.shuffle(&mut ChaCha20Rng::from_seed(seed32(
             self.exp.seed,
@@ -295,17 +298,17 @@ impl World<'_> {
             task_id: TASK,
             round_summary: summary,
         };
-        self.manifest = server_wire::manifest_to_wire(&manifest.sign(&self.signing));
+        self.manifest = manifest.sign(&self.signing).to_wire();
         Ok(())
     }
 
     /// One attempt, from the plan to its outcome. The clients' work of each phase runs in
     /// parallel; their messages reach the engine one by one, in the plan's order.
-    fn attempt(&mut self, info: RoundInfo) -> Result<AttemptRecord, SimError> {
+    fn attempt(&mut self, info: Assignment) -> Result<AttemptRecord, SimError> {
         let plan = info.plan.clone();
         let round = plan.round_id.0;
         let ctx = plan.context();
-        let plan_wire = server_wire::plan_to_wire(&info);
+        let plan_wire = info.to_wire();
         let mut taking: Vec<Taking> = Vec::with_capacity(plan.selected.len());
         for id in &plan.selected {
             let s = self.by_id[id];
@@ -400,25 +403,26 @@ impl World<'_> {
                 continue;
             }
             let (id, now, e) = (c.id, self.now, &mut self.engine);
-            let taken =
-                match request {
-                    Some(Request::AdvertiseKeys(r)) => server_wire::advertise(&r, id)
-                        .is_ok_and(|m| e.advertise(id, m, now).is_ok()),
-                    Some(Request::ShareKeys(r)) => server_wire::share_keys(&r, id)
-                        .is_ok_and(|m| e.share_keys(id, m, now).is_ok()),
-                    Some(Request::UploadMaskedInput(chunks)) => {
-                        c.uploaded = chunks.into_iter().all(|k| {
-                            server_wire::chunk(k, id)
-                                .is_ok_and(|(_, m)| e.masked_input(id, &m, now).is_ok())
-                        });
-                        c.uploaded
-                    }
-                    Some(Request::ConsistencyCheck(r)) => server_wire::consistency(&r, id)
-                        .is_ok_and(|m| e.consistency(id, m, now).is_ok()),
-                    Some(Request::Unmask(r)) => server_wire::unmasking(&r, id)
-                        .is_ok_and(|m| e.unmasking(id, m, now).is_ok()),
-                    Some(Request::DownloadModel(_)) | None => false,
-                };
+            let taken = match request {
+                Some(Request::AdvertiseKeys(r)) => {
+                    AdvertiseKeys::from_wire(&r, id).is_ok_and(|m| e.advertise(id, m, now).is_ok())
+                }
+                Some(Request::ShareKeys(r)) => {
+                    ShareKeys::from_wire(&r, id).is_ok_and(|m| e.share_keys(id, m, now).is_ok())
+                }
+                Some(Request::UploadMaskedInput(chunks)) => {
+                    c.uploaded = chunks.into_iter().all(|k| {
+                        MaskedInput::from_wire(&k, id)
+                            .is_ok_and(|m| e.masked_input(id, &m, now).is_ok())
+                    });
+                    c.uploaded
+                }
+                Some(Request::ConsistencyCheck(r)) => ConsistencySignature::from_wire(&r, id)
+                    .is_ok_and(|m| e.consistency(id, m, now).is_ok()),
+                Some(Request::Unmask(r)) => UnmaskingResponse::from_wire(&r, id)
+                    .is_ok_and(|m| e.unmasking(id, m, now).is_ok()),
+                Some(Request::DownloadModel(_)) | None => false,
+            };
             c.active &= taken;
         }
     }
@@ -428,7 +432,7 @@ impl World<'_> {
     /// exist at once. The replies after U3 is fixed — U3, then U3 and its signatures, the
     /// largest messages of a round — are one message the engine shares among the clients it
     /// answers; it is converted to its wire form once.
-    fn work(&self, taking: &mut [Taking], key: &server_wire::RoundKey, phase: Phase) {
+    fn work(&self, taking: &mut [Taking], key: &RoundKey, phase: Phase) {
         let now = self.now;
         let mut shared: Option<(Arc<dyn std::any::Any + Send + Sync>, Arc<Response>)> = None;
         for slice in taking.chunks_mut(WORK_SLICE) {
@@ -449,11 +453,11 @@ impl World<'_> {
     /// The five phases of an attempt. Returns the sites whose masked input was taken.
     fn phases(
         &mut self,
-        info: &RoundInfo,
+        info: &Assignment,
         taking: &mut [Taking],
     ) -> Result<BTreeSet<usize>, SimError> {
         let plan = &info.plan;
-        let key = server_wire::RoundKey::of(info);
+        let key = info.key();
         let ctx = key.ctx;
         let any = plan.selected[0];
         let latency = Duration::from_millis(self.exp.latency_ms);
@@ -518,39 +522,51 @@ impl World<'_> {
 /// A signature known to be valid: (key, SHA-256 of the message, signature).
 type KnownSignature = ([u8; 32], [u8; 32], [u8; 64]);
 
-/// The clients' verifier, shared by all simulated clients: each distinct (client, credential)
-/// pair is verified once and remembered, and so is each distinct valid (key, message,
-/// signature). Both are pure functions of their bytes (and of the fixed time), so every
-/// client would reach the same answer on its own; sharing them saves the simulation from
-/// checking each chain and each consistency signature once per client — n² checks a round.
-/// Every client still makes every check; only repeated ones are looked up.
+/// The clients' verifier, shared by all simulated clients. Each distinct certificate chain,
+/// valid signature and advertised public key is checked once and remembered: each check is a
+/// pure function of its bytes (and of the fixed time), so every client would reach the same
+/// answer on its own. Sharing them saves the simulation from checking each chain and each
+/// consistency signature once per client (n² checks a round) and each advertised key once per
+/// neighbour. Every client still makes every check; a repeated one is a lookup.
 struct SharedVerifier {
     inner: X509Credentials,
-    chains: Mutex<BTreeMap<(ClientId, [u8; 32]), VerifyingKey>>,
-    /// Valid signatures: (key, SHA-256 of the message, signature).
-    signatures: Mutex<HashSet<KnownSignature>>,
+    /// Verified chains: client → (credential, key).
+    chains: RwLock<HashMap<ClientId, (Vec<u8>, VerifyingKey)>>,
+    signatures: RwLock<HashSet<KnownSignature>>,
+    keys: RwLock<HashMap<[u8; 32], PublicKey>>,
+}
+
+/// A read or write lock, whoever panicked while holding it (the maps stay consistent: each
+/// insert is one call).
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SharedVerifier {
     fn new(inner: X509Credentials) -> Self {
-        SharedVerifier { inner, chains: Mutex::default(), signatures: Mutex::default() }
-    }
-
-    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<KnownSignature>> {
-        self.signatures.lock().unwrap_or_else(|p| p.into_inner())
+        SharedVerifier {
+            inner,
+            chains: RwLock::default(),
+            signatures: RwLock::default(),
+            keys: RwLock::default(),
+        }
     }
 }
 
 impl CredentialVerifier for SharedVerifier {
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> fedsec_crypto::Result<VerifyingKey> {
-        let key = (*claimed, <[u8; 32]>::from(Sha256::digest(credential)));
-        let seen = self.chains.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
-        if let Some(k) = seen {
-            return Ok(k);
+        if let Some((seen, key)) = read(&self.chains).get(claimed)
+            && seen.as_slice() == credential
+        {
+            return Ok(*key);
         }
-        let k = self.inner.verify(claimed, credential)?;
-        self.chains.lock().unwrap_or_else(|p| p.into_inner()).insert(key, k);
-        Ok(k)
+        let key = self.inner.verify(claimed, credential)?;
+        write(&self.chains).insert(*claimed, (credential.to_vec(), key));
+        Ok(key)
     }
 
     fn verify_signature(
@@ -561,11 +577,11 @@ impl CredentialVerifier for SharedVerifier {
         signature: &[u8; 64],
     ) -> fedsec_crypto::Result<()> {
         let entry = (key.to_bytes(), Sha256::digest(message).into(), *signature);
-        if self.known().contains(&entry) {
+        if read(&self.signatures).contains(&entry) {
             return Ok(());
         }
         self.inner.verify_signature(signer, key, message, signature)?;
-        self.known().insert(entry);
+        write(&self.signatures).insert(entry);
         Ok(())
     }
 
@@ -585,7 +601,7 @@ impl CredentialVerifier for SharedVerifier {
             })
             .collect();
         let unknown: Vec<usize> = {
-            let known = self.known();
+            let known = read(&self.signatures);
             (0..items.len()).filter(|&i| !known.contains(&entries[i])).collect()
         };
         if unknown.is_empty() {
@@ -593,9 +609,17 @@ impl CredentialVerifier for SharedVerifier {
         }
         let fresh: Vec<SignedItem> = unknown.iter().map(|&i| items[i].clone()).collect();
         self.inner.verify_signatures(&fresh)?;
-        let mut known = self.known();
-        known.extend(unknown.into_iter().map(|i| entries[i]));
+        write(&self.signatures).extend(unknown.into_iter().map(|i| entries[i]));
         Ok(())
+    }
+
+    fn public_key(&self, owner: ClientId, bytes: &[u8; 32]) -> fedsec_crypto::Result<PublicKey> {
+        if let Some(k) = read(&self.keys).get(bytes) {
+            return Ok(*k);
+        }
+        let key = self.inner.public_key(owner, bytes)?;
+        write(&self.keys).insert(*bytes, key);
+        Ok(key)
     }
 }
 

@@ -11,11 +11,11 @@ use fedsec_crypto::secagg::messages::{
 use fedsec_crypto::secagg::server::SecAggServer;
 use fedsec_crypto::{ClientId, RoundContext};
 
-use super::types::{RoundInfo, RoundOutcome};
+use super::types::{Assignment, RoundOutcome};
 
 /// One attempt in progress.
 pub(super) struct Attempt {
-    pub(super) info: RoundInfo,
+    pub(super) info: Assignment,
     pub(super) ctx: RoundContext,
     pub(super) server: SecAggServer,
     pub(super) phase: Phase,

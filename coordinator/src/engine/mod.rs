@@ -53,7 +53,7 @@ use sha2::{Digest, Sha256};
 
 pub use config::{PhaseDeadlines, TaskConfig};
 pub use types::{
-    AuditEvent, CheckIn, NewCheckpoint, Output, Reply, RoundInfo, RoundOutcome, Status,
+    Assignment, AuditEvent, CheckIn, NewCheckpoint, Output, Reply, RoundOutcome, Status,
 };
 
 use attempt::Attempt;
@@ -226,7 +226,7 @@ impl Engine {
     }
 
     /// The running attempt's plan, if any.
-    pub fn current_round(&self) -> Option<&RoundInfo> {
+    pub fn current_round(&self) -> Option<&Assignment> {
         match &self.state {
             State::Running(a) => Some(&a.info),
             State::Committing { attempt, .. } => Some(&attempt.info),
@@ -396,7 +396,7 @@ impl Engine {
         let n = plan.selected.len();
         Ok(Attempt {
             ctx: plan.context(),
-            info: RoundInfo {
+            info: Assignment {
                 plan,
                 checkpoint_version: self.checkpoint_version,
                 upload_chunk_words: c.upload_chunk_words,

@@ -91,7 +91,7 @@ impl Fed {
 }
 
 struct Ran {
-    info: RoundInfo,
+    info: Assignment,
     quantized: BTreeMap<usize, Vec<u32>>,
     outcome: Result<RoundOutcome>,
 }
@@ -101,7 +101,7 @@ impl Fed {
         self.sites.iter().position(|s| s.key.id() == *id).unwrap()
     }
 
-    fn check_in_all(&mut self) -> RoundInfo {
+    fn check_in_all(&mut self) -> Assignment {
         let mut info = None;
         for s in &self.sites {
             if let CheckIn::Selected(i) = self.engine.check_in(s.key.id(), self.now) {

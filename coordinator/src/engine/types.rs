@@ -7,20 +7,8 @@ use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
     ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
 };
-use fedsec_crypto::{AttemptNonce, CheckpointHash, ClientId, RoundContext, RoundId, RoundPlan};
-
-/// What a selected client needs to run an attempt: the plan, plus how the round runs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RoundInfo {
-    /// The plan; its context binds every message of the attempt.
-    pub plan: RoundPlan,
-    /// The version of the checkpoint to train on (its hash is in the plan).
-    pub checkpoint_version: u64,
-    /// Masked-input chunk size in words.
-    pub upload_chunk_words: u32,
-    /// Per-phase deadlines, each relative to its phase's start.
-    pub phase_deadlines: [Duration; 5],
-}
+use fedsec_crypto::{AttemptNonce, CheckpointHash, ClientId, RoundContext, RoundId};
+pub use fedsec_wire::Assignment;
 
 /// The answer to a check-in.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +16,7 @@ pub enum CheckIn {
     /// Waiting for selection; ask again (the gRPC adapter long-polls).
     Pending,
     /// Selected: run this attempt.
-    Selected(Box<RoundInfo>),
+    Selected(Box<Assignment>),
     /// Not now.
     RetryLater {
         /// When to check in again.

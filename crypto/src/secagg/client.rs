@@ -447,7 +447,9 @@ impl SecAggClient {
         let mut received = BTreeMap::new();
         for fwd in &msg.shares {
             let idx = self.plan.index_of(&fwd.from).ok_or(Error::NotSelected(fwd.from))?;
-            let peer = self.peers.get(&idx).ok_or(Error::NotNeighbour(fwd.from))?;
+            if !self.peers.contains_key(&idx) {
+                return Err(Error::NotNeighbour(fwd.from));
+            }
             if received.contains_key(&idx) {
                 return Err(Error::DuplicateClient(fwd.from));
             }
@@ -655,10 +657,9 @@ pub(crate) fn verify_advert(
         &[&advert.enc_pk, &advert.mask_pk, &advert.self_mask_commitment],
     );
     verifier.verify_signature(id, &verifying_key, &message, &advert.signature.0)?;
-    let enc_pk = PublicKey::from_bytes(&advert.enc_pk).ok_or(Error::BadPublicKey(id))?;
-    let mask_pk = PublicKey::from_bytes(&advert.mask_pk).ok_or(Error::BadPublicKey(id))?;
-    let self_mask_commitment =
-        PublicKey::from_bytes(&advert.self_mask_commitment).ok_or(Error::BadPublicKey(id))?;
+    let enc_pk = verifier.public_key(id, &advert.enc_pk)?;
+    let mask_pk = verifier.public_key(id, &advert.mask_pk)?;
+    let self_mask_commitment = verifier.public_key(id, &advert.self_mask_commitment)?;
     if advert.enc_pk == advert.mask_pk {
         return Err(Error::BadPublicKey(id));
     }
