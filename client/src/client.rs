@@ -349,17 +349,14 @@ impl Client {
                     }
                     let is_upload = matches!(request, Request::UploadMaskedInput(_));
                     let response = self.send(request, deadline).await?;
-                    let next = round.handle(
-                        &response,
-                        &mut self.state,
-                        &mut rand::rng(),
-                        Instant::now(),
-                    )?;
-                    if is_upload {
+                    let next =
+                        round.handle(&response, &mut self.state, &mut rand::rng(), Instant::now());
+                    // Taken by the coordinator, whatever the client thinks of U3 next.
+                    if is_upload && round.uploaded() {
                         tracing::info!(round = round_id, "masked input uploaded");
                         uploaded.push((round_id, round.plan().attempt.0));
                     }
-                    next
+                    next?
                 }
                 Step::Train { model, persist, .. } => {
                     if persist {
@@ -431,10 +428,16 @@ impl Client {
         {
             match chunk.part {
                 Some(v1::model_chunk::Part::Manifest(m)) if manifest.is_none() => {
-                    data.reserve(m.size_bytes.min(1 << 34) as usize);
+                    // The size is unverified until the whole checkpoint is: reserve little.
+                    data.reserve(m.size_bytes.min(1 << 26) as usize);
                     manifest = Some(m);
                 }
                 Some(v1::model_chunk::Part::Data(d)) if manifest.is_some() => {
+                    let size = manifest.as_ref().map_or(0, |m| m.size_bytes);
+                    if (data.len() + d.len()) as u64 > size {
+                        let reason = Reason::TooLong(size);
+                        return Err(WireError { field: "model_chunk.data", reason }.into());
+                    }
                     data.extend_from_slice(&d);
                 }
                 _ => {

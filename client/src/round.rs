@@ -44,7 +44,7 @@ use fedsec_crypto::secagg::messages::{
 };
 use fedsec_crypto::sign::{CredentialVerifier, IdentityKey};
 use fedsec_crypto::x509::encode_chain;
-use fedsec_crypto::{ClientId, RoundPlan, TaskId};
+use fedsec_crypto::{CheckpointHash, ClientId, RoundPlan, TaskId};
 use fedsec_proto::v1;
 use fedsec_wire::{Assignment, PhaseMessage, RoundKey, Wire};
 use prost::Message;
@@ -279,7 +279,14 @@ pub struct Round {
     coordinator_key: VerifyingKey,
     /// When the plan arrived: phase deadlines count from here.
     started: Instant,
-    secagg: SecAggClient,
+    /// Who the client is, for the protocol core made once the checkpoint is verified.
+    identity: Arc<IdentityKey>,
+    credential: Vec<u8>,
+    policy: ClientPolicy,
+    verifier: Arc<dyn CredentialVerifier>,
+    /// The protocol core of this attempt: made when the checkpoint is verified, from the hash
+    /// verified.
+    secagg: Option<SecAggClient>,
     awaiting: Awaiting,
     /// The local update (a secret until masked: wiped once used).
     update: Vec<f32>,
@@ -303,9 +310,8 @@ impl core::fmt::Debug for Round {
 
 impl Round {
     /// Takes the plan of a check-in answer, received at `now`: checks it against the site's
-    /// floor, the parameters the client computes itself and the ledger in `state`, makes the
-    /// attempt's fresh keys, and asks for the checkpoint. `verifier` checks peers' certificate
-    /// chains (at the current time).
+    /// floor, the parameters the client computes itself and the ledger in `state`, and asks for
+    /// the checkpoint. `verifier` checks peers' certificate chains (at the current time).
     pub fn new(
         member: &Membership,
         verifier: Arc<dyn CredentialVerifier>,
@@ -320,17 +326,12 @@ impl Round {
                 got: assignment.plan.task_id,
             });
         }
-        // The checkpoint is verified before anything is sent that depends on it: the
-        // advertisement leaves only after `handle(Model)` checked the bytes against this hash.
-        let secagg = SecAggClient::new(
-            member.identity.clone(),
-            verifier,
-            &member.policy,
-            assignment.plan.clone(),
-            &assignment.plan.checkpoint,
-            &state.ledger,
-        )?
-        .with_credential(member.credential.clone());
+        // Nothing is downloaded for a plan the client would refuse.
+        SecAggClient::check_plan(&assignment.plan, &member.policy, &state.ledger)?;
+        let me = member.id();
+        if assignment.plan.index_of(&me).is_none() {
+            return Err(fedsec_crypto::Error::NotSelected(me).into());
+        }
         let key = assignment.key();
         let mut round = Round {
             assignment,
@@ -339,7 +340,11 @@ impl Round {
             state_key: member.state_key(),
             coordinator_key: member.coordinator_key,
             started: now,
-            secagg,
+            identity: member.identity.clone(),
+            credential: member.credential.clone(),
+            policy: member.policy.clone(),
+            verifier,
+            secagg: None,
             awaiting: Awaiting::Model,
             update: Vec::new(),
             examples: 0,
@@ -406,16 +411,32 @@ impl Round {
     }
 
     /// The local training result: checks that it fits the plan, then advertises the keys.
-    pub fn trained(&mut self, fit: FitResult, _now: Instant) -> Result<Step> {
-        self.expect(Awaiting::Training, "a training result")?;
+    pub fn trained(&mut self, mut fit: FitResult, _now: Instant) -> Result<Step> {
         let dim = self.assignment.plan.dim as usize;
-        if fit.update.len() + 1 != dim {
+        let checked = self.expect(Awaiting::Training, "a training result").and_then(|()| {
+            match fit.update.len() + 1 == dim {
+                true => Ok(()),
+                false => {
+                    Err(ClientError::UpdateLength { got: fit.update.len(), expected: dim - 1 })
+                }
+            }
+        });
+        if let Err(e) = checked {
             self.awaiting = Awaiting::Nothing;
-            return Err(ClientError::UpdateLength { got: fit.update.len(), expected: dim - 1 });
+            fit.update.zeroize();
+            return Err(e);
         }
-        (self.update, self.examples, self.train_loss) = (fit.update, fit.examples, fit.loss);
-        let request = Request::AdvertiseKeys(self.secagg.advertise().to_wire(&self.key));
+        (self.update, self.examples, self.train_loss) =
+            (std::mem::take(&mut fit.update), fit.examples, fit.loss);
+        let key = self.key;
+        let request = Request::AdvertiseKeys(self.core().advertise().to_wire(&key));
         Ok(self.send(request, Phase::AdvertiseKeys, false))
+    }
+
+    /// The protocol core; there is one from the moment the checkpoint is verified, and the
+    /// round asks for nothing that needs it before.
+    fn core(&mut self) -> &mut SecAggClient {
+        self.secagg.as_mut().expect("the protocol core is made when the checkpoint is verified")
     }
 
     fn expect(&mut self, want: Awaiting, got: &'static str) -> Result<()> {
@@ -464,7 +485,17 @@ impl Round {
             Response::Model { manifest, data } => {
                 self.expect(Awaiting::Model, response.name())?;
                 self.received += response.encoded_len();
-                let model = self.checkpoint(manifest, data, state)?;
+                let (model, verified) = self.checkpoint(manifest, data, state)?;
+                // The protocol core and its fresh keys, for the checkpoint verified.
+                let core = SecAggClient::new(
+                    self.identity.clone(),
+                    self.verifier.clone(),
+                    &self.policy,
+                    self.assignment.plan.clone(),
+                    &verified,
+                    &state.ledger,
+                )?;
+                self.secagg = Some(core.with_credential(self.credential.clone()));
                 self.awaiting = Awaiting::Training;
                 let version = self.assignment.checkpoint_version;
                 let newer =
@@ -478,7 +509,7 @@ impl Round {
             Response::AdvertiseKeys(r) => {
                 self.expect(Awaiting::Reply(Phase::AdvertiseKeys), response.name())?;
                 self.received += response.encoded_len();
-                let shares = self.secagg.handle_keys(&KeysForward::from_wire(r, me)?)?;
+                let shares = self.core().handle_keys(&KeysForward::from_wire(r, me)?)?;
                 let request = Request::ShareKeys(shares.to_wire(&self.key));
                 Ok(self.send(request, Phase::ShareKeys, false))
             }
@@ -494,7 +525,7 @@ impl Round {
                 }
                 // Masks once for the attempt and records the checkpoint in the ledger; the
                 // driver persists it before the masked input leaves.
-                let y = self.secagg.handle_shares(&forwarded, &x, &mut state.ledger);
+                let y = self.core().handle_shares(&forwarded, &x, &mut state.ledger);
                 x.zeroize();
                 let words = self.assignment.upload_chunk_words as usize;
                 let chunks = fedsec_wire::chunks(&self.key, &y?, words);
@@ -509,14 +540,14 @@ impl Round {
                 self.received += response.encoded_len();
                 self.uploaded = true;
                 let u3 = ConsistencyRequest::from_wire(r, me)?;
-                let signature = self.secagg.handle_consistency(&u3)?;
+                let signature = self.core().handle_consistency(&u3)?;
                 let request = Request::ConsistencyCheck(signature.to_wire(&self.key));
                 Ok(self.send(request, Phase::ConsistencyCheck, false))
             }
             Response::ConsistencyCheck(r) => {
                 self.expect(Awaiting::Reply(Phase::ConsistencyCheck), response.name())?;
                 self.received += response.encoded_len();
-                let reveal = self.secagg.handle_unmasking(&UnmaskingRequest::from_wire(r, me)?)?;
+                let reveal = self.core().handle_unmasking(&UnmaskingRequest::from_wire(r, me)?)?;
                 let request = Request::Unmask(reveal.to_wire(&self.key));
                 Ok(self.send(request, Phase::Unmasking, false))
             }
@@ -524,6 +555,9 @@ impl Round {
                 self.expect(Awaiting::Reply(Phase::Unmasking), response.name())?;
                 self.received += response.encoded_len();
                 self.awaiting = Awaiting::Nothing;
+                if RoundKey::from_ref(result.round.as_ref())? != self.key {
+                    return Err(fedsec_crypto::Error::WrongContext.into());
+                }
                 if !result.completed {
                     return Err(ClientError::Aborted(result.abort_reason.clone()));
                 }
@@ -547,7 +581,7 @@ impl Round {
         manifest: &v1::CheckpointManifest,
         data: &[u8],
         state: &ClientState,
-    ) -> Result<Model> {
+    ) -> Result<(Model, CheckpointHash)> {
         let manifest = SignedManifest::from_wire(manifest)?;
         let last_seen = state.last_seen_version.get(&self.state_key).copied();
         let model = manifest.verify_checkpoint(&self.coordinator_key, data, last_seen)?;
@@ -558,7 +592,7 @@ impl Round {
         {
             return Err(fedsec_crypto::Error::CheckpointMismatch.into());
         }
-        Ok(model)
+        Ok((model, m.sha256))
     }
 }
 
@@ -566,4 +600,264 @@ impl Drop for Round {
     fn drop(&mut self) {
         self.update.zeroize();
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use fedsec_crypto::checkpoint::Manifest;
+    use fedsec_crypto::model::Tensor;
+    use fedsec_crypto::secagg::driver::make_plan;
+    use fedsec_crypto::sign::RawKeyCredentials;
+    use fedsec_crypto::{AdversaryClass, CheckpointHash, GraphKind};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    use super::*;
+
+    /// One client of a ten-client task, a plan that selects it, and the plan's checkpoint.
+    struct Setup {
+        member: Membership,
+        coordinator: SigningKey,
+        model: Model,
+        bytes: Vec<u8>,
+        plan: v1::RoundPlan,
+        assignment: Assignment,
+    }
+
+    const TASK: TaskId = TaskId([7; 16]);
+
+    fn setup() -> Setup {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let identities: Vec<IdentityKey> =
+            (0..10).map(|_| IdentityKey::generate(&mut rng)).collect();
+        let mut ids: Vec<ClientId> = identities.iter().map(IdentityKey::id).collect();
+        let model = Model::new().with("w", Tensor::new(vec![3], vec![0.5, -1.0, 2.0]).unwrap());
+        let bytes = model.to_safetensors().unwrap();
+        let mut plan = make_plan(
+            &mut ids,
+            GraphKind::Complete,
+            100_000,
+            50_000,
+            AdversaryClass::SemiMalicious,
+            4,
+            CheckpointHash::of(&bytes),
+            &mut rng,
+        )
+        .unwrap();
+        plan.task_id = TASK;
+        let assignment = Assignment {
+            plan,
+            checkpoint_version: 3,
+            upload_chunk_words: 2,
+            phase_deadlines: [Duration::from_secs(1); 5],
+        };
+        let coordinator = SigningKey::from_bytes(&[9; 32]);
+        let me = identities.into_iter().next().unwrap();
+        let member = Membership::new(
+            Arc::new(me),
+            &[b"not a certificate".to_vec()],
+            ClientPolicy::default(),
+            coordinator.verifying_key(),
+            TASK,
+        );
+        Setup { member, coordinator, model, bytes, plan: assignment.to_wire(), assignment }
+    }
+
+    impl Setup {
+        fn manifest(&self, edit: impl FnOnce(&mut Manifest)) -> v1::CheckpointManifest {
+            let mut m = Manifest {
+                version: 3,
+                parent_version: 2,
+                sha256: CheckpointHash::of(&self.bytes),
+                size_bytes: self.bytes.len() as u64,
+                task_id: TASK,
+                round_summary: String::new(),
+            };
+            edit(&mut m);
+            m.sign(&self.coordinator).to_wire()
+        }
+
+        fn round(&self, state: &ClientState, now: Instant) -> Result<(Round, Step)> {
+            Round::new(&self.member, Arc::new(RawKeyCredentials), &self.plan, state, now)
+        }
+
+        fn model(&self, manifest: v1::CheckpointManifest) -> Response {
+            Response::Model { manifest, data: self.bytes.clone() }
+        }
+    }
+
+    fn coins() -> ChaCha20Rng {
+        ChaCha20Rng::seed_from_u64(2)
+    }
+
+    #[test]
+    fn the_round_verifies_the_checkpoint_before_it_trains_then_advertises() {
+        let s = setup();
+        let mut state = ClientState::default();
+        let t0 = Instant::now();
+        let (mut round, step) = s.round(&state, t0).unwrap();
+        let Step::Send { request: Request::DownloadModel(req), deadline, persist } = step else {
+            panic!("the round starts with the download: {step:?}")
+        };
+        assert_eq!(req.round, Some(s.assignment.key().to_wire()));
+        assert_eq!((deadline, persist), (t0 + Duration::from_secs(1), false));
+        let sent = round.bytes_sent();
+        assert!(sent > 0);
+
+        let step = round.handle(&s.model(s.manifest(|_| {})), &mut state, &mut coins(), t0);
+        let Ok(Step::Train { model, persist, .. }) = step else { panic!("{step:?}") };
+        assert_eq!(model, s.model);
+        assert!(persist, "the newest version seen changed");
+        assert_eq!(state.last_seen_version[&s.member.state_key()], 3);
+        assert_eq!(round.bytes_received(), s.bytes.len() as u64);
+
+        let fit = FitResult { update: vec![0.25; 3], examples: 5, loss: 0.5 };
+        let Ok(Step::Send { request: Request::AdvertiseKeys(advert), deadline, persist }) =
+            round.trained(fit, t0)
+        else {
+            panic!("the advertisement follows the training")
+        };
+        assert_eq!((deadline, persist), (t0 + Duration::from_secs(1), false));
+        assert_eq!(advert.round, Some(s.assignment.key().to_wire()));
+        assert_eq!(round.bytes_sent(), sent + advert.encoded_len() as u64);
+        // A second model now is out of order, and ends the attempt.
+        let again = round.handle(&s.model(s.manifest(|_| {})), &mut state, &mut coins(), t0);
+        assert!(matches!(again, Err(ClientError::OutOfOrder { got: "the model", .. })));
+    }
+
+    #[test]
+    fn a_checkpoint_that_is_not_the_plans_is_refused_and_nothing_is_recorded() {
+        let s = setup();
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let cases: Vec<(&str, Response, ClientState)> = vec![
+            (
+                "another signer",
+                s.model(s.manifest(|_| {}).tap(|m| {
+                    let forged = SignedManifest::from_wire(m).unwrap().manifest.sign(&other);
+                    *m = forged.to_wire();
+                })),
+                ClientState::default(),
+            ),
+            (
+                "other bytes",
+                Response::Model { manifest: s.manifest(|_| {}), data: b"other".to_vec() },
+                ClientState::default(),
+            ),
+            ("another version", s.model(s.manifest(|m| m.version = 4)), ClientState::default()),
+            ("another task", s.model(s.manifest(|m| m.task_id = TaskId([1; 16]))), {
+                ClientState::default()
+            }),
+            ("a rollback", s.model(s.manifest(|_| {})), {
+                let mut state = ClientState::default();
+                state.last_seen_version.insert(s.member.state_key(), 5);
+                state
+            }),
+        ];
+        for (what, response, mut state) in cases {
+            let before = state.clone();
+            let (mut round, _) = s.round(&state, Instant::now()).unwrap();
+            let got = round.handle(&response, &mut state, &mut coins(), Instant::now());
+            assert!(matches!(got, Err(ClientError::Protocol(_))), "{what}: {got:?}");
+            assert_eq!(state, before, "{what}: the state is unchanged");
+            let fit = FitResult { update: vec![0.0; 3], examples: 1, loss: 0.0 };
+            assert!(
+                matches!(round.trained(fit, Instant::now()), Err(ClientError::OutOfOrder { .. })),
+                "{what}: the attempt is over"
+            );
+        }
+    }
+
+    #[test]
+    fn a_plan_is_refused_before_anything_is_downloaded() {
+        let s = setup();
+        // Already contributed on this checkpoint.
+        // (as a restarted client reads it from its state file)
+        let ledger = format!(r#"{{"checkpoints":[{:?}]}}"#, s.assignment.plan.checkpoint.0);
+        let state =
+            ClientState { ledger: serde_json::from_str(&ledger).unwrap(), ..Default::default() };
+        let got = s.round(&state, Instant::now());
+        assert!(matches!(
+            got,
+            Err(ClientError::Protocol(fedsec_crypto::Error::AlreadyContributedOnCheckpoint))
+        ));
+        // Another task's plan.
+        let mut plan = s.plan.clone();
+        plan.task_id = vec![1; 16];
+        let got = Round::new(
+            &s.member,
+            Arc::new(RawKeyCredentials),
+            &plan,
+            &ClientState::default(),
+            Instant::now(),
+        );
+        assert!(matches!(got, Err(ClientError::WrongTask { .. })), "{got:?}");
+        // A malformed plan names its field.
+        let mut plan = s.plan.clone();
+        plan.graph_seed.pop();
+        let got = Round::new(
+            &s.member,
+            Arc::new(RawKeyCredentials),
+            &plan,
+            &ClientState::default(),
+            Instant::now(),
+        );
+        let Err(ClientError::Malformed(e)) = got else { panic!("{got:?}") };
+        assert_eq!(e.field, "plan.graph_seed");
+        // A plan below the site's floor (a weaker adversary class than it accepts).
+        let mut plan = s.plan.clone();
+        plan.adversary = v1::AdversaryClass::Curious as i32;
+        let got = Round::new(
+            &s.member,
+            Arc::new(RawKeyCredentials),
+            &plan,
+            &ClientState::default(),
+            Instant::now(),
+        );
+        assert!(matches!(got, Err(ClientError::Protocol(_))), "{got:?}");
+    }
+
+    #[test]
+    fn an_update_that_does_not_fit_the_plan_is_refused() {
+        let s = setup();
+        let mut state = ClientState::default();
+        let (mut round, _) = s.round(&state, Instant::now()).unwrap();
+        round
+            .handle(&s.model(s.manifest(|_| {})), &mut state, &mut coins(), Instant::now())
+            .unwrap();
+        let fit = FitResult { update: vec![0.0; 4], examples: 1, loss: 0.0 };
+        assert!(matches!(
+            round.trained(fit, Instant::now()),
+            Err(ClientError::UpdateLength { got: 4, expected: 3 })
+        ));
+    }
+
+    #[test]
+    fn a_reply_the_round_does_not_wait_for_ends_it() {
+        let s = setup();
+        let mut state = ClientState::default();
+        let (mut round, _) = s.round(&state, Instant::now()).unwrap();
+        let early = Response::Unmask(v1::RoundResult { completed: true, ..Default::default() });
+        let got = round.handle(&early, &mut state, &mut coins(), Instant::now());
+        assert!(
+            matches!(
+                got,
+                Err(ClientError::OutOfOrder { expected: "the model", got: "the round result" })
+            ),
+            "{got:?}"
+        );
+        // The attempt is over: even the model is refused now.
+        let got =
+            round.handle(&s.model(s.manifest(|_| {})), &mut state, &mut coins(), Instant::now());
+        assert!(matches!(got, Err(ClientError::OutOfOrder { .. })));
+    }
+
+    /// `tap` for building a value in place.
+    trait Tap: Sized {
+        fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+            f(&mut self);
+            self
+        }
+    }
+    impl<T> Tap for T {}
 }

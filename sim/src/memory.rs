@@ -519,20 +519,26 @@ impl World<'_> {
     }
 }
 
-/// A signature known to be valid: (key, SHA-256 of the message, signature).
+/// A signature verified on its own (strictly): (key, SHA-256 of the message, signature).
 type KnownSignature = ([u8; 32], [u8; 32], [u8; 64]);
 
 /// The clients' verifier, shared by all simulated clients. Each distinct certificate chain,
-/// valid signature and advertised public key is checked once and remembered: each check is a
+/// signature check and advertised public key is checked once and remembered: each check is a
 /// pure function of its bytes (and of the fixed time), so every client would reach the same
 /// answer on its own. Sharing them saves the simulation from checking each chain and each
 /// consistency signature once per client (n² checks a round) and each advertised key once per
-/// neighbour. Every client still makes every check; a repeated one is a lookup.
+/// neighbour. Every client still makes every check; a repeated one is a lookup. A result is
+/// remembered only for exactly the inputs that produced it: single signatures (checked
+/// strictly) apart from batches, and a batch as its whole ordered list, since batch
+/// verification is a property of the batch, not of each signature in it.
 struct SharedVerifier {
     inner: X509Credentials,
     /// Verified chains: client → (credential, key).
     chains: RwLock<HashMap<ClientId, (Vec<u8>, VerifyingKey)>>,
+    /// Signatures that passed the strict single check.
     signatures: RwLock<HashSet<KnownSignature>>,
+    /// Batches that passed, by SHA-256 of their ordered (key, SHA-256 of message, signature).
+    batches: RwLock<HashSet<[u8; 32]>>,
     keys: RwLock<HashMap<[u8; 32], PublicKey>>,
 }
 
@@ -552,6 +558,7 @@ impl SharedVerifier {
             inner,
             chains: RwLock::default(),
             signatures: RwLock::default(),
+            batches: RwLock::default(),
             keys: RwLock::default(),
         }
     }
@@ -588,28 +595,24 @@ impl CredentialVerifier for SharedVerifier {
     fn verify_signatures(&self, items: &[SignedItem]) -> fedsec_crypto::Result<()> {
         // Messages repeat within a batch (every consistency signature signs the same U3):
         // hash each distinct one once.
+        let mut batch = Sha256::new();
         let mut last: Option<(&[u8], [u8; 32])> = None;
-        let entries: Vec<KnownSignature> = items
-            .iter()
-            .map(|(_, key, message, sig)| {
-                let digest = match last {
-                    Some((m, d)) if m == message.as_slice() => d,
-                    _ => Sha256::digest(message).into(),
-                };
-                last = Some((message, digest));
-                (key.to_bytes(), digest, *sig)
-            })
-            .collect();
-        let unknown: Vec<usize> = {
-            let known = read(&self.signatures);
-            (0..items.len()).filter(|&i| !known.contains(&entries[i])).collect()
-        };
-        if unknown.is_empty() {
+        for (_, key, message, sig) in items {
+            let digest = match last {
+                Some((m, d)) if m == message.as_slice() => d,
+                _ => Sha256::digest(message).into(),
+            };
+            last = Some((message, digest));
+            batch.update(key.as_bytes());
+            batch.update(digest);
+            batch.update(sig);
+        }
+        let batch: [u8; 32] = batch.finalize().into();
+        if read(&self.batches).contains(&batch) {
             return Ok(());
         }
-        let fresh: Vec<SignedItem> = unknown.iter().map(|&i| items[i].clone()).collect();
-        self.inner.verify_signatures(&fresh)?;
-        write(&self.signatures).extend(unknown.into_iter().map(|i| entries[i]));
+        self.inner.verify_signatures(items)?;
+        write(&self.batches).insert(batch);
         Ok(())
     }
 

@@ -42,6 +42,9 @@ pub enum Reason {
     /// Parts of a stream came in the wrong order: the order they must come in.
     #[error("out of order: {0}")]
     Order(&'static str),
+    /// A stream carries more bytes than its header announced.
+    #[error("more than the {0} bytes announced")]
+    TooLong(u64),
     /// A number is out of its range.
     #[error("{0} is out of range")]
     OutOfRange(u64),

@@ -99,7 +99,8 @@ pub struct SecAggClient {
     peers: BTreeMap<usize, Peer>,
     /// K_{v→u} for each verified neighbour v, made in phase 1 with K_{u→v} from the same key
     /// agreement; each opens v's one ciphertext, then is gone.
-    opening: BTreeMap<usize, ShareKey>,
+    /// Boxed, so that the map moving its entries never leaves copies of a key behind.
+    opening: BTreeMap<usize, Box<ShareKey>>,
     /// Shares held, by owner index (own shares included): owners form my view of H(u) ∩ U2.
     /// Boxed, so that moving entries never leaves copies of a share behind.
     held: BTreeMap<usize, Box<HeldShares>>,
@@ -134,8 +135,23 @@ impl SecAggClient {
         verified_checkpoint: &CheckpointHash,
         ledger: &ContributionLedger,
     ) -> Result<Self> {
+        Self::check_plan(&plan, policy, ledger)?;
+        if plan.checkpoint != *verified_checkpoint {
+            return Err(Error::CheckpointMismatch);
+        }
+        Self::with_checked_plan(identity, verifier, policy, plan)
+    }
+
+    /// The checks [`Self::new`] makes of a plan before anything else: its shape, this client's
+    /// floor, the (k, t) the client computes itself, and the ledger (one input per checkpoint).
+    /// A client makes them before it downloads the plan's checkpoint.
+    pub fn check_plan(
+        plan: &RoundPlan,
+        policy: &ClientPolicy,
+        ledger: &ContributionLedger,
+    ) -> Result<()> {
         plan.validate()?;
-        check_floor(policy, &plan)?;
+        check_floor(policy, plan)?;
         let need = params::choose(
             plan.graph,
             plan.n(),
@@ -151,12 +167,18 @@ impl SecAggClient {
                 need_threshold: need.threshold,
             });
         }
-        if plan.checkpoint != *verified_checkpoint {
-            return Err(Error::CheckpointMismatch);
-        }
         if policy.one_input_per_checkpoint && ledger.contributed(&plan.checkpoint) {
             return Err(Error::AlreadyContributedOnCheckpoint);
         }
+        Ok(())
+    }
+
+    fn with_checked_plan(
+        identity: Arc<IdentityKey>,
+        verifier: Arc<dyn CredentialVerifier>,
+        policy: &ClientPolicy,
+        plan: RoundPlan,
+    ) -> Result<Self> {
         let id = identity.id();
         let me = plan.index_of(&id).ok_or(Error::NotSelected(id))?;
         let ctx = plan.context();
@@ -383,7 +405,7 @@ impl SecAggClient {
             let peer = &peers[&idx];
             let (key, opening) =
                 ShareKey::derive_pair(enc_sk, &peer.enc_pk, &self.ctx, &me_id, &peer.id);
-            self.opening.insert(idx, opening);
+            self.opening.insert(idx, Box::new(opening));
             let mut plaintext = zeroize::Zeroizing::new([0u8; 64]);
             plaintext[..32].copy_from_slice(sk_share.to_bytes().as_ref());
             plaintext[32..].copy_from_slice(b_share.to_bytes().as_ref());
@@ -393,7 +415,9 @@ impl SecAggClient {
             });
         }
         self.peers = peers;
-        // The opening keys are all this client needs of c_u^SK from here on.
+        // The opening keys are all this client needs of c_u^SK from here on. (Protocol v2's
+        // complaints need KA(c_u^SK, c_v^PK) and a proof made with c_u^SK after the ciphertexts
+        // arrive: it will keep c_u^SK, or the agreed values, until the complaints phase.)
         self.enc_sk = None;
         Ok(ShareKeys { version: PROTOCOL_VERSION, ctx: self.ctx, client: me_id, shares: out })
     }
@@ -453,7 +477,7 @@ impl SecAggClient {
             if received.contains_key(&idx) {
                 return Err(Error::DuplicateClient(fwd.from));
             }
-            let key = self.opening.remove(&idx).ok_or(Error::NotNeighbour(fwd.from))?;
+            let key = *self.opening.remove(&idx).ok_or(Error::NotNeighbour(fwd.from))?;
             let plain = key
                 .open(&self.ctx, &fwd.from, &me_id, &fwd.ciphertext)
                 .ok_or(Error::BadCiphertext(fwd.from))?;
