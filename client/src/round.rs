@@ -196,6 +196,18 @@ impl Response {
         }
     }
 
+    /// What a round waits for when this reply is the right one.
+    fn answers(&self) -> Awaiting {
+        match self {
+            Response::Model { .. } => Awaiting::Model,
+            Response::AdvertiseKeys(_) => Awaiting::Reply(Phase::AdvertiseKeys),
+            Response::ShareKeys(_) => Awaiting::Reply(Phase::ShareKeys),
+            Response::UploadMaskedInput(_) => Awaiting::Reply(Phase::MaskedInputCollection),
+            Response::ConsistencyCheck(_) => Awaiting::Reply(Phase::ConsistencyCheck),
+            Response::Unmask(_) => Awaiting::Reply(Phase::Unmasking),
+        }
+    }
+
     /// Its size on the wire, as [`Request::encoded_len`] counts (the model: its bytes).
     pub fn encoded_len(&self) -> u64 {
         (match self {
@@ -481,10 +493,10 @@ impl Round {
         coins: &mut dyn Rng,
     ) -> Result<Step> {
         let me = self.me;
+        self.expect(response.answers(), response.name())?;
+        self.received += response.encoded_len();
         match response {
             Response::Model { manifest, data } => {
-                self.expect(Awaiting::Model, response.name())?;
-                self.received += response.encoded_len();
                 let (model, verified) = self.checkpoint(manifest, data, state)?;
                 // The protocol core and its fresh keys, for the checkpoint verified.
                 let core = SecAggClient::new(
@@ -507,15 +519,11 @@ impl Round {
                 Ok(Step::Train { model, deadline, persist: newer })
             }
             Response::AdvertiseKeys(r) => {
-                self.expect(Awaiting::Reply(Phase::AdvertiseKeys), response.name())?;
-                self.received += response.encoded_len();
                 let shares = self.core().handle_keys(&KeysForward::from_wire(r, me)?)?;
                 let request = Request::ShareKeys(shares.to_wire(&self.key));
                 Ok(self.send(request, Phase::ShareKeys, false))
             }
             Response::ShareKeys(r) => {
-                self.expect(Awaiting::Reply(Phase::ShareKeys), response.name())?;
-                self.received += response.encoded_len();
                 let forwarded = SharesForward::from_wire(r, me)?;
                 let plan = &self.assignment.plan;
                 let mut x = plan.quant.quantize(&self.update, self.examples, coins)?;
@@ -536,8 +544,6 @@ impl Round {
                 ))
             }
             Response::UploadMaskedInput(r) => {
-                self.expect(Awaiting::Reply(Phase::MaskedInputCollection), response.name())?;
-                self.received += response.encoded_len();
                 self.uploaded = true;
                 let u3 = ConsistencyRequest::from_wire(r, me)?;
                 let signature = self.core().handle_consistency(&u3)?;
@@ -545,15 +551,11 @@ impl Round {
                 Ok(self.send(request, Phase::ConsistencyCheck, false))
             }
             Response::ConsistencyCheck(r) => {
-                self.expect(Awaiting::Reply(Phase::ConsistencyCheck), response.name())?;
-                self.received += response.encoded_len();
                 let reveal = self.core().handle_unmasking(&UnmaskingRequest::from_wire(r, me)?)?;
                 let request = Request::Unmask(reveal.to_wire(&self.key));
                 Ok(self.send(request, Phase::Unmasking, false))
             }
             Response::Unmask(result) => {
-                self.expect(Awaiting::Reply(Phase::Unmasking), response.name())?;
-                self.received += response.encoded_len();
                 self.awaiting = Awaiting::Nothing;
                 if RoundKey::from_ref(result.round.as_ref())? != self.key {
                     return Err(fedsec_crypto::Error::WrongContext.into());

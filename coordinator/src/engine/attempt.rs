@@ -77,7 +77,20 @@ impl Attempt {
     }
 
     /// True when every client the open phase runs over has answered it, or is gone.
+    ///
+    /// Called after every message, so it first compares counts: the open phase runs over
+    /// `set_sizes[phase]` clients (|U|, then the size each close recorded), and it cannot be
+    /// done while fewer of them answered than are not gone. Only then are the sets compared —
+    /// near a phase's end, not after each of its n messages.
     pub(super) fn all_answered(&self) -> bool {
+        let answered = match self.phase {
+            Phase::MaskedInputCollection => self.server.u3_len(),
+            p => self.answered[p.index()].len(),
+        };
+        let runs_over = self.set_sizes.get(self.phase.index()).copied().unwrap_or(0);
+        if answered + self.gone.len() < runs_over {
+            return false;
+        }
         let expected: BTreeSet<ClientId> =
             self.expected().difference(&self.gone).copied().collect();
         match self.phase {
