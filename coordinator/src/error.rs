@@ -15,7 +15,7 @@ pub enum Error {
     InvalidConfig(String),
     /// The message names a task this coordinator does not run.
     #[error("unknown task {0}")]
-    UnknownTask(String),
+    UnknownTask(fedsec_crypto::TaskId),
     /// The task has run all its rounds.
     #[error("the task has finished")]
     TaskFinished,

@@ -35,7 +35,9 @@ use fedsec_client::Trainer;
 use fedsec_client::config::PolicyConfig;
 use fedsec_client::round::{Membership, Request, Response, Round, Step};
 use fedsec_client::state::ClientState;
-use fedsec_coordinator::engine::{Assignment, Engine, Output, PhaseDeadlines, Reply, TaskConfig};
+use fedsec_coordinator::engine::{
+    Assignment, Engine, EngineState, Output, PhaseDeadlines, Reply, TaskConfig,
+};
 use fedsec_coordinator::wire as server_wire;
 use fedsec_crypto::checkpoint::Manifest;
 use fedsec_crypto::keys::PublicKey;
@@ -246,7 +248,7 @@ impl World<'_> {
     fn close(&mut self, ctx: &RoundContext, phase: Phase, any: &ClientId) {
         let still_open = |e: &Engine| {
             e.current_round().is_some_and(|r| r.plan.context() == *ctx)
-                && e.status().state == "running"
+                && e.status().state == EngineState::Running
                 && e.status().phase == Some(phase)
         };
         if still_open(&self.engine) && self.engine.reply(any, ctx, phase).is_none() {
@@ -719,7 +721,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
     world.sign_checkpoint(0, "initial model".into())?;
     let mut attempts = Vec::new();
     let most = exp.rounds.saturating_mul(20).max(20);
-    while world.engine.status().state != "finished" {
+    while world.engine.status().state != EngineState::Finished {
         if attempts.len() as u64 >= most {
             return Err(SimError(format!(
                 "{} attempts did not complete {} rounds: too many aborted (lower the dropout or \

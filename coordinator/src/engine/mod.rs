@@ -53,7 +53,8 @@ use sha2::{Digest, Sha256};
 
 pub use config::{PhaseDeadlines, TaskConfig};
 pub use types::{
-    Assignment, AuditEvent, CheckIn, NewCheckpoint, Output, Reply, RoundOutcome, Status,
+    Assignment, AuditEvent, CheckIn, EngineState, NewCheckpoint, Output, Reply, RoundOutcome,
+    Status,
 };
 
 use attempt::Attempt;
@@ -200,10 +201,10 @@ impl Engine {
     /// A snapshot for status calls.
     pub fn status(&self) -> Status {
         let (state, phase) = match &self.state {
-            State::Selecting { .. } => ("selecting", None),
-            State::Running(a) => ("running", Some(a.phase)),
-            State::Committing { .. } => ("committing", None),
-            State::Finished => ("finished", None),
+            State::Selecting { .. } => (EngineState::Selecting, None),
+            State::Running(a) => (EngineState::Running, Some(a.phase)),
+            State::Committing { .. } => (EngineState::Committing, None),
+            State::Finished => (EngineState::Finished, None),
         };
         Status {
             state,

@@ -154,8 +154,8 @@ pub enum AuditEvent {
 /// A snapshot of the task for status calls and progress displays.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
-    /// `selecting`, `running`, `committing` or `finished`.
-    pub state: &'static str,
+    /// What the engine is doing.
+    pub state: EngineState,
     /// The current (or next) round id.
     pub round_id: RoundId,
     /// The open phase, when a round runs.
@@ -166,4 +166,35 @@ pub struct Status {
     pub checkpoint_version: u64,
     /// Rounds completed so far.
     pub completed_rounds: u64,
+}
+
+/// What a task's engine is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EngineState {
+    /// Waiting for enough clients to check in.
+    Selecting,
+    /// An attempt is running (its phase is in [`Status::phase`]).
+    Running,
+    /// The sum is computed; the new checkpoint is being stored.
+    Committing,
+    /// The task has run all its rounds.
+    Finished,
+}
+
+impl EngineState {
+    /// Its name, as status calls and logs show it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EngineState::Selecting => "selecting",
+            EngineState::Running => "running",
+            EngineState::Committing => "committing",
+            EngineState::Finished => "finished",
+        }
+    }
+}
+
+impl core::fmt::Display for EngineState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
 }

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::{AuthMode, Coordinator};
 use crate::audit::EntryKind;
-use crate::engine::{PhaseDeadlines, TaskConfig};
+use crate::engine::{EngineState, PhaseDeadlines, TaskConfig};
 use crate::wire;
 use fedsec_wire::Wire;
 
@@ -157,7 +157,7 @@ impl Admin for AdminService {
         let s = engine.status();
         let state = match (started, s.state) {
             (false, _) => "created",
-            (true, "finished") => "finished",
+            (true, EngineState::Finished) => "finished",
             (true, _) => "running",
         };
         Ok(Response::new(v1::TaskStatus {
@@ -165,7 +165,7 @@ impl Admin for AdminService {
             name: engine.config().name.clone(),
             state: state.into(),
             round_id: s.round_id.0,
-            phase: s.phase.map(Phase::name).unwrap_or(s.state).into(),
+            phase: s.phase.map_or(s.state.name(), Phase::name).into(),
             checked_in: s.waiting as u32,
             checkpoint_version: s.checkpoint_version,
             recent_rounds: engine.recent_results().map(|r| wire::result_to_wire(r, id)).collect(),
