@@ -84,3 +84,24 @@ impl CheckpointHash {
         CheckpointHash(Sha256::digest(bytes).into())
     }
 }
+
+/// The round context: SHA-256 of the length-prefixed plan ([`crate::RoundPlan::context`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RoundContext(pub [u8; 32]);
+
+impl RoundContext {
+    /// The 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl core::fmt::Debug for RoundContext {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "RoundContext(")?;
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
