@@ -16,7 +16,7 @@
 //! FCP's finder output and FCP's graph degree minus one: k is even (what
 //! [`RoundPlan::validate`] requires for the Harary graph) and the k + 1 holders of FCP and of
 //! this crate are the same. This is also the `{"degree": k, "threshold": t}` that
-//! `secagg-bench --params-only` prints.
+//! `secagg-bench --params-only` (a binary of `fedsec-integration-tests`) prints.
 //!
 //! The counts are exact integers: n_C = ⌊γn⌋ corrupt clients, n_D = ⌊δn⌋ dropouts, and
 //! s = n − n_D = ⌈(1−δ)n⌉ survivors ([`RoundPlan::assumed_corrupt`] and

@@ -5,6 +5,8 @@
 //! keys and regeneration of their pairwise masks. The bench asserts that the server did the
 //! minimum work: mask words = d·(|U3| + Σ_{v∈U2∖U3} |N(v)∩U3|) and key agreements =
 //! Σ_{v∈U2∖U3} |N(v)∩U3|, and that the unmasked sum equals the clear sum bit for bit.
+//!
+//! It lives here, not in the IO-free core, because it needs a command line and JSON.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -12,9 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use rand::SeedableRng;
-use rand::rngs::{StdRng, SysRng};
-use rand_core::{Rng, UnwrapErr};
+use rand::rngs::StdRng;
+use rand::{CryptoRng, Rng, SeedableRng};
 use rayon::prelude::*;
 
 use fedsec_crypto::context::{AdversaryClass, GraphKind, PPM};
@@ -23,6 +24,7 @@ use fedsec_crypto::kernel::{Kernel, Sign};
 use fedsec_crypto::keys::SecretScalar;
 use fedsec_crypto::params;
 use fedsec_crypto::prg::MaskSeed;
+use fedsec_crypto::rng::os_rng;
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
 use fedsec_crypto::secagg::driver::make_plan;
 use fedsec_crypto::secagg::messages::encode;
@@ -125,7 +127,7 @@ fn run(args: &Args) -> Result<(), String> {
 
     let n = args.clients;
     let d = args.dim as usize;
-    let mut os = UnwrapErr(SysRng);
+    let mut os = os_rng();
     let fused_before = measure_fused();
     let ka_before = measure_key_agreement();
     let mut seeded = StdRng::seed_from_u64(args.seed);
@@ -399,11 +401,7 @@ fn measure_key_agreement() -> f64 {
 /// One checked reconstruction from t shares, in microseconds, in the regime of the round: the
 /// complete graph reuses one set of holders (cached coefficients); the Harary graph has a
 /// different set for every secret.
-fn measure_reconstruction<R: rand_core::CryptoRng + ?Sized>(
-    t: usize,
-    graph: GraphKind,
-    rng: &mut R,
-) -> f64 {
+fn measure_reconstruction<R: CryptoRng + ?Sized>(t: usize, graph: GraphKind, rng: &mut R) -> f64 {
     let secret = SecretScalar::random(rng);
     let public = secret.public();
     let xs: Vec<u32> = (1..=t as u32).collect();
