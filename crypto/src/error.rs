@@ -24,6 +24,9 @@ pub enum Error {
         "round plan uses degree {degree} and threshold {threshold}, below the required degree {need_degree} and threshold {need_threshold}"
     )]
     PlanBelowRequired { degree: u32, threshold: u32, need_degree: u32, need_threshold: u32 },
+    /// Given (k, t) miss the targets the parameter finder searches for (`params::check`).
+    #[error("degree {degree} and threshold {threshold} do not meet the targets: {reason}")]
+    ParametersMissTargets { degree: u32, threshold: u32, reason: String },
     /// A non-curious plan must have q > (n + n_C)/2, or the consistency check is void.
     #[error(
         "threshold q = {q} does not exceed (n + n_C)/2 = ({n} + {n_c})/2: two views of U3 could both be signed"

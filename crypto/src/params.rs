@@ -16,7 +16,7 @@
 //! FCP's finder output and FCP's graph degree minus one: k is even (what
 //! [`RoundPlan::validate`] requires for the Harary graph) and the k + 1 holders of FCP and of
 //! this crate are the same. This is also the `{"degree": k, "threshold": t}` that
-//! `secagg-bench --params-only` prints.
+//! `secagg-bench --params-only` (a binary of `fedsec-integration-tests`) prints.
 //!
 //! The counts are exact integers: n_C = ⌊γn⌋ corrupt clients, n_D = ⌊δn⌋ dropouts, and
 //! s = n − n_D = ⌈(1−δ)n⌉ survivors ([`RoundPlan::assumed_corrupt`] and
@@ -188,6 +188,122 @@ pub fn for_plan(plan: &RoundPlan) -> Result<GraphParams> {
     choose(plan.graph, plan.n(), plan.dropout_ppm, plan.corrupt_ppm, plan.adversary)
 }
 
+/// The least threshold at which `degree` meets the targets the finder searches for (privacy,
+/// correctness and, for a non-curious class, the consistency rule), for a degree other than
+/// the finder's: comparisons with other systems at their parameters.
+///
+/// For the complete graph the degree must be n − 1 and this is [`complete_params`]'s t. For
+/// the Harary graph, `degree` must be even and in 2..=n − 1; every degree the finder skipped
+/// has no such threshold ([`Error::NoParameters`] says which target fails), and the finder's own
+/// degree gives its threshold.
+pub fn least_threshold(
+    kind: GraphKind,
+    n: usize,
+    dropout_ppm: u32,
+    corrupt_ppm: u32,
+    class: AdversaryClass,
+    degree: u32,
+) -> Result<u32> {
+    let k = u64::from(degree);
+    match kind {
+        GraphKind::Complete => {
+            let p = complete_params(n, dropout_ppm, corrupt_ppm, class)?;
+            if degree != p.degree {
+                return Err(Error::InvalidPlan(format!(
+                    "the complete graph over {n} clients has degree {}, not {degree}",
+                    p.degree
+                )));
+            }
+            Ok(p.threshold)
+        }
+        GraphKind::Harary => {
+            let targets = HararyTargets::new(n, dropout_ppm, corrupt_ppm, class, Model::FEDSEC)?;
+            if degree == 0 || !degree.is_multiple_of(2) || degree as usize > n - 1 {
+                return Err(Error::InvalidPlan(format!(
+                    "Harary degree {degree} must be even and in 2..={}",
+                    n - 1
+                )));
+            }
+            if degree as usize == n - 1 {
+                // H(n − 1, n) is the complete graph.
+                return Ok(complete_params(n, dropout_ppm, corrupt_ppm, class)?.threshold);
+            }
+            match targets.least_threshold_at(k, targets.all_bad(k))? {
+                Some(t) => Ok(t as u32),
+                None => Err(Error::NoParameters(format!(
+                    "at degree {degree} over {n} clients (δ = {dropout_ppm} ppm, γ = \
+                     {corrupt_ppm} ppm) either the honest survivors disconnect with probability \
+                     2⁻⁴¹ or more, or the least threshold privacy allows misses correctness"
+                ))),
+            }
+        }
+    }
+}
+
+/// Whether `p` meets the targets the finder searches for: t is at least [`least_threshold`] at
+/// p's degree, still meets correctness (a larger t needs more surviving holders) and, for a
+/// non-curious class, the consistency rule. The finder's choice always passes; a degree it
+/// skipped fails at every threshold. [`Error::ParametersMissTargets`] says which target is
+/// missed; [`Error::InvalidPlan`] is for a pair no plan can have (a complete graph of another
+/// degree, an odd Harary degree, t outside 1..=k + 1).
+pub fn check(
+    kind: GraphKind,
+    n: usize,
+    dropout_ppm: u32,
+    corrupt_ppm: u32,
+    class: AdversaryClass,
+    p: GraphParams,
+) -> Result<()> {
+    let miss = |reason: String| Error::ParametersMissTargets {
+        degree: p.degree,
+        threshold: p.threshold,
+        reason,
+    };
+    let least = least_threshold(kind, n, dropout_ppm, corrupt_ppm, class, p.degree).map_err(
+        |e| match e {
+            Error::NoParameters(why) => miss(why),
+            other => other,
+        },
+    )?;
+    if p.threshold < least {
+        return Err(miss(format!(
+            "the least threshold the privacy targets allow at degree {} is {least}",
+            p.degree
+        )));
+    }
+    if p.threshold > p.degree + 1 {
+        return Err(Error::InvalidPlan(format!(
+            "threshold {} must be in 1..={}, the share holders",
+            p.threshold,
+            p.degree + 1
+        )));
+    }
+    let c = Counts::new(n, dropout_ppm, corrupt_ppm)?;
+    if class != AdversaryClass::Curious {
+        c.check_consistency_rule(p.threshold as usize).map_err(|e| miss(e.to_string()))?;
+    }
+    let complete = p.degree as usize == n - 1;
+    if complete {
+        // Every survivor holds a share of every secret: the round needs t ≤ ⌈(1−δ)n⌉ survivors.
+        if p.threshold > least && p.threshold as usize > c.survivors {
+            return Err(miss(format!(
+                "with {} dropouts only {} holders survive",
+                c.dropouts, c.survivors
+            )));
+        }
+    } else {
+        let targets = HararyTargets::new(n, dropout_ppm, corrupt_ppm, class, Model::FEDSEC)?;
+        if !targets.correct(u64::from(p.degree), u64::from(p.threshold)) {
+            return Err(miss(format!(
+                "with {} dropouts a client keeps {} surviving holders with probability below \
+                 1 − 2^-{CORRECTNESS_BITS}/n, so the round may abort",
+                c.dropouts, p.threshold
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The integer counts every party derives alike from n and the fractions in parts per million.
 #[derive(Debug, Clone, Copy)]
 struct Counts {
@@ -252,73 +368,19 @@ fn harary_search(
     class: AdversaryClass,
     model: Model,
 ) -> Result<GraphParams> {
-    let c = Counts::new(n, dropout_ppm, corrupt_ppm)?;
-    if n > MAX_CLIENTS {
-        return Err(Error::NoParameters(format!(
-            "{n} clients: the Harary parameter search supports at most {MAX_CLIENTS}"
-        )));
-    }
-    let (d, g) = (u64::from(dropout_ppm), u64::from(corrupt_ppm));
-    match class {
-        AdversaryClass::Malicious => {
-            return Err(Error::NoParameters(
-                "a fully malicious server requires the complete graph".into(),
-            ));
-        }
-        AdversaryClass::Curious if g + d > FEASIBLE_PPM => {
-            return Err(Error::NoParameters(format!(
-                "γ + δ = {} ppm exceeds the feasible {FEASIBLE_PPM} ppm for a curious server",
-                g + d
-            )));
-        }
-        AdversaryClass::SemiMalicious if g + 2 * d > FEASIBLE_PPM => {
-            return Err(Error::NoParameters(format!(
-                "γ + 2δ = {} ppm exceeds the feasible {FEASIBLE_PPM} ppm for a semi-malicious \
-                 server",
-                g + 2 * d
-            )));
-        }
-        _ => {}
-    }
-
-    let per_event = Ext::pow2(-i64::from(PRIVACY_BITS + 1));
-    let privacy_per_client = per_event.mul_ratio(1, n as u64);
-    let correctness_per_client = Ext::pow2(-i64::from(CORRECTNESS_BITS)).mul_ratio(1, n as u64);
-    let (n64, bad) = (n as u64, (c.corrupt + c.dropouts) as u64);
-    let neighbour_pool = if model.neighbours_exclude_self { n64 - 1 } else { n64 };
-
+    let targets = HararyTargets::new(n, dropout_ppm, corrupt_ppm, class, model)?;
+    let n64 = n as u64;
     // Π_{i<k} (B−i)/(n−i), extended one factor at a time, left to right.
     let mut all_bad = Ext::ONE;
     let mut factors = 0u64;
     for k in (2..n64.saturating_sub(1)).step_by(2) {
         while factors < k {
-            all_bad = all_bad.mul_ratio(bad.saturating_sub(factors), n64 - factors);
+            all_bad = targets.extend_all_bad(all_bad, factors);
             factors += 1;
         }
-        let disconnect = all_bad.mul_ratio(n64 * (n64 - k - 1), 2);
-        if !disconnect.lt(per_event) {
-            continue;
+        if let Some(t) = targets.least_threshold_at(k, all_bad)? {
+            return Ok(GraphParams { degree: k as u32, threshold: t as u32 });
         }
-        let corrupt_neighbours =
-            Hypergeometric { pop: neighbour_pool, marked: c.corrupt as u64, draws: k };
-        let a = corrupt_neighbours.least_rare_count(privacy_per_client);
-        let t = match class {
-            AdversaryClass::SemiMalicious if model.self_share_in_semi_malicious_rule => {
-                (k + a) / 2 + 1
-            }
-            AdversaryClass::SemiMalicious => (k + a - 1) / 2 + 1,
-            _ => a,
-        }
-        .max(2);
-        let surviving_neighbours =
-            Hypergeometric { pop: n64, marked: c.survivors as u64, draws: k };
-        if !surviving_neighbours.lower_tail_below(t, correctness_per_client) {
-            continue;
-        }
-        if class != AdversaryClass::Curious {
-            c.check_consistency_rule(t as usize)?;
-        }
-        return Ok(GraphParams { degree: k as u32, threshold: t as u32 });
     }
 
     if (n - 1).is_multiple_of(2) {
@@ -330,6 +392,126 @@ fn harary_search(
          γ = {corrupt_ppm} ppm); use the complete graph",
         n - 1
     )))
+}
+
+/// The targets of the Harary search for one (n, δ, γ, class): what the finder evaluates at each
+/// candidate degree, and what [`check`] evaluates at a given one.
+#[derive(Debug, Clone, Copy)]
+struct HararyTargets {
+    c: Counts,
+    class: AdversaryClass,
+    model: Model,
+    /// 2⁻⁴¹, the bound of each privacy event.
+    per_event: Ext,
+    privacy_per_client: Ext,
+    correctness_per_client: Ext,
+}
+
+impl HararyTargets {
+    /// Refuses what the search refuses up front: bad fractions, n out of range, a malicious
+    /// class, and inputs beyond FCP's feasibility limits.
+    fn new(
+        n: usize,
+        dropout_ppm: u32,
+        corrupt_ppm: u32,
+        class: AdversaryClass,
+        model: Model,
+    ) -> Result<HararyTargets> {
+        let c = Counts::new(n, dropout_ppm, corrupt_ppm)?;
+        if n > MAX_CLIENTS {
+            return Err(Error::NoParameters(format!(
+                "{n} clients: the Harary parameter search supports at most {MAX_CLIENTS}"
+            )));
+        }
+        let (d, g) = (u64::from(dropout_ppm), u64::from(corrupt_ppm));
+        match class {
+            AdversaryClass::Malicious => {
+                return Err(Error::NoParameters(
+                    "a fully malicious server requires the complete graph".into(),
+                ));
+            }
+            AdversaryClass::Curious if g + d > FEASIBLE_PPM => {
+                return Err(Error::NoParameters(format!(
+                    "γ + δ = {} ppm exceeds the feasible {FEASIBLE_PPM} ppm for a curious server",
+                    g + d
+                )));
+            }
+            AdversaryClass::SemiMalicious if g + 2 * d > FEASIBLE_PPM => {
+                return Err(Error::NoParameters(format!(
+                    "γ + 2δ = {} ppm exceeds the feasible {FEASIBLE_PPM} ppm for a \
+                     semi-malicious server",
+                    g + 2 * d
+                )));
+            }
+            _ => {}
+        }
+        let per_event = Ext::pow2(-i64::from(PRIVACY_BITS + 1));
+        Ok(HararyTargets {
+            c,
+            class,
+            model,
+            per_event,
+            privacy_per_client: per_event.mul_ratio(1, n as u64),
+            correctness_per_client: Ext::pow2(-i64::from(CORRECTNESS_BITS)).mul_ratio(1, n as u64),
+        })
+    }
+
+    /// Π_{i<f+1} (B−i)/(n−i) from Π_{i<f}, B = n_C + n_D bad clients.
+    fn extend_all_bad(&self, all_bad: Ext, f: u64) -> Ext {
+        let bad = (self.c.corrupt + self.c.dropouts) as u64;
+        all_bad.mul_ratio(bad.saturating_sub(f), self.c.n as u64 - f)
+    }
+
+    /// Π_{i<k} (B−i)/(n−i), the probability that k given clients are all bad.
+    fn all_bad(&self, k: u64) -> Ext {
+        (0..k).fold(Ext::ONE, |p, f| self.extend_all_bad(p, f))
+    }
+
+    /// The least threshold at degree k (k < n − 1, `all_bad` = [`Self::all_bad`] of k), or
+    /// `None` when no threshold works there: privacy event 1 (the ring of honest survivors
+    /// disconnects) is too likely, or correctness already fails at the least threshold privacy
+    /// allows (a larger one only needs more surviving holders). An error when that threshold
+    /// breaks the consistency rule.
+    fn least_threshold_at(&self, k: u64, all_bad: Ext) -> Result<Option<u64>> {
+        let n64 = self.c.n as u64;
+        let disconnect = all_bad.mul_ratio(n64 * (n64 - k - 1), 2);
+        if !disconnect.lt(self.per_event) {
+            return Ok(None);
+        }
+        let t = self.privacy_threshold(k);
+        if !self.correct(k, t) {
+            return Ok(None);
+        }
+        if self.class != AdversaryClass::Curious {
+            self.c.check_consistency_rule(t as usize)?;
+        }
+        Ok(Some(t))
+    }
+
+    /// The least threshold privacy event 2 allows at degree k (never below 2, as in FCP).
+    fn privacy_threshold(&self, k: u64) -> u64 {
+        let n64 = self.c.n as u64;
+        let neighbour_pool = if self.model.neighbours_exclude_self { n64 - 1 } else { n64 };
+        let corrupt_neighbours =
+            Hypergeometric { pop: neighbour_pool, marked: self.c.corrupt as u64, draws: k };
+        let a = corrupt_neighbours.least_rare_count(self.privacy_per_client);
+        match self.class {
+            AdversaryClass::SemiMalicious if self.model.self_share_in_semi_malicious_rule => {
+                (k + a) / 2 + 1
+            }
+            AdversaryClass::SemiMalicious => (k + a - 1) / 2 + 1,
+            _ => a,
+        }
+        .max(2)
+    }
+
+    /// Correctness at (k, t): a client keeps t surviving holders but with probability below
+    /// 2⁻²⁰/n.
+    fn correct(&self, k: u64, t: u64) -> bool {
+        let surviving_neighbours =
+            Hypergeometric { pop: self.c.n as u64, marked: self.c.survivors as u64, draws: k };
+        surviving_neighbours.lower_tail_below(t, self.correctness_per_client)
+    }
 }
 
 /// The number of marked items among `draws` drawn without replacement from `pop` items, of
@@ -943,5 +1125,86 @@ mod tests {
         let json = serde_json::to_string(&p).expect("serialises");
         assert_eq!(json, r#"{"degree":72,"threshold":24}"#);
         assert_eq!(serde_json::from_str::<GraphParams>(&json).expect("parses"), p);
+    }
+
+    /// The finder's choice passes [`check`]; one less in t fails; every even degree below the
+    /// finder's has no threshold at all; a larger degree with its least threshold passes, and
+    /// with one less fails.
+    #[test]
+    fn check_agrees_with_the_finder() {
+        for (n, d, g, class) in [
+            (100, 0.1, 0.05, S),
+            (300, 0.3, 0.05, C),
+            (1000, 0.1, 0.05, S),
+            (1000, 0.33, 0.05, C),
+            (40, 0.1, 0.0, S),
+            (25, 0.2, 0.1, C),
+        ] {
+            let (d, g) = (ppm(d), ppm(g));
+            let at = |p: GraphParams| check(GraphKind::Harary, n, d, g, class, p);
+            let p = harary_params(n, d, g, class).expect("feasible");
+            assert_eq!(at(p), Ok(()), "n = {n}: the finder's {p:?}");
+            let lower = GraphParams { threshold: p.threshold - 1, ..p };
+            assert!(matches!(at(lower), Err(Error::ParametersMissTargets { .. })), "n = {n}");
+            assert_eq!(
+                least_threshold(GraphKind::Harary, n, d, g, class, p.degree),
+                Ok(p.threshold)
+            );
+            for k in (2..p.degree).step_by(2) {
+                assert!(
+                    least_threshold(GraphKind::Harary, n, d, g, class, k).is_err(),
+                    "n = {n}: degree {k} below the finder's {}",
+                    p.degree
+                );
+                let t = (k + 1).min(p.threshold);
+                assert!(at(GraphParams { degree: k, threshold: t }).is_err(), "n = {n}, k = {k}");
+            }
+            let k = (p.degree + 10).min(n as u32 - 1) & !1;
+            if k > p.degree
+                && let Ok(t) = least_threshold(GraphKind::Harary, n, d, g, class, k)
+            {
+                assert!(t >= 2);
+                assert_eq!(at(GraphParams { degree: k, threshold: t }), Ok(()), "n = {n}, k = {k}");
+                let lower = GraphParams { degree: k, threshold: t - 1 };
+                assert!(at(lower).is_err(), "n = {n}, k = {k}");
+            }
+        }
+    }
+
+    /// Semi-malicious privacy grows with the degree: the finder's threshold is too small for a
+    /// degree well above the finder's, which a check of "k and t at least the finder's" misses.
+    #[test]
+    fn a_larger_degree_needs_a_larger_threshold() {
+        let (n, d, g) = (1000, ppm(0.1), ppm(0.05));
+        let p = harary_params(n, d, g, S).expect("feasible");
+        let k = 2 * p.degree;
+        let t = least_threshold(GraphKind::Harary, n, d, g, S, k).expect("a larger degree works");
+        assert!(t > p.threshold);
+        let finder_t = GraphParams { degree: k, threshold: p.threshold };
+        assert!(matches!(
+            check(GraphKind::Harary, n, d, g, S, finder_t),
+            Err(Error::ParametersMissTargets { .. })
+        ));
+    }
+
+    #[test]
+    fn check_of_the_complete_graph() {
+        let (n, d, g) = (500, ppm(0.3), ppm(0.05));
+        let at = |degree, threshold| {
+            check(GraphKind::Complete, n, d, g, S, GraphParams { degree, threshold })
+        };
+        assert_eq!(at(499, 350), Ok(()));
+        // A threshold above ⌈(1−δ)n⌉ cannot be reached once δn clients drop.
+        assert!(matches!(at(499, 351), Err(Error::ParametersMissTargets { .. })));
+        assert!(matches!(at(499, 349), Err(Error::ParametersMissTargets { .. })));
+        // No plan can have these.
+        assert!(matches!(at(498, 350), Err(Error::InvalidPlan(_))));
+        assert!(least_threshold(GraphKind::Complete, n, d, g, S, 498).is_err());
+        assert!(matches!(
+            check(GraphKind::Complete, 3, 0, 0, C, GraphParams { degree: 2, threshold: 4 }),
+            Err(Error::InvalidPlan(_))
+        ));
+        let odd = GraphParams { degree: 7, threshold: 3 };
+        assert!(matches!(check(GraphKind::Harary, 40, d, g, S, odd), Err(Error::InvalidPlan(_))));
     }
 }

@@ -15,7 +15,7 @@ use fedsec_crypto::graph::Graph;
 use fedsec_crypto::kernel::{Kernel, Sign};
 use fedsec_crypto::keys::PublicKey;
 use fedsec_crypto::prg::MaskSeed;
-use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
+use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient, hazmat};
 use fedsec_crypto::secagg::driver::run_round;
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
@@ -419,6 +419,32 @@ fn plans_below_the_floor_are_refused() {
     let mut p = plan.clone();
     p.checkpoint.0[0] ^= 1;
     assert_eq!(try_plan(&p), Err(Error::CheckpointMismatch), "another checkpoint");
+
+    // The benchmarks' constructor takes the plan's (k, t) as given, and nothing else.
+    let unchecked = |p: &RoundPlan| {
+        hazmat::client_with_plan_parameters(
+            keys[0].clone(),
+            verifier(),
+            &strict,
+            p.clone(),
+            &CHECKPOINT,
+            &ContributionLedger::default(),
+        )
+        .map(|_| ())
+    };
+    let mut p = plan.clone();
+    p.threshold -= 1;
+    assert_eq!(unchecked(&p), Ok(()), "lower t, taken as given");
+    p.degree -= 2;
+    assert_eq!(unchecked(&p), Ok(()), "another k, taken as given");
+    p.dropout_ppm = 300_000;
+    assert!(matches!(unchecked(&p), Err(Error::PlanBelowFloor(_))), "the floor still holds");
+    let mut p = plan.clone();
+    p.degree += 1;
+    assert!(matches!(unchecked(&p), Err(Error::InvalidPlan(_))), "an odd Harary degree");
+    let mut p = plan.clone();
+    p.checkpoint.0[0] ^= 1;
+    assert_eq!(unchecked(&p), Err(Error::CheckpointMismatch), "the checkpoint still holds");
 }
 
 /// Runs phase 0 and returns clients, server and the honest forwards.

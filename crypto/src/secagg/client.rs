@@ -135,11 +135,7 @@ impl SecAggClient {
         verified_checkpoint: &CheckpointHash,
         ledger: &ContributionLedger,
     ) -> Result<Self> {
-        Self::check_plan(&plan, policy, ledger)?;
-        if plan.checkpoint != *verified_checkpoint {
-            return Err(Error::CheckpointMismatch);
-        }
-        Self::with_checked_plan(identity, verifier, policy, plan)
+        Self::start(identity, verifier, policy, plan, verified_checkpoint, ledger, true)
     }
 
     /// The checks [`Self::new`] makes of a plan before anything else: its shape, this client's
@@ -150,27 +146,54 @@ impl SecAggClient {
         policy: &ClientPolicy,
         ledger: &ContributionLedger,
     ) -> Result<()> {
+        Self::check(plan, policy, ledger, true)
+    }
+
+    fn check(
+        plan: &RoundPlan,
+        policy: &ClientPolicy,
+        ledger: &ContributionLedger,
+        recompute_parameters: bool,
+    ) -> Result<()> {
         plan.validate()?;
         check_floor(policy, plan)?;
-        let need = params::choose(
-            plan.graph,
-            plan.n(),
-            plan.dropout_ppm,
-            plan.corrupt_ppm,
-            plan.adversary,
-        )?;
-        if plan.degree != need.degree || plan.threshold < need.threshold {
-            return Err(Error::PlanBelowRequired {
-                degree: plan.degree,
-                threshold: plan.threshold,
-                need_degree: need.degree,
-                need_threshold: need.threshold,
-            });
+        if recompute_parameters {
+            let need = params::choose(
+                plan.graph,
+                plan.n(),
+                plan.dropout_ppm,
+                plan.corrupt_ppm,
+                plan.adversary,
+            )?;
+            if plan.degree != need.degree || plan.threshold < need.threshold {
+                return Err(Error::PlanBelowRequired {
+                    degree: plan.degree,
+                    threshold: plan.threshold,
+                    need_degree: need.degree,
+                    need_threshold: need.threshold,
+                });
+            }
         }
         if policy.one_input_per_checkpoint && ledger.contributed(&plan.checkpoint) {
             return Err(Error::AlreadyContributedOnCheckpoint);
         }
         Ok(())
+    }
+
+    fn start(
+        identity: Arc<IdentityKey>,
+        verifier: Arc<dyn CredentialVerifier>,
+        policy: &ClientPolicy,
+        plan: RoundPlan,
+        verified_checkpoint: &CheckpointHash,
+        ledger: &ContributionLedger,
+        recompute_parameters: bool,
+    ) -> Result<Self> {
+        Self::check(&plan, policy, ledger, recompute_parameters)?;
+        if plan.checkpoint != *verified_checkpoint {
+            return Err(Error::CheckpointMismatch);
+        }
+        Self::with_checked_plan(identity, verifier, policy, plan)
     }
 
     fn with_checked_plan(
@@ -688,4 +711,27 @@ pub(crate) fn verify_advert(
         return Err(Error::BadPublicKey(id));
     }
     Ok(Peer { id, verifying_key, enc_pk, mask_pk, self_mask_commitment })
+}
+
+/// Client constructors that skip one of the protocol's checks: never for a deployment.
+pub mod hazmat {
+    use super::*;
+
+    /// [`SecAggClient::new`] without the client's own check of (k, t): the plan's degree and
+    /// threshold are taken as given, even where they are below what [`crate::params`] computes
+    /// from the plan's (n, δ, γ, class), which an honest client refuses (`DESIGN.md`, "Round
+    /// context"). For benchmarks that compare with other systems at those systems' parameters
+    /// (`secagg-bench --degree/--threshold`): with such a plan the privacy targets do not hold.
+    /// Every other check still applies: the plan's validity, the client's floor, the checkpoint
+    /// and one input per checkpoint.
+    pub fn client_with_plan_parameters(
+        identity: Arc<IdentityKey>,
+        verifier: Arc<dyn CredentialVerifier>,
+        policy: &ClientPolicy,
+        plan: RoundPlan,
+        verified_checkpoint: &CheckpointHash,
+        ledger: &ContributionLedger,
+    ) -> Result<SecAggClient> {
+        SecAggClient::start(identity, verifier, policy, plan, verified_checkpoint, ledger, false)
+    }
 }

@@ -5,6 +5,12 @@
 //! keys and regeneration of their pairwise masks. The bench asserts that the server did the
 //! minimum work: mask words = d·(|U3| + Σ_{v∈U2∖U3} |N(v)∩U3|) and key agreements =
 //! Σ_{v∈U2∖U3} |N(v)∩U3|, and that the unmasked sum equals the clear sum bit for bit.
+//!
+//! (k, t) come from the parameter finder (`fedsec_crypto::params`). `--degree` and
+//! `--threshold` replace them for comparisons with other systems at their parameters; a pair
+//! that misses the finder's targets (`params::check`) is refused with exit code 2 unless
+//! `--unsafe-params` is given. It lives here, not in the IO-free core, because it needs a
+//! command line and JSON.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -12,18 +18,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use rand::SeedableRng;
-use rand::rngs::{StdRng, SysRng};
-use rand_core::{Rng, UnwrapErr};
+use rand::rngs::StdRng;
+use rand::{CryptoRng, Rng, SeedableRng};
 use rayon::prelude::*;
 
-use fedsec_crypto::context::{AdversaryClass, GraphKind, PPM};
+use fedsec_crypto::Error;
+use fedsec_crypto::context::{AdversaryClass, GraphKind, PPM, RoundPlan};
 use fedsec_crypto::ids::{CheckpointHash, ClientId};
-use fedsec_crypto::kernel::{Kernel, Sign};
+use fedsec_crypto::kernel::{Kernel, MASKS_PER_PASS, Sign};
 use fedsec_crypto::keys::SecretScalar;
-use fedsec_crypto::params;
+use fedsec_crypto::params::{self, GraphParams};
 use fedsec_crypto::prg::MaskSeed;
-use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
+use fedsec_crypto::rng::os_rng;
+use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient, hazmat};
 use fedsec_crypto::secagg::driver::make_plan;
 use fedsec_crypto::secagg::messages::encode;
 use fedsec_crypto::secagg::server::SecAggServer;
@@ -64,6 +71,17 @@ struct Args {
     /// Adversary class the parameters are chosen against.
     #[arg(long, value_enum, default_value_t = AdversaryArg::SemiMalicious)]
     adversary: AdversaryArg,
+    /// Degree k (neighbours, self excluded) instead of the finder's; the threshold defaults to
+    /// the least one that meets the targets at this degree.
+    #[arg(long)]
+    degree: Option<u32>,
+    /// Shamir threshold t instead of the finder's.
+    #[arg(long)]
+    threshold: Option<u32>,
+    /// Run at --degree/--threshold even where they miss the finder's privacy or correctness
+    /// targets (comparisons with other systems at their parameters; such a round is not private).
+    #[arg(long)]
+    unsafe_params: bool,
     /// Threads for the server's vector kernel.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -78,9 +96,24 @@ struct Args {
     seed: u64,
 }
 
-fn ppm(x: f64) -> Result<u32, String> {
+/// Why the bench stopped: refused arguments (exit code 2) or a failed round (exit code 1).
+#[derive(Debug)]
+enum Failure {
+    Refused(String),
+    Failed(String),
+}
+
+fn failed(e: impl ToString) -> Failure {
+    Failure::Failed(e.to_string())
+}
+
+fn refused(e: impl ToString) -> Failure {
+    Failure::Refused(e.to_string())
+}
+
+fn ppm(x: f64) -> Result<u32, Failure> {
     if !(0.0..1.0).contains(&x) {
-        return Err(format!("{x} is not a fraction in [0, 1)"));
+        return Err(refused(format!("{x} is not a fraction in [0, 1)")));
     }
     Ok((x * f64::from(PPM)).round() as u32)
 }
@@ -89,7 +122,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Refused(e)) => {
+            eprintln!("secagg-bench: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
             eprintln!("secagg-bench: {e}");
             ExitCode::FAILURE
         }
@@ -102,7 +139,54 @@ fn input_of(seed: u64, i: usize, dim: usize) -> Vec<u32> {
     (0..dim).map(|_| rng.next_u32()).collect()
 }
 
-fn run(args: &Args) -> Result<(), String> {
+/// The round's parameters: the finder's (first), and the ones the round runs at (second) —
+/// the finder's, or the overrides when they meet its targets or `--unsafe-params` is given.
+fn parameters(
+    args: &Args,
+    graph: GraphKind,
+    adversary: AdversaryClass,
+    dropout_ppm: u32,
+    corrupt_ppm: u32,
+) -> Result<(GraphParams, GraphParams), Failure> {
+    let n = args.clients;
+    let finder = params::choose(graph, n, dropout_ppm, corrupt_ppm, adversary).map_err(refused)?;
+    if args.degree.is_none() && args.threshold.is_none() {
+        return Ok((finder, finder));
+    }
+    let degree = args.degree.unwrap_or(finder.degree);
+    let threshold = match args.threshold {
+        Some(t) => t,
+        None => {
+            match params::least_threshold(graph, n, dropout_ppm, corrupt_ppm, adversary, degree) {
+                Ok(t) => t,
+                Err(Error::NoParameters(why)) => {
+                    return Err(refused(format!(
+                        "degree {degree} does not meet the targets at any threshold: {why}; to \
+                         run at it anyway, for a comparison only, give --threshold{}",
+                        if args.unsafe_params { "" } else { " and --unsafe-params" }
+                    )));
+                }
+                Err(e) => return Err(refused(e)),
+            }
+        }
+    };
+    let chosen = GraphParams { degree, threshold };
+    match params::check(graph, n, dropout_ppm, corrupt_ppm, adversary, chosen) {
+        Ok(()) => Ok((finder, chosen)),
+        Err(Error::ParametersMissTargets { .. }) if args.unsafe_params => Ok((finder, chosen)),
+        Err(e @ Error::ParametersMissTargets { .. }) => Err(refused(format!(
+            "{e} (the parameter finder chooses degree {} and threshold {} for these n, δ, γ and \
+             adversary class); pass --unsafe-params to run at these parameters anyway, for a \
+             comparison only: such a round may not have the privacy (or the tolerance of \
+             dropouts) the targets promise",
+            finder.degree, finder.threshold
+        ))),
+        // No plan can have them, --unsafe-params or not.
+        Err(e) => Err(refused(e)),
+    }
+}
+
+fn run(args: &Args) -> Result<(), Failure> {
     let graph = match args.graph {
         GraphArg::Complete => GraphKind::Complete,
         GraphArg::Harary => GraphKind::Harary,
@@ -112,22 +196,24 @@ fn run(args: &Args) -> Result<(), String> {
         AdversaryArg::SemiMalicious => AdversaryClass::SemiMalicious,
     };
     let (dropout_ppm, corrupt_ppm) = (ppm(args.dropout)?, ppm(args.corrupt)?);
+    let (finder, chosen) = parameters(args, graph, adversary, dropout_ppm, corrupt_ppm)?;
+    let meets_targets =
+        params::check(graph, args.clients, dropout_ppm, corrupt_ppm, adversary, chosen).is_ok();
     if args.params_only {
-        let p = params::choose(graph, args.clients, dropout_ppm, corrupt_ppm, adversary)
-            .map_err(|e| e.to_string())?;
         if args.json {
-            println!("{}", serde_json::json!({"degree": p.degree, "threshold": p.threshold}));
+            println!(
+                "{}",
+                serde_json::json!({"degree": chosen.degree, "threshold": chosen.threshold})
+            );
         } else {
-            println!("degree k = {}, threshold t = {}", p.degree, p.threshold);
+            println!("degree k = {}, threshold t = {}", chosen.degree, chosen.threshold);
         }
         return Ok(());
     }
 
     let n = args.clients;
     let d = args.dim as usize;
-    let mut os = UnwrapErr(SysRng);
-    let fused_before = measure_fused();
-    let ka_before = measure_key_agreement();
+    let mut os = os_rng();
     let mut seeded = StdRng::seed_from_u64(args.seed);
     let identities: Vec<Arc<IdentityKey>> =
         (0..n).map(|_| Arc::new(IdentityKey::generate(&mut os))).collect();
@@ -143,7 +229,11 @@ fn run(args: &Args) -> Result<(), String> {
         checkpoint,
         &mut os,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(refused)?;
+    let plan = RoundPlan { degree: chosen.degree, threshold: chosen.threshold, ..plan };
+    plan.validate().map_err(refused)?;
+    let fused_before = measure_fused();
+    let ka_before = measure_key_agreement();
     let mut by_index: Vec<Arc<IdentityKey>> = Vec::with_capacity(n);
     for id in &plan.selected {
         by_index.push(identities.iter().find(|k| k.id() == *id).expect("same ids").clone());
@@ -152,13 +242,10 @@ fn run(args: &Args) -> Result<(), String> {
     let policy = ClientPolicy { min_adversary: AdversaryClass::Curious, ..ClientPolicy::default() };
     let verifier = Arc::new(RawKeyCredentials);
     let pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(args.threads.max(1))
-            .build()
-            .map_err(|e| e.to_string())?,
+        rayon::ThreadPoolBuilder::new().num_threads(args.threads.max(1)).build().map_err(failed)?,
     );
     let mut server = SecAggServer::new(plan.clone(), verifier.clone())
-        .map_err(|e| e.to_string())?
+        .map_err(failed)?
         .with_thread_pool(pool.clone());
 
     // Dropouts: a seeded choice of ⌊δn⌋ clients, gone after ShareKeys.
@@ -170,11 +257,14 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let dropped: BTreeSet<usize> = order[..drop_count].iter().copied().collect();
 
-    let e = |e: fedsec_crypto::Error| e.to_string();
+    // The clients check the plan as deployed clients do, unless (k, t) were overridden: then
+    // they take them as given (every other check still applies).
+    let new_client =
+        if chosen == finder { SecAggClient::new } else { hazmat::client_with_plan_parameters };
     let mut clients: Vec<SecAggClient> = by_index
         .iter()
         .map(|k| {
-            SecAggClient::new(
+            new_client(
                 k.clone(),
                 verifier.clone(),
                 &policy,
@@ -184,24 +274,24 @@ fn run(args: &Args) -> Result<(), String> {
             )
         })
         .collect::<Result<_, _>>()
-        .map_err(e)?;
+        .map_err(failed)?;
 
     // Phases 0 and 1.
     let t0 = Instant::now();
     for c in &clients {
-        server.receive_advertise(c.advertise().client, c.advertise().clone()).map_err(e)?;
+        server.receive_advertise(c.advertise().client, c.advertise().clone()).map_err(failed)?;
     }
-    let forwards = server.close_advertise().map_err(e)?;
+    let forwards = server.close_advertise().map_err(failed)?;
     let replies: Vec<_> = clients
         .par_iter_mut()
         .zip(forwards.par_iter())
         .map(|(c, f)| c.handle_keys(f))
         .collect::<Result<_, _>>()
-        .map_err(e)?;
+        .map_err(failed)?;
     for r in replies {
-        server.receive_share_keys(r.client, r).map_err(e)?;
+        server.receive_share_keys(r.client, r).map_err(failed)?;
     }
-    let forwards = server.close_share_keys().map_err(e)?;
+    let forwards = server.close_share_keys().map_err(failed)?;
     let setup_s = t0.elapsed().as_secs_f64();
 
     // Phase 2: clients mask in parallel (they are independent machines); the server adds each
@@ -229,7 +319,7 @@ fn run(args: &Args) -> Result<(), String> {
             })
             .collect();
         for (x, y, took) in masked {
-            let y = y.map_err(e)?;
+            let y = y.map_err(failed)?;
             client_mask.push(took.as_secs_f64());
             if upload_bytes == 0 {
                 upload_bytes = encode(&y).len();
@@ -238,11 +328,11 @@ fn run(args: &Args) -> Result<(), String> {
                 *c = c.wrapping_add(*v);
             }
             let start = Instant::now();
-            server.receive_masked_input(y.client, &y).map_err(e)?;
+            server.receive_masked_input(y.client, &y).map_err(failed)?;
             server_sum += start.elapsed();
         }
     }
-    let request = server.close_masked_input().map_err(e)?;
+    let request = server.close_masked_input().map_err(failed)?;
 
     // Phases 3 and 4 (clients verify the consistency signatures in parallel).
     let u3 = server.u3();
@@ -252,23 +342,23 @@ fn run(args: &Args) -> Result<(), String> {
         .filter(|(i, _)| u3.contains(i))
         .map(|(_, c)| c.handle_consistency(&request))
         .collect::<Result<_, _>>()
-        .map_err(e)?;
+        .map_err(failed)?;
     for s in signatures {
-        server.receive_consistency(s.client, s).map_err(e)?;
+        server.receive_consistency(s.client, s).map_err(failed)?;
     }
-    let request = server.close_consistency().map_err(e)?;
+    let request = server.close_consistency().map_err(failed)?;
     let responses: Vec<_> = clients
         .par_iter_mut()
         .enumerate()
         .filter(|(i, _)| u3.contains(i))
         .map(|(_, c)| c.handle_unmasking(&request))
         .collect::<Result<_, _>>()
-        .map_err(e)?;
+        .map_err(failed)?;
     for r in responses {
-        server.receive_unmasking(r.client, r).map_err(e)?;
+        server.receive_unmasking(r.client, r).map_err(failed)?;
     }
     let start = Instant::now();
-    let sum = server.finish().map_err(e)?;
+    let sum = server.finish().map_err(failed)?;
     let server_unmask_s = start.elapsed().as_secs_f64();
     let exact = sum == clear;
 
@@ -283,10 +373,10 @@ fn run(args: &Args) -> Result<(), String> {
     let expected_words = d as u64 * (u3.len() + pair_masks) as u64;
     let stats = server.stats();
     if stats.mask_words != expected_words || stats.key_agreements != pair_masks as u64 {
-        return Err(format!(
+        return Err(failed(format!(
             "server did more than the minimum: {} mask words (minimum {expected_words}), {} key agreements (minimum {pair_masks})",
             stats.mask_words, stats.key_agreements
-        ));
+        )));
     }
     // One self-mask seed per survivor, one mask key per dropped client with a surviving neighbour.
     let reconstructions = u3.len()
@@ -295,10 +385,10 @@ fn run(args: &Args) -> Result<(), String> {
             .filter(|&&v| g.neighbours(v).iter().any(|u| u3.contains(u)))
             .count();
     if stats.reconstructions != reconstructions as u64 {
-        return Err(format!(
+        return Err(failed(format!(
             "{} reconstructions, expected {reconstructions}",
             stats.reconstructions
-        ));
+        )));
     }
 
     // Microbenchmarks in the same process, separately from the round: the best of a run before
@@ -325,6 +415,9 @@ fn run(args: &Args) -> Result<(), String> {
         "threads": args.threads,
         "degree": plan.degree,
         "threshold": plan.threshold,
+        "finder_degree": finder.degree,
+        "finder_threshold": finder.threshold,
+        "params_meet_targets": meets_targets,
         "u1": n,
         "u2": u2.len(),
         "u3": u3.len(),
@@ -356,14 +449,17 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     if !exact {
-        return Err("the unmasked sum differs from the clear sum".into());
+        return Err(failed("the unmasked sum differs from the clear sum"));
     }
     Ok(())
 }
 
-/// Fused expand-and-add throughput on one core, GB of mask per second.
+/// Fused expand-and-add throughput on one core, GB of mask per second: one pass of the kernel
+/// ([`MASKS_PER_PASS`] masks over a 1 Mi-word accumulator), the loop the unmasking runs once per
+/// pass however many masks it regenerates.
 fn measure_fused() -> f64 {
-    let seeds: Vec<MaskSeed> = (0..32u8).map(|i| MaskSeed::from_bytes([i; 16])).collect();
+    let seeds: Vec<MaskSeed> =
+        (0..MASKS_PER_PASS as u8).map(|i| MaskSeed::from_bytes([i; 16])).collect();
     let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|s| (s, Sign::Add)).collect();
     let mut acc = vec![0u32; 1 << 20];
     let kernel = Kernel::single();
@@ -399,11 +495,7 @@ fn measure_key_agreement() -> f64 {
 /// One checked reconstruction from t shares, in microseconds, in the regime of the round: the
 /// complete graph reuses one set of holders (cached coefficients); the Harary graph has a
 /// different set for every secret.
-fn measure_reconstruction<R: rand_core::CryptoRng + ?Sized>(
-    t: usize,
-    graph: GraphKind,
-    rng: &mut R,
-) -> f64 {
+fn measure_reconstruction<R: CryptoRng + ?Sized>(t: usize, graph: GraphKind, rng: &mut R) -> f64 {
     let secret = SecretScalar::random(rng);
     let public = secret.public();
     let xs: Vec<u32> = (1..=t as u32).collect();
