@@ -8,10 +8,10 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::sign::{CredentialVerifier, IdentityKey};
-use fedsec_crypto::x509::{X509Credentials, client_id_of};
 use fedsec_crypto::{ClientId, TaskId};
 use fedsec_proto::v1;
 use fedsec_proto::v1::federation_client::FederationClient;
+use fedsec_wire::x509::{X509Credentials, client_id_of};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 

@@ -43,6 +43,10 @@ pub enum ClientError {
     /// checkpoint…): the client takes no part in that attempt.
     #[error(transparent)]
     Protocol(#[from] fedsec_crypto::Error),
+    /// The checkpoint or its signed manifest is refused (signature, size, hash, rollback, or
+    /// not a model): the client does not train on it.
+    #[error("refusing the checkpoint: {0}")]
+    Checkpoint(#[from] fedsec_wire::checkpoint::CheckpointError),
     /// Local training failed.
     #[error("training failed: {0}")]
     Training(#[from] crate::trainer::TrainError),

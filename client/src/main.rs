@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fedsec_client::data::{Dataset, Standardizer};
 use fedsec_client::trainers::{Mlp, SoftmaxRegression, TrainOptions};
 use fedsec_client::{Client, ClientConfig, Evaluation, FitResult, TestHooks, TrainError, Trainer};
-use fedsec_crypto::model::Model;
+use fedsec_wire::model::Model;
 
 /// A fedsec data site: trains on local data and sends only masked updates.
 #[derive(Debug, Parser)]

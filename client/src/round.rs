@@ -35,17 +35,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
-use fedsec_crypto::checkpoint::SignedManifest;
-use fedsec_crypto::model::Model;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::client::{ClientPolicy, SecAggClient};
 use fedsec_crypto::secagg::messages::{
     ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
 };
 use fedsec_crypto::sign::{CredentialVerifier, IdentityKey};
-use fedsec_crypto::x509::encode_chain;
 use fedsec_crypto::{CheckpointHash, ClientId, RoundPlan, TaskId};
 use fedsec_proto::v1;
+use fedsec_wire::checkpoint::SignedManifest;
+use fedsec_wire::model::Model;
+use fedsec_wire::x509::encode_chain;
 use fedsec_wire::{Assignment, PhaseMessage, RoundKey, Wire};
 use prost::Message;
 use rand::Rng;
@@ -607,11 +607,11 @@ impl Drop for Round {
 #[cfg(test)]
 mod tests {
     use ed25519_dalek::SigningKey;
-    use fedsec_crypto::checkpoint::Manifest;
-    use fedsec_crypto::model::Tensor;
     use fedsec_crypto::secagg::driver::make_plan;
     use fedsec_crypto::sign::RawKeyCredentials;
     use fedsec_crypto::{AdversaryClass, CheckpointHash, GraphKind};
+    use fedsec_wire::checkpoint::Manifest;
+    use fedsec_wire::model::Tensor;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
 

@@ -51,7 +51,7 @@ pub fn client_tls(
     let leaf = first_certificate(cert_pem, "client certificate")?;
     let key = SigningKey::from_pkcs8_pem(key_pem)
         .map_err(|e| ClientTlsError::KeyNotEd25519 { reason: e.to_string() })?;
-    let leaf_spki = fedsec_crypto::x509::spki_of(&leaf)
+    let leaf_spki = fedsec_wire::x509::spki_of(&leaf)
         .map_err(|_| ClientTlsError::NoCertificate { what: "client certificate" })?;
     if leaf_spki[..] != fedsec_crypto::sign::ed25519_spki_der(&key.verifying_key())[..] {
         return Err(ClientTlsError::KeyDoesNotMatchCertificate);

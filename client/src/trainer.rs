@@ -5,7 +5,7 @@
 //! else (clipping, quantization, masking, the protocol) happens outside the trainer, so a
 //! trainer never sees a key or a mask.
 
-use fedsec_crypto::model::Model;
+use fedsec_wire::model::Model;
 
 use crate::data::DataError;
 

@@ -39,6 +39,6 @@ fn init_model_writes_a_loadable_model() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let model =
-        fedsec_crypto::model::Model::from_safetensors(&std::fs::read(&path).unwrap()).unwrap();
+        fedsec_wire::model::Model::from_safetensors(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(model.len(), 5 * 3 + 3);
 }

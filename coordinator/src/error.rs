@@ -39,6 +39,9 @@ pub enum Error {
     /// A wire message has a malformed field.
     #[error(transparent)]
     Malformed(#[from] fedsec_wire::WireError),
+    /// A model does not fit (a layout, a file, its tensors' shapes).
+    #[error("invalid model: {0}")]
+    Model(#[from] fedsec_wire::model::ModelError),
     /// The round was aborted; the global model is unchanged.
     #[error("the round was aborted: {0}")]
     RoundAborted(String),

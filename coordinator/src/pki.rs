@@ -274,7 +274,7 @@ fn pem_certificate_spki(pem: &str) -> Result<Vec<u8>> {
     use rustls_pki_types::pem::PemObject;
     let invalid = || PkiError::InvalidCaCertificate(rcgen::Error::CouldNotParseCertificate);
     let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| invalid())?;
-    fedsec_crypto::x509::spki_of(&der).map_err(|_| invalid())
+    fedsec_wire::x509::spki_of(&der).map_err(|_| invalid())
 }
 
 fn generate_key(what: &'static str) -> Result<KeyPair> {
@@ -407,7 +407,7 @@ mod tests {
         let client = &summary.clients[0];
         let cert = rustls_pki_types::pem::PemObject::from_pem_file(&client.cert).unwrap();
         let cert: rustls_pki_types::CertificateDer = cert;
-        assert_eq!(fedsec_crypto::x509::client_id_of(&cert).unwrap(), client.id);
+        assert_eq!(fedsec_wire::x509::client_id_of(&cert).unwrap(), client.id);
         let key = load_signing_key(&client.key).unwrap();
         let identity = fedsec_crypto::sign::IdentityKey::from_signing_key(key);
         assert_eq!(identity.id(), client.id);
@@ -420,11 +420,11 @@ mod tests {
             rustls_pki_types::pem::PemObject::from_pem_file(&summary.ca_cert).unwrap();
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let creds = fedsec_crypto::x509::X509Credentials::new(&[&ca], now).unwrap();
+        let creds = fedsec_wire::x509::X509Credentials::new(&[&ca], now).unwrap();
         let vk = fedsec_crypto::sign::CredentialVerifier::verify(
             &creds,
             &client.id,
-            &fedsec_crypto::x509::encode_chain(&[&cert]),
+            &fedsec_wire::x509::encode_chain(&[&cert]),
         )
         .unwrap();
         assert_eq!(vk, identity.verifying_key());

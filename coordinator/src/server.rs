@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedsec_crypto::ClientId;
-use fedsec_crypto::model::Model;
 use fedsec_proto::v1::admin_server::AdminServer;
 use fedsec_proto::v1::federation_server::FederationServer;
+use fedsec_wire::model::Model;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
 use fedsec_crypto::TaskId;
-use fedsec_crypto::checkpoint::SignedManifest;
+use fedsec_wire::checkpoint::{CheckpointError, SignedManifest};
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -57,10 +57,10 @@ pub enum StoreError {
     NotFound { path: Path },
     /// The bytes handed to `put` are not the checkpoint the manifest describes.
     #[error("refusing to store {path}: the bytes do not match the manifest: {source}")]
-    BytesDoNotMatchManifest { path: Path, source: fedsec_crypto::Error },
+    BytesDoNotMatchManifest { path: Path, source: CheckpointError },
     /// Stored data does not match its manifest (size or SHA-256): the data is corrupt.
     #[error("checkpoint data at {path} is corrupt: {source}")]
-    Corrupt { path: Path, source: fedsec_crypto::Error },
+    Corrupt { path: Path, source: CheckpointError },
     /// A stored manifest is not valid manifest JSON.
     #[error("checkpoint manifest at {path} is malformed: {source}")]
     MalformedManifest { path: Path, source: serde_json::Error },
@@ -72,7 +72,7 @@ pub enum StoreError {
     MisplacedManifest { path: Path, found_version: u64, found_task: String },
     /// A stored manifest's signature does not verify under the caller's key.
     #[error("checkpoint manifest at {path} is not signed by the expected key: {source}")]
-    Unverified { path: Path, source: fedsec_crypto::Error },
+    Unverified { path: Path, source: CheckpointError },
     /// The object store failed (IO, network, permissions).
     #[error("object store failed at {path}: {source}")]
     Backend { path: Path, source: object_store::Error },
@@ -298,9 +298,9 @@ fn manifest_path(task: TaskId, version: u64) -> Path {
 mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
-    use fedsec_crypto::checkpoint::Manifest;
     use fedsec_crypto::ids::CheckpointHash;
-    use fedsec_crypto::model::{Model, Tensor};
+    use fedsec_wire::checkpoint::Manifest;
+    use fedsec_wire::model::{Model, Tensor};
 
     const TASK: TaskId = TaskId([0xab; 16]);
 
@@ -430,10 +430,7 @@ mod tests {
         assert!(
             matches!(
                 &err,
-                StoreError::Corrupt {
-                    source: fedsec_crypto::Error::CheckpointHashMismatch { version: 3 },
-                    ..
-                }
+                StoreError::Corrupt { source: CheckpointError::HashMismatch { version: 3 }, .. }
             ),
             "{err}"
         );

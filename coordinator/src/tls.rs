@@ -190,7 +190,7 @@ impl TlsConn {
             .peer_certificates()
             .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
             .unwrap_or_default();
-        let client = chain.first().and_then(|leaf| match fedsec_crypto::x509::client_id_of(leaf) {
+        let client = chain.first().and_then(|leaf| match fedsec_wire::x509::client_id_of(leaf) {
             Ok(id) => Some(PeerIdentity { id, chain: chain.clone() }),
             Err(e) => {
                 // rustls verified this certificate, so this does not happen; be safe anyway.

@@ -1,6 +1,7 @@
 //! The one error type of the crate. Each variant names the rule that was broken.
 
 use crate::ids::ClientId;
+use crate::sign::CredentialRefusal;
 
 /// Everything that can go wrong in the secure aggregation core.
 ///
@@ -88,17 +89,7 @@ pub enum Error {
     // ---- authentication and integrity ----
     /// The certificate / credential does not verify or does not match the claimed id.
     #[error("credential of client {client} rejected: {reason}")]
-    BadCredential { client: ClientId, reason: String },
-    /// A certificate chain that carries a credential is not well formed (see
-    /// [`crate::x509::decode_chain`]).
-    #[error("malformed certificate chain: {0}")]
-    MalformedChain(String),
-    /// A certificate could not be parsed as X.509 DER.
-    #[error("malformed certificate: {0}")]
-    MalformedCertificate(String),
-    /// A federation CA certificate cannot serve as a trust anchor.
-    #[error("CA certificate {index} cannot be a trust anchor: {reason}")]
-    BadTrustAnchor { index: usize, reason: String },
+    BadCredential { client: ClientId, reason: CredentialRefusal },
     /// An Ed25519 signature did not verify.
     #[error("signature of client {0} does not verify")]
     BadSignature(ClientId),
@@ -148,26 +139,6 @@ pub enum Error {
     /// A wire message could not be decoded.
     #[error("malformed message: {0}")]
     Malformed(String),
-
-    // ---- models and checkpoints ----
-    /// A model is not a valid set of named f32 tensors, or does not fit a layout.
-    #[error("invalid model: {0}")]
-    InvalidModel(String),
-    /// The signature on a checkpoint manifest does not verify under the coordinator's key.
-    #[error("the signature on the manifest of checkpoint version {version} does not verify")]
-    CheckpointSignature { version: u64 },
-    /// A manifest names a parent that is not older than itself (only version 0 is its own parent).
-    #[error("checkpoint version {version} names parent version {parent}, which is not older")]
-    CheckpointParent { version: u64, parent: u64 },
-    /// The checkpoint's bytes are not as long as its signed manifest says.
-    #[error("checkpoint is {actual} bytes long, its manifest says {manifest}")]
-    CheckpointSize { manifest: u64, actual: u64 },
-    /// SHA-256 of the checkpoint's bytes is not the hash in its signed manifest.
-    #[error("SHA-256 of checkpoint version {version} does not match its manifest")]
-    CheckpointHashMismatch { version: u64 },
-    /// A checkpoint is older than one already seen (no rollback).
-    #[error("checkpoint version {version} is older than version {seen}, already seen: no rollback")]
-    CheckpointRollback { version: u64, seen: u64 },
 }
 
 /// Result alias.

@@ -28,7 +28,8 @@ pub enum Label {
     /// Graph permutation key.
     Graph,
     /// Checkpoint manifest signature. Bound to no round: a checkpoint outlives rounds, so it
-    /// is encoded by [`crate::checkpoint::Manifest::canonical_bytes`], never by [`labelled`].
+    /// is encoded by `fedsec_wire::checkpoint::Manifest::canonical_bytes`, never by
+    /// [`labelled`]. It stays in this one list of labels so that no two domains share one.
     Checkpoint,
 }
 

@@ -6,9 +6,10 @@
 //!
 //! What this crate does **not** do: network IO, clocks, storage. The protocol state machines
 //! take messages (plain serde types) and return messages; time and transport belong to the
-//! coordinator and the client library. Of X.509 it only verifies a client's certificate chain
-//! against the federation CA with rustls-webpki, at a time the caller passes in
-//! ([`x509::X509Credentials`]), and reads the leaf's public key; nothing more. Randomness for public
+//! coordinator and the client library. Nor does it read certificates, model files or checkpoint
+//! manifests: a peer's credential is checked by a [`sign::CredentialVerifier`] the caller plugs
+//! in (the X.509 one, checkpoint manifests and model files live in `fedsec-wire`, beside the
+//! wire types, where the client and the coordinator both find them). Randomness for public
 //! choices (attempt nonce, graph seed, stochastic rounding) is passed in; every secret (key
 //! pairs, self-mask seeds, Shamir coefficients) comes from the OS RNG.
 //!
@@ -56,7 +57,6 @@
 #![forbid(unsafe_code)]
 
 pub mod aead;
-pub mod checkpoint;
 pub mod context;
 pub mod error;
 pub mod graph;
@@ -64,7 +64,6 @@ pub mod ids;
 pub mod kdf;
 pub mod kernel;
 pub mod keys;
-pub mod model;
 pub mod params;
 pub mod prg;
 pub mod quant;
@@ -72,7 +71,6 @@ pub mod rng;
 pub mod secagg;
 pub mod shamir;
 pub mod sign;
-pub mod x509;
 
 pub use context::{AdversaryClass, GraphKind, PROTOCOL_VERSION, RoundContext, RoundPlan};
 pub use error::{Error, Result};

@@ -109,7 +109,7 @@ pub fn verify_many(items: &[SignedItem]) -> Result<()> {
 /// Checks a peer's credential (certificate chain) and returns its signing key.
 ///
 /// The protocol core is IO-free and knows nothing of certificates: the coordinator and the
-/// client library plug in a verifier, normally [`crate::x509::X509Credentials`], which checks
+/// client library plug in a verifier, normally `fedsec_wire::x509::X509Credentials`, which checks
 /// the chain against the federation CA. Whatever the credential, the verifier must check that
 /// SHA-256 of the leaf's SPKI equals the claimed id.
 ///
@@ -156,23 +156,49 @@ pub struct RawKeyCredentials;
 impl CredentialVerifier for RawKeyCredentials {
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> Result<VerifyingKey> {
         identity_key_of_spki(claimed, credential)
+            .map_err(|reason| Error::BadCredential { client: *claimed, reason })
     }
+}
+
+/// Why a credential is refused ([`Error::BadCredential`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialRefusal {
+    /// The certified key is not an Ed25519 `SubjectPublicKeyInfo`.
+    #[error("not an Ed25519 SubjectPublicKeyInfo")]
+    NotEd25519,
+    /// SHA-256 of the certified key's SPKI is not the claimed client id.
+    #[error("SHA-256 of the public key does not match the client id")]
+    IdMismatch,
+    /// The certified key is not a valid Ed25519 point.
+    #[error("invalid Ed25519 key")]
+    InvalidKey,
+    /// The certified key has small order.
+    #[error("small-order Ed25519 key")]
+    SmallOrderKey,
+    /// The verifier refused the credential itself (its certificate chain, say); the core
+    /// cannot know every verifier's reasons, so this one is the verifier's sentence.
+    #[error("{0}")]
+    Credential(String),
 }
 
 /// The Ed25519 identity key in `spki` (a DER `SubjectPublicKeyInfo`), after checking that
 /// SHA-256 of `spki` is `claimed` and that the key is a valid, not small-order, Ed25519 key.
-pub(crate) fn identity_key_of_spki(claimed: &ClientId, spki: &[u8]) -> Result<VerifyingKey> {
-    let bad = |reason: &str| Error::BadCredential { client: *claimed, reason: reason.into() };
+/// Every [`CredentialVerifier`] ends with this check on the key its credential certifies.
+pub fn identity_key_of_spki(
+    claimed: &ClientId,
+    spki: &[u8],
+) -> Result<VerifyingKey, CredentialRefusal> {
     if spki.len() != 44 || spki[..12] != ED25519_SPKI_PREFIX {
-        return Err(bad("not an Ed25519 SubjectPublicKeyInfo"));
+        return Err(CredentialRefusal::NotEd25519);
     }
     if ClientId::from_spki_der(spki) != *claimed {
-        return Err(bad("SHA-256 of the public key does not match the client id"));
+        return Err(CredentialRefusal::IdMismatch);
     }
     let bytes: [u8; 32] = spki[12..].try_into().expect("length checked above");
-    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("invalid Ed25519 key"))?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| CredentialRefusal::InvalidKey)?;
     if key.is_weak() {
-        return Err(bad("small-order Ed25519 key"));
+        return Err(CredentialRefusal::SmallOrderKey);
     }
     Ok(key)
 }
@@ -205,7 +231,7 @@ mod tests {
         assert!(RawKeyCredentials.verify(&a.id(), &a.raw_credential()).is_ok());
         assert!(matches!(
             RawKeyCredentials.verify(&b.id(), &a.raw_credential()),
-            Err(Error::BadCredential { .. })
+            Err(Error::BadCredential { reason: CredentialRefusal::IdMismatch, .. })
         ));
     }
 

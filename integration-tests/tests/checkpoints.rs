@@ -20,7 +20,6 @@ use common::{CLASSES, CLIP, FEATURES, MAX_EXAMPLES, Proc, TASK_ID, bin, pem_der,
 use ed25519_dalek::SigningKey;
 use fedsec_client::state::{ClientState, StateFile};
 use fedsec_client::trainers::SoftmaxRegression;
-use fedsec_crypto::checkpoint::Manifest;
 use fedsec_crypto::quant::QuantParams;
 use fedsec_crypto::{
     AdversaryClass, AttemptNonce, CheckpointHash, ClientId, GraphKind, PROTOCOL_VERSION, RoundId,
@@ -28,6 +27,7 @@ use fedsec_crypto::{
 };
 use fedsec_proto::v1;
 use fedsec_proto::v1::federation_server::{Federation, FederationServer};
+use fedsec_wire::checkpoint::Manifest;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -295,7 +295,7 @@ fn run_scenario(s: Scenario) -> Outcome {
             .args(["pki", "init", "--clients", "1", "--out"])
             .arg(&pki),
     );
-    let me = fedsec_crypto::x509::client_id_of(&pem_der(
+    let me = fedsec_wire::x509::client_id_of(&pem_der(
         read_text(&pki.join("client-001.pem")).as_bytes(),
     ))
     .expect("the development PKI's client certificate names an Ed25519 key");

@@ -13,8 +13,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Federation, MAX_EXAMPLES, Options, SERVER_LR};
-use fedsec_crypto::model::Model;
 use fedsec_crypto::quant::QuantParams;
+use fedsec_wire::model::Model;
 
 const PARAMETERS: usize = 100_000_000;
 /// What every client's trainer returns for every parameter.

@@ -15,16 +15,16 @@ use std::time::{Duration, Instant};
 
 use common::{Federation, Options, TASK_ID, bin, run_ok};
 use fedsec_client::tls::client_tls;
-use fedsec_crypto::checkpoint::SignedManifest;
-use fedsec_crypto::model::Model;
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
 use fedsec_crypto::secagg::messages::{
     ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
 };
-use fedsec_crypto::x509::{X509Credentials, encode_chain};
 use fedsec_proto::v1;
 use fedsec_proto::v1::admin_client::AdminClient;
 use fedsec_proto::v1::federation_client::FederationClient;
+use fedsec_wire::checkpoint::SignedManifest;
+use fedsec_wire::model::Model;
+use fedsec_wire::x509::{X509Credentials, encode_chain};
 use fedsec_wire::{Assignment, PhaseMessage, Wire};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};

@@ -102,7 +102,7 @@ fn client_tls_of(pki: &PkiSummary, index: usize) -> ClientTlsConfig {
 /// SHA-256 of the SPKI of the certificate in `path`, computed from the certificate itself.
 fn id_of_cert_file(path: &Path) -> ClientId {
     let der = CertificateDer::from_pem_file(path).unwrap();
-    fedsec_crypto::x509::client_id_of(&der).unwrap()
+    fedsec_wire::x509::client_id_of(&der).unwrap()
 }
 
 #[tokio::test]

@@ -18,8 +18,8 @@
 //! f32 in either computation (the average, η·avg and θ + η·avg, half an ulp each):
 //! [`aggregation_bound`].
 
-use fedsec_crypto::model::Model;
 use fedsec_crypto::quant::QuantParams;
+use fedsec_wire::model::Model;
 
 /// One client's contribution to a plaintext round: its update and example count.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use fedsec_client::data::{Dataset, Standardizer};
 use fedsec_client::trainers::{Mlp, SoftmaxRegression, TrainOptions};
 use fedsec_client::{TrainError, Trainer};
-use fedsec_crypto::model::Model;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::{AdversaryClass, GraphKind};
+use fedsec_wire::model::Model;
 use serde::Serialize;
 
 use crate::datasets::Shipped;

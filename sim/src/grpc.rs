@@ -19,7 +19,7 @@ use fedsec_coordinator::config::CoordinatorConfig;
 use fedsec_coordinator::engine::EngineState;
 use fedsec_coordinator::store::CheckpointStore;
 use fedsec_crypto::TaskId;
-use fedsec_crypto::model::Model;
+use fedsec_wire::model::Model;
 use indicatif::ProgressBar;
 
 use crate::experiment::{ASSUMED_CORRUPT, Experiment, PHASES, Prepared, SimError};

@@ -35,7 +35,7 @@ use crate::report::Report;
 
 fn evaluate_all(
     evaluator: &mut dyn Trainer,
-    models: &[fedsec_crypto::model::Model],
+    models: &[fedsec_wire::model::Model],
 ) -> Result<Vec<Evaluation>, SimError> {
     models
         .iter()

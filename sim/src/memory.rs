@@ -39,17 +39,17 @@ use fedsec_coordinator::engine::{
     Assignment, Engine, EngineState, Output, PhaseDeadlines, Reply, TaskConfig,
 };
 use fedsec_coordinator::wire as server_wire;
-use fedsec_crypto::checkpoint::Manifest;
 use fedsec_crypto::keys::PublicKey;
-use fedsec_crypto::model::Model;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
 };
 use fedsec_crypto::sign::{CredentialVerifier, IdentityKey, SignedItem};
-use fedsec_crypto::x509::X509Credentials;
 use fedsec_crypto::{AdversaryClass, ClientId, RoundContext, TaskId};
 use fedsec_proto::v1;
+use fedsec_wire::checkpoint::Manifest;
+use fedsec_wire::model::Model;
+use fedsec_wire::x509::X509Credentials;
 use fedsec_wire::{PhaseMessage, RoundKey, Wire};
 use indicatif::ProgressBar;
 use rand::SeedableRng;

@@ -1,7 +1,7 @@
 //! What a secure run produced, whatever the transport: every attempt of every round, and the
 //! model after each completed round.
 
-use fedsec_crypto::model::Model;
+use fedsec_wire::model::Model;
 
 /// One attempt of a round, as the coordinator recorded it, with what the clients saw.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,9 +7,16 @@
 //! requests and encode those replies, so the two ends cannot drift apart. A malformed field
 //! fails with a [`WireError`] that names the field and what is wrong with it.
 //!
-//! What it does not do: no IO and no checks beyond the shape of each field (lengths, presence,
-//! known enum values). Whether a message is *valid* — a signature, a key, a plan below a
-//! client's floor — is the protocol core's to decide.
+//! It is also the home of the formats both ends share that the IO-free core has no use for:
+//! [`checkpoint`] (signed checkpoint manifests, checked before a client trains), [`model`]
+//! (models as named f32 tensors in safetensors files) and [`x509`] (clients' certificate
+//! chains, checked against the federation CA; the core's
+//! [`CredentialVerifier`](fedsec_crypto::sign::CredentialVerifier) implementation). Each has
+//! its own error type naming the check that failed.
+//!
+//! What it does not do: no IO, and for protocol messages no checks beyond the shape of each
+//! field (lengths, presence, known enum values). Whether a message is *valid* — a signature, a
+//! key, a plan below a client's floor — is the protocol core's to decide.
 //!
 //! A wire message carries its attempt (a [`v1::RoundRef`]) but not its sender: the coordinator
 //! knows the sender from the TLS handshake, a client knows it is the recipient. Decoding
@@ -40,10 +47,12 @@
 
 #![forbid(unsafe_code)]
 
-mod checkpoint;
+pub mod checkpoint;
 mod error;
+pub mod model;
 mod phases;
 mod plan;
+pub mod x509;
 
 use fedsec_crypto::{AttemptNonce, ClientId, RoundContext, RoundId, TaskId};
 pub use fedsec_proto::v1;

@@ -1,11 +1,11 @@
 //! The messages of the five phases: each client request and each coordinator reply.
 
+use crate::x509::{decode_chain, encode_chain};
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShares, ForwardedShares,
     KeysForward, MaskedInput, RevealedShare, ShareKeys, SharesForward, Sig, SignedSurvivors,
     Survivors, UnmaskingRequest, UnmaskingResponse,
 };
-use fedsec_crypto::x509::{decode_chain, encode_chain};
 use fedsec_crypto::{ClientId, PROTOCOL_VERSION};
 use fedsec_proto::v1;
 

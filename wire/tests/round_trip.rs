@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use fedsec_crypto::checkpoint::{Manifest, SignedManifest};
 use fedsec_crypto::quant::QuantParams;
 use fedsec_crypto::secagg::messages::*;
-use fedsec_crypto::x509::encode_chain;
 use fedsec_crypto::{
     AdversaryClass, AttemptNonce, CheckpointHash, ClientId, GraphKind, PROTOCOL_VERSION,
     RoundContext, RoundId, RoundPlan, TaskId,
 };
+use fedsec_wire::checkpoint::{Manifest, SignedManifest};
+use fedsec_wire::x509::encode_chain;
 use fedsec_wire::{Assignment, PhaseMessage, Reason, RoundKey, Wire, WireError, v1};
 use proptest::prelude::*;
 

@@ -1,6 +1,6 @@
 //! The layout a trainer trains (tensor names and shapes), checked against the global model.
 
-use fedsec_crypto::model::{Model, Tensor};
+use fedsec_wire::model::{Model, Tensor};
 
 use crate::trainer::TrainError;
 

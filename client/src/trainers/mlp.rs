@@ -1,7 +1,7 @@
 //! A multilayer perceptron with one hidden ReLU layer:
 //! `p(class | x) = softmax(W₂ · relu(W₁ x + b₁) + b₂)`.
 
-use fedsec_crypto::model::Model;
+use fedsec_wire::model::Model;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;

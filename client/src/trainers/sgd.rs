@@ -4,7 +4,7 @@
 //! A network sees its parameters as one flat vector in the global model's order, so the update
 //! is simply the final vector minus the starting one.
 
-use fedsec_crypto::model::Model;
+use fedsec_wire::model::Model;
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;

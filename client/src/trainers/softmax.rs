@@ -1,6 +1,6 @@
 //! Softmax (multinomial logistic) regression: `p(class | x) = softmax(W x + b)`.
 
-use fedsec_crypto::model::Model;
+use fedsec_wire::model::Model;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
 use super::TrainOptions;

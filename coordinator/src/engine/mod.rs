@@ -37,7 +37,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fedsec_crypto::model::Model;
 use fedsec_crypto::quant::QuantParams;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::server::SecAggServer;
@@ -45,6 +44,7 @@ use fedsec_crypto::sign::CredentialVerifier;
 use fedsec_crypto::{
     AttemptNonce, CheckpointHash, ClientId, PROTOCOL_VERSION, RoundContext, RoundId, RoundPlan,
 };
+use fedsec_wire::model::Model;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;

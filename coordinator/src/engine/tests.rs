@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use fedsec_crypto::model::Tensor;
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
 use fedsec_crypto::sign::{IdentityKey, RawKeyCredentials};
 use fedsec_crypto::{AdversaryClass, GraphKind, TaskId};
+use fedsec_wire::model::Tensor;
 
 use fedsec_crypto::secagg::messages::ShareKeys;
 use fedsec_crypto::secagg::server::UploadProgress;

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedsec_crypto::TaskId;
-use fedsec_crypto::model::Model;
 use fedsec_crypto::secagg::Phase;
 use fedsec_proto::v1;
 use fedsec_proto::v1::admin_server::Admin;
+use fedsec_wire::model::Model;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 

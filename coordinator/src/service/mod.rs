@@ -17,11 +17,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
-use fedsec_crypto::checkpoint::{Manifest, SignedManifest};
-use fedsec_crypto::model::Model;
 use fedsec_crypto::sign::CredentialVerifier;
-use fedsec_crypto::x509::X509Credentials;
 use fedsec_crypto::{ClientId, TaskId};
+use fedsec_wire::checkpoint::{Manifest, SignedManifest};
+use fedsec_wire::model::Model;
+use fedsec_wire::x509::X509Credentials;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
 use tonic::{Request, Status};

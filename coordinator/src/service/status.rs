@@ -9,9 +9,10 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = match &e {
             Error::Protocol(core) => core_code(core),
-            Error::InvalidConfig(_) | Error::Malformed(_) | Error::BadUpload { .. } => {
-                Code::InvalidArgument
-            }
+            Error::InvalidConfig(_)
+            | Error::Malformed(_)
+            | Error::BadUpload { .. }
+            | Error::Model(_) => Code::InvalidArgument,
             Error::UnknownTask(_) => Code::NotFound,
             Error::NotSelected(_) => Code::PermissionDenied,
             Error::TaskFinished

@@ -10,8 +10,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fedsec_crypto::model::Model;
 use fedsec_crypto::quant::QuantParams;
+use fedsec_wire::model::Model;
 
 pub const FEATURES: usize = 4;
 pub const CLASSES: usize = 3;
@@ -218,7 +218,7 @@ impl Federation {
     pub fn client_id(&self, i: usize) -> String {
         let pem = std::fs::read(self.cert(i).0).unwrap();
         let der: Vec<u8> = pem_der(&pem);
-        fedsec_crypto::x509::client_id_of(&der).unwrap().to_hex()
+        fedsec_wire::x509::client_id_of(&der).unwrap().to_hex()
     }
 
     /// Starts the PKI, the coordinator and (not yet) the clients.
@@ -241,14 +241,14 @@ impl Federation {
                 );
             }
             Some(n) => {
-                let tensor = fedsec_crypto::model::Tensor::zeros(vec![n]).unwrap();
+                let tensor = fedsec_wire::model::Tensor::zeros(vec![n]).unwrap();
                 let bytes = Model::new().with("weights", tensor).to_safetensors().unwrap();
                 std::fs::write(root.join("model.safetensors"), bytes).unwrap();
             }
         }
         let id_of = |i: usize| {
             let pem = std::fs::read(root.join(format!("pki/client-{i:03}.pem"))).unwrap();
-            fedsec_crypto::x509::client_id_of(&pem_der(&pem)).unwrap().to_hex()
+            fedsec_wire::x509::client_id_of(&pem_der(&pem)).unwrap().to_hex()
         };
         let deny: Vec<String> = opts.deny.iter().map(|&i| id_of(i)).collect();
         std::fs::write(root.join("deny.txt"), deny.join("\n") + "\n").unwrap();

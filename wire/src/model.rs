@@ -2,7 +2,7 @@
 //!
 //! A model is a set of named tensors kept in name order, so that every party flattens it into
 //! the same vector: the masked input is the concatenation of the tensors' values in that order,
-//! followed by the weight coordinate (see [`crate::quant`]). The bytes are the
+//! followed by the weight coordinate (see [`fedsec_crypto::quant`]). The bytes are the
 //! [safetensors](https://huggingface.co/docs/safetensors) format, so Python users load a
 //! checkpoint with one line (`safetensors.numpy.load_file`).
 
@@ -10,7 +10,70 @@ use std::collections::BTreeMap;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::error::{Error, Result};
+/// What is wrong with a model, a tensor, or a model file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// A tensor's values are not as many as its shape holds.
+    #[error("shape {shape:?} holds {holds} values, got {got}")]
+    ShapeMismatch {
+        /// The shape.
+        shape: Vec<usize>,
+        /// How many values it holds.
+        holds: usize,
+        /// How many were given.
+        got: usize,
+    },
+    /// A shape's element count overflows `usize`.
+    #[error("shape {shape:?} has more elements than fit in memory")]
+    TooLarge {
+        /// The shape.
+        shape: Vec<usize>,
+    },
+    /// A flat vector does not have the layout's parameter count.
+    #[error("the layout has {layout} parameters, the vector {got}")]
+    LayoutMismatch {
+        /// The layout's parameters.
+        layout: usize,
+        /// The vector's length.
+        got: usize,
+    },
+    /// The bytes are not a safetensors file (the parser's reason).
+    #[error("not a safetensors file: {0}")]
+    NotSafetensors(String),
+    /// A tensor could not be laid out as safetensors (the writer's reason).
+    #[error("cannot serialize tensor {tensor}: {reason}")]
+    SerializeTensor {
+        /// The tensor.
+        tensor: String,
+        /// The writer's reason.
+        reason: String,
+    },
+    /// The safetensors file could not be written (the writer's reason).
+    #[error("cannot serialize the model: {0}")]
+    Serialize(String),
+    /// A tensor of the file is not f32.
+    #[error("tensor {tensor} has dtype {dtype}; models are f32")]
+    NotF32 {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype, as safetensors names it.
+        dtype: String,
+    },
+    /// A value of the file is NaN or infinite.
+    #[error("tensor {tensor}[{index}] is {value}: models hold finite values")]
+    NotFinite {
+        /// The tensor.
+        tensor: String,
+        /// The value's index, row-major.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+}
+
+/// Result alias.
+pub type Result<T, E = ModelError> = core::result::Result<T, E>;
 
 /// One named tensor: its shape and its values in row-major order.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,12 +87,9 @@ pub struct Tensor {
 impl Tensor {
     /// A tensor of `shape` holding `values`; errors if the counts differ.
     pub fn new(shape: Vec<usize>, values: Vec<f32>) -> Result<Self> {
-        let want = element_count(&shape)?;
-        if want != values.len() {
-            return Err(Error::InvalidModel(format!(
-                "shape {shape:?} holds {want} values, got {}",
-                values.len()
-            )));
+        let holds = element_count(&shape)?;
+        if holds != values.len() {
+            return Err(ModelError::ShapeMismatch { shape, holds, got: values.len() });
         }
         Ok(Tensor { shape, values })
     }
@@ -42,9 +102,10 @@ impl Tensor {
 }
 
 fn element_count(shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        Error::InvalidModel(format!("shape {shape:?} has more elements than fit in memory"))
-    })
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| ModelError::TooLarge { shape: shape.to_vec() })
 }
 
 /// A model: named f32 tensors, in name order.
@@ -102,11 +163,7 @@ impl Model {
     /// A model of the same layout holding `flat` (as produced by [`flatten`](Self::flatten)).
     pub fn with_flat(&self, flat: &[f32]) -> Result<Model> {
         if flat.len() != self.len() {
-            return Err(Error::InvalidModel(format!(
-                "the layout has {} parameters, the vector {}",
-                self.len(),
-                flat.len()
-            )));
+            return Err(ModelError::LayoutMismatch { layout: self.len(), got: flat.len() });
         }
         let mut rest = flat;
         let mut tensors = BTreeMap::new();
@@ -142,24 +199,26 @@ impl Model {
             .map(|((name, data), t)| {
                 TensorView::new(Dtype::F32, t.shape.clone(), data)
                     .map(|v| (name.as_str(), v))
-                    .map_err(|e| Error::InvalidModel(format!("tensor {name}: {e}")))
+                    .map_err(|e| ModelError::SerializeTensor {
+                        tensor: name.to_string(),
+                        reason: e.to_string(),
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
-        safetensors::serialize(views, None)
-            .map_err(|e| Error::InvalidModel(format!("cannot serialize: {e}")))
+        safetensors::serialize(views, None).map_err(|e| ModelError::Serialize(e.to_string()))
     }
 
     /// Parses safetensors bytes. Only f32 tensors are accepted; values must be finite.
     pub fn from_safetensors(bytes: &[u8]) -> Result<Model> {
         let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| Error::InvalidModel(format!("not a safetensors file: {e}")))?;
+            .map_err(|e| ModelError::NotSafetensors(e.to_string()))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             if view.dtype() != Dtype::F32 {
-                return Err(Error::InvalidModel(format!(
-                    "tensor {name} has dtype {:?}; models are f32",
-                    view.dtype()
-                )));
+                return Err(ModelError::NotF32 {
+                    tensor: name,
+                    dtype: format!("{:?}", view.dtype()),
+                });
             }
             let values: Vec<f32> = view
                 .data()
@@ -167,10 +226,7 @@ impl Model {
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::InvalidModel(format!(
-                    "tensor {name}[{i}] is {}: models hold finite values",
-                    values[i]
-                )));
+                return Err(ModelError::NotFinite { tensor: name, index: i, value: values[i] });
             }
             tensors.insert(name, Tensor::new(view.shape().to_vec(), values)?);
         }
@@ -195,7 +251,7 @@ mod tests {
         assert_eq!(m.flatten(), vec![0.5, 0.25, -0.125, 1.0, -2.0, 3.5, 0.0, 1e-3, -7.25]);
         let back = m.with_flat(&m.flatten()).unwrap();
         assert_eq!(back, m);
-        assert!(m.with_flat(&[0.0; 8]).is_err());
+        assert_eq!(m.with_flat(&[0.0; 8]), Err(ModelError::LayoutMismatch { layout: 9, got: 8 }));
     }
 
     #[test]
@@ -210,13 +266,22 @@ mod tests {
 
     #[test]
     fn refuses_bad_files() {
-        assert!(matches!(Model::from_safetensors(b"not a model"), Err(Error::InvalidModel(_))));
+        assert!(matches!(
+            Model::from_safetensors(b"not a model"),
+            Err(ModelError::NotSafetensors(_))
+        ));
         let mut bytes = sample().to_safetensors().unwrap();
         bytes.truncate(bytes.len() - 1);
-        assert!(Model::from_safetensors(&bytes).is_err());
-        let nan = Model::new().with("x", Tensor::new(vec![1], vec![f32::NAN]).unwrap());
-        let err = Model::from_safetensors(&nan.to_safetensors().unwrap()).unwrap_err();
-        assert!(err.to_string().contains("x[0]"), "{err}");
-        assert!(Tensor::new(vec![2, 2], vec![0.0; 3]).is_err());
+        assert!(matches!(Model::from_safetensors(&bytes), Err(ModelError::NotSafetensors(_))));
+        let inf = Model::new().with("x", Tensor::new(vec![2], vec![0.0, f32::INFINITY]).unwrap());
+        assert_eq!(
+            Model::from_safetensors(&inf.to_safetensors().unwrap()),
+            Err(ModelError::NotFinite { tensor: "x".into(), index: 1, value: f32::INFINITY })
+        );
+        assert_eq!(
+            Tensor::new(vec![2, 2], vec![0.0; 3]),
+            Err(ModelError::ShapeMismatch { shape: vec![2, 2], holds: 4, got: 3 })
+        );
+        assert!(matches!(Tensor::zeros(vec![usize::MAX, 2]), Err(ModelError::TooLarge { .. })));
     }
 }
