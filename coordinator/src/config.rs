@@ -169,31 +169,52 @@ pub struct DeadlinesMs {
     pub unmasking: Option<u64>,
 }
 
-fn fraction_ppm(name: &str, x: f64) -> Result<u32, String> {
-    if (0.0..1.0).contains(&x) {
-        Ok((x * 1e6).round() as u32)
+/// What is wrong with the `[task]` section.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskConfigError {
+    /// `task.id` is not 32 hex digits.
+    #[error("task.id = {0:?}: expected 32 hex digits")]
+    Id(String),
+    /// `task.graph` names no graph.
+    #[error("task.graph = {0:?}: expected harary or complete")]
+    Graph(String),
+    /// `task.adversary` names no adversary class.
+    #[error("task.adversary = {0:?}: expected curious, semi-malicious or malicious")]
+    Adversary(String),
+    /// `task.dropout` or `task.corrupt` is outside [0, 1).
+    #[error("task.{name} = {value} must be in [0, 1)")]
+    Fraction { name: &'static str, value: f64 },
+    /// The configuration breaks a rule of the round engine.
+    #[error(transparent)]
+    Rule(#[from] crate::Error),
+}
+
+fn fraction_ppm(name: &'static str, value: f64) -> Result<u32, TaskConfigError> {
+    if (0.0..1.0).contains(&value) {
+        Ok((value * 1e6).round() as u32)
     } else {
-        Err(format!("task.{name} = {x} must be in [0, 1)"))
+        Err(TaskConfigError::Fraction { name, value })
     }
 }
 
 /// Parses an adversary class name.
-pub fn adversary(name: &str) -> Result<AdversaryClass, String> {
+pub fn adversary(name: &str) -> Result<AdversaryClass, TaskConfigError> {
     match name {
         "curious" => Ok(AdversaryClass::Curious),
         "semi-malicious" => Ok(AdversaryClass::SemiMalicious),
         "malicious" => Ok(AdversaryClass::Malicious),
-        other => Err(format!("{other:?}: expected curious, semi-malicious or malicious")),
+        other => Err(TaskConfigError::Adversary(other.into())),
     }
 }
 
 impl TaskSection {
     /// The engine's configuration (validated).
-    pub fn to_config(&self) -> Result<TaskConfig, String> {
+    pub fn to_config(&self) -> Result<TaskConfig, TaskConfigError> {
         let id: [u8; 16] = hex::decode(&self.id)
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| format!("task.id = {:?}: expected 32 hex digits", self.id))?;
+            .ok_or_else(|| TaskConfigError::Id(self.id.clone()))?;
         let mut c = TaskConfig::new(TaskId(id), self.name.clone(), self.clients_per_round);
         if let Some(v) = self.min_clients {
             c.min_clients = v;
@@ -205,13 +226,11 @@ impl TaskSection {
             c.graph = match g.as_str() {
                 "harary" => GraphKind::Harary,
                 "complete" => GraphKind::Complete,
-                other => {
-                    return Err(format!("task.graph = {other:?}: expected harary or complete"));
-                }
+                other => return Err(TaskConfigError::Graph(other.into())),
             };
         }
         if let Some(a) = &self.adversary {
-            c.adversary = adversary(a).map_err(|e| format!("task.adversary = {e}"))?;
+            c.adversary = adversary(a)?;
         }
         if let Some(x) = self.dropout {
             c.dropout_ppm = fraction_ppm("dropout", x)?;
@@ -249,7 +268,7 @@ impl TaskSection {
             consistency: ms(d.consistency, def.consistency),
             unmasking: ms(d.unmasking, def.unmasking),
         };
-        c.validate().map_err(|e| e.to_string())?;
+        c.validate()?;
         Ok(c)
     }
 }
@@ -359,7 +378,7 @@ impl CoordinatorConfig {
             }
         }
         if let Some(t) = &self.task {
-            t.to_config()?;
+            t.to_config().map_err(|e| e.to_string())?;
         }
         Ok(())
     }

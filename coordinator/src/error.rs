@@ -2,6 +2,7 @@
 //! maps each to one status code in one place.
 
 use fedsec_crypto::ClientId;
+use fedsec_wire::model::ModelError;
 
 /// What can go wrong in the coordinator.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -10,9 +11,15 @@ pub enum Error {
     /// The secure aggregation core refused a message or a step.
     #[error(transparent)]
     Protocol(#[from] fedsec_crypto::Error),
-    /// A task configuration is out of range.
+    /// A task configuration breaks the rule it carries.
     #[error("invalid task configuration: {0}")]
-    InvalidConfig(String),
+    InvalidConfig(ConfigRule),
+    /// A checkpoint was reported stored while none was waiting to be.
+    #[error("checkpoint version {version} committed, but no checkpoint is waiting")]
+    NothingToCommit { version: u64 },
+    /// A checkpoint was reported stored that is not the one waiting.
+    #[error("checkpoint version {committed} committed, but version {waiting} is waiting")]
+    WrongCommit { committed: u64, waiting: u64 },
     /// The message names a task this coordinator does not run.
     #[error("unknown task {0}")]
     UnknownTask(fedsec_crypto::TaskId),
@@ -41,10 +48,66 @@ pub enum Error {
     Malformed(#[from] fedsec_wire::WireError),
     /// A model does not fit (a layout, a file, its tensors' shapes).
     #[error("invalid model: {0}")]
-    Model(#[from] fedsec_wire::model::ModelError),
+    Model(#[from] ModelError),
     /// The round was aborted; the global model is unchanged.
     #[error("the round was aborted: {0}")]
-    RoundAborted(String),
+    RoundAborted(AbortReason),
+}
+
+/// The rule a task configuration breaks.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigRule {
+    /// `clients_per_round` is 0.
+    #[error("clients_per_round must be at least 1")]
+    NoClients,
+    /// `min_clients` is 0 or above the clients a round may select.
+    #[error(
+        "min_clients = {min_clients} must be between 1 and clients_per_round × over_selection = {max_selected}"
+    )]
+    MinClients { min_clients: usize, max_selected: usize },
+    /// `over_selection` is below 1 or not finite.
+    #[error("over_selection = {0} must be at least 1")]
+    OverSelection(f64),
+    /// The dropout or corrupt fraction is not below 1 (in parts per million).
+    #[error(
+        "dropout and corrupt fractions must be below 1 (got {dropout_ppm} and {corrupt_ppm} ppm)"
+    )]
+    Fractions { dropout_ppm: u32, corrupt_ppm: u32 },
+    /// `server_learning_rate` is not finite and positive.
+    #[error("server_learning_rate = {0} must be finite and positive")]
+    ServerLearningRate(f32),
+    /// `upload_chunk_words` or `max_uploads_in_flight` is 0.
+    #[error("upload_chunk_words and max_uploads_in_flight must be at least 1")]
+    UploadLimits,
+    /// A deadline is zero.
+    #[error("every deadline must be positive")]
+    Deadline,
+    /// The smallest round the task may run admits no secure graph parameters.
+    #[error("a round of min_clients = {min_clients} clients has no secure parameters: {source}")]
+    NoSecureParameters { min_clients: usize, source: fedsec_crypto::Error },
+    /// The initial model has no parameters.
+    #[error("the initial model has no parameters")]
+    EmptyModel,
+    /// The model has more parameters than a masked vector holds (2^32 − 2, with the weight).
+    #[error("the model has {0} parameters; a masked vector holds at most 2^32 − 2")]
+    ModelTooLarge(usize),
+}
+
+/// Why an attempt was aborted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AbortReason {
+    /// The protocol could not go on (too few clients in a phase, a sum that cannot be
+    /// unmasked…): the core's refusal.
+    #[error(transparent)]
+    Protocol(fedsec_crypto::Error),
+    /// The unmasked sum does not decode into a model of the task's layout.
+    #[error("the sum does not decode: {0}")]
+    SumDoesNotDecode(Box<Error>),
+    /// The new model does not serialize.
+    #[error("the new model does not serialize: {0}")]
+    ModelDoesNotSerialize(ModelError),
 }
 
 /// Result alias.

@@ -32,7 +32,7 @@ pub fn result_to_wire(r: &RoundOutcome, task: TaskId) -> v1::RoundResult {
         completed: r.completed,
         new_checkpoint_version: r.new_checkpoint_version.unwrap_or(0),
         participants: r.participants() as u32,
-        abort_reason: r.abort_reason.clone().unwrap_or_default(),
+        abort_reason: r.abort_reason.as_ref().map(ToString::to_string).unwrap_or_default(),
         set_sizes: r.set_sizes.iter().map(|&s| s as u32).collect(),
         phase_seconds: r.phase_seconds.clone(),
     }

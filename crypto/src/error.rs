@@ -73,9 +73,16 @@ pub enum Error {
     /// The client's masked input was already complete and added to the sum.
     #[error("masked input of client {0} is already complete")]
     UploadComplete(ClientId),
-    /// The round was aborted before; nothing more is accepted.
+    /// The round was aborted before, by the refusal it carries; nothing more is accepted.
     #[error("the round was aborted: {0}")]
-    Aborted(String),
+    Aborted(Box<Error>),
+    /// The coordinator abandoned the attempt for a reason outside the protocol (its sum did not
+    /// become a model); nothing more is accepted.
+    #[error("the coordinator abandoned the attempt")]
+    Abandoned,
+    /// The in-memory driver ended the round before the server computed the sum.
+    #[error("the round ended before the server computed the sum")]
+    Unfinished,
     /// Fewer clients than q = max(t, ⌈(1−δ)n⌉) remain.
     #[error("only {have} clients remain in {phase}, the round needs {need}")]
     TooFewClients { phase: &'static str, have: usize, need: usize },

@@ -289,7 +289,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
             attempts.push(AttemptRecord {
                 round_id: round,
                 completed: o.completed,
-                abort_reason: o.abort_reason.clone(),
+                abort_reason: o.abort_reason.as_ref().map(ToString::to_string),
                 set_sizes: o.set_sizes.clone(),
                 phase_seconds: o.phase_seconds.clone(),
                 upload_bytes: o.upload_bytes,

@@ -361,7 +361,7 @@ impl World<'_> {
         Ok(AttemptRecord {
             round_id: round,
             completed: outcome.completed,
-            abort_reason: outcome.abort_reason.clone(),
+            abort_reason: outcome.abort_reason.as_ref().map(ToString::to_string),
             set_sizes: outcome.set_sizes.clone(),
             phase_seconds: outcome.phase_seconds.clone(),
             upload_bytes: outcome.upload_bytes,

@@ -12,6 +12,7 @@ use fedsec_crypto::secagg::server::SecAggServer;
 use fedsec_crypto::{ClientId, RoundContext};
 
 use super::types::{Assignment, RoundOutcome};
+use crate::error::AbortReason;
 
 /// One attempt in progress.
 pub(super) struct Attempt {
@@ -44,7 +45,7 @@ impl Attempt {
         &self,
         completed: bool,
         new_version: Option<u64>,
-        abort: Option<String>,
+        abort: Option<AbortReason>,
     ) -> RoundOutcome {
         RoundOutcome {
             round_id: self.info.plan.round_id,

@@ -6,7 +6,7 @@ use fedsec_crypto::quant::QuantParams;
 use fedsec_crypto::{AdversaryClass, GraphKind, TaskId};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigRule, Error, Result};
 
 /// How long each step of a round may take before it closes without the clients that have not
 /// answered. Each deadline runs from the moment its step opens.
@@ -154,35 +154,34 @@ impl TaskConfig {
     /// Checks the configuration when the task is created: sizes, rates, and the bit budget (a
     /// configuration that could wrap around is refused with an error that says by how much).
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::InvalidConfig(m));
+        let bad = |rule: ConfigRule| Err(Error::InvalidConfig(rule));
         if self.clients_per_round == 0 {
-            return bad("clients_per_round must be at least 1".into());
+            return bad(ConfigRule::NoClients);
         }
         if self.min_clients == 0 || self.min_clients > self.max_selected() {
-            return bad(format!(
-                "min_clients = {} must be between 1 and clients_per_round × over_selection = {}",
-                self.min_clients,
-                self.max_selected()
-            ));
+            return bad(ConfigRule::MinClients {
+                min_clients: self.min_clients,
+                max_selected: self.max_selected(),
+            });
         }
         if !(self.over_selection.is_finite() && self.over_selection >= 1.0) {
-            return bad(format!("over_selection = {} must be at least 1", self.over_selection));
+            return bad(ConfigRule::OverSelection(self.over_selection));
         }
         if self.dropout_ppm >= 1_000_000 || self.corrupt_ppm >= 1_000_000 {
-            return bad("dropout and corrupt fractions must be below 1".into());
+            return bad(ConfigRule::Fractions {
+                dropout_ppm: self.dropout_ppm,
+                corrupt_ppm: self.corrupt_ppm,
+            });
         }
         if !(self.server_learning_rate.is_finite() && self.server_learning_rate > 0.0) {
-            return bad(format!(
-                "server_learning_rate = {} must be finite and positive",
-                self.server_learning_rate
-            ));
+            return bad(ConfigRule::ServerLearningRate(self.server_learning_rate));
         }
         if self.upload_chunk_words == 0 || self.max_uploads_in_flight == 0 {
-            return bad("upload_chunk_words and max_uploads_in_flight must be at least 1".into());
+            return bad(ConfigRule::UploadLimits);
         }
         let phases = self.deadlines.phases();
         if self.deadlines.selection.is_zero() || phases.iter().any(Duration::is_zero) {
-            return bad("every deadline must be positive".into());
+            return bad(ConfigRule::Deadline);
         }
         self.quant()?;
         // The smallest round the task may run must admit graph parameters.
@@ -193,11 +192,11 @@ impl TaskConfig {
             self.corrupt_ppm,
             self.adversary,
         )
-        .map_err(|e| {
-            Error::InvalidConfig(format!(
-                "a round of min_clients = {} clients has no secure parameters: {e}",
-                self.min_clients
-            ))
+        .map_err(|source| {
+            Error::InvalidConfig(ConfigRule::NoSecureParameters {
+                min_clients: self.min_clients,
+                source,
+            })
         })?;
         Ok(())
     }

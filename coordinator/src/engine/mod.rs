@@ -59,7 +59,7 @@ pub use types::{
 
 use attempt::Attempt;
 
-use crate::error::{Error, Result};
+use crate::error::{AbortReason, ConfigRule, Error, Result};
 
 /// How long a waiting check-in stays valid without the client calling again.
 pub const CHECK_IN_TTL: Duration = Duration::from_secs(60);
@@ -121,13 +121,10 @@ impl Engine {
     ) -> Result<Self> {
         config.validate()?;
         if model.is_empty() {
-            return Err(Error::InvalidConfig("the initial model has no parameters".into()));
+            return Err(Error::InvalidConfig(ConfigRule::EmptyModel));
         }
         if model.len() >= u32::MAX as usize {
-            return Err(Error::InvalidConfig(format!(
-                "the model has {} parameters; a masked vector holds at most 2^32 − 2",
-                model.len()
-            )));
+            return Err(Error::InvalidConfig(ConfigRule::ModelTooLarge(model.len())));
         }
         let quant = config.quant()?;
         let bytes = model.to_safetensors()?;
@@ -490,7 +487,7 @@ impl Engine {
                     self.close_phase(now);
                 }
             }
-            Err(e) => self.abort(e.to_string()),
+            Err(e) => self.abort(AbortReason::Protocol(e)),
         }
     }
 
@@ -499,7 +496,7 @@ impl Engine {
         let State::Running(attempt) = &mut self.state else { return };
         let sum = match attempt.server.finish() {
             Ok(sum) => sum,
-            Err(e) => return self.abort(e.to_string()),
+            Err(e) => return self.abort(AbortReason::Protocol(e)),
         };
         for client in attempt.server.misbehaving_holders() {
             self.outputs.push_back(Output::Audit(AuditEvent::MisbehavingHolder {
@@ -509,11 +506,11 @@ impl Engine {
         }
         let model = match self.apply(&sum) {
             Ok(m) => m,
-            Err(e) => return self.abort(format!("the sum does not decode: {e}")),
+            Err(e) => return self.abort(AbortReason::SumDoesNotDecode(Box::new(e))),
         };
         let bytes = match model.to_safetensors() {
             Ok(b) => b,
-            Err(e) => return self.abort(format!("the new model does not serialize: {e}")),
+            Err(e) => return self.abort(AbortReason::ModelDoesNotSerialize(e)),
         };
         let State::Running(attempt) = std::mem::replace(&mut self.state, State::Finished) else {
             unreachable!("checked above")
@@ -549,15 +546,10 @@ impl Engine {
     /// open the next round.
     pub fn checkpoint_committed(&mut self, version: u64, now: Instant) -> Result<()> {
         let State::Committing { checkpoint, .. } = &self.state else {
-            return Err(Error::InvalidConfig(format!(
-                "no checkpoint is waiting to be committed (got version {version})"
-            )));
+            return Err(Error::NothingToCommit { version });
         };
         if checkpoint.version != version {
-            return Err(Error::InvalidConfig(format!(
-                "checkpoint {version} committed, but {} is waiting",
-                checkpoint.version
-            )));
+            return Err(Error::WrongCommit { committed: version, waiting: checkpoint.version });
         }
         let State::Committing { mut attempt, checkpoint, model } =
             std::mem::replace(&mut self.state, State::Finished)
@@ -590,13 +582,16 @@ impl Engine {
 
     /// Aborts the running attempt: nothing more is revealed, the model stays, the round is
     /// retried as a new attempt.
-    fn abort(&mut self, reason: String) {
+    fn abort(&mut self, reason: AbortReason) {
         let State::Running(mut attempt) =
             std::mem::replace(&mut self.state, State::Selecting { deadline: None })
         else {
             return;
         };
-        attempt.server.abort(fedsec_crypto::Error::Aborted(reason.clone()));
+        attempt.server.abort(match &reason {
+            AbortReason::Protocol(e) => e.clone(),
+            _ => fedsec_crypto::Error::Abandoned,
+        });
         // Uploads completed before the abort count as contributions on this checkpoint.
         let plan = &attempt.info.plan;
         self.contributed.extend(attempt.server.u3().into_iter().map(|i| plan.selected[i]));

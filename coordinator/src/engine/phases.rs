@@ -11,7 +11,7 @@ use fedsec_crypto::{ClientId, RoundContext};
 use sha2::{Digest, Sha256};
 
 use super::attempt::Attempt;
-use super::types::Reply;
+use super::types::{Reply, RoundOutcome};
 use super::{Engine, State};
 use crate::error::{Error, Result};
 
@@ -129,8 +129,8 @@ impl Engine {
         match attempt {
             Some(a) if a.ctx == *ctx => Ok(a),
             _ => Err(match self.results.get(ctx) {
-                Some(r) if !r.completed => {
-                    Error::RoundAborted(r.abort_reason.clone().unwrap_or_else(|| "aborted".into()))
+                Some(RoundOutcome { abort_reason: Some(reason), .. }) => {
+                    Error::RoundAborted(reason.clone())
                 }
                 Some(_) => Error::PhaseClosed { phase: phase.name() },
                 None => Error::NotCurrentAttempt { current_round: self.round_id },
@@ -210,9 +210,9 @@ impl Engine {
             _ => {
                 return Some(match self.results.get(ctx) {
                     Some(r) if phase == Phase::Unmasking => Ok(Reply::Result(r.clone())),
-                    Some(r) if !r.completed => Err(Error::RoundAborted(
-                        r.abort_reason.clone().unwrap_or_else(|| "aborted".into()),
-                    )),
+                    Some(RoundOutcome { abort_reason: Some(reason), .. }) => {
+                        Err(Error::RoundAborted(reason.clone()))
+                    }
                     Some(_) => Err(Error::PhaseClosed { phase: phase.name() }),
                     None => Err(Error::NotCurrentAttempt { current_round: self.round_id }),
                 });

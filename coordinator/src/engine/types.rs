@@ -8,6 +8,8 @@ use fedsec_crypto::secagg::messages::{
     ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
 };
 use fedsec_crypto::{AttemptNonce, CheckpointHash, ClientId, RoundContext, RoundId};
+
+use crate::error::AbortReason;
 pub use fedsec_wire::Assignment;
 
 /// The answer to a check-in.
@@ -57,7 +59,7 @@ pub struct RoundOutcome {
     /// The new checkpoint's version, when completed.
     pub new_checkpoint_version: Option<u64>,
     /// Why the attempt aborted, when it did.
-    pub abort_reason: Option<String>,
+    pub abort_reason: Option<AbortReason>,
     /// |U|, |U1|, |U2|, |U3|, |U4|, and the number of clients that revealed shares — as far as
     /// the attempt got.
     pub set_sizes: Vec<usize>,
@@ -140,7 +142,7 @@ pub enum AuditEvent {
         /// The attempt.
         attempt: AttemptNonce,
         /// Why.
-        reason: String,
+        reason: AbortReason,
     },
     /// A holder sent a share that did not reconstruct; it was left out.
     MisbehavingHolder {

@@ -440,7 +440,7 @@ impl Coordinator {
             AuditEvent::RoundAborted { round_id, attempt, reason } => (
                 EntryKind::RoundAborted,
                 json!({ "task": t, "round": round_id.0, "attempt": hex::encode(attempt.0),
-                        "reason": reason }),
+                        "reason": reason.to_string() }),
             ),
             AuditEvent::MisbehavingHolder { round_id, client } => (
                 EntryKind::Refusal,

@@ -10,6 +10,8 @@ impl From<Error> for Status {
         let code = match &e {
             Error::Protocol(core) => core_code(core),
             Error::InvalidConfig(_)
+            | Error::NothingToCommit { .. }
+            | Error::WrongCommit { .. }
             | Error::Malformed(_)
             | Error::BadUpload { .. }
             | Error::Model(_) => Code::InvalidArgument,
@@ -34,7 +36,9 @@ fn core_code(e: &Core) -> Code {
             Code::PermissionDenied
         }
         Core::TooManyUploadsInFlight { .. } => Code::ResourceExhausted,
-        Core::Aborted(_) | Core::TooFewClients { .. } => Code::Aborted,
+        Core::Aborted(_) | Core::Abandoned | Core::Unfinished | Core::TooFewClients { .. } => {
+            Code::Aborted
+        }
         Core::OutOfPhase { .. } | Core::WrongContext => Code::FailedPrecondition,
         Core::UnsupportedVersion { .. } => Code::Unimplemented,
         _ => Code::InvalidArgument,
@@ -44,6 +48,7 @@ fn core_code(e: &Core) -> Code {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{AbortReason, ConfigRule};
     use fedsec_crypto::ClientId;
 
     #[test]
@@ -55,7 +60,16 @@ mod tests {
             ),
             (Error::PhaseClosed { phase: "ShareKeys" }, Code::FailedPrecondition),
             (Error::NotSelected(ClientId([0; 32])), Code::PermissionDenied),
-            (Error::RoundAborted("too few".into()), Code::Aborted),
+            (
+                Error::RoundAborted(AbortReason::Protocol(Core::TooFewClients {
+                    phase: "ConsistencyCheck",
+                    have: 6,
+                    need: 7,
+                })),
+                Code::Aborted,
+            ),
+            (Error::InvalidConfig(ConfigRule::NoClients), Code::InvalidArgument),
+            (Core::Aborted(Box::new(Core::WrongContext)).into(), Code::Aborted),
             (Core::PhaseAlreadyAnswered("AdvertiseKeys").into(), Code::AlreadyExists),
             (Core::TooManyUploadsInFlight { limit: 2 }.into(), Code::ResourceExhausted),
             (Core::BadSignature(ClientId([0; 32])).into(), Code::InvalidArgument),

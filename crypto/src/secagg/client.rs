@@ -307,7 +307,7 @@ impl SecAggClient {
             };
         }
         if let Some(reason) = &self.abort_reason {
-            return Err(Error::Aborted(reason.to_string()));
+            return Err(Error::Aborted(Box::new(reason.clone())));
         }
         if self.phase != expected {
             return Err(Error::OutOfPhase { expected: self.phase.name(), got: expected.name() });

@@ -85,7 +85,7 @@ pub fn run_round_on(
         server = server.with_thread_pool(pool);
     }
     let mut outcome = Outcome {
-        sum: Err(Error::Aborted("not run".into())),
+        sum: Err(Error::Unfinished),
         released: Vec::new(),
         set_sizes: Vec::new(),
         survivors: None,

@@ -263,7 +263,7 @@ impl SecAggServer {
 
     fn expect_phase(&self, expected: ServerPhase) -> Result<()> {
         if let Some(reason) = &self.abort_reason {
-            return Err(Error::Aborted(reason.to_string()));
+            return Err(Error::Aborted(Box::new(reason.clone())));
         }
         if self.phase != expected {
             return Err(Error::OutOfPhase { expected: self.phase.name(), got: expected.name() });
