@@ -18,7 +18,7 @@ use tonic::{Code, Status};
 use fedsec_wire::{Reason, WireError};
 
 use crate::config::ClientConfig;
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, ConfigError, ConnectError, CredentialProblem, Result, describe};
 pub use crate::round::RoundReport;
 use crate::round::{Membership, Request, Response, Round, Step};
 use crate::state::{ClientState, StateFile};
@@ -91,6 +91,15 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| ClientError::Io { path: path.into(), source })
 }
 
+fn credential(path: &Path, reason: CredentialProblem) -> ClientError {
+    ClientError::Credential { path: path.into(), reason }
+}
+
+/// The file's text.
+fn read_text(path: &Path) -> Result<String> {
+    String::from_utf8(read(path)?).map_err(|_| credential(path, CredentialProblem::NotText))
+}
+
 fn pem_certs(path: &Path) -> Result<Vec<Vec<u8>>> {
     let text = read(path)?;
     let certs: Vec<Vec<u8>> = rustls_pki_types::pem::PemObject::pem_slice_iter(&text)
@@ -98,26 +107,25 @@ fn pem_certs(path: &Path) -> Result<Vec<Vec<u8>>> {
             c.map(|c| c.to_vec())
         })
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| ClientError::Credential { path: path.into(), reason: format!("{e:?}") })?;
+        .map_err(|e| credential(path, CredentialProblem::Pem(e)))?;
     if certs.is_empty() {
-        return Err(ClientError::Credential { path: path.into(), reason: "no certificate".into() });
+        return Err(credential(path, CredentialProblem::NoCertificate));
     }
     Ok(certs)
 }
 
 /// Reads the coordinator's checkpoint-signing key: SPKI PEM or 64 hex digits.
 pub fn load_coordinator_key(path: &Path) -> Result<VerifyingKey> {
-    let text = String::from_utf8(read(path)?)
-        .map_err(|_| ClientError::Credential { path: path.into(), reason: "not text".into() })?;
-    let bad = |reason: String| ClientError::Credential { path: path.into(), reason };
+    let text = read_text(path)?;
     if text.contains("-----BEGIN") {
-        return VerifyingKey::from_public_key_pem(&text).map_err(|e| bad(e.to_string()));
+        return VerifyingKey::from_public_key_pem(&text)
+            .map_err(|e| credential(path, CredentialProblem::PublicKey(e)));
     }
     let bytes: [u8; 32] = hex::decode(text.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| bad("expected a PEM public key or 64 hex digits".into()))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|e| bad(e.to_string()))
+        .ok_or_else(|| credential(path, CredentialProblem::NotAPublicKey))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| credential(path, CredentialProblem::InvalidKey(e)))
 }
 
 impl Client {
@@ -126,35 +134,24 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client> {
         let policy = config.policy.to_policy()?;
         let task = TaskId::from_hex(&config.task_id)
-            .ok_or_else(|| ClientError::Config("task_id must be 32 hex digits".into()))?;
-        let key_pem = String::from_utf8(read(&config.key)?).map_err(|_| {
-            ClientError::Credential { path: config.key.clone(), reason: "not PEM".into() }
-        })?;
-        let signing =
-            SigningKey::from_pkcs8_pem(&key_pem).map_err(|e| ClientError::Credential {
-                path: config.key.clone(),
-                reason: format!("not an Ed25519 PKCS#8 key: {e}"),
-            })?;
+            .ok_or_else(|| ConfigError::TaskId(config.task_id.clone()))?;
+        let key_pem = read_text(&config.key)?;
+        let signing = SigningKey::from_pkcs8_pem(&key_pem)
+            .map_err(|e| credential(&config.key, CredentialProblem::PrivateKey(e)))?;
         let identity = Arc::new(IdentityKey::from_signing_key(signing));
         let chain = pem_certs(&config.cert)?;
-        let cert_id = client_id_of(&chain[0]).map_err(|e| ClientError::Credential {
-            path: config.cert.clone(),
-            reason: e.to_string(),
-        })?;
+        let cert_id = client_id_of(&chain[0])
+            .map_err(|e| credential(&config.cert, CredentialProblem::Certificate(e)))?;
         if cert_id != identity.id() {
-            return Err(ClientError::Credential {
-                path: config.cert.clone(),
-                reason: format!("the certificate is not for the key in {}", config.key.display()),
-            });
+            let key = config.key.clone();
+            return Err(credential(&config.cert, CredentialProblem::NotForKey { key }));
         }
         let ca_roots = pem_certs(&config.ca)?;
         let coordinator_key = load_coordinator_key(&config.coordinator_key)?;
         let state_file = StateFile::in_dir(&config.state_dir)?;
         let state = state_file.load()?;
         let endpoint = Endpoint::from_shared(config.coordinator.clone())
-            .map_err(|e| {
-                ClientError::Config(format!("coordinator = {:?}: {e}", config.coordinator))
-            })?
+            .map_err(|source| ConfigError::Coordinator { url: config.coordinator.clone(), source })?
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
             // Keeps the connection open through long local training: the coordinator takes a
@@ -166,23 +163,14 @@ impl Client {
             endpoint
         } else {
             crate::tls::install_crypto_provider();
-            let text = |p: &Path| {
-                String::from_utf8(read(p)?).map_err(|_| ClientError::Credential {
-                    path: p.into(),
-                    reason: "not PEM text".into(),
-                })
-            };
             let tls = crate::tls::client_tls(
-                &text(&config.ca)?,
-                &text(&config.cert)?,
+                &read_text(&config.ca)?,
+                &read_text(&config.cert)?,
                 &key_pem,
                 &config.server_name,
             )
-            .map_err(|e| ClientError::Credential {
-                path: config.cert.clone(),
-                reason: e.to_string(),
-            })?;
-            endpoint.tls_config(tls).map_err(|e| ClientError::Connect(e.to_string()))?
+            .map_err(|e| credential(&config.cert, CredentialProblem::Tls(e)))?;
+            endpoint.tls_config(tls).map_err(ConnectError::Tls)?
         };
         // Connects on first use, and reconnects after a dropped connection.
         let channel = endpoint.connect_lazy();
@@ -237,7 +225,7 @@ impl Client {
                 Ok(r) => r.into_inner(),
                 Err(s) if refused_by_tls(&s) => {
                     // A certificate problem does not heal by retrying: say so and stop.
-                    return Err(ClientError::Connect(describe(&s)));
+                    return Err(ConnectError::HandshakeRefused(Box::new(s)).into());
                 }
                 Err(s) if transient(&s) => {
                     let since = *unreachable_since.get_or_insert_with(Instant::now);
@@ -487,7 +475,7 @@ impl Client {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(s) if s.code() == Code::Aborted => {
-                    return Err(ClientError::Aborted(s.message().into()));
+                    return Err(ClientError::Aborted { reason: s.message().into() });
                 }
                 Err(s) => return Err(ClientError::status(name, s)),
             }
@@ -496,16 +484,6 @@ impl Client {
 }
 
 /// A status with the chain of errors under it (a TLS alert hides under "transport error").
-fn describe(s: &Status) -> String {
-    let mut text = format!("{}: {}", s.code(), s.message());
-    let mut source = std::error::Error::source(s);
-    while let Some(e) = source {
-        text.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    text
-}
-
 /// The TLS handshake refused this client or the coordinator: a certificate that is not
 /// trusted, missing, revoked or expired. Retrying cannot help.
 fn refused_by_tls(s: &Status) -> bool {

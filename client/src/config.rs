@@ -6,7 +6,7 @@ use fedsec_crypto::AdversaryClass;
 use fedsec_crypto::secagg::client::ClientPolicy;
 use serde::Deserialize;
 
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, ConfigError, Result};
 
 /// Where the coordinator is, who this site is, and the floor it holds the coordinator to.
 #[derive(Debug, Clone, Deserialize)]
@@ -82,17 +82,13 @@ impl PolicyConfig {
             "curious" => AdversaryClass::Curious,
             "semi-malicious" => AdversaryClass::SemiMalicious,
             "malicious" => AdversaryClass::Malicious,
-            other => {
-                return Err(ClientError::Config(format!(
-                    "policy.min_adversary = {other:?}: expected curious, semi-malicious or malicious"
-                )));
-            }
+            other => return Err(ConfigError::MinAdversary(other.into()).into()),
         };
-        let ppm = |name: &str, x: f64| {
-            if (0.0..1.0).contains(&x) {
-                Ok((x * 1e6).round() as u32)
+        let ppm = |name: &'static str, value: f64| {
+            if (0.0..1.0).contains(&value) {
+                Ok((value * 1e6).round() as u32)
             } else {
-                Err(ClientError::Config(format!("policy.{name} = {x} must be in [0, 1)")))
+                Err(ConfigError::Fraction { name, value })
             }
         };
         Ok(ClientPolicy {
@@ -112,7 +108,7 @@ impl ClientConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ClientError::Io { path: path.into(), source })?;
         let mut c: ClientConfig = toml::from_str(&text)
-            .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
+            .map_err(|source| ConfigError::Parse { path: path.into(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut c.ca, &mut c.cert, &mut c.key, &mut c.coordinator_key, &mut c.state_dir] {
             if p.is_relative() {
@@ -154,11 +150,24 @@ max_dropout = 0.3
         assert_eq!(c.policy.to_policy().unwrap().max_dropout_ppm, 300_000);
 
         std::fs::write(&path, "coordinator = 1").unwrap();
-        let err = ClientConfig::load(&path).unwrap_err().to_string();
-        assert!(err.contains("client.toml"), "{err}");
+        let err = ClientConfig::load(&path).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Config(ConfigError::Parse { path: p, .. }) if *p == path),
+            "{err}"
+        );
+        assert!(err.to_string().contains("client.toml"), "{err}");
         let bad = PolicyConfig { min_adversary: "trusting".into(), ..PolicyConfig::default() };
-        assert!(bad.to_policy().unwrap_err().to_string().contains("min_adversary"));
-        let missing = ClientConfig::load(&dir.path().join("nope.toml")).unwrap_err();
-        assert!(missing.to_string().contains("nope.toml"));
+        assert!(matches!(
+            bad.to_policy(),
+            Err(ClientError::Config(ConfigError::MinAdversary(name))) if name == "trusting"
+        ));
+        let bad = PolicyConfig { max_dropout: 1.0, ..PolicyConfig::default() };
+        assert!(matches!(
+            bad.to_policy(),
+            Err(ClientError::Config(ConfigError::Fraction { name: "max_dropout", .. }))
+        ));
+        let nope = dir.path().join("nope.toml");
+        let missing = ClientConfig::load(&nope).unwrap_err();
+        assert!(matches!(&missing, ClientError::Io { path, .. } if *path == nope), "{missing}");
     }
 }

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use tonic::Status;
+
 /// What can go wrong while taking part in a federation.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -14,20 +16,28 @@ pub enum ClientError {
         /// Why.
         source: std::io::Error,
     },
-    /// The configuration is invalid.
+    /// The configuration breaks a rule.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// A key or certificate file is not what it should be.
-    #[error("{path}: {reason}")]
+    #[error("{}: {reason}", path.display())]
     Credential {
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        reason: CredentialProblem,
+    },
+    /// The client's state file does not hold (or its state does not make) client state JSON.
+    #[error("{}: client state: {source}", path.display())]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
     },
     /// The connection to the coordinator failed.
     #[error("cannot connect to the coordinator: {0}")]
-    Connect(String),
+    Connect(#[from] ConnectError),
     /// The coordinator answered with an error status.
     #[error("the coordinator refused {call}: {status}")]
     Status {
@@ -50,9 +60,14 @@ pub enum ClientError {
     /// Local training failed.
     #[error("training failed: {0}")]
     Training(#[from] crate::trainer::TrainError),
-    /// The attempt was aborted by the coordinator.
-    #[error("the round was aborted: {0}")]
-    Aborted(String),
+    /// The coordinator aborted the attempt (a round result that did not complete, or an
+    /// `ABORTED` status); the global model is unchanged.
+    #[error("the round was aborted: {reason}")]
+    Aborted {
+        /// The coordinator's reason: free text on the wire (`RoundResult.abort_reason`, or the
+        /// status message), shown as it came.
+        reason: String,
+    },
     /// The coordinator sent a plan for another task than the one this client joined.
     #[error("the plan is for task {got}, this client takes part in task {expected}")]
     WrongTask {
@@ -94,6 +109,105 @@ impl ClientError {
     pub(crate) fn status(call: &'static str, status: tonic::Status) -> Self {
         ClientError::Status { call, status: Box::new(status) }
     }
+}
+
+/// The rule a client configuration breaks.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file is not a client configuration.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// `task_id` is not 32 hex digits.
+    #[error("task_id = {0:?}: expected 32 hex digits")]
+    TaskId(String),
+    /// `policy.min_adversary` names no adversary class.
+    #[error("policy.min_adversary = {0:?}: expected curious, semi-malicious or malicious")]
+    MinAdversary(String),
+    /// A fraction of the policy is outside [0, 1).
+    #[error("policy.{name} = {value} must be in [0, 1)")]
+    Fraction {
+        /// The field.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// `coordinator` is not a URL the client can connect to.
+    #[error("coordinator = {url:?}: {source}")]
+    Coordinator {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+}
+
+/// What is wrong with a key or certificate file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialProblem {
+    /// The file is not UTF-8 text (PEM or hex).
+    #[error("not text")]
+    NotText,
+    /// The file is not PEM certificates.
+    #[error("not PEM certificates: {0}")]
+    Pem(rustls_pki_types::pem::Error),
+    /// The file holds no certificate.
+    #[error("no certificate")]
+    NoCertificate,
+    /// The file is not an Ed25519 PKCS#8 private key.
+    #[error("not an Ed25519 PKCS#8 key: {0}")]
+    PrivateKey(ed25519_dalek::pkcs8::Error),
+    /// The file is not an Ed25519 SPKI public key.
+    #[error("not an Ed25519 public key: {0}")]
+    PublicKey(ed25519_dalek::pkcs8::spki::Error),
+    /// The file is neither a PEM public key nor 64 hex digits.
+    #[error("expected a PEM public key or 64 hex digits")]
+    NotAPublicKey,
+    /// The 32 bytes are not an Ed25519 key.
+    #[error("not an Ed25519 key: {0}")]
+    InvalidKey(ed25519_dalek::SignatureError),
+    /// The certificate does not parse.
+    #[error(transparent)]
+    Certificate(fedsec_wire::x509::X509Error),
+    /// The certificate is for another key than the client's.
+    #[error("the certificate is not for the key in {}", key.display())]
+    NotForKey {
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The certificate, key and CA do not make a TLS configuration.
+    #[error(transparent)]
+    Tls(crate::tls::ClientTlsError),
+}
+
+/// Why the client cannot reach the coordinator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The TLS configuration does not apply to the connection.
+    #[error("TLS configuration: {0}")]
+    Tls(tonic::transport::Error),
+    /// The TLS handshake refused this client or the coordinator: a certificate that is not
+    /// trusted, missing, revoked or expired. Retrying cannot help.
+    #[error("the TLS handshake was refused: {}", describe(.0))]
+    HandshakeRefused(Box<Status>),
+}
+
+/// A status and its chain of sources, on one line.
+pub(crate) fn describe(s: &Status) -> String {
+    let mut text = format!("{}: {}", s.code(), s.message());
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
 }
 
 /// Result alias.

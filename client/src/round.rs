@@ -561,7 +561,7 @@ impl Round {
                     return Err(fedsec_crypto::Error::WrongContext.into());
                 }
                 if !result.completed {
-                    return Err(ClientError::Aborted(result.abort_reason.clone()));
+                    return Err(ClientError::Aborted { reason: result.abort_reason.clone() });
                 }
                 Ok(Step::Done(RoundReport {
                     round_id: self.assignment.plan.round_id.0,
@@ -610,7 +610,7 @@ mod tests {
     use fedsec_crypto::secagg::driver::make_plan;
     use fedsec_crypto::sign::RawKeyCredentials;
     use fedsec_crypto::{AdversaryClass, CheckpointHash, GraphKind};
-    use fedsec_wire::checkpoint::Manifest;
+    use fedsec_wire::checkpoint::{CheckpointError, Manifest};
     use fedsec_wire::model::Tensor;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
@@ -760,7 +760,23 @@ mod tests {
             let before = state.clone();
             let (mut round, _) = s.round(&state, Instant::now()).unwrap();
             let got = round.handle(&response, &mut state, &mut coins(), Instant::now());
-            assert!(matches!(got, Err(ClientError::Protocol(_))), "{what}: {got:?}");
+            let refused_for_its_rule = matches!(
+                (what, &got),
+                ("another signer", Err(ClientError::Checkpoint(CheckpointError::Signature { .. })))
+                    | ("other bytes", Err(ClientError::Checkpoint(CheckpointError::Size { .. })))
+                    | (
+                        "a rollback",
+                        Err(ClientError::Checkpoint(CheckpointError::Rollback {
+                            version: 3,
+                            seen: 5
+                        }))
+                    )
+                    | (
+                        "another version" | "another task",
+                        Err(ClientError::Protocol(fedsec_crypto::Error::CheckpointMismatch))
+                    )
+            );
+            assert!(refused_for_its_rule, "{what}: {got:?}");
             assert_eq!(state, before, "{what}: the state is unchanged");
             let fit = FitResult { update: vec![0.0; 3], examples: 1, loss: 0.0 };
             assert!(

@@ -36,10 +36,8 @@ impl StateFile {
     /// The saved state, or the empty state if there is none yet.
     pub fn load(&self) -> Result<ClientState> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ClientError::Credential {
-                path: self.path.clone(),
-                reason: format!("corrupt client state: {e}"),
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| ClientError::State { path: self.path.clone(), source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientState::default()),
             Err(source) => Err(ClientError::Io { path: self.path.clone(), source }),
         }
@@ -49,8 +47,8 @@ impl StateFile {
     pub fn save(&self, state: &ClientState) -> Result<()> {
         let io = |source| ClientError::Io { path: self.path.clone(), source };
         let tmp = self.path.with_extension("json.tmp");
-        let bytes =
-            serde_json::to_vec_pretty(state).map_err(|e| ClientError::Config(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|source| ClientError::State { path: self.path.clone(), source })?;
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp).map_err(io)?;
@@ -75,7 +73,10 @@ mod tests {
         file.save(&state).unwrap();
         assert_eq!(file.load().unwrap(), state);
         std::fs::write(dir.path().join("s/state.json"), b"{").unwrap();
-        let err = file.load().unwrap_err().to_string();
-        assert!(err.contains("state.json") && err.contains("corrupt"), "{err}");
+        let err = file.load().unwrap_err();
+        assert!(
+            matches!(&err, ClientError::State { path, .. } if path.ends_with("s/state.json")),
+            "{err}"
+        );
     }
 }
