@@ -21,6 +21,8 @@
 use fedsec_crypto::quant::QuantParams;
 use fedsec_wire::model::Model;
 
+use crate::experiment::SimError;
+
 /// One client's contribution to a plaintext round: its update and example count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contribution {
@@ -86,11 +88,11 @@ pub fn aggregation_bound(
 pub fn replay(
     initial: &Model,
     participants: &[Vec<usize>],
-    mut train: impl FnMut(usize, &Model) -> Result<Contribution, String>,
+    mut train: impl FnMut(usize, &Model) -> Result<Contribution, SimError>,
     clip: f64,
     max_examples: u64,
     eta: f32,
-) -> Result<Vec<Model>, String> {
+) -> Result<Vec<Model>, SimError> {
     let mut model = initial.clone();
     let mut out = Vec::with_capacity(participants.len());
     for round in participants {
@@ -99,7 +101,7 @@ pub fn replay(
             contributions.push(train(i, &model)?);
         }
         if let Some(next) = fedavg(&model.flatten(), &contributions, clip, max_examples, eta) {
-            model = model.with_flat(&next).map_err(|e| e.to_string())?;
+            model = model.with_flat(&next)?;
         }
         out.push(model.clone());
     }

@@ -23,13 +23,166 @@ pub const PHASES: [&str; 5] =
 
 /// Why an experiment cannot run.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SimError(pub String);
+#[non_exhaustive]
+pub enum SimError {
+    /// An option is outside its range.
+    #[error("--{option} {value}: {expected}")]
+    Option {
+        /// The option, without its dashes.
+        option: &'static str,
+        /// Its value, as given.
+        value: String,
+        /// The range it must be in.
+        expected: String,
+    },
+    /// `--dataset` names no shipped dataset.
+    #[error(
+        "--dataset {0}: no such shipped dataset (shipped: {shipped}; or synthetic); give a path \
+         to a .csv file for your own data",
+        shipped = Shipped::ALL.map(|d| d.name()).join(", ")
+    )]
+    UnknownDataset(String),
+    /// The data does not load, parse or scale.
+    #[error(transparent)]
+    Data(#[from] fedsec_client::data::DataError),
+    /// The dataset is too small to split.
+    #[error("the dataset has too few rows for a training and a test set")]
+    TooFewRows,
+    /// Even every client cannot make a secure round.
+    #[error(
+        "{available} clients with examples ({per_round} selected per round) are fewer than a \
+         secure round with δ = {delta} and γ = {ASSUMED_CORRUPT} needs (its threshold): use more \
+         --clients, or a smaller --dropout / --assumed-dropout"
+    )]
+    TooFewClients {
+        /// Clients that hold examples.
+        available: usize,
+        /// Clients a round selects.
+        per_round: usize,
+        /// The dropout the rounds are secured for.
+        delta: f64,
+    },
+    /// Not enough eligible clients are left for a round (in-memory transport).
+    #[error(
+        "round {round}: fewer eligible clients than the {need} a round needs (after aborted \
+         attempts, clients that already contributed to the checkpoint wait for the next one)"
+    )]
+    NoEligibleClients {
+        /// The round.
+        round: u64,
+        /// The clients a round needs.
+        need: usize,
+    },
+    /// The attempt ended without an outcome in the engine.
+    #[error("round {0}: the attempt left no outcome")]
+    NoOutcome(u64),
+    /// Too many attempts aborted.
+    #[error(
+        "{attempts} attempts did not complete {rounds} rounds: too many aborted (lower the \
+         dropout or raise --assumed-dropout)"
+    )]
+    TooManyAborts {
+        /// Attempts made.
+        attempts: usize,
+        /// Rounds asked for.
+        rounds: u64,
+    },
+    /// The gRPC run outlived its bound.
+    #[error("the run did not finish within {0:.0} s")]
+    Timeout(f64),
+    /// Training or evaluating failed.
+    #[error("training failed: {0}")]
+    Train(#[from] TrainError),
+    /// The evaluator has no test set.
+    #[error("the evaluator has no test set")]
+    NoTestSet,
+    /// The round engine refused.
+    #[error("coordinator: {0}")]
+    Coordinator(#[from] fedsec_coordinator::Error),
+    /// The coordinator's configuration does not load.
+    #[error("coordinator configuration: {0}")]
+    CoordinatorConfig(#[from] fedsec_coordinator::config::ConfigError),
+    /// The coordinator does not start or stopped serving.
+    #[error("coordinator: {0}")]
+    Start(#[from] fedsec_coordinator::server::StartError),
+    /// The coordinator answered with an error status.
+    #[error("coordinator: {0}")]
+    Status(Box<tonic::Status>),
+    /// The checkpoint store refused.
+    #[error(transparent)]
+    Store(#[from] fedsec_coordinator::store::StoreError),
+    /// The throw-away PKI could not be made.
+    #[error("development PKI: {0}")]
+    Pki(#[from] fedsec_coordinator::pki::PkiError),
+    /// A client of the gRPC run failed.
+    #[error("client {index}: {source}")]
+    Client {
+        /// The client.
+        index: usize,
+        /// Why.
+        source: fedsec_client::ClientError,
+    },
+    /// A task of the run panicked or was cancelled.
+    #[error("{what}: {source}")]
+    Task {
+        /// The task.
+        what: String,
+        /// Why.
+        source: tokio::task::JoinError,
+    },
+    /// A model does not fit its layout or file.
+    #[error("model: {0}")]
+    Model(#[from] fedsec_wire::model::ModelError),
+    /// The clients' policy does not hold.
+    #[error("client policy: {0}")]
+    Policy(fedsec_client::ClientError),
+    /// A certificate chain does not verify.
+    #[error(transparent)]
+    X509(#[from] fedsec_wire::x509::X509Error),
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key or certificate file of the throw-away PKI does not parse.
+    #[error("{}: {reason}", path.display())]
+    Credential {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// A temporary folder or the async runtime could not be made.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What was being made.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The report's JSON does not serialize.
+    #[error("report.json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A plot could not be drawn.
+    #[error("{}: {reason}", path.display())]
+    Plot {
+        /// The image.
+        path: std::path::PathBuf,
+        /// The plotting library's reason.
+        reason: String,
+    },
+}
 
 impl SimError {
-    /// An error with this message.
-    pub fn new(msg: impl Into<String>) -> Self {
-        SimError(msg.into())
+    fn option(
+        option: &'static str,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        SimError::Option { option, value: value.to_string(), expected: expected.into() }
     }
 }
 
@@ -227,15 +380,13 @@ pub struct Prepared {
 impl Experiment {
     /// Checks the settings that do not need the data.
     pub fn validate(&self) -> Result<(), SimError> {
-        let fraction = |name: &str, x: f64, top_inclusive: bool| {
+        let fraction = |name: &'static str, x: f64, top_inclusive: bool| {
             let ok = x >= 0.0 && if top_inclusive { x <= 1.0 } else { x < 1.0 };
             if ok {
                 Ok(())
             } else {
-                Err(SimError(format!(
-                    "--{name} {x}: must be at least 0 and {} 1",
-                    if top_inclusive { "at most" } else { "below" }
-                )))
+                let top = if top_inclusive { "at most" } else { "below" };
+                Err(SimError::option(name, x, format!("must be at least 0 and {top} 1")))
             }
         };
         fraction("dropout", self.dropout, false)?;
@@ -244,31 +395,37 @@ impl Experiment {
             fraction("assumed-dropout", d, false)?;
         }
         if self.epochs == 0 || self.batch_size == 0 {
-            return Err(SimError::new("--epochs and --batch-size: at least 1"));
+            let zero = if self.epochs == 0 { "epochs" } else { "batch-size" };
+            return Err(SimError::option(zero, 0, "at least 1"));
         }
         if let Some(k) = self.clients_per_round
             && (k < 2 || k > self.clients)
         {
-            return Err(SimError(format!(
-                "--clients-per-round {k}: between 2 and --clients ({})",
-                self.clients
-            )));
+            let expected = format!("between 2 and --clients ({})", self.clients);
+            return Err(SimError::option("clients-per-round", k, expected));
         }
         let positive = |x: f32| x.is_finite() && x > 0.0;
-        if !positive(self.learning_rate) || !positive(self.server_learning_rate) {
-            return Err(SimError::new("--lr and --server-lr: finite and above 0"));
+        if !positive(self.learning_rate) {
+            return Err(SimError::option("lr", self.learning_rate, "finite and above 0"));
+        }
+        if !positive(self.server_learning_rate) {
+            return Err(SimError::option(
+                "server-lr",
+                self.server_learning_rate,
+                "finite and above 0",
+            ));
         }
         if !(self.clip.is_finite() && self.clip > 0.0) {
-            return Err(SimError(format!("--clip {}: finite and above 0", self.clip)));
+            return Err(SimError::option("clip", self.clip, "finite and above 0"));
         }
         if self.max_examples == Some(0) {
-            return Err(SimError::new("--max-examples: at least 1"));
+            return Err(SimError::option("max-examples", 0, "at least 1"));
         }
-        let bounded = |name: &str, v: u64, low: u64, high: u64| {
+        let bounded = |name: &'static str, v: u64, low: u64, high: u64| {
             if (low..=high).contains(&v) {
                 Ok(())
             } else {
-                Err(SimError(format!("--{name} {v}: between {low} and {high}")))
+                Err(SimError::option(name, v, format!("between {low} and {high}")))
             }
         };
         bounded("phase-deadline-ms", self.phase_deadline_ms, 1, 3_600_000)?;
@@ -279,7 +436,7 @@ impl Experiment {
         if let DataSource::Csv { test_fraction, .. } = &self.data
             && !(*test_fraction > 0.0 && *test_fraction < 1.0)
         {
-            return Err(SimError(format!("--test-fraction {test_fraction}: between 0 and 1")));
+            return Err(SimError::option("test-fraction", test_fraction, "between 0 and 1"));
         }
         Ok(())
     }
@@ -290,14 +447,9 @@ impl Experiment {
         self.validate()?;
         let (mut train, mut test) = match &self.data {
             DataSource::Shipped(name) => {
-                let d = Shipped::from_name(name).ok_or_else(|| {
-                    SimError(format!(
-                        "--dataset {name}: no such shipped dataset (shipped: {}; or synthetic); \
-                         give a path to a .csv file for your own data",
-                        Shipped::ALL.map(|d| d.name()).join(", ")
-                    ))
-                })?;
-                d.load().map_err(|e| SimError(e.to_string()))?
+                let d = Shipped::from_name(name)
+                    .ok_or_else(|| SimError::UnknownDataset(name.clone()))?;
+                d.load()?
             }
             DataSource::Synthetic { rows_per_client, features, classes } => {
                 crate::datasets::synthetic(
@@ -308,21 +460,18 @@ impl Experiment {
                 )
             }
             DataSource::Csv { path, label_column, test_fraction } => {
-                let all =
-                    Dataset::from_csv(path, label_column).map_err(|e| SimError(e.to_string()))?;
+                let all = Dataset::from_csv(path, label_column)?;
                 all.split(*test_fraction, self.seed)
             }
         };
         if train.is_empty() || test.is_empty() {
-            return Err(SimError::new(
-                "the dataset has too few rows for a training and a test set",
-            ));
+            return Err(SimError::TooFewRows);
         }
         // Feature scaling fixed in advance and shared by every site (here: fitted on the
         // pooled training set), as a federation agrees on its preprocessing.
         let scale = Standardizer::fit(&train);
-        scale.apply(&mut train).map_err(|e| SimError(e.to_string()))?;
-        scale.apply(&mut test).map_err(|e| SimError(e.to_string()))?;
+        scale.apply(&mut train)?;
+        scale.apply(&mut test)?;
         let classes = train.classes().max(test.classes());
         let features = train.feature_count();
         let parts = crate::split::partition(&train.labels, self.clients, self.split, self.seed);
@@ -395,12 +544,7 @@ impl Experiment {
                 .is_ok()
         };
         let Some(smallest) = (2..=target).find(|&n| secure(n)) else {
-            return Err(SimError(format!(
-                "{available} clients with examples ({} selected per round) are fewer than a secure \
-                 round with δ = {delta} and γ = {ASSUMED_CORRUPT} needs (its threshold): use more \
-                 --clients, or a smaller --dropout / --assumed-dropout",
-                target
-            )));
+            return Err(SimError::TooFewClients { available, per_round: target, delta });
         };
         Ok(smallest.max(target.div_ceil(2)))
     }
@@ -435,5 +579,23 @@ impl Experiment {
                 Box::new(Mlp::new(test.clone(), Some(test), self.hidden, p.classes, options)?)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_names_its_option_or_rule() {
+        let bad = Experiment { dropout: 1.0, ..Experiment::default() };
+        assert!(matches!(bad.validate(), Err(SimError::Option { option: "dropout", .. })));
+        let bad = Experiment { clip: 0.0, ..Experiment::default() };
+        assert!(matches!(bad.validate(), Err(SimError::Option { option: "clip", .. })));
+        let bad = Experiment { clients: 1, ..Experiment::default() };
+        assert!(matches!(bad.validate(), Err(SimError::Option { option: "clients", .. })));
+        let bad = Experiment { data: DataSource::Shipped("nope".into()), ..Experiment::default() };
+        assert!(matches!(bad.prepare(), Err(SimError::UnknownDataset(name)) if name == "nope"));
+        assert!(Experiment::default().validate().is_ok());
     }
 }

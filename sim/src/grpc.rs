@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fedsec_client::config::PolicyConfig;
-use fedsec_client::{Client, ClientConfig, RunSummary, TestHooks, Trainer};
+use fedsec_client::{Client, ClientConfig, ClientError, RunSummary, TestHooks, Trainer};
 use fedsec_coordinator::config::CoordinatorConfig;
 use fedsec_coordinator::engine::EngineState;
 use fedsec_coordinator::store::CheckpointStore;
@@ -32,10 +32,6 @@ const TASK_ID: &str = "5eed5eed5eed5eed5eed5eed5eed5eed";
 const OFFLINE: Duration = Duration::from_millis(200);
 /// How often the progress bar looks at the coordinator.
 const PROGRESS_POLL: Duration = Duration::from_millis(50);
-
-fn err(what: impl std::fmt::Display) -> SimError {
-    SimError(what.to_string())
-}
 
 fn graph_name(g: fedsec_crypto::GraphKind) -> &'static str {
     match g {
@@ -110,8 +106,8 @@ deadlines_ms = {{ selection = {d}, advertise_keys = {advertise}, share_keys = {d
         rounds = exp.rounds,
     );
     let path = root.join("coordinator.toml");
-    std::fs::write(&path, text).map_err(err)?;
-    CoordinatorConfig::load(&path, std::iter::empty(), &[]).map_err(err)
+    std::fs::write(&path, text).map_err(|source| SimError::Io { path: path.clone(), source })?;
+    Ok(CoordinatorConfig::load(&path, std::iter::empty(), &[])?)
 }
 
 /// One site: runs rounds until the task finishes, coming back after each scheduled dropout.
@@ -119,12 +115,11 @@ async fn site(
     config: ClientConfig,
     mut trainer: Box<dyn Trainer>,
     mut hooks: TestHooks,
-) -> Result<Vec<RunSummary>, SimError> {
+) -> Result<Vec<RunSummary>, ClientError> {
     let mut segments = Vec::new();
     loop {
-        let mut client =
-            Client::connect(config.clone()).await.map_err(err)?.with_test_hooks(hooks.clone());
-        let summary = client.run(&mut trainer).await.map_err(err)?;
+        let mut client = Client::connect(config.clone()).await?.with_test_hooks(hooks.clone());
+        let summary = client.run(&mut trainer).await?;
         // The connection closes here, as a dead process's would.
         drop(client);
         let dropped = summary.dropped_out;
@@ -142,22 +137,24 @@ async fn site(
 /// Runs the experiment's secure training over gRPC.
 pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<SecureRun, SimError> {
     fedsec_coordinator::tls::install_crypto_provider();
-    let dir = tempfile::tempdir().map_err(err)?;
+    let dir = tempfile::tempdir()
+        .map_err(|source| SimError::Setup { what: "a temporary folder", source })?;
     let root = dir.path();
-    let pki = fedsec_coordinator::pki::init(&root.join("pki"), p.active.len(), &[], false)
-        .map_err(err)?;
-    std::fs::write(root.join("model.safetensors"), p.initial_model.to_safetensors().map_err(err)?)
-        .map_err(err)?;
+    let pki = fedsec_coordinator::pki::init(&root.join("pki"), p.active.len(), &[], false)?;
+    let model_path = root.join("model.safetensors");
+    std::fs::write(&model_path, p.initial_model.to_safetensors()?)
+        .map_err(|source| SimError::Io { path: model_path, source })?;
     let config = coordinator_config(exp, p, root)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(err)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| SimError::Setup { what: "the async runtime", source })?;
     rt.block_on(async {
-        let ready = fedsec_coordinator::server::prepare(&config).await.map_err(err)?;
-        let addr = ready.local_addr().map_err(err)?;
+        let ready = fedsec_coordinator::server::prepare(&config).await?;
+        let addr = ready.local_addr()?;
         let coordinator = ready.coordinator.clone();
-        let task_id = TaskId(
-            hex::decode(TASK_ID).map_err(err)?.try_into().map_err(|_| err("task id length"))?,
-        );
-        let task = coordinator.task(&task_id).map_err(|s| err(s.message()))?;
+        let task_id = TaskId::from_hex(TASK_ID).expect("TASK_ID is 32 hex digits");
+        let task = coordinator.task(&task_id).map_err(|s| SimError::Status(Box::new(s)))?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(fedsec_coordinator::server::serve(ready, async {
             let _ = stopped.await;
@@ -192,7 +189,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
                 },
                 ..TestHooks::default()
             };
-            let trainer = exp.trainer(p, i).map_err(err)?;
+            let trainer = exp.trainer(p, i)?;
             sites.push((i, tokio::spawn(site(config, trainer, hooks))));
         }
         // The progress bar follows the task, and every attempt's outcome is collected as the
@@ -211,7 +208,10 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
                         })
                     })
                     .await
-                    .map_err(err)?;
+                    .map_err(|source| SimError::Task {
+                        what: "the progress watch".into(),
+                        source,
+                    })?;
                     outcomes.merge(recent);
                     progress.set_position(status.completed_rounds);
                     let phase = status.phase.map_or(status.state.name(), |ph| PHASES[ph.index()]);
@@ -240,24 +240,25 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
                 Ok(Ok(Ok(s))) => {
                     summaries.insert(i, s);
                 }
-                Ok(Ok(Err(e))) => return Err(SimError(format!("client {i}: {e}"))),
-                Ok(Err(e)) => return Err(SimError(format!("client {i}: {e}"))),
-                Err(_) => {
-                    return Err(SimError(format!(
-                        "the run did not finish within {:.0} s",
-                        limit.as_secs_f64()
-                    )));
+                Ok(Ok(Err(source))) => return Err(SimError::Client { index: i, source }),
+                Ok(Err(source)) => {
+                    return Err(SimError::Task { what: format!("client {i}"), source });
                 }
+                Err(_) => return Err(SimError::Timeout(limit.as_secs_f64())),
             }
         }
         let wall_s = started.elapsed().as_secs_f64();
-        let outcomes = watch.await.map_err(err)??.list;
+        let task_error = |what: &str| {
+            let what = what.to_string();
+            move |source| SimError::Task { what, source }
+        };
+        let outcomes = watch.await.map_err(task_error("the progress watch"))??.list;
         let _ = stop.send(());
-        server.await.map_err(err)?.map_err(err)?;
+        server.await.map_err(task_error("the coordinator"))??;
 
         // The checkpoints, from the store, checked against the coordinator's key.
         let store_dir = root.join("store");
-        let store = CheckpointStore::from_url(&store_dir.to_string_lossy()).map_err(err)?;
+        let store = CheckpointStore::from_url(&store_dir.to_string_lossy())?;
         let key = coordinator.verifying_key();
         let mut models = Vec::new();
         let mut attempts = Vec::new();
@@ -282,8 +283,8 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
                 .filter(|s| s.dropped_out.is_some_and(|d| d.0 == round))
                 .count();
             if let Some(v) = o.new_checkpoint_version {
-                let (_, bytes) = store.get_verified(task_id, v, &key).await.map_err(err)?;
-                models.push(Model::from_safetensors(&bytes).map_err(err)?);
+                let (_, bytes) = store.get_verified(task_id, v, &key).await?;
+                models.push(Model::from_safetensors(&bytes)?);
             }
             let losses: Vec<f64> = reports.iter().map(|r| r.train_loss).collect();
             attempts.push(AttemptRecord {

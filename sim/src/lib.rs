@@ -37,15 +37,7 @@ fn evaluate_all(
     evaluator: &mut dyn Trainer,
     models: &[fedsec_wire::model::Model],
 ) -> Result<Vec<Evaluation>, SimError> {
-    models
-        .iter()
-        .map(|m| {
-            evaluator
-                .evaluate(m)
-                .map_err(|e| SimError(e.to_string()))?
-                .ok_or_else(|| SimError::new("the evaluator has no test set"))
-        })
-        .collect()
+    models.iter().map(|m| evaluator.evaluate(m)?.ok_or(SimError::NoTestSet)).collect()
 }
 
 /// Runs an experiment: the secure run, the plaintext baseline (if asked for) and the
@@ -58,7 +50,7 @@ pub fn simulate(exp: &Experiment, progress: &ProgressBar) -> Result<Report, SimE
         Transport::Memory => memory::run(exp, &p, progress)?,
     };
     progress.finish_and_clear();
-    let mut evaluator = exp.evaluator(&p).map_err(|e| SimError(e.to_string()))?;
+    let mut evaluator = exp.evaluator(&p)?;
     let secure = evaluate_all(evaluator.as_mut(), &run.models)?;
     let plaintext = if exp.plaintext_baseline {
         let participants: Vec<Vec<usize>> =
@@ -70,18 +62,15 @@ pub fn simulate(exp: &Experiment, progress: &ProgressBar) -> Result<Report, SimE
             |i, model| {
                 let trainer = match trainers.entry(i) {
                     std::collections::btree_map::Entry::Occupied(t) => t.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(exp.trainer(&p, i).map_err(|e| e.to_string())?)
-                    }
+                    std::collections::btree_map::Entry::Vacant(v) => v.insert(exp.trainer(&p, i)?),
                 };
-                let fit = trainer.fit(model).map_err(|e| e.to_string())?;
+                let fit = trainer.fit(model)?;
                 Ok(baseline::Contribution { update: fit.update, examples: fit.examples })
             },
             exp.clip,
             p.max_examples,
             exp.server_learning_rate,
-        )
-        .map_err(SimError)?;
+        )?;
         Some(evaluate_all(evaluator.as_mut(), &models)?)
     } else {
         None
@@ -104,21 +93,16 @@ fn centralized(exp: &Experiment, p: &experiment::Prepared) -> Result<Evaluation,
     };
     let (train, test) = (p.train.clone(), Some(p.test.clone()));
     let mut trainer: Box<dyn Trainer> = match exp.model {
-        experiment::ModelKind::Softmax => Box::new(
-            SoftmaxRegression::new(train, test, p.classes, options)
-                .map_err(|e| SimError(e.to_string()))?,
-        ),
-        experiment::ModelKind::Mlp => Box::new(
-            Mlp::new(train, test, exp.hidden, p.classes, options)
-                .map_err(|e| SimError(e.to_string()))?,
-        ),
+        experiment::ModelKind::Softmax => {
+            Box::new(SoftmaxRegression::new(train, test, p.classes, options)?)
+        }
+        experiment::ModelKind::Mlp => {
+            Box::new(Mlp::new(train, test, exp.hidden, p.classes, options)?)
+        }
     };
-    let fit = trainer.fit(&p.initial_model).map_err(|e| SimError(e.to_string()))?;
+    let fit = trainer.fit(&p.initial_model)?;
     let theta: Vec<f32> =
         p.initial_model.flatten().iter().zip(&fit.update).map(|(t, u)| t + u).collect();
-    let model = p.initial_model.with_flat(&theta).map_err(|e| SimError(e.to_string()))?;
-    trainer
-        .evaluate(&model)
-        .map_err(|e| SimError(e.to_string()))?
-        .ok_or_else(|| SimError::new("no test set"))
+    let model = p.initial_model.with_flat(&theta)?;
+    trainer.evaluate(&model)?.ok_or(SimError::NoTestSet)
 }

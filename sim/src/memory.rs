@@ -65,10 +65,6 @@ use crate::schedule;
 /// Clients whose phase work runs at once (see [`World::work`]).
 const WORK_SLICE: usize = 64;
 
-fn err(what: impl std::fmt::Display) -> SimError {
-    SimError(what.to_string())
-}
-
 fn seed32(seed: u64, what: &str, index: u64) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"fedsec/sim/memory");
@@ -197,7 +193,7 @@ fn task_config(exp: &Experiment, p: &Prepared) -> Result<TaskConfig, SimError> {
     let mut deadlines = PhaseDeadlines::uniform(d);
     deadlines.advertise_keys = Duration::from_millis(exp.advertise_deadline_ms());
     c.deadlines = deadlines;
-    c.validate().map_err(err)?;
+    c.validate()?;
     Ok(c)
 }
 
@@ -279,19 +275,17 @@ impl World<'_> {
                 break;
             }
         }
-        Err(SimError(format!(
-            "round {}: fewer eligible clients than the {} a round needs (after aborted attempts, \
-             clients that already contributed to the checkpoint wait for the next one)",
-            self.engine.status().round_id.0,
-            self.engine.config().min_clients
-        )))
+        Err(SimError::NoEligibleClients {
+            round: self.engine.status().round_id.0,
+            need: self.engine.config().min_clients,
+        })
     }
 
     /// Signs the manifest of the engine's current checkpoint, as the coordinator's service
     /// does before it hands the checkpoint out.
     fn sign_checkpoint(&mut self, parent_version: u64, summary: String) -> Result<(), SimError> {
         let (version, sha256) = self.engine.checkpoint();
-        let size_bytes = self.engine.model().to_safetensors().map_err(err)?.len() as u64;
+        let size_bytes = self.engine.model().to_safetensors()?.len() as u64;
         let manifest = Manifest {
             version,
             parent_version,
@@ -350,11 +344,7 @@ impl World<'_> {
             site.coins = std::mem::replace(&mut c.coins, ChaCha20Rng::from_seed([0; 32]));
         }
         let uploaded = result?;
-        let outcome = self
-            .engine
-            .result(&ctx)
-            .cloned()
-            .ok_or_else(|| SimError(format!("round {round}: the attempt left no outcome")))?;
+        let outcome = self.engine.result(&ctx).cloned().ok_or(SimError::NoOutcome(round))?;
         let finished: Vec<(&Taking, (u64, u64))> =
             taking.iter().filter_map(|c| c.finished.map(|b| (c, b))).collect();
         let losses: Vec<f64> = finished.iter().map(|(c, _)| c.loss).collect();
@@ -468,7 +458,7 @@ impl World<'_> {
         // coordinator's signature and the hash before it trains.
         let model = Response::Model {
             manifest: self.manifest.clone(),
-            data: self.engine.model().to_safetensors().map_err(err)?,
+            data: self.engine.model().to_safetensors()?,
         };
         let now = self.now;
         taking.par_iter_mut().filter(|c| c.active).for_each(|c| {
@@ -510,8 +500,8 @@ impl World<'_> {
         let parent = self.engine.checkpoint().0;
         while let Some(o) = self.engine.poll_output() {
             if let Output::Checkpoint(c) = o {
-                self.models.push(Model::from_safetensors(&c.bytes).map_err(err)?);
-                self.engine.checkpoint_committed(c.version, self.now).map_err(err)?;
+                self.models.push(Model::from_safetensors(&c.bytes)?);
+                self.engine.checkpoint_committed(c.version, self.now)?;
                 self.sign_checkpoint(parent, c.summary.clone())?;
             }
         }
@@ -630,11 +620,11 @@ impl CredentialVerifier for SharedVerifier {
 
 fn pem_certs(path: &std::path::Path) -> Result<Vec<Vec<u8>>, SimError> {
     use rustls_pki_types::pem::PemObject;
-    let text = std::fs::read(path).map_err(|e| SimError(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read(path).map_err(|source| SimError::Io { path: path.into(), source })?;
     rustls_pki_types::CertificateDer::pem_slice_iter(&text)
         .map(|c| c.map(|c| c.to_vec()))
         .collect::<Result<_, _>>()
-        .map_err(|e| SimError(format!("{}: {e:?}", path.display())))
+        .map_err(|e| SimError::Credential { path: path.into(), reason: e.to_string() })
 }
 
 /// A client's identity key and certificate chain, as the throw-away PKI wrote them.
@@ -645,10 +635,10 @@ fn credentials(
     // The private key's text is wiped once the key is parsed.
     let pem = zeroize::Zeroizing::new(
         std::fs::read_to_string(&c.key)
-            .map_err(|e| SimError(format!("{}: {e}", c.key.display())))?,
+            .map_err(|source| SimError::Io { path: c.key.clone(), source })?,
     );
     let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
-        .map_err(|e| SimError(format!("{}: {e}", c.key.display())))?;
+        .map_err(|e| SimError::Credential { path: c.key.clone(), reason: e.to_string() })?;
     let chain = pem_certs(&c.cert)?;
     Ok((Arc::new(IdentityKey::from_signing_key(signing)), chain))
 }
@@ -659,15 +649,15 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
     let config = task_config(exp, p)?;
     // A throw-away PKI, as over gRPC: peers check each other's certificate chains in every
     // round. Keys come from the operating system, never from the seed.
-    let dir = tempfile::tempdir().map_err(err)?;
-    let pki = fedsec_coordinator::pki::init(&dir.path().join("pki"), p.active.len(), &[], false)
-        .map_err(err)?;
+    let dir = tempfile::tempdir()
+        .map_err(|source| SimError::Setup { what: "a temporary folder", source })?;
+    let pki = fedsec_coordinator::pki::init(&dir.path().join("pki"), p.active.len(), &[], false)?;
     let roots = pem_certs(&pki.ca_cert)?;
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let x509 = X509Credentials::new(&roots, unix).map_err(err)?;
+    let x509 = X509Credentials::new(&roots, unix)?;
     let verifier: Arc<dyn CredentialVerifier> = Arc::new(x509.clone());
     let shared: Arc<dyn CredentialVerifier> = Arc::new(SharedVerifier::new(x509));
     let signing = SigningKey::generate(&mut fedsec_crypto::rng::os_rng());
@@ -676,7 +666,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
         ..PolicyConfig::default()
     }
     .to_policy()
-    .map_err(err)?;
+    .map_err(SimError::Policy)?;
     // Which key each site holds follows the seed (the keys themselves do not): the sites'
     // order by client id — and so their positions in every plan and neighbour graph — is the
     // same in every run with this seed.
@@ -692,7 +682,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
             index: i,
             member: Membership::new(key, &chain, policy.clone(), signing.verifying_key(), TASK),
             state: ClientState::default(),
-            trainer: Some(exp.trainer(p, i).map_err(err)?),
+            trainer: Some(exp.trainer(p, i)?),
             drops: schedule::drops_of(exp, i, exp.rounds),
             straggler: schedule::is_straggler(exp, i),
             coins: ChaCha20Rng::from_seed(seed32(exp.seed, "coins", i as u64)),
@@ -705,8 +695,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
         0,
         verifier.clone(),
         seed32(exp.seed, "engine", 0),
-    )
-    .map_err(err)?;
+    )?;
     let mut world = World {
         exp,
         engine,
@@ -723,12 +712,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
     let most = exp.rounds.saturating_mul(20).max(20);
     while world.engine.status().state != EngineState::Finished {
         if attempts.len() as u64 >= most {
-            return Err(SimError(format!(
-                "{} attempts did not complete {} rounds: too many aborted (lower the dropout or \
-                 raise --assumed-dropout)",
-                attempts.len(),
-                exp.rounds
-            )));
+            return Err(SimError::TooManyAborts { attempts: attempts.len(), rounds: exp.rounds });
         }
         let clock = Instant::now();
         let info = world.select(attempts.len())?;

@@ -152,11 +152,11 @@ impl Report {
     /// Writes `report.json`, `rounds.csv` and the plots into `dir` (created if missing).
     /// Returns the files written.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, SimError> {
-        let io = |path: &Path, e: std::io::Error| SimError(format!("{}: {e}", path.display()));
+        let io = |path: &Path, source| SimError::Io { path: path.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let mut written = Vec::new();
         let path = dir.join("report.json");
-        let text = serde_json::to_string_pretty(&self.json).map_err(|e| SimError(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&self.json)?;
         std::fs::write(&path, text + "\n").map_err(|e| io(&path, e))?;
         written.push(path);
         let path = dir.join("rounds.csv");
@@ -260,7 +260,7 @@ impl Report {
         let mut plot = |name: &str, title: &str, y: &str, lines: Vec<(String, Vec<(f64, f64)>)>| {
             let path = dir.join(name);
             line_plot(&path, title, y, &lines)
-                .map_err(|e| SimError(format!("{}: {e}", path.display())))?;
+                .map_err(|e| SimError::Plot { path: path.clone(), reason: e.to_string() })?;
             written.push(path);
             Ok::<(), SimError>(())
         };
