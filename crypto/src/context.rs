@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, PlanRule, Result};
 pub use crate::ids::RoundContext;
 use crate::ids::{AttemptNonce, CheckpointHash, ClientId, RoundId, TaskId};
 use crate::kdf::{Label, push_lp};
@@ -133,56 +133,43 @@ impl RoundPlan {
         }
         let n = self.n();
         if n < 2 {
-            return Err(Error::InvalidPlan(format!(
-                "selected set has {n} clients, need at least 2"
-            )));
+            return Err(Error::InvalidPlan(PlanRule::TooFewSelected(n)));
         }
         if self.selected.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::InvalidPlan(
-                "selected set is not sorted by id without duplicates".into(),
-            ));
+            return Err(Error::InvalidPlan(PlanRule::UnsortedSelection));
         }
         if self.dropout_ppm >= PPM || self.corrupt_ppm >= PPM {
-            return Err(Error::InvalidPlan("dropout and corrupt fractions must be below 1".into()));
+            let (dropout_ppm, corrupt_ppm) = (self.dropout_ppm, self.corrupt_ppm);
+            return Err(Error::InvalidPlan(PlanRule::Fractions { dropout_ppm, corrupt_ppm }));
         }
         if self.dim == 0 {
-            return Err(Error::InvalidPlan("vector length is zero".into()));
+            return Err(Error::InvalidPlan(PlanRule::EmptyVector));
         }
         match self.graph {
             GraphKind::Complete => {
                 if self.degree as usize != n - 1 {
-                    return Err(Error::InvalidPlan(format!(
-                        "complete graph over {n} clients has degree {}, plan says {}",
-                        n - 1,
-                        self.degree
-                    )));
+                    let degree = self.degree as usize;
+                    return Err(Error::InvalidPlan(PlanRule::CompleteDegree { n, degree }));
                 }
             }
             GraphKind::Harary => {
                 if self.adversary == AdversaryClass::Malicious {
-                    return Err(Error::InvalidPlan(
-                        "a fully malicious server requires the complete graph".into(),
-                    ));
+                    return Err(Error::InvalidPlan(PlanRule::MaliciousNeedsComplete));
                 }
                 if self.degree == 0
                     || !self.degree.is_multiple_of(2)
                     || self.degree as usize > n - 1
                 {
-                    return Err(Error::InvalidPlan(format!(
-                        "Harary degree {} must be even and in 2..={}",
-                        self.degree,
-                        n - 1
-                    )));
+                    let degree = self.degree as usize;
+                    return Err(Error::InvalidPlan(PlanRule::HararyDegree { n, degree }));
                 }
             }
         }
         // Share holders are the k neighbours plus the client itself.
         let holders = self.degree as usize + 1;
         if self.threshold < 1 || self.threshold as usize > holders {
-            return Err(Error::InvalidPlan(format!(
-                "threshold {} must be in 1..={holders}",
-                self.threshold
-            )));
+            let threshold = self.threshold as usize;
+            return Err(Error::InvalidPlan(PlanRule::Threshold { threshold, holders }));
         }
         if self.adversary != AdversaryClass::Curious {
             let q = self.q();

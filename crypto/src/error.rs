@@ -1,5 +1,6 @@
 //! The one error type of the crate. Each variant names the rule that was broken.
 
+use crate::context::AdversaryClass;
 use crate::ids::ClientId;
 use crate::sign::CredentialRefusal;
 
@@ -14,12 +15,12 @@ pub enum Error {
     /// The message or plan was made for another protocol version.
     #[error("protocol version {got} is not supported (this build speaks {supported})")]
     UnsupportedVersion { got: u32, supported: u32 },
-    /// The plan is internally inconsistent (unsorted or duplicate ids, bad degree...).
+    /// The plan is internally inconsistent: the rule it breaks.
     #[error("invalid round plan: {0}")]
-    InvalidPlan(String),
-    /// The plan is below the floor this client's own configuration fixes.
+    InvalidPlan(PlanRule),
+    /// The plan is below the floor this client's own configuration fixes: which floor.
     #[error("round plan below this client's floor: {0}")]
-    PlanBelowFloor(String),
+    PlanBelowFloor(Floor),
     /// The plan's (k, t) are below what the client computes from (n, δ, γ, class).
     #[error(
         "round plan uses degree {degree} and threshold {threshold}, below the required degree {need_degree} and threshold {need_threshold}"
@@ -68,8 +69,8 @@ pub enum Error {
     #[error("client {client} may not send in {phase}: it is not in the set this phase runs over")]
     NotEligible { client: ClientId, phase: &'static str },
     /// A ShareKeys message does not carry exactly one ciphertext per neighbour in U1.
-    #[error("ShareKeys from {client} does not cover its neighbours: {detail}")]
-    IncompleteShares { client: ClientId, detail: String },
+    #[error("ShareKeys from {client} does not cover its neighbours: {problem}")]
+    IncompleteShares { client: ClientId, problem: SharesProblem },
     /// The client's masked input was already complete and added to the sum.
     #[error("masked input of client {0} is already complete")]
     UploadComplete(ClientId),
@@ -131,21 +132,178 @@ pub enum Error {
         "masked input chunk at word offset {offset} of {len} words is out of range or overlaps (vector length {dim})"
     )]
     BadChunk { offset: usize, len: usize, dim: usize },
-    /// Shamir input is malformed (duplicate x, zero x, too few shares).
+    /// Shamir input is malformed (duplicate x, zero x, too few shares), or a reconstruction
+    /// does not match.
     #[error("shamir: {0}")]
-    Shamir(String),
+    Shamir(ShamirRule),
     /// A quantization configuration could wrap around Z_2^32.
     #[error("quantization could overflow: {0}")]
     BitBudget(String),
-    /// A quantization parameter is out of range.
-    #[error("invalid quantization parameters: {0}")]
-    InvalidQuantization(String),
+    /// A quantization parameter or input is out of range: the rule it breaks.
+    #[error("invalid quantization: {0}")]
+    InvalidQuantization(QuantRule),
     /// No (k, t) meets the privacy and correctness targets for these parameters.
     #[error("no graph parameters meet the security targets: {0}")]
     NoParameters(String),
-    /// A wire message could not be decoded.
+    /// A message could not be decoded, or holds what its sender may not send.
     #[error("malformed message: {0}")]
-    Malformed(String),
+    Malformed(Malformation),
+}
+
+/// The rule an inconsistent round plan (or graph) breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanRule {
+    /// Fewer than two clients are selected.
+    #[error("selected set has {0} clients, need at least 2")]
+    TooFewSelected(usize),
+    /// The selected ids are not strictly increasing.
+    #[error("selected set is not sorted by id without duplicates")]
+    UnsortedSelection,
+    /// A fraction is not below one (in parts per million).
+    #[error(
+        "dropout and corrupt fractions must be below 1 (got {dropout_ppm} and {corrupt_ppm} ppm)"
+    )]
+    Fractions { dropout_ppm: u32, corrupt_ppm: u32 },
+    /// The vector to aggregate is empty.
+    #[error("vector length is zero")]
+    EmptyVector,
+    /// A complete graph's degree is not n − 1.
+    #[error("the complete graph over {n} clients has degree {}, not {degree}", .n.saturating_sub(1))]
+    CompleteDegree { n: usize, degree: usize },
+    /// A fully malicious server needs the complete graph.
+    #[error("a fully malicious server requires the complete graph")]
+    MaliciousNeedsComplete,
+    /// A Harary degree is odd, zero, or not below n.
+    #[error("Harary degree {degree} over {n} nodes must be even and in 2..={}", .n.saturating_sub(1))]
+    HararyDegree { n: usize, degree: usize },
+    /// The threshold is outside 1..=holders (a client's neighbours and itself).
+    #[error("threshold {threshold} must be in 1..={holders}, the share holders")]
+    Threshold { threshold: usize, holders: usize },
+    /// A graph needs two nodes.
+    #[error("a graph needs at least 2 nodes, got {0}")]
+    TooFewNodes(usize),
+    /// A graph's nodes are indexed by u32.
+    #[error("{0} nodes do not fit the u32 index space")]
+    TooManyNodes(usize),
+}
+
+/// The floor of a client's policy that a round plan is below.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Floor {
+    /// The plan assumes a weaker adversary than the client's minimum.
+    #[error("adversary class {plan:?} is weaker than this client's minimum {min:?}")]
+    Adversary { plan: AdversaryClass, min: AdversaryClass },
+    /// The plan assumes fewer corrupt clients than the client's minimum.
+    #[error("assumed corrupt fraction {plan_ppm} ppm is below this client's minimum {min_ppm} ppm")]
+    CorruptFraction { plan_ppm: u32, min_ppm: u32 },
+    /// The plan assumes more dropouts than the client's maximum.
+    #[error("assumed dropout {plan_ppm} ppm is above this client's maximum {max_ppm} ppm")]
+    Dropout { plan_ppm: u32, max_ppm: u32 },
+    /// The plan selects fewer clients than the client requires.
+    #[error("{selected} selected clients, this client requires at least {min}")]
+    Clients { selected: usize, min: usize },
+    /// The plan may sum fewer inputs than the client requires.
+    #[error("⌈(1−δ)n⌉ = {surviving} surviving inputs, this client requires at least {min}")]
+    Surviving { surviving: usize, min: usize },
+}
+
+/// The rule a quantization parameter or input breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuantRule {
+    /// The clip or a scale is not finite and positive.
+    #[error("clip and scales must be finite and positive")]
+    NotFinitePositive,
+    /// `max_examples` is 0.
+    #[error("max_examples must be at least 1")]
+    NoExamples,
+    /// A round of no clients.
+    #[error("a round has at least one client")]
+    NoClients,
+    /// An update value is NaN or infinite.
+    #[error("update[{index}] is not finite: only finite values can be quantized")]
+    NotFinite { index: usize },
+    /// A sum without its weight coordinate.
+    #[error("empty sum: a quantized vector always ends with the weight coordinate")]
+    EmptySum,
+    /// The sum of weights is not positive.
+    #[error(
+        "the sum of weights is not positive: no client contributed, there is nothing to average"
+    )]
+    NoWeight,
+}
+
+/// How a ShareKeys message fails to hold one ciphertext per neighbour in U1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SharesProblem {
+    /// A ciphertext for a neighbour that did not advertise keys.
+    #[error("ciphertext for {0} who did not advertise keys")]
+    NotAdvertised(ClientId),
+    /// A ciphertext of the wrong length.
+    #[error("ciphertext for {to} has {got} bytes, expected {expected}")]
+    CiphertextLength { to: ClientId, got: usize, expected: usize },
+    /// Two ciphertexts for one neighbour.
+    #[error("two ciphertexts for {0}")]
+    Duplicate(ClientId),
+    /// Not one ciphertext per neighbour in U1.
+    #[error("{got} ciphertexts for {expected} neighbours in U1")]
+    Count { got: usize, expected: usize },
+}
+
+/// What is wrong with a message's encoding or content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Malformation {
+    /// The bytes are not the encoding of the message.
+    #[error("{0}")]
+    Encoding(postcard::Error),
+    /// A U3 bitmap of the wrong length.
+    #[error("U3 bitmap has {got} bytes, {clients} clients need {expected}")]
+    BitmapLength { got: usize, clients: usize, expected: usize },
+    /// A U3 bitmap with padding bits set.
+    #[error("U3 bitmap has bits set past the last client")]
+    BitmapPadding,
+    /// A self-mask share the server did not ask for (not in U3, or twice).
+    #[error("unexpected self-mask share of {0}")]
+    UnexpectedSelfMaskShare(ClientId),
+    /// A mask-key share the server did not ask for (in U3, never shared, or twice).
+    #[error("unexpected mask-key share of {0}")]
+    UnexpectedMaskKeyShare(ClientId),
+    /// A share that is not a canonical scalar.
+    #[error("the share of {0} is not a canonical scalar")]
+    NonCanonicalShare(ClientId),
+}
+
+/// What is wrong with a Shamir split or reconstruction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShamirRule {
+    /// The threshold is zero.
+    #[error("threshold must be at least 1")]
+    ZeroThreshold,
+    /// The threshold exceeds the share holders.
+    #[error(
+        "threshold {threshold} exceeds the {holders} share holders: the secret could never be reconstructed"
+    )]
+    ThresholdAboveHolders { threshold: usize, holders: usize },
+    /// No shares were given.
+    #[error("no shares")]
+    NoShares,
+    /// A share has x = 0, where the secret lives.
+    #[error("x-coordinate 0 is where the secret lives")]
+    ZeroX,
+    /// Two shares have the same x.
+    #[error("duplicate x-coordinate {0}")]
+    DuplicateX(u32),
+    /// The x-coordinates are not increasing.
+    #[error("x-coordinates are not sorted: {before} comes before {after}")]
+    UnsortedX { before: u32, after: u32 },
+    /// The reconstructed secret is not the one its public key commits to.
+    #[error("reconstructed secret does not match its public key")]
+    Mismatch,
 }
 
 /// Result alias.

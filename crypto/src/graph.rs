@@ -42,7 +42,7 @@
 use rand_core::{Rng, SeedableRng};
 
 use crate::context::{GraphKind, RoundContext, RoundPlan};
-use crate::error::{Error, Result};
+use crate::error::{Error, PlanRule, Result};
 use crate::kdf::{self, Label};
 
 /// The neighbour graph of one round over canonical indices `0..n`.
@@ -71,9 +71,7 @@ impl Graph {
         match plan.graph {
             GraphKind::Complete => {
                 if n < 2 || k != n - 1 {
-                    return Err(Error::InvalidPlan(format!(
-                        "complete graph over {n} clients cannot have degree {k}"
-                    )));
+                    return Err(Error::InvalidPlan(PlanRule::CompleteDegree { n, degree: k }));
                 }
                 Ok(Graph::complete(n))
             }
@@ -92,16 +90,13 @@ impl Graph {
     /// Errors with [`Error::InvalidPlan`] unless n ≥ 2 and k is even with 2 ≤ k ≤ n − 1.
     pub fn harary(n: usize, k: usize, seed: &[u8; 32], ctx: &RoundContext) -> Result<Graph> {
         if n < 2 {
-            return Err(Error::InvalidPlan(format!("a graph needs at least 2 nodes, got {n}")));
+            return Err(Error::InvalidPlan(PlanRule::TooFewNodes(n)));
         }
         if u32::try_from(n).is_err() {
-            return Err(Error::InvalidPlan(format!("{n} nodes do not fit the u32 index space")));
+            return Err(Error::InvalidPlan(PlanRule::TooManyNodes(n)));
         }
         if !k.is_multiple_of(2) || k == 0 || k >= n {
-            return Err(Error::InvalidPlan(format!(
-                "Harary degree {k} over {n} nodes must be even and in 2..={}",
-                n - 1
-            )));
+            return Err(Error::InvalidPlan(PlanRule::HararyDegree { n, degree: k }));
         }
         let perm = permutation(n, seed, ctx);
         let mut pos = vec![0u32; n];

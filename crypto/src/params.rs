@@ -99,7 +99,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::context::{AdversaryClass, GraphKind, PPM, RoundPlan};
-use crate::error::{Error, Result};
+use crate::error::{Error, PlanRule, Result};
 
 /// Privacy: the probability that the server learns more than the sum is below 2^-PRIVACY_BITS.
 pub const PRIVACY_BITS: u32 = 40;
@@ -209,20 +209,16 @@ pub fn least_threshold(
         GraphKind::Complete => {
             let p = complete_params(n, dropout_ppm, corrupt_ppm, class)?;
             if degree != p.degree {
-                return Err(Error::InvalidPlan(format!(
-                    "the complete graph over {n} clients has degree {}, not {degree}",
-                    p.degree
-                )));
+                let degree = degree as usize;
+                return Err(Error::InvalidPlan(PlanRule::CompleteDegree { n, degree }));
             }
             Ok(p.threshold)
         }
         GraphKind::Harary => {
             let targets = HararyTargets::new(n, dropout_ppm, corrupt_ppm, class, Model::FEDSEC)?;
             if degree == 0 || !degree.is_multiple_of(2) || degree as usize > n - 1 {
-                return Err(Error::InvalidPlan(format!(
-                    "Harary degree {degree} must be even and in 2..={}",
-                    n - 1
-                )));
+                let degree = degree as usize;
+                return Err(Error::InvalidPlan(PlanRule::HararyDegree { n, degree }));
             }
             if degree as usize == n - 1 {
                 // H(n − 1, n) is the complete graph.
@@ -272,11 +268,10 @@ pub fn check(
         )));
     }
     if p.threshold > p.degree + 1 {
-        return Err(Error::InvalidPlan(format!(
-            "threshold {} must be in 1..={}, the share holders",
-            p.threshold,
-            p.degree + 1
-        )));
+        return Err(Error::InvalidPlan(PlanRule::Threshold {
+            threshold: p.threshold as usize,
+            holders: p.degree as usize + 1,
+        }));
     }
     let c = Counts::new(n, dropout_ppm, corrupt_ppm)?;
     if class != AdversaryClass::Curious {
@@ -319,7 +314,7 @@ struct Counts {
 impl Counts {
     fn new(n: usize, dropout_ppm: u32, corrupt_ppm: u32) -> Result<Counts> {
         if dropout_ppm >= PPM || corrupt_ppm >= PPM {
-            return Err(Error::InvalidPlan("dropout and corrupt fractions must be below 1".into()));
+            return Err(Error::InvalidPlan(PlanRule::Fractions { dropout_ppm, corrupt_ppm }));
         }
         if n < 2 {
             return Err(Error::NoParameters(format!("{n} clients: secure aggregation needs 2")));

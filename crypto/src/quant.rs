@@ -43,7 +43,7 @@
 use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, QuantRule, Result};
 
 /// The largest magnitude a sum may reach and still decode exactly: 2^31 − 1.
 pub const SUM_BOUND: u64 = i32::MAX as u64;
@@ -77,12 +77,10 @@ impl QuantParams {
         let finite_pos = |x: f64| x.is_finite() && x > 0.0;
         if !finite_pos(self.clip) || !finite_pos(self.value_scale) || !finite_pos(self.weight_scale)
         {
-            return Err(Error::InvalidQuantization(
-                "clip and scales must be finite and positive".into(),
-            ));
+            return Err(Error::InvalidQuantization(QuantRule::NotFinitePositive));
         }
         if self.max_examples == 0 {
-            return Err(Error::InvalidQuantization("max_examples must be at least 1".into()));
+            return Err(Error::InvalidQuantization(QuantRule::NoExamples));
         }
         Ok(())
     }
@@ -95,12 +93,10 @@ impl QuantParams {
     /// budget cannot be met (m would be 0: more than 2^30 − 1 clients).
     pub fn for_clients(n_max: usize, clip: f64, max_examples: u64) -> Result<Self> {
         if n_max == 0 {
-            return Err(Error::InvalidQuantization("a round has at least one client".into()));
+            return Err(Error::InvalidQuantization(QuantRule::NoClients));
         }
         if !(clip.is_finite() && clip > 0.0) {
-            return Err(Error::InvalidQuantization(format!(
-                "clip must be finite and positive, got {clip}"
-            )));
+            return Err(Error::InvalidQuantization(QuantRule::NotFinitePositive));
         }
         let m = largest_word(n_max);
         if m == 0 {
@@ -127,7 +123,7 @@ impl QuantParams {
     pub fn check_bit_budget(&self, n_max: usize) -> Result<()> {
         self.validate()?;
         if n_max == 0 {
-            return Err(Error::InvalidQuantization("a round has at least one client".into()));
+            return Err(Error::InvalidQuantization(QuantRule::NoClients));
         }
         let clip = self.clip;
         check_coordinate(
@@ -175,9 +171,7 @@ impl QuantParams {
         let mut words = Vec::with_capacity(update.len() + 1);
         for (i, &x) in update.iter().enumerate() {
             if !x.is_finite() {
-                return Err(Error::InvalidQuantization(format!(
-                    "update[{i}] is {x}: only finite values can be quantized"
-                )));
+                return Err(Error::InvalidQuantization(QuantRule::NotFinite { index: i }));
             }
             // (clip(x)·w)·scale: |clip(x)·w| ≤ c and rounding is monotone, so the result is at
             // most c·scale in magnitude, the bound `check_bit_budget` reasons about.
@@ -193,9 +187,7 @@ impl QuantParams {
     pub fn decode_sum(&self, sum: &[u32]) -> Result<(Vec<f64>, f64)> {
         self.validate()?;
         let Some((&weight_word, value_words)) = sum.split_last() else {
-            return Err(Error::InvalidQuantization(
-                "empty sum: a quantized vector always ends with the weight coordinate".into(),
-            ));
+            return Err(Error::InvalidQuantization(QuantRule::EmptySum));
         };
         let values =
             value_words.iter().map(|&q| f64::from(to_signed(q)) / self.value_scale).collect();
@@ -208,9 +200,7 @@ impl QuantParams {
     pub fn weighted_average(&self, sum: &[u32]) -> Result<Vec<f32>> {
         let (values, weight) = self.decode_sum(sum)?;
         if weight <= 0.0 {
-            return Err(Error::InvalidQuantization(format!(
-                "the sum of weights is {weight}: no client contributed, there is nothing to average"
-            )));
+            return Err(Error::InvalidQuantization(QuantRule::NoWeight));
         }
         Ok(values.into_iter().map(|v| (v / weight) as f32).collect())
     }
@@ -443,19 +433,21 @@ mod tests {
 
     #[test]
     fn for_clients_refuses_what_cannot_work() {
-        let bad_quant = |r: Result<QuantParams>| matches!(r, Err(Error::InvalidQuantization(_)));
-        assert!(bad_quant(QuantParams::for_clients(0, 1.0, 1)));
-        assert!(bad_quant(QuantParams::for_clients(10, 0.0, 1)));
-        assert!(bad_quant(QuantParams::for_clients(10, -1.0, 1)));
-        assert!(bad_quant(QuantParams::for_clients(10, f64::NAN, 1)));
-        assert!(bad_quant(QuantParams::for_clients(10, f64::INFINITY, 1)));
-        assert!(bad_quant(QuantParams::for_clients(10, 1.0, 0)));
+        let rule = |r: Result<QuantParams>| match r {
+            Err(Error::InvalidQuantization(rule)) => rule,
+            other => panic!("expected InvalidQuantization, got {other:?}"),
+        };
+        assert_eq!(rule(QuantParams::for_clients(0, 1.0, 1)), QuantRule::NoClients);
+        for clip in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(rule(QuantParams::for_clients(10, clip, 1)), QuantRule::NotFinitePositive);
+        }
+        assert_eq!(rule(QuantParams::for_clients(10, 1.0, 0)), QuantRule::NoExamples);
         // 2^30 clients leave no positive scale; 2^30 − 1 leave exactly one unit.
         let too_many = 1usize << 30;
         assert!(matches!(QuantParams::for_clients(too_many, 1.0, 1), Err(Error::BitBudget(_))));
         let p = QuantParams::for_clients(too_many - 1, 1.0, 1).unwrap();
         assert_eq!(p.weight_scale, 1.0);
-        assert!(matches!(p.check_bit_budget(0), Err(Error::InvalidQuantization(_))));
+        assert_eq!(p.check_bit_budget(0), Err(Error::InvalidQuantization(QuantRule::NoClients)));
     }
 
     #[test]
@@ -484,10 +476,11 @@ mod tests {
             (vec![f32::INFINITY], 0),
             (vec![0.0, f32::NEG_INFINITY], 1),
         ] {
-            let Err(Error::InvalidQuantization(msg)) = p.quantize(&update, 1, &mut rng) else {
-                panic!("{update:?} must be refused");
-            };
-            assert!(msg.contains(&format!("update[{index}]")), "{msg}");
+            assert_eq!(
+                p.quantize(&update, 1, &mut rng),
+                Err(Error::InvalidQuantization(QuantRule::NotFinite { index })),
+                "{update:?}"
+            );
         }
     }
 
@@ -515,12 +508,16 @@ mod tests {
     #[test]
     fn empty_or_weightless_sums_are_refused() {
         let p = QuantParams::for_clients(3, 1.0, 100).unwrap();
-        assert!(matches!(p.decode_sum(&[]), Err(Error::InvalidQuantization(_))));
-        assert!(matches!(p.weighted_average(&[]), Err(Error::InvalidQuantization(_))));
+        let empty = Err(Error::InvalidQuantization(QuantRule::EmptySum));
+        assert_eq!(p.decode_sum(&[]), empty);
+        assert_eq!(p.weighted_average(&[]), empty.map(|_| vec![]));
         let mut rng = ChaCha20Rng::seed_from_u64(4);
         let zero_weight = p.quantize(&[0.5, 0.5], 0, &mut rng).unwrap();
         assert_eq!(zero_weight, vec![0, 0, 0]);
-        assert!(matches!(p.weighted_average(&zero_weight), Err(Error::InvalidQuantization(_))));
+        assert_eq!(
+            p.weighted_average(&zero_weight),
+            Err(Error::InvalidQuantization(QuantRule::NoWeight))
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use curve25519_dalek::scalar::Scalar;
 use rand_core::CryptoRng;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ShamirRule};
 use crate::keys::{PublicKey, SecretScalar};
 
 /// One share's y-value. Secret: not `Clone`, zeroized on drop, `Debug` redacted.
@@ -62,13 +62,13 @@ pub fn split<R: CryptoRng + ?Sized>(
     rng: &mut R,
 ) -> Result<Vec<ShareValue>> {
     if threshold == 0 {
-        return Err(Error::Shamir("threshold must be at least 1".into()));
+        return Err(Error::Shamir(ShamirRule::ZeroThreshold));
     }
     if threshold > xs.len() {
-        return Err(Error::Shamir(format!(
-            "threshold {threshold} exceeds the {} share holders: the secret could never be reconstructed",
-            xs.len()
-        )));
+        return Err(Error::Shamir(ShamirRule::ThresholdAboveHolders {
+            threshold,
+            holders: xs.len(),
+        }));
     }
     let mut sorted = xs.to_vec();
     sorted.sort_unstable();
@@ -144,7 +144,7 @@ impl LagrangeCache {
     /// Reconstructs the secret and checks it against its published point (b_v·G = B_v,
     /// s_v^SK·G = s_v^PK), so that a bad share is detected rather than silently summed
     /// (DESIGN.md, phase 4). On a mismatch returns
-    /// `Error::Shamir("reconstructed secret does not match its public key")`; the caller, who
+    /// `Error::Shamir(ShamirRule::Mismatch)`; the caller, who
     /// knows whose secret it is, maps it to [`Error::ReconstructionMismatch`].
     pub fn reconstruct_checked(
         &mut self,
@@ -153,7 +153,7 @@ impl LagrangeCache {
     ) -> Result<SecretScalar> {
         let secret = self.reconstruct(shares)?;
         if !expected.matches(secret.expose()) {
-            return Err(Error::Shamir("reconstructed secret does not match its public key".into()));
+            return Err(Error::Shamir(ShamirRule::Mismatch));
         }
         Ok(secret)
     }
@@ -172,21 +172,16 @@ impl LagrangeCache {
 /// Refuses empty input, x = 0, and anything not strictly increasing.
 fn check_sorted_distinct_nonzero(xs: &[u32]) -> Result<()> {
     match xs.first() {
-        None => return Err(Error::Shamir("no shares".into())),
-        Some(0) => {
-            return Err(Error::Shamir("x-coordinate 0 is where the secret lives".into()));
-        }
+        None => return Err(Error::Shamir(ShamirRule::NoShares)),
+        Some(0) => return Err(Error::Shamir(ShamirRule::ZeroX)),
         Some(_) => {}
     }
     for pair in xs.windows(2) {
         if pair[0] == pair[1] {
-            return Err(Error::Shamir(format!("duplicate x-coordinate {}", pair[0])));
+            return Err(Error::Shamir(ShamirRule::DuplicateX(pair[0])));
         }
         if pair[0] > pair[1] {
-            return Err(Error::Shamir(format!(
-                "x-coordinates are not sorted: {} comes before {}",
-                pair[0], pair[1]
-            )));
+            return Err(Error::Shamir(ShamirRule::UnsortedX { before: pair[0], after: pair[1] }));
         }
     }
     Ok(())
@@ -415,11 +410,21 @@ mod tests {
         assert!(cache.is_empty());
 
         // Split refuses the same, and thresholds that cannot work.
-        assert!(matches!(split(&secret, 2, &[1, 2, 2], &mut rng), Err(Error::Shamir(_))));
-        assert!(matches!(split(&secret, 2, &[0, 1, 2], &mut rng), Err(Error::Shamir(_))));
-        assert!(matches!(split(&secret, 0, &[1, 2], &mut rng), Err(Error::Shamir(_))));
-        assert!(matches!(split(&secret, 3, &[1, 2], &mut rng), Err(Error::Shamir(_))));
-        assert!(matches!(split(&secret, 1, &[], &mut rng), Err(Error::Shamir(_))));
+        let rule = |r: Result<Vec<ShareValue>>| match r {
+            Err(Error::Shamir(rule)) => rule,
+            other => panic!("expected a Shamir refusal, got {:?}", other.map(|v| v.len())),
+        };
+        assert_eq!(rule(split(&secret, 2, &[1, 2, 2], &mut rng)), ShamirRule::DuplicateX(2));
+        assert_eq!(rule(split(&secret, 2, &[0, 1, 2], &mut rng)), ShamirRule::ZeroX);
+        assert_eq!(rule(split(&secret, 0, &[1, 2], &mut rng)), ShamirRule::ZeroThreshold);
+        assert_eq!(
+            rule(split(&secret, 3, &[1, 2], &mut rng)),
+            ShamirRule::ThresholdAboveHolders { threshold: 3, holders: 2 }
+        );
+        assert_eq!(
+            rule(split(&secret, 1, &[], &mut rng)),
+            ShamirRule::ThresholdAboveHolders { threshold: 1, holders: 0 }
+        );
     }
 
     #[test]
@@ -484,6 +489,6 @@ mod tests {
         let tampered_share = ShareValue::from_bytes(&bytes).unwrap();
         let tampered = [(1, &shares[0]), (2, &tampered_share), (3, &shares[2])];
         let err = cache.reconstruct_checked(&tampered, &public).unwrap_err();
-        assert_eq!(err, Error::Shamir("reconstructed secret does not match its public key".into()));
+        assert_eq!(err, Error::Shamir(ShamirRule::Mismatch));
     }
 }

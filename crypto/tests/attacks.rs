@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::Authed;
 use common::*;
 use fedsec_crypto::context::{AdversaryClass, GraphKind, RoundPlan};
-use fedsec_crypto::error::Error;
+use fedsec_crypto::error::{Error, Floor, PlanRule};
 use fedsec_crypto::graph::Graph;
 use fedsec_crypto::kernel::{Kernel, Sign};
 use fedsec_crypto::keys::PublicKey;
@@ -409,13 +409,28 @@ fn plans_below_the_floor_are_refused() {
     );
     let mut p = plan.clone();
     p.adversary = AdversaryClass::Curious;
-    assert!(matches!(try_plan(&p), Err(Error::PlanBelowFloor(_))), "curious class");
+    assert!(
+        matches!(try_plan(&p), Err(Error::PlanBelowFloor(Floor::Adversary { .. }))),
+        "curious class"
+    );
     let mut p = plan.clone();
     p.dropout_ppm = 300_000;
-    assert!(matches!(try_plan(&p), Err(Error::PlanBelowFloor(_))), "larger δ");
+    assert!(
+        matches!(
+            try_plan(&p),
+            Err(Error::PlanBelowFloor(Floor::Dropout { plan_ppm: 300_000, .. }))
+        ),
+        "larger δ"
+    );
     let mut p = plan.clone();
     p.corrupt_ppm = 10_000;
-    assert!(matches!(try_plan(&p), Err(Error::PlanBelowFloor(_))), "smaller γ");
+    assert!(
+        matches!(
+            try_plan(&p),
+            Err(Error::PlanBelowFloor(Floor::CorruptFraction { plan_ppm: 10_000, .. }))
+        ),
+        "smaller γ"
+    );
     let mut p = plan.clone();
     p.checkpoint.0[0] ^= 1;
     assert_eq!(try_plan(&p), Err(Error::CheckpointMismatch), "another checkpoint");
@@ -438,10 +453,16 @@ fn plans_below_the_floor_are_refused() {
     p.degree -= 2;
     assert_eq!(unchecked(&p), Ok(()), "another k, taken as given");
     p.dropout_ppm = 300_000;
-    assert!(matches!(unchecked(&p), Err(Error::PlanBelowFloor(_))), "the floor still holds");
+    assert!(
+        matches!(unchecked(&p), Err(Error::PlanBelowFloor(Floor::Dropout { .. }))),
+        "the floor still holds"
+    );
     let mut p = plan.clone();
     p.degree += 1;
-    assert!(matches!(unchecked(&p), Err(Error::InvalidPlan(_))), "an odd Harary degree");
+    assert!(
+        matches!(unchecked(&p), Err(Error::InvalidPlan(PlanRule::HararyDegree { .. }))),
+        "an odd Harary degree"
+    );
     let mut p = plan.clone();
     p.checkpoint.0[0] ^= 1;
     assert_eq!(unchecked(&p), Err(Error::CheckpointMismatch), "the checkpoint still holds");
@@ -598,7 +619,7 @@ fn forged_and_malformed_messages_get_typed_errors() {
     // A plan listing one id twice.
     let mut dup_plan = plan.clone();
     dup_plan.selected[1] = dup_plan.selected[0];
-    assert!(matches!(dup_plan.validate(), Err(Error::InvalidPlan(_))));
+    assert_eq!(dup_plan.validate(), Err(Error::InvalidPlan(PlanRule::UnsortedSelection)));
     // Out of phase.
     let staged_err = server.close_masked_input();
     assert!(matches!(staged_err, Err(Error::OutOfPhase { .. })));

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::context::{PROTOCOL_VERSION, RoundContext};
-use crate::error::{Error, Result};
+use crate::error::{Error, Malformation, Result};
 use crate::ids::ClientId;
 
 /// An Ed25519 signature.
@@ -163,14 +163,14 @@ impl Survivors {
     /// Checks the length and that the padding bits are clear, then returns the members.
     pub fn indices(&self, n: usize) -> Result<Vec<usize>> {
         if self.0.len() != n.div_ceil(8) {
-            return Err(Error::Malformed(format!(
-                "U3 bitmap has {} bytes, {n} clients need {}",
-                self.0.len(),
-                n.div_ceil(8)
-            )));
+            return Err(Error::Malformed(Malformation::BitmapLength {
+                got: self.0.len(),
+                clients: n,
+                expected: n.div_ceil(8),
+            }));
         }
         if !n.is_multiple_of(8) && self.0[n / 8] >> (n % 8) != 0 {
-            return Err(Error::Malformed("U3 bitmap has bits set past the last client".into()));
+            return Err(Error::Malformed(Malformation::BitmapPadding));
         }
         Ok((0..n).filter(|&i| self.contains(i)).collect())
     }
@@ -295,5 +295,5 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 
 /// Decodes a message encoded with [`encode`].
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| Error::Malformed(e.to_string()))
+    postcard::from_bytes(bytes).map_err(|e| Error::Malformed(Malformation::Encoding(e)))
 }

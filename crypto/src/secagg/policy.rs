@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::context::{AdversaryClass, RoundPlan};
-use crate::error::{Error, Result};
+use crate::error::{Error, Floor, Result};
 use crate::ids::CheckpointHash;
 
 /// The floor a client's own configuration fixes: the server cannot talk it below these.
@@ -63,38 +63,30 @@ impl ContributionLedger {
 
 /// Refuses a plan below the client's floor.
 pub(crate) fn check_floor(policy: &ClientPolicy, plan: &RoundPlan) -> Result<()> {
-    let below = |what: String| Err(Error::PlanBelowFloor(what));
+    let below = |floor: Floor| Err(Error::PlanBelowFloor(floor));
     if plan.adversary < policy.min_adversary {
-        return below(format!(
-            "adversary class {:?} is weaker than this client's minimum {:?}",
-            plan.adversary, policy.min_adversary
-        ));
+        return below(Floor::Adversary { plan: plan.adversary, min: policy.min_adversary });
     }
     if plan.corrupt_ppm < policy.min_corrupt_ppm {
-        return below(format!(
-            "assumed corrupt fraction {} ppm is below this client's minimum {} ppm",
-            plan.corrupt_ppm, policy.min_corrupt_ppm
-        ));
+        return below(Floor::CorruptFraction {
+            plan_ppm: plan.corrupt_ppm,
+            min_ppm: policy.min_corrupt_ppm,
+        });
     }
     if plan.dropout_ppm > policy.max_dropout_ppm {
-        return below(format!(
-            "assumed dropout {} ppm is above this client's maximum {} ppm",
-            plan.dropout_ppm, policy.max_dropout_ppm
-        ));
+        return below(Floor::Dropout {
+            plan_ppm: plan.dropout_ppm,
+            max_ppm: policy.max_dropout_ppm,
+        });
     }
     if plan.n() < policy.min_clients {
-        return below(format!(
-            "{} selected clients, this client requires at least {}",
-            plan.n(),
-            policy.min_clients
-        ));
+        return below(Floor::Clients { selected: plan.n(), min: policy.min_clients });
     }
     if plan.min_surviving() < policy.min_surviving {
-        return below(format!(
-            "⌈(1−δ)n⌉ = {} surviving inputs, this client requires at least {}",
-            plan.min_surviving(),
-            policy.min_surviving
-        ));
+        return below(Floor::Surviving {
+            surviving: plan.min_surviving(),
+            min: policy.min_surviving,
+        });
     }
     Ok(())
 }

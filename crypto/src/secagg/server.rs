@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::context::{PROTOCOL_VERSION, RoundContext, RoundPlan};
-use crate::error::{Error, Result};
+use crate::error::{Error, Malformation, Result, SharesProblem};
 use crate::graph::Graph;
 use crate::ids::ClientId;
 use crate::kdf::Label;
@@ -348,23 +348,23 @@ impl SecAggServer {
             if !self.advertised.contains_key(&v) {
                 return Err(Error::IncompleteShares {
                     client: msg.client,
-                    detail: format!("ciphertext for {} who did not advertise keys", s.to),
+                    problem: SharesProblem::NotAdvertised(s.to),
                 });
             }
             if s.ciphertext.len() != SHARE_CIPHERTEXT_LEN {
                 return Err(Error::IncompleteShares {
                     client: msg.client,
-                    detail: format!(
-                        "ciphertext for {} has {} bytes, expected {SHARE_CIPHERTEXT_LEN}",
-                        s.to,
-                        s.ciphertext.len()
-                    ),
+                    problem: SharesProblem::CiphertextLength {
+                        to: s.to,
+                        got: s.ciphertext.len(),
+                        expected: SHARE_CIPHERTEXT_LEN,
+                    },
                 });
             }
             if !seen.insert(v) {
                 return Err(Error::IncompleteShares {
                     client: msg.client,
-                    detail: format!("two ciphertexts for {}", s.to),
+                    problem: SharesProblem::Duplicate(s.to),
                 });
             }
         }
@@ -377,7 +377,7 @@ impl SecAggServer {
         if seen.len() != expected {
             return Err(Error::IncompleteShares {
                 client: msg.client,
-                detail: format!("{} ciphertexts for {expected} neighbours in U1", seen.len()),
+                problem: SharesProblem::Count { got: seen.len(), expected },
             });
         }
         self.share_keys.insert(u, msg);
@@ -562,10 +562,10 @@ impl SecAggServer {
                 return Err(Error::NotNeighbour(s.owner));
             }
             if !self.complete.contains(&v) || !owners.insert(v) {
-                return Err(Error::Malformed(format!("unexpected self-mask share of {}", s.owner)));
+                return Err(Error::Malformed(Malformation::UnexpectedSelfMaskShare(s.owner)));
             }
             ShareValue::from_bytes(&s.share)
-                .ok_or_else(|| Error::Malformed("share is not a canonical scalar".into()))?;
+                .ok_or(Error::Malformed(Malformation::NonCanonicalShare(s.owner)))?;
         }
         for s in &msg.mask_key_shares {
             let v = self.index(&s.owner)?;
@@ -574,10 +574,10 @@ impl SecAggServer {
             }
             if self.complete.contains(&v) || !self.share_keys.contains_key(&v) || !owners.insert(v)
             {
-                return Err(Error::Malformed(format!("unexpected mask-key share of {}", s.owner)));
+                return Err(Error::Malformed(Malformation::UnexpectedMaskKeyShare(s.owner)));
             }
             ShareValue::from_bytes(&s.share)
-                .ok_or_else(|| Error::Malformed("share is not a canonical scalar".into()))?;
+                .ok_or(Error::Malformed(Malformation::NonCanonicalShare(s.owner)))?;
         }
         self.unmasking.insert(h, msg);
         Ok(())
