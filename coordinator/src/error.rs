@@ -2,6 +2,7 @@
 //! maps each to one status code in one place.
 
 use fedsec_crypto::ClientId;
+use fedsec_crypto::secagg::Phase;
 use fedsec_wire::model::ModelError;
 
 /// What can go wrong in the coordinator.
@@ -36,10 +37,10 @@ pub enum Error {
     NotCurrentAttempt { current_round: u64 },
     /// The phase the message belongs to has closed; it came too late.
     #[error("phase {phase} has closed")]
-    PhaseClosed { phase: &'static str },
+    PhaseClosed { phase: Phase },
     /// The phase the message belongs to has not opened yet.
     #[error("phase {phase} has not opened yet (the round is in {current})")]
-    PhaseNotOpen { phase: &'static str, current: &'static str },
+    PhaseNotOpen { phase: Phase, current: Phase },
     /// A masked-input chunk does not fit the plan's chunking.
     #[error("masked-input chunk at offset {offset}: {reason}")]
     BadUpload { offset: u64, reason: String },

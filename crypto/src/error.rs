@@ -2,6 +2,7 @@
 
 use crate::context::AdversaryClass;
 use crate::ids::ClientId;
+use crate::secagg::Phase;
 use crate::sign::CredentialRefusal;
 
 /// Everything that can go wrong in the secure aggregation core.
@@ -49,11 +50,12 @@ pub enum Error {
 
     // ---- phases ----
     /// A message arrived in a phase that does not accept it.
+    /// (`expected` is where the state machine stands: a phase's name, or a terminal state's.)
     #[error("out of phase: expected {expected}, got a message for {got}")]
-    OutOfPhase { expected: &'static str, got: &'static str },
+    OutOfPhase { expected: &'static str, got: Phase },
     /// A phase already answered got a different message than the first one.
     #[error("phase {0} was already answered with a different message")]
-    PhaseAlreadyAnswered(&'static str),
+    PhaseAlreadyAnswered(Phase),
     /// The same client sent twice in one phase with different content.
     #[error("duplicate message from client {0}")]
     DuplicateClient(ClientId),
@@ -67,7 +69,7 @@ pub enum Error {
     TooManyUploadsInFlight { limit: usize },
     /// The client may not send in this phase (not in the set the phase runs over).
     #[error("client {client} may not send in {phase}: it is not in the set this phase runs over")]
-    NotEligible { client: ClientId, phase: &'static str },
+    NotEligible { client: ClientId, phase: Phase },
     /// A ShareKeys message does not carry exactly one ciphertext per neighbour in U1.
     #[error("ShareKeys from {client} does not cover its neighbours: {problem}")]
     IncompleteShares { client: ClientId, problem: SharesProblem },
@@ -86,7 +88,7 @@ pub enum Error {
     Unfinished,
     /// Fewer clients than q = max(t, ⌈(1−δ)n⌉) remain.
     #[error("only {have} clients remain in {phase}, the round needs {need}")]
-    TooFewClients { phase: &'static str, have: usize, need: usize },
+    TooFewClients { phase: Phase, have: usize, need: usize },
     /// Fewer than t holders responded for a secret the server needs.
     #[error("secret of client {client} has {have} shares, threshold is {need}")]
     ShareCountBelowThreshold { client: ClientId, have: usize, need: usize },

@@ -97,7 +97,7 @@ impl Engine {
                 Ok(UploadProgress::Duplicate)
             } else {
                 Err(Error::Protocol(fedsec_crypto::Error::PhaseAlreadyAnswered(
-                    "MaskedInputCollection",
+                    Phase::MaskedInputCollection,
                 )))
             };
         }
@@ -105,7 +105,7 @@ impl Engine {
             return Err(self.phase_error(Phase::MaskedInputCollection));
         }
         let State::Running(attempt) = &mut self.state else {
-            return Err(Error::PhaseClosed { phase: "MaskedInputCollection" });
+            return Err(Error::PhaseClosed { phase: Phase::MaskedInputCollection });
         };
         let progress = attempt.server.receive_masked_input(from, chunk)?;
         attempt.gone.remove(&from);
@@ -132,7 +132,7 @@ impl Engine {
                 Some(RoundOutcome { abort_reason: Some(reason), .. }) => {
                     Error::RoundAborted(reason.clone())
                 }
-                Some(_) => Error::PhaseClosed { phase: phase.name() },
+                Some(_) => Error::PhaseClosed { phase },
                 None => Error::NotCurrentAttempt { current_round: self.round_id },
             }),
         }
@@ -140,10 +140,8 @@ impl Engine {
 
     fn phase_error(&self, phase: Phase) -> Error {
         match &self.state {
-            State::Running(a) if a.phase < phase => {
-                Error::PhaseNotOpen { phase: phase.name(), current: a.phase.name() }
-            }
-            _ => Error::PhaseClosed { phase: phase.name() },
+            State::Running(a) if a.phase < phase => Error::PhaseNotOpen { phase, current: a.phase },
+            _ => Error::PhaseClosed { phase },
         }
     }
 
@@ -162,8 +160,8 @@ impl Engine {
             // The attempt is over; an identical resend still gets the result.
             return match seen.get(&from) {
                 Some(d) if *d == digest => Ok(()),
-                Some(_) => Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase.name()).into()),
-                None => Err(Error::PhaseClosed { phase: phase.name() }),
+                Some(_) => Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase).into()),
+                None => Err(Error::PhaseClosed { phase }),
             };
         }
         let attempt = self.attempt_for(ctx, phase)?;
@@ -172,7 +170,7 @@ impl Engine {
             return if *seen == digest {
                 Ok(())
             } else {
-                Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase.name()).into())
+                Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase).into())
             };
         }
         if attempt.phase != phase {
@@ -180,7 +178,7 @@ impl Engine {
         }
         let State::Running(attempt) = &mut self.state else {
             // The attempt is storing its checkpoint: the unmasking has closed.
-            return Err(Error::PhaseClosed { phase: phase.name() });
+            return Err(Error::PhaseClosed { phase });
         };
         receive(&mut attempt.server)?;
         attempt.gone.remove(&from);
@@ -213,7 +211,7 @@ impl Engine {
                     Some(RoundOutcome { abort_reason: Some(reason), .. }) => {
                         Err(Error::RoundAborted(reason.clone()))
                     }
-                    Some(_) => Err(Error::PhaseClosed { phase: phase.name() }),
+                    Some(_) => Err(Error::PhaseClosed { phase }),
                     None => Err(Error::NotCurrentAttempt { current_round: self.round_id }),
                 });
             }
@@ -221,7 +219,7 @@ impl Engine {
         if attempt.phase <= phase {
             return None;
         }
-        let missing = || Err(Error::PhaseClosed { phase: phase.name() });
+        let missing = || Err(Error::PhaseClosed { phase });
         Some(match phase {
             Phase::AdvertiseKeys => {
                 attempt.keys.get(client).cloned().map(Reply::Keys).map_or_else(missing, Ok)

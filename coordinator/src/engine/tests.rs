@@ -389,7 +389,7 @@ fn an_abort_changes_nothing_and_the_retry_excludes_contributors() {
         matches!(
             aborted.abort_reason,
             Some(AbortReason::Protocol(fedsec_crypto::Error::TooFewClients {
-                phase: "ConsistencyCheck",
+                phase: Phase::ConsistencyCheck,
                 ..
             }))
         ),
@@ -440,7 +440,7 @@ fn retries_are_idempotent_and_conflicts_are_refused() {
     // Out of phase: a ShareKeys before phase 0 closed.
     let early = ShareKeys { version: 1, ctx, client: key.id(), shares: vec![] };
     let err = f.engine.share_keys(key.id(), early, f.now).unwrap_err();
-    assert!(matches!(err, Error::PhaseNotOpen { phase: "ShareKeys", .. }), "{err:?}");
+    assert!(matches!(err, Error::PhaseNotOpen { phase: Phase::ShareKeys, .. }), "{err:?}");
     // Another sender than the authenticated one.
     let j = f.site_of(&plan.selected[1]);
     let err = f.engine.advertise(f.sites[j].key.id(), advert.clone(), f.now).unwrap_err();
@@ -501,7 +501,7 @@ fn retries_are_idempotent_and_conflicts_are_refused() {
         .engine
         .advertise(f.sites[k].key.id(), late_client.advertise().clone(), f.now)
         .unwrap_err();
-    assert!(matches!(err, Error::PhaseClosed { phase: "AdvertiseKeys" }), "{err:?}");
+    assert!(matches!(err, Error::PhaseClosed { phase: Phase::AdvertiseKeys }), "{err:?}");
     assert!(matches!(
         f.engine.reply(&f.sites[k].key.id(), &ctx, Phase::AdvertiseKeys),
         Some(Err(Error::PhaseClosed { .. }))

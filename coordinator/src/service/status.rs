@@ -50,6 +50,7 @@ mod tests {
     use super::*;
     use crate::error::{AbortReason, ConfigRule};
     use fedsec_crypto::ClientId;
+    use fedsec_crypto::secagg::Phase;
 
     #[test]
     fn each_rule_has_its_status() {
@@ -58,11 +59,11 @@ mod tests {
                 fedsec_wire::WireError { field: "x", reason: fedsec_wire::Reason::Missing }.into(),
                 Code::InvalidArgument,
             ),
-            (Error::PhaseClosed { phase: "ShareKeys" }, Code::FailedPrecondition),
+            (Error::PhaseClosed { phase: Phase::ShareKeys }, Code::FailedPrecondition),
             (Error::NotSelected(ClientId([0; 32])), Code::PermissionDenied),
             (
                 Error::RoundAborted(AbortReason::Protocol(Core::TooFewClients {
-                    phase: "ConsistencyCheck",
+                    phase: Phase::ConsistencyCheck,
                     have: 6,
                     need: 7,
                 })),
@@ -70,7 +71,7 @@ mod tests {
             ),
             (Error::InvalidConfig(ConfigRule::NoClients), Code::InvalidArgument),
             (Core::Aborted(Box::new(Core::WrongContext)).into(), Code::Aborted),
-            (Core::PhaseAlreadyAnswered("AdvertiseKeys").into(), Code::AlreadyExists),
+            (Core::PhaseAlreadyAnswered(Phase::AdvertiseKeys).into(), Code::AlreadyExists),
             (Core::TooManyUploadsInFlight { limit: 2 }.into(), Code::ResourceExhausted),
             (Core::BadSignature(ClientId([0; 32])).into(), Code::InvalidArgument),
         ];

@@ -23,6 +23,7 @@ use crate::keys::{PublicKey, SecretScalar};
 use crate::params;
 use crate::prg::MaskSeed;
 use crate::rng::os_rng;
+use crate::secagg::Phase;
 use crate::secagg::messages::*;
 use crate::secagg::policy::check_floor;
 pub use crate::secagg::policy::{ClientPolicy, ContributionLedger};
@@ -47,15 +48,32 @@ pub enum ClientPhase {
 }
 
 impl ClientPhase {
-    fn name(self) -> &'static str {
+    /// The protocol phase the client is in; none once it abandoned the attempt.
+    pub fn phase(self) -> Option<Phase> {
         match self {
-            ClientPhase::AdvertiseKeys => "AdvertiseKeys",
-            ClientPhase::ShareKeys => "ShareKeys",
-            ClientPhase::MaskedInputCollection => "MaskedInputCollection",
-            ClientPhase::ConsistencyCheck => "ConsistencyCheck",
-            ClientPhase::Unmasking => "Unmasking",
-            ClientPhase::Aborted => "Aborted",
+            ClientPhase::AdvertiseKeys => Some(Phase::AdvertiseKeys),
+            ClientPhase::ShareKeys => Some(Phase::ShareKeys),
+            ClientPhase::MaskedInputCollection => Some(Phase::MaskedInputCollection),
+            ClientPhase::ConsistencyCheck => Some(Phase::ConsistencyCheck),
+            ClientPhase::Unmasking => Some(Phase::Unmasking),
+            ClientPhase::Aborted => None,
         }
+    }
+
+    /// Its phase's name, or `Aborted`.
+    pub fn name(self) -> &'static str {
+        self.phase().map_or("Aborted", Phase::name)
+    }
+
+    /// The phase a message handled in this state belongs to.
+    fn answered(self) -> Phase {
+        self.phase().expect("messages are answered in one of the five phases, never when aborted")
+    }
+}
+
+impl core::fmt::Display for ClientPhase {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -303,14 +321,17 @@ impl SecAggClient {
             return if done.request == request {
                 Ok(done.reply.clone())
             } else {
-                Err(Error::PhaseAlreadyAnswered(expected.name()))
+                Err(Error::PhaseAlreadyAnswered(expected.answered()))
             };
         }
         if let Some(reason) = &self.abort_reason {
             return Err(Error::Aborted(Box::new(reason.clone())));
         }
         if self.phase != expected {
-            return Err(Error::OutOfPhase { expected: self.phase.name(), got: expected.name() });
+            return Err(Error::OutOfPhase {
+                expected: self.phase.name(),
+                got: expected.answered(),
+            });
         }
         match f(self) {
             Ok(reply) => {
@@ -394,7 +415,7 @@ impl SecAggClient {
         // Complete graph: the client sees all of U1 and checks q itself.
         if self.graph.degree() + 1 == self.plan.n() && holders < self.plan.q() {
             return Err(Error::TooFewClients {
-                phase: "AdvertiseKeys",
+                phase: Phase::AdvertiseKeys,
                 have: holders,
                 need: self.plan.q(),
             });
@@ -459,7 +480,7 @@ impl SecAggClient {
             return if done.request == digest {
                 Ok(done.reply.clone())
             } else {
-                Err(Error::PhaseAlreadyAnswered(ClientPhase::ShareKeys.name()))
+                Err(Error::PhaseAlreadyAnswered(Phase::MaskedInputCollection))
             };
         }
         // A refusal here is about the caller's own input or ledger, not the server:
@@ -589,7 +610,11 @@ impl SecAggClient {
         }
         let q = self.plan.q();
         if size < q {
-            return Err(Error::TooFewClients { phase: "ConsistencyCheck", have: size, need: q });
+            return Err(Error::TooFewClients {
+                phase: Phase::ConsistencyCheck,
+                have: size,
+                need: q,
+            });
         }
         for idx in self.graph.neighbours(self.me) {
             if survivors.contains(idx) && !self.held.contains_key(&idx) {

@@ -1,4 +1,10 @@
 //! The five phases of a SecAgg attempt (Bonawitz et al. §4, Figure 4, rounds 0–4), named once.
+//!
+//! [`Phase`] lives in the protocol core because the core's own state machines are built on it:
+//! [`ClientPhase`](super::client::ClientPhase) and [`ServerPhase`](super::server::ServerPhase)
+//! are a phase or a terminal state, and take their names from it (`phase()`), and the core's
+//! errors name the phase they concern with it. The round engine, the client round, the wire
+//! crate and the simulation use the same type.
 
 /// The five phases, in order. Every party — client round, round engine, gRPC adapter, the
 /// simulation — names phases with this type; [`Phase::name`] is how messages and errors show it.

@@ -18,6 +18,7 @@ use crate::ids::ClientId;
 use crate::kdf::Label;
 use crate::kernel::{DEFAULT_CHUNK_WORDS, Kernel, Sign};
 use crate::prg::MaskSeed;
+use crate::secagg::Phase;
 use crate::secagg::client::{Peer, verify_advert};
 use crate::secagg::messages::*;
 use crate::shamir::{LagrangeCache, ShareValue};
@@ -52,16 +53,43 @@ pub enum ServerPhase {
 }
 
 impl ServerPhase {
-    fn name(self) -> &'static str {
+    /// The protocol phase the server is collecting; none once finished or aborted.
+    pub fn phase(self) -> Option<Phase> {
         match self {
-            ServerPhase::AdvertiseKeys => "AdvertiseKeys",
-            ServerPhase::ShareKeys => "ShareKeys",
-            ServerPhase::MaskedInputCollection => "MaskedInputCollection",
-            ServerPhase::ConsistencyCheck => "ConsistencyCheck",
-            ServerPhase::Unmasking => "Unmasking",
-            ServerPhase::Finished => "Finished",
-            ServerPhase::Aborted => "Aborted",
+            ServerPhase::AdvertiseKeys => Some(Phase::AdvertiseKeys),
+            ServerPhase::ShareKeys => Some(Phase::ShareKeys),
+            ServerPhase::MaskedInputCollection => Some(Phase::MaskedInputCollection),
+            ServerPhase::ConsistencyCheck => Some(Phase::ConsistencyCheck),
+            ServerPhase::Unmasking => Some(Phase::Unmasking),
+            ServerPhase::Finished | ServerPhase::Aborted => None,
         }
+    }
+
+    /// Its phase's name, or `Finished` / `Aborted`.
+    pub fn name(self) -> &'static str {
+        match self.phase() {
+            Some(phase) => phase.name(),
+            None if self == ServerPhase::Finished => "Finished",
+            None => "Aborted",
+        }
+    }
+}
+
+impl From<Phase> for ServerPhase {
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::AdvertiseKeys => ServerPhase::AdvertiseKeys,
+            Phase::ShareKeys => ServerPhase::ShareKeys,
+            Phase::MaskedInputCollection => ServerPhase::MaskedInputCollection,
+            Phase::ConsistencyCheck => ServerPhase::ConsistencyCheck,
+            Phase::Unmasking => ServerPhase::Unmasking,
+        }
+    }
+}
+
+impl core::fmt::Display for ServerPhase {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -261,12 +289,12 @@ impl SecAggServer {
         self.sum.clear();
     }
 
-    fn expect_phase(&self, expected: ServerPhase) -> Result<()> {
+    fn expect_phase(&self, expected: Phase) -> Result<()> {
         if let Some(reason) = &self.abort_reason {
             return Err(Error::Aborted(Box::new(reason.clone())));
         }
-        if self.phase != expected {
-            return Err(Error::OutOfPhase { expected: self.phase.name(), got: expected.name() });
+        if self.phase != ServerPhase::from(expected) {
+            return Err(Error::OutOfPhase { expected: self.phase.name(), got: expected });
         }
         Ok(())
     }
@@ -275,7 +303,7 @@ impl SecAggServer {
         self.plan.index_of(id).ok_or(Error::NotSelected(*id))
     }
 
-    fn require_quorum(&mut self, phase: &'static str, have: usize) -> Result<()> {
+    fn require_quorum(&mut self, phase: Phase, have: usize) -> Result<()> {
         let need = self.plan.q();
         if have < need {
             let e = Error::TooFewClients { phase, have, need };
@@ -290,7 +318,7 @@ impl SecAggServer {
     /// Phase 0: an advertisement. Verifies the credential, signature and keys.
     pub fn receive_advertise(&mut self, from: ClientId, msg: AdvertiseKeys) -> Result<()> {
         check_sender(&from, &msg.client)?;
-        self.expect_phase(ServerPhase::AdvertiseKeys)?;
+        self.expect_phase(Phase::AdvertiseKeys)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let idx = self.index(&msg.client)?;
         if let Some((prev, _)) = self.advertised.get(&idx) {
@@ -304,8 +332,8 @@ impl SecAggServer {
     /// Closes phase 0 (U1 fixed) and returns, for each u ∈ U1, the advertisements of
     /// H(u) ∩ U1.
     pub fn close_advertise(&mut self) -> Result<Vec<KeysForward>> {
-        self.expect_phase(ServerPhase::AdvertiseKeys)?;
-        self.require_quorum("AdvertiseKeys", self.advertised.len())?;
+        self.expect_phase(Phase::AdvertiseKeys)?;
+        self.require_quorum(Phase::AdvertiseKeys, self.advertised.len())?;
         let mut out = Vec::with_capacity(self.advertised.len());
         for (&u, (advert, _)) in &self.advertised {
             let adverts = self
@@ -330,11 +358,11 @@ impl SecAggServer {
     /// Phase 1: a client's encrypted shares, exactly one per neighbour in U1.
     pub fn receive_share_keys(&mut self, from: ClientId, msg: ShareKeys) -> Result<()> {
         check_sender(&from, &msg.client)?;
-        self.expect_phase(ServerPhase::ShareKeys)?;
+        self.expect_phase(Phase::ShareKeys)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let u = self.index(&msg.client)?;
         if !self.advertised.contains_key(&u) {
-            return Err(Error::NotEligible { client: msg.client, phase: "ShareKeys" });
+            return Err(Error::NotEligible { client: msg.client, phase: Phase::ShareKeys });
         }
         if let Some(prev) = self.share_keys.get(&u) {
             return if *prev == msg { Ok(()) } else { Err(Error::DuplicateClient(msg.client)) };
@@ -387,8 +415,8 @@ impl SecAggServer {
     /// Closes phase 1 (U2 fixed) and returns, for each v ∈ U2, the ciphertexts addressed to v
     /// by its neighbours in U2.
     pub fn close_share_keys(&mut self) -> Result<Vec<SharesForward>> {
-        self.expect_phase(ServerPhase::ShareKeys)?;
-        self.require_quorum("ShareKeys", self.share_keys.len())?;
+        self.expect_phase(Phase::ShareKeys)?;
+        self.require_quorum(Phase::ShareKeys, self.share_keys.len())?;
         let mut inbox: BTreeMap<ClientId, Vec<ForwardedShares>> =
             self.share_keys.values().map(|m| (m.client, Vec::new())).collect();
         for msg in self.share_keys.values() {
@@ -423,11 +451,14 @@ impl SecAggServer {
         msg: &MaskedInput,
     ) -> Result<UploadProgress> {
         check_sender(&from, &msg.client)?;
-        self.expect_phase(ServerPhase::MaskedInputCollection)?;
+        self.expect_phase(Phase::MaskedInputCollection)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let u = self.index(&msg.client)?;
         if !self.share_keys.contains_key(&u) {
-            return Err(Error::NotEligible { client: msg.client, phase: "MaskedInputCollection" });
+            return Err(Error::NotEligible {
+                client: msg.client,
+                phase: Phase::MaskedInputCollection,
+            });
         }
         if self.complete.contains(&u) {
             return Err(Error::UploadComplete(msg.client));
@@ -488,9 +519,9 @@ impl SecAggServer {
     /// Closes phase 2 (U3 fixed; incomplete uploads are dropped) and returns U3 for every
     /// client in it.
     pub fn close_masked_input(&mut self) -> Result<ConsistencyRequest> {
-        self.expect_phase(ServerPhase::MaskedInputCollection)?;
+        self.expect_phase(Phase::MaskedInputCollection)?;
         self.uploads.clear();
-        self.require_quorum("MaskedInputCollection", self.complete.len())?;
+        self.require_quorum(Phase::MaskedInputCollection, self.complete.len())?;
         let survivors = Survivors::from_indices(self.plan.n(), self.complete.iter().copied());
         self.survivors = Some(survivors.clone());
         self.phase = ServerPhase::ConsistencyCheck;
@@ -502,11 +533,11 @@ impl SecAggServer {
     /// Phase 3: a client's signature on U3.
     pub fn receive_consistency(&mut self, from: ClientId, msg: ConsistencySignature) -> Result<()> {
         check_sender(&from, &msg.client)?;
-        self.expect_phase(ServerPhase::ConsistencyCheck)?;
+        self.expect_phase(Phase::ConsistencyCheck)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let u = self.index(&msg.client)?;
         if !self.complete.contains(&u) {
-            return Err(Error::NotEligible { client: msg.client, phase: "ConsistencyCheck" });
+            return Err(Error::NotEligible { client: msg.client, phase: Phase::ConsistencyCheck });
         }
         if let Some(prev) = self.consistency.get(&u) {
             return if *prev == msg { Ok(()) } else { Err(Error::DuplicateClient(msg.client)) };
@@ -520,8 +551,8 @@ impl SecAggServer {
 
     /// Closes phase 3 (U4 fixed) and returns U3 with the signatures collected.
     pub fn close_consistency(&mut self) -> Result<UnmaskingRequest> {
-        self.expect_phase(ServerPhase::ConsistencyCheck)?;
-        self.require_quorum("ConsistencyCheck", self.consistency.len())?;
+        self.expect_phase(Phase::ConsistencyCheck)?;
+        self.require_quorum(Phase::ConsistencyCheck, self.consistency.len())?;
         let signatures = self
             .consistency
             .iter()
@@ -546,11 +577,11 @@ impl SecAggServer {
     /// for v ∈ H(u) ∩ U3, of s_v^SK for v ∈ N(u) ∩ (U2 \ U3).
     pub fn receive_unmasking(&mut self, from: ClientId, msg: UnmaskingResponse) -> Result<()> {
         check_sender(&from, &msg.client)?;
-        self.expect_phase(ServerPhase::Unmasking)?;
+        self.expect_phase(Phase::Unmasking)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let h = self.index(&msg.client)?;
         if !self.consistency.contains_key(&h) {
-            return Err(Error::NotEligible { client: msg.client, phase: "Unmasking" });
+            return Err(Error::NotEligible { client: msg.client, phase: Phase::Unmasking });
         }
         if let Some(prev) = self.unmasking.get(&h) {
             return if *prev == msg { Ok(()) } else { Err(Error::DuplicateClient(msg.client)) };
@@ -587,8 +618,8 @@ impl SecAggServer {
     /// mask key from t shares, checks b_v·G = B_v and s_v^SK·G = s_v^PK, and removes the masks:
     /// z = Σ_{u∈U3} y_u − Σ_{u∈U3} PRG(self_u) − Σ_{v∈U2\U3} Σ_{u∈N(v)∩U3} σ(u,v)·PRG(s_uv).
     pub fn finish(&mut self) -> Result<Vec<u32>> {
-        self.expect_phase(ServerPhase::Unmasking)?;
-        self.require_quorum("Unmasking", self.unmasking.len())?;
+        self.expect_phase(Phase::Unmasking)?;
+        self.require_quorum(Phase::Unmasking, self.unmasking.len())?;
         match self.unmask() {
             Ok(sum) => {
                 self.phase = ServerPhase::Finished;
