@@ -114,13 +114,13 @@ pub enum Error {
     NotNeighbour(ClientId),
     /// The server forwarded keys that do not match the graph (extra, missing, altered).
     #[error("forwarded keys are inconsistent: {0}")]
-    InconsistentForward(String),
+    InconsistentForward(ForwardFault),
     /// A reconstructed secret does not match its published point.
     #[error("reconstructed {what} of client {client} does not match its public key")]
     ReconstructionMismatch { client: ClientId, what: &'static str },
     /// The server asked for something that contradicts the U3 this client signed.
     #[error("unmasking request contradicts the signed U3: {0}")]
-    ContradictsSignedView(String),
+    ContradictsSignedView(ViewContradiction),
     /// Fewer than q valid consistency signatures on the same U3.
     #[error("only {have} valid consistency signatures on U3, need {need}")]
     TooFewConsistencySignatures { have: usize, need: usize },
@@ -253,6 +253,42 @@ pub enum SharesProblem {
     /// Not one ciphertext per neighbour in U1.
     #[error("{got} ciphertexts for {expected} neighbours in U1")]
     Count { got: usize, expected: usize },
+}
+
+/// How the keys or shares the server forwarded to a client are inconsistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForwardFault {
+    /// The forwarded keys are addressed to another client.
+    #[error("keys addressed to another client")]
+    KeysForAnother,
+    /// The client's own advertisement came back altered or twice.
+    #[error("this client's own advertisement was altered or repeated")]
+    OwnAdvertAltered,
+    /// The client's own advertisement is not among the forwarded keys.
+    #[error("this client's own advertisement is missing")]
+    OwnAdvertMissing,
+    /// The forwarded shares are addressed to another client.
+    #[error("shares addressed to another client")]
+    SharesForAnother,
+}
+
+/// How what the server says about U3 contradicts what this client knows or signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ViewContradiction {
+    /// U3 leaves out this client, which uploaded its masked input.
+    #[error("U3 omits this client, which uploaded")]
+    OmitsSelf,
+    /// U3 holds a neighbour whose shares never reached this client.
+    #[error("U3 contains neighbour {0} whose shares never reached this client")]
+    UnsharedNeighbour(ClientId),
+    /// The unmasking request is about another U3 than the one this client signed.
+    #[error("the unmasking request names another U3 than the one this client signed")]
+    OtherU3,
+    /// A consistency signature comes from a client outside U3.
+    #[error("consistency signature from {0} who is not in U3")]
+    SignerOutsideU3(ClientId),
 }
 
 /// What is wrong with a message's encoding or content.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::Authed;
 use common::*;
 use fedsec_crypto::context::{AdversaryClass, GraphKind, RoundPlan};
-use fedsec_crypto::error::{Error, Floor, PlanRule};
+use fedsec_crypto::error::{Error, Floor, ForwardFault, PlanRule, ViewContradiction};
 use fedsec_crypto::graph::Graph;
 use fedsec_crypto::kernel::{Kernel, Sign};
 use fedsec_crypto::keys::PublicKey;
@@ -364,7 +364,10 @@ fn asking_for_both_shares_of_one_peer_is_refused() {
             signature: signed.signature,
         }],
     };
-    assert!(matches!(s.clients[1].handle_unmasking(&req), Err(Error::ContradictsSignedView(_))));
+    assert_eq!(
+        s.clients[1].handle_unmasking(&req),
+        Err(Error::ContradictsSignedView(ViewContradiction::OtherU3))
+    );
     let survivors = Survivors::from_indices(n, all.iter().copied());
     let again = ConsistencyRequest { version: 1, ctx: *s.clients[1].context(), survivors };
     assert!(
@@ -502,7 +505,10 @@ fn forwarded_keys_must_match_the_graph() {
     let (mut clients, _, fwd) = after_advertise(&plan, &keys);
     let mut missing = fwd[0].clone();
     missing.adverts.retain(|a| a.client != plan.selected[0]);
-    assert!(matches!(clients[0].handle_keys(&missing), Err(Error::InconsistentForward(_))));
+    assert_eq!(
+        clients[0].handle_keys(&missing),
+        Err(Error::InconsistentForward(ForwardFault::OwnAdvertMissing))
+    );
     // Missing: so many neighbours that fewer than t holders remain.
     let (mut clients, _, fwd) = after_advertise(&plan, &keys);
     let mut few = fwd[0].clone();

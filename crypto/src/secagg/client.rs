@@ -14,7 +14,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::aead::ShareKey;
 use crate::context::{PROTOCOL_VERSION, RoundContext, RoundPlan};
-use crate::error::{Error, Result};
+use crate::error::{Error, ForwardFault, Result, ViewContradiction};
 use crate::graph::Graph;
 use crate::ids::{CheckpointHash, ClientId};
 use crate::kdf::Label;
@@ -376,7 +376,7 @@ impl SecAggClient {
     fn share_keys_inner(&mut self, msg: &KeysForward) -> Result<ShareKeys> {
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         if msg.recipient != self.id() {
-            return Err(Error::InconsistentForward("keys addressed to another client".into()));
+            return Err(Error::InconsistentForward(ForwardFault::KeysForAnother));
         }
         let mut own_seen = false;
         let mut peers = BTreeMap::new();
@@ -386,9 +386,7 @@ impl SecAggClient {
                 self.plan.index_of(&advert.client).ok_or(Error::NotSelected(advert.client))?;
             if idx == self.me {
                 if own_seen || *advert != self.advert {
-                    return Err(Error::InconsistentForward(
-                        "this client's own advertisement was altered or repeated".into(),
-                    ));
+                    return Err(Error::InconsistentForward(ForwardFault::OwnAdvertAltered));
                 }
                 own_seen = true;
                 continue;
@@ -402,9 +400,7 @@ impl SecAggClient {
             peers.insert(idx, verify_advert(self.verifier.as_ref(), &self.ctx, advert)?);
         }
         if !own_seen {
-            return Err(Error::InconsistentForward(
-                "this client's own advertisement is missing".into(),
-            ));
+            return Err(Error::InconsistentForward(ForwardFault::OwnAdvertMissing));
         }
         // Each client checks that at least t of its share holders remain before sending anything.
         let holders = peers.len() + 1;
@@ -510,7 +506,7 @@ impl SecAggClient {
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let me_id = self.id();
         if msg.recipient != me_id {
-            return Err(Error::InconsistentForward("shares addressed to another client".into()));
+            return Err(Error::InconsistentForward(ForwardFault::SharesForAnother));
         }
         let mut received = BTreeMap::new();
         for fwd in &msg.shares {
@@ -604,9 +600,7 @@ impl SecAggClient {
     /// shares this client never received (it could not unmask such a client).
     fn check_survivors(&self, survivors: &Survivors, size: usize) -> Result<()> {
         if !survivors.contains(self.me) {
-            return Err(Error::ContradictsSignedView(
-                "U3 omits this client, which uploaded".into(),
-            ));
+            return Err(Error::ContradictsSignedView(ViewContradiction::OmitsSelf));
         }
         let q = self.plan.q();
         if size < q {
@@ -618,9 +612,9 @@ impl SecAggClient {
         }
         for idx in self.graph.neighbours(self.me) {
             if survivors.contains(idx) && !self.held.contains_key(&idx) {
-                return Err(Error::ContradictsSignedView(format!(
-                    "U3 contains neighbour {} whose shares never reached this client",
-                    self.plan.selected[idx]
+                let neighbour = self.plan.selected[idx];
+                return Err(Error::ContradictsSignedView(ViewContradiction::UnsharedNeighbour(
+                    neighbour,
                 )));
             }
         }
@@ -659,9 +653,7 @@ impl SecAggClient {
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let signed = self.signed_survivors.as_ref().expect("set when U3 was signed");
         if msg.survivors != *signed {
-            return Err(Error::ContradictsSignedView(
-                "the unmasking request names another U3 than the one this client signed".into(),
-            ));
+            return Err(Error::ContradictsSignedView(ViewContradiction::OtherU3));
         }
         let n = self.plan.n();
         let digest = signed.digest();
@@ -670,9 +662,8 @@ impl SecAggClient {
         for s in &msg.signatures {
             let idx = self.plan.index_of(&s.client).ok_or(Error::NotSelected(s.client))?;
             if idx >= n || !signed.contains(idx) {
-                return Err(Error::ContradictsSignedView(format!(
-                    "consistency signature from {} who is not in U3",
-                    s.client
+                return Err(Error::ContradictsSignedView(ViewContradiction::SignerOutsideU3(
+                    s.client,
                 )));
             }
             if !seen.insert(idx) {
