@@ -331,7 +331,20 @@ impl Round {
         state: &ClientState,
         now: Instant,
     ) -> Result<(Round, Step)> {
-        let assignment = Assignment::from_wire(plan)?;
+        Self::with_assignment(member, verifier, Assignment::from_wire(plan)?, state, now)
+    }
+
+    /// [`Self::new`] with the plan already decoded by [`Assignment::from_wire`], for a process
+    /// that runs many clients on one plan: the simulation decodes it once and each simulated
+    /// client shares it (a plan names every selected client, 32 bytes each). The decoding is a
+    /// pure function of the plan's bytes; every check on the plan is still made here.
+    pub fn with_assignment(
+        member: &Membership,
+        verifier: Arc<dyn CredentialVerifier>,
+        assignment: Assignment,
+        state: &ClientState,
+        now: Instant,
+    ) -> Result<(Round, Step)> {
         if assignment.plan.task_id != member.task {
             return Err(ClientError::WrongTask {
                 expected: member.task,
@@ -649,7 +662,7 @@ mod tests {
         .unwrap();
         plan.task_id = TASK;
         let assignment = Assignment {
-            plan,
+            plan: plan.into(),
             checkpoint_version: 3,
             upload_chunk_words: 2,
             phase_deadlines: [Duration::from_secs(1); 5],

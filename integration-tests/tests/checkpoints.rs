@@ -185,7 +185,7 @@ fn round_plan(me: ClientId, dim: u32, checkpoint: CheckpointHash) -> RoundPlan {
 /// The wire form of a plan, as the coordinator sends it.
 fn plan_to_wire(p: &RoundPlan, checkpoint_version: u64) -> v1::RoundPlan {
     fedsec_wire::Wire::to_wire(&fedsec_wire::Assignment {
-        plan: p.clone(),
+        plan: p.clone().into(),
         checkpoint_version,
         upload_chunk_words: 4,
         phase_deadlines: [Duration::from_secs(10); 5],

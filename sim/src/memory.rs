@@ -27,10 +27,11 @@
 //! few live neighbours (which the parameters make improbable) could end differently.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use fedsec_client::ClientError;
 use fedsec_client::Trainer;
 use fedsec_client::config::PolicyConfig;
 use fedsec_client::round::{Membership, Request, Response, Round, Step};
@@ -142,26 +143,48 @@ impl Taking {
     }
 }
 
-/// The engine's reply in its wire form. A reply the engine shares among clients (the same
-/// `Arc`) is converted once: `shared` keeps the last one and its conversion.
+/// A client's message, decoded by the coordinator's wire conversion.
+enum Decoded {
+    /// Not this client's turn.
+    NotNow,
+    /// The client leaves: it missed the phase, or its message did not decode.
+    Leaves,
+    Advertise(AdvertiseKeys),
+    Shares(ShareKeys),
+    /// The chunks that decoded, in order, and whether all did.
+    Masked(Vec<MaskedInput>, bool),
+    Consistency(ConsistencySignature),
+    Unmask(UnmaskingResponse),
+}
+
+/// An engine's reply on its way to a client's round.
+enum Pending {
+    /// In its wire form already.
+    Ready(Arc<Response>),
+    /// The recipient's own: converted on the recipient's core.
+    Convert(Reply),
+}
+
+/// The engine's reply in its wire form, or to be converted. A reply the engine shares among
+/// clients (the same `Arc`) is converted once: `shared` keeps the last one and its conversion.
 fn wire_reply(
     key: &RoundKey,
     reply: Reply,
     shared: &mut Option<(Arc<dyn std::any::Any + Send + Sync>, Arc<Response>)>,
-) -> Arc<Response> {
+) -> Pending {
     let one: Arc<dyn std::any::Any + Send + Sync> = match &reply {
         Reply::Survivors(r) => r.clone(),
         Reply::Unmask(r) => r.clone(),
-        _ => return Arc::new(to_wire(key, reply)),
+        _ => return Pending::Convert(reply),
     };
     if let Some((seen, response)) = shared.as_ref()
         && Arc::ptr_eq(seen, &one)
     {
-        return response.clone();
+        return Pending::Ready(response.clone());
     }
     let response = Arc::new(to_wire(key, reply));
     *shared = Some((one, response.clone()));
-    response
+    Pending::Ready(response)
 }
 
 /// The engine's reply as the gRPC adapter sends it.
@@ -304,18 +327,23 @@ impl World<'_> {
         let plan = info.plan.clone();
         let round = plan.round_id.0;
         let ctx = plan.context();
-        let plan_wire = info.to_wire();
+        // The plan as every client receives it, decoded once for all of them (each client's
+        // round makes its own checks on it).
+        let received = Assignment::from_wire(&info.to_wire());
         let mut taking: Vec<Taking> = Vec::with_capacity(plan.selected.len());
         for id in &plan.selected {
             let s = self.by_id[id];
             let site = &mut self.sites[s];
-            let (round_state, next) = match Round::new(
-                &site.member,
-                self.verifier.clone(),
-                &plan_wire,
-                &site.state,
-                self.now,
-            ) {
+            let started = received.clone().map_err(ClientError::from).and_then(|assignment| {
+                Round::with_assignment(
+                    &site.member,
+                    self.verifier.clone(),
+                    assignment,
+                    &site.state,
+                    self.now,
+                )
+            });
+            let (round_state, next) = match started {
                 Ok((r, Step::Send { request, .. })) => (Some(r), Some(request)),
                 _ => (None, None),
             };
@@ -383,37 +411,68 @@ impl World<'_> {
 
     /// Hands the pending request of each active client that `these` picks (by position) to
     /// the engine, in order, through the coordinator's wire conversion; a client that misses
-    /// the phase or whose message is refused leaves.
-    fn submit(&mut self, taking: &mut [Taking], on_time: bool, these: impl Fn(usize) -> bool) {
-        for (i, c) in taking.iter_mut().enumerate() {
-            if !these(i) {
-                continue;
-            }
-            let request = c.next.take();
-            if !(on_time && c.active) {
-                c.active = false;
-                continue;
-            }
+    /// the phase or whose message is refused leaves. The messages are decoded on all cores,
+    /// as the coordinator's service decodes each on its own connection; the engine takes them
+    /// one by one.
+    fn submit(
+        &mut self,
+        taking: &mut [Taking],
+        on_time: bool,
+        these: impl Fn(usize) -> bool + Sync,
+    ) {
+        let decoded: Vec<Decoded> = taking
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, c)| {
+                if !these(i) {
+                    return Decoded::NotNow;
+                }
+                let request = c.next.take();
+                if !(on_time && c.active) {
+                    return Decoded::Leaves;
+                }
+                let id = c.id;
+                match request {
+                    Some(Request::AdvertiseKeys(r)) => {
+                        AdvertiseKeys::from_wire(&r, id).map_or(Decoded::Leaves, Decoded::Advertise)
+                    }
+                    Some(Request::ShareKeys(r)) => {
+                        ShareKeys::from_wire(&r, id).map_or(Decoded::Leaves, Decoded::Shares)
+                    }
+                    Some(Request::UploadMaskedInput(chunks)) => {
+                        let mut whole = true;
+                        let taken = chunks
+                            .iter()
+                            .map_while(|k| {
+                                let m = MaskedInput::from_wire(k, id).ok();
+                                whole &= m.is_some();
+                                m
+                            })
+                            .collect();
+                        Decoded::Masked(taken, whole)
+                    }
+                    Some(Request::ConsistencyCheck(r)) => ConsistencySignature::from_wire(&r, id)
+                        .map_or(Decoded::Leaves, Decoded::Consistency),
+                    Some(Request::Unmask(r)) => UnmaskingResponse::from_wire(&r, id)
+                        .map_or(Decoded::Leaves, Decoded::Unmask),
+                    Some(Request::DownloadModel(_)) | None => Decoded::Leaves,
+                }
+            })
+            .collect();
+        for (c, message) in taking.iter_mut().zip(decoded) {
             let (id, now, e) = (c.id, self.now, &mut self.engine);
-            let taken = match request {
-                Some(Request::AdvertiseKeys(r)) => {
-                    AdvertiseKeys::from_wire(&r, id).is_ok_and(|m| e.advertise(id, m, now).is_ok())
-                }
-                Some(Request::ShareKeys(r)) => {
-                    ShareKeys::from_wire(&r, id).is_ok_and(|m| e.share_keys(id, m, now).is_ok())
-                }
-                Some(Request::UploadMaskedInput(chunks)) => {
-                    c.uploaded = chunks.into_iter().all(|k| {
-                        MaskedInput::from_wire(&k, id)
-                            .is_ok_and(|m| e.masked_input(id, &m, now).is_ok())
-                    });
+            let taken = match message {
+                Decoded::NotNow => continue,
+                Decoded::Leaves => false,
+                Decoded::Advertise(m) => e.advertise(id, m, now).is_ok(),
+                Decoded::Shares(m) => e.share_keys(id, m, now).is_ok(),
+                Decoded::Masked(chunks, whole) => {
+                    let fed = chunks.iter().all(|m| e.masked_input(id, m, now).is_ok());
+                    c.uploaded = fed && whole;
                     c.uploaded
                 }
-                Some(Request::ConsistencyCheck(r)) => ConsistencySignature::from_wire(&r, id)
-                    .is_ok_and(|m| e.consistency(id, m, now).is_ok()),
-                Some(Request::Unmask(r)) => UnmaskingResponse::from_wire(&r, id)
-                    .is_ok_and(|m| e.unmasking(id, m, now).is_ok()),
-                Some(Request::DownloadModel(_)) | None => false,
+                Decoded::Consistency(m) => e.consistency(id, m, now).is_ok(),
+                Decoded::Unmask(m) => e.unmasking(id, m, now).is_ok(),
             };
             c.active &= taken;
         }
@@ -428,7 +487,7 @@ impl World<'_> {
         let now = self.now;
         let mut shared: Option<(Arc<dyn std::any::Any + Send + Sync>, Arc<Response>)> = None;
         for slice in taking.chunks_mut(WORK_SLICE) {
-            let mut replies: Vec<Option<Arc<Response>>> = Vec::with_capacity(slice.len());
+            let mut replies: Vec<Option<Pending>> = Vec::with_capacity(slice.len());
             for c in slice.iter() {
                 let reply = match c.active {
                     true => self.engine.reply(&c.id, &key.ctx, phase).and_then(Result::ok),
@@ -437,7 +496,11 @@ impl World<'_> {
                 replies.push(reply.map(|r| wire_reply(key, r, &mut shared)));
             }
             slice.par_iter_mut().zip(replies).for_each(|(c, r)| {
-                c.active = c.active && r.is_some_and(|r| c.step(&r, now));
+                let response = r.map(|r| match r {
+                    Pending::Ready(response) => response,
+                    Pending::Convert(reply) => Arc::new(to_wire(key, reply)),
+                });
+                c.active = c.active && response.is_some_and(|r| c.step(&r, now));
             });
         }
     }
@@ -511,6 +574,10 @@ impl World<'_> {
     }
 }
 
+/// Batches [`SharedVerifier`] remembers: a round's clients verify one batch (U3's consistency
+/// signatures), an attempt whose clients disagree a few.
+const REMEMBERED_BATCHES: usize = 4;
+
 /// A signature verified on its own (strictly): (key, SHA-256 of the message, signature).
 type KnownSignature = ([u8; 32], [u8; 32], [u8; 64]);
 
@@ -525,12 +592,15 @@ type KnownSignature = ([u8; 32], [u8; 32], [u8; 64]);
 /// verification is a property of the batch, not of each signature in it.
 struct SharedVerifier {
     inner: X509Credentials,
-    /// Verified chains: client → (credential, key).
-    chains: RwLock<HashMap<ClientId, (Vec<u8>, VerifyingKey)>>,
+    /// Verified chains: client → (credential, key), with a slot for each site, filled by the
+    /// first check of its chain (reads take no lock: every client looks up most of U3's chains
+    /// each round). Chains of clients that are not sites are checked every time.
+    chains: HashMap<ClientId, OnceLock<(Vec<u8>, VerifyingKey)>>,
     /// Signatures that passed the strict single check.
     signatures: RwLock<HashSet<KnownSignature>>,
-    /// Batches that passed, by SHA-256 of their ordered (key, SHA-256 of message, signature).
-    batches: RwLock<HashSet<[u8; 32]>>,
+    /// The last batches that passed, whole (each is about 230 bytes a signature: comparing a
+    /// batch with one of them costs less than hashing it).
+    batches: RwLock<Vec<Vec<SignedItem>>>,
     keys: RwLock<HashMap<[u8; 32], PublicKey>>,
 }
 
@@ -545,10 +615,10 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl SharedVerifier {
-    fn new(inner: X509Credentials) -> Self {
+    fn new(inner: X509Credentials, sites: impl IntoIterator<Item = ClientId>) -> Self {
         SharedVerifier {
             inner,
-            chains: RwLock::default(),
+            chains: sites.into_iter().map(|id| (id, OnceLock::new())).collect(),
             signatures: RwLock::default(),
             batches: RwLock::default(),
             keys: RwLock::default(),
@@ -558,13 +628,17 @@ impl SharedVerifier {
 
 impl CredentialVerifier for SharedVerifier {
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> fedsec_crypto::Result<VerifyingKey> {
-        if let Some((seen, key)) = read(&self.chains).get(claimed)
+        let slot = self.chains.get(claimed);
+        if let Some((seen, key)) = slot.and_then(OnceLock::get)
             && seen.as_slice() == credential
         {
             return Ok(*key);
         }
         let key = self.inner.verify(claimed, credential)?;
-        write(&self.chains).insert(*claimed, (credential.to_vec(), key));
+        if let Some(slot) = slot {
+            // A slot keeps the first chain that passed (a site has one chain).
+            let _ = slot.set((credential.to_vec(), key));
+        }
         Ok(key)
     }
 
@@ -585,26 +659,23 @@ impl CredentialVerifier for SharedVerifier {
     }
 
     fn verify_signatures(&self, items: &[SignedItem]) -> fedsec_crypto::Result<()> {
-        // Messages repeat within a batch (every consistency signature signs the same U3):
-        // hash each distinct one once.
-        let mut batch = Sha256::new();
-        let mut last: Option<(&[u8], [u8; 32])> = None;
-        for (_, key, message, sig) in items {
-            let digest = match last {
-                Some((m, d)) if m == message.as_slice() => d,
-                _ => Sha256::digest(message).into(),
-            };
-            last = Some((message, digest));
-            batch.update(key.as_bytes());
-            batch.update(digest);
-            batch.update(sig);
-        }
-        let batch: [u8; 32] = batch.finalize().into();
-        if read(&self.batches).contains(&batch) {
+        let same = |known: &[SignedItem]| {
+            known.len() == items.len()
+                && known.iter().zip(items).all(|(a, b)| {
+                    a.0 == b.0 && a.1.as_bytes() == b.1.as_bytes() && a.3 == b.3 && a.2 == b.2
+                })
+        };
+        if read(&self.batches).iter().any(|known| same(known)) {
             return Ok(());
         }
         self.inner.verify_signatures(items)?;
-        write(&self.batches).insert(batch);
+        let mut batches = write(&self.batches);
+        if !batches.iter().any(|known| same(known)) {
+            if batches.len() == REMEMBERED_BATCHES {
+                batches.remove(0);
+            }
+            batches.push(items.to_vec());
+        }
         Ok(())
     }
 
@@ -659,7 +730,6 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
         .unwrap_or(0);
     let x509 = X509Credentials::new(&roots, unix)?;
     let verifier: Arc<dyn CredentialVerifier> = Arc::new(x509.clone());
-    let shared: Arc<dyn CredentialVerifier> = Arc::new(SharedVerifier::new(x509));
     let signing = SigningKey::generate(&mut fedsec_crypto::rng::os_rng());
     let policy = PolicyConfig {
         max_dropout: p.assumed_dropout.max(PolicyConfig::default().max_dropout),
@@ -689,6 +759,8 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
         });
     }
     let by_id = sites.iter().enumerate().map(|(s, site)| (site.member.id(), s)).collect();
+    let shared: Arc<dyn CredentialVerifier> =
+        Arc::new(SharedVerifier::new(x509, sites.iter().map(|s| s.member.id())));
     let engine = Engine::new(
         config,
         p.initial_model.clone(),

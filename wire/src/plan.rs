@@ -1,5 +1,6 @@
 //! The round plan a selected client receives, and the enums it carries.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fedsec_crypto::quant::QuantParams;
@@ -14,8 +15,9 @@ use crate::{Reason, Result, RoundKey, Wire, WireError, client_id, fixed};
 /// A plan and how its round runs: what a selected client needs to take part in an attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assignment {
-    /// The plan; its context binds every message of the attempt.
-    pub plan: RoundPlan,
+    /// The plan; its context binds every message of the attempt. Shared: a plan names every
+    /// selected client (32 bytes each), and the client's protocol core keeps the same one.
+    pub plan: Arc<RoundPlan>,
     /// The version of the checkpoint to train on (its hash is in the plan).
     pub checkpoint_version: u64,
     /// Masked-input chunk size in words.
@@ -160,7 +162,7 @@ impl Wire for Assignment {
             });
         }
         Ok(Assignment {
-            plan,
+            plan: Arc::new(plan),
             checkpoint_version: p.checkpoint_version,
             upload_chunk_words: p.upload_chunk_words,
             phase_deadlines: deadlines.map(|ms| Duration::from_millis(u64::from(ms))),

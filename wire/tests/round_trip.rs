@@ -124,7 +124,7 @@ proptest! {
     #[test]
     fn plans(key in key(), selected in prop::collection::vec(id(), 0..8), seed in bytes32(), checkpoint in bytes32(), numbers in any::<[u32; 5]>(), complete in any::<bool>(), class in 0usize..3, scales in (-1e9f64..1e9, -1e9f64..1e9, -1e9f64..1e9, any::<u64>()), version in any::<u64>(), chunk in 1u32.., ms in any::<[u32; 5]>()) {
         let a = Assignment {
-            plan: RoundPlan {
+            plan: std::sync::Arc::new(RoundPlan {
                 version: numbers[0],
                 task_id: key.task,
                 round_id: key.round,
@@ -140,7 +140,7 @@ proptest! {
                 dim: numbers[0] ^ numbers[1],
                 quant: QuantParams { clip: scales.0, value_scale: scales.1, weight_scale: scales.2, max_examples: scales.3 },
                 checkpoint: CheckpointHash(checkpoint),
-            },
+            }),
             checkpoint_version: version,
             upload_chunk_words: chunk,
             phase_deadlines: ms.map(|m| Duration::from_millis(u64::from(m))),

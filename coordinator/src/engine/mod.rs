@@ -395,7 +395,7 @@ impl Engine {
         Ok(Attempt {
             ctx: plan.context(),
             info: Assignment {
-                plan,
+                plan: plan.into(),
                 checkpoint_version: self.checkpoint_version,
                 upload_chunk_words: c.upload_chunk_words,
                 phase_deadlines: c.deadlines.phases(),

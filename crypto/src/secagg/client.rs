@@ -7,7 +7,7 @@
 //! message for a phase already answered is refused. Any refusal that indicates a deviating server
 //! aborts the client for this attempt.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
@@ -102,7 +102,7 @@ struct Answered<T> {
 pub struct SecAggClient {
     identity: Arc<IdentityKey>,
     verifier: Arc<dyn CredentialVerifier>,
-    plan: RoundPlan,
+    plan: Arc<RoundPlan>,
     ctx: RoundContext,
     graph: Graph,
     me: usize,
@@ -149,11 +149,11 @@ impl SecAggClient {
         identity: Arc<IdentityKey>,
         verifier: Arc<dyn CredentialVerifier>,
         policy: &ClientPolicy,
-        plan: RoundPlan,
+        plan: impl Into<Arc<RoundPlan>>,
         verified_checkpoint: &CheckpointHash,
         ledger: &ContributionLedger,
     ) -> Result<Self> {
-        Self::start(identity, verifier, policy, plan, verified_checkpoint, ledger, true)
+        Self::start(identity, verifier, policy, plan.into(), verified_checkpoint, ledger, true)
     }
 
     /// The checks [`Self::new`] makes of a plan before anything else: its shape, this client's
@@ -202,7 +202,7 @@ impl SecAggClient {
         identity: Arc<IdentityKey>,
         verifier: Arc<dyn CredentialVerifier>,
         policy: &ClientPolicy,
-        plan: RoundPlan,
+        plan: Arc<RoundPlan>,
         verified_checkpoint: &CheckpointHash,
         ledger: &ContributionLedger,
         recompute_parameters: bool,
@@ -218,7 +218,7 @@ impl SecAggClient {
         identity: Arc<IdentityKey>,
         verifier: Arc<dyn CredentialVerifier>,
         policy: &ClientPolicy,
-        plan: RoundPlan,
+        plan: Arc<RoundPlan>,
     ) -> Result<Self> {
         let id = identity.id();
         let me = plan.index_of(&id).ok_or(Error::NotSelected(id))?;
@@ -656,17 +656,25 @@ impl SecAggClient {
             return Err(Error::ContradictsSignedView(ViewContradiction::OtherU3));
         }
         let n = self.plan.n();
-        let digest = signed.digest();
-        let mut seen = BTreeSet::new();
+        // Every signature signs the same message.
+        let message = crate::kdf::labelled(Label::Consistency, &self.ctx, &[&signed.digest()]);
+        let mut seen = vec![false; n];
         let mut batch = Vec::with_capacity(msg.signatures.len());
+        // The server lists signers in canonical order: each one is usually the next member of
+        // U after the last, which saves a search.
+        let mut next = 0;
         for s in &msg.signatures {
-            let idx = self.plan.index_of(&s.client).ok_or(Error::NotSelected(s.client))?;
+            let idx = match self.plan.selected.get(next) {
+                Some(id) if *id == s.client => next,
+                _ => self.plan.index_of(&s.client).ok_or(Error::NotSelected(s.client))?,
+            };
+            next = idx + 1;
             if idx >= n || !signed.contains(idx) {
                 return Err(Error::ContradictsSignedView(ViewContradiction::SignerOutsideU3(
                     s.client,
                 )));
             }
-            if !seen.insert(idx) {
+            if std::mem::replace(&mut seen[idx], true) {
                 return Err(Error::DuplicateClient(s.client));
             }
             let key = match self.peers.get(&idx) {
@@ -674,13 +682,12 @@ impl SecAggClient {
                 None if idx == self.me => self.identity.verifying_key(),
                 None => self.verifier.verify(&s.client, &s.credential)?,
             };
-            let message = crate::kdf::labelled(Label::Consistency, &self.ctx, &[&digest]);
-            batch.push((s.client, key, message, s.signature.0));
+            batch.push((s.client, key, message.clone(), s.signature.0));
         }
         self.verifier.verify_signatures(&batch)?;
         let q = self.plan.q();
-        if seen.len() < q {
-            return Err(Error::TooFewConsistencySignatures { have: seen.len(), need: q });
+        if batch.len() < q {
+            return Err(Error::TooFewConsistencySignatures { have: batch.len(), need: q });
         }
 
         let mut self_mask_shares = Vec::new();
@@ -744,10 +751,11 @@ pub mod hazmat {
         identity: Arc<IdentityKey>,
         verifier: Arc<dyn CredentialVerifier>,
         policy: &ClientPolicy,
-        plan: RoundPlan,
+        plan: impl Into<Arc<RoundPlan>>,
         verified_checkpoint: &CheckpointHash,
         ledger: &ContributionLedger,
     ) -> Result<SecAggClient> {
+        let plan = plan.into();
         SecAggClient::start(identity, verifier, policy, plan, verified_checkpoint, ledger, false)
     }
 }
