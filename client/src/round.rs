@@ -345,6 +345,14 @@ impl Round {
         state: &ClientState,
         now: Instant,
     ) -> Result<(Round, Step)> {
+        // What `Assignment::from_wire` checks beyond the plan, for an assignment made otherwise.
+        if assignment.upload_chunk_words == 0 {
+            return Err(fedsec_wire::WireError {
+                field: "plan.upload_chunk_words",
+                reason: fedsec_wire::Reason::OutOfRange(0),
+            }
+            .into());
+        }
         if assignment.plan.task_id != member.task {
             return Err(ClientError::WrongTask {
                 expected: member.task,
@@ -835,6 +843,30 @@ mod tests {
         );
         let Err(ClientError::Malformed(e)) = got else { panic!("{got:?}") };
         assert_eq!(e.field, "plan.graph_seed");
+        // An assignment decoded elsewhere gets the same checks; one made by hand with chunks of
+        // no words is refused as its wire form would be.
+        let shared = Round::with_assignment(
+            &s.member,
+            Arc::new(RawKeyCredentials),
+            s.assignment.clone(),
+            &state,
+            Instant::now(),
+        );
+        assert!(matches!(
+            shared,
+            Err(ClientError::Protocol(fedsec_crypto::Error::AlreadyContributedOnCheckpoint))
+        ));
+        let mut empty_chunks = s.assignment.clone();
+        empty_chunks.upload_chunk_words = 0;
+        let got = Round::with_assignment(
+            &s.member,
+            Arc::new(RawKeyCredentials),
+            empty_chunks,
+            &ClientState::default(),
+            Instant::now(),
+        );
+        let Err(ClientError::Malformed(e)) = got else { panic!("{got:?}") };
+        assert_eq!(e.field, "plan.upload_chunk_words");
         // A plan below the site's floor (a weaker adversary class than it accepts).
         let mut plan = s.plan.clone();
         plan.adversary = v1::AdversaryClass::Curious as i32;

@@ -9,9 +9,9 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = match &e {
             Error::Protocol(core) => core_code(core),
+            // The service's own bookkeeping of checkpoints, never a caller's doing.
+            Error::NothingToCommit { .. } | Error::WrongCommit { .. } => Code::Internal,
             Error::InvalidConfig(_)
-            | Error::NothingToCommit { .. }
-            | Error::WrongCommit { .. }
             | Error::Malformed(_)
             | Error::BadUpload { .. }
             | Error::Model(_) => Code::InvalidArgument,
