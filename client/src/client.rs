@@ -6,46 +6,29 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use fedsec_crypto::model::Model;
-use fedsec_crypto::secagg::client::{ClientPolicy, SecAggClient};
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::sign::{CredentialVerifier, IdentityKey};
-use fedsec_crypto::x509::{X509Credentials, client_id_of, encode_chain};
+use fedsec_crypto::x509::{X509Credentials, client_id_of};
 use fedsec_crypto::{ClientId, TaskId};
 use fedsec_proto::v1;
 use fedsec_proto::v1::federation_client::FederationClient;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
+
+use fedsec_wire::{Reason, WireError};
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
+pub use crate::round::RoundReport;
+use crate::round::{Membership, Request, Response, Round, Step};
 use crate::state::{ClientState, StateFile};
 use crate::trainer::Trainer;
-use crate::wire::{self, Assignment};
 
 /// How often `run` warns while the coordinator stays unreachable (it keeps trying).
 const UNREACHABLE_WARNING: Duration = Duration::from_secs(30);
 
 /// The metadata header naming the client when the coordinator runs `--insecure`.
 const INSECURE_CLIENT_ID_HEADER: &str = "x-fedsec-client-id";
-
-/// How one attempt this client took part in ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RoundReport {
-    /// The round.
-    pub round_id: u64,
-    /// True if the round completed with this client's input in the sum.
-    pub completed: bool,
-    /// The checkpoint the round produced, when it completed.
-    pub new_checkpoint_version: Option<u64>,
-    /// |U3|.
-    pub participants: u32,
-    /// The local training loss.
-    pub train_loss: f64,
-    /// Bytes sent to the coordinator in the attempt (requests and upload).
-    pub bytes_sent: u64,
-    /// Bytes received from it (model and replies).
-    pub bytes_received: u64,
-}
 
 /// What [`Client::run`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -57,9 +40,9 @@ pub struct RunSummary {
     /// The newest checkpoint version it verified.
     pub last_checkpoint_version: Option<u64>,
     /// Set when `run` stopped at a simulated dropout ([`TestHooks::drop_out`]): the round and
-    /// the phase (0–4) whose message was never sent. Drop the client (its connection closes,
-    /// as a dead process's would) and connect again to come back.
-    pub dropped_out: Option<(u64, usize)>,
+    /// the phase whose message was never sent. Drop the client (its connection closes, as a
+    /// dead process's would) and connect again to come back.
+    pub dropped_out: Option<(u64, Phase)>,
     /// The attempts this client's masked input was accepted in: (round, attempt nonce). The
     /// input is in the sum of such an attempt if it completed.
     pub uploaded: Vec<(u64, [u8; 16])>,
@@ -74,10 +57,10 @@ pub struct TestHooks {
     pub dump_quantized: Option<PathBuf>,
     /// Stop (sleep forever) right before uploading the masked input of this round.
     pub stall_before_upload: Option<u64>,
-    /// Simulated dropouts: round id → the phase (0 = AdvertiseKeys … 4 = Unmasking) before
-    /// whose message the client stops, as if it died. [`Client::run`] returns at once with
-    /// [`RunSummary::dropped_out`] set; each entry fires once.
-    pub drop_out: std::collections::BTreeMap<u64, usize>,
+    /// Simulated dropouts: round id → the phase before whose message the client stops, as if
+    /// it died. [`Client::run`] returns at once with [`RunSummary::dropped_out`] set; each
+    /// entry fires once.
+    pub drop_out: std::collections::BTreeMap<u64, Phase>,
     /// Added network latency: a pause before every call.
     pub latency: Duration,
     /// A slow site: a pause after local training, before the first phase's message.
@@ -88,12 +71,8 @@ pub struct TestHooks {
 pub struct Client {
     config: ClientConfig,
     fed: FederationClient<Channel>,
-    identity: Arc<IdentityKey>,
-    chain: Vec<Vec<u8>>,
+    member: Membership,
     ca_roots: Vec<Vec<u8>>,
-    coordinator_key: VerifyingKey,
-    task: TaskId,
-    policy: ClientPolicy,
     state_file: StateFile,
     state: ClientState,
     hooks: TestHooks,
@@ -102,7 +81,7 @@ pub struct Client {
 impl core::fmt::Debug for Client {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Client")
-            .field("id", &self.identity.id())
+            .field("id", &self.member.id())
             .field("coordinator", &self.config.coordinator)
             .finish_non_exhaustive()
     }
@@ -146,12 +125,8 @@ impl Client {
     /// configuration says `insecure`).
     pub async fn connect(config: ClientConfig) -> Result<Client> {
         let policy = config.policy.to_policy()?;
-        let task = TaskId(
-            hex::decode(&config.task_id)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| ClientError::Config("task_id must be 32 hex digits".into()))?,
-        );
+        let task = TaskId::from_hex(&config.task_id)
+            .ok_or_else(|| ClientError::Config("task_id must be 32 hex digits".into()))?;
         let key_pem = String::from_utf8(read(&config.key)?).map_err(|_| {
             ClientError::Credential { path: config.key.clone(), reason: "not PEM".into() }
         })?;
@@ -214,19 +189,8 @@ impl Client {
         let fed = FederationClient::new(channel)
             .max_decoding_message_size(fedsec_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(fedsec_proto::MAX_MESSAGE_BYTES);
-        Ok(Client {
-            config,
-            fed,
-            identity,
-            chain,
-            ca_roots,
-            coordinator_key,
-            task,
-            policy,
-            state_file,
-            state,
-            hooks: TestHooks::default(),
-        })
+        let member = Membership::new(identity, &chain, policy, coordinator_key, task);
+        Ok(Client { config, fed, member, ca_roots, state_file, state, hooks: TestHooks::default() })
     }
 
     /// Turns on test hooks.
@@ -237,21 +201,21 @@ impl Client {
 
     /// This client's id: SHA-256 of its certificate's public key.
     pub fn id(&self) -> ClientId {
-        self.identity.id()
+        self.member.id()
     }
 
-    fn request<T>(&self, msg: T) -> Request<T> {
-        let mut req = Request::new(msg);
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
         if self.config.insecure
-            && let Ok(v) = self.identity.id().to_hex().parse()
+            && let Ok(v) = self.member.id().to_hex().parse()
         {
             req.metadata_mut().insert(INSECURE_CLIENT_ID_HEADER, v);
         }
         req
     }
 
-    fn task_hex(&self) -> String {
-        hex::encode(self.task.0)
+    fn last_seen(&self) -> Option<u64> {
+        self.state.last_seen_version.get(&self.member.state_key()).copied()
     }
 
     /// Takes part in rounds until the task finishes (or `max_rounds` completed).
@@ -265,10 +229,9 @@ impl Client {
             {
                 break;
             }
-            let last_seen = self.state.last_seen_version.get(&self.task_hex()).copied();
             let req = self.request(v1::CheckInRequest {
-                task_id: self.task.0.to_vec(),
-                last_seen_checkpoint_version: last_seen.unwrap_or(0),
+                task_id: self.member.task().0.to_vec(),
+                last_seen_checkpoint_version: self.last_seen().unwrap_or(0),
             });
             let answer = match self.fed.check_in(req).await {
                 Ok(r) => r.into_inner(),
@@ -304,7 +267,7 @@ impl Client {
                             summary.rounds.push(report);
                         }
                         Err(ClientError::DroppedOut { round, phase }) => {
-                            tracing::info!(round, phase, "dropping out (test hook)");
+                            tracing::info!(round, %phase, "dropping out (test hook)");
                             summary.dropped_out = Some((round, phase));
                             break;
                         }
@@ -321,62 +284,15 @@ impl Client {
                     .await;
                 }
                 Some(v1::check_in_response::Outcome::Finished(_)) => break,
-                None => return Err(ClientError::Malformed("check-in answer: no outcome".into())),
+                None => {
+                    return Err(
+                        WireError { field: "check_in.outcome", reason: Reason::Missing }.into()
+                    );
+                }
             }
         }
-        summary.last_checkpoint_version =
-            self.state.last_seen_version.get(&self.task_hex()).copied();
+        summary.last_checkpoint_version = self.last_seen();
         Ok(summary)
-    }
-
-    /// Downloads and verifies the checkpoint of an assignment: signature, size, hash, version
-    /// (never older than one seen before), and that it is the one the plan names.
-    async fn download(&mut self, a: &Assignment, bytes_received: &mut u64) -> Result<Model> {
-        let req = self.request(v1::DownloadModelRequest { round: Some(a.round_ref()) });
-        let mut stream = self
-            .fed
-            .download_model(req)
-            .await
-            .map_err(|s| ClientError::status("DownloadModel", s))?
-            .into_inner();
-        let mut manifest = None;
-        let mut bytes = Vec::new();
-        while let Some(chunk) =
-            stream.message().await.map_err(|s| ClientError::status("DownloadModel", s))?
-        {
-            match chunk.part {
-                Some(v1::model_chunk::Part::Manifest(m)) if manifest.is_none() => {
-                    let m = wire::manifest(&m)?;
-                    bytes.reserve(m.manifest.size_bytes.min(1 << 34) as usize);
-                    manifest = Some(m);
-                }
-                Some(v1::model_chunk::Part::Data(d)) if manifest.is_some() => {
-                    *bytes_received += d.len() as u64;
-                    bytes.extend_from_slice(&d);
-                }
-                _ => {
-                    return Err(ClientError::Malformed(
-                        "model stream: manifest first, then data".into(),
-                    ));
-                }
-            }
-        }
-        let manifest =
-            manifest.ok_or_else(|| ClientError::Malformed("model stream: no manifest".into()))?;
-        let key = self.task_hex();
-        let last_seen = self.state.last_seen_version.get(&key).copied();
-        let model = manifest.verify_checkpoint(&self.coordinator_key, &bytes, last_seen)?;
-        if manifest.manifest.task_id != self.task
-            || manifest.manifest.sha256 != a.plan.checkpoint
-            || manifest.manifest.version != a.checkpoint_version
-        {
-            return Err(fedsec_crypto::Error::CheckpointMismatch.into());
-        }
-        if last_seen.is_none_or(|v| v < manifest.manifest.version) {
-            self.state.last_seen_version.insert(key, manifest.manifest.version);
-            self.state_file.save(&self.state)?;
-        }
-        Ok(model)
     }
 
     fn verifier(&self) -> Arc<dyn CredentialVerifier> {
@@ -390,137 +306,153 @@ impl Client {
         }
     }
 
-    /// One attempt, from the plan to the round's result.
+    /// One attempt, from the plan to the round's result: the [`Round`] decides, this drives it
+    /// over gRPC.
     async fn participate<T: Trainer + 'static>(
         &mut self,
         p: &v1::RoundPlan,
         trainer: &mut T,
         uploaded: &mut Vec<(u64, [u8; 16])>,
     ) -> Result<RoundReport> {
-        let a = wire::plan(p)?;
-        let started = Instant::now();
-        let deadline = |phase: usize| -> Instant {
-            started + a.phase_deadlines.iter().take(phase + 1).sum::<Duration>()
-        };
-        let mut sent = 0u64;
-        let mut received = 0u64;
-        let model = self.download(&a, &mut received).await?;
-        let verified = a.plan.checkpoint;
-        let mut secagg = SecAggClient::new(
-            self.identity.clone(),
-            self.verifier(),
-            &self.policy,
-            a.plan.clone(),
-            &verified,
-            &self.state.ledger,
-        )?
-        .with_credential(encode_chain(&self.chain));
-        let fit = trainer.fit(&model)?;
-        if fit.update.len() + 1 != a.plan.dim as usize {
-            return Err(ClientError::Config(format!(
-                "the trainer's update has {} values; the plan's vector {} (with the weight)",
-                fit.update.len(),
-                a.plan.dim
-            )));
+        let (mut round, mut step) =
+            Round::new(&self.member, self.verifier(), p, &self.state, Instant::now())?;
+        if let Some(dir) = self.hooks.dump_quantized.clone() {
+            let me = self.member.id();
+            round.observe_quantized(Box::new(move |plan, x| {
+                let bytes: Vec<u8> = x.iter().flat_map(|w| w.to_le_bytes()).collect();
+                let name = format!(
+                    "round-{}-{}-{}.bin",
+                    plan.round_id.0,
+                    hex::encode(plan.attempt.0),
+                    me.to_hex()
+                );
+                if let Err(e) = std::fs::write(dir.join(&name), bytes) {
+                    tracing::error!(file = name, error = %e, "cannot dump the quantized input");
+                }
+            }));
         }
-        let ctx = a.plan.context();
-        let me = self.identity.id();
-        let rref = a.round_ref();
-        if !self.hooks.slow_training.is_zero() {
-            tokio::time::sleep(self.hooks.slow_training).await;
+        let round_id = round.plan().round_id.0;
+        loop {
+            step = match step {
+                Step::Send { request, deadline, persist } => {
+                    if persist {
+                        self.state_file.save(&self.state)?;
+                    }
+                    if let Some(phase) = request.phase() {
+                        self.drop_out_at(round_id, phase)?;
+                    }
+                    if matches!(request, Request::UploadMaskedInput(_))
+                        && self.hooks.stall_before_upload == Some(round_id)
+                    {
+                        tracing::info!("stalling before the upload (test hook)");
+                        std::future::pending::<()>().await;
+                    }
+                    let is_upload = matches!(request, Request::UploadMaskedInput(_));
+                    let response = self.send(request, deadline).await?;
+                    let next =
+                        round.handle(&response, &mut self.state, &mut rand::rng(), Instant::now());
+                    // Taken by the coordinator, whatever the client thinks of U3 next.
+                    if is_upload && round.uploaded() {
+                        tracing::info!(round = round_id, "masked input uploaded");
+                        uploaded.push((round_id, round.plan().attempt.0));
+                    }
+                    next?
+                }
+                Step::Train { model, persist, .. } => {
+                    if persist {
+                        self.state_file.save(&self.state)?;
+                    }
+                    let fit = trainer.fit(&model)?;
+                    if !self.hooks.slow_training.is_zero() {
+                        tokio::time::sleep(self.hooks.slow_training).await;
+                    }
+                    round.trained(fit, Instant::now())?
+                }
+                Step::Done(report) => return Ok(report),
+            };
         }
+    }
 
-        // Phase 0.
-        self.drop_out_at(a.plan.round_id.0, 0)?;
-        let req = wire::advertise(rref.clone(), secagg.advertise())?;
-        sent += prost::Message::encoded_len(&req) as u64;
-        let resp =
-            self.call(deadline(0), "AdvertiseKeys", req, |mut c, r| async move {
-                c.advertise_keys(r).await
-            })
-            .await?;
-        received += prost::Message::encoded_len(&resp) as u64;
-        let share_keys = secagg.handle_keys(&wire::keys(ctx, me, &resp)?)?;
-
-        // Phase 1.
-        self.drop_out_at(a.plan.round_id.0, 1)?;
-        let req = wire::share_keys(rref.clone(), &share_keys);
-        sent += prost::Message::encoded_len(&req) as u64;
-        let resp = self
-            .call(deadline(1), "ShareKeys", req, |mut c, r| async move { c.share_keys(r).await })
-            .await?;
-        received += prost::Message::encoded_len(&resp) as u64;
-        let forwarded = wire::shares(ctx, me, &resp)?;
-
-        // Phase 2: quantize, mask once, record the contribution before anything leaves.
-        let x = a.plan.quant.quantize(&fit.update, fit.examples, &mut rand::rng())?;
-        if let Some(dir) = &self.hooks.dump_quantized {
-            let bytes: Vec<u8> = x.iter().flat_map(|w| w.to_le_bytes()).collect();
-            let path = dir.join(format!(
-                "round-{}-{}-{}.bin",
-                a.plan.round_id.0,
-                hex::encode(a.plan.attempt.0),
-                me.to_hex()
-            ));
-            std::fs::write(&path, bytes).map_err(|source| ClientError::Io { path, source })?;
-        }
-        let y = secagg.handle_shares(&forwarded, &x, &mut self.state.ledger)?;
-        self.state_file.save(&self.state)?;
-        self.drop_out_at(a.plan.round_id.0, 2)?;
-        if self.hooks.stall_before_upload == Some(a.plan.round_id.0) {
-            tracing::info!("stalling before the upload (test hook)");
-            std::future::pending::<()>().await;
-        }
-        let chunks = wire::chunks(&rref, &y, a.upload_chunk_words as usize);
-        sent += chunks.iter().map(|c| prost::Message::encoded_len(c) as u64).sum::<u64>();
-        let resp = self
-            .call(deadline(2), "UploadMaskedInput", chunks, |mut c, r| async move {
-                c.upload_masked_input(futures::stream::iter(r.into_inner())).await
-            })
-            .await?;
-        tracing::info!(round = a.plan.round_id.0, "masked input uploaded");
-        uploaded.push((a.plan.round_id.0, a.plan.attempt.0));
-        received += prost::Message::encoded_len(&resp) as u64;
-        let signature = secagg.handle_consistency(&wire::survivors(ctx, &resp))?;
-
-        // Phase 3.
-        self.drop_out_at(a.plan.round_id.0, 3)?;
-        let req = wire::consistency(rref.clone(), &signature);
-        sent += prost::Message::encoded_len(&req) as u64;
-        let resp = self
-            .call(deadline(3), "ConsistencyCheck", req, |mut c, r| async move {
-                c.consistency_check(r).await
-            })
-            .await?;
-        received += prost::Message::encoded_len(&resp) as u64;
-        let reveal = secagg.handle_unmasking(&wire::unmask_request(ctx, &resp)?)?;
-
-        // Phase 4.
-        self.drop_out_at(a.plan.round_id.0, 4)?;
-        let req = wire::unmask(rref, &reveal);
-        sent += prost::Message::encoded_len(&req) as u64;
-        // The result comes after the aggregation and the checkpoint: allow for both.
-        let result = self
-            .call(deadline(4) + Duration::from_secs(60), "Unmask", req, |mut c, r| async move {
-                c.unmask(r).await
-            })
-            .await?;
-        if !result.completed {
-            return Err(ClientError::Aborted(result.abort_reason));
-        }
-        Ok(RoundReport {
-            round_id: a.plan.round_id.0,
-            completed: true,
-            new_checkpoint_version: Some(result.new_checkpoint_version),
-            participants: result.participants,
-            train_loss: fit.loss,
-            bytes_sent: sent,
-            bytes_received: received,
+    /// Sends one request until `deadline`, resending it identically after a dropped
+    /// connection, and returns the coordinator's reply.
+    async fn send(&self, request: Request, deadline: Instant) -> Result<Response> {
+        Ok(match request {
+            Request::DownloadModel(r) => self.download(r).await?,
+            Request::AdvertiseKeys(r) => Response::AdvertiseKeys(
+                self.call(deadline, "AdvertiseKeys", r, |mut c, r| async move {
+                    c.advertise_keys(r).await
+                })
+                .await?,
+            ),
+            Request::ShareKeys(r) => Response::ShareKeys(
+                self.call(
+                    deadline,
+                    "ShareKeys",
+                    r,
+                    |mut c, r| async move { c.share_keys(r).await },
+                )
+                .await?,
+            ),
+            Request::UploadMaskedInput(chunks) => Response::UploadMaskedInput(
+                self.call(deadline, "UploadMaskedInput", chunks, |mut c, r| async move {
+                    c.upload_masked_input(futures::stream::iter(r.into_inner())).await
+                })
+                .await?,
+            ),
+            Request::ConsistencyCheck(r) => Response::ConsistencyCheck(
+                self.call(deadline, "ConsistencyCheck", r, |mut c, r| async move {
+                    c.consistency_check(r).await
+                })
+                .await?,
+            ),
+            Request::Unmask(r) => Response::Unmask(
+                self.call(deadline, "Unmask", r, |mut c, r| async move { c.unmask(r).await })
+                    .await?,
+            ),
         })
     }
 
-    /// The simulated dropout hook: stops before phase `phase` of round `round` if asked to.
-    fn drop_out_at(&mut self, round: u64, phase: usize) -> Result<()> {
+    /// Downloads the checkpoint: the manifest first, then the bytes.
+    async fn download(&self, r: v1::DownloadModelRequest) -> Result<Response> {
+        let mut stream = self
+            .fed
+            .clone()
+            .download_model(self.request(r))
+            .await
+            .map_err(|s| ClientError::status("DownloadModel", s))?
+            .into_inner();
+        let mut manifest: Option<v1::CheckpointManifest> = None;
+        let mut data = Vec::new();
+        while let Some(chunk) =
+            stream.message().await.map_err(|s| ClientError::status("DownloadModel", s))?
+        {
+            match chunk.part {
+                Some(v1::model_chunk::Part::Manifest(m)) if manifest.is_none() => {
+                    // The size is unverified until the whole checkpoint is: reserve little.
+                    data.reserve(m.size_bytes.min(1 << 26) as usize);
+                    manifest = Some(m);
+                }
+                Some(v1::model_chunk::Part::Data(d)) if manifest.is_some() => {
+                    let size = manifest.as_ref().map_or(0, |m| m.size_bytes);
+                    if (data.len() + d.len()) as u64 > size {
+                        let reason = Reason::TooLong(size);
+                        return Err(WireError { field: "model_chunk.data", reason }.into());
+                    }
+                    data.extend_from_slice(&d);
+                }
+                _ => {
+                    let reason = Reason::Order("the manifest first, then the data");
+                    return Err(WireError { field: "model_chunk.part", reason }.into());
+                }
+            }
+        }
+        let manifest =
+            manifest.ok_or(WireError { field: "model_chunk.manifest", reason: Reason::Missing })?;
+        Ok(Response::Model { manifest, data })
+    }
+
+    /// The simulated dropout hook: stops before `phase` of round `round` if asked to.
+    fn drop_out_at(&mut self, round: u64, phase: Phase) -> Result<()> {
         if self.hooks.drop_out.get(&round) == Some(&phase) {
             self.hooks.drop_out.remove(&round);
             return Err(ClientError::DroppedOut { round, phase });
@@ -539,7 +471,7 @@ impl Client {
     ) -> Result<R>
     where
         M: Clone,
-        F: Fn(FederationClient<Channel>, Request<M>) -> Fut,
+        F: Fn(FederationClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<R>, Status>>,
     {
         let mut backoff = Duration::from_millis(100);

@@ -37,8 +37,8 @@ pub enum ClientError {
         status: Box<tonic::Status>,
     },
     /// A message from the coordinator has a malformed field.
-    #[error("malformed message from the coordinator: {0}")]
-    Malformed(String),
+    #[error("from the coordinator: {0}")]
+    Malformed(#[from] fedsec_wire::WireError),
     /// The secure aggregation core refused (a plan below the floor, a bad peer, a bad
     /// checkpoint…): the client takes no part in that attempt.
     #[error(transparent)]
@@ -49,14 +49,40 @@ pub enum ClientError {
     /// The attempt was aborted by the coordinator.
     #[error("the round was aborted: {0}")]
     Aborted(String),
+    /// The coordinator sent a plan for another task than the one this client joined.
+    #[error("the plan is for task {got}, this client takes part in task {expected}")]
+    WrongTask {
+        /// The client's task.
+        expected: fedsec_crypto::TaskId,
+        /// The plan's.
+        got: fedsec_crypto::TaskId,
+    },
+    /// The trainer's update does not have the plan's length (the plan's vector is the update
+    /// and one weight word).
+    #[error("the trainer's update has {got} values, the plan's model {expected}")]
+    UpdateLength {
+        /// The update's length.
+        got: usize,
+        /// The model's length in the plan.
+        expected: usize,
+    },
+    /// A reply came that the round was not waiting for (a driver bug, or a confused
+    /// coordinator): the attempt ends.
+    #[error("the round expected {expected}, got {got}")]
+    OutOfOrder {
+        /// What the round waited for.
+        expected: &'static str,
+        /// What came.
+        got: &'static str,
+    },
     /// A simulated dropout ([`crate::TestHooks::drop_out`]): the client stops as if its
     /// process had died.
     #[error("dropped out of round {round} before phase {phase} (simulated)")]
     DroppedOut {
         /// The round.
         round: u64,
-        /// The phase (0–4) whose message was never sent.
-        phase: usize,
+        /// The phase whose message was never sent.
+        phase: fedsec_crypto::secagg::Phase,
     },
 }
 

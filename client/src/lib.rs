@@ -3,11 +3,14 @@
 //! The client library of fedsec: takes part in secure federated training rounds on behalf of a
 //! data site, and ready trainers for tabular data.
 //!
-//! [`Client::connect`] reads the site's certificate and key and connects to the coordinator
-//! over mutual TLS; [`Client::run`] then takes part in rounds until the task finishes:
-//! check-in, checkpoint verification (signature, hash, no rollback), local training through
-//! the site's [`Trainer`], clipping, quantization, masking and the five protocol phases,
-//! resending identical messages after a dropped connection. Identity: [`pki`] makes the site's
+//! Its core is [`round::Round`], one attempt of one round as a sans-IO state machine: the plan
+//! checks, checkpoint verification (signature, hash, no rollback), clipping, quantization,
+//! masking, the contribution ledger and the five protocol phases, with no network, clock or
+//! file in it. [`Client::connect`] reads the site's certificate and key and connects to the
+//! coordinator over mutual TLS; [`Client::run`] then drives rounds over gRPC until the task
+//! finishes — check-in, calls, reconnects, identical resends after a dropped connection, local
+//! training through the site's [`Trainer`], persisting the state when the round says so. The
+//! simulation harness drives the very same [`round::Round`] in memory. Identity: [`pki`] makes the site's
 //! Ed25519 key and certificate request for the organisation's CA; [`tls`] presents the
 //! resulting certificate to the coordinator.
 //!
@@ -48,13 +51,14 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod pki;
+pub mod round;
 pub mod state;
 pub mod tls;
 pub mod trainer;
 pub mod trainers;
-pub mod wire;
 
-pub use client::{Client, RoundReport, RunSummary, TestHooks};
+pub use client::{Client, RunSummary, TestHooks};
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
+pub use round::{Membership, Round, RoundReport, Step};
 pub use trainer::{Evaluation, FitResult, TrainError, Trainer};

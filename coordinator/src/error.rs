@@ -15,7 +15,7 @@ pub enum Error {
     InvalidConfig(String),
     /// The message names a task this coordinator does not run.
     #[error("unknown task {0}")]
-    UnknownTask(String),
+    UnknownTask(fedsec_crypto::TaskId),
     /// The task has run all its rounds.
     #[error("the task has finished")]
     TaskFinished,
@@ -37,8 +37,8 @@ pub enum Error {
     #[error("masked-input chunk at offset {offset}: {reason}")]
     BadUpload { offset: u64, reason: String },
     /// A wire message has a malformed field.
-    #[error("malformed message: {0}")]
-    Malformed(String),
+    #[error(transparent)]
+    Malformed(#[from] fedsec_wire::WireError),
     /// The round was aborted; the global model is unchanged.
     #[error("the round was aborted: {0}")]
     RoundAborted(String),

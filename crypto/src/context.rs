@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+pub use crate::ids::RoundContext;
 use crate::ids::{AttemptNonce, CheckpointHash, ClientId, RoundId, TaskId};
 use crate::kdf::{Label, push_lp};
 use crate::quant::QuantParams;
@@ -86,27 +87,6 @@ pub struct RoundPlan {
     pub quant: QuantParams,
     /// SHA-256 of the checkpoint to train on.
     pub checkpoint: CheckpointHash,
-}
-
-/// The round context: SHA-256 of the length-prefixed plan.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct RoundContext(pub [u8; 32]);
-
-impl RoundContext {
-    /// The 32 bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl core::fmt::Debug for RoundContext {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "RoundContext(")?;
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, "…)")
-    }
 }
 
 impl RoundPlan {

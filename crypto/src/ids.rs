@@ -52,6 +52,18 @@ impl TaskId {
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    /// The task named by 32 hex digits (either case), or `None`.
+    pub fn from_hex(text: &str) -> Option<TaskId> {
+        let bytes = hex::decode(text.trim()).ok()?;
+        Some(TaskId(bytes.try_into().ok()?))
+    }
+}
+
+impl core::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
 }
 
 /// A round of a task; never reused within a task.
@@ -70,5 +82,26 @@ impl CheckpointHash {
     /// SHA-256 of `bytes`, the checkpoint's safetensors file.
     pub fn of(bytes: &[u8]) -> Self {
         CheckpointHash(Sha256::digest(bytes).into())
+    }
+}
+
+/// The round context: SHA-256 of the length-prefixed plan ([`crate::RoundPlan::context`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RoundContext(pub [u8; 32]);
+
+impl RoundContext {
+    /// The 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl core::fmt::Debug for RoundContext {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "RoundContext(")?;
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
     }
 }

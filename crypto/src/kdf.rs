@@ -8,7 +8,7 @@ use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::context::RoundContext;
+use crate::ids::RoundContext;
 
 /// Domain labels. Each use of a key or signature has its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

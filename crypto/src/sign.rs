@@ -11,6 +11,7 @@ use crate::context::RoundContext;
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
 use crate::kdf::{Label, labelled};
+use crate::keys::PublicKey;
 
 /// DER prefix of an Ed25519 `SubjectPublicKeyInfo` (RFC 8410): the 32-byte key follows.
 const ED25519_SPKI_PREFIX: [u8; 12] =
@@ -85,7 +86,7 @@ pub fn verify(
 
 /// Verifies many signatures at once (faster than one by one); on failure falls back to
 /// finding the first bad signer.
-pub fn verify_many(items: &[(ClientId, VerifyingKey, Vec<u8>, [u8; 64])]) -> Result<()> {
+pub fn verify_many(items: &[SignedItem]) -> Result<()> {
     if items.is_empty() {
         return Ok(());
     }
@@ -111,10 +112,41 @@ pub fn verify_many(items: &[(ClientId, VerifyingKey, Vec<u8>, [u8; 64])]) -> Res
 /// client library plug in a verifier, normally [`crate::x509::X509Credentials`], which checks
 /// the chain against the federation CA. Whatever the credential, the verifier must check that
 /// SHA-256 of the leaf's SPKI equals the claimed id.
+///
+/// The verifier also checks peers' identity signatures and decodes their advertised keys, so
+/// that a party that verifies the same bytes many times over — the in-memory simulation, where thousands of clients check the
+/// same consistency signatures — can remember a result instead of recomputing it. Overriding
+/// the provided methods is only for that: an implementation must return exactly what they
+/// return for the same arguments.
 pub trait CredentialVerifier: Send + Sync {
     /// Verifies `credential` for `claimed` and returns the identity key it certifies.
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> Result<VerifyingKey>;
+
+    /// Verifies one signature by `signer` (whose key is `key`) over `message`, strictly.
+    fn verify_signature(
+        &self,
+        signer: ClientId,
+        key: &VerifyingKey,
+        message: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<()> {
+        key.verify_strict(message, &Signature::from_bytes(signature))
+            .map_err(|_| Error::BadSignature(signer))
+    }
+
+    /// Verifies many signatures, as [`verify_many`] does.
+    fn verify_signatures(&self, items: &[SignedItem]) -> Result<()> {
+        verify_many(items)
+    }
+
+    /// Decodes a public key `owner` advertised: a canonical, non-identity Ristretto255 point.
+    fn public_key(&self, owner: ClientId, bytes: &[u8; 32]) -> Result<PublicKey> {
+        PublicKey::from_bytes(bytes).ok_or(Error::BadPublicKey(owner))
+    }
 }
+
+/// One signature to check: the signer, its key, the signed message, the signature.
+pub type SignedItem = (ClientId, VerifyingKey, Vec<u8>, [u8; 64]);
 
 /// Credentials that are bare Ed25519 SPKIs: for in-memory simulations and tests, where the
 /// identities are known to be genuine by construction (no CA is involved).

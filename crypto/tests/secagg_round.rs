@@ -11,7 +11,8 @@ use common::*;
 use fedsec_crypto::context::{AdversaryClass, GraphKind, RoundPlan};
 use fedsec_crypto::error::Error;
 use fedsec_crypto::graph::Graph;
-use fedsec_crypto::secagg::driver::{Outcome, Phase, ShareKind, run_round, run_round_on};
+use fedsec_crypto::secagg::Phase;
+use fedsec_crypto::secagg::driver::{Outcome, ShareKind, run_round, run_round_on};
 
 const DIM: u32 = 64;
 

@@ -184,7 +184,7 @@ fn round_plan(me: ClientId, dim: u32, checkpoint: CheckpointHash) -> RoundPlan {
 
 /// The wire form of a plan, as the coordinator sends it.
 fn plan_to_wire(p: &RoundPlan, checkpoint_version: u64) -> v1::RoundPlan {
-    fedsec_coordinator::wire::plan_to_wire(&fedsec_coordinator::engine::RoundInfo {
+    fedsec_wire::Wire::to_wire(&fedsec_wire::Assignment {
         plan: p.clone(),
         checkpoint_version,
         upload_chunk_words: 4,
@@ -344,7 +344,7 @@ fn run_scenario(s: Scenario) -> Outcome {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let fake = FakeCoordinator {
         plan: plan_to_wire(&plan, s.version),
-        manifest: fedsec_coordinator::wire::manifest_to_wire(&signed),
+        manifest: fedsec_wire::Wire::to_wire(&signed),
         bytes,
         seen: seen.clone(),
     };

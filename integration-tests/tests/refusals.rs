@@ -15,13 +15,17 @@ use std::time::{Duration, Instant};
 
 use common::{Federation, Options, TASK_ID, bin, run_ok};
 use fedsec_client::tls::client_tls;
-use fedsec_client::wire::{self, Assignment};
+use fedsec_crypto::checkpoint::SignedManifest;
 use fedsec_crypto::model::Model;
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
+use fedsec_crypto::secagg::messages::{
+    ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
+};
 use fedsec_crypto::x509::{X509Credentials, encode_chain};
 use fedsec_proto::v1;
 use fedsec_proto::v1::admin_client::AdminClient;
 use fedsec_proto::v1::federation_client::FederationClient;
+use fedsec_wire::{Assignment, PhaseMessage, Wire};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
@@ -343,7 +347,7 @@ async fn check_in(mut fed: FederationClient<Channel>) -> Result<v1::RoundPlan, S
 /// version, and that it is the checkpoint the plan names.
 async fn download(fed: &mut FederationClient<Channel>, a: &Assignment, coordinator: &Federation) {
     let mut stream = fed
-        .download_model(v1::DownloadModelRequest { round: Some(a.round_ref()) })
+        .download_model(v1::DownloadModelRequest { round: Some(a.key().to_wire()) })
         .await
         .unwrap()
         .into_inner();
@@ -352,7 +356,7 @@ async fn download(fed: &mut FederationClient<Channel>, a: &Assignment, coordinat
     while let Some(chunk) = stream.message().await.unwrap() {
         match chunk.part {
             Some(v1::model_chunk::Part::Manifest(m)) => {
-                manifest = Some(wire::manifest(&m).unwrap())
+                manifest = Some(SignedManifest::from_wire(&m).unwrap())
             }
             Some(v1::model_chunk::Part::Data(d)) => bytes.extend_from_slice(&d),
             None => panic!("an empty model chunk"),
@@ -397,7 +401,7 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
             Ok(Ok(Ok(p))) => p,
             other => panic!("the test's client was not selected: {other:?}"),
         };
-        let a = wire::plan(&p).unwrap();
+        let a = Assignment::from_wire(&p).unwrap();
         assert_eq!(a.plan.selected.len(), 10, "all ten are selected");
         assert_eq!((a.plan.dim, a.upload_chunk_words), (16, 4), "the harness's model and chunks");
         download(&mut me, &a, &fed).await;
@@ -420,8 +424,8 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
             .with_credential(encode_chain(&chain))
         };
         let mut secagg = new_client();
-        let ctx = a.plan.context();
-        let rref = a.round_ref();
+        let key = a.key();
+        let rref = key.to_wire();
         let with_ref = |edit: &dyn Fn(&mut v1::RoundRef)| {
             let mut r = rref.clone();
             edit(&mut r);
@@ -430,7 +434,7 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
 
         // Phase 0, before this client advertised: references that contradict themselves or
         // name no attempt, and a message for a later phase.
-        let advert = wire::advertise(rref.clone(), secagg.advertise()).unwrap();
+        let advert = secagg.advertise().to_wire(&key);
         let mut bad = advert.clone();
         bad.round = Some(with_ref(&|r| r.round_id += 1));
         refused(me.advertise_keys(bad).await, Code::InvalidArgument, "do not match");
@@ -456,10 +460,11 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
             join(spawn(&me, |mut c| async move { c.advertise_keys(req).await }), "AdvertiseKeys")
         }
         .await;
-        let share_keys = secagg.handle_keys(&wire::keys(ctx, my_id, &keys).unwrap()).unwrap();
+        let share_keys =
+            secagg.handle_keys(&KeysForward::from_wire(&keys, my_id).unwrap()).unwrap();
 
         // Phase 1.
-        let shares_req = wire::share_keys(rref.clone(), &share_keys);
+        let shares_req = share_keys.to_wire(&key);
         let shares = {
             let req = shares_req.clone();
             join(spawn(&me, |mut c| async move { c.share_keys(req).await }), "ShareKeys")
@@ -469,7 +474,7 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
         // Phase 2 is open now and waits for this client's upload: time for the refusals.
         // A different advertisement for the answered phase 0 (fresh keys) is refused; the
         // identical one is a retry and gets the identical answer.
-        let other_advert = wire::advertise(rref.clone(), new_client().advertise()).unwrap();
+        let other_advert = new_client().advertise().to_wire(&key);
         refused(me.advertise_keys(other_advert).await, Code::AlreadyExists, "AdvertiseKeys");
         assert_eq!(me.advertise_keys(advert.clone()).await.unwrap().into_inner(), keys);
         assert_eq!(me.share_keys(shares_req.clone()).await.unwrap().into_inner(), shares);
@@ -482,9 +487,9 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
         // This client's quantized input: a zero update from ten examples.
         let update = vec![0.0f32; a.plan.dim as usize - 1];
         let x = a.plan.quant.quantize(&update, 10, &mut rand::rng()).unwrap();
-        let forwarded = wire::shares(ctx, my_id, &shares).unwrap();
+        let forwarded = SharesForward::from_wire(&shares, my_id).unwrap();
         let y = secagg.handle_shares(&forwarded, &x, &mut ledger).unwrap();
-        let chunks = wire::chunks(&rref, &y, a.upload_chunk_words as usize);
+        let chunks = fedsec_wire::chunks(&key, &y, a.upload_chunk_words as usize);
         assert_eq!(chunks.len(), 4, "16 words in chunks of 4");
 
         // Chunks that do not fit the plan's chunking.
@@ -523,8 +528,10 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
         .await;
 
         // Phases 3 and 4.
-        let signature = secagg.handle_consistency(&wire::survivors(ctx, &survivors)).unwrap();
-        let consistency = wire::consistency(rref.clone(), &signature);
+        let signature = secagg
+            .handle_consistency(&ConsistencyRequest::from_wire(&survivors, my_id).unwrap())
+            .unwrap();
+        let consistency = signature.to_wire(&key);
         let unmask_req = {
             let req = consistency.clone();
             join(
@@ -533,9 +540,10 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
             )
         }
         .await;
-        let reveal =
-            secagg.handle_unmasking(&wire::unmask_request(ctx, &unmask_req).unwrap()).unwrap();
-        let unmask = wire::unmask(rref.clone(), &reveal);
+        let reveal = secagg
+            .handle_unmasking(&UnmaskingRequest::from_wire(&unmask_req, my_id).unwrap())
+            .unwrap();
+        let unmask = reveal.to_wire(&key);
         let result = {
             let req = unmask.clone();
             join(spawn(&me, |mut c| async move { c.unmask(req).await }), "Unmask")

@@ -7,6 +7,7 @@ use fedsec_client::data::{Dataset, Standardizer};
 use fedsec_client::trainers::{Mlp, SoftmaxRegression, TrainOptions};
 use fedsec_client::{TrainError, Trainer};
 use fedsec_crypto::model::Model;
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::{AdversaryClass, GraphKind};
 use serde::Serialize;
 
@@ -16,7 +17,7 @@ use crate::split::Split;
 /// The corrupt fraction γ every simulated task assumes (the clients' default floor).
 pub const ASSUMED_CORRUPT: f64 = 0.05;
 
-/// The names of the five phases, in order, as options and reports write them.
+/// The names of the five phases, in [`Phase::ALL`]'s order, as options and reports write them.
 pub const PHASES: [&str; 5] =
     ["advertise_keys", "share_keys", "masked_input", "consistency", "unmasking"];
 
@@ -58,9 +59,12 @@ pub enum Transport {
 pub enum DropPhase {
     /// A phase drawn at random for each dropout.
     Random,
-    /// Always this phase (0 = advertise_keys … 4 = unmasking): the client never sends its
-    /// message.
-    Phase(usize),
+    /// Always this phase: the client never sends its message. Reports write its number.
+    Phase(#[serde(serialize_with = "phase_number")] Phase),
+}
+
+fn phase_number<S: serde::Serializer>(p: &Phase, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(p.index() as u64)
 }
 
 impl std::str::FromStr for DropPhase {
@@ -73,7 +77,7 @@ impl std::str::FromStr for DropPhase {
         PHASES
             .iter()
             .position(|p| *p == s)
-            .map(DropPhase::Phase)
+            .map(|i| DropPhase::Phase(Phase::ALL[i]))
             .ok_or_else(|| format!("{s:?}: expected random or one of {}", PHASES.join(", ")))
     }
 }

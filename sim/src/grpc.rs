@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use fedsec_client::config::PolicyConfig;
 use fedsec_client::{Client, ClientConfig, RunSummary, TestHooks, Trainer};
 use fedsec_coordinator::config::CoordinatorConfig;
+use fedsec_coordinator::engine::EngineState;
 use fedsec_coordinator::store::CheckpointStore;
 use fedsec_crypto::TaskId;
 use fedsec_crypto::model::Model;
@@ -213,18 +214,13 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
                     .map_err(err)?;
                     outcomes.merge(recent);
                     progress.set_position(status.completed_rounds);
-                    let phase = status.phase.map_or(status.state, |ph| {
-                        PHASES[fedsec_crypto::secagg::driver::Phase::ALL
-                            .iter()
-                            .position(|&q| q == ph)
-                            .unwrap_or(0)]
-                    });
+                    let phase = status.phase.map_or(status.state.name(), |ph| PHASES[ph.index()]);
                     progress.set_message(format!(
                         "round {} · {phase} · {} aborted",
                         status.round_id.0,
                         outcomes.list.iter().filter(|o| !o.completed).count()
                     ));
-                    if status.state == "finished" {
+                    if status.state == EngineState::Finished {
                         return Ok::<Outcomes, SimError>(outcomes);
                     }
                     tokio::time::sleep(PROGRESS_POLL).await;

@@ -26,24 +26,32 @@
 //! the same reason, with SecAgg+ a round whose dropouts happen to leave some client with too
 //! few live neighbours (which the parameters make improbable) could end differently.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use fedsec_client::Trainer;
 use fedsec_client::config::PolicyConfig;
-use fedsec_client::wire as client_wire;
-use fedsec_coordinator::engine::{Engine, Output, PhaseDeadlines, Reply, RoundInfo, TaskConfig};
+use fedsec_client::round::{Membership, Request, Response, Round, Step};
+use fedsec_client::state::ClientState;
+use fedsec_coordinator::engine::{
+    Assignment, Engine, EngineState, Output, PhaseDeadlines, Reply, TaskConfig,
+};
 use fedsec_coordinator::wire as server_wire;
+use fedsec_crypto::checkpoint::Manifest;
+use fedsec_crypto::keys::PublicKey;
 use fedsec_crypto::model::Model;
-use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
-use fedsec_crypto::secagg::driver::Phase;
-use fedsec_crypto::sign::{CredentialVerifier, IdentityKey};
-use fedsec_crypto::x509::{X509Credentials, encode_chain};
-use fedsec_crypto::{AdversaryClass, ClientId, TaskId};
+use fedsec_crypto::secagg::Phase;
+use fedsec_crypto::secagg::messages::{
+    AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
+};
+use fedsec_crypto::sign::{CredentialVerifier, IdentityKey, SignedItem};
+use fedsec_crypto::x509::X509Credentials;
+use fedsec_crypto::{AdversaryClass, ClientId, RoundContext, TaskId};
+use fedsec_proto::v1;
+use fedsec_wire::{PhaseMessage, RoundKey, Wire};
 use indicatif::ProgressBar;
-use prost::Message;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
@@ -73,42 +81,108 @@ fn seed32(seed: u64, what: &str, index: u64) -> [u8; 32] {
 /// One simulated site.
 struct Site {
     index: usize,
-    key: Arc<IdentityKey>,
-    /// Its certificate chain, encoded for the advertisement.
-    credential: Vec<u8>,
-    ledger: ContributionLedger,
+    member: Membership,
+    /// What a real site keeps on disk: the newest version seen, the contribution ledger.
+    state: ClientState,
     trainer: Option<Box<dyn Trainer>>,
-    drops: BTreeMap<u64, usize>,
+    drops: BTreeMap<u64, Phase>,
     straggler: bool,
     coins: ChaCha20Rng,
 }
 
-/// A selected site's state in one attempt.
+/// A selected site's part in one attempt: its client round, driven as the gRPC client drives
+/// it, with the site's state, trainer and rounding coins lent for the attempt.
 struct Taking {
     site: usize,
     id: ClientId,
-    core: SecAggClient,
-    /// The site's trainer, ledger and rounding coins, lent for the attempt.
+    round: Option<Round>,
+    /// The request the round asked to send next.
+    next: Option<Request>,
+    state: ClientState,
     trainer: Option<Box<dyn Trainer>>,
-    ledger: ContributionLedger,
     coins: ChaCha20Rng,
-    update: Vec<f32>,
-    examples: u64,
     loss: f64,
-    sent: u64,
-    received: u64,
     /// The phase it drops out at, this round.
-    drop_at: Option<usize>,
+    drop_at: Option<Phase>,
     /// It did drop out (the attempt reached that phase).
     dropped: bool,
     /// Still taking part (not dropped, not refused).
     active: bool,
+    /// The engine took its whole masked input.
+    uploaded: bool,
+    /// Its round completed: (bytes sent, bytes received).
+    finished: Option<(u64, u64)>,
+}
+
+impl Taking {
+    /// Feeds `response` to the client round and keeps the request it asks for next; trains
+    /// when it asks to. False if the round refused (the client leaves the attempt).
+    fn step(&mut self, response: &Response, now: Instant) -> bool {
+        let Some(round) = self.round.as_mut() else { return false };
+        let mut step = round.handle(response, &mut self.state, &mut self.coins, now);
+        loop {
+            match step {
+                Ok(Step::Send { request, .. }) => {
+                    self.next = Some(request);
+                    return true;
+                }
+                Ok(Step::Train { model, .. }) => {
+                    let Some(trainer) = self.trainer.as_mut() else { return false };
+                    step = match trainer.fit(&model) {
+                        Ok(fit) => {
+                            self.loss = fit.loss;
+                            round.trained(fit, now)
+                        }
+                        Err(_) => return false,
+                    };
+                }
+                Ok(Step::Done(report)) => {
+                    self.finished = Some((report.bytes_sent, report.bytes_received));
+                    return true;
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// The engine's reply in its wire form. A reply the engine shares among clients (the same
+/// `Arc`) is converted once: `shared` keeps the last one and its conversion.
+fn wire_reply(
+    key: &RoundKey,
+    reply: Reply,
+    shared: &mut Option<(Arc<dyn std::any::Any + Send + Sync>, Arc<Response>)>,
+) -> Arc<Response> {
+    let one: Arc<dyn std::any::Any + Send + Sync> = match &reply {
+        Reply::Survivors(r) => r.clone(),
+        Reply::Unmask(r) => r.clone(),
+        _ => return Arc::new(to_wire(key, reply)),
+    };
+    if let Some((seen, response)) = shared.as_ref()
+        && Arc::ptr_eq(seen, &one)
+    {
+        return response.clone();
+    }
+    let response = Arc::new(to_wire(key, reply));
+    *shared = Some((one, response.clone()));
+    response
+}
+
+/// The engine's reply as the gRPC adapter sends it.
+fn to_wire(key: &RoundKey, reply: Reply) -> Response {
+    match reply {
+        Reply::Keys(f) => Response::AdvertiseKeys(f.to_wire(key)),
+        Reply::Shares(f) => Response::ShareKeys(f.to_wire(key)),
+        Reply::Survivors(r) => Response::UploadMaskedInput(r.to_wire(key)),
+        Reply::Unmask(r) => Response::ConsistencyCheck(r.to_wire(key)),
+        Reply::Result(o) => Response::Unmask(server_wire::result_to_wire(&o, key.task)),
+    }
 }
 
 /// The task configuration the gRPC transport's coordinator file gives, as a value.
 fn task_config(exp: &Experiment, p: &Prepared) -> Result<TaskConfig, SimError> {
     let ppm = |x: f64| (x * 1e6).round() as u32;
-    let mut c = TaskConfig::new(TaskId([0x5e; 16]), "fedsec-sim", p.clients_per_round);
+    let mut c = TaskConfig::new(TASK, "fedsec-sim", p.clients_per_round);
     c.min_clients = p.min_clients;
     c.over_selection = 1.0;
     c.graph = exp.graph;
@@ -127,6 +201,9 @@ fn task_config(exp: &Experiment, p: &Prepared) -> Result<TaskConfig, SimError> {
     Ok(c)
 }
 
+/// The simulated task.
+const TASK: TaskId = TaskId([0x5e; 16]);
+
 /// The virtual world: the engine, the clock, the sites.
 struct World<'a> {
     exp: &'a Experiment,
@@ -134,8 +211,11 @@ struct World<'a> {
     now: Instant,
     sites: Vec<Site>,
     by_id: BTreeMap<ClientId, usize>,
-    policy: ClientPolicy,
     verifier: Arc<dyn CredentialVerifier>,
+    /// The coordinator's checkpoint-signing key (the service signs what the engine produces).
+    signing: SigningKey,
+    /// The signed manifest of the engine's current checkpoint.
+    manifest: v1::CheckpointManifest,
     models: Vec<Model>,
 }
 
@@ -165,10 +245,10 @@ impl World<'_> {
     }
 
     /// Closes `phase` of the attempt `ctx` if it is still open (at its deadline).
-    fn close(&mut self, ctx: &fedsec_crypto::RoundContext, phase: Phase, any: &ClientId) {
+    fn close(&mut self, ctx: &RoundContext, phase: Phase, any: &ClientId) {
         let still_open = |e: &Engine| {
             e.current_round().is_some_and(|r| r.plan.context() == *ctx)
-                && e.status().state == "running"
+                && e.status().state == EngineState::Running
                 && e.status().phase == Some(phase)
         };
         if still_open(&self.engine) && self.engine.reply(any, ctx, phase).is_none() {
@@ -178,7 +258,7 @@ impl World<'_> {
 
     /// Runs the selection: the sites check in, in an order drawn from the seed for each
     /// attempt (the engine takes the first ones that fill a round); returns the plan.
-    fn select(&mut self, attempt: usize) -> Result<RoundInfo, SimError> {
+    fn select(&mut self, attempt: usize) -> Result<Assignment, SimError> {
         let mut order: Vec<usize> = (0..self.sites.len()).collect();
         order.shuffle(&mut ChaCha20Rng::from_seed(seed32(
             self.exp.seed,
@@ -186,7 +266,7 @@ impl World<'_> {
             attempt as u64,
         )));
         for s in order {
-            self.engine.check_in(self.sites[s].key.id(), self.now);
+            self.engine.check_in(self.sites[s].member.id(), self.now);
             if self.engine.current_round().is_some() {
                 break;
             }
@@ -207,78 +287,77 @@ impl World<'_> {
         )))
     }
 
+    /// Signs the manifest of the engine's current checkpoint, as the coordinator's service
+    /// does before it hands the checkpoint out.
+    fn sign_checkpoint(&mut self, parent_version: u64, summary: String) -> Result<(), SimError> {
+        let (version, sha256) = self.engine.checkpoint();
+        let size_bytes = self.engine.model().to_safetensors().map_err(err)?.len() as u64;
+        let manifest = Manifest {
+            version,
+            parent_version,
+            sha256,
+            size_bytes,
+            task_id: TASK,
+            round_summary: summary,
+        };
+        self.manifest = manifest.sign(&self.signing).to_wire();
+        Ok(())
+    }
+
     /// One attempt, from the plan to its outcome. The clients' work of each phase runs in
     /// parallel; their messages reach the engine one by one, in the plan's order.
-    fn attempt(&mut self, info: RoundInfo) -> Result<AttemptRecord, SimError> {
+    fn attempt(&mut self, info: Assignment) -> Result<AttemptRecord, SimError> {
         let plan = info.plan.clone();
         let round = plan.round_id.0;
         let ctx = plan.context();
-        let assignment = client_wire::plan(&server_wire::plan_to_wire(&info)).map_err(err)?;
-        let rref = assignment.round_ref();
-        let key = server_wire::round_key(Some(&rref)).map_err(err)?;
-        // The checkpoint every selected client downloads and checks against the plan.
-        let model = self.engine.model().clone();
-        let bytes = model.to_safetensors().map_err(err)?;
-        if <[u8; 32]>::from(Sha256::digest(&bytes)) != plan.checkpoint.0 {
-            return Err(SimError::new("the checkpoint does not match the plan's hash"));
-        }
+        let plan_wire = info.to_wire();
         let mut taking: Vec<Taking> = Vec::with_capacity(plan.selected.len());
         for id in &plan.selected {
             let s = self.by_id[id];
             let site = &mut self.sites[s];
-            let core = SecAggClient::new(
-                site.key.clone(),
+            let (round_state, next) = match Round::new(
+                &site.member,
                 self.verifier.clone(),
-                &self.policy,
-                plan.clone(),
-                &plan.checkpoint,
-                &site.ledger,
-            )
-            .map_err(err)?
-            .with_credential(site.credential.clone());
+                &plan_wire,
+                &site.state,
+                self.now,
+            ) {
+                Ok((r, Step::Send { request, .. })) => (Some(r), Some(request)),
+                _ => (None, None),
+            };
             taking.push(Taking {
                 site: s,
                 id: *id,
-                core,
+                active: round_state.is_some(),
+                round: round_state,
+                next,
+                state: std::mem::take(&mut site.state),
                 trainer: site.trainer.take(),
-                ledger: std::mem::take(&mut site.ledger),
                 coins: std::mem::replace(&mut site.coins, ChaCha20Rng::from_seed([0; 32])),
-                update: Vec::new(),
-                examples: 0,
                 loss: 0.0,
-                sent: 0,
-                received: bytes.len() as u64,
                 drop_at: site.drops.get(&round).copied(),
                 dropped: false,
-                active: true,
+                uploaded: false,
+                finished: None,
             });
         }
-        let result = self.phases(&info, &mut taking, &model, &rref, &key);
+        let result = self.phases(&info, &mut taking);
         // The sites get their state back, whatever happened.
         for c in &mut taking {
             let site = &mut self.sites[c.site];
             site.trainer = c.trainer.take();
-            site.ledger = std::mem::take(&mut c.ledger);
+            site.state = std::mem::take(&mut c.state);
             site.coins = std::mem::replace(&mut c.coins, ChaCha20Rng::from_seed([0; 32]));
         }
         let uploaded = result?;
-
-        // The checkpoint: "stored" at once.
-        while let Some(o) = self.engine.poll_output() {
-            if let Output::Checkpoint(c) = o {
-                self.models.push(Model::from_safetensors(&c.bytes).map_err(err)?);
-                self.engine.checkpoint_committed(c.version, self.now).map_err(err)?;
-            }
-        }
         let outcome = self
             .engine
             .result(&ctx)
             .cloned()
             .ok_or_else(|| SimError(format!("round {round}: the attempt left no outcome")))?;
-        let finished: Vec<&Taking> =
-            taking.iter().filter(|c| c.active && outcome.completed).collect();
-        let result_bytes = server_wire::result_to_wire(&outcome, key.task).encoded_len() as u64;
-        let losses: Vec<f64> = finished.iter().map(|c| c.loss).collect();
+        let finished: Vec<(&Taking, (u64, u64))> =
+            taking.iter().filter_map(|c| c.finished.map(|b| (c, b))).collect();
+        let losses: Vec<f64> = finished.iter().map(|(c, _)| c.loss).collect();
         Ok(AttemptRecord {
             round_id: round,
             completed: outcome.completed,
@@ -292,8 +371,8 @@ impl World<'_> {
                 Vec::new()
             },
             scheduled_drops: taking.iter().filter(|c| c.dropped).count(),
-            bytes_sent: finished.iter().map(|c| c.sent).collect(),
-            bytes_received: finished.iter().map(|c| c.received + result_bytes).collect(),
+            bytes_sent: finished.iter().map(|(_, b)| b.0).collect(),
+            bytes_received: finished.iter().map(|(_, b)| b.1).collect(),
             train_loss: (!losses.is_empty())
                 .then(|| losses.iter().sum::<f64>() / losses.len() as f64),
             compute_s: None,
@@ -301,7 +380,7 @@ impl World<'_> {
     }
 
     /// Drops out, at the start of `phase`, the clients the schedule says.
-    fn drop_out(&mut self, taking: &mut [Taking], phase: usize) {
+    fn drop_out(&mut self, taking: &mut [Taking], phase: Phase) {
         let round = self.engine.status().round_id.0;
         for c in taking.iter_mut().filter(|c| c.active && c.drop_at == Some(phase)) {
             c.active = false;
@@ -312,214 +391,240 @@ impl World<'_> {
         }
     }
 
-    /// Hands each active client's message to the engine, in order; a refused one leaves.
-    fn submit<M>(
-        &mut self,
-        taking: &mut [Taking],
-        messages: Vec<Option<M>>,
-        on_time: bool,
-        mut give: impl FnMut(&mut Engine, ClientId, M, Instant) -> bool,
-    ) {
-        for (c, m) in taking.iter_mut().zip(messages) {
-            match m {
-                Some(m) if on_time && c.active => {
-                    if !give(&mut self.engine, c.id, m, self.now) {
-                        c.active = false;
-                    }
-                }
-                _ => c.active = false,
+    /// Hands the pending request of each active client that `these` picks (by position) to
+    /// the engine, in order, through the coordinator's wire conversion; a client that misses
+    /// the phase or whose message is refused leaves.
+    fn submit(&mut self, taking: &mut [Taking], on_time: bool, these: impl Fn(usize) -> bool) {
+        for (i, c) in taking.iter_mut().enumerate() {
+            if !these(i) {
+                continue;
             }
+            let request = c.next.take();
+            if !(on_time && c.active) {
+                c.active = false;
+                continue;
+            }
+            let (id, now, e) = (c.id, self.now, &mut self.engine);
+            let taken = match request {
+                Some(Request::AdvertiseKeys(r)) => {
+                    AdvertiseKeys::from_wire(&r, id).is_ok_and(|m| e.advertise(id, m, now).is_ok())
+                }
+                Some(Request::ShareKeys(r)) => {
+                    ShareKeys::from_wire(&r, id).is_ok_and(|m| e.share_keys(id, m, now).is_ok())
+                }
+                Some(Request::UploadMaskedInput(chunks)) => {
+                    c.uploaded = chunks.into_iter().all(|k| {
+                        MaskedInput::from_wire(&k, id)
+                            .is_ok_and(|m| e.masked_input(id, &m, now).is_ok())
+                    });
+                    c.uploaded
+                }
+                Some(Request::ConsistencyCheck(r)) => ConsistencySignature::from_wire(&r, id)
+                    .is_ok_and(|m| e.consistency(id, m, now).is_ok()),
+                Some(Request::Unmask(r)) => UnmaskingResponse::from_wire(&r, id)
+                    .is_ok_and(|m| e.unmasking(id, m, now).is_ok()),
+                Some(Request::DownloadModel(_)) | None => false,
+            };
+            c.active &= taken;
         }
     }
 
-    /// The replies the engine prepared for the active clients after `phase`.
-    fn replies(
-        &self,
-        taking: &[Taking],
-        ctx: &fedsec_crypto::RoundContext,
-        phase: Phase,
-    ) -> Vec<Option<Reply>> {
-        taking
-            .iter()
-            .map(|c| match c.active {
-                true => self.engine.reply(&c.id, ctx, phase).and_then(Result::ok),
-                false => None,
-            })
-            .collect()
-    }
-
-    /// The clients' work after `phase`, on all cores: `f` turns each active client's reply into
-    /// its next message. Clients go in slices, so that only a slice's replies (an unmasking
-    /// request holds every survivor's signature and certificate chain) exist at once.
-    fn work<M: Send>(
-        &self,
-        taking: &mut [Taking],
-        ctx: &fedsec_crypto::RoundContext,
-        phase: Phase,
-        f: impl Fn(&mut Taking, Reply) -> Option<M> + Sync,
-    ) -> Vec<Option<M>> {
-        let mut out = Vec::with_capacity(taking.len());
+    /// The clients' work after `phase`, on all cores: each active client's round takes its
+    /// reply and makes its next request. Clients go in slices, so that only a slice's replies
+    /// exist at once. The replies after U3 is fixed — U3, then U3 and its signatures, the
+    /// largest messages of a round — are one message the engine shares among the clients it
+    /// answers; it is converted to its wire form once.
+    fn work(&self, taking: &mut [Taking], key: &RoundKey, phase: Phase) {
+        let now = self.now;
+        let mut shared: Option<(Arc<dyn std::any::Any + Send + Sync>, Arc<Response>)> = None;
         for slice in taking.chunks_mut(WORK_SLICE) {
-            let replies = self.replies(slice, ctx, phase);
-            let done: Vec<Option<M>> =
-                slice.par_iter_mut().zip(replies).map(|(c, r)| r.and_then(|r| f(c, r))).collect();
-            out.extend(done);
+            let mut replies: Vec<Option<Arc<Response>>> = Vec::with_capacity(slice.len());
+            for c in slice.iter() {
+                let reply = match c.active {
+                    true => self.engine.reply(&c.id, &key.ctx, phase).and_then(Result::ok),
+                    false => None,
+                };
+                replies.push(reply.map(|r| wire_reply(key, r, &mut shared)));
+            }
+            slice.par_iter_mut().zip(replies).for_each(|(c, r)| {
+                c.active = c.active && r.is_some_and(|r| c.step(&r, now));
+            });
         }
-        out
     }
 
     /// The five phases of an attempt. Returns the sites whose masked input was taken.
     fn phases(
         &mut self,
-        info: &RoundInfo,
+        info: &Assignment,
         taking: &mut [Taking],
-        model: &Model,
-        rref: &fedsec_proto::v1::RoundRef,
-        key: &server_wire::RoundKey,
     ) -> Result<BTreeSet<usize>, SimError> {
         let plan = &info.plan;
-        let ctx = plan.context();
+        let key = info.key();
+        let ctx = key.ctx;
         let any = plan.selected[0];
         let latency = Duration::from_millis(self.exp.latency_ms);
 
-        // Local training, in parallel.
-        let fits: Vec<Result<(), String>> = taking
-            .par_iter_mut()
-            .map(|c| {
-                let trainer = c.trainer.as_mut().ok_or("a site's trainer is missing")?;
-                let fit = trainer.fit(model).map_err(|e| e.to_string())?;
-                (c.update, c.examples, c.loss) = (fit.update, fit.examples, fit.loss);
-                Ok(())
-            })
-            .collect();
-        fits.into_iter().collect::<Result<(), String>>().map_err(SimError)?;
+        // The checkpoint, then local training, in parallel: each client verifies the
+        // coordinator's signature and the hash before it trains.
+        let model = Response::Model {
+            manifest: self.manifest.clone(),
+            data: self.engine.model().to_safetensors().map_err(err)?,
+        };
+        let now = self.now;
+        taking.par_iter_mut().filter(|c| c.active).for_each(|c| {
+            c.active =
+                matches!(c.next.take(), Some(Request::DownloadModel(_))) && c.step(&model, now);
+        });
 
         // Phase 0: advertise keys; stragglers arrive late.
-        self.drop_out(taking, 0);
+        self.drop_out(taking, Phase::AdvertiseKeys);
         let straggle = Duration::from_millis(self.exp.straggler_delay_ms);
         let opened = self.now;
         for late in [false, true] {
             let arrive = opened + latency + if late { straggle } else { Duration::ZERO };
-            let arrivals: Vec<usize> = (0..taking.len())
-                .filter(|&i| taking[i].active && self.sites[taking[i].site].straggler == late)
-                .collect();
-            if arrivals.is_empty() || !self.wait(arrive.saturating_duration_since(self.now)) {
+            let sites = &self.sites;
+            let group = |c: &Taking| c.active && sites[c.site].straggler == late;
+            if !taking.iter().any(group) {
                 continue;
             }
-            for i in arrivals {
-                let c = &mut taking[i];
-                let req = client_wire::advertise(rref.clone(), c.core.advertise()).map_err(err)?;
-                c.sent += req.encoded_len() as u64;
-                let msg = server_wire::advertise(&req, c.id).map_err(err)?;
-                if self.engine.advertise(c.id, msg, self.now).is_err() {
-                    c.active = false;
-                }
-            }
+            let mine: Vec<bool> = taking.iter().map(group).collect();
+            let on_time = self.wait(arrive.saturating_duration_since(self.now));
+            self.submit(taking, on_time, |i| mine[i]);
         }
         self.close(&ctx, Phase::AdvertiseKeys, &any);
 
-        // Phase 1: share keys.
-        self.drop_out(taking, 1);
-        let on_time = self.wait(latency);
-        let out = self.work(taking, &ctx, Phase::AdvertiseKeys, |c, r| {
-            let Reply::Keys(fwd) = r else { return None };
-            let resp = server_wire::keys_to_wire(key, &fwd);
-            c.received += resp.encoded_len() as u64;
-            let fwd = client_wire::keys(ctx, c.id, &resp).ok()?;
-            let msg = c.core.handle_keys(&fwd).ok()?;
-            let req = client_wire::share_keys(rref.clone(), &msg);
-            c.sent += req.encoded_len() as u64;
-            server_wire::share_keys(&req, c.id).ok()
-        });
-        self.submit(taking, out, on_time, |e, id, m, now| e.share_keys(id, m, now).is_ok());
-        self.close(&ctx, Phase::ShareKeys, &any);
+        // Phases 1–4: each client's round takes the reply to its last message and makes the
+        // next one, which reaches the engine after the latency.
+        for (before, phase) in Phase::ALL.into_iter().zip(Phase::ALL.into_iter().skip(1)) {
+            self.drop_out(taking, phase);
+            let on_time = self.wait(latency);
+            self.work(taking, &key, before);
+            self.submit(taking, on_time, |_| true);
+            self.close(&ctx, phase, &any);
+        }
+        let uploaded: BTreeSet<usize> =
+            taking.iter().filter(|c| c.uploaded).map(|c| c.site).collect();
 
-        // Phase 2: quantize, mask, upload.
-        self.drop_out(taking, 2);
-        let on_time = self.wait(latency);
-        let chunk_words = info.upload_chunk_words as usize;
-        let out = self.work(taking, &ctx, Phase::ShareKeys, |c, r| {
-            let Reply::Shares(fwd) = r else { return None };
-            let resp = server_wire::shares_to_wire(key, &fwd);
-            c.received += resp.encoded_len() as u64;
-            let fwd = client_wire::shares(ctx, c.id, &resp).ok()?;
-            let x = plan.quant.quantize(&c.update, c.examples, &mut c.coins).ok()?;
-            let y = c.core.handle_shares(&fwd, &x, &mut c.ledger).ok()?;
-            let chunks = client_wire::chunks(rref, &y, chunk_words);
-            c.sent += chunks.iter().map(|k| k.encoded_len() as u64).sum::<u64>();
-            chunks
-                .into_iter()
-                .map(|k| server_wire::chunk(k, c.id).ok().map(|m| m.1))
-                .collect::<Option<Vec<_>>>()
-        });
-        let mut uploaded = BTreeSet::new();
-        let sites: Vec<usize> = taking.iter().map(|c| c.site).collect();
-        self.submit(taking, out, on_time, |e, id, chunks, now| {
-            chunks.iter().all(|m| e.masked_input(id, m, now).is_ok())
-        });
-        for (c, s) in taking.iter().zip(sites) {
-            if c.active {
-                uploaded.insert(s);
+        // The result: the checkpoint is "stored" at once, then every client still in the
+        // attempt gets the outcome.
+        let parent = self.engine.checkpoint().0;
+        while let Some(o) = self.engine.poll_output() {
+            if let Output::Checkpoint(c) = o {
+                self.models.push(Model::from_safetensors(&c.bytes).map_err(err)?);
+                self.engine.checkpoint_committed(c.version, self.now).map_err(err)?;
+                self.sign_checkpoint(parent, c.summary.clone())?;
             }
         }
-        self.close(&ctx, Phase::MaskedInputCollection, &any);
-
-        // Phase 3: sign U3.
-        self.drop_out(taking, 3);
-        let on_time = self.wait(latency);
-        let out = self.work(taking, &ctx, Phase::MaskedInputCollection, |c, r| {
-            let Reply::Survivors(req) = r else { return None };
-            let resp = server_wire::survivors_to_wire(key, &req);
-            c.received += resp.encoded_len() as u64;
-            let msg = c.core.handle_consistency(&client_wire::survivors(ctx, &resp)).ok()?;
-            let req = client_wire::consistency(rref.clone(), &msg);
-            c.sent += req.encoded_len() as u64;
-            server_wire::consistency(&req, c.id).ok()
-        });
-        self.submit(taking, out, on_time, |e, id, m, now| e.consistency(id, m, now).is_ok());
-        self.close(&ctx, Phase::ConsistencyCheck, &any);
-
-        // Phase 4: reveal shares.
-        self.drop_out(taking, 4);
-        let on_time = self.wait(latency);
-        let out = self.work(taking, &ctx, Phase::ConsistencyCheck, |c, r| {
-            let Reply::Unmask(req) = r else { return None };
-            let resp = server_wire::unmask_request_to_wire(key, &req);
-            c.received += resp.encoded_len() as u64;
-            let req = client_wire::unmask_request(ctx, &resp).ok()?;
-            let msg = c.core.handle_unmasking(&req).ok()?;
-            let req = client_wire::unmask(rref.clone(), &msg);
-            c.sent += req.encoded_len() as u64;
-            server_wire::unmasking(&req, c.id).ok()
-        });
-        self.submit(taking, out, on_time, |e, id, m, now| e.unmasking(id, m, now).is_ok());
-        self.close(&ctx, Phase::Unmasking, &any);
+        self.wait(latency);
+        self.work(taking, &key, Phase::Unmasking);
         Ok(uploaded)
     }
 }
 
-/// The clients' certificate-chain verifier, shared by all simulated clients: each distinct
-/// (client, credential) pair is verified once and remembered. Verification is a pure function
-/// of the pair (and the fixed time), so every client would reach the same answer on its own;
-/// sharing it only saves the simulation from checking each chain once per client — n² chain
-/// checks a round. Signatures are still checked by every client.
+/// A signature verified on its own (strictly): (key, SHA-256 of the message, signature).
+type KnownSignature = ([u8; 32], [u8; 32], [u8; 64]);
+
+/// The clients' verifier, shared by all simulated clients. Each distinct certificate chain,
+/// signature check and advertised public key is checked once and remembered: each check is a
+/// pure function of its bytes (and of the fixed time), so every client would reach the same
+/// answer on its own. Sharing them saves the simulation from checking each chain and each
+/// consistency signature once per client (n² checks a round) and each advertised key once per
+/// neighbour. Every client still makes every check; a repeated one is a lookup. A result is
+/// remembered only for exactly the inputs that produced it: single signatures (checked
+/// strictly) apart from batches, and a batch as its whole ordered list, since batch
+/// verification is a property of the batch, not of each signature in it.
 struct SharedVerifier {
     inner: X509Credentials,
-    verified: Mutex<BTreeMap<(ClientId, [u8; 32]), VerifyingKey>>,
+    /// Verified chains: client → (credential, key).
+    chains: RwLock<HashMap<ClientId, (Vec<u8>, VerifyingKey)>>,
+    /// Signatures that passed the strict single check.
+    signatures: RwLock<HashSet<KnownSignature>>,
+    /// Batches that passed, by SHA-256 of their ordered (key, SHA-256 of message, signature).
+    batches: RwLock<HashSet<[u8; 32]>>,
+    keys: RwLock<HashMap<[u8; 32], PublicKey>>,
+}
+
+/// A read or write lock, whoever panicked while holding it (the maps stay consistent: each
+/// insert is one call).
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SharedVerifier {
+    fn new(inner: X509Credentials) -> Self {
+        SharedVerifier {
+            inner,
+            chains: RwLock::default(),
+            signatures: RwLock::default(),
+            batches: RwLock::default(),
+            keys: RwLock::default(),
+        }
+    }
 }
 
 impl CredentialVerifier for SharedVerifier {
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> fedsec_crypto::Result<VerifyingKey> {
-        let key = (*claimed, <[u8; 32]>::from(Sha256::digest(credential)));
-        let seen = |m: &Mutex<BTreeMap<_, VerifyingKey>>| {
-            m.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied()
-        };
-        if let Some(k) = seen(&self.verified) {
-            return Ok(k);
+        if let Some((seen, key)) = read(&self.chains).get(claimed)
+            && seen.as_slice() == credential
+        {
+            return Ok(*key);
         }
-        let k = self.inner.verify(claimed, credential)?;
-        self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(key, k);
-        Ok(k)
+        let key = self.inner.verify(claimed, credential)?;
+        write(&self.chains).insert(*claimed, (credential.to_vec(), key));
+        Ok(key)
+    }
+
+    fn verify_signature(
+        &self,
+        signer: ClientId,
+        key: &VerifyingKey,
+        message: &[u8],
+        signature: &[u8; 64],
+    ) -> fedsec_crypto::Result<()> {
+        let entry = (key.to_bytes(), Sha256::digest(message).into(), *signature);
+        if read(&self.signatures).contains(&entry) {
+            return Ok(());
+        }
+        self.inner.verify_signature(signer, key, message, signature)?;
+        write(&self.signatures).insert(entry);
+        Ok(())
+    }
+
+    fn verify_signatures(&self, items: &[SignedItem]) -> fedsec_crypto::Result<()> {
+        // Messages repeat within a batch (every consistency signature signs the same U3):
+        // hash each distinct one once.
+        let mut batch = Sha256::new();
+        let mut last: Option<(&[u8], [u8; 32])> = None;
+        for (_, key, message, sig) in items {
+            let digest = match last {
+                Some((m, d)) if m == message.as_slice() => d,
+                _ => Sha256::digest(message).into(),
+            };
+            last = Some((message, digest));
+            batch.update(key.as_bytes());
+            batch.update(digest);
+            batch.update(sig);
+        }
+        let batch: [u8; 32] = batch.finalize().into();
+        if read(&self.batches).contains(&batch) {
+            return Ok(());
+        }
+        self.inner.verify_signatures(items)?;
+        write(&self.batches).insert(batch);
+        Ok(())
+    }
+
+    fn public_key(&self, owner: ClientId, bytes: &[u8; 32]) -> fedsec_crypto::Result<PublicKey> {
+        if let Some(k) = read(&self.keys).get(bytes) {
+            return Ok(*k);
+        }
+        let key = self.inner.public_key(owner, bytes)?;
+        write(&self.keys).insert(*bytes, key);
+        Ok(key)
     }
 }
 
@@ -535,7 +640,7 @@ fn pem_certs(path: &std::path::Path) -> Result<Vec<Vec<u8>>, SimError> {
 /// A client's identity key and certificate chain, as the throw-away PKI wrote them.
 fn credentials(
     c: &fedsec_coordinator::pki::ClientCredentials,
-) -> Result<(Arc<IdentityKey>, Vec<u8>), SimError> {
+) -> Result<(Arc<IdentityKey>, Vec<Vec<u8>>), SimError> {
     use ed25519_dalek::pkcs8::DecodePrivateKey;
     // The private key's text is wiped once the key is parsed.
     let pem = zeroize::Zeroizing::new(
@@ -545,7 +650,7 @@ fn credentials(
     let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
         .map_err(|e| SimError(format!("{}: {e}", c.key.display())))?;
     let chain = pem_certs(&c.cert)?;
-    Ok((Arc::new(IdentityKey::from_signing_key(signing)), encode_chain(&chain)))
+    Ok((Arc::new(IdentityKey::from_signing_key(signing)), chain))
 }
 
 /// Runs the experiment's secure training in memory.
@@ -564,8 +669,14 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
         .unwrap_or(0);
     let x509 = X509Credentials::new(&roots, unix).map_err(err)?;
     let verifier: Arc<dyn CredentialVerifier> = Arc::new(x509.clone());
-    let shared: Arc<dyn CredentialVerifier> =
-        Arc::new(SharedVerifier { inner: x509, verified: Mutex::new(BTreeMap::new()) });
+    let shared: Arc<dyn CredentialVerifier> = Arc::new(SharedVerifier::new(x509));
+    let signing = SigningKey::generate(&mut fedsec_crypto::rng::os_rng());
+    let policy = PolicyConfig {
+        max_dropout: p.assumed_dropout.max(PolicyConfig::default().max_dropout),
+        ..PolicyConfig::default()
+    }
+    .to_policy()
+    .map_err(err)?;
     // Which key each site holds follows the seed (the keys themselves do not): the sites'
     // order by client id — and so their positions in every plan and neighbour graph — is the
     // same in every run with this seed.
@@ -576,25 +687,18 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
     ranks.shuffle(&mut ChaCha20Rng::from_seed(seed32(exp.seed, "ranks", 0)));
     let mut sites = Vec::with_capacity(p.active.len());
     for (slot, &i) in p.active.iter().enumerate() {
-        let (key, credential) = credentials(by_rank[ranks[slot]])?;
+        let (key, chain) = credentials(by_rank[ranks[slot]])?;
         sites.push(Site {
             index: i,
-            key,
-            credential,
-            ledger: ContributionLedger::default(),
+            member: Membership::new(key, &chain, policy.clone(), signing.verifying_key(), TASK),
+            state: ClientState::default(),
             trainer: Some(exp.trainer(p, i).map_err(err)?),
             drops: schedule::drops_of(exp, i, exp.rounds),
             straggler: schedule::is_straggler(exp, i),
             coins: ChaCha20Rng::from_seed(seed32(exp.seed, "coins", i as u64)),
         });
     }
-    let by_id = sites.iter().enumerate().map(|(s, site)| (site.key.id(), s)).collect();
-    let policy = PolicyConfig {
-        max_dropout: p.assumed_dropout.max(PolicyConfig::default().max_dropout),
-        ..PolicyConfig::default()
-    }
-    .to_policy()
-    .map_err(err)?;
+    let by_id = sites.iter().enumerate().map(|(s, site)| (site.member.id(), s)).collect();
     let engine = Engine::new(
         config,
         p.initial_model.clone(),
@@ -609,13 +713,15 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
         now: Instant::now(),
         sites,
         by_id,
-        policy,
         verifier: shared,
+        signing,
+        manifest: v1::CheckpointManifest::default(),
         models: Vec::new(),
     };
+    world.sign_checkpoint(0, "initial model".into())?;
     let mut attempts = Vec::new();
     let most = exp.rounds.saturating_mul(20).max(20);
-    while world.engine.status().state != "finished" {
+    while world.engine.status().state != EngineState::Finished {
         if attempts.len() as u64 >= most {
             return Err(SimError(format!(
                 "{} attempts did not complete {} rounds: too many aborted (lower the dropout or \

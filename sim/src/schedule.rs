@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use fedsec_crypto::secagg::Phase;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
@@ -25,12 +26,12 @@ fn stream(seed: u64, what: &str, a: u64, b: u64) -> ChaCha20Rng {
     ChaCha20Rng::from_seed(h.finalize().into())
 }
 
-/// The phase (0–4) at which client `client` drops out of round `round`, if it does.
-pub fn drop_phase(exp: &Experiment, round: u64, client: usize) -> Option<usize> {
+/// The phase at which client `client` drops out of round `round`, if it does.
+pub fn drop_phase(exp: &Experiment, round: u64, client: usize) -> Option<Phase> {
     let mut rng = stream(exp.seed, "drop", round, client as u64);
     let hit = rng.random::<f64>() < exp.dropout;
     let phase = match exp.dropout_phase {
-        DropPhase::Random => rng.random_range(0..5usize),
+        DropPhase::Random => Phase::ALL[rng.random_range(0..Phase::ALL.len())],
         DropPhase::Phase(p) => p,
     };
     hit.then_some(phase)
@@ -40,7 +41,7 @@ pub fn drop_phase(exp: &Experiment, round: u64, client: usize) -> Option<usize> 
 ///
 /// A round can take a few attempts when some abort; the schedule covers the first `rounds`
 /// round ids, and later ones, if the task needs them, run without dropouts of this client.
-pub fn drops_of(exp: &Experiment, client: usize, rounds: u64) -> BTreeMap<u64, usize> {
+pub fn drops_of(exp: &Experiment, client: usize, rounds: u64) -> BTreeMap<u64, Phase> {
     (1..=rounds).filter_map(|r| drop_phase(exp, r, client).map(|p| (r, p))).collect()
 }
 
@@ -67,11 +68,16 @@ mod tests {
         assert!((rate - 0.1).abs() < 0.01, "{rate}");
         let mut phases = [0usize; 5];
         for p in a.iter().flat_map(|d| d.values()) {
-            phases[*p] += 1;
+            phases[p.index()] += 1;
         }
         assert!(phases.iter().all(|&n| n > drops / 7), "every phase is hit: {phases:?}");
-        let fixed = Experiment { dropout_phase: DropPhase::Phase(2), ..exp };
-        assert!((0..50).flat_map(|c| drops_of(&fixed, c, 20).into_values()).all(|p| p == 2));
+        let fixed =
+            Experiment { dropout_phase: DropPhase::Phase(Phase::MaskedInputCollection), ..exp };
+        assert!(
+            (0..50)
+                .flat_map(|c| drops_of(&fixed, c, 20).into_values())
+                .all(|p| p == Phase::MaskedInputCollection)
+        );
     }
 
     #[test]

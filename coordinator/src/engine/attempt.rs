@@ -1,21 +1,21 @@
 //! One attempt of a round in progress: the protocol server, the open phase, the replies.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
-use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
     ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
 };
 use fedsec_crypto::secagg::server::SecAggServer;
 use fedsec_crypto::{ClientId, RoundContext};
 
-use super::phase_index;
-use super::types::{RoundInfo, RoundOutcome};
+use super::types::{Assignment, RoundOutcome};
 
 /// One attempt in progress.
 pub(super) struct Attempt {
-    pub(super) info: RoundInfo,
+    pub(super) info: Assignment,
     pub(super) ctx: RoundContext,
     pub(super) server: SecAggServer,
     pub(super) phase: Phase,
@@ -30,8 +30,10 @@ pub(super) struct Attempt {
     pub(super) upload_bytes: u64,
     pub(super) keys: BTreeMap<ClientId, KeysForward>,
     pub(super) shares: BTreeMap<ClientId, SharesForward>,
-    pub(super) survivors: Option<ConsistencyRequest>,
-    pub(super) unmask: Option<UnmaskingRequest>,
+    /// U3, the same for every client of it (shared with each reply, never copied).
+    pub(super) survivors: Option<Arc<ConsistencyRequest>>,
+    /// U3 and its signatures, the same for every signer (shared, never copied).
+    pub(super) unmask: Option<Arc<UnmaskingRequest>>,
     /// Selected clients whose connection closed: no phase waits for them any more. A message
     /// from one of them (it reconnected in time) takes it off the list.
     pub(super) gone: BTreeSet<ClientId>,
@@ -75,7 +77,20 @@ impl Attempt {
     }
 
     /// True when every client the open phase runs over has answered it, or is gone.
+    ///
+    /// Called after every message, so it first compares counts: the open phase runs over
+    /// `set_sizes[phase]` clients (|U|, then the size each close recorded), and it cannot be
+    /// done while fewer of them answered than are not gone. Only then are the sets compared —
+    /// near a phase's end, not after each of its n messages.
     pub(super) fn all_answered(&self) -> bool {
+        let answered = match self.phase {
+            Phase::MaskedInputCollection => self.server.u3_len(),
+            p => self.answered[p.index()].len(),
+        };
+        let runs_over = self.set_sizes.get(self.phase.index()).copied().unwrap_or(0);
+        if answered + self.gone.len() < runs_over {
+            return false;
+        }
         let expected: BTreeSet<ClientId> =
             self.expected().difference(&self.gone).copied().collect();
         match self.phase {
@@ -85,7 +100,7 @@ impl Attempt {
                     self.server.u3().into_iter().map(|i| plan.selected[i]).collect();
                 expected.is_subset(&done)
             }
-            p => expected.iter().all(|c| self.answered[phase_index(p)].contains_key(c)),
+            p => expected.iter().all(|c| self.answered[p.index()].contains_key(c)),
         }
     }
 }

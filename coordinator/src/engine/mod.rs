@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use fedsec_crypto::model::Model;
 use fedsec_crypto::quant::QuantParams;
-use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::server::SecAggServer;
 use fedsec_crypto::sign::CredentialVerifier;
 use fedsec_crypto::{
@@ -53,7 +53,8 @@ use sha2::{Digest, Sha256};
 
 pub use config::{PhaseDeadlines, TaskConfig};
 pub use types::{
-    AuditEvent, CheckIn, NewCheckpoint, Output, Reply, RoundInfo, RoundOutcome, Status,
+    Assignment, AuditEvent, CheckIn, EngineState, NewCheckpoint, Output, Reply, RoundOutcome,
+    Status,
 };
 
 use attempt::Attempt;
@@ -65,21 +66,6 @@ pub const CHECK_IN_TTL: Duration = Duration::from_secs(60);
 
 /// How many finished attempts the engine remembers, for late callers and status.
 const RESULTS_KEPT: usize = 256;
-
-/// The name of a phase, as messages and errors show it.
-pub fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::AdvertiseKeys => "AdvertiseKeys",
-        Phase::ShareKeys => "ShareKeys",
-        Phase::MaskedInputCollection => "MaskedInputCollection",
-        Phase::ConsistencyCheck => "ConsistencyCheck",
-        Phase::Unmasking => "Unmasking",
-    }
-}
-
-fn phase_index(p: Phase) -> usize {
-    Phase::ALL.iter().position(|&q| q == p).expect("Phase::ALL lists every phase")
-}
 
 enum State {
     Selecting { deadline: Option<Instant> },
@@ -215,10 +201,10 @@ impl Engine {
     /// A snapshot for status calls.
     pub fn status(&self) -> Status {
         let (state, phase) = match &self.state {
-            State::Selecting { .. } => ("selecting", None),
-            State::Running(a) => ("running", Some(a.phase)),
-            State::Committing { .. } => ("committing", None),
-            State::Finished => ("finished", None),
+            State::Selecting { .. } => (EngineState::Selecting, None),
+            State::Running(a) => (EngineState::Running, Some(a.phase)),
+            State::Committing { .. } => (EngineState::Committing, None),
+            State::Finished => (EngineState::Finished, None),
         };
         Status {
             state,
@@ -241,7 +227,7 @@ impl Engine {
     }
 
     /// The running attempt's plan, if any.
-    pub fn current_round(&self) -> Option<&RoundInfo> {
+    pub fn current_round(&self) -> Option<&Assignment> {
         match &self.state {
             State::Running(a) => Some(&a.info),
             State::Committing { attempt, .. } => Some(&attempt.info),
@@ -411,7 +397,7 @@ impl Engine {
         let n = plan.selected.len();
         Ok(Attempt {
             ctx: plan.context(),
-            info: RoundInfo {
+            info: Assignment {
                 plan,
                 checkpoint_version: self.checkpoint_version,
                 upload_chunk_words: c.upload_chunk_words,
@@ -481,24 +467,24 @@ impl Engine {
                 contributed.extend(a.server.u3().into_iter().map(|i| plan.selected[i]));
                 a.server.close_masked_input().map(|req| {
                     a.set_sizes.push(a.server.u3().len());
-                    a.survivors = Some(req);
+                    a.survivors = Some(Arc::new(req));
                 })
             }
             Phase::ConsistencyCheck => a.server.close_consistency().map(|req| {
                 a.set_sizes.push(req.signatures.len());
-                a.unmask = Some(req);
+                a.unmask = Some(Arc::new(req));
             }),
             Phase::Unmasking => {
-                a.set_sizes.push(a.answered[phase_index(Phase::Unmasking)].len());
+                a.set_sizes.push(a.answered[Phase::Unmasking.index()].len());
                 return self.aggregate();
             }
         };
         match closed {
             Ok(()) => {
-                let next = Phase::ALL[phase_index(a.phase) + 1];
+                let next = Phase::ALL[a.phase.index() + 1];
                 a.phase = next;
                 a.phase_opened = now;
-                a.deadline = now + a.info.phase_deadlines[phase_index(next)];
+                a.deadline = now + a.info.phase_deadlines[next.index()];
                 if a.all_answered() {
                     // Nobody is left to wait for (for instance, U4 is empty).
                     self.close_phase(now);
@@ -592,7 +578,7 @@ impl Engine {
             participants: outcome.participants(),
             checkpoint_version: checkpoint.version,
         }));
-        let unmasked = std::mem::take(&mut attempt.answered[phase_index(Phase::Unmasking)]);
+        let unmasked = std::mem::take(&mut attempt.answered[Phase::Unmasking.index()]);
         self.remember(outcome, unmasked);
         self.state = if self.completed_rounds >= self.config.rounds {
             State::Finished
@@ -620,7 +606,7 @@ impl Engine {
             attempt: plan.attempt,
             reason: reason.clone(),
         }));
-        let unmasked = std::mem::take(&mut attempt.answered[phase_index(Phase::Unmasking)]);
+        let unmasked = std::mem::take(&mut attempt.answered[Phase::Unmasking.index()]);
         self.remember(attempt.outcome(false, None, Some(reason)), unmasked);
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse, message_digest,
 };
@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::attempt::Attempt;
 use super::types::Reply;
-use super::{Engine, State, phase_index, phase_name};
+use super::{Engine, State};
 use crate::error::{Error, Result};
 
 impl Engine {
@@ -132,7 +132,7 @@ impl Engine {
                 Some(r) if !r.completed => {
                     Error::RoundAborted(r.abort_reason.clone().unwrap_or_else(|| "aborted".into()))
                 }
-                Some(_) => Error::PhaseClosed { phase: phase_name(phase) },
+                Some(_) => Error::PhaseClosed { phase: phase.name() },
                 None => Error::NotCurrentAttempt { current_round: self.round_id },
             }),
         }
@@ -141,9 +141,9 @@ impl Engine {
     fn phase_error(&self, phase: Phase) -> Error {
         match &self.state {
             State::Running(a) if a.phase < phase => {
-                Error::PhaseNotOpen { phase: phase_name(phase), current: phase_name(a.phase) }
+                Error::PhaseNotOpen { phase: phase.name(), current: a.phase.name() }
             }
-            _ => Error::PhaseClosed { phase: phase_name(phase) },
+            _ => Error::PhaseClosed { phase: phase.name() },
         }
     }
 
@@ -162,19 +162,17 @@ impl Engine {
             // The attempt is over; an identical resend still gets the result.
             return match seen.get(&from) {
                 Some(d) if *d == digest => Ok(()),
-                Some(_) => {
-                    Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase_name(phase)).into())
-                }
-                None => Err(Error::PhaseClosed { phase: phase_name(phase) }),
+                Some(_) => Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase.name()).into()),
+                None => Err(Error::PhaseClosed { phase: phase.name() }),
             };
         }
         let attempt = self.attempt_for(ctx, phase)?;
         attempt.info.plan.index_of(&from).ok_or(Error::NotSelected(from))?;
-        if let Some(seen) = attempt.answered[phase_index(phase)].get(&from) {
+        if let Some(seen) = attempt.answered[phase.index()].get(&from) {
             return if *seen == digest {
                 Ok(())
             } else {
-                Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase_name(phase)).into())
+                Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase.name()).into())
             };
         }
         if attempt.phase != phase {
@@ -182,11 +180,11 @@ impl Engine {
         }
         let State::Running(attempt) = &mut self.state else {
             // The attempt is storing its checkpoint: the unmasking has closed.
-            return Err(Error::PhaseClosed { phase: phase_name(phase) });
+            return Err(Error::PhaseClosed { phase: phase.name() });
         };
         receive(&mut attempt.server)?;
         attempt.gone.remove(&from);
-        attempt.answered[phase_index(phase)].insert(from, digest);
+        attempt.answered[phase.index()].insert(from, digest);
         if attempt.all_answered() {
             self.close_phase(now);
         }
@@ -215,7 +213,7 @@ impl Engine {
                     Some(r) if !r.completed => Err(Error::RoundAborted(
                         r.abort_reason.clone().unwrap_or_else(|| "aborted".into()),
                     )),
-                    Some(_) => Err(Error::PhaseClosed { phase: phase_name(phase) }),
+                    Some(_) => Err(Error::PhaseClosed { phase: phase.name() }),
                     None => Err(Error::NotCurrentAttempt { current_round: self.round_id }),
                 });
             }
@@ -223,7 +221,7 @@ impl Engine {
         if attempt.phase <= phase {
             return None;
         }
-        let missing = || Err(Error::PhaseClosed { phase: phase_name(phase) });
+        let missing = || Err(Error::PhaseClosed { phase: phase.name() });
         Some(match phase {
             Phase::AdvertiseKeys => {
                 attempt.keys.get(client).cloned().map(Reply::Keys).map_or_else(missing, Ok)

@@ -91,7 +91,7 @@ impl Fed {
 }
 
 struct Ran {
-    info: RoundInfo,
+    info: Assignment,
     quantized: BTreeMap<usize, Vec<u32>>,
     outcome: Result<RoundOutcome>,
 }
@@ -101,7 +101,7 @@ impl Fed {
         self.sites.iter().position(|s| s.key.id() == *id).unwrap()
     }
 
-    fn check_in_all(&mut self) -> RoundInfo {
+    fn check_in_all(&mut self) -> Assignment {
         let mut info = None;
         for s in &self.sites {
             if let CheckIn::Selected(i) = self.engine.check_in(s.key.id(), self.now) {
@@ -230,7 +230,7 @@ impl Fed {
         }
         if self.engine.reply(&any, &ctx, Phase::Unmasking).is_none()
             && self.engine.current_round().is_some_and(|r| r.plan.context() == ctx)
-            && !matches!(self.engine.status().state, "committing")
+            && self.engine.status().state != EngineState::Committing
         {
             self.advance();
         }
@@ -396,7 +396,7 @@ fn an_abort_changes_nothing_and_the_retry_excludes_contributors() {
         f.engine.check_in(s.key.id(), f.now);
     }
     f.advance();
-    assert_eq!(f.engine.status().state, "selecting");
+    assert_eq!(f.engine.status().state, EngineState::Selecting);
     assert_eq!(f.engine.status().round_id, RoundId(1), "the round id is kept for the retry");
 }
 
@@ -584,12 +584,12 @@ fn selection_waits_for_the_minimum_then_caps_at_over_selection() {
         assert_eq!(f.engine.check_in(s.key.id(), f.now), CheckIn::Pending);
     }
     f.advance();
-    assert_eq!(f.engine.status().state, "selecting");
+    assert_eq!(f.engine.status().state, EngineState::Selecting);
     // Three more: ten wait, still below the cap of 12; at the deadline the ten are selected.
     for s in &f.sites[7..10] {
         f.engine.check_in(s.key.id(), f.now);
     }
-    assert_eq!(f.engine.status().state, "selecting");
+    assert_eq!(f.engine.status().state, EngineState::Selecting);
     f.advance();
     let info = f.engine.current_round().unwrap().clone();
     assert_eq!(info.plan.selected.len(), 10);
@@ -617,7 +617,7 @@ fn stale_check_ins_expire() {
     // Past the check-in lifetime, nobody called again: nobody is selected.
     f.now += CHECK_IN_TTL + Duration::from_secs(1);
     f.engine.handle_timeout(f.now);
-    assert_eq!(f.engine.status().state, "selecting");
+    assert_eq!(f.engine.status().state, EngineState::Selecting);
     assert_eq!(f.engine.status().waiting, 0);
 }
 
@@ -633,7 +633,7 @@ fn rounds_chain_checkpoints_and_the_task_finishes() {
         // Every round trains on the checkpoint the previous one produced.
         assert_eq!(f.engine.checkpoint().0, round);
     }
-    assert_eq!(f.engine.status().state, "finished");
+    assert_eq!(f.engine.status().state, EngineState::Finished);
     assert_eq!(f.engine.check_in(f.sites[0].key.id(), f.now), CheckIn::Finished);
 }
 
@@ -697,7 +697,7 @@ fn committing_holds_the_result_back() {
         f.engine.unmasking(*id, msg.clone(), f.now).unwrap();
         revealed.push((*id, msg));
     }
-    assert_eq!(f.engine.status().state, "committing");
+    assert_eq!(f.engine.status().state, EngineState::Committing);
     assert!(f.engine.reply(&any, &ctx, Phase::Unmasking).is_none());
     assert_eq!(f.engine.checkpoint().0, 0, "not before it is stored");
     let stored = f.commit();

@@ -3,24 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
     ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
 };
-use fedsec_crypto::{AttemptNonce, CheckpointHash, ClientId, RoundContext, RoundId, RoundPlan};
-
-/// What a selected client needs to run an attempt: the plan, plus how the round runs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RoundInfo {
-    /// The plan; its context binds every message of the attempt.
-    pub plan: RoundPlan,
-    /// The version of the checkpoint to train on (its hash is in the plan).
-    pub checkpoint_version: u64,
-    /// Masked-input chunk size in words.
-    pub upload_chunk_words: u32,
-    /// Per-phase deadlines, each relative to its phase's start.
-    pub phase_deadlines: [Duration; 5],
-}
+use fedsec_crypto::{AttemptNonce, CheckpointHash, ClientId, RoundContext, RoundId};
+pub use fedsec_wire::Assignment;
 
 /// The answer to a check-in.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +16,7 @@ pub enum CheckIn {
     /// Waiting for selection; ask again (the gRPC adapter long-polls).
     Pending,
     /// Selected: run this attempt.
-    Selected(Box<RoundInfo>),
+    Selected(Box<Assignment>),
     /// Not now.
     RetryLater {
         /// When to check in again.
@@ -47,10 +35,10 @@ pub enum Reply {
     Keys(KeysForward),
     /// Phase 1 → 2: the ciphertexts addressed to the client.
     Shares(SharesForward),
-    /// Phase 2 → 3: U3.
-    Survivors(ConsistencyRequest),
-    /// Phase 3 → 4: U3 and the signatures on it.
-    Unmask(UnmaskingRequest),
+    /// Phase 2 → 3: U3 — one message for every client in it, shared.
+    Survivors(Arc<ConsistencyRequest>),
+    /// Phase 3 → 4: U3 and the signatures on it — one message for every signer, shared.
+    Unmask(Arc<UnmaskingRequest>),
     /// After phase 4: how the round ended.
     Result(RoundOutcome),
 }
@@ -166,8 +154,8 @@ pub enum AuditEvent {
 /// A snapshot of the task for status calls and progress displays.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
-    /// `selecting`, `running`, `committing` or `finished`.
-    pub state: &'static str,
+    /// What the engine is doing.
+    pub state: EngineState,
     /// The current (or next) round id.
     pub round_id: RoundId,
     /// The open phase, when a round runs.
@@ -178,4 +166,35 @@ pub struct Status {
     pub checkpoint_version: u64,
     /// Rounds completed so far.
     pub completed_rounds: u64,
+}
+
+/// What a task's engine is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EngineState {
+    /// Waiting for enough clients to check in.
+    Selecting,
+    /// An attempt is running (its phase is in [`Status::phase`]).
+    Running,
+    /// The sum is computed; the new checkpoint is being stored.
+    Committing,
+    /// The task has run all its rounds.
+    Finished,
+}
+
+impl EngineState {
+    /// Its name, as status calls and logs show it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EngineState::Selecting => "selecting",
+            EngineState::Running => "running",
+            EngineState::Committing => "committing",
+            EngineState::Finished => "finished",
+        }
+    }
+}
+
+impl core::fmt::Display for EngineState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
 }

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedsec_crypto::TaskId;
 use fedsec_crypto::model::Model;
-use fedsec_crypto::{AdversaryClass, GraphKind, TaskId};
+use fedsec_crypto::secagg::Phase;
 use fedsec_proto::v1;
 use fedsec_proto::v1::admin_server::Admin;
 use serde_json::json;
@@ -13,8 +14,9 @@ use tonic::{Request, Response, Status};
 
 use super::{AuthMode, Coordinator};
 use crate::audit::EntryKind;
-use crate::engine::{PhaseDeadlines, TaskConfig};
+use crate::engine::{EngineState, PhaseDeadlines, TaskConfig};
 use crate::wire;
+use fedsec_wire::Wire;
 
 /// The Admin service over a [`Coordinator`].
 #[derive(Debug, Clone)]
@@ -57,26 +59,16 @@ pub fn task_config(req: &v1::CreateTaskRequest, id: TaskId) -> Result<TaskConfig
     if req.over_selection != 0.0 {
         c.over_selection = req.over_selection;
     }
-    c.graph = match v1::GraphKind::try_from(req.graph) {
-        Ok(v1::GraphKind::Complete) => GraphKind::Complete,
-        Ok(v1::GraphKind::Harary) | Ok(v1::GraphKind::Unspecified) => GraphKind::Harary,
-        Err(_) => {
-            return Err(Status::invalid_argument(format!("graph: unknown kind {}", req.graph)));
-        }
-    };
-    c.adversary = match v1::AdversaryClass::try_from(req.adversary) {
-        Ok(v1::AdversaryClass::Curious) => AdversaryClass::Curious,
-        Ok(v1::AdversaryClass::SemiMalicious) | Ok(v1::AdversaryClass::Unspecified) => {
-            AdversaryClass::SemiMalicious
-        }
-        Ok(v1::AdversaryClass::Malicious) => AdversaryClass::Malicious,
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "adversary: unknown class {}",
-                req.adversary
-            )));
-        }
-    };
+    // Left unspecified, the graph and the class take the defaults of `TaskConfig::new`.
+    let bad = |e: fedsec_wire::WireError| Status::invalid_argument(e.to_string());
+    if let Some(graph) = fedsec_wire::graph_from_wire("graph", req.graph).map_err(bad)? {
+        c.graph = graph;
+    }
+    if let Some(class) =
+        fedsec_wire::adversary_from_wire("adversary", req.adversary).map_err(bad)?
+    {
+        c.adversary = class;
+    }
     if req.dropout_ppm > 0 {
         c.dropout_ppm = req.dropout_ppm;
     }
@@ -165,7 +157,7 @@ impl Admin for AdminService {
         let s = engine.status();
         let state = match (started, s.state) {
             (false, _) => "created",
-            (true, "finished") => "finished",
+            (true, EngineState::Finished) => "finished",
             (true, _) => "running",
         };
         Ok(Response::new(v1::TaskStatus {
@@ -173,7 +165,7 @@ impl Admin for AdminService {
             name: engine.config().name.clone(),
             state: state.into(),
             round_id: s.round_id.0,
-            phase: s.phase.map(crate::engine::phase_name).unwrap_or(s.state).into(),
+            phase: s.phase.map_or(s.state.name(), Phase::name).into(),
             checked_in: s.waiting as u32,
             checkpoint_version: s.checkpoint_version,
             recent_rounds: engine.recent_results().map(|r| wire::result_to_wire(r, id)).collect(),
@@ -190,7 +182,7 @@ impl Admin for AdminService {
         let list =
             self.coordinator.store.list(id).await.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(v1::ListCheckpointsResponse {
-            checkpoints: list.iter().map(wire::manifest_to_wire).collect(),
+            checkpoints: list.iter().map(Wire::to_wire).collect(),
         }))
     }
 

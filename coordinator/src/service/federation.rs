@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedsec_crypto::secagg::driver::Phase;
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::{ClientId, RoundContext};
 use fedsec_proto::v1;
 use fedsec_proto::v1::federation_server::Federation;
@@ -12,8 +12,13 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{CHECK_IN_LONG_POLL, Coordinator, TaskRuntime};
-use crate::engine::{CheckIn, Reply, RoundInfo};
-use crate::wire::{self, RoundKey};
+use fedsec_crypto::secagg::messages::{
+    AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
+};
+use fedsec_wire::{Assignment, PhaseMessage, RoundKey, Wire};
+
+use crate::engine::{CheckIn, Reply};
+use crate::wire;
 
 /// Bytes of checkpoint per `ModelChunk`.
 pub const DOWNLOAD_CHUNK_BYTES: usize = 1 << 20;
@@ -31,7 +36,7 @@ impl FederationService {
     }
 
     /// The task a round key names, and the attempt's plan if it is the running one.
-    fn round(&self, key: &RoundKey) -> Result<(Arc<TaskRuntime>, Option<RoundInfo>), Status> {
+    fn round(&self, key: &RoundKey) -> Result<(Arc<TaskRuntime>, Option<Assignment>), Status> {
         let task = self.coordinator.task(&key.task)?;
         let info = task.lock().current_round().filter(|r| r.plan.context() == key.ctx).cloned();
         if let Some(info) = &info
@@ -61,7 +66,7 @@ impl FederationService {
             Some(r) => r.map_err(Status::from),
             None => Err(Status::deadline_exceeded(format!(
                 "phase {} is still open; call again with the identical message",
-                crate::engine::phase_name(phase)
+                Phase::name(phase)
             ))),
         }
     }
@@ -111,7 +116,7 @@ impl Federation for FederationService {
         };
         Ok(Response::new(match answer {
             CheckIn::Selected(info) => v1::CheckInResponse {
-                outcome: Some(v1::check_in_response::Outcome::Plan(wire::plan_to_wire(&info))),
+                outcome: Some(v1::check_in_response::Outcome::Plan(info.to_wire())),
             },
             CheckIn::RetryLater { after, reason } => retry(after, &reason),
             CheckIn::Finished => v1::CheckInResponse {
@@ -150,9 +155,8 @@ impl Federation for FederationService {
                 .map_err(|e| Status::internal(e.to_string()))?;
             (m, Arc::new(b.to_vec()))
         };
-        let head = v1::ModelChunk {
-            part: Some(v1::model_chunk::Part::Manifest(wire::manifest_to_wire(&manifest))),
-        };
+        let head =
+            v1::ModelChunk { part: Some(v1::model_chunk::Part::Manifest(manifest.to_wire())) };
         let chunks = bytes.len().div_ceil(DOWNLOAD_CHUNK_BYTES);
         // Chunks are cut as the stream is polled, so a large model is never copied whole.
         let body = futures::stream::iter(0..chunks).map(move |i| {
@@ -171,12 +175,12 @@ impl Federation for FederationService {
         req: Request<v1::AdvertiseKeysRequest>,
     ) -> Result<Response<v1::AdvertiseKeysResponse>, Status> {
         let client = self.coordinator.identify(&req)?;
-        let msg = wire::advertise(req.get_ref(), client)?;
+        let msg: AdvertiseKeys = wire::decode(req.get_ref(), client)?;
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, _) = self.round(&key)?;
         task.with_engine(move |e, now| e.advertise(client, msg, now)).await??;
         match Self::reply(&task, client, key.ctx, Phase::AdvertiseKeys).await? {
-            Reply::Keys(fwd) => Ok(Response::new(wire::keys_to_wire(&key, &fwd))),
+            Reply::Keys(fwd) => Ok(Response::new(fwd.to_wire(&key))),
             other => Err(unexpected(&other)),
         }
     }
@@ -186,12 +190,12 @@ impl Federation for FederationService {
         req: Request<v1::ShareKeysRequest>,
     ) -> Result<Response<v1::ShareKeysResponse>, Status> {
         let client = self.coordinator.identify(&req)?;
-        let msg = wire::share_keys(req.get_ref(), client)?;
+        let msg: ShareKeys = wire::decode(req.get_ref(), client)?;
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, _) = self.round(&key)?;
         task.with_engine(move |e, now| e.share_keys(client, msg, now)).await??;
         match Self::reply(&task, client, key.ctx, Phase::ShareKeys).await? {
-            Reply::Shares(fwd) => Ok(Response::new(wire::shares_to_wire(&key, &fwd))),
+            Reply::Shares(fwd) => Ok(Response::new(fwd.to_wire(&key))),
             other => Err(unexpected(&other)),
         }
     }
@@ -204,7 +208,8 @@ impl Federation for FederationService {
         let mut stream = req.into_inner();
         let mut round: Option<(RoundKey, Arc<TaskRuntime>)> = None;
         while let Some(chunk) = stream.message().await? {
-            let (key, msg) = wire::chunk(chunk, client)?;
+            let key = wire::round_key(chunk.round.as_ref())?;
+            let msg: MaskedInput = wire::decode(&chunk, client)?;
             let task = match &round {
                 Some((k, _)) if *k != key => {
                     return Err(Status::invalid_argument(
@@ -230,7 +235,7 @@ impl Federation for FederationService {
             ));
         }
         match Self::reply(&task, client, ctx, Phase::MaskedInputCollection).await? {
-            Reply::Survivors(req) => Ok(Response::new(wire::survivors_to_wire(&key, &req))),
+            Reply::Survivors(req) => Ok(Response::new(req.to_wire(&key))),
             other => Err(unexpected(&other)),
         }
     }
@@ -240,12 +245,12 @@ impl Federation for FederationService {
         req: Request<v1::ConsistencyCheckRequest>,
     ) -> Result<Response<v1::ConsistencyCheckResponse>, Status> {
         let client = self.coordinator.identify(&req)?;
-        let msg = wire::consistency(req.get_ref(), client)?;
+        let msg: ConsistencySignature = wire::decode(req.get_ref(), client)?;
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, _) = self.round(&key)?;
         task.with_engine(move |e, now| e.consistency(client, msg, now)).await??;
         match Self::reply(&task, client, key.ctx, Phase::ConsistencyCheck).await? {
-            Reply::Unmask(req) => Ok(Response::new(wire::unmask_request_to_wire(&key, &req))),
+            Reply::Unmask(req) => Ok(Response::new(req.to_wire(&key))),
             other => Err(unexpected(&other)),
         }
     }
@@ -255,7 +260,7 @@ impl Federation for FederationService {
         req: Request<v1::UnmaskRequest>,
     ) -> Result<Response<v1::RoundResult>, Status> {
         let client = self.coordinator.identify(&req)?;
-        let msg = wire::unmasking(req.get_ref(), client)?;
+        let msg: UnmaskingResponse = wire::decode(req.get_ref(), client)?;
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, _) = self.round(&key)?;
         task.with_engine(move |e, now| e.unmasking(client, msg, now)).await??;

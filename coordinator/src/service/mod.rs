@@ -229,7 +229,7 @@ impl Coordinator {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
-            .ok_or_else(|| crate::Error::UnknownTask(hex::encode(id.0)).into())
+            .ok_or_else(|| crate::Error::UnknownTask(*id).into())
     }
 
     /// A client has had no connection for the grace period (the running rounds stop waiting

@@ -48,7 +48,10 @@ mod tests {
     #[test]
     fn each_rule_has_its_status() {
         let cases: Vec<(Error, Code)> = vec![
-            (Error::Malformed("x".into()), Code::InvalidArgument),
+            (
+                fedsec_wire::WireError { field: "x", reason: fedsec_wire::Reason::Missing }.into(),
+                Code::InvalidArgument,
+            ),
             (Error::PhaseClosed { phase: "ShareKeys" }, Code::FailedPrecondition),
             (Error::NotSelected(ClientId([0; 32])), Code::PermissionDenied),
             (Error::RoundAborted("too few".into()), Code::Aborted),

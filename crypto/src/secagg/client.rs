@@ -27,7 +27,7 @@ use crate::secagg::messages::*;
 use crate::secagg::policy::check_floor;
 pub use crate::secagg::policy::{ClientPolicy, ContributionLedger};
 use crate::shamir::{self, ShareValue};
-use crate::sign::{CredentialVerifier, IdentityKey, verify, verify_many};
+use crate::sign::{CredentialVerifier, IdentityKey};
 
 /// Where the client stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +97,10 @@ pub struct SecAggClient {
     advert: AdvertiseKeys,
     /// Verified neighbours in U1 (canonical index → keys).
     peers: BTreeMap<usize, Peer>,
+    /// K_{v→u} for each verified neighbour v, made in phase 1 with K_{u→v} from the same key
+    /// agreement; each opens v's one ciphertext, then is gone.
+    /// Boxed, so that the map moving its entries never leaves copies of a key behind.
+    opening: BTreeMap<usize, Box<ShareKey>>,
     /// Shares held, by owner index (own shares included): owners form my view of H(u) ∩ U2.
     /// Boxed, so that moving entries never leaves copies of a share behind.
     held: BTreeMap<usize, Box<HeldShares>>,
@@ -134,17 +138,25 @@ impl SecAggClient {
         Self::start(identity, verifier, policy, plan, verified_checkpoint, ledger, true)
     }
 
-    fn start(
-        identity: Arc<IdentityKey>,
-        verifier: Arc<dyn CredentialVerifier>,
+    /// The checks [`Self::new`] makes of a plan before anything else: its shape, this client's
+    /// floor, the (k, t) the client computes itself, and the ledger (one input per checkpoint).
+    /// A client makes them before it downloads the plan's checkpoint.
+    pub fn check_plan(
+        plan: &RoundPlan,
         policy: &ClientPolicy,
-        plan: RoundPlan,
-        verified_checkpoint: &CheckpointHash,
+        ledger: &ContributionLedger,
+    ) -> Result<()> {
+        Self::check(plan, policy, ledger, true)
+    }
+
+    fn check(
+        plan: &RoundPlan,
+        policy: &ClientPolicy,
         ledger: &ContributionLedger,
         recompute_parameters: bool,
-    ) -> Result<Self> {
+    ) -> Result<()> {
         plan.validate()?;
-        check_floor(policy, &plan)?;
+        check_floor(policy, plan)?;
         if recompute_parameters {
             let need = params::choose(
                 plan.graph,
@@ -162,12 +174,34 @@ impl SecAggClient {
                 });
             }
         }
-        if plan.checkpoint != *verified_checkpoint {
-            return Err(Error::CheckpointMismatch);
-        }
         if policy.one_input_per_checkpoint && ledger.contributed(&plan.checkpoint) {
             return Err(Error::AlreadyContributedOnCheckpoint);
         }
+        Ok(())
+    }
+
+    fn start(
+        identity: Arc<IdentityKey>,
+        verifier: Arc<dyn CredentialVerifier>,
+        policy: &ClientPolicy,
+        plan: RoundPlan,
+        verified_checkpoint: &CheckpointHash,
+        ledger: &ContributionLedger,
+        recompute_parameters: bool,
+    ) -> Result<Self> {
+        Self::check(&plan, policy, ledger, recompute_parameters)?;
+        if plan.checkpoint != *verified_checkpoint {
+            return Err(Error::CheckpointMismatch);
+        }
+        Self::with_checked_plan(identity, verifier, policy, plan)
+    }
+
+    fn with_checked_plan(
+        identity: Arc<IdentityKey>,
+        verifier: Arc<dyn CredentialVerifier>,
+        policy: &ClientPolicy,
+        plan: RoundPlan,
+    ) -> Result<Self> {
         let id = identity.id();
         let me = plan.index_of(&id).ok_or(Error::NotSelected(id))?;
         let ctx = plan.context();
@@ -210,6 +244,7 @@ impl SecAggClient {
             self_seed: Some(self_seed),
             advert,
             peers: BTreeMap::new(),
+            opening: BTreeMap::new(),
             held: BTreeMap::new(),
             share_keys: None,
             masked_input: None,
@@ -297,6 +332,7 @@ impl SecAggClient {
         self.enc_sk = None;
         self.mask_sk = None;
         self.self_seed = None;
+        self.opening.clear();
         self.held.clear();
     }
 
@@ -390,7 +426,9 @@ impl SecAggClient {
                 continue;
             }
             let peer = &peers[&idx];
-            let key = ShareKey::derive(enc_sk, &peer.enc_pk, &self.ctx, &me_id, &peer.id);
+            let (key, opening) =
+                ShareKey::derive_pair(enc_sk, &peer.enc_pk, &self.ctx, &me_id, &peer.id);
+            self.opening.insert(idx, Box::new(opening));
             let mut plaintext = zeroize::Zeroizing::new([0u8; 64]);
             plaintext[..32].copy_from_slice(sk_share.to_bytes().as_ref());
             plaintext[32..].copy_from_slice(b_share.to_bytes().as_ref());
@@ -400,6 +438,10 @@ impl SecAggClient {
             });
         }
         self.peers = peers;
+        // The opening keys are all this client needs of c_u^SK from here on. (Protocol v2's
+        // complaints need KA(c_u^SK, c_v^PK) and a proof made with c_u^SK after the ciphertexts
+        // arrive: it will keep c_u^SK, or the agreed values, until the complaints phase.)
+        self.enc_sk = None;
         Ok(ShareKeys { version: PROTOCOL_VERSION, ctx: self.ctx, client: me_id, shares: out })
     }
 
@@ -449,15 +491,16 @@ impl SecAggClient {
         if msg.recipient != me_id {
             return Err(Error::InconsistentForward("shares addressed to another client".into()));
         }
-        let enc_sk = self.enc_sk.as_ref().expect("secrets live until abort or unmasking");
         let mut received = BTreeMap::new();
         for fwd in &msg.shares {
             let idx = self.plan.index_of(&fwd.from).ok_or(Error::NotSelected(fwd.from))?;
-            let peer = self.peers.get(&idx).ok_or(Error::NotNeighbour(fwd.from))?;
+            if !self.peers.contains_key(&idx) {
+                return Err(Error::NotNeighbour(fwd.from));
+            }
             if received.contains_key(&idx) {
                 return Err(Error::DuplicateClient(fwd.from));
             }
-            let key = ShareKey::derive(enc_sk, &peer.enc_pk, &self.ctx, &fwd.from, &me_id);
+            let key = *self.opening.remove(&idx).ok_or(Error::NotNeighbour(fwd.from))?;
             let plain = key
                 .open(&self.ctx, &fwd.from, &me_id, &fwd.ciphertext)
                 .ok_or(Error::BadCiphertext(fwd.from))?;
@@ -494,6 +537,7 @@ impl SecAggClient {
         Kernel::single().apply(&mut y, 0, &masks);
         self.held.extend(received);
         // The own shares are in `held`; nothing else needs the secret keys any more.
+        self.opening.clear();
         self.enc_sk = None;
         self.mask_sk = None;
         self.self_seed = None;
@@ -617,7 +661,7 @@ impl SecAggClient {
             let message = crate::kdf::labelled(Label::Consistency, &self.ctx, &[&digest]);
             batch.push((s.client, key, message, s.signature.0));
         }
-        verify_many(&batch)?;
+        self.verifier.verify_signatures(&batch)?;
         let q = self.plan.q();
         if seen.len() < q {
             return Err(Error::TooFewConsistencySignatures { have: seen.len(), need: q });
@@ -654,18 +698,15 @@ pub(crate) fn verify_advert(
 ) -> Result<Peer> {
     let id = advert.client;
     let verifying_key = verifier.verify(&id, &advert.credential)?;
-    verify(
-        &verifying_key,
-        id,
+    let message = crate::kdf::labelled(
         Label::Advertise,
         ctx,
         &[&advert.enc_pk, &advert.mask_pk, &advert.self_mask_commitment],
-        &advert.signature.0,
-    )?;
-    let enc_pk = PublicKey::from_bytes(&advert.enc_pk).ok_or(Error::BadPublicKey(id))?;
-    let mask_pk = PublicKey::from_bytes(&advert.mask_pk).ok_or(Error::BadPublicKey(id))?;
-    let self_mask_commitment =
-        PublicKey::from_bytes(&advert.self_mask_commitment).ok_or(Error::BadPublicKey(id))?;
+    );
+    verifier.verify_signature(id, &verifying_key, &message, &advert.signature.0)?;
+    let enc_pk = verifier.public_key(id, &advert.enc_pk)?;
+    let mask_pk = verifier.public_key(id, &advert.mask_pk)?;
+    let self_mask_commitment = verifier.public_key(id, &advert.self_mask_commitment)?;
     if advert.enc_pk == advert.mask_pk {
         return Err(Error::BadPublicKey(id));
     }

@@ -12,35 +12,10 @@ use rand_core::CryptoRng;
 use crate::context::RoundPlan;
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
+use crate::secagg::Phase;
 use crate::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
 use crate::secagg::server::SecAggServer;
 use crate::sign::{CredentialVerifier, IdentityKey};
-
-/// The five phases, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Phase {
-    /// Phase 0.
-    AdvertiseKeys,
-    /// Phase 1.
-    ShareKeys,
-    /// Phase 2.
-    MaskedInputCollection,
-    /// Phase 3.
-    ConsistencyCheck,
-    /// Phase 4.
-    Unmasking,
-}
-
-impl Phase {
-    /// All five, in order.
-    pub const ALL: [Phase; 5] = [
-        Phase::AdvertiseKeys,
-        Phase::ShareKeys,
-        Phase::MaskedInputCollection,
-        Phase::ConsistencyCheck,
-        Phase::Unmasking,
-    ];
-}
 
 /// Which share a holder released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -5,5 +5,8 @@
 pub mod client;
 pub mod driver;
 pub mod messages;
+mod phase;
 pub mod policy;
 pub mod server;
+
+pub use phase::Phase;

@@ -243,6 +243,11 @@ impl SecAggServer {
         self.complete.clone()
     }
 
+    /// |U3| so far.
+    pub fn u3_len(&self) -> usize {
+        self.complete.len()
+    }
+
     /// Masked inputs being received (not yet complete): what bounds the memory in flight.
     pub fn uploads_in_flight(&self) -> usize {
         self.uploads.len()

@@ -2,6 +2,7 @@
 //! plaintext baseline.
 
 use fedsec_crypto::GraphKind;
+use fedsec_crypto::secagg::Phase;
 use fedsec_sim::experiment::{DropPhase, Experiment, Transport};
 use indicatif::ProgressBar;
 use serde_json::Value;
@@ -61,7 +62,7 @@ fn the_same_seed_gives_the_same_report_bit_for_bit() {
 
 #[test]
 fn dropouts_at_every_phase_leave_the_secure_run_as_accurate_as_the_plaintext_one() {
-    for phase in 0..5 {
+    for phase in Phase::ALL {
         let exp = Experiment {
             rounds: 6,
             dropout: 0.1,
@@ -81,7 +82,7 @@ fn dropouts_at_every_phase_leave_the_secure_run_as_accurate_as_the_plaintext_one
         for x in rounds {
             let (summed, selected) =
                 (x["participants"].as_u64().unwrap(), x["selected"].as_u64().unwrap());
-            if phase < 3 {
+            if phase < Phase::ConsistencyCheck {
                 // Dropped before the upload: not in the sum.
                 assert_eq!(summed + x["scheduled_drops"].as_u64().unwrap(), selected);
             } else {

@@ -1,0 +1,84 @@
+//! The five phases of a SecAgg attempt (Bonawitz et al. §4, Figure 4, rounds 0–4), named once.
+
+/// The five phases, in order. Every party — client round, round engine, gRPC adapter, the
+/// simulation — names phases with this type; [`Phase::name`] is how messages and errors show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Phase 0: each client advertises its two public keys and its self-mask commitment.
+    AdvertiseKeys,
+    /// Phase 1: each client sends its encrypted shares to its share holders.
+    ShareKeys,
+    /// Phase 2: each client uploads its masked input.
+    MaskedInputCollection,
+    /// Phase 3: each client signs the set of clients whose input is in the sum (U3).
+    ConsistencyCheck,
+    /// Phase 4: each client reveals the shares that unmask the sum.
+    Unmasking,
+}
+
+impl Phase {
+    /// All five, in order.
+    pub const ALL: [Phase; 5] = [
+        Phase::AdvertiseKeys,
+        Phase::ShareKeys,
+        Phase::MaskedInputCollection,
+        Phase::ConsistencyCheck,
+        Phase::Unmasking,
+    ];
+
+    /// The phase's name, as messages, errors, logs and reports show it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Phase::AdvertiseKeys => "AdvertiseKeys",
+            Phase::ShareKeys => "ShareKeys",
+            Phase::MaskedInputCollection => "MaskedInputCollection",
+            Phase::ConsistencyCheck => "ConsistencyCheck",
+            Phase::Unmasking => "Unmasking",
+        }
+    }
+
+    /// Its number, 0–4.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The phase numbered `index` (0–4).
+    pub fn from_index(index: usize) -> Option<Phase> {
+        Phase::ALL.get(index).copied()
+    }
+
+    /// The phase after this one (none after [`Phase::Unmasking`]).
+    pub fn next(self) -> Option<Phase> {
+        Phase::from_index(self.index() + 1)
+    }
+
+    /// The phase named `name` (as [`Phase::name`] writes it).
+    pub fn from_name(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl core::fmt::Display for Phase {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_names_and_order_agree() {
+        for (i, p) in Phase::ALL.into_iter().enumerate() {
+            assert_eq!(p.index(), i);
+            assert_eq!(Phase::from_index(i), Some(p));
+            assert_eq!(Phase::from_name(p.name()), Some(p));
+            assert_eq!(p.to_string(), p.name());
+        }
+        assert_eq!(Phase::from_index(5), None);
+        assert_eq!(Phase::Unmasking.next(), None);
+        assert_eq!(Phase::AdvertiseKeys.next(), Some(Phase::ShareKeys));
+        assert!(Phase::AdvertiseKeys < Phase::Unmasking);
+    }
+}

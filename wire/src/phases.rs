@@ -1,0 +1,321 @@
+//! The messages of the five phases: each client request and each coordinator reply.
+
+use fedsec_crypto::secagg::messages::{
+    AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShares, ForwardedShares,
+    KeysForward, MaskedInput, RevealedShare, ShareKeys, SharesForward, Sig, SignedSurvivors,
+    Survivors, UnmaskingRequest, UnmaskingResponse,
+};
+use fedsec_crypto::x509::{decode_chain, encode_chain};
+use fedsec_crypto::{ClientId, PROTOCOL_VERSION};
+use fedsec_proto::v1;
+
+use crate::{PhaseMessage, Reason, Result, RoundKey, WireError, client_id, fixed};
+
+/// A certificate chain as the core's credential bytes.
+fn credential(field: &'static str, chain: &[Vec<u8>]) -> Result<Vec<u8>> {
+    if chain.is_empty() {
+        return Err(WireError { field, reason: Reason::Empty });
+    }
+    Ok(encode_chain(chain))
+}
+
+/// The certificate chain of a credential. A credential that is not an encoded chain (a bare
+/// key, in tests of the core) travels as a chain of one.
+fn chain(credential: &[u8]) -> Vec<Vec<u8>> {
+    decode_chain(credential).unwrap_or_else(|_| vec![credential.to_vec()])
+}
+
+fn round(key: &RoundKey) -> Option<v1::RoundRef> {
+    Some(key.to_wire())
+}
+
+/// Phase 0 request: the client's advertisement.
+impl PhaseMessage for AdvertiseKeys {
+    type Proto = v1::AdvertiseKeysRequest;
+
+    fn to_wire(&self, key: &RoundKey) -> Self::Proto {
+        v1::AdvertiseKeysRequest {
+            round: round(key),
+            certificate_chain: chain(&self.credential),
+            enc_pk: self.enc_pk.to_vec(),
+            mask_pk: self.mask_pk.to_vec(),
+            self_mask_commitment: self.self_mask_commitment.to_vec(),
+            signature: self.signature.0.to_vec(),
+        }
+    }
+
+    fn from_wire(req: &Self::Proto, sender: ClientId) -> Result<Self> {
+        Ok(AdvertiseKeys {
+            version: PROTOCOL_VERSION,
+            ctx: RoundKey::from_ref(req.round.as_ref())?.ctx,
+            client: sender,
+            credential: credential("certificate_chain", &req.certificate_chain)?,
+            enc_pk: fixed("enc_pk", &req.enc_pk)?,
+            mask_pk: fixed("mask_pk", &req.mask_pk)?,
+            self_mask_commitment: fixed("self_mask_commitment", &req.self_mask_commitment)?,
+            signature: Sig(fixed("signature", &req.signature)?),
+        })
+    }
+}
+
+/// Phase 0 reply: the advertisements of the recipient's share holders.
+impl PhaseMessage for KeysForward {
+    type Proto = v1::AdvertiseKeysResponse;
+
+    fn to_wire(&self, key: &RoundKey) -> Self::Proto {
+        v1::AdvertiseKeysResponse {
+            round: round(key),
+            adverts: self
+                .adverts
+                .iter()
+                .map(|a| v1::Advertisement {
+                    client_id: a.client.0.to_vec(),
+                    certificate_chain: chain(&a.credential),
+                    enc_pk: a.enc_pk.to_vec(),
+                    mask_pk: a.mask_pk.to_vec(),
+                    self_mask_commitment: a.self_mask_commitment.to_vec(),
+                    signature: a.signature.0.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_wire(resp: &Self::Proto, recipient: ClientId) -> Result<Self> {
+        let ctx = RoundKey::from_ref(resp.round.as_ref())?.ctx;
+        let adverts = resp
+            .adverts
+            .iter()
+            .map(|a| {
+                Ok(AdvertiseKeys {
+                    version: PROTOCOL_VERSION,
+                    ctx,
+                    client: client_id("adverts.client_id", &a.client_id)?,
+                    credential: credential("adverts.certificate_chain", &a.certificate_chain)?,
+                    enc_pk: fixed("adverts.enc_pk", &a.enc_pk)?,
+                    mask_pk: fixed("adverts.mask_pk", &a.mask_pk)?,
+                    self_mask_commitment: fixed(
+                        "adverts.self_mask_commitment",
+                        &a.self_mask_commitment,
+                    )?,
+                    signature: Sig(fixed("adverts.signature", &a.signature)?),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(KeysForward { version: PROTOCOL_VERSION, ctx, recipient, adverts })
+    }
+}
+
+/// Phase 1 request: the client's encrypted shares, one ciphertext per holder.
+impl PhaseMessage for ShareKeys {
+    type Proto = v1::ShareKeysRequest;
+
+    fn to_wire(&self, key: &RoundKey) -> Self::Proto {
+        v1::ShareKeysRequest {
+            round: round(key),
+            shares: self
+                .shares
+                .iter()
+                .map(|e| v1::EncryptedShares {
+                    to: e.to.0.to_vec(),
+                    ciphertext: e.ciphertext.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_wire(req: &Self::Proto, sender: ClientId) -> Result<Self> {
+        let shares = req
+            .shares
+            .iter()
+            .map(|s| {
+                Ok(EncryptedShares {
+                    to: client_id("shares.to", &s.to)?,
+                    ciphertext: s.ciphertext.clone(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(ShareKeys {
+            version: PROTOCOL_VERSION,
+            ctx: RoundKey::from_ref(req.round.as_ref())?.ctx,
+            client: sender,
+            shares,
+        })
+    }
+}
+
+/// Phase 1 reply: the ciphertexts addressed to the recipient.
+impl PhaseMessage for SharesForward {
+    type Proto = v1::ShareKeysResponse;
+
+    fn to_wire(&self, key: &RoundKey) -> Self::Proto {
+        v1::ShareKeysResponse {
+            round: round(key),
+            shares: self
+                .shares
+                .iter()
+                .map(|s| v1::ForwardedShares {
+                    from: s.from.0.to_vec(),
+                    ciphertext: s.ciphertext.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_wire(resp: &Self::Proto, recipient: ClientId) -> Result<Self> {
+        let shares = resp
+            .shares
+            .iter()
+            .map(|s| {
+                Ok(ForwardedShares {
+                    from: client_id("shares.from", &s.from)?,
+                    ciphertext: s.ciphertext.clone(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(SharesForward {
+            version: PROTOCOL_VERSION,
+            ctx: RoundKey::from_ref(resp.round.as_ref())?.ctx,
+            recipient,
+            shares,
+        })
+    }
+}
+
+/// Phase 2 request: one chunk of the masked input (see [`chunks`]).
+impl PhaseMessage for MaskedInput {
+    type Proto = v1::MaskedInputChunk;
+
+    fn to_wire(&self, key: &RoundKey) -> Self::Proto {
+        v1::MaskedInputChunk { round: round(key), offset: self.offset, data: self.data.clone() }
+    }
+
+    fn from_wire(req: &Self::Proto, sender: ClientId) -> Result<Self> {
+        Ok(MaskedInput {
+            version: PROTOCOL_VERSION,
+            ctx: RoundKey::from_ref(req.round.as_ref())?.ctx,
+            client: sender,
+            offset: req.offset,
+            data: req.data.clone(),
+        })
+    }
+}
+
+/// Phase 2 request: the masked input `y` as chunks of `chunk_words` words, in order.
+pub fn chunks(key: &RoundKey, y: &MaskedInput, chunk_words: usize) -> Vec<v1::MaskedInputChunk> {
+    y.chunks(chunk_words).iter().map(|c| c.to_wire(key)).collect()
+}
+
+/// Phase 2 reply: U3.
+impl PhaseMessage for ConsistencyRequest {
+    type Proto = v1::UploadMaskedInputResponse;
+
+    fn to_wire(&self, key: &RoundKey) -> Self::Proto {
+        v1::UploadMaskedInputResponse { round: round(key), survivors: self.survivors.0.clone() }
+    }
+
+    fn from_wire(resp: &Self::Proto, _recipient: ClientId) -> Result<Self> {
+        Ok(ConsistencyRequest {
+            version: PROTOCOL_VERSION,
+            ctx: RoundKey::from_ref(resp.round.as_ref())?.ctx,
+            survivors: Survivors(resp.survivors.clone()),
+        })
+    }
+}
+
+/// Phase 3 request: the client's signature on U3.
+impl PhaseMessage for ConsistencySignature {
+    type Proto = v1::ConsistencyCheckRequest;
+
+    fn to_wire(&self, key: &RoundKey) -> Self::Proto {
+        v1::ConsistencyCheckRequest { round: round(key), signature: self.signature.0.to_vec() }
+    }
+
+    fn from_wire(req: &Self::Proto, sender: ClientId) -> Result<Self> {
+        Ok(ConsistencySignature {
+            version: PROTOCOL_VERSION,
+            ctx: RoundKey::from_ref(req.round.as_ref())?.ctx,
+            client: sender,
+            signature: Sig(fixed("signature", &req.signature)?),
+        })
+    }
+}
+
+/// Phase 3 reply: U3 and the signatures on it.
+impl PhaseMessage for UnmaskingRequest {
+    type Proto = v1::ConsistencyCheckResponse;
+
+    fn to_wire(&self, key: &RoundKey) -> Self::Proto {
+        v1::ConsistencyCheckResponse {
+            round: round(key),
+            survivors: self.survivors.0.clone(),
+            signatures: self
+                .signatures
+                .iter()
+                .map(|s| v1::SignedSurvivors {
+                    client_id: s.client.0.to_vec(),
+                    certificate_chain: chain(&s.credential),
+                    signature: s.signature.0.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_wire(resp: &Self::Proto, _recipient: ClientId) -> Result<Self> {
+        let signatures = resp
+            .signatures
+            .iter()
+            .map(|s| {
+                Ok(SignedSurvivors {
+                    client: client_id("signatures.client_id", &s.client_id)?,
+                    credential: credential("signatures.certificate_chain", &s.certificate_chain)?,
+                    signature: Sig(fixed("signatures.signature", &s.signature)?),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(UnmaskingRequest {
+            version: PROTOCOL_VERSION,
+            ctx: RoundKey::from_ref(resp.round.as_ref())?.ctx,
+            survivors: Survivors(resp.survivors.clone()),
+            signatures,
+        })
+    }
+}
+
+fn revealed_to_wire(shares: &[RevealedShare]) -> Vec<v1::RevealedShare> {
+    shares
+        .iter()
+        .map(|s| v1::RevealedShare { owner: s.owner.0.to_vec(), share: s.share.to_vec() })
+        .collect()
+}
+
+fn revealed(field: &'static str, shares: &[v1::RevealedShare]) -> Result<Vec<RevealedShare>> {
+    shares
+        .iter()
+        .map(|s| {
+            Ok(RevealedShare { owner: client_id(field, &s.owner)?, share: fixed(field, &s.share)? })
+        })
+        .collect()
+}
+
+/// Phase 4 request: the shares the client reveals.
+impl PhaseMessage for UnmaskingResponse {
+    type Proto = v1::UnmaskRequest;
+
+    fn to_wire(&self, key: &RoundKey) -> Self::Proto {
+        v1::UnmaskRequest {
+            round: round(key),
+            self_mask_shares: revealed_to_wire(&self.self_mask_shares),
+            mask_key_shares: revealed_to_wire(&self.mask_key_shares),
+        }
+    }
+
+    fn from_wire(req: &Self::Proto, sender: ClientId) -> Result<Self> {
+        Ok(UnmaskingResponse {
+            version: PROTOCOL_VERSION,
+            ctx: RoundKey::from_ref(req.round.as_ref())?.ctx,
+            client: sender,
+            self_mask_shares: revealed("self_mask_shares", &req.self_mask_shares)?,
+            mask_key_shares: revealed("mask_key_shares", &req.mask_key_shares)?,
+        })
+    }
+}
