@@ -1,16 +1,15 @@
 //! The vector kernel: fused expand-and-add / expand-and-subtract of masks into a `u32`
 //! accumulator over Z_2^32 (wrapping), over cache-sized chunks, split across threads by range.
 //!
-//! The accumulator is walked in blocks of [`BLOCK_WORDS`] (256 KiB, inside L2), and within a
-//! block the masks are applied in passes of [`MASKS_PER_PASS`]: a pass keys the cipher of each
-//! of its masks at the block's start, then walks the block in chunks of a few KiB (so a chunk
-//! stays in L1) and expands every mask of the pass into a small keystream buffer that is added
-//! or subtracted at once. Whatever the number of masks and the vector length, the memory a pass
-//! touches is one block, one chunk of keystream and the pass's cipher states (about 400 bytes
-//! each): a server regenerating tens of thousands of masks runs the same loop as one
-//! regenerating thirty-two, so the cost per mask is the keystream and the add. Keying a cipher
-//! once per block costs about 0.1 µs per 256 KiB of keystream. Threads take contiguous ranges
-//! of the vector, never whole clients, so the work splits evenly whatever the number of masks.
+//! Masks are applied in passes of [`MASKS_PER_PASS`]: a pass keys the cipher of each of its
+//! masks once, then walks the accumulator in chunks of a few KiB (so a chunk stays in L1/L2) and
+//! expands every mask of the pass into a small keystream buffer that is added or subtracted at
+//! once. The cipher states of a pass (about 400 bytes each) stay in L1/L2 for the whole pass,
+//! so the cost per mask is the keystream and the add, whatever the number of masks: a server
+//! regenerating tens of thousands of masks touches exactly the memory that one regenerating
+//! thirty-two does, plus one pass over the accumulator per group. Threads take contiguous
+//! ranges of the vector, never whole clients, so the work splits evenly whatever the number of
+//! masks.
 
 use rayon::prelude::*;
 
@@ -45,14 +44,10 @@ impl Sign {
 /// Default chunk: 4096 words = 16 KiB of keystream, comfortably inside L1 + L2.
 pub const DEFAULT_CHUNK_WORDS: usize = 4096;
 
-/// Masks applied per pass over a block. Their cipher states (about 13 KB in all) stay in L1/L2
-/// while the pass runs; one cipher state per mask of a whole round (52,850 masks, 21 MB, for
-/// n = 500 with 150 dropouts) would be streamed from memory again for every chunk.
+/// Masks applied per pass over the accumulator. Their cipher states (about 13 KB in all) stay
+/// in L1/L2 while the pass runs; one cipher state per mask of a whole round (52,850 masks, 21 MB,
+/// for n = 500 with 150 dropouts) would be streamed from memory again for every chunk.
 pub const MASKS_PER_PASS: usize = 32;
-
-/// Words of the accumulator the passes stay on before moving on: 64 Ki words = 256 KiB, so the
-/// block stays in L2 across the passes (the accumulator of a 1M-word model does not).
-pub const BLOCK_WORDS: usize = 1 << 16;
 
 /// How the kernel runs: chunk size and an optional thread pool.
 #[derive(Debug, Clone, Copy)]
@@ -128,38 +123,30 @@ fn apply_range(acc: &mut [u32], offset: usize, masks: &[(&MaskSeed, Sign)], chun
     // The keystream is mask material: wiped when the buffer is dropped.
     let mut buf = zeroize::Zeroizing::new(vec![0u8; chunk * 4]);
     let mut ciphers: Vec<(MaskCipher, Sign)> = Vec::with_capacity(MASKS_PER_PASS.min(masks.len()));
-    // Blocks of equal size in whole chunks, so that no block is a sliver keyed for little work.
-    let blocks = acc.len().div_ceil(BLOCK_WORDS.max(chunk));
-    let per_block = acc.len().div_ceil(blocks).div_ceil(chunk) * chunk;
-    for (b, block) in acc.chunks_mut(per_block).enumerate() {
-        let start = offset + b * per_block;
-        for pass in masks.chunks(MASKS_PER_PASS) {
-            // Dropping the previous pass's ciphers wipes their keys (the cipher zeroizes on drop).
-            ciphers.clear();
-            ciphers.extend(pass.iter().map(|(seed, sign)| (seed.cipher_at_word(start), *sign)));
-            let mut pos = start;
-            for acc_chunk in block.chunks_mut(chunk) {
-                let bytes = &mut buf[..acc_chunk.len() * 4];
-                for (cipher, sign) in ciphers.iter_mut() {
-                    // Every cipher advances in step with `pos`.
-                    debug_assert_eq!(cipher.current_pos::<u64>(), pos as u64 * 4);
-                    cipher.write_keystream(bytes);
-                    let words = bytes
-                        .chunks_exact(4)
-                        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-                    match sign {
-                        Sign::Add => acc_chunk
-                            .iter_mut()
-                            .zip(words)
-                            .for_each(|(a, m)| *a = a.wrapping_add(m)),
-                        Sign::Sub => acc_chunk
-                            .iter_mut()
-                            .zip(words)
-                            .for_each(|(a, m)| *a = a.wrapping_sub(m)),
+    for pass in masks.chunks(MASKS_PER_PASS) {
+        // Dropping the previous pass's ciphers wipes their keys (the cipher zeroizes on drop).
+        ciphers.clear();
+        ciphers.extend(pass.iter().map(|(seed, sign)| (seed.cipher_at_word(offset), *sign)));
+        let mut pos = offset;
+        for acc_chunk in acc.chunks_mut(chunk) {
+            let bytes = &mut buf[..acc_chunk.len() * 4];
+            for (cipher, sign) in ciphers.iter_mut() {
+                // Every cipher advances in step with `pos`.
+                debug_assert_eq!(cipher.current_pos::<u64>(), pos as u64 * 4);
+                cipher.write_keystream(bytes);
+                let words = bytes
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+                match sign {
+                    Sign::Add => {
+                        acc_chunk.iter_mut().zip(words).for_each(|(a, m)| *a = a.wrapping_add(m))
+                    }
+                    Sign::Sub => {
+                        acc_chunk.iter_mut().zip(words).for_each(|(a, m)| *a = a.wrapping_sub(m))
                     }
                 }
-                pos += acc_chunk.len();
             }
+            pos += acc_chunk.len();
         }
     }
 }
@@ -218,11 +205,10 @@ mod tests {
         }
     }
 
-    /// More masks than one pass holds (two full passes and a partial one) over more words than
-    /// one block holds (three blocks), each mask expanded on its own and summed, equal the
-    /// kernel's result, single-threaded and threaded.
+    /// More masks than one pass holds (two full passes and a partial one), each expanded on
+    /// its own and summed, equal the kernel's result, single-threaded and threaded.
     #[test]
-    fn masks_in_several_passes_and_blocks_match_their_expansions() {
+    fn masks_in_several_passes_match_their_expansions() {
         let n = 2 * MASKS_PER_PASS + 5;
         let s = seeds(n, 0x77);
         let masks: Vec<_> = s
@@ -230,7 +216,7 @@ mod tests {
             .enumerate()
             .map(|(i, m)| (m, if i % 3 == 0 { Sign::Sub } else { Sign::Add }))
             .collect();
-        let (len, offset) = (2 * BLOCK_WORDS + 1000, 123);
+        let (len, offset) = (1000, 123);
         let mut expected = vec![5u32; len];
         let mut words = vec![0u32; len];
         for (m, sign) in &masks {
@@ -242,15 +228,13 @@ mod tests {
                 };
             }
         }
-        for chunk_words in [1000, DEFAULT_CHUNK_WORDS] {
-            let mut single = vec![5u32; len];
-            Kernel { chunk_words, pool: None }.apply(&mut single, offset, &masks);
-            assert!(single == expected, "single-threaded, chunks of {chunk_words} words");
-        }
+        let mut single = vec![5u32; len];
+        Kernel { chunk_words: 64, pool: None }.apply(&mut single, offset, &masks);
+        assert_eq!(single, expected);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         let mut threaded = vec![5u32; len];
         Kernel { chunk_words: 64, pool: Some(&pool) }.apply(&mut threaded, offset, &masks);
-        assert!(threaded == expected, "three threads");
+        assert_eq!(threaded, expected);
     }
 
     #[test]
