@@ -3,7 +3,8 @@
 //!
 //! The library holds [`bench`]: the coordinator's overhead over the secure-aggregation core,
 //! measured in one process (the `coordinator-bench` binary prints it; a smoke test runs it
-//! small).
+//! small). The `secagg-bench` binary times the secure-aggregation core alone against the limit
+//! its measured primitives imply (`docs/performance.md`).
 
 #![forbid(unsafe_code)]
 

@@ -147,4 +147,12 @@ fn secagg_bench_runs_a_small_round_exactly_at_unsafe_parameters() {
     for field in ["server_unmask_s", "limit_s", "efficiency", "fused_gbps", "ka_us"] {
         assert!(report[field].as_f64().is_some_and(|x| x > 0.0), "{field}: {report}");
     }
+    // Linux says how long the unmasking ran on a CPU; elsewhere the figures are null.
+    for field in ["server_unmask_cpu_s", "efficiency_on_cpu"] {
+        if cfg!(target_os = "linux") {
+            assert!(report[field].as_f64().is_some_and(|x| x > 0.0), "{field}: {report}");
+        } else {
+            assert!(report[field].is_null(), "{field}: {report}");
+        }
+    }
 }
