@@ -162,7 +162,7 @@ enum Pending {
     /// In its wire form already.
     Ready(Arc<Response>),
     /// The recipient's own: converted on the recipient's core.
-    Convert(Reply),
+    Convert(Box<Reply>),
 }
 
 /// The engine's reply in its wire form, or to be converted. A reply the engine shares among
@@ -175,7 +175,7 @@ fn wire_reply(
     let one: Arc<dyn std::any::Any + Send + Sync> = match &reply {
         Reply::Survivors(r) => r.clone(),
         Reply::Unmask(r) => r.clone(),
-        _ => return Pending::Convert(reply),
+        _ => return Pending::Convert(Box::new(reply)),
     };
     if let Some((seen, response)) = shared.as_ref()
         && Arc::ptr_eq(seen, &one)
@@ -498,7 +498,7 @@ impl World<'_> {
             slice.par_iter_mut().zip(replies).for_each(|(c, r)| {
                 let response = r.map(|r| match r {
                     Pending::Ready(response) => response,
-                    Pending::Convert(reply) => Arc::new(to_wire(key, reply)),
+                    Pending::Convert(reply) => Arc::new(to_wire(key, *reply)),
                 });
                 c.active = c.active && response.is_some_and(|r| c.step(&r, now));
             });

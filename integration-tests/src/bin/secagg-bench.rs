@@ -406,7 +406,9 @@ fn run(args: &Args) -> Result<(), Failure> {
         + stats.key_agreements as f64 * ka_us * 1e-6
         + stats.reconstructions as f64 * reconstruct_us * 1e-6;
     let efficiency = limit_s / server_unmask_s;
-    let efficiency_on_cpu = server_unmask_cpu_s.map(|cpu| limit_s / cpu);
+    // Linux updates a running thread's count at scheduler ticks: a stretch of a few
+    // milliseconds may read as none, and then says nothing.
+    let efficiency_on_cpu = server_unmask_cpu_s.filter(|&cpu| cpu > 0.0).map(|cpu| limit_s / cpu);
     client_mask.sort_by(f64::total_cmp);
     let client_mask_s = client_mask[client_mask.len() / 2];
     let server_sum_s = server_sum.as_secs_f64();
