@@ -337,6 +337,8 @@ impl postcard::ser_flavors::Flavor for Hashing {
 
     fn finalize(mut self) -> postcard::Result<[u8; 32]> {
         self.flush();
+        // A response to the unmasking request carries revealed shares: none stays behind.
+        zeroize::Zeroize::zeroize(&mut self.buf);
         Ok(self.hash.finalize().into())
     }
 }
