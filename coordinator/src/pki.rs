@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use fedsec_crypto::ClientId;
+use rayon::prelude::*;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType,
@@ -146,6 +147,35 @@ pub fn init(
     server_names: &[String],
     force: bool,
 ) -> Result<PkiSummary> {
+    init_with(out, clients, server_names, force, Durability::Synced)
+}
+
+/// [`init`] for a folder that does not outlive the process (a simulation's or a test's
+/// temporary folder): the same files with the same modes, but private keys are not forced to
+/// disk one by one, which costs seconds for a thousand clients and protects nothing there.
+pub fn init_scratch(
+    out: &Path,
+    clients: usize,
+    server_names: &[String],
+    force: bool,
+) -> Result<PkiSummary> {
+    init_with(out, clients, server_names, force, Durability::Scratch)
+}
+
+/// Whether private keys are synced to disk before [`init`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Synced,
+    Scratch,
+}
+
+fn init_with(
+    out: &Path,
+    clients: usize,
+    server_names: &[String],
+    force: bool,
+    durability: Durability,
+) -> Result<PkiSummary> {
     prepare_dir(out, force)?;
     let now = OffsetDateTime::now_utc();
 
@@ -158,7 +188,7 @@ pub fn init(
         .map_err(|source| PkiError::Certificate { what: "CA certificate", source })?;
     let ca_cert_path = out.join("ca.pem");
     write_public(&ca_cert_path, &ca_cert.pem())?;
-    write_private(&out.join("ca.key"), &ca_key.serialize_pem())?;
+    write_private(&out.join("ca.key"), &ca_key.serialize_pem(), durability)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     let server_key = generate_key("server key")?;
@@ -171,22 +201,25 @@ pub fn init(
     let server_cert_path = out.join("server.pem");
     let server_key_path = out.join("server.key");
     write_public(&server_cert_path, &server_cert.pem())?;
-    write_private(&server_key_path, &server_key.serialize_pem())?;
+    write_private(&server_key_path, &server_key.serialize_pem(), durability)?;
 
-    let mut issued = Vec::with_capacity(clients);
-    for i in 1..=clients {
-        let name = format!("client-{i:03}");
-        let key = generate_key("client key")?;
-        let cert = client_params(&name, now, DEV_CERT_DAYS)?
-            .signed_by(&key, &issuer)
-            .map_err(|source| PkiError::Certificate { what: "client certificate", source })?;
-        let id = ClientId::from_spki_der(&rcgen::PublicKeyData::subject_public_key_info(&key));
-        let cert_path = out.join(format!("{name}.pem"));
-        let key_path = out.join(format!("{name}.key"));
-        write_public(&cert_path, &cert.pem())?;
-        write_private(&key_path, &key.serialize_pem())?;
-        issued.push(ClientCredentials { name, cert: cert_path, key: key_path, id });
-    }
+    // Client credentials are independent of each other: issued on all cores.
+    let issued = (1..=clients)
+        .into_par_iter()
+        .map(|i| {
+            let name = format!("client-{i:03}");
+            let key = generate_key("client key")?;
+            let cert = client_params(&name, now, DEV_CERT_DAYS)?
+                .signed_by(&key, &issuer)
+                .map_err(|source| PkiError::Certificate { what: "client certificate", source })?;
+            let id = ClientId::from_spki_der(&rcgen::PublicKeyData::subject_public_key_info(&key));
+            let cert_path = out.join(format!("{name}.pem"));
+            let key_path = out.join(format!("{name}.key"));
+            write_public(&cert_path, &cert.pem())?;
+            write_private(&key_path, &key.serialize_pem(), durability)?;
+            Ok(ClientCredentials { name, cert: cert_path, key: key_path, id })
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let signing = SigningKey::generate(&mut fedsec_crypto::rng::os_rng());
     let signing_path = out.join("coordinator-signing.key");
@@ -194,7 +227,7 @@ pub fn init(
     let signing_pem = signing.to_pkcs8_pem(Default::default()).map_err(|e| {
         PkiError::BadKeyFile { path: signing_path.clone(), kind: "private", reason: e.to_string() }
     })?;
-    write_private(&signing_path, &signing_pem)?;
+    write_private(&signing_path, &signing_pem, durability)?;
     let public_pem =
         signing.verifying_key().to_public_key_pem(Default::default()).map_err(|e| {
             PkiError::BadKeyFile {
@@ -367,7 +400,7 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
 }
 
 /// Writes a private key: mode 0600 on Unix, even when the file existed before.
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+fn write_private(path: &Path, contents: &str, durability: Durability) -> Result<()> {
     let io = |source| PkiError::Io { path: path.to_path_buf(), source };
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -380,7 +413,10 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
         file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io)?;
     }
     file.write_all(contents.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)
+    match durability {
+        Durability::Synced => file.sync_all().map_err(io),
+        Durability::Scratch => Ok(()),
+    }
 }
 
 fn write_public(path: &Path, contents: &str) -> Result<()> {
@@ -438,16 +474,22 @@ mod tests {
     #[test]
     fn private_keys_are_owner_only() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let summary = init(dir.path(), 1, &[], false).unwrap();
-        for path in [
-            dir.path().join("ca.key"),
-            summary.server_key.clone(),
-            summary.signing_key.clone(),
-            summary.clients[0].key.clone(),
-        ] {
-            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600, "{}", path.display());
+        for scratch in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let summary = if scratch { init_scratch } else { init }(dir.path(), 3, &[], false);
+            let summary = summary.unwrap();
+            let names: Vec<&str> = summary.clients.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(names, ["client-001", "client-002", "client-003"]);
+            for path in [
+                dir.path().join("ca.key"),
+                summary.server_key.clone(),
+                summary.signing_key.clone(),
+                summary.clients[0].key.clone(),
+                summary.clients[2].key.clone(),
+            ] {
+                let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", path.display());
+            }
         }
     }
 

@@ -140,7 +140,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
     let dir = tempfile::tempdir()
         .map_err(|source| SimError::Setup { what: "a temporary folder", source })?;
     let root = dir.path();
-    let pki = fedsec_coordinator::pki::init(&root.join("pki"), p.active.len(), &[], false)?;
+    let pki = fedsec_coordinator::pki::init_scratch(&root.join("pki"), p.active.len(), &[], false)?;
     let model_path = root.join("model.safetensors");
     std::fs::write(&model_path, p.initial_model.to_safetensors()?)
         .map_err(|source| SimError::Io { path: model_path, source })?;

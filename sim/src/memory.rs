@@ -722,7 +722,8 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
     // round. Keys come from the operating system, never from the seed.
     let dir = tempfile::tempdir()
         .map_err(|source| SimError::Setup { what: "a temporary folder", source })?;
-    let pki = fedsec_coordinator::pki::init(&dir.path().join("pki"), p.active.len(), &[], false)?;
+    let pki =
+        fedsec_coordinator::pki::init_scratch(&dir.path().join("pki"), p.active.len(), &[], false)?;
     let roots = pem_certs(&pki.ca_cert)?;
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
