@@ -13,7 +13,7 @@ use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use fedsec_crypto::ClientId;
 use fedsec_crypto::sign::IdentityKey;
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ED25519};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 
 /// File name of the site's private key.
 pub const KEY_FILE: &str = "site.key";
@@ -37,6 +37,9 @@ pub enum PkiError {
     /// rcgen could not make the key or the request.
     #[error("could not make the certificate request: {0}")]
     Csr(#[from] rcgen::Error),
+    /// The new key could not be encoded as PKCS#8.
+    #[error("could not encode the new key: {0}")]
+    Encode(ed25519_dalek::pkcs8::Error),
     /// The key file does not hold an Ed25519 PKCS#8 PEM key.
     #[error("{path}: not an Ed25519 PKCS#8 PEM private key: {reason}")]
     BadKeyFile { path: PathBuf, reason: String },
@@ -70,7 +73,10 @@ pub fn request(out_dir: &Path, common_name: &str) -> Result<CsrRequest, PkiError
     fs::create_dir_all(out_dir)
         .map_err(|source| PkiError::Io { path: out_dir.to_path_buf(), source })?;
 
-    let key = KeyPair::generate_for(&PKCS_ED25519)?;
+    let signing = SigningKey::generate(&mut fedsec_crypto::rng::os_rng());
+    // PKCS#8 v1, the form OpenSSL, Python's `ssl` and grpcio read.
+    let key_pem = fedsec_wire::x509::ed25519_private_key_pem(&signing).map_err(PkiError::Encode)?;
+    let key = KeyPair::from_pem(&key_pem)?;
     let mut params = CertificateParams::default();
     let mut subject = DistinguishedName::new();
     subject.push(DnType::CommonName, common_name);
@@ -78,7 +84,7 @@ pub fn request(out_dir: &Path, common_name: &str) -> Result<CsrRequest, PkiError
     let csr = params.serialize_request(&key)?.pem()?;
     let id = ClientId::from_spki_der(&rcgen::PublicKeyData::subject_public_key_info(&key));
 
-    write_private(&key_path, &key.serialize_pem())?;
+    write_private(&key_path, &key_pem)?;
     fs::write(&csr_path, csr).map_err(|source| PkiError::Io { path: csr_path.clone(), source })?;
     Ok(CsrRequest { key: key_path, csr: csr_path, id })
 }
@@ -116,6 +122,11 @@ mod tests {
         assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
         // The id printed now is the id the key will have in the certificate.
         assert_eq!(load_identity_key(&req.key).unwrap().id(), req.id);
+        // PKCS#8 v1 (version 0, no public key: 48 bytes), which OpenSSL and grpcio read.
+        let key = fs::read_to_string(&req.key).unwrap();
+        use rustls_pki_types::pem::{PemObject, SectionKind};
+        let (_, der) = <(SectionKind, Vec<u8>)>::from_pem_slice(key.as_bytes()).unwrap();
+        assert_eq!((der.len(), &der[2..5]), (48, &[2u8, 1, 0][..]));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -12,16 +12,17 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use fedsec_crypto::ClientId;
 use rayon::prelude::*;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, PKCS_ED25519, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
 
 /// Common name of the development CA; it says what the CA is wherever the certificate is shown.
 pub const DEV_CA_COMMON_NAME: &str = "fedsec development CA - not for production";
@@ -96,6 +97,9 @@ pub enum PkiError {
     /// The CA key is not the key of the CA certificate.
     #[error("the CA key does not belong to the CA certificate")]
     CaKeyMismatch,
+    /// A new key could not be encoded as PKCS#8.
+    #[error("could not encode the {what}: {source}")]
+    KeyEncoding { what: &'static str, source: ed25519_dalek::pkcs8::Error },
     /// A key file does not hold a key of the expected form.
     #[error("{path}: not an Ed25519 {kind} key in PKCS#8 / SPKI PEM: {reason}")]
     BadKeyFile { path: PathBuf, kind: &'static str, reason: String },
@@ -179,7 +183,7 @@ fn init_with(
     prepare_dir(out, force)?;
     let now = OffsetDateTime::now_utc();
 
-    let ca_key = generate_key("CA key")?;
+    let (ca_key, ca_key_pem) = generate_ed25519("CA key")?;
     let mut ca_params = params(DEV_CA_COMMON_NAME, now, DEV_CA_DAYS)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -188,10 +192,13 @@ fn init_with(
         .map_err(|source| PkiError::Certificate { what: "CA certificate", source })?;
     let ca_cert_path = out.join("ca.pem");
     write_public(&ca_cert_path, &ca_cert.pem())?;
-    write_private(&out.join("ca.key"), &ca_key.serialize_pem(), durability)?;
+    write_private(&out.join("ca.key"), &ca_key_pem, durability)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let server_key = generate_key("server key")?;
+    // ECDSA P-256: the TLS server identity every gRPC stack accepts (grpcio, grpcurl and
+    // grpc_health_probe offer no Ed25519 signature scheme); only clients need Ed25519 keys.
+    let server_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|source| PkiError::Certificate { what: "server key", source })?;
     let mut server_params = params("fedsec coordinator", now, DEV_CERT_DAYS)?;
     server_params.subject_alt_names = server_alt_names(server_names)?;
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -208,7 +215,7 @@ fn init_with(
         .into_par_iter()
         .map(|i| {
             let name = format!("client-{i:03}");
-            let key = generate_key("client key")?;
+            let (key, key_pem) = generate_ed25519("client key")?;
             let cert = client_params(&name, now, DEV_CERT_DAYS)?
                 .signed_by(&key, &issuer)
                 .map_err(|source| PkiError::Certificate { what: "client certificate", source })?;
@@ -216,7 +223,7 @@ fn init_with(
             let cert_path = out.join(format!("{name}.pem"));
             let key_path = out.join(format!("{name}.key"));
             write_public(&cert_path, &cert.pem())?;
-            write_private(&key_path, &key.serialize_pem(), durability)?;
+            write_private(&key_path, &key_pem, durability)?;
             Ok(ClientCredentials { name, cert: cert_path, key: key_path, id })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -224,9 +231,8 @@ fn init_with(
     let signing = SigningKey::generate(&mut fedsec_crypto::rng::os_rng());
     let signing_path = out.join("coordinator-signing.key");
     let signing_pub_path = out.join("coordinator-signing.pub");
-    let signing_pem = signing.to_pkcs8_pem(Default::default()).map_err(|e| {
-        PkiError::BadKeyFile { path: signing_path.clone(), kind: "private", reason: e.to_string() }
-    })?;
+    let signing_pem = fedsec_wire::x509::ed25519_private_key_pem(&signing)
+        .map_err(|source| PkiError::KeyEncoding { what: "coordinator signing key", source })?;
     write_private(&signing_path, &signing_pem, durability)?;
     let public_pem =
         signing.verifying_key().to_public_key_pem(Default::default()).map_err(|e| {
@@ -310,8 +316,14 @@ fn pem_certificate_spki(pem: &str) -> Result<Vec<u8>> {
     fedsec_wire::x509::spki_of(&der).map_err(|_| invalid())
 }
 
-fn generate_key(what: &'static str) -> Result<KeyPair> {
-    KeyPair::generate_for(&PKCS_ED25519).map_err(|source| PkiError::Certificate { what, source })
+/// A fresh Ed25519 key from the operating system's RNG, and its PKCS#8 v1 PEM (the form
+/// OpenSSL, Python's `ssl` and grpcio read).
+fn generate_ed25519(what: &'static str) -> Result<(KeyPair, Zeroizing<String>)> {
+    let key = SigningKey::generate(&mut fedsec_crypto::rng::os_rng());
+    let pem = fedsec_wire::x509::ed25519_private_key_pem(&key)
+        .map_err(|source| PkiError::KeyEncoding { what, source })?;
+    let pair = KeyPair::from_pem(&pem).map_err(|source| PkiError::Certificate { what, source })?;
+    Ok((pair, pem))
 }
 
 /// Common parameters: subject, a random serial, validity from a little before `now`.

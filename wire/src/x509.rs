@@ -12,7 +12,8 @@
 
 use core::time::Duration;
 
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
 
@@ -293,6 +294,16 @@ fn refusal(e: &webpki::Error) -> CertificateRefusal {
         webpki::Error::BadDer | webpki::Error::BadDerTime => CertificateRefusal::BadDer,
         other => CertificateRefusal::Other(format!("{other:?}")),
     }
+}
+
+/// An Ed25519 private key as PKCS#8 v1 PEM (RFC 5208: the private key alone, without the
+/// optional public key of v2). OpenSSL 3.0, Python's `ssl` and grpcio refuse the v2 form that
+/// ring writes for Ed25519; ring, rustls, rcgen and ed25519-dalek read both.
+pub fn ed25519_private_key_pem(
+    key: &SigningKey,
+) -> Result<zeroize::Zeroizing<String>, ed25519_dalek::pkcs8::Error> {
+    KeypairBytes { secret_key: key.to_bytes(), public_key: None }
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
 }
 
 #[cfg(test)]
