@@ -79,7 +79,8 @@ pub fn split<R: CryptoRng + ?Sized>(
     // f(x) = secret + a_1·x + … + a_{t−1}·x^{t−1}, its coefficients drawn as scalars (the same
     // draws as ever) and evaluated in Montgomery form: Horner's rule then costs one Montgomery
     // multiplication a step, where a `Scalar` product costs two (it converts in and out each
-    // time). Every intermediate value is zeroized when dropped.
+    // time). The coefficients, accumulators and byte buffers we hold are zeroized when dropped
+    // (temporaries inside the arithmetic are not, as with `Scalar`'s own).
     let mut coefficients: Zeroizing<Vec<Montgomery>> =
         Zeroizing::new(Vec::with_capacity(threshold));
     coefficients.push(to_montgomery(secret));
@@ -128,7 +129,8 @@ fn to_montgomery(s: &Scalar) -> Montgomery {
 fn from_montgomery(m: &Montgomery) -> Scalar {
     let mut integer = m.retrieve();
     let mut bytes = Zeroizing::new([0u8; 32]);
-    bytes.copy_from_slice(integer.to_le_bytes().as_ref());
+    let encoded = Zeroizing::new(integer.to_le_bytes());
+    bytes.copy_from_slice(encoded.as_ref());
     integer.zeroize();
     Option::from(Scalar::from_canonical_bytes(*bytes))
         .expect("a value retrieved from Montgomery form is reduced below ℓ")
@@ -339,6 +341,16 @@ mod tests {
                 num * den.invert()
             })
             .collect()
+    }
+
+    #[test]
+    fn the_montgomery_modulus_is_the_group_order() {
+        // (ℓ − 1) + 1 is 0 modulo m only if m divides ℓ, a prime: m = ℓ.
+        let minus_one = to_montgomery(&-Scalar::ONE);
+        assert_eq!(minus_one + Montgomery::ONE, Montgomery::ZERO);
+        assert_eq!(from_montgomery(&minus_one), -Scalar::ONE);
+        let x = Scalar::from(0x1234_5678_9abc_def0_u64) * Scalar::from(77u32);
+        assert_eq!(from_montgomery(&(to_montgomery(&x) * to_montgomery(&x))), x * x);
     }
 
     proptest! {
