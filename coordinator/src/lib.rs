@@ -22,6 +22,7 @@ pub mod connections;
 pub mod engine;
 pub mod error;
 pub mod pki;
+pub mod quickstart;
 pub mod revocation;
 pub mod server;
 pub mod service;

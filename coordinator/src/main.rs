@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fedsec_coordinator::config::CoordinatorConfig;
+use fedsec_coordinator::quickstart::{self, QuickstartOptions};
 use fedsec_coordinator::{audit, pki, server};
 
 /// The fedsec coordinator: runs secure federated training rounds and learns only the sum of
@@ -36,6 +37,31 @@ enum Command {
         /// Address to listen on (overrides `listen`).
         #[arg(long)]
         listen: Option<String>,
+    },
+    /// Write a whole federation on this machine into one folder: a development PKI, the
+    /// coordinator's configuration, one configuration and one CSV shard of a dataset per site,
+    /// a matching initial model, and run.sh; print the commands that run it.
+    Quickstart {
+        /// Number of sites.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// A dataset shipped in the repository (`digits`, `breast-cancer`; read from the
+        /// repository's root) or a CSV file with a header row, a `label` column of class ids
+        /// 0, 1, … and numeric features.
+        #[arg(long, default_value = "digits")]
+        dataset: String,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Rounds the task runs.
+        #[arg(long, default_value_t = 20)]
+        rounds: u64,
+        /// The loopback port the coordinator listens on.
+        #[arg(long, default_value_t = 7443)]
+        port: u16,
+        /// Write into a folder that is not empty.
+        #[arg(long)]
+        force: bool,
     },
     /// Certificates and keys.
     Pki {
@@ -108,7 +134,13 @@ enum AuditCommand {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: a log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -151,6 +183,30 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("listening on {}", ready.local_addr().map_err(|e| e.to_string())?);
                 server::serve(ready, shutdown_signal()).await.map_err(|e| e.to_string())
             })
+        }
+        Command::Quickstart { clients, dataset, out, rounds, port, force } => {
+            let opts = QuickstartOptions { clients, dataset, out, rounds, port, force };
+            let root = std::env::current_dir().map_err(|e| format!("the current folder: {e}"))?;
+            let q = quickstart::quickstart(&opts, &root).map_err(|e| e.to_string())?;
+            println!(
+                "{} sites, each with a shard of {} ({} rows, {} features, {} classes), written to {}.",
+                q.sites.len(),
+                q.dataset.display(),
+                q.rows,
+                q.features,
+                q.classes,
+                q.dir.display()
+            );
+            println!("DEVELOPMENT PKI: not for production (see pki/README.txt).");
+            println!(
+                "\nRun everything, wait for the task to finish, and stop:\n\n  sh {}\n",
+                q.script.display()
+            );
+            println!("or, by hand, the coordinator first, then each site in its own terminal:\n");
+            for command in &q.commands {
+                println!("  {command}");
+            }
+            Ok(())
         }
         Command::Pki { command: PkiCommand::Init { clients, out, server_names, force } } => {
             let summary =

@@ -208,7 +208,7 @@ fn init_with(
     let server_cert_path = out.join("server.pem");
     let server_key_path = out.join("server.key");
     write_public(&server_cert_path, &server_cert.pem())?;
-    write_private(&server_key_path, &server_key.serialize_pem(), durability)?;
+    write_private(&server_key_path, &Zeroizing::new(server_key.serialize_pem()), durability)?;
 
     // Client credentials are independent of each other: issued on all cores.
     let issued = (1..=clients)
