@@ -466,4 +466,39 @@ deadlines_ms = { share_keys = 5000 }
             .unwrap_err();
         assert!(err.to_string().contains("overflow") || err.to_string().contains("wrap"), "{err}");
     }
+
+    /// Selection takes the largest size with parameters, so a task is refused only when its
+    /// smallest round has none — and the error says which sizes would do.
+    #[test]
+    fn a_minimum_round_without_parameters_is_refused_with_the_sizes_that_have_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), FILE);
+        let harary = [
+            "task.graph=harary".to_string(),
+            "task.adversary=semi-malicious".into(),
+            "task.corrupt=0.05".into(),
+            "task.dropout=0.4".into(),
+            "task.clients_per_round=20".into(),
+            "task.over_selection=1.0".into(),
+        ];
+        // n = 4, 6, 8, 10 and 20 have no parameters at γ = 0.05, δ = 0.4; the others do.
+        for min in [4usize, 6, 8, 10, 20] {
+            let mut sets = harary.to_vec();
+            sets.push(format!("task.min_clients={min}"));
+            let err = CoordinatorConfig::load(&p, [], &sets).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(&format!("min_clients = {min} clients has no secure")), "{text}");
+            assert!(text.contains(&format!("min_clients = {}", min - 1)), "{text}");
+        }
+        // The range 3..=20 holds sizes without parameters, and that is fine: selection steps
+        // past them.
+        let mut sets = harary.to_vec();
+        sets.push("task.min_clients=3".into());
+        let c = CoordinatorConfig::load(&p, [], &sets).unwrap();
+        let task = c.task.unwrap().to_config().unwrap();
+        assert_eq!(task.max_selected(), 20);
+        assert_eq!(task.plannable_size(20).map(|(n, _)| n), Some(19));
+        assert_eq!(task.plannable_size(4).map(|(n, _)| n), Some(3));
+        assert_eq!(task.plannable_size(2), None, "below min_clients");
+    }
 }

@@ -12,9 +12,13 @@
 //! 1. **Selection.** Clients [`check_in`](Engine::check_in). Once ⌈target × over-selection⌉
 //!    eligible clients wait, or the selection deadline passes with at least `min_clients`, the
 //!    engine samples the selected set U and fixes the round plan (k and t from the parameter
-//!    finder, a fresh attempt nonce and graph seed). A client that already uploaded a masked
-//!    input on the current checkpoint is never selected again before the next checkpoint (the
-//!    "once per checkpoint" rule of the protocol).
+//!    finder, a fresh attempt nonce and graph seed). |U| is the largest size up to the clients
+//!    waiting (and the cap) that the finder has parameters for
+//!    ([`TaskConfig::plannable_size`]): the finder has none for a few sizes, which selection
+//!    steps past, and validation makes sure `min_clients` has some, so selection never
+//!    stalls. A client that already uploaded a masked input on the current checkpoint is never
+//!    selected again before the next checkpoint (the "once per checkpoint" rule of the
+//!    protocol).
 //! 2. **The five phases.** Each phase accepts one message per client; an identical repeat is
 //!    accepted again (a retry after a lost connection), a different one is refused. A phase
 //!    closes when every client it runs over has answered, or at its deadline; then each client's
@@ -37,6 +41,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fedsec_crypto::params::GraphParams;
 use fedsec_crypto::quant::QuantParams;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::server::SecAggServer;
@@ -328,11 +333,25 @@ impl Engine {
             self.state = State::Selecting { deadline: Some(now + self.config.deadlines.selection) };
             return;
         }
-        let take = candidates.len().min(self.config.max_selected());
+        let most = candidates.len().min(self.config.max_selected());
+        let Some((take, params)) = self.config.plannable_size(candidates.len()) else {
+            // Cannot happen for a validated config (min_clients has parameters); keep waiting
+            // rather than fail the task.
+            tracing::error!(waiting = candidates.len(), "no round size has parameters; waiting");
+            self.state = State::Selecting { deadline: Some(now + self.config.deadlines.selection) };
+            return;
+        };
+        if take < most {
+            tracing::info!(
+                waiting = candidates.len(),
+                selecting = take,
+                "no secure parameters for {most} clients: selecting the largest size that has them"
+            );
+        }
         candidates.shuffle(&mut self.rng);
         let mut selected = candidates[..take].to_vec();
         selected.sort_unstable();
-        match self.start_attempt(selected.clone(), now) {
+        match self.start_attempt(selected.clone(), params, now) {
             Ok(attempt) => {
                 self.not_selected = candidates[take..].iter().copied().collect();
                 self.waiting.clear();
@@ -346,8 +365,8 @@ impl Engine {
                 self.state = State::Running(Box::new(attempt));
             }
             Err(e) => {
-                // Cannot happen for a validated config (min_clients admits parameters and
-                // larger rounds only relax them); keep waiting rather than fail the task.
+                // Cannot happen for a validated config (the size has parameters, the plan is
+                // built from them); keep waiting rather than fail the task.
                 tracing::error!(error = %e, "cannot plan a round; waiting for more clients");
                 self.state =
                     State::Selecting { deadline: Some(now + self.config.deadlines.selection) };
@@ -355,15 +374,13 @@ impl Engine {
         }
     }
 
-    fn start_attempt(&mut self, selected: Vec<ClientId>, now: Instant) -> Result<Attempt> {
+    fn start_attempt(
+        &mut self,
+        selected: Vec<ClientId>,
+        params: GraphParams,
+        now: Instant,
+    ) -> Result<Attempt> {
         let c = &self.config;
-        let params = fedsec_crypto::params::choose(
-            c.graph,
-            selected.len(),
-            c.dropout_ppm,
-            c.corrupt_ppm,
-            c.adversary,
-        )?;
         let mut attempt = [0u8; 16];
         let mut graph_seed = [0u8; 32];
         self.rng.fill_bytes(&mut attempt);

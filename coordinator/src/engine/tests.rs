@@ -758,3 +758,73 @@ fn configurations_that_could_wrap_or_have_no_parameters_are_refused() {
         Err(Error::InvalidConfig(ConfigRule::EmptyModel))
     ));
 }
+
+/// Semi-malicious SecAgg+ at γ = 0.05, δ = 0.4, from 3 to 20 clients: the finder has no
+/// parameters for n = 4, 6, 8, 10 and 20.
+fn gappy_config() -> TaskConfig {
+    let mut c = TaskConfig::new(TaskId([9; 16]), "gaps", 20);
+    c.graph = GraphKind::Harary;
+    c.adversary = AdversaryClass::SemiMalicious;
+    c.corrupt_ppm = 50_000;
+    c.dropout_ppm = 400_000;
+    c.over_selection = 1.0;
+    c.min_clients = 3;
+    c.deadlines = PhaseDeadlines::uniform(Duration::from_secs(10));
+    c
+}
+
+/// Checks in `waiting` clients and lets the selection deadline pass: the size selected.
+fn selected_with(config: TaskConfig, waiting: usize) -> usize {
+    let mut f = fed(waiting, config);
+    for s in &f.sites {
+        f.engine.check_in(s.key.id(), f.now);
+    }
+    if f.engine.status().state == EngineState::Selecting {
+        f.advance();
+    }
+    let info = f.engine.current_round().expect("selection never stalls").clone();
+    let n = info.plan.selected.len();
+    let params = f.engine.config().params_for(n).unwrap();
+    assert_eq!((info.plan.degree, info.plan.threshold), (params.degree, params.threshold));
+    n
+}
+
+#[test]
+fn selection_steps_down_past_sizes_without_parameters() {
+    let c = gappy_config();
+    c.validate().unwrap();
+    for n in [4, 6, 8, 10, 20] {
+        assert!(c.params_for(n).is_err(), "n = {n} has no parameters");
+        assert_eq!(selected_with(c.clone(), n), n - 1, "{n} waiting");
+    }
+    for n in [3, 5, 7, 9, 19] {
+        assert_eq!(selected_with(c.clone(), n), n, "{n} waiting");
+    }
+    // More clients than the cap: the cap (20) has none, so 19 of the 25 are selected.
+    assert_eq!(selected_with(c, 25), 19);
+    // The defaults (δ = 0.3, γ = 0.05, semi-malicious SecAgg+) have none for n = 4 either.
+    let mut defaults = TaskConfig::new(TaskId([8; 16]), "defaults", 4);
+    defaults.deadlines = PhaseDeadlines::uniform(Duration::from_secs(10));
+    defaults.validate().unwrap();
+    assert!(defaults.params_for(4).is_err());
+    assert_eq!(selected_with(defaults, 4), 3);
+}
+
+#[test]
+fn a_minimum_without_parameters_is_refused_and_names_the_sizes_that_have_them() {
+    for min in [4u32, 6, 8, 10, 20] {
+        let mut c = gappy_config();
+        c.min_clients = min as usize;
+        let Err(Error::InvalidConfig(ConfigRule::NoSecureParameters {
+            min_clients,
+            nearest: (below, _),
+            ..
+        })) = c.validate()
+        else {
+            panic!("min_clients = {min} is refused")
+        };
+        assert_eq!(min_clients, min as usize);
+        assert_eq!(below, Some(min - 1));
+        assert!(c.params_for(min as usize - 1).is_ok());
+    }
+}
