@@ -146,6 +146,9 @@ pub struct TaskSection {
     pub upload_chunk_words: Option<u32>,
     /// Masked inputs received at once.
     pub max_uploads_in_flight: Option<usize>,
+    /// Upload lease, milliseconds: a partial masked input idle this long is evicted and its
+    /// client counted as dropped.
+    pub upload_idle_ms: Option<u64>,
     /// Deadlines in milliseconds.
     #[serde(default)]
     pub deadlines_ms: DeadlinesMs,
@@ -255,6 +258,9 @@ impl TaskSection {
         }
         if let Some(v) = self.max_uploads_in_flight {
             c.max_uploads_in_flight = v;
+        }
+        if let Some(v) = self.upload_idle_ms {
+            c.upload_idle = Duration::from_millis(v);
         }
         let d = &self.deadlines_ms;
         let ms =
@@ -465,6 +471,19 @@ deadlines_ms = { share_keys = 5000 }
         let err = CoordinatorConfig::load(&p, [], &["task.clients_per_round=1000000000".into()])
             .unwrap_err();
         assert!(err.to_string().contains("overflow") || err.to_string().contains("wrap"), "{err}");
+        let err = CoordinatorConfig::load(&p, [], &["task.upload_idle_ms=0".into()]).unwrap_err();
+        assert!(err.to_string().contains("upload_idle"), "{err}");
+    }
+
+    #[test]
+    fn the_upload_lease_has_a_default_and_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), FILE);
+        let c = CoordinatorConfig::load(&p, [], &[]).unwrap();
+        let task = c.task.unwrap().to_config().unwrap();
+        assert_eq!(task.upload_idle, crate::engine::DEFAULT_UPLOAD_IDLE);
+        let c = CoordinatorConfig::load(&p, [], &["task.upload_idle_ms=1500".into()]).unwrap();
+        assert_eq!(c.task.unwrap().to_config().unwrap().upload_idle, Duration::from_millis(1500));
     }
 
     /// Selection takes the largest size with parameters, so a task is refused only when its

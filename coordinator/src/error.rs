@@ -53,6 +53,10 @@ pub enum Error {
     /// The round was aborted; the global model is unchanged.
     #[error("the round was aborted: {0}")]
     RoundAborted(AbortReason),
+    /// The client's partial masked input got no new chunk within the upload lease and was
+    /// evicted: the client counts as dropped in this attempt and may not upload again in it.
+    #[error("the masked-input upload was evicted after {idle_ms} ms without a new chunk")]
+    UploadEvicted { idle_ms: u64 },
 }
 
 /// The rule a task configuration breaks.
@@ -81,8 +85,8 @@ pub enum ConfigRule {
     /// `upload_chunk_words` or `max_uploads_in_flight` is 0.
     #[error("upload_chunk_words and max_uploads_in_flight must be at least 1")]
     UploadLimits,
-    /// A deadline is zero.
-    #[error("every deadline must be positive")]
+    /// A deadline or the upload lease (`upload_idle`) is zero.
+    #[error("every deadline and the upload lease (upload_idle) must be positive")]
     Deadline,
     /// The smallest round the task may run admits no secure graph parameters (a selection of
     /// that many clients could not start). `nearest` holds the nearest sizes below and above it,

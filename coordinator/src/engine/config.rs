@@ -115,6 +115,18 @@ pub struct TaskConfig {
     pub upload_chunk_words: u32,
     /// Masked inputs received at once; bounds the coordinator's memory.
     pub max_uploads_in_flight: usize,
+    /// The upload lease: a partial masked input that gets no new chunk for this long is
+    /// evicted and its client counted as dropped, so one client cannot hold a place among the
+    /// `max_uploads_in_flight` (or keep phase 2 open) with a trickle of chunks.
+    #[serde(with = "millis", default = "default_upload_idle")]
+    pub upload_idle: Duration,
+}
+
+/// The default upload lease: 30 s without a new chunk (a 256 KiB chunk takes 2 s at 1 Mbit/s).
+pub const DEFAULT_UPLOAD_IDLE: Duration = Duration::from_secs(30);
+
+fn default_upload_idle() -> Duration {
+    DEFAULT_UPLOAD_IDLE
 }
 
 impl TaskConfig {
@@ -138,6 +150,7 @@ impl TaskConfig {
             deadlines: PhaseDeadlines::default(),
             upload_chunk_words: 1 << 16,
             max_uploads_in_flight: 64,
+            upload_idle: DEFAULT_UPLOAD_IDLE,
         }
     }
 
@@ -181,7 +194,10 @@ impl TaskConfig {
             return bad(ConfigRule::UploadLimits);
         }
         let phases = self.deadlines.phases();
-        if self.deadlines.selection.is_zero() || phases.iter().any(Duration::is_zero) {
+        if self.deadlines.selection.is_zero()
+            || phases.iter().any(Duration::is_zero)
+            || self.upload_idle.is_zero()
+        {
             return bad(ConfigRule::Deadline);
         }
         self.quant()?;

@@ -56,7 +56,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use sha2::{Digest, Sha256};
 
-pub use config::{PhaseDeadlines, TaskConfig};
+pub use config::{DEFAULT_UPLOAD_IDLE, PhaseDeadlines, TaskConfig};
 pub use types::{
     Assignment, AuditEvent, CheckIn, EngineState, NewCheckpoint, Output, Reply, RoundOutcome,
     Status,
@@ -431,26 +431,60 @@ impl Engine {
             survivors: None,
             unmask: None,
             gone: BTreeSet::new(),
+            upload_leases: BTreeMap::new(),
+            evicted: BTreeSet::new(),
         })
     }
 
     // ------------------------------------------------------------------ time
 
-    /// When the engine next needs [`handle_timeout`](Self::handle_timeout).
+    /// When the engine next needs [`handle_timeout`](Self::handle_timeout): a deadline, or
+    /// the first upload lease to run out.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
             State::Selecting { deadline } => *deadline,
-            State::Running(a) => Some(a.deadline),
+            State::Running(a) => {
+                Some(a.next_lease_expiry().map_or(a.deadline, |lease| lease.min(a.deadline)))
+            }
             State::Committing { .. } | State::Finished => None,
         }
     }
 
-    /// Closes whatever is due at `now`: the selection, or the open phase.
+    /// Closes whatever is due at `now`: the selection, upload leases that ran out, or the open
+    /// phase.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_upload_leases(now);
         match &self.state {
             State::Selecting { deadline: Some(d) } if *d <= now => self.select(now),
             State::Running(a) if a.deadline <= now => self.close_phase(now),
             _ => {}
+        }
+    }
+
+    /// Evicts the partial uploads whose lease ran out by `now`: each client is counted as
+    /// dropped (no phase waits for it, and its chunks are refused for the rest of the attempt),
+    /// and phase 2 closes at once if nobody else is left to wait for.
+    fn expire_upload_leases(&mut self, now: Instant) {
+        let State::Running(a) = &mut self.state else { return };
+        if a.next_lease_expiry().is_none_or(|first| first > now) {
+            return;
+        }
+        let expired: Vec<ClientId> =
+            a.upload_leases.iter().filter(|(_, t)| **t <= now).map(|(c, _)| *c).collect();
+        for client in expired {
+            a.upload_leases.remove(&client);
+            a.upload_digests.remove(&client);
+            a.server.evict_upload(&client);
+            a.evicted.insert(client);
+            tracing::info!(
+                round = a.info.plan.round_id.0,
+                client = %client.to_hex(),
+                idle_ms = self.config.upload_idle.as_millis() as u64,
+                "a partial upload went idle: evicted, the client counts as dropped"
+            );
+        }
+        if a.all_answered() {
+            self.close_phase(now);
         }
     }
 
