@@ -261,7 +261,11 @@ impl Client {
                             break;
                         }
                         Err(e) => {
-                            let wait = after_leaving.next_wait(&mut rand::rng(), None);
+                            let asked = match &e {
+                                ClientError::Status { status, .. } => retry_after(status),
+                                _ => None,
+                            };
+                            let wait = after_leaving.next_wait(&mut rand::rng(), asked);
                             tracing::warn!(error = %e, ?wait, "left the attempt; checking in again after a pause");
                             summary.abandoned.push(e.to_string());
                             tokio::time::sleep(wait).await;
@@ -344,7 +348,7 @@ impl Client {
     /// connection, and returns the coordinator's reply.
     async fn send(&self, request: Request, deadline: Instant) -> Result<Response> {
         Ok(match request {
-            Request::DownloadModel(r) => self.download(r).await?,
+            Request::DownloadModel(r) => self.download(r, deadline).await?,
             Request::AdvertiseKeys(r) => Response::AdvertiseKeys(
                 self.call(deadline, "AdvertiseKeys", r, |mut c, r| async move {
                     c.advertise_keys(r).await
@@ -379,8 +383,27 @@ impl Client {
         })
     }
 
-    /// Downloads the checkpoint: the manifest first, then the bytes.
-    async fn download(&self, r: v1::DownloadModelRequest) -> Result<Response> {
+    /// Downloads the checkpoint, trying again from the start after a transient failure (the
+    /// connection, a rate limit on model bytes) with backoff, until `deadline`.
+    async fn download(&self, r: v1::DownloadModelRequest, deadline: Instant) -> Result<Response> {
+        let mut backoff = Backoff::new(CALL_BACKOFF.0, CALL_BACKOFF.1);
+        loop {
+            match self.download_once(r.clone()).await {
+                Err(ClientError::Status { status, .. }) if transient(&status) => {
+                    let wait = backoff.next_wait(&mut rand::rng(), retry_after(&status));
+                    if Instant::now() + wait >= deadline {
+                        return Err(ClientError::Status { call: "DownloadModel", status });
+                    }
+                    tracing::debug!(status = %status, ?wait, "downloading the checkpoint again");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Downloads the checkpoint once: the manifest first, then the bytes.
+    async fn download_once(&self, r: v1::DownloadModelRequest) -> Result<Response> {
         let mut stream = self
             .fed
             .clone()
@@ -442,8 +465,9 @@ fn refused_by_tls(s: &Status) -> bool {
     text.contains("received fatal alert") || text.contains("invalid peer certificate")
 }
 
-/// A failure worth retrying with the identical message: the connection, or a coordinator
-/// that is receiving as many uploads as it allows at once — not the content.
+/// A failure worth retrying with the identical message: the connection, or a coordinator that
+/// is busy (`RESOURCE_EXHAUSTED`: a rate limit, as many uploads as it receives at once) — not
+/// the content. Retries back off with jitter and honour the coordinator's retry-after.
 fn transient(s: &Status) -> bool {
     matches!(
         s.code(),
