@@ -1,6 +1,6 @@
 //! Taking part in rounds: check in, verify the checkpoint, train, run the five phases.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,11 @@ use tonic::{Code, Status};
 
 use fedsec_wire::{Reason, WireError};
 
+use crate::backoff::{Backoff, retry_after, spread};
 use crate::config::ClientConfig;
+use crate::download::ModelDownload;
 use crate::error::{ClientError, ConfigError, ConnectError, CredentialProblem, Result, describe};
+use crate::hooks::TestHooks;
 pub use crate::round::RoundReport;
 use crate::round::{Membership, Request, Response, Round, Step};
 use crate::state::{ClientState, StateFile};
@@ -26,6 +29,18 @@ use crate::trainer::Trainer;
 
 /// How often `run` warns while the coordinator stays unreachable (it keeps trying).
 const UNREACHABLE_WARNING: Duration = Duration::from_secs(30);
+
+/// Check-in while the coordinator is away or busy: from 200 ms, doubling up to 5 s.
+const CHECK_IN_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+
+/// After leaving an attempt: from 1 s, doubling up to 30 s with each attempt left in a row, so a
+/// client that keeps failing does not check in and download the model again and again.
+const AFTER_LEAVING_BACKOFF: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(30));
+
+/// Resending a phase's message after a transient failure: from 100 ms, doubling up to 2 s,
+/// within the phase's deadline.
+const CALL_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
 /// The metadata header naming the client when the coordinator runs `--insecure`.
 const INSECURE_CLIENT_ID_HEADER: &str = "x-fedsec-client-id";
@@ -39,32 +54,14 @@ pub struct RunSummary {
     pub abandoned: Vec<String>,
     /// The newest checkpoint version it verified.
     pub last_checkpoint_version: Option<u64>,
-    /// Set when `run` stopped at a simulated dropout ([`TestHooks::drop_out`]): the round and
-    /// the phase whose message was never sent. Drop the client (its connection closes, as a
-    /// dead process's would) and connect again to come back.
+    /// Set when `run` stopped at a simulated dropout (the `drop_out` test hook, with the
+    /// feature `test-hooks`): the round and the phase whose message was never sent. Drop the
+    /// client (its connection closes, as a dead process's would) and connect again to come
+    /// back.
     pub dropped_out: Option<(u64, Phase)>,
     /// The attempts this client's masked input was accepted in: (round, attempt nonce). The
     /// input is in the sum of such an attempt if it completed.
     pub uploaded: Vec<(u64, [u8; 16])>,
-}
-
-/// Hooks for tests of the whole system; off in normal use.
-#[derive(Debug, Clone, Default)]
-pub struct TestHooks {
-    /// Write each quantized input (little-endian u32 words) to
-    /// `DIR/round-{round}-{attempt}-{client id}.bin` before masking it, so a test can compare the
-    /// coordinator's sum with the clear sum. This leaks the input: tests only.
-    pub dump_quantized: Option<PathBuf>,
-    /// Stop (sleep forever) right before uploading the masked input of this round.
-    pub stall_before_upload: Option<u64>,
-    /// Simulated dropouts: round id → the phase before whose message the client stops, as if
-    /// it died. [`Client::run`] returns at once with [`RunSummary::dropped_out`] set; each
-    /// entry fires once.
-    pub drop_out: std::collections::BTreeMap<u64, Phase>,
-    /// Added network latency: a pause before every call.
-    pub latency: Duration,
-    /// A slow site: a pause after local training, before the first phase's message.
-    pub slow_training: Duration,
 }
 
 /// A connected client of one training task. See the [crate docs](crate).
@@ -132,6 +129,7 @@ impl Client {
     /// Reads the site's credentials and connects to the coordinator (mutual TLS unless the
     /// configuration says `insecure`).
     pub async fn connect(config: ClientConfig) -> Result<Client> {
+        config.check()?;
         let policy = config.policy.to_policy()?;
         let task = TaskId::from_hex(&config.task_id)
             .ok_or_else(|| ConfigError::TaskId(config.task_id.clone()))?;
@@ -181,7 +179,8 @@ impl Client {
         Ok(Client { config, fed, member, ca_roots, state_file, state, hooks: TestHooks::default() })
     }
 
-    /// Turns on test hooks.
+    /// Turns on test hooks (only with the feature `test-hooks`: see [`crate::hooks`]).
+    #[cfg(feature = "test-hooks")]
     pub fn with_test_hooks(mut self, hooks: TestHooks) -> Self {
         self.hooks = hooks;
         self
@@ -209,7 +208,8 @@ impl Client {
     /// Takes part in rounds until the task finishes (or `max_rounds` completed).
     pub async fn run<T: Trainer + 'static>(&mut self, trainer: &mut T) -> Result<RunSummary> {
         let mut summary = RunSummary::default();
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(CHECK_IN_BACKOFF.0, CHECK_IN_BACKOFF.1);
+        let mut after_leaving = Backoff::new(AFTER_LEAVING_BACKOFF.0, AFTER_LEAVING_BACKOFF.1);
         let mut unreachable_since: Option<Instant> = None;
         loop {
             if let Some(max) = self.config.max_rounds
@@ -235,13 +235,13 @@ impl Client {
                     } else {
                         tracing::debug!(status = %describe(&s), "check-in failed; retrying");
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let wait = backoff.next_wait(&mut rand::rng(), retry_after(&s));
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
                 Err(s) => return Err(ClientError::status("CheckIn", s)),
             };
-            backoff = Duration::from_millis(200);
+            backoff.reset();
             unreachable_since = None;
             match answer.outcome {
                 Some(v1::check_in_response::Outcome::Plan(p)) => {
@@ -253,6 +253,7 @@ impl Client {
                                 "round finished"
                             );
                             summary.rounds.push(report);
+                            after_leaving.reset();
                         }
                         Err(ClientError::DroppedOut { round, phase }) => {
                             tracing::info!(round, %phase, "dropping out (test hook)");
@@ -260,16 +261,22 @@ impl Client {
                             break;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "left the attempt");
+                            let asked = match &e {
+                                ClientError::Status { status, .. } => retry_after(status),
+                                _ => None,
+                            };
+                            let wait = after_leaving.next_wait(&mut rand::rng(), asked);
+                            tracing::warn!(error = %e, ?wait, "left the attempt; checking in again after a pause");
                             summary.abandoned.push(e.to_string());
+                            tokio::time::sleep(wait).await;
                         }
                     }
                 }
                 Some(v1::check_in_response::Outcome::Retry(r)) => {
-                    tokio::time::sleep(
-                        Duration::from_millis(u64::from(r.after_ms)).max(Duration::from_millis(50)),
-                    )
-                    .await;
+                    let after =
+                        Duration::from_millis(u64::from(r.after_ms)).max(Duration::from_millis(50));
+                    let wait = spread(&mut rand::rng(), after);
+                    tokio::time::sleep(wait).await;
                 }
                 Some(v1::check_in_response::Outcome::Finished(_)) => break,
                 None => {
@@ -304,21 +311,7 @@ impl Client {
     ) -> Result<RoundReport> {
         let (mut round, mut step) =
             Round::new(&self.member, self.verifier(), p, &self.state, Instant::now())?;
-        if let Some(dir) = self.hooks.dump_quantized.clone() {
-            let me = self.member.id();
-            round.observe_quantized(Box::new(move |plan, x| {
-                let bytes: Vec<u8> = x.iter().flat_map(|w| w.to_le_bytes()).collect();
-                let name = format!(
-                    "round-{}-{}-{}.bin",
-                    plan.round_id.0,
-                    hex::encode(plan.attempt.0),
-                    me.to_hex()
-                );
-                if let Err(e) = std::fs::write(dir.join(&name), bytes) {
-                    tracing::error!(file = name, error = %e, "cannot dump the quantized input");
-                }
-            }));
-        }
+        self.hooks.observe(&mut round, self.member.id());
         let round_id = round.plan().round_id.0;
         loop {
             step = match step {
@@ -326,15 +319,7 @@ impl Client {
                     if persist {
                         self.state_file.save(&self.state)?;
                     }
-                    if let Some(phase) = request.phase() {
-                        self.drop_out_at(round_id, phase)?;
-                    }
-                    if matches!(request, Request::UploadMaskedInput(_))
-                        && self.hooks.stall_before_upload == Some(round_id)
-                    {
-                        tracing::info!("stalling before the upload (test hook)");
-                        std::future::pending::<()>().await;
-                    }
+                    self.hooks.before_send(round_id, &request).await?;
                     let is_upload = matches!(request, Request::UploadMaskedInput(_));
                     let response = self.send(request, deadline).await?;
                     let next =
@@ -351,9 +336,7 @@ impl Client {
                         self.state_file.save(&self.state)?;
                     }
                     let fit = trainer.fit(&model)?;
-                    if !self.hooks.slow_training.is_zero() {
-                        tokio::time::sleep(self.hooks.slow_training).await;
-                    }
+                    self.hooks.after_training().await;
                     round.trained(fit, Instant::now())?
                 }
                 Step::Done(report) => return Ok(report),
@@ -365,7 +348,7 @@ impl Client {
     /// connection, and returns the coordinator's reply.
     async fn send(&self, request: Request, deadline: Instant) -> Result<Response> {
         Ok(match request {
-            Request::DownloadModel(r) => self.download(r).await?,
+            Request::DownloadModel(r) => self.download(r, deadline).await?,
             Request::AdvertiseKeys(r) => Response::AdvertiseKeys(
                 self.call(deadline, "AdvertiseKeys", r, |mut c, r| async move {
                     c.advertise_keys(r).await
@@ -400,8 +383,27 @@ impl Client {
         })
     }
 
-    /// Downloads the checkpoint: the manifest first, then the bytes.
-    async fn download(&self, r: v1::DownloadModelRequest) -> Result<Response> {
+    /// Downloads the checkpoint, trying again from the start after a transient failure (the
+    /// connection, a rate limit on model bytes) with backoff, until `deadline`.
+    async fn download(&self, r: v1::DownloadModelRequest, deadline: Instant) -> Result<Response> {
+        let mut backoff = Backoff::new(CALL_BACKOFF.0, CALL_BACKOFF.1);
+        loop {
+            match self.download_once(r.clone()).await {
+                Err(ClientError::Status { status, .. }) if transient(&status) => {
+                    let wait = backoff.next_wait(&mut rand::rng(), retry_after(&status));
+                    if Instant::now() + wait >= deadline {
+                        return Err(ClientError::Status { call: "DownloadModel", status });
+                    }
+                    tracing::debug!(status = %status, ?wait, "downloading the checkpoint again");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Downloads the checkpoint once: the manifest first, then the bytes.
+    async fn download_once(&self, r: v1::DownloadModelRequest) -> Result<Response> {
         let mut stream = self
             .fed
             .clone()
@@ -409,43 +411,14 @@ impl Client {
             .await
             .map_err(|s| ClientError::status("DownloadModel", s))?
             .into_inner();
-        let mut manifest: Option<v1::CheckpointManifest> = None;
-        let mut data = Vec::new();
+        let mut download = ModelDownload::new(self.config.max_model_bytes);
         while let Some(chunk) =
             stream.message().await.map_err(|s| ClientError::status("DownloadModel", s))?
         {
-            match chunk.part {
-                Some(v1::model_chunk::Part::Manifest(m)) if manifest.is_none() => {
-                    // The size is unverified until the whole checkpoint is: reserve little.
-                    data.reserve(m.size_bytes.min(1 << 26) as usize);
-                    manifest = Some(m);
-                }
-                Some(v1::model_chunk::Part::Data(d)) if manifest.is_some() => {
-                    let size = manifest.as_ref().map_or(0, |m| m.size_bytes);
-                    if (data.len() + d.len()) as u64 > size {
-                        let reason = Reason::TooLong(size);
-                        return Err(WireError { field: "model_chunk.data", reason }.into());
-                    }
-                    data.extend_from_slice(&d);
-                }
-                _ => {
-                    let reason = Reason::Order("the manifest first, then the data");
-                    return Err(WireError { field: "model_chunk.part", reason }.into());
-                }
-            }
+            download.push(chunk)?;
         }
-        let manifest =
-            manifest.ok_or(WireError { field: "model_chunk.manifest", reason: Reason::Missing })?;
+        let (manifest, data) = download.finish()?;
         Ok(Response::Model { manifest, data })
-    }
-
-    /// The simulated dropout hook: stops before `phase` of round `round` if asked to.
-    fn drop_out_at(&mut self, round: u64, phase: Phase) -> Result<()> {
-        if self.hooks.drop_out.get(&round) == Some(&phase) {
-            self.hooks.drop_out.remove(&round);
-            return Err(ClientError::DroppedOut { round, phase });
-        }
-        Ok(())
     }
 
     /// Calls one phase, resending the identical message after a dropped connection until the
@@ -462,17 +435,18 @@ impl Client {
         F: Fn(FederationClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<R>, Status>>,
     {
-        let mut backoff = Duration::from_millis(100);
-        if !self.hooks.latency.is_zero() {
-            tokio::time::sleep(self.hooks.latency).await;
-        }
+        let mut backoff = Backoff::new(CALL_BACKOFF.0, CALL_BACKOFF.1);
+        self.hooks.before_call().await;
         loop {
             match f(self.fed.clone(), self.request(msg.clone())).await {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s) if transient(&s) && Instant::now() + backoff < until => {
-                    tracing::debug!(call = name, status = %s, "retrying with the identical message");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                Err(s) if transient(&s) => {
+                    let wait = backoff.next_wait(&mut rand::rng(), retry_after(&s));
+                    if Instant::now() + wait >= until {
+                        return Err(ClientError::status(name, s));
+                    }
+                    tracing::debug!(call = name, status = %s, ?wait, "retrying with the identical message");
+                    tokio::time::sleep(wait).await;
                 }
                 Err(s) if s.code() == Code::Aborted => {
                     return Err(ClientError::Aborted { reason: s.message().into() });
@@ -491,8 +465,9 @@ fn refused_by_tls(s: &Status) -> bool {
     text.contains("received fatal alert") || text.contains("invalid peer certificate")
 }
 
-/// A failure worth retrying with the identical message: the connection, or a coordinator
-/// that is receiving as many uploads as it allows at once — not the content.
+/// A failure worth retrying with the identical message: the connection, or a coordinator that
+/// is busy (`RESOURCE_EXHAUSTED`: a rate limit, as many uploads as it receives at once) — not
+/// the content. Retries back off with jitter and honour the coordinator's retry-after.
 fn transient(s: &Status) -> bool {
     matches!(
         s.code(),

@@ -34,9 +34,14 @@ pub struct ClientConfig {
     /// The floor this site holds every round plan to.
     #[serde(default)]
     pub policy: PolicyConfig,
-    /// Plain TCP to a loopback coordinator started with `--insecure` (demos only).
+    /// Plain TCP to a loopback coordinator started with `--insecure` (demos only): refused
+    /// toward any other address.
     #[serde(default)]
     pub insecure: bool,
+    /// The largest checkpoint, in bytes, this site downloads: a manifest announcing more is
+    /// refused before anything is allocated for it.
+    #[serde(default = "default_max_model_bytes")]
+    pub max_model_bytes: u64,
     /// Stop after taking part in this many completed rounds (default: until the task ends).
     #[serde(default)]
     pub max_rounds: Option<u64>,
@@ -44,6 +49,23 @@ pub struct ClientConfig {
 
 fn default_server_name() -> String {
     "localhost".into()
+}
+
+/// The default `max_model_bytes`: 1 GiB, room for a model of 250M f32 parameters (the design's
+/// 100M-parameter models are 400 MB).
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 1 << 30;
+
+fn default_max_model_bytes() -> u64 {
+    DEFAULT_MAX_MODEL_BYTES
+}
+
+/// True if `url` names a coordinator on this host's loopback: an IP literal in 127.0.0.0/8 or
+/// `::1`. Names are not resolved (whatever `localhost` resolves to is not checked here).
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tonic::transport::Uri>() else { return false };
+    let Some(host) = uri.host() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The site's own floor: the coordinator cannot talk it below these.
@@ -115,8 +137,22 @@ impl ClientConfig {
                 *p = base.join(&*p);
             }
         }
-        c.policy.to_policy()?;
+        c.check()?;
         Ok(c)
+    }
+
+    /// The rules a configuration must keep, whether read from a file or built in code: the
+    /// policy parses, `insecure` only toward a loopback coordinator, a positive
+    /// `max_model_bytes`. [`crate::Client::connect`] checks them too.
+    pub fn check(&self) -> Result<()> {
+        self.policy.to_policy()?;
+        if self.insecure && !is_loopback_url(&self.coordinator) {
+            return Err(ConfigError::InsecureNotLoopback { url: self.coordinator.clone() }.into());
+        }
+        if self.max_model_bytes == 0 {
+            return Err(ConfigError::MaxModelBytes.into());
+        }
+        Ok(())
     }
 }
 
@@ -166,8 +202,51 @@ max_dropout = 0.3
             bad.to_policy(),
             Err(ClientError::Config(ConfigError::Fraction { name: "max_dropout", .. }))
         ));
+        assert_eq!(c.max_model_bytes, DEFAULT_MAX_MODEL_BYTES);
         let nope = dir.path().join("nope.toml");
         let missing = ClientConfig::load(&nope).unwrap_err();
         assert!(matches!(&missing, ClientError::Io { path, .. } if *path == nope), "{missing}");
+    }
+
+    fn with(coordinator: &str, insecure: bool) -> ClientConfig {
+        ClientConfig {
+            coordinator: coordinator.into(),
+            server_name: default_server_name(),
+            task_id: "00112233445566778899aabbccddeeff".into(),
+            ca: "ca.pem".into(),
+            cert: "site.pem".into(),
+            key: "site.key".into(),
+            coordinator_key: "coordinator.pub".into(),
+            state_dir: "state".into(),
+            policy: PolicyConfig::default(),
+            insecure,
+            max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
+            max_rounds: None,
+        }
+    }
+
+    #[test]
+    fn insecure_is_refused_toward_a_coordinator_off_the_loopback() {
+        for ok in ["http://127.0.0.1:7443", "http://127.3.2.1:1", "http://[::1]:7443"] {
+            with(ok, true).check().unwrap();
+        }
+        for bad in [
+            "http://10.0.0.5:7443",
+            "http://coordinator.example.org:7443",
+            "http://localhost:7443",
+            "http://[::ffff:10.0.0.1]:7443",
+            "http://0.0.0.0:7443",
+            "not a url",
+        ] {
+            let err = with(bad, true).check().unwrap_err();
+            assert!(
+                matches!(&err, ClientError::Config(ConfigError::InsecureNotLoopback { url }) if url == bad),
+                "{bad}: {err}"
+            );
+            with(bad, false).check().unwrap();
+        }
+        let mut zero = with("https://10.0.0.5:7443", false);
+        zero.max_model_bytes = 0;
+        assert!(matches!(zero.check(), Err(ClientError::Config(ConfigError::MaxModelBytes))));
     }
 }

@@ -57,6 +57,17 @@ pub enum ClientError {
     /// not a model): the client does not train on it.
     #[error("refusing the checkpoint: {0}")]
     Checkpoint(#[from] fedsec_wire::checkpoint::CheckpointError),
+    /// The checkpoint's manifest announces more bytes than this site's `max_model_bytes`:
+    /// nothing was allocated for it, and the client does not take part in that attempt.
+    #[error(
+        "the checkpoint announces {announced} bytes, above this site's max_model_bytes = {limit}"
+    )]
+    ModelTooLarge {
+        /// The size the manifest announces.
+        announced: u64,
+        /// The configured limit.
+        limit: u64,
+    },
     /// Local training failed.
     #[error("training failed: {0}")]
     Training(#[from] crate::trainer::TrainError),
@@ -94,8 +105,8 @@ pub enum ClientError {
         /// What came.
         got: &'static str,
     },
-    /// A simulated dropout ([`crate::TestHooks::drop_out`]): the client stops as if its
-    /// process had died.
+    /// A simulated dropout (the `drop_out` test hook, only with the feature `test-hooks`): the
+    /// client stops as if its process had died.
     #[error("dropped out of round {round} before phase {phase} (simulated)")]
     DroppedOut {
         /// The round.
@@ -137,6 +148,16 @@ pub enum ConfigError {
         /// Its value.
         value: f64,
     },
+    /// `insecure` (plain TCP, no certificates) toward a coordinator that is not on this host's
+    /// loopback: the connection and the client's identity would cross a network unprotected.
+    #[error("insecure = true only toward a loopback coordinator (127.0.0.0/8 or ::1), not {url:?}")]
+    InsecureNotLoopback {
+        /// The coordinator's address.
+        url: String,
+    },
+    /// `max_model_bytes` is 0.
+    #[error("max_model_bytes must be at least 1")]
+    MaxModelBytes,
     /// `coordinator` is not a URL the client can connect to.
     #[error("coordinator = {url:?}: {source}")]
     Coordinator {

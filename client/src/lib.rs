@@ -19,6 +19,23 @@
 //! everything else. What a trainer does **not** do: it never sees keys, masks or the network;
 //! clipping and quantization of its update happen outside it.
 //!
+//! # Under pressure
+//!
+//! [`Client::run`] backs off instead of hammering a busy or absent coordinator ([`backoff`]):
+//! after leaving an attempt (about 1 s, doubling up to 30 s with each attempt left in a row),
+//! and on `UNAVAILABLE` or `RESOURCE_EXHAUSTED`, every wait jittered so that clients turned away
+//! together come back apart, and never shorter than the `retry-after-ms` the coordinator names
+//! ([`fedsec_proto::RETRY_AFTER_MS_METADATA`]). A checkpoint whose manifest announces more than
+//! [`ClientConfig::max_model_bytes`] is refused before anything is allocated for it
+//! ([`download`]), and [`ClientConfig::insecure`] is refused toward a coordinator that is not a
+//! loopback address.
+//!
+//! # Test hooks
+//!
+//! Simulated dropouts, latency, stragglers and a dump of each cleartext quantized update, for
+//! tests of the whole system and the simulation, exist only with the cargo feature `test-hooks`
+//! ([`hooks`]); the shipped library and binary (`cargo build -p fedsec-client`) have none.
+//!
 //! # Example: a ready trainer on a CSV file
 //!
 //! ```no_run
@@ -46,10 +63,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod data;
+pub mod download;
 pub mod error;
+pub mod hooks;
 pub mod pki;
 pub mod round;
 pub mod state;
@@ -57,8 +77,10 @@ pub mod tls;
 pub mod trainer;
 pub mod trainers;
 
-pub use client::{Client, RunSummary, TestHooks};
+pub use client::{Client, RunSummary};
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
+#[cfg(feature = "test-hooks")]
+pub use hooks::TestHooks;
 pub use round::{Membership, Round, RoundReport, Step};
 pub use trainer::{Evaluation, FitResult, TrainError, Trainer};

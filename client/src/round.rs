@@ -279,7 +279,9 @@ enum Awaiting {
     Nothing,
 }
 
-/// A hook that sees each quantized input before it is masked (tests of exact sums).
+/// A hook that sees each quantized input before it is masked (tests of exact sums; only with
+/// the feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
 type QuantizedObserver = Box<dyn FnMut(&RoundPlan, &[u32]) + Send>;
 
 /// One attempt of one round. See the [module docs](self).
@@ -307,6 +309,7 @@ pub struct Round {
     sent: u64,
     received: u64,
     uploaded: bool,
+    #[cfg(feature = "test-hooks")]
     observer: Option<QuantizedObserver>,
 }
 
@@ -385,6 +388,7 @@ impl Round {
             sent: 0,
             received: 0,
             uploaded: false,
+            #[cfg(feature = "test-hooks")]
             observer: None,
         };
         let request =
@@ -394,7 +398,9 @@ impl Round {
     }
 
     /// Shows each quantized input to `observer` before it is masked. For tests that compare
-    /// the coordinator's sum with the clear sum: it sees what nobody else may.
+    /// the coordinator's sum with the clear sum: it sees what nobody else may, so it exists
+    /// only with the feature `test-hooks`.
+    #[cfg(feature = "test-hooks")]
     pub fn observe_quantized(&mut self, observer: QuantizedObserver) {
         self.observer = Some(observer);
     }
@@ -549,6 +555,7 @@ impl Round {
                 let plan = &self.assignment.plan;
                 let mut x = plan.quant.quantize(&self.update, self.examples, coins)?;
                 self.update.zeroize();
+                #[cfg(feature = "test-hooks")]
                 if let Some(observe) = &mut self.observer {
                     observe(plan, &x);
                 }

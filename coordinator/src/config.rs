@@ -146,6 +146,9 @@ pub struct TaskSection {
     pub upload_chunk_words: Option<u32>,
     /// Masked inputs received at once.
     pub max_uploads_in_flight: Option<usize>,
+    /// Upload lease, milliseconds: a partial masked input idle this long is evicted and its
+    /// client counted as dropped.
+    pub upload_idle_ms: Option<u64>,
     /// Deadlines in milliseconds.
     #[serde(default)]
     pub deadlines_ms: DeadlinesMs,
@@ -255,6 +258,9 @@ impl TaskSection {
         }
         if let Some(v) = self.max_uploads_in_flight {
             c.max_uploads_in_flight = v;
+        }
+        if let Some(v) = self.upload_idle_ms {
+            c.upload_idle = Duration::from_millis(v);
         }
         let d = &self.deadlines_ms;
         let ms =
@@ -465,5 +471,53 @@ deadlines_ms = { share_keys = 5000 }
         let err = CoordinatorConfig::load(&p, [], &["task.clients_per_round=1000000000".into()])
             .unwrap_err();
         assert!(err.to_string().contains("overflow") || err.to_string().contains("wrap"), "{err}");
+        let err = CoordinatorConfig::load(&p, [], &["task.upload_idle_ms=0".into()]).unwrap_err();
+        assert!(err.to_string().contains("upload_idle"), "{err}");
+    }
+
+    #[test]
+    fn the_upload_lease_has_a_default_and_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), FILE);
+        let c = CoordinatorConfig::load(&p, [], &[]).unwrap();
+        let task = c.task.unwrap().to_config().unwrap();
+        assert_eq!(task.upload_idle, crate::engine::DEFAULT_UPLOAD_IDLE);
+        let c = CoordinatorConfig::load(&p, [], &["task.upload_idle_ms=1500".into()]).unwrap();
+        assert_eq!(c.task.unwrap().to_config().unwrap().upload_idle, Duration::from_millis(1500));
+    }
+
+    /// Selection takes the largest size with parameters, so a task is refused only when its
+    /// smallest round has none — and the error says which sizes would do.
+    #[test]
+    fn a_minimum_round_without_parameters_is_refused_with_the_sizes_that_have_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), FILE);
+        let harary = [
+            "task.graph=harary".to_string(),
+            "task.adversary=semi-malicious".into(),
+            "task.corrupt=0.05".into(),
+            "task.dropout=0.4".into(),
+            "task.clients_per_round=20".into(),
+            "task.over_selection=1.0".into(),
+        ];
+        // n = 4, 6, 8, 10 and 20 have no parameters at γ = 0.05, δ = 0.4; the others do.
+        for min in [4usize, 6, 8, 10, 20] {
+            let mut sets = harary.to_vec();
+            sets.push(format!("task.min_clients={min}"));
+            let err = CoordinatorConfig::load(&p, [], &sets).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(&format!("min_clients = {min} clients has no secure")), "{text}");
+            assert!(text.contains(&format!("min_clients = {}", min - 1)), "{text}");
+        }
+        // The range 3..=20 holds sizes without parameters, and that is fine: selection steps
+        // past them.
+        let mut sets = harary.to_vec();
+        sets.push("task.min_clients=3".into());
+        let c = CoordinatorConfig::load(&p, [], &sets).unwrap();
+        let task = c.task.unwrap().to_config().unwrap();
+        assert_eq!(task.max_selected(), 20);
+        assert_eq!(task.plannable_size(20).map(|(n, _)| n), Some(19));
+        assert_eq!(task.plannable_size(4).map(|(n, _)| n), Some(3));
+        assert_eq!(task.plannable_size(2), None, "below min_clients");
     }
 }

@@ -53,6 +53,10 @@ pub enum Error {
     /// The round was aborted; the global model is unchanged.
     #[error("the round was aborted: {0}")]
     RoundAborted(AbortReason),
+    /// The client's partial masked input got no new chunk within the upload lease and was
+    /// evicted: the client counts as dropped in this attempt and may not upload again in it.
+    #[error("the masked-input upload was evicted after {idle_ms} ms without a new chunk")]
+    UploadEvicted { idle_ms: u64 },
 }
 
 /// The rule a task configuration breaks.
@@ -81,18 +85,36 @@ pub enum ConfigRule {
     /// `upload_chunk_words` or `max_uploads_in_flight` is 0.
     #[error("upload_chunk_words and max_uploads_in_flight must be at least 1")]
     UploadLimits,
-    /// A deadline is zero.
-    #[error("every deadline must be positive")]
+    /// A deadline or the upload lease (`upload_idle`) is zero.
+    #[error("every deadline and the upload lease (upload_idle) must be positive")]
     Deadline,
-    /// The smallest round the task may run admits no secure graph parameters.
-    #[error("a round of min_clients = {min_clients} clients has no secure parameters: {source}")]
-    NoSecureParameters { min_clients: usize, source: fedsec_crypto::Error },
+    /// The smallest round the task may run admits no secure graph parameters (a selection of
+    /// that many clients could not start). `nearest` holds the nearest sizes below and above it,
+    /// within the task's range, that have parameters.
+    #[error(
+        "a round of min_clients = {min_clients} clients has no secure parameters ({source}); {}",
+        nearest_sizes(*nearest)
+    )]
+    NoSecureParameters {
+        min_clients: usize,
+        source: fedsec_crypto::Error,
+        nearest: (Option<u32>, Option<u32>),
+    },
     /// The initial model has no parameters.
     #[error("the initial model has no parameters")]
     EmptyModel,
     /// The model has more parameters than a masked vector holds (2^32 − 2, with the weight).
     #[error("the model has {0} parameters; a masked vector holds at most 2^32 − 2")]
     ModelTooLarge(usize),
+}
+
+/// What `ConfigRule::NoSecureParameters` suggests.
+fn nearest_sizes(nearest: (Option<u32>, Option<u32>)) -> String {
+    match nearest {
+        (Some(b), Some(a)) => format!("min_clients = {b} or {a} would have"),
+        (Some(n), None) | (None, Some(n)) => format!("min_clients = {n} would have"),
+        (None, None) => "no size near it has any: change δ, γ, the graph or the class".into(),
+    }
 }
 
 /// Why an attempt was aborted.

@@ -804,6 +804,13 @@ fn partial_uploads_are_bounded_and_aligned() {
     }
     assert_eq!(server.uploads_in_flight(), 1);
     server.masked(&ys[2].chunks(8)[0]).unwrap();
+    // An evicted partial upload (its lease ran out) frees its place; a complete one stays.
+    assert!(server.evict_upload(&ys[1].client));
+    assert!(!server.evict_upload(&ys[1].client), "nothing left to evict");
+    assert!(!server.evict_upload(&ys[0].client), "a complete upload is in the sum");
+    assert_eq!(server.uploads_in_flight(), 1);
+    server.masked(&ys[4].chunks(8)[0]).unwrap();
+    assert_eq!(server.u3_len(), 2);
 }
 
 #[test]

@@ -181,6 +181,7 @@ fn client_config(s: &Setup, i: usize, addr: SocketAddr) -> ClientConfig {
         state_dir: s.dir.path().join(format!("state-{i:03}")),
         policy: PolicyConfig::default(),
         insecure: false,
+        max_model_bytes: fedsec_client::config::DEFAULT_MAX_MODEL_BYTES,
         max_rounds: Some(1),
     }
 }

@@ -32,6 +32,13 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("feds
 /// consistency signature and certificate chain per selected client.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// The gRPC metadata key (ASCII value: a decimal count of milliseconds) by which the
+/// coordinator tells a client refused with `RESOURCE_EXHAUSTED` (a rate limit, the uploads in
+/// flight) or `UNAVAILABLE` how long to wait before calling again. The client library waits at
+/// least that long (capped at a bound of its own, so a coordinator cannot park it for ever),
+/// plus its own jitter. Both ends name the key through this constant.
+pub const RETRY_AFTER_MS_METADATA: &str = "retry-after-ms";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,6 +177,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
                     ..PolicyConfig::default()
                 },
                 insecure: false,
+                max_model_bytes: fedsec_client::config::DEFAULT_MAX_MODEL_BYTES,
                 max_rounds: None,
             };
             let hooks = TestHooks {

@@ -38,6 +38,12 @@ pub(super) struct Attempt {
     /// Selected clients whose connection closed: no phase waits for them any more. A message
     /// from one of them (it reconnected in time) takes it off the list.
     pub(super) gone: BTreeSet<ClientId>,
+    /// Upload leases: when each partial masked input is evicted unless a new chunk of it comes
+    /// first (phase 2 only; a complete upload holds none).
+    pub(super) upload_leases: BTreeMap<ClientId, Instant>,
+    /// Clients whose partial upload was evicted: dropped for the rest of the attempt, like
+    /// `gone`, but their chunks are refused (a new message does not bring them back).
+    pub(super) evicted: BTreeSet<ClientId>,
 }
 
 impl Attempt {
@@ -77,7 +83,16 @@ impl Attempt {
         }
     }
 
-    /// True when every client the open phase runs over has answered it, or is gone.
+    /// The first upload lease to run out, while phase 2 is open.
+    pub(super) fn next_lease_expiry(&self) -> Option<Instant> {
+        if self.phase != Phase::MaskedInputCollection {
+            return None;
+        }
+        self.upload_leases.values().min().copied()
+    }
+
+    /// True when every client the open phase runs over has answered it, or is gone (its
+    /// connection closed, or its upload was evicted).
     ///
     /// Called after every message, so it first compares counts: the open phase runs over
     /// `set_sizes[phase]` clients (|U|, then the size each close recorded), and it cannot be
@@ -89,11 +104,15 @@ impl Attempt {
             p => self.answered[p.index()].len(),
         };
         let runs_over = self.set_sizes.get(self.phase.index()).copied().unwrap_or(0);
-        if answered + self.gone.len() < runs_over {
+        let away = self.gone.len() + self.evicted.difference(&self.gone).count();
+        if answered + away < runs_over {
             return false;
         }
-        let expected: BTreeSet<ClientId> =
-            self.expected().difference(&self.gone).copied().collect();
+        let expected: BTreeSet<ClientId> = self
+            .expected()
+            .into_iter()
+            .filter(|c| !self.gone.contains(c) && !self.evicted.contains(c))
+            .collect();
         match self.phase {
             Phase::MaskedInputCollection => {
                 let plan = &self.info.plan;

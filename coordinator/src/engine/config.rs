@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use fedsec_crypto::params::GraphParams;
 use fedsec_crypto::quant::QuantParams;
 use fedsec_crypto::{AdversaryClass, GraphKind, TaskId};
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,18 @@ pub struct TaskConfig {
     pub upload_chunk_words: u32,
     /// Masked inputs received at once; bounds the coordinator's memory.
     pub max_uploads_in_flight: usize,
+    /// The upload lease: a partial masked input that gets no new chunk for this long is
+    /// evicted and its client counted as dropped, so one client cannot hold a place among the
+    /// `max_uploads_in_flight` (or keep phase 2 open) with a trickle of chunks.
+    #[serde(with = "millis", default = "default_upload_idle")]
+    pub upload_idle: Duration,
+}
+
+/// The default upload lease: 30 s without a new chunk (a 256 KiB chunk takes 2 s at 1 Mbit/s).
+pub const DEFAULT_UPLOAD_IDLE: Duration = Duration::from_secs(30);
+
+fn default_upload_idle() -> Duration {
+    DEFAULT_UPLOAD_IDLE
 }
 
 impl TaskConfig {
@@ -137,6 +150,7 @@ impl TaskConfig {
             deadlines: PhaseDeadlines::default(),
             upload_chunk_words: 1 << 16,
             max_uploads_in_flight: 64,
+            upload_idle: DEFAULT_UPLOAD_IDLE,
         }
     }
 
@@ -180,24 +194,61 @@ impl TaskConfig {
             return bad(ConfigRule::UploadLimits);
         }
         let phases = self.deadlines.phases();
-        if self.deadlines.selection.is_zero() || phases.iter().any(Duration::is_zero) {
+        if self.deadlines.selection.is_zero()
+            || phases.iter().any(Duration::is_zero)
+            || self.upload_idle.is_zero()
+        {
             return bad(ConfigRule::Deadline);
         }
         self.quant()?;
-        // The smallest round the task may run must admit graph parameters.
+        // The smallest round the task may run must admit graph parameters: then every
+        // selection, which takes the largest size with parameters between min_clients and the
+        // clients waiting (`plannable_size`), finds one, and no selection stalls.
+        self.params_for(self.min_clients).map_err(|source| {
+            Error::InvalidConfig(ConfigRule::NoSecureParameters {
+                min_clients: self.min_clients,
+                source,
+                nearest: self.nearest_plannable(),
+            })
+        })?;
+        Ok(())
+    }
+
+    /// The graph parameters of a round of `n` selected clients under this task's δ, γ, graph
+    /// and adversary class.
+    pub fn params_for(&self, n: usize) -> fedsec_crypto::Result<GraphParams> {
         fedsec_crypto::params::choose(
             self.graph,
-            self.min_clients,
+            n,
             self.dropout_ppm,
             self.corrupt_ppm,
             self.adversary,
         )
-        .map_err(|source| {
-            Error::InvalidConfig(ConfigRule::NoSecureParameters {
-                min_clients: self.min_clients,
-                source,
-            })
-        })?;
-        Ok(())
+    }
+
+    /// The size selection takes when `waiting` eligible clients wait: the largest n with
+    /// `min_clients ≤ n ≤ min(waiting, max_selected)` for which the parameter finder has
+    /// parameters, with them. The finder has none for some sizes (a Harary graph over an even
+    /// n with few neighbours, e.g. n = 4, 6, 8, 10 and 20 at γ = 0.05, δ = 0.4,
+    /// semi-malicious), so selection steps down past them instead of waiting for ever. `None`
+    /// below `min_clients` (a validated configuration has parameters at `min_clients`, so never
+    /// otherwise). Tries at most `min(waiting, max_selected) − min_clients + 1` sizes.
+    pub fn plannable_size(&self, waiting: usize) -> Option<(usize, GraphParams)> {
+        let most = waiting.min(self.max_selected());
+        (self.min_clients.max(1)..=most)
+            .rev()
+            .find_map(|n| self.params_for(n).ok().map(|params| (n, params)))
+    }
+
+    /// For a `min_clients` without parameters: the nearest sizes within the task's range that
+    /// have them (below and above), to say what would work. Tries at most 64 sizes each way.
+    fn nearest_plannable(&self) -> (Option<u32>, Option<u32>) {
+        const LOOK: usize = 64;
+        let lo = self.min_clients.saturating_sub(LOOK).max(2);
+        let hi = self.max_selected().min(self.min_clients.saturating_add(LOOK));
+        let below = (lo..self.min_clients).rev().find(|&n| self.params_for(n).is_ok());
+        let above = (self.min_clients + 1..=hi).find(|&n| self.params_for(n).is_ok());
+        let size = |n: Option<usize>| n.and_then(|n| u32::try_from(n).ok());
+        (size(below), size(above))
     }
 }

@@ -12,9 +12,13 @@
 //! 1. **Selection.** Clients [`check_in`](Engine::check_in). Once ⌈target × over-selection⌉
 //!    eligible clients wait, or the selection deadline passes with at least `min_clients`, the
 //!    engine samples the selected set U and fixes the round plan (k and t from the parameter
-//!    finder, a fresh attempt nonce and graph seed). A client that already uploaded a masked
-//!    input on the current checkpoint is never selected again before the next checkpoint (the
-//!    "once per checkpoint" rule of the protocol).
+//!    finder, a fresh attempt nonce and graph seed). |U| is the largest size up to the clients
+//!    waiting (and the cap) that the finder has parameters for
+//!    ([`TaskConfig::plannable_size`]): the finder has none for a few sizes, which selection
+//!    steps past, and validation makes sure `min_clients` has some, so selection never
+//!    stalls. A client that already uploaded a masked input on the current checkpoint is never
+//!    selected again before the next checkpoint (the "once per checkpoint" rule of the
+//!    protocol).
 //! 2. **The five phases.** Each phase accepts one message per client; an identical repeat is
 //!    accepted again (a retry after a lost connection), a different one is refused. A phase
 //!    closes when every client it runs over has answered, or at its deadline; then each client's
@@ -37,6 +41,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fedsec_crypto::params::GraphParams;
 use fedsec_crypto::quant::QuantParams;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::server::SecAggServer;
@@ -51,7 +56,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use sha2::{Digest, Sha256};
 
-pub use config::{PhaseDeadlines, TaskConfig};
+pub use config::{DEFAULT_UPLOAD_IDLE, PhaseDeadlines, TaskConfig};
 pub use types::{
     Assignment, AuditEvent, CheckIn, EngineState, NewCheckpoint, Output, Reply, RoundOutcome,
     Status,
@@ -328,11 +333,25 @@ impl Engine {
             self.state = State::Selecting { deadline: Some(now + self.config.deadlines.selection) };
             return;
         }
-        let take = candidates.len().min(self.config.max_selected());
+        let most = candidates.len().min(self.config.max_selected());
+        let Some((take, params)) = self.config.plannable_size(candidates.len()) else {
+            // Cannot happen for a validated config (min_clients has parameters); keep waiting
+            // rather than fail the task.
+            tracing::error!(waiting = candidates.len(), "no round size has parameters; waiting");
+            self.state = State::Selecting { deadline: Some(now + self.config.deadlines.selection) };
+            return;
+        };
+        if take < most {
+            tracing::info!(
+                waiting = candidates.len(),
+                selecting = take,
+                "no secure parameters for {most} clients: selecting the largest size that has them"
+            );
+        }
         candidates.shuffle(&mut self.rng);
         let mut selected = candidates[..take].to_vec();
         selected.sort_unstable();
-        match self.start_attempt(selected.clone(), now) {
+        match self.start_attempt(selected.clone(), params, now) {
             Ok(attempt) => {
                 self.not_selected = candidates[take..].iter().copied().collect();
                 self.waiting.clear();
@@ -346,8 +365,8 @@ impl Engine {
                 self.state = State::Running(Box::new(attempt));
             }
             Err(e) => {
-                // Cannot happen for a validated config (min_clients admits parameters and
-                // larger rounds only relax them); keep waiting rather than fail the task.
+                // Cannot happen for a validated config (the size has parameters, the plan is
+                // built from them); keep waiting rather than fail the task.
                 tracing::error!(error = %e, "cannot plan a round; waiting for more clients");
                 self.state =
                     State::Selecting { deadline: Some(now + self.config.deadlines.selection) };
@@ -355,15 +374,13 @@ impl Engine {
         }
     }
 
-    fn start_attempt(&mut self, selected: Vec<ClientId>, now: Instant) -> Result<Attempt> {
+    fn start_attempt(
+        &mut self,
+        selected: Vec<ClientId>,
+        params: GraphParams,
+        now: Instant,
+    ) -> Result<Attempt> {
         let c = &self.config;
-        let params = fedsec_crypto::params::choose(
-            c.graph,
-            selected.len(),
-            c.dropout_ppm,
-            c.corrupt_ppm,
-            c.adversary,
-        )?;
         let mut attempt = [0u8; 16];
         let mut graph_seed = [0u8; 32];
         self.rng.fill_bytes(&mut attempt);
@@ -414,26 +431,60 @@ impl Engine {
             survivors: None,
             unmask: None,
             gone: BTreeSet::new(),
+            upload_leases: BTreeMap::new(),
+            evicted: BTreeSet::new(),
         })
     }
 
     // ------------------------------------------------------------------ time
 
-    /// When the engine next needs [`handle_timeout`](Self::handle_timeout).
+    /// When the engine next needs [`handle_timeout`](Self::handle_timeout): a deadline, or
+    /// the first upload lease to run out.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
             State::Selecting { deadline } => *deadline,
-            State::Running(a) => Some(a.deadline),
+            State::Running(a) => {
+                Some(a.next_lease_expiry().map_or(a.deadline, |lease| lease.min(a.deadline)))
+            }
             State::Committing { .. } | State::Finished => None,
         }
     }
 
-    /// Closes whatever is due at `now`: the selection, or the open phase.
+    /// Closes whatever is due at `now`: the selection, upload leases that ran out, or the open
+    /// phase.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_upload_leases(now);
         match &self.state {
             State::Selecting { deadline: Some(d) } if *d <= now => self.select(now),
             State::Running(a) if a.deadline <= now => self.close_phase(now),
             _ => {}
+        }
+    }
+
+    /// Evicts the partial uploads whose lease ran out by `now`: each client is counted as
+    /// dropped (no phase waits for it, and its chunks are refused for the rest of the attempt),
+    /// and phase 2 closes at once if nobody else is left to wait for.
+    fn expire_upload_leases(&mut self, now: Instant) {
+        let State::Running(a) = &mut self.state else { return };
+        if a.next_lease_expiry().is_none_or(|first| first > now) {
+            return;
+        }
+        let expired: Vec<ClientId> =
+            a.upload_leases.iter().filter(|(_, t)| **t <= now).map(|(c, _)| *c).collect();
+        for client in expired {
+            a.upload_leases.remove(&client);
+            a.upload_digests.remove(&client);
+            a.server.evict_upload(&client);
+            a.evicted.insert(client);
+            tracing::info!(
+                round = a.info.plan.round_id.0,
+                client = %client.to_hex(),
+                idle_ms = self.config.upload_idle.as_millis() as u64,
+                "a partial upload went idle: evicted, the client counts as dropped"
+            );
+        }
+        if a.all_answered() {
+            self.close_phase(now);
         }
     }
 

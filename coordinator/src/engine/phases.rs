@@ -68,9 +68,15 @@ impl Engine {
         chunk: &MaskedInput,
         now: Instant,
     ) -> Result<UploadProgress> {
+        // Leases that ran out go first: their places among the uploads in flight are free.
+        self.expire_upload_leases(now);
         let attempt = self.attempt_for(&chunk.ctx, Phase::MaskedInputCollection)?;
         let plan = &attempt.info.plan;
         plan.index_of(&from).ok_or(Error::NotSelected(from))?;
+        if attempt.evicted.contains(&from) {
+            let idle_ms = self.config.upload_idle.as_millis() as u64;
+            return Err(Error::UploadEvicted { idle_ms });
+        }
         let chunk_words = attempt.info.upload_chunk_words as usize;
         let dim = plan.dim as usize;
         let offset = chunk.offset as usize;
@@ -109,6 +115,16 @@ impl Engine {
         };
         let progress = attempt.server.receive_masked_input(from, chunk)?;
         attempt.gone.remove(&from);
+        // Only progress renews the lease: a resent chunk does not keep an upload alive.
+        match progress {
+            UploadProgress::Partial { .. } => {
+                attempt.upload_leases.insert(from, now + self.config.upload_idle);
+            }
+            UploadProgress::Complete => {
+                attempt.upload_leases.remove(&from);
+            }
+            UploadProgress::Duplicate => {}
+        }
         let chunks = dim.div_ceil(chunk_words);
         attempt.upload_digests.entry(from).or_insert_with(|| vec![None; chunks])[index] =
             Some(digest);

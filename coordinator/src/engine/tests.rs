@@ -758,3 +758,201 @@ fn configurations_that_could_wrap_or_have_no_parameters_are_refused() {
         Err(Error::InvalidConfig(ConfigRule::EmptyModel))
     ));
 }
+
+/// Semi-malicious SecAgg+ at γ = 0.05, δ = 0.4, from 3 to 20 clients: the finder has no
+/// parameters for n = 4, 6, 8, 10 and 20.
+fn gappy_config() -> TaskConfig {
+    let mut c = TaskConfig::new(TaskId([9; 16]), "gaps", 20);
+    c.graph = GraphKind::Harary;
+    c.adversary = AdversaryClass::SemiMalicious;
+    c.corrupt_ppm = 50_000;
+    c.dropout_ppm = 400_000;
+    c.over_selection = 1.0;
+    c.min_clients = 3;
+    c.deadlines = PhaseDeadlines::uniform(Duration::from_secs(10));
+    c
+}
+
+/// Checks in `waiting` clients and lets the selection deadline pass: the size selected.
+fn selected_with(config: TaskConfig, waiting: usize) -> usize {
+    let mut f = fed(waiting, config);
+    for s in &f.sites {
+        f.engine.check_in(s.key.id(), f.now);
+    }
+    if f.engine.status().state == EngineState::Selecting {
+        f.advance();
+    }
+    let info = f.engine.current_round().expect("selection never stalls").clone();
+    let n = info.plan.selected.len();
+    let params = f.engine.config().params_for(n).unwrap();
+    assert_eq!((info.plan.degree, info.plan.threshold), (params.degree, params.threshold));
+    n
+}
+
+#[test]
+fn selection_steps_down_past_sizes_without_parameters() {
+    let c = gappy_config();
+    c.validate().unwrap();
+    for n in [4, 6, 8, 10, 20] {
+        assert!(c.params_for(n).is_err(), "n = {n} has no parameters");
+        assert_eq!(selected_with(c.clone(), n), n - 1, "{n} waiting");
+    }
+    for n in [3, 5, 7, 9, 19] {
+        assert_eq!(selected_with(c.clone(), n), n, "{n} waiting");
+    }
+    // More clients than the cap: the cap (20) has none, so 19 of the 25 are selected.
+    assert_eq!(selected_with(c, 25), 19);
+    // The defaults (δ = 0.3, γ = 0.05, semi-malicious SecAgg+) have none for n = 4 either.
+    let mut defaults = TaskConfig::new(TaskId([8; 16]), "defaults", 4);
+    defaults.deadlines = PhaseDeadlines::uniform(Duration::from_secs(10));
+    defaults.validate().unwrap();
+    assert!(defaults.params_for(4).is_err());
+    assert_eq!(selected_with(defaults, 4), 3);
+}
+
+#[test]
+fn a_minimum_without_parameters_is_refused_and_names_the_sizes_that_have_them() {
+    for min in [4u32, 6, 8, 10, 20] {
+        let mut c = gappy_config();
+        c.min_clients = min as usize;
+        let Err(Error::InvalidConfig(ConfigRule::NoSecureParameters {
+            min_clients,
+            nearest: (below, _),
+            ..
+        })) = c.validate()
+        else {
+            panic!("min_clients = {min} is refused")
+        };
+        assert_eq!(min_clients, min as usize);
+        assert_eq!(below, Some(min - 1));
+        assert!(c.params_for(min as usize - 1).is_ok());
+    }
+}
+
+/// Runs phases 0 and 1 with every selected client, by hand.
+fn through_share_keys(f: &mut Fed) -> (Assignment, Vec<(ClientId, SecAggClient)>) {
+    let info = f.check_in_all();
+    let plan = info.plan.clone();
+    let ctx = plan.context();
+    let mut clients: Vec<(ClientId, SecAggClient)> = plan
+        .selected
+        .iter()
+        .map(|id| {
+            let s = &f.sites[f.site_of(id)];
+            let c = SecAggClient::new(
+                s.key.clone(),
+                Arc::new(RawKeyCredentials),
+                &policy(),
+                plan.clone(),
+                &plan.checkpoint,
+                &ContributionLedger::default(),
+            )
+            .unwrap();
+            (*id, c)
+        })
+        .collect();
+    for (id, c) in &clients {
+        f.engine.advertise(*id, c.advertise().clone(), f.now).unwrap();
+    }
+    for (id, c) in clients.iter_mut() {
+        let Some(Ok(Reply::Keys(k))) = f.engine.reply(id, &ctx, Phase::AdvertiseKeys) else {
+            panic!("phase 0 closed once everyone advertised")
+        };
+        f.engine.share_keys(*id, c.handle_keys(&k).unwrap(), f.now).unwrap();
+    }
+    (info, clients)
+}
+
+#[test]
+fn an_idle_partial_upload_is_evicted_and_the_round_goes_on() {
+    let mut c = config(10);
+    c.max_uploads_in_flight = 2;
+    c.upload_idle = Duration::from_secs(2);
+    let mut f = fed(10, c);
+    let (info, mut clients) = through_share_keys(&mut f);
+    let ctx = info.plan.context();
+    let start = f.now;
+    let phase_deadline = start + info.phase_deadlines[Phase::MaskedInputCollection.index()];
+    let mut chunks = Vec::new();
+    for (id, c) in clients.iter_mut() {
+        let Some(Ok(Reply::Shares(s))) = f.engine.reply(id, &ctx, Phase::ShareKeys) else {
+            panic!("phase 1 closed once everyone shared")
+        };
+        let x = info.plan.quant.quantize(&[0.1; DIM], 5, &mut f.rng).unwrap();
+        let y = c.handle_shares(&s, &x, &mut ContributionLedger::default()).unwrap();
+        chunks.push((*id, y.chunks(4)));
+    }
+    // Seven clients upload at once; a and c send one chunk of two and hold both places.
+    for (id, ys) in &chunks[..7] {
+        for y in ys {
+            f.engine.masked_input(*id, y, f.now).unwrap();
+        }
+    }
+    let [(a, a_ys), (b, b_ys), (c, c_ys)] = [&chunks[7], &chunks[8], &chunks[9]];
+    assert!(matches!(
+        f.engine.masked_input(*a, &a_ys[0], f.now),
+        Ok(UploadProgress::Partial { .. })
+    ));
+    assert!(matches!(
+        f.engine.masked_input(*c, &c_ys[0], f.now),
+        Ok(UploadProgress::Partial { .. })
+    ));
+    assert!(matches!(
+        f.engine.masked_input(*b, &b_ys[0], f.now),
+        Err(Error::Protocol(fedsec_crypto::Error::TooManyUploadsInFlight { limit: 2 }))
+    ));
+    assert_eq!(f.engine.poll_timeout(), Some(start + Duration::from_secs(2)));
+    // A resent chunk is no progress: it does not renew the lease.
+    f.now = start + Duration::from_millis(1500);
+    assert_eq!(f.engine.masked_input(*a, &a_ys[0], f.now).unwrap(), UploadProgress::Duplicate);
+    assert_eq!(f.engine.poll_timeout(), Some(start + Duration::from_secs(2)));
+    // The leases run out: both are evicted and may not upload again in this attempt.
+    f.advance();
+    assert_eq!(f.now, start + Duration::from_secs(2));
+    assert_eq!(f.engine.status().phase, Some(Phase::MaskedInputCollection), "b is waited for");
+    assert_eq!(
+        f.engine.masked_input(*a, &a_ys[1], f.now),
+        Err(Error::UploadEvicted { idle_ms: 2000 })
+    );
+    assert_eq!(
+        f.engine.masked_input(*c, &c_ys[0], f.now),
+        Err(Error::UploadEvicted { idle_ms: 2000 })
+    );
+    // Their places are free: b uploads, within its own lease (renewed by each new chunk).
+    f.engine.masked_input(*b, &b_ys[0], f.now).unwrap();
+    assert_eq!(f.engine.poll_timeout(), Some(f.now + Duration::from_secs(2)));
+    f.now += Duration::from_millis(1900);
+    assert_eq!(f.engine.masked_input(*b, &b_ys[1], f.now).unwrap(), UploadProgress::Complete);
+    // Nobody is left to wait for: phase 2 closed now, long before its deadline.
+    assert!(f.now < phase_deadline);
+    assert_eq!(f.engine.status().phase, Some(Phase::ConsistencyCheck));
+    for id in [a, c] {
+        assert!(matches!(
+            f.engine.reply(id, &ctx, Phase::MaskedInputCollection),
+            Some(Err(Error::PhaseClosed { .. }))
+        ));
+    }
+    // The round completes without the two.
+    let mut signers = Vec::new();
+    for (id, c) in clients.iter_mut() {
+        if let Some(Ok(Reply::Survivors(r))) =
+            f.engine.reply(id, &ctx, Phase::MaskedInputCollection)
+        {
+            assert_eq!(r.survivors.indices(10).unwrap().len(), 8);
+            f.engine.consistency(*id, c.handle_consistency(&r).unwrap(), f.now).unwrap();
+            signers.push(*id);
+        }
+    }
+    for (id, c) in clients.iter_mut().filter(|(id, _)| signers.contains(id)) {
+        let Some(Ok(Reply::Unmask(r))) = f.engine.reply(id, &ctx, Phase::ConsistencyCheck) else {
+            panic!("phase 3 closed once U3 signed")
+        };
+        f.engine.unmasking(*id, c.handle_unmasking(&r).unwrap(), f.now).unwrap();
+    }
+    assert_eq!(f.commit().len(), 1);
+    let Some(Ok(Reply::Result(r))) = f.engine.reply(&signers[0], &ctx, Phase::Unmasking) else {
+        panic!("the round completed")
+    };
+    assert!(r.completed);
+    assert_eq!(r.participants(), 8);
+}

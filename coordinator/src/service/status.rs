@@ -20,7 +20,8 @@ impl From<Error> for Status {
             Error::TaskFinished
             | Error::NotCurrentAttempt { .. }
             | Error::PhaseClosed { .. }
-            | Error::PhaseNotOpen { .. } => Code::FailedPrecondition,
+            | Error::PhaseNotOpen { .. }
+            | Error::UploadEvicted { .. } => Code::FailedPrecondition,
             Error::RoundAborted(_) => Code::Aborted,
         };
         Status::new(code, e.to_string())

@@ -281,6 +281,14 @@ impl SecAggServer {
         self.uploads.len()
     }
 
+    /// Drops `client`'s partial masked input (its upload lease ran out: it sent no new chunk
+    /// for too long), freeing its place among the uploads in flight. Returns whether there was
+    /// one. A complete upload is in the sum and stays; the caller decides whether the client may
+    /// start over (the coordinator's engine counts it as dropped and refuses its chunks).
+    pub fn evict_upload(&mut self, client: &ClientId) -> bool {
+        self.plan.index_of(client).is_some_and(|u| self.uploads.remove(&u).is_some())
+    }
+
     /// Aborts the round: nothing more is accepted and no sum is produced.
     pub fn abort(&mut self, reason: Error) {
         self.phase = ServerPhase::Aborted;

@@ -20,23 +20,37 @@ pub const CLIP: f64 = 1.0;
 pub const MAX_EXAMPLES: u64 = 100;
 pub const SERVER_LR: f32 = 1.0;
 
-/// A built binary of the workspace (`cargo test --workspace` builds both).
+/// A built binary of the workspace (`cargo test --workspace` builds both, the client with the
+/// feature `test-hooks` that this crate turns on). A client built without the hooks (by
+/// `cargo build -p fedsec-client`, as it ships) has none of the `--test-…` flags the tests
+/// use: its version line says so, and it is rebuilt with them.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
     let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
     let path = dir.join(name);
-    if !path.exists() {
+    let usable =
+        |path: &Path| path.exists() && (name != "fedsec-client" || client_has_test_hooks(path));
+    if !usable(&path) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build.args(["build", "-p", "fedsec-coordinator", "-p", "fedsec-client", "--bins"]);
+        build.args(["--features", "fedsec-client/test-hooks"]);
         if dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
         }
         let status = build.status().expect("cargo runs");
         assert!(status.success(), "building the binaries failed");
     }
-    assert!(path.exists(), "{} is missing", path.display());
+    assert!(usable(&path), "{} is missing or has no test hooks", path.display());
     path
+}
+
+/// Whether a client binary was built with the feature `test-hooks` (its version line says so).
+fn client_has_test_hooks(path: &Path) -> bool {
+    Command::new(path)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("test-hooks"))
 }
 
 /// Runs a command to completion and returns its stdout; panics with its stderr on failure.
@@ -165,6 +179,8 @@ pub struct Options {
     /// Lowers the clients' policy floor (`min_clients` and `min_surviving`) to this, for
     /// rounds smaller than the default floor.
     pub client_min_clients: Option<usize>,
+    /// Extra top-level lines of one client's `client.toml`: (certificate number, lines).
+    pub client_toml: Vec<(usize, String)>,
 }
 
 impl Default for Options {
@@ -185,6 +201,7 @@ impl Default for Options {
             max_uploads_in_flight: None,
             phase_ms: None,
             client_min_clients: None,
+            client_toml: Vec::new(),
         }
     }
 }
@@ -334,8 +351,17 @@ cert = "pki/client-{i:03}.pem"
 key = "pki/client-{i:03}.key"
 coordinator_key = "pki/coordinator-signing.pub"
 state_dir = "state-{i:03}"
+{extra}
 {policy}"#,
                 addr = self.client_addr,
+                extra = self
+                    .opts
+                    .client_toml
+                    .iter()
+                    .filter(|(c, _)| *c == i)
+                    .map(|(_, lines)| lines.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
                 policy = self
                     .opts
                     .client_min_clients
