@@ -198,6 +198,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 q.dir.display()
             );
             println!("DEVELOPMENT PKI: not for production (see pki/README.txt).");
+            if !quickstart::client_binary_beside() {
+                println!(
+                    "note: fedsec-client is not beside this program; the commands expect it on PATH (from the repository: cargo build --release -p fedsec-client)."
+                );
+            }
             println!(
                 "\nRun everything, wait for the task to finish, and stop:\n\n  sh {}\n",
                 q.script.display()

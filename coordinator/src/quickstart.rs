@@ -264,8 +264,8 @@ pub fn quickstart(opts: &QuickstartOptions, root: &Path) -> Result<Quickstart, Q
     })
 }
 
-/// The two binaries, named as the running one was: beside it when it is a path (`cargo run`,
-/// `target/release/…`), else by name from `PATH`.
+/// The two binaries: the running one and `fedsec-client` beside it (`target/release/`, or
+/// wherever both were installed); by name from `PATH` when the client is not beside it.
 fn binaries() -> (String, String) {
     match std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
         Some(dir) if dir.join("fedsec-client").is_file() => (
@@ -274,6 +274,12 @@ fn binaries() -> (String, String) {
         ),
         _ => ("fedsec-coordinator".into(), "fedsec-client".into()),
     }
+}
+
+/// Whether `fedsec-client` is beside the running binary (else the commands name it as it is
+/// found on `PATH`).
+pub fn client_binary_beside() -> bool {
+    binaries().1 != "fedsec-client"
 }
 
 fn coordinator_toml(opts: &QuickstartOptions, task_id: &str, dataset: &Path) -> String {
