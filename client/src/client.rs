@@ -260,6 +260,14 @@ impl Client {
                             summary.dropped_out = Some((round, phase));
                             break;
                         }
+                        // The data, the options or the model's shape: the same next time.
+                        Err(ClientError::Training(t)) if t.is_permanent() => {
+                            return Err(if t.is_model_mismatch() {
+                                ClientError::ModelDoesNotFit(t)
+                            } else {
+                                ClientError::Training(t)
+                            });
+                        }
                         Err(e) => {
                             let asked = match &e {
                                 ClientError::Status { status, .. } => retry_after(status),

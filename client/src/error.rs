@@ -71,6 +71,12 @@ pub enum ClientError {
     /// Local training failed.
     #[error("training failed: {0}")]
     Training(#[from] crate::trainer::TrainError),
+    /// The task's model does not fit this site's trainer: the client stops, since every round
+    /// of the task would fail the same way.
+    #[error(
+        "the task's model does not fit this trainer ({0}); check the trainer's options (--model, --classes, --hidden) and the data's columns against the task's initial model"
+    )]
+    ModelDoesNotFit(crate::trainer::TrainError),
     /// The coordinator aborted the attempt (a round result that did not complete, or an
     /// `ABORTED` status); the global model is unchanged.
     #[error("the round was aborted: {reason}")]

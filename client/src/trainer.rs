@@ -129,3 +129,24 @@ pub enum TrainError {
         batch: usize,
     },
 }
+
+impl TrainError {
+    /// Whether the task's model does not fit this trainer (its tensors' names or shapes, or a
+    /// label beyond its classes): no later round can fix that.
+    pub fn is_model_mismatch(&self) -> bool {
+        matches!(
+            self,
+            TrainError::MissingTensor { .. }
+                | TrainError::TensorShapeMismatch { .. }
+                | TrainError::UnexpectedTensor { .. }
+                | TrainError::LabelOutOfRange { .. }
+        )
+    }
+
+    /// Whether retrying with the next global model could help: only a diverged loss depends on
+    /// the model's values; every other refusal is about the data, the options or the model's
+    /// shape, which stay the same for the whole task.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, TrainError::NonFiniteLoss { .. })
+    }
+}

@@ -21,6 +21,7 @@ pub mod config;
 pub mod connections;
 pub mod engine;
 pub mod error;
+pub mod operator;
 pub mod pki;
 pub mod quickstart;
 pub mod revocation;

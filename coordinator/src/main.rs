@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fedsec_coordinator::config::CoordinatorConfig;
 use fedsec_coordinator::quickstart::{self, QuickstartOptions};
-use fedsec_coordinator::{audit, pki, server};
+use fedsec_coordinator::{audit, operator, pki, server};
 
 /// The fedsec coordinator: runs secure federated training rounds and learns only the sum of
 /// the clients' updates.
@@ -62,6 +62,13 @@ enum Command {
         /// Write into a folder that is not empty.
         #[arg(long)]
         force: bool,
+    },
+    /// Print a task's state and its recent rounds, from the Admin service, with the
+    /// operator's certificate (`operator.toml`: coordinator, task_id, ca, cert, key).
+    Status {
+        /// The operator's configuration (TOML).
+        #[arg(long, short, env = "FEDSEC_OPERATOR_CONFIG")]
+        config: PathBuf,
     },
     /// Certificates and keys.
     Pki {
@@ -184,6 +191,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 server::serve(ready, shutdown_signal()).await.map_err(|e| e.to_string())
             })
         }
+        Command::Status { config } => {
+            let c = operator::OperatorConfig::load(&config).map_err(|e| e.to_string())?;
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            let s = runtime.block_on(operator::status(&c, &config)).map_err(|e| e.to_string())?;
+            print!("{}", operator::render(&s));
+            Ok(())
+        }
         Command::Quickstart { clients, dataset, out, rounds, port, force } => {
             let opts = QuickstartOptions { clients, dataset, out, rounds, port, force };
             let root = std::env::current_dir().map_err(|e| format!("the current folder: {e}"))?;
@@ -211,6 +225,10 @@ fn run(cli: Cli) -> Result<(), String> {
             for command in &q.commands {
                 println!("  {command}");
             }
+            println!(
+                "\nWhile it runs, the task's rounds: fedsec-coordinator status --config {}",
+                q.operator_config.display()
+            );
             Ok(())
         }
         Command::Pki { command: PkiCommand::Init { clients, out, server_names, force } } => {
@@ -222,6 +240,12 @@ fn run(cli: Cli) -> Result<(), String> {
             for c in &summary.clients {
                 println!("{:<19} {}  id {}", c.name, c.cert.display(), c.id.to_hex());
             }
+            let op = &summary.operator;
+            println!("{:<19} {}  id {}", op.name, op.cert.display(), op.id.to_hex());
+            println!(
+                "To let the operator call the Admin service (status, checkpoints, deny-list), list its id in the coordinator's configuration: admins = [\"{}\"]",
+                op.id.to_hex()
+            );
             println!(
                 "DEVELOPMENT PKI written to {}. Not for production: whoever holds ca.key can impersonate any client.",
                 out.display()

@@ -27,6 +27,9 @@ use zeroize::Zeroizing;
 /// Common name of the development CA; it says what the CA is wherever the certificate is shown.
 pub const DEV_CA_COMMON_NAME: &str = "fedsec development CA - not for production";
 
+/// The name of the operator's certificate and key files, and its common name.
+pub const OPERATOR_NAME: &str = "operator";
+
 /// Validity of the development CA, in days.
 pub const DEV_CA_DAYS: u32 = 5 * 365;
 
@@ -47,6 +50,9 @@ a throw-away certificate authority for demos, tests and trials.
   server.pem, server.key             the coordinator's TLS certificate and key
   client-NNN.pem, client-NNN.key     one certificate and key per client; a client's id is
                                      SHA-256 of its certificate's public key
+  operator.pem, operator.key         the operator's certificate, for `fedsec-coordinator
+                                     status` and other Admin calls once its id is listed in
+                                     the coordinator's `admins`
   coordinator-signing.key, .pub      the coordinator's Ed25519 key that signs checkpoint
                                      manifests and the audit log (not a TLS key)
 
@@ -125,6 +131,9 @@ pub struct PkiSummary {
     pub signing_public_key: PathBuf,
     /// One entry per client, in order `client-001`, `client-002`, ...
     pub clients: Vec<ClientCredentials>,
+    /// The operator's certificate (`operator.pem` / `.key`): a certificate from the same CA,
+    /// whose id the coordinator's `admins` lists to let it call the Admin service.
+    pub operator: ClientCredentials,
 }
 
 /// One client's files and id, as written by [`init`].
@@ -210,23 +219,25 @@ fn init_with(
     write_public(&server_cert_path, &server_cert.pem())?;
     write_private(&server_key_path, &Zeroizing::new(server_key.serialize_pem()), durability)?;
 
-    // Client credentials are independent of each other: issued on all cores.
+    // Client credentials are independent of each other: issued on all cores. The operator's
+    // is issued the same way, under its own name.
+    let issue = |name: String| -> Result<ClientCredentials> {
+        let (key, key_pem) = generate_ed25519("client key")?;
+        let cert = client_params(&name, now, DEV_CERT_DAYS)?
+            .signed_by(&key, &issuer)
+            .map_err(|source| PkiError::Certificate { what: "client certificate", source })?;
+        let id = ClientId::from_spki_der(&rcgen::PublicKeyData::subject_public_key_info(&key));
+        let cert_path = out.join(format!("{name}.pem"));
+        let key_path = out.join(format!("{name}.key"));
+        write_public(&cert_path, &cert.pem())?;
+        write_private(&key_path, &key_pem, durability)?;
+        Ok(ClientCredentials { name, cert: cert_path, key: key_path, id })
+    };
     let issued = (1..=clients)
         .into_par_iter()
-        .map(|i| {
-            let name = format!("client-{i:03}");
-            let (key, key_pem) = generate_ed25519("client key")?;
-            let cert = client_params(&name, now, DEV_CERT_DAYS)?
-                .signed_by(&key, &issuer)
-                .map_err(|source| PkiError::Certificate { what: "client certificate", source })?;
-            let id = ClientId::from_spki_der(&rcgen::PublicKeyData::subject_public_key_info(&key));
-            let cert_path = out.join(format!("{name}.pem"));
-            let key_path = out.join(format!("{name}.key"));
-            write_public(&cert_path, &cert.pem())?;
-            write_private(&key_path, &key_pem, durability)?;
-            Ok(ClientCredentials { name, cert: cert_path, key: key_path, id })
-        })
+        .map(|i| issue(format!("client-{i:03}")))
         .collect::<Result<Vec<_>>>()?;
+    let operator = issue(OPERATOR_NAME.to_string())?;
 
     let signing = SigningKey::generate(&mut fedsec_crypto::rng::os_rng());
     let signing_path = out.join("coordinator-signing.key");
@@ -253,6 +264,7 @@ fn init_with(
         signing_key: signing_path,
         signing_public_key: signing_pub_path,
         clients: issued,
+        operator,
     })
 }
 

@@ -11,6 +11,7 @@
 //! | `client-NNN.toml` | one client configuration per site |
 //! | `site-NNN.csv` | one shard of the data per site (the rows dealt out in turn) |
 //! | `standardizer.json` | the features' mean and standard deviation, which every site applies |
+//! | `operator.toml` | the operator's certificate and the task, for `fedsec-coordinator status` |
 //! | `run.sh` | starts the coordinator and every site, waits for the sites to finish, stops the coordinator |
 //!
 //! and returns the exact commands, which the binary prints. Everything is checked before the
@@ -78,6 +79,8 @@ pub struct Quickstart {
     pub sites: Vec<(PathBuf, PathBuf)>,
     /// `run.sh`.
     pub script: PathBuf,
+    /// `operator.toml`, for `fedsec-coordinator status`.
+    pub operator_config: PathBuf,
     /// The commands to run, in order: the coordinator, then one per site.
     pub commands: Vec<String>,
 }
@@ -206,8 +209,12 @@ pub fn quickstart(opts: &QuickstartOptions, root: &Path) -> Result<Quickstart, Q
     let mut task_id = [0u8; 16];
     fedsec_crypto::rng::os_rng().fill_bytes(&mut task_id);
     let task_id = hex::encode(task_id);
-    let coordinator_config =
-        write("coordinator.toml", coordinator_toml(opts, &task_id, &dataset_path).as_bytes())?;
+    let operator_id = pki.operator.id.to_hex();
+    let coordinator_config = write(
+        "coordinator.toml",
+        coordinator_toml(opts, &task_id, &operator_id, &dataset_path).as_bytes(),
+    )?;
+    let operator_config = write("operator.toml", operator_toml(opts, &task_id).as_bytes())?;
 
     // The shards: the header, then the rows dealt out in turn, so every site sees every class.
     let mut lines = text.lines();
@@ -260,6 +267,7 @@ pub fn quickstart(opts: &QuickstartOptions, root: &Path) -> Result<Quickstart, Q
         coordinator_config,
         sites,
         script,
+        operator_config,
         commands,
     })
 }
@@ -282,7 +290,12 @@ pub fn client_binary_beside() -> bool {
     binaries().1 != "fedsec-client"
 }
 
-fn coordinator_toml(opts: &QuickstartOptions, task_id: &str, dataset: &Path) -> String {
+fn coordinator_toml(
+    opts: &QuickstartOptions,
+    task_id: &str,
+    operator_id: &str,
+    dataset: &Path,
+) -> String {
     let n = opts.clients;
     let graph = match graph(n) {
         GraphKind::Complete => "complete",
@@ -297,6 +310,9 @@ listen = "127.0.0.1:{port}"
 store = "checkpoints"
 audit_log = "audit.log"
 signing_key = "pki/coordinator-signing.key"
+# The operator's certificate (pki/operator.pem) may call the Admin service:
+# `fedsec-coordinator status --config operator.toml`.
+admins = ["{operator_id}"]
 
 [tls]
 cert = "pki/server.pem"
@@ -322,6 +338,20 @@ rounds = {rounds}
         dataset = dataset.display(),
         port = opts.port,
         rounds = opts.rounds,
+    )
+}
+
+fn operator_toml(opts: &QuickstartOptions, task_id: &str) -> String {
+    format!(
+        r#"# The operator's view of the quickstart federation: `fedsec-coordinator status --config
+# operator.toml`. Paths are relative to this file's folder.
+coordinator = "https://127.0.0.1:{port}"
+task_id = "{task_id}"
+ca = "pki/ca.pem"
+cert = "pki/operator.pem"
+key = "pki/operator.key"
+"#,
+        port = opts.port
     )
 }
 

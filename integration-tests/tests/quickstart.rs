@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{bin, run_ok};
+use common::{Proc, bin, run_ok};
 
 /// A loopback port nothing listens on now.
 fn free_port() -> u16 {
@@ -59,4 +59,52 @@ fn quickstart_writes_a_federation_that_runs_as_printed() {
         let site = log(&format!("site-{i:03}.log"));
         assert!(site.contains("task finished: 3 rounds completed"), "site {i}:\n{site}");
     }
+}
+
+#[test]
+fn the_printed_commands_run_by_hand_and_status_shows_the_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fed");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let printed = run_ok(
+        Command::new(bin("fedsec-coordinator"))
+            .current_dir(root)
+            .args(["quickstart", "--clients", "10", "--dataset", "breast-cancer", "--rounds", "2"])
+            .args(["--port", &free_port().to_string(), "--out"])
+            .arg(&out),
+    );
+    // The commands as printed, each run by a shell as a user pastes it.
+    let command = |needle: &str| -> Vec<String> {
+        printed.lines().filter(|l| l.contains(needle)).map(|l| l.trim().to_string()).collect()
+    };
+    let serve = command(" serve --config ");
+    let sites = command(" join --config ");
+    let status_line = printed.lines().find(|l| l.contains(" status --config ")).unwrap();
+    let operator = status_line.rsplit(' ').next().unwrap().to_string();
+    assert_eq!((serve.len(), sites.len()), (1, 10), "{printed}");
+
+    let coordinator = Proc::spawn("coordinator", Command::new("sh").args(["-c", &serve[0]]));
+    coordinator.wait_for("listening on", 1, Duration::from_secs(60));
+    let status =
+        || run_ok(Command::new(bin("fedsec-coordinator")).args(["status", "--config", &operator]));
+    let before = status();
+    assert!(before.contains("(quickstart): running, checkpoint version 0"), "{before}");
+    assert!(before.contains("no round has ended yet"), "{before}");
+
+    let mut clients: Vec<Proc> = sites
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            Proc::spawn(&format!("site-{}", i + 1), Command::new("sh").args(["-c", line]))
+        })
+        .collect();
+    for c in &mut clients {
+        assert!(c.wait_exit(Duration::from_secs(180)), "{} failed:\n{}", c.name, c.output());
+    }
+    let after = status();
+    assert!(after.contains("(quickstart): finished, checkpoint version 2"), "{after}");
+    let completed: Vec<&str> = after.lines().filter(|l| l.contains(" completed ")).collect();
+    assert_eq!(completed.len(), 2, "{after}");
+    assert!(completed.iter().all(|l| l.split_whitespace().nth(3) == Some("10")), "{after}");
+    drop(coordinator);
 }

@@ -1,0 +1,166 @@
+//! The operator's side of the Admin service: `fedsec-coordinator status` connects with the
+//! operator's certificate and prints a task's state and its recent rounds.
+//!
+//! `operator.toml` (relative paths are taken from the file's folder):
+//!
+//! ```toml
+//! coordinator = "https://127.0.0.1:7443"
+//! server_name = "localhost"          # the name the coordinator's certificate carries
+//! task_id = "00112233445566778899aabbccddeeff"
+//! ca = "pki/ca.pem"
+//! cert = "pki/operator.pem"           # a certificate whose id the coordinator's `admins` lists
+//! key = "pki/operator.key"
+//! ```
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fedsec_proto::v1;
+use fedsec_proto::v1::admin_client::AdminClient;
+use serde::Deserialize;
+use tonic::transport::Endpoint;
+
+/// Where the coordinator is and who the operator is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// The coordinator's address, `https://host:port`.
+    pub coordinator: String,
+    /// The name the coordinator's certificate is checked against.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// The task to ask about, 32 hex digits.
+    pub task_id: String,
+    /// The federation CA certificate (PEM).
+    pub ca: PathBuf,
+    /// The operator's certificate (PEM).
+    pub cert: PathBuf,
+    /// The operator's private key (PKCS#8 PEM).
+    pub key: PathBuf,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+
+/// Why the status could not be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OperatorError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The configuration is not valid TOML of the expected keys.
+    #[error("{}: {source}", path.display())]
+    Config { path: PathBuf, source: Box<toml::de::Error> },
+    /// `task_id` is not 32 hex digits.
+    #[error("{}: task_id {value:?} is not 32 hex digits", path.display())]
+    TaskId { path: PathBuf, value: String },
+    /// The certificate, key or CA do not make a TLS configuration.
+    #[error("{}: {source}", path.display())]
+    Tls { path: PathBuf, source: fedsec_client::tls::ClientTlsError },
+    /// The coordinator's address is not a URI.
+    #[error("{}: coordinator {value:?} is not an address: {source}", path.display())]
+    Address { path: PathBuf, value: String, source: tonic::transport::Error },
+    /// The coordinator could not be reached.
+    #[error("cannot connect to {address}: {source}")]
+    Connect { address: String, source: tonic::transport::Error },
+    /// The coordinator refused or failed the call.
+    #[error("GetTaskStatus: {}: {}", .0.code(), .0.message())]
+    Call(Box<tonic::Status>),
+}
+
+impl OperatorConfig {
+    /// Reads `operator.toml`; relative paths are taken from its folder.
+    pub fn load(path: &Path) -> Result<Self, OperatorError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| OperatorError::Read { path: path.to_path_buf(), source })?;
+        let mut c: OperatorConfig = toml::from_str(&text).map_err(|source| {
+            OperatorError::Config { path: path.to_path_buf(), source: Box::new(source) }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut c.ca, &mut c.cert, &mut c.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Asks the coordinator for the configured task's status.
+pub async fn status(config: &OperatorConfig, path: &Path) -> Result<v1::TaskStatus, OperatorError> {
+    let task_id = hex::decode(&config.task_id).ok().filter(|b| b.len() == 16).ok_or_else(|| {
+        OperatorError::TaskId { path: path.into(), value: config.task_id.clone() }
+    })?;
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|source| OperatorError::Read { path: p.clone(), source })
+    };
+    fedsec_client::tls::install_crypto_provider();
+    let tls = fedsec_client::tls::client_tls(
+        &read(&config.ca)?,
+        &read(&config.cert)?,
+        &read(&config.key)?,
+        &config.server_name,
+    )
+    .map_err(|source| OperatorError::Tls { path: path.into(), source })?;
+    let address = |source| OperatorError::Address {
+        path: path.into(),
+        value: config.coordinator.clone(),
+        source,
+    };
+    let channel = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(address)?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .tls_config(tls)
+        .map_err(address)?
+        .connect()
+        .await
+        .map_err(|source| OperatorError::Connect { address: config.coordinator.clone(), source })?;
+    let mut admin = AdminClient::new(channel);
+    let reply = admin
+        .get_task_status(v1::TaskStatusRequest { task_id })
+        .await
+        .map_err(|s| OperatorError::Call(Box::new(s)))?;
+    Ok(reply.into_inner())
+}
+
+/// A task's status as the operator reads it: the task, then one line per recent round.
+pub fn render(s: &v1::TaskStatus) -> String {
+    let mut out = format!(
+        "task {} ({}): {}, checkpoint version {}, round {}, phase {}, {} clients checked in\n",
+        hex::encode(&s.task_id),
+        s.name,
+        s.state,
+        s.checkpoint_version,
+        s.round_id,
+        s.phase,
+        s.checked_in,
+    );
+    if s.recent_rounds.is_empty() {
+        out.push_str("no round has ended yet\n");
+        return out;
+    }
+    out.push_str("round  attempt   result     summed  selected  checkpoint  seconds\n");
+    for r in &s.recent_rounds {
+        let (round, attempt) = r.round.as_ref().map_or((0, String::new()), |k| {
+            (k.round_id, hex::encode(k.attempt.get(..4).unwrap_or(&[])))
+        });
+        let selected = r.set_sizes.first().copied().unwrap_or(0);
+        let seconds: f64 = r.phase_seconds.iter().sum();
+        let result = if r.completed { "completed" } else { "aborted" };
+        let checkpoint =
+            if r.completed { r.new_checkpoint_version.to_string() } else { "-".to_string() };
+        let _ = writeln!(
+            out,
+            "{round:>5}  {attempt:<8}  {result:<9}  {:>6}  {selected:>8}  {checkpoint:>10}  {seconds:>7.2}",
+            r.participants
+        );
+        if !r.completed && !r.abort_reason.is_empty() {
+            let _ = writeln!(out, "       {}", r.abort_reason);
+        }
+    }
+    out
+}
