@@ -38,7 +38,7 @@ pub enum ConfigError {
 }
 
 /// The keys at the top of the file; environment variables for other names are not overrides.
-const TOP_LEVEL_KEYS: [&str; 11] = [
+const TOP_LEVEL_KEYS: [&str; 12] = [
     "listen",
     "insecure",
     "store",
@@ -49,6 +49,7 @@ const TOP_LEVEL_KEYS: [&str; 11] = [
     "threads",
     "disconnect_grace_ms",
     "tls",
+    "edge",
     "task",
 ];
 
@@ -85,6 +86,9 @@ pub struct CoordinatorConfig {
     /// still checked in every round).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The network edge: admission, connection limits, keep-alive (see [`crate::edge`]).
+    #[serde(default)]
+    pub edge: crate::edge::EdgeConfig,
     /// A task to create (or resume from its stored checkpoints) and start at start-up.
     #[serde(default)]
     pub task: Option<TaskSection>,
@@ -377,6 +381,7 @@ impl CoordinatorConfig {
                 return Err(format!("admins: {a:?} is not a client id (64 hex digits)"));
             }
         }
+        self.edge.check().map_err(|e| e.to_string())?;
         if let Some(t) = &self.task {
             t.to_config().map_err(|e| e.to_string())?;
         }

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod edge;
 pub mod engine;
 pub mod error;
 pub mod pki;

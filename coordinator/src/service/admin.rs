@@ -196,8 +196,15 @@ impl Admin for AdminService {
             .deny
             .reload()
             .map_err(|e| Status::failed_precondition(format!("deny-list not reloaded: {e}")))?;
-        self.coordinator
-            .audit(EntryKind::DenyListReloaded, json!({ "denied": denied, "operator": operator }));
+        // Denied clients lose their connections and their place in any selection at once.
+        let mut closed = 0;
+        for id in self.coordinator.deny.ids() {
+            closed += self.coordinator.shut_out(id).await;
+        }
+        self.coordinator.audit(
+            EntryKind::DenyListReloaded,
+            json!({ "denied": denied, "operator": operator, "connections_closed": closed }),
+        );
         Ok(Response::new(v1::ReloadDenyListResponse { denied: denied as u32 }))
     }
 }

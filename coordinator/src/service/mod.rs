@@ -13,7 +13,7 @@ mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
@@ -183,6 +183,10 @@ pub struct Coordinator {
     pub(crate) auth: AuthMode,
     pub(crate) admins: BTreeSet<ClientId>,
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// The size limit of each method, raised as tasks are created (read by the edge layer).
+    pub(crate) limits: crate::edge::SharedLimits,
+    /// The tracker of authenticated connections, once the server serves mutual TLS.
+    connections: OnceLock<Arc<crate::connections::Connections>>,
 }
 
 impl core::fmt::Debug for Coordinator {
@@ -214,7 +218,40 @@ impl Coordinator {
             auth,
             admins,
             pool,
+            limits: crate::edge::SharedLimits::default(),
+            connections: OnceLock::new(),
         })
+    }
+
+    /// The size limits of the methods, for the edge layer.
+    pub fn size_limits(&self) -> crate::edge::SharedLimits {
+        self.limits.clone()
+    }
+
+    /// The deny-list (shared: a reload is seen everywhere).
+    pub fn deny_list(&self) -> &Arc<DenyList> {
+        &self.deny
+    }
+
+    /// Lets the coordinator close denied clients' connections (set once, when serving starts).
+    pub fn set_connections(&self, tracker: Arc<crate::connections::Connections>) {
+        if self.connections.set(tracker).is_err() {
+            tracing::warn!("the connection tracker was already set; keeping the first");
+        }
+    }
+
+    /// Shuts a denied client out: closes its open connections and withdraws its waiting
+    /// check-ins from every task. Returns the number of connections closed.
+    pub async fn shut_out(&self, client: ClientId) -> usize {
+        let closed = self.connections.get().map_or(0, |c| c.close_client(&client));
+        let tasks: Vec<Arc<TaskRuntime>> =
+            self.tasks.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for task in tasks {
+            if let Err(e) = task.with_engine(move |e, _| e.withdraw(&client)).await {
+                tracing::warn!(error = %e, "could not withdraw a denied client's check-in");
+            }
+        }
+        closed
     }
 
     /// The coordinator's public key: clients pin it to verify checkpoints.
@@ -332,6 +369,7 @@ impl Coordinator {
             started: AtomicBool::new(started),
         });
         self.tasks.write().unwrap_or_else(|p| p.into_inner()).insert(id, task.clone());
+        self.limits.add_task(&config);
         self.audit(
             EntryKind::TaskCreated,
             json!({ "task": hex::encode(id.0), "name": config.name, "checkpoint_version": version,
