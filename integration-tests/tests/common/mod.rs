@@ -165,6 +165,8 @@ pub struct Options {
     /// Lowers the clients' policy floor (`min_clients` and `min_surviving`) to this, for
     /// rounds smaller than the default floor.
     pub client_min_clients: Option<usize>,
+    /// Lines of the coordinator's `[edge]` section (`key = value`), if any.
+    pub edge: Vec<String>,
 }
 
 impl Default for Options {
@@ -185,6 +187,7 @@ impl Default for Options {
             max_uploads_in_flight: None,
             phase_ms: None,
             client_min_clients: None,
+            edge: Vec::new(),
         }
     }
 }
@@ -277,6 +280,9 @@ cert = "pki/server.pem"
 key = "pki/server.key"
 client_ca = "pki/ca.pem"
 
+[edge]
+{edge}
+
 [task]
 id = "{TASK_ID}"
 name = "integration"
@@ -296,6 +302,7 @@ upload_chunk_words = {chunk}
 {in_flight}deadlines_ms = {{ selection = {sel}, advertise_keys = {advertise}, share_keys = {phase}, masked_input = {mi}, consistency = {phase}, unmasking = {phase} }}
 "#,
             admins = admins.join(", "),
+            edge = opts.edge.join("\n"),
             clients = opts.clients,
             rounds = opts.rounds,
             mi = opts.masked_input_ms,
