@@ -300,3 +300,40 @@ fn a_client_denied_while_it_waits_for_selection_is_disconnected_and_never_select
     let started = fed.audit_entries("round_started");
     assert!(started.iter().all(|e| e["detail"]["selected"] == 10), "{started:?}");
 }
+
+#[test]
+fn a_black_holed_client_is_gone_within_the_keep_alive_bound_and_the_round_goes_on() {
+    // Pings every second, answered within a second; a phase deadline of ten minutes that the
+    // test never waits for.
+    let mut fed = Federation::start(Options {
+        rounds: 1,
+        min_clients: 10,
+        phase_ms: Some(600_000),
+        masked_input_ms: 600_000,
+        selection_ms: 600_000,
+        edge: vec!["keepalive_interval_ms = 1000".into(), "keepalive_timeout_ms = 1000".into()],
+        ..Options::default()
+    });
+    for i in 1..=9 {
+        fed.spawn_client(i, &[]);
+    }
+    let proxy = common::BlackHoleProxy::start(&fed.addr);
+    fed.client_addr = proxy.addr.clone();
+    fed.spawn_client(10, &[]);
+    // Once the round has started (all ten checked in and were selected), client 10's network
+    // goes silent without closing anything.
+    let end = Instant::now() + LONG;
+    while fed.audit_entries("round_started").is_empty() {
+        assert!(Instant::now() < end, "the round never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proxy.freeze();
+    for i in 1..=9 {
+        let p = fed.client(i);
+        assert!(p.wait_exit(LONG), "{} failed:\n{}", p.name, p.output());
+    }
+    let completed = fed.audit_entries("round_completed");
+    assert_eq!(completed.len(), 1, "the round completed without client 10");
+    assert_eq!(completed[0]["detail"]["participants"], 9, "{completed:?}");
+    fed.client(10).kill();
+}

@@ -576,3 +576,59 @@ impl Drop for CuttingProxy {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A TCP proxy that forwards faithfully until it is frozen, then forwards nothing more and
+/// closes nothing: the connections through it stay open and silent, as through a network
+/// that silently drops every packet (a "black hole").
+pub struct BlackHoleProxy {
+    pub addr: String,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BlackHoleProxy {
+    pub fn start(upstream: &str) -> BlackHoleProxy {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_string();
+        let held = frozen.clone();
+        std::thread::spawn(move || {
+            for down in listener.incoming().map_while(Result::ok) {
+                let Ok(up) = TcpStream::connect(&upstream) else { continue };
+                for (mut from, mut to) in
+                    [(down.try_clone().unwrap(), up.try_clone().unwrap()), (up, down)]
+                {
+                    let frozen = held.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            // Frozen: hold the sockets open and silent, for as long as the test.
+                            while frozen.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            while frozen.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        BlackHoleProxy { addr, frozen }
+    }
+
+    /// From now on nothing passes, and nothing is closed.
+    pub fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
