@@ -449,6 +449,23 @@ deadlines_ms = { share_keys = 5000 }
     }
 
     #[test]
+    fn the_edge_section_has_defaults_and_takes_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), FILE);
+        let c = CoordinatorConfig::load(&p, [], &[]).unwrap();
+        assert_eq!(c.edge, crate::edge::EdgeConfig::default());
+        let env = [("FEDSEC_EDGE__HANDSHAKE_TIMEOUT_MS".to_string(), "2500".to_string())];
+        let c =
+            CoordinatorConfig::load(&p, env, &["edge.max_concurrent_streams=8".into()]).unwrap();
+        assert_eq!(c.edge.handshake_timeout_ms, 2500);
+        assert_eq!(c.edge.max_concurrent_streams, 8);
+        let err = CoordinatorConfig::load(&p, [], &["edge.max_handshakes=0".into()]).unwrap_err();
+        assert!(err.to_string().contains("edge.max_handshakes must be greater than 0"), "{err}");
+        let err = CoordinatorConfig::load(&p, [], &["edge.bogus=1".into()]).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
     fn errors_say_where() {
         let dir = tempfile::tempdir().unwrap();
         let err = CoordinatorConfig::load(&dir.path().join("none.toml"), [], &[]).unwrap_err();

@@ -197,10 +197,7 @@ impl Admin for AdminService {
             .reload()
             .map_err(|e| Status::failed_precondition(format!("deny-list not reloaded: {e}")))?;
         // Denied clients lose their connections and their place in any selection at once.
-        let mut closed = 0;
-        for id in self.coordinator.deny.ids() {
-            closed += self.coordinator.shut_out(id).await;
-        }
+        let closed = self.coordinator.shut_out(self.coordinator.deny.ids()).await;
         self.coordinator.audit(
             EntryKind::DenyListReloaded,
             json!({ "denied": denied, "operator": operator, "connections_closed": closed }),

@@ -240,15 +240,23 @@ impl Coordinator {
         }
     }
 
-    /// Shuts a denied client out: closes its open connections and withdraws its waiting
-    /// check-ins from every task. Returns the number of connections closed.
-    pub async fn shut_out(&self, client: ClientId) -> usize {
-        let closed = self.connections.get().map_or(0, |c| c.close_client(&client));
+    /// Shuts denied clients out: closes their open connections and withdraws their waiting
+    /// check-ins from every task (one engine call per task). Returns the number of connections
+    /// closed.
+    pub async fn shut_out(&self, clients: Vec<ClientId>) -> usize {
+        let closed = match self.connections.get() {
+            Some(tracker) => clients.iter().map(|c| tracker.close_client(c)).sum(),
+            None => 0,
+        };
+        let clients = Arc::new(clients);
         let tasks: Vec<Arc<TaskRuntime>> =
             self.tasks.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         for task in tasks {
-            if let Err(e) = task.with_engine(move |e, _| e.withdraw(&client)).await {
-                tracing::warn!(error = %e, "could not withdraw a denied client's check-in");
+            let clients = clients.clone();
+            let withdrawn =
+                task.with_engine(move |e, _| clients.iter().for_each(|c| e.withdraw(c)));
+            if let Err(e) = withdrawn.await {
+                tracing::warn!(error = %e, "could not withdraw denied clients' check-ins");
             }
         }
         closed
