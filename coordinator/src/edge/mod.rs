@@ -25,7 +25,9 @@
 //!    [`EdgeConfig::max_concurrent_streams`] calls at once.
 //!
 //! What it does not do: rate limits per identity, and anything at the IP layer below TCP (a SYN
-//! flood is the operating system's and the network's to absorb).
+//! flood is the operating system's and the network's to absorb). Plain TCP (`--insecure`,
+//! loopback only) has no handshake to limit and no tracker: only the request layer and the
+//! HTTP/2 settings apply there.
 
 pub mod admission;
 pub mod gate;
