@@ -53,6 +53,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How often refusals of the handshake limiter are reported in the log, at most.
+const REFUSAL_REPORT: Duration = Duration::from_secs(10);
+
 /// TCP keep-alive probes before the kernel gives a silent peer up.
 const TCP_KEEPALIVE_PROBES: u32 = 3;
 
@@ -434,6 +437,10 @@ async fn accept_loop(
     admission: Admission,
     ready: mpsc::Sender<io::Result<TlsConn>>,
 ) {
+    // Refusals are counted and reported at most once per `REFUSAL_REPORT` (a flood would
+    // otherwise write a line per connection).
+    let mut refused_since_report = 0u64;
+    let mut last_report: Option<Instant> = None;
     loop {
         let (tcp, peer) = tokio::select! {
             () = ready.closed() => return,
@@ -450,8 +457,18 @@ async fn accept_loop(
         let permit = match admission.limiter.try_admit(peer.ip()) {
             Ok(permit) => permit,
             Err(refused) => {
-                tracing::debug!(%peer, reason = %refused, "connection closed before its handshake");
                 drop(tcp);
+                refused_since_report += 1;
+                if last_report.is_none_or(|t| t.elapsed() >= REFUSAL_REPORT) {
+                    tracing::warn!(
+                        last_peer = %peer,
+                        reason = %refused,
+                        refused = refused_since_report,
+                        "connections closed before their handshake"
+                    );
+                    refused_since_report = 0;
+                    last_report = Some(Instant::now());
+                }
                 continue;
             }
         };

@@ -142,6 +142,9 @@ fn a_flood_of_idle_connections_from_one_address_does_not_stop_the_round() {
     assert_eq!(status, ServingStatus::Serving);
     stop.store(true, Ordering::SeqCst);
     rt.block_on(attacker).unwrap();
+    // The operator sees the flood, in a line per period rather than per connection.
+    let line = fed.coordinator.wait_for("connections closed before their handshake", 1, LONG);
+    assert!(line.contains("127.0.0.2"), "{line}");
     println!("flood: the coordinator closed {} connections", closed.load(Ordering::SeqCst));
 }
 
