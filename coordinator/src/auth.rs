@@ -21,16 +21,31 @@ pub fn peer_info<T>(req: &Request<T>) -> Option<&PeerInfo> {
 /// every request; a service that supports that mode calls [`peer_info`] instead and decides
 /// itself what to trust (and must still consult the deny-list).
 pub fn authenticate<T>(req: &Request<T>, deny: &DenyList) -> Result<PeerIdentity, Status> {
-    let Some(identity) = peer_info(req).and_then(|peer| peer.client.as_ref()) else {
+    check_peer(peer_info(req), deny).cloned()
+}
+
+/// The rule of [`authenticate`] on a connection's [`PeerInfo`] (`None`: the server was started
+/// another way): the edge layer applies it to a request's headers before its body is read.
+pub fn check_peer<'a>(
+    peer: Option<&'a PeerInfo>,
+    deny: &DenyList,
+) -> Result<&'a PeerIdentity, Status> {
+    let Some(identity) = peer.and_then(|peer| peer.client.as_ref()) else {
         return Err(Status::unauthenticated("a client certificate is required"));
     };
-    if deny.contains(&identity.id) {
+    denied(&identity.id, deny)?;
+    Ok(identity)
+}
+
+/// `PERMISSION_DENIED`, naming the id in full hex, if `id` is on the deny-list.
+pub fn denied(id: &fedsec_crypto::ClientId, deny: &DenyList) -> Result<(), Status> {
+    if deny.contains(id) {
         return Err(Status::permission_denied(format!(
             "client {} is on the deny-list",
-            identity.id.to_hex()
+            id.to_hex()
         )));
     }
-    Ok(identity.clone())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -42,7 +57,7 @@ mod tests {
     fn request(client: Option<PeerIdentity>) -> Request<()> {
         let mut req = Request::new(());
         let remote_addr = "127.0.0.1:5000".parse().unwrap();
-        req.extensions_mut().insert(PeerInfo { remote_addr, client });
+        req.extensions_mut().insert(PeerInfo { remote_addr, client, control: None });
         req
     }
 

@@ -38,7 +38,7 @@ pub enum ConfigError {
 }
 
 /// The keys at the top of the file; environment variables for other names are not overrides.
-const TOP_LEVEL_KEYS: [&str; 11] = [
+const TOP_LEVEL_KEYS: [&str; 12] = [
     "listen",
     "insecure",
     "store",
@@ -49,6 +49,7 @@ const TOP_LEVEL_KEYS: [&str; 11] = [
     "threads",
     "disconnect_grace_ms",
     "tls",
+    "edge",
     "task",
 ];
 
@@ -85,6 +86,9 @@ pub struct CoordinatorConfig {
     /// still checked in every round).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The network edge: admission, connection limits, keep-alive (see [`crate::edge`]).
+    #[serde(default)]
+    pub edge: crate::edge::EdgeConfig,
     /// A task to create (or resume from its stored checkpoints) and start at start-up.
     #[serde(default)]
     pub task: Option<TaskSection>,
@@ -383,6 +387,7 @@ impl CoordinatorConfig {
                 return Err(format!("admins: {a:?} is not a client id (64 hex digits)"));
             }
         }
+        self.edge.check().map_err(|e| e.to_string())?;
         if let Some(t) = &self.task {
             t.to_config().map_err(|e| e.to_string())?;
         }
@@ -447,6 +452,23 @@ deadlines_ms = { share_keys = 5000 }
         assert_eq!(c.task.unwrap().rounds, Some(7));
         let c = CoordinatorConfig::load(&p, [], &["task.name=other".into()]).unwrap();
         assert_eq!(c.task.unwrap().name, "other", "bare words are strings");
+    }
+
+    #[test]
+    fn the_edge_section_has_defaults_and_takes_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), FILE);
+        let c = CoordinatorConfig::load(&p, [], &[]).unwrap();
+        assert_eq!(c.edge, crate::edge::EdgeConfig::default());
+        let env = [("FEDSEC_EDGE__HANDSHAKE_TIMEOUT_MS".to_string(), "2500".to_string())];
+        let c =
+            CoordinatorConfig::load(&p, env, &["edge.max_concurrent_streams=8".into()]).unwrap();
+        assert_eq!(c.edge.handshake_timeout_ms, 2500);
+        assert_eq!(c.edge.max_concurrent_streams, 8);
+        let err = CoordinatorConfig::load(&p, [], &["edge.max_handshakes=0".into()]).unwrap_err();
+        assert!(err.to_string().contains("edge.max_handshakes must be greater than 0"), "{err}");
+        let err = CoordinatorConfig::load(&p, [], &["edge.bogus=1".into()]).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
     }
 
     #[test]

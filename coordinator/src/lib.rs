@@ -8,6 +8,9 @@
 //! events); it never reads a clock, opens a socket or touches a file. The tonic [`service`]
 //! is a thin adapter over it: handlers authenticate the peer ([`auth`]), convert the wire
 //! message ([`wire`]), call one engine method and map the error in one place.
+//! In front of the services, the [`edge`] bounds what any peer can make the coordinator
+//! spend: handshakes per source address, connections, streams, and each method's message size,
+//! with identity and the deny-list checked before a request's body is read.
 //!
 //! What this crate does **not** do: train models (clients do), see any client's update (only
 //! the sum is ever unmasked), or hold the federation CA's key in production ([`pki`] makes a
@@ -19,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod edge;
 pub mod engine;
 pub mod error;
 pub mod operator;

@@ -79,6 +79,13 @@ impl DenyList {
         self.snapshot().contains(id)
     }
 
+    /// The denied ids, in byte order.
+    pub fn ids(&self) -> Vec<ClientId> {
+        let mut ids: Vec<ClientId> = self.snapshot().iter().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The number of denied ids.
     pub fn len(&self) -> usize {
         self.snapshot().len()

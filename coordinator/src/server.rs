@@ -17,6 +17,7 @@ use tonic::transport::Server;
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{CoordinatorConfig, TaskConfigError};
 use crate::connections::Connections;
+use crate::edge::{EdgeConfig, EdgeLayer};
 use crate::pki::PkiError;
 use crate::revocation::{DenyList, DenyListError};
 use crate::service::{AdminService, AuthMode, Coordinator, FederationService, x509_verifier};
@@ -97,6 +98,7 @@ pub struct Ready {
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     disconnect_grace: Duration,
+    edge: EdgeConfig,
 }
 
 impl Ready {
@@ -173,7 +175,7 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let disconnect_grace = Duration::from_millis(config.disconnect_grace_ms);
-    Ok(Ready { coordinator, listener, tls, disconnect_grace })
+    Ok(Ready { coordinator, listener, tls, disconnect_grace, edge: config.edge.clone() })
 }
 
 /// Serves until `shutdown` resolves.
@@ -197,7 +199,20 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(fedsec_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let router = Server::builder()
+    let edge = &ready.edge;
+    let c = &ready.coordinator;
+    let layer = EdgeLayer::new(DenyList::clone(c.deny_list()), c.size_limits(), c.auth);
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(edge.keepalive_interval()))
+        .http2_keepalive_timeout(Some(edge.keepalive_timeout()))
+        .max_concurrent_streams(edge.max_concurrent_streams);
+    if edge.max_connection_age_ms > 0 {
+        builder = builder
+            .max_connection_age(Duration::from_millis(edge.max_connection_age_ms))
+            .max_connection_age_grace(Duration::from_millis(edge.max_connection_age_grace_ms));
+    }
+    let router = builder
+        .layer(layer)
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -206,7 +221,12 @@ pub async fn serve(
     tracing::info!(addr = %ready.local_addr()?, tls = ready.tls.is_some(), "serving");
     match ready.tls {
         Some(tls) => {
-            let (tracker, mut events) = Connections::new(ready.disconnect_grace);
+            let (tracker, mut events) = Connections::limited(
+                ready.disconnect_grace,
+                ready.edge.max_connections,
+                ready.edge.max_connections_per_client,
+            );
+            ready.coordinator.set_connections(tracker.clone());
             let coordinator = ready.coordinator.clone();
             // One at a time, in order: a client's return is never overtaken by its departure.
             tokio::spawn(async move {
@@ -214,12 +234,8 @@ pub async fn serve(
                     coordinator.connection_event(event).await;
                 }
             });
-            let incoming = crate::tls::tls_incoming_tracked(
-                ready.listener,
-                tls,
-                crate::tls::HANDSHAKE_TIMEOUT,
-                Some(tracker),
-            );
+            let admission = crate::tls::Admission::new(&ready.edge, Some(tracker));
+            let incoming = crate::tls::tls_incoming_admitted(ready.listener, tls, admission);
             Ok(router.serve_with_incoming_shutdown(incoming, shutdown).await?)
         }
         None => {

@@ -4,8 +4,11 @@
 //! [`tls_incoming`] turns a `TcpListener` into a stream of authenticated connections for
 //! `tonic::transport::Server::serve_with_incoming`. Handshakes run concurrently, each in its own
 //! task under a timeout, so a slow or silent peer never holds up the others; a failed handshake
-//! is logged (peer address and reason) and skipped. Each connection carries a [`PeerInfo`],
-//! which tonic puts into every request's extensions; [`crate::auth::authenticate`] reads it.
+//! is logged (peer address and reason) and skipped. The accept loop never waits: a connection
+//! over its source's or the total allowance of handshakes ([`HandshakeLimiter`]) is closed at
+//! once, and one over the connection caps of the tracker ([`Connections`]) after its
+//! handshake. Each connection carries a [`PeerInfo`], which tonic puts into every request's
+//! extensions; [`crate::auth::authenticate`] and the edge layer read it.
 //!
 //! ```no_run
 //! # async fn serve(config: std::sync::Arc<rustls::ServerConfig>) -> Result<(), Box<dyn std::error::Error>> {
@@ -19,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -34,21 +38,26 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::connections::{ConnectionGuard, Connections};
+use crate::connections::{ConnControl, ConnectionGuard, Connections};
+use crate::edge::{EdgeConfig, HandshakeLimiter};
 
-/// How long a peer has to complete the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The most handshakes in progress at once; further connections wait to be accepted.
-pub const MAX_PENDING_HANDSHAKES: usize = 512;
+/// How long a peer has to complete the TLS handshake, by default (`edge.handshake_timeout_ms`).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause after a failed `accept` (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often refusals of the handshake limiter are reported in the log, at most.
+const REFUSAL_REPORT: Duration = Duration::from_secs(10);
+
+/// TCP keep-alive probes before the kernel gives a silent peer up.
+const TCP_KEEPALIVE_PROBES: u32 = 3;
 
 /// Completed connections waiting for the server to take them.
 const READY_QUEUE: usize = 64;
@@ -150,6 +159,37 @@ pub struct PeerInfo {
     pub remote_addr: SocketAddr,
     /// The authenticated client, or `None` on a plain-TCP (`--insecure`) connection.
     pub client: Option<PeerIdentity>,
+    /// The connection's switch and call count (`None` on plain TCP).
+    pub control: Option<Arc<ConnControl>>,
+}
+
+/// How [`tls_incoming_admitted`] admits connections: the `[edge]` values it uses, the
+/// handshake limiter, and the tracker of authenticated connections.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// How long a peer has to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress per source and in all.
+    pub limiter: Arc<HandshakeLimiter>,
+    /// Accounts (and caps) authenticated connections, if set.
+    pub tracker: Option<Arc<Connections>>,
+    /// TCP keep-alive idle time and probe interval (`None`: off).
+    pub tcp_keepalive: Option<Duration>,
+    /// A connection with no call in flight for this long is closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Admission {
+    /// The admission `edge` describes, accounting connections in `tracker`.
+    pub fn new(edge: &EdgeConfig, tracker: Option<Arc<Connections>>) -> Self {
+        Admission {
+            handshake_timeout: edge.handshake_timeout(),
+            limiter: edge.handshake_limiter(),
+            tracker,
+            tcp_keepalive: Some(edge.keepalive_interval()),
+            idle_timeout: edge.idle_timeout(),
+        }
+    }
 }
 
 /// A client authenticated by its TLS certificate.
@@ -171,20 +211,27 @@ impl core::fmt::Debug for PeerIdentity {
 }
 
 /// An accepted TLS connection whose handshake (client certificate included) succeeded.
+///
+/// It reads end of stream once its [`ConnControl`] is switched off (the client was denied) or
+/// it has been idle for the idle timeout, and the server then closes it.
 #[derive(Debug)]
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
     /// Keeps the client's account in the connection tracker open while the connection is.
     _tracked: Option<ConnectionGuard>,
+    control: Arc<ConnControl>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
 }
 
 impl TlsConn {
+    /// The connection, unless the tracker refuses it (too many connections).
     fn new(
         stream: TlsStream<TcpStream>,
         remote_addr: SocketAddr,
         tracker: Option<&Arc<Connections>>,
-    ) -> Self {
+        idle_timeout: Option<Duration>,
+    ) -> Option<Self> {
         let (_, session) = stream.get_ref();
         let chain: Vec<Vec<u8>> = session
             .peer_certificates()
@@ -198,8 +245,42 @@ impl TlsConn {
                 None
             }
         });
-        let tracked = tracker.zip(client.as_ref()).map(|(t, c)| t.opened(c.id));
-        TlsConn { stream, info: PeerInfo { remote_addr, client }, _tracked: tracked }
+        let tracked = match tracker.zip(client.as_ref()) {
+            Some((t, c)) => match t.opened(c.id) {
+                Ok(guard) => Some(guard),
+                Err(refused) => {
+                    tracing::warn!(peer = %remote_addr, client = %c.id.to_hex(), reason = %refused, "connection refused");
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let control = tracked.as_ref().map_or_else(ConnControl::new, |g| g.control().clone());
+        let idle = idle_timeout.map(|t| (t, Box::pin(tokio::time::sleep(t))));
+        let info = PeerInfo { remote_addr, client, control: Some(control.clone()) };
+        Some(TlsConn { stream, info, _tracked: tracked, control, idle })
+    }
+
+    /// Whether the connection is to end: switched off, or idle for the timeout (then it is
+    /// switched off here). Registers `cx` to be woken for either.
+    fn ending(&mut self, cx: &mut Context<'_>) -> bool {
+        self.control.register(cx.waker());
+        if self.control.is_closed() {
+            return true;
+        }
+        let Some((timeout, sleep)) = &mut self.idle else { return false };
+        while sleep.as_mut().poll(cx).is_ready() {
+            match self.control.idle_deadline(*timeout) {
+                Some(at) if at <= Instant::now() => {
+                    tracing::debug!(peer = %self.info.remote_addr, "closing an idle connection");
+                    self.control.close();
+                    return true;
+                }
+                Some(at) => sleep.as_mut().reset(at),
+                None => sleep.as_mut().reset(Instant::now() + *timeout),
+            }
+        }
+        false
     }
 
     /// Who is at the other end.
@@ -231,19 +312,33 @@ impl tonic::transport::server::Connected for PlainConn {
     }
 }
 
-/// Delegates `AsyncRead` / `AsyncWrite` to the wrapped stream.
-macro_rules! delegate_io {
-    ($conn:ty) => {
-        impl AsyncRead for $conn {
-            fn poll_read(
-                mut self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                Pin::new(&mut self.stream).poll_read(cx, buf)
-            }
-        }
+impl AsyncRead for PlainConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
 
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.ending(cx) {
+            // End of stream: the server closes the connection and ends its calls.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+/// Delegates `AsyncWrite` to the wrapped stream.
+macro_rules! delegate_write {
+    ($conn:ty) => {
         impl AsyncWrite for $conn {
             fn poll_write(
                 mut self: Pin<&mut Self>,
@@ -279,8 +374,8 @@ macro_rules! delegate_io {
     };
 }
 
-delegate_io!(TlsConn);
-delegate_io!(PlainConn);
+delegate_write!(TlsConn);
+delegate_write!(PlainConn);
 
 /// The connections of [`tls_incoming`]: only those whose handshake succeeded.
 ///
@@ -298,11 +393,11 @@ impl Stream for TlsIncoming {
     }
 }
 
-/// Accepts TLS connections on `listener` with [`HANDSHAKE_TIMEOUT`]; see the module docs.
+/// Accepts TLS connections on `listener` with the default `[edge]` values; see the module docs.
 ///
 /// Must be called inside a Tokio runtime: the accept loop and the handshakes are spawned.
 pub fn tls_incoming(listener: TcpListener, config: Arc<ServerConfig>) -> TlsIncoming {
-    tls_incoming_with_timeout(listener, config, HANDSHAKE_TIMEOUT)
+    tls_incoming_admitted(listener, config, Admission::new(&EdgeConfig::default(), None))
 }
 
 /// [`tls_incoming`] with another handshake timeout.
@@ -311,37 +406,42 @@ pub fn tls_incoming_with_timeout(
     config: Arc<ServerConfig>,
     handshake_timeout: Duration,
 ) -> TlsIncoming {
-    tls_incoming_tracked(listener, config, handshake_timeout, None)
+    let admission = Admission { handshake_timeout, ..Admission::new(&EdgeConfig::default(), None) };
+    tls_incoming_admitted(listener, config, admission)
 }
 
-/// [`tls_incoming_with_timeout`] that also accounts each authenticated connection in
-/// `tracker`, from the handshake until the connection closes.
-pub fn tls_incoming_tracked(
+/// [`tls_incoming`] under `admission`: its handshake limits and timeout, and its tracker, which
+/// accounts each authenticated connection from the handshake until the connection closes.
+pub fn tls_incoming_admitted(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-    handshake_timeout: Duration,
-    tracker: Option<Arc<Connections>>,
+    admission: Admission,
 ) -> TlsIncoming {
     let (tx, rx) = mpsc::channel(READY_QUEUE);
-    tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), handshake_timeout, tx, tracker));
+    tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), admission, tx));
     TlsIncoming { ready: ReceiverStream::new(rx) }
+}
+
+/// Sets TCP keep-alive on an accepted socket: probes after `every` of silence, every `every`.
+fn set_tcp_keepalive(tcp: &TcpStream, every: Duration) -> io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(every)
+        .with_interval(every)
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
 }
 
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    handshake_timeout: Duration,
+    admission: Admission,
     ready: mpsc::Sender<io::Result<TlsConn>>,
-    tracker: Option<Arc<Connections>>,
 ) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    // Refusals are counted and reported at most once per `REFUSAL_REPORT` (a flood would
+    // otherwise write a line per connection).
+    let mut refused_since_report = 0u64;
+    let mut last_report: Option<Instant> = None;
     loop {
-        let permit = tokio::select! {
-            () = ready.closed() => return,
-            permit = pending.clone().acquire_owned() => {
-                permit.expect("the handshake semaphore is never closed")
-            }
-        };
         let (tcp, peer) = tokio::select! {
             () = ready.closed() => return,
             accepted = listener.accept() => match accepted {
@@ -353,17 +453,49 @@ async fn accept_loop(
                 }
             },
         };
+        // Never wait for a slot: a refused connection is closed now, so the backlog drains.
+        let permit = match admission.limiter.try_admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                drop(tcp);
+                refused_since_report += 1;
+                if last_report.is_none_or(|t| t.elapsed() >= REFUSAL_REPORT) {
+                    tracing::warn!(
+                        last_peer = %peer,
+                        reason = %refused,
+                        refused = refused_since_report,
+                        "connections closed before their handshake"
+                    );
+                    refused_since_report = 0;
+                    last_report = Some(Instant::now());
+                }
+                continue;
+            }
+        };
         // Small gRPC messages should not wait for Nagle's algorithm; failure is harmless.
         let _ = tcp.set_nodelay(true);
+        if let Some(every) = admission.tcp_keepalive
+            && let Err(e) = set_tcp_keepalive(&tcp, every)
+        {
+            tracing::debug!(%peer, reason = %e, "cannot set TCP keep-alive");
+        }
         let acceptor = acceptor.clone();
         let ready = ready.clone();
-        let tracker = tracker.clone();
+        let tracker = admission.tracker.clone();
+        let (handshake_timeout, idle_timeout) =
+            (admission.handshake_timeout, admission.idle_timeout);
         tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            let accepted = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+            // The slot is free once the handshake is over, whatever its outcome.
+            drop(permit);
+            match accepted {
                 Ok(Ok(stream)) => {
+                    let Some(conn) = TlsConn::new(stream, peer, tracker.as_ref(), idle_timeout)
+                    else {
+                        return;
+                    };
                     // The server stopped if this fails; the connection is simply dropped.
-                    let _ = ready.send(Ok(TlsConn::new(stream, peer, tracker.as_ref()))).await;
+                    let _ = ready.send(Ok(conn)).await;
                 }
                 Ok(Err(e)) => tracing::warn!(%peer, reason = %e, "TLS handshake failed"),
                 Err(_) => tracing::warn!(
@@ -385,7 +517,8 @@ pub fn tcp_incoming(listener: TcpListener) -> impl Stream<Item = io::Result<Plai
             match listener.accept().await {
                 Ok((stream, remote_addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = PlainConn { stream, info: PeerInfo { remote_addr, client: None } };
+                    let info = PeerInfo { remote_addr, client: None, control: None };
+                    let conn = PlainConn { stream, info };
                     return Some((Ok(conn), listener));
                 }
                 Err(e) => {

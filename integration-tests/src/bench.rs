@@ -143,6 +143,13 @@ cert = "pki/server.pem"
 key = "pki/server.key"
 client_ca = "pki/ca.pem"
 
+# Every client connects from 127.0.0.1: one address is the whole federation here, so its
+# allowance of handshakes is the total's, and the total is sized for all clients at once.
+[edge]
+max_handshakes_per_ip = 4096
+max_handshakes = 4096
+max_connections = 100000
+
 [task]
 id = "{TASK_ID}"
 name = "coordinator-bench"

@@ -196,8 +196,12 @@ impl Admin for AdminService {
             .deny
             .reload()
             .map_err(|e| Status::failed_precondition(format!("deny-list not reloaded: {e}")))?;
-        self.coordinator
-            .audit(EntryKind::DenyListReloaded, json!({ "denied": denied, "operator": operator }));
+        // Denied clients lose their connections and their place in any selection at once.
+        let closed = self.coordinator.shut_out(self.coordinator.deny.ids()).await;
+        self.coordinator.audit(
+            EntryKind::DenyListReloaded,
+            json!({ "denied": denied, "operator": operator, "connections_closed": closed }),
+        );
         Ok(Response::new(v1::ReloadDenyListResponse { denied: denied as u32 }))
     }
 }

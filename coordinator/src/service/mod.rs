@@ -13,7 +13,7 @@ mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
@@ -183,6 +183,10 @@ pub struct Coordinator {
     pub(crate) auth: AuthMode,
     pub(crate) admins: BTreeSet<ClientId>,
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// The size limit of each method, raised as tasks are created (read by the edge layer).
+    pub(crate) limits: crate::edge::SharedLimits,
+    /// The tracker of authenticated connections, once the server serves mutual TLS.
+    connections: OnceLock<Arc<crate::connections::Connections>>,
 }
 
 impl core::fmt::Debug for Coordinator {
@@ -214,7 +218,48 @@ impl Coordinator {
             auth,
             admins,
             pool,
+            limits: crate::edge::SharedLimits::default(),
+            connections: OnceLock::new(),
         })
+    }
+
+    /// The size limits of the methods, for the edge layer.
+    pub fn size_limits(&self) -> crate::edge::SharedLimits {
+        self.limits.clone()
+    }
+
+    /// The deny-list (shared: a reload is seen everywhere).
+    pub fn deny_list(&self) -> &Arc<DenyList> {
+        &self.deny
+    }
+
+    /// Lets the coordinator close denied clients' connections (set once, when serving starts).
+    pub fn set_connections(&self, tracker: Arc<crate::connections::Connections>) {
+        if self.connections.set(tracker).is_err() {
+            tracing::warn!("the connection tracker was already set; keeping the first");
+        }
+    }
+
+    /// Shuts denied clients out: closes their open connections and withdraws their waiting
+    /// check-ins from every task (one engine call per task). Returns the number of connections
+    /// closed.
+    pub async fn shut_out(&self, clients: Vec<ClientId>) -> usize {
+        let closed = match self.connections.get() {
+            Some(tracker) => clients.iter().map(|c| tracker.close_client(c)).sum(),
+            None => 0,
+        };
+        let clients = Arc::new(clients);
+        let tasks: Vec<Arc<TaskRuntime>> =
+            self.tasks.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for task in tasks {
+            let clients = clients.clone();
+            let withdrawn =
+                task.with_engine(move |e, _| clients.iter().for_each(|c| e.withdraw(c)));
+            if let Err(e) = withdrawn.await {
+                tracing::warn!(error = %e, "could not withdraw denied clients' check-ins");
+            }
+        }
+        closed
     }
 
     /// The coordinator's public key: clients pin it to verify checkpoints.
@@ -332,6 +377,7 @@ impl Coordinator {
             started: AtomicBool::new(started),
         });
         self.tasks.write().unwrap_or_else(|p| p.into_inner()).insert(id, task.clone());
+        self.limits.add_task(&config);
         self.audit(
             EntryKind::TaskCreated,
             json!({ "task": hex::encode(id.0), "name": config.name, "checkpoint_version": version,

@@ -181,6 +181,8 @@ pub struct Options {
     pub client_min_clients: Option<usize>,
     /// Extra top-level lines of one client's `client.toml`: (certificate number, lines).
     pub client_toml: Vec<(usize, String)>,
+    /// Lines of the coordinator's `[edge]` section (`key = value`), if any.
+    pub edge: Vec<String>,
 }
 
 impl Default for Options {
@@ -202,6 +204,7 @@ impl Default for Options {
             phase_ms: None,
             client_min_clients: None,
             client_toml: Vec::new(),
+            edge: Vec::new(),
         }
     }
 }
@@ -294,6 +297,9 @@ cert = "pki/server.pem"
 key = "pki/server.key"
 client_ca = "pki/ca.pem"
 
+[edge]
+{edge}
+
 [task]
 id = "{TASK_ID}"
 name = "integration"
@@ -313,6 +319,7 @@ upload_chunk_words = {chunk}
 {in_flight}deadlines_ms = {{ selection = {sel}, advertise_keys = {advertise}, share_keys = {phase}, masked_input = {mi}, consistency = {phase}, unmasking = {phase} }}
 "#,
             admins = admins.join(", "),
+            edge = opts.edge.join("\n"),
             clients = opts.clients,
             rounds = opts.rounds,
             mi = opts.masked_input_ms,
@@ -593,5 +600,61 @@ impl CuttingProxy {
 impl Drop for CuttingProxy {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A TCP proxy that forwards faithfully until it is frozen, then forwards nothing more and
+/// closes nothing: the connections through it stay open and silent, as through a network
+/// that silently drops every packet (a "black hole").
+pub struct BlackHoleProxy {
+    pub addr: String,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BlackHoleProxy {
+    pub fn start(upstream: &str) -> BlackHoleProxy {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_string();
+        let held = frozen.clone();
+        std::thread::spawn(move || {
+            for down in listener.incoming().map_while(Result::ok) {
+                let Ok(up) = TcpStream::connect(&upstream) else { continue };
+                for (mut from, mut to) in
+                    [(down.try_clone().unwrap(), up.try_clone().unwrap()), (up, down)]
+                {
+                    let frozen = held.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            // Frozen: hold the sockets open and silent, for as long as the test.
+                            while frozen.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            while frozen.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        BlackHoleProxy { addr, frozen }
+    }
+
+    /// From now on nothing passes, and nothing is closed.
+    pub fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
