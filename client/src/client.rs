@@ -11,6 +11,7 @@ use fedsec_crypto::sign::{CredentialVerifier, IdentityKey};
 use fedsec_crypto::{ClientId, TaskId};
 use fedsec_proto::v1;
 use fedsec_proto::v1::federation_client::FederationClient;
+use fedsec_wire::model::Model;
 use fedsec_wire::x509::{X509Credentials, client_id_of};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -54,6 +55,9 @@ pub struct RunSummary {
     pub abandoned: Vec<String>,
     /// The newest checkpoint version it verified.
     pub last_checkpoint_version: Option<u64>,
+    /// The task's final global model, verified, when the task finished with a checkpoint
+    /// newer than the last this client trained on.
+    pub final_model: Option<Model>,
     /// Set when `run` stopped at a simulated dropout (the `drop_out` test hook, with the
     /// feature `test-hooks`): the round and the phase whose message was never sent. Drop the
     /// client (its connection closes, as a dead process's would) and connect again to come
@@ -286,7 +290,18 @@ impl Client {
                     let wait = spread(&mut rand::rng(), after);
                     tokio::time::sleep(wait).await;
                 }
-                Some(v1::check_in_response::Outcome::Finished(_)) => break,
+                Some(v1::check_in_response::Outcome::Finished(f)) => {
+                    let version = f.final_checkpoint_version;
+                    if version > self.last_seen().unwrap_or(0) {
+                        match self.final_model(version).await {
+                            Ok(model) => summary.final_model = Some(model),
+                            Err(e) => {
+                                tracing::warn!(error = %e, version, "the final checkpoint could not be fetched");
+                            }
+                        }
+                    }
+                    break;
+                }
                 None => {
                     return Err(
                         WireError { field: "check_in.outcome", reason: Reason::Missing }.into()
@@ -427,6 +442,29 @@ impl Client {
         }
         let (manifest, data) = download.finish()?;
         Ok(Response::Model { manifest, data })
+    }
+
+    /// Downloads and verifies the finished task's final checkpoint, and remembers its version.
+    async fn final_model(&mut self, version: u64) -> Result<Model> {
+        let request = v1::DownloadFinalModelRequest { task_id: self.member.task().0.to_vec() };
+        let mut stream = self
+            .fed
+            .clone()
+            .download_final_model(self.request(request))
+            .await
+            .map_err(|s| ClientError::status("DownloadFinalModel", s))?
+            .into_inner();
+        let mut download = ModelDownload::new(self.config.max_model_bytes);
+        while let Some(chunk) =
+            stream.message().await.map_err(|s| ClientError::status("DownloadFinalModel", s))?
+        {
+            download.push(chunk)?;
+        }
+        let (manifest, data) = download.finish()?;
+        let model = self.member.final_checkpoint(&manifest, &data, version, &mut self.state)?;
+        self.state_file.save(&self.state)?;
+        tracing::info!(version, "final checkpoint received and verified");
+        Ok(model)
     }
 
     /// Calls one phase, resending the identical message after a dropped connection until the

@@ -98,6 +98,10 @@ struct JoinArgs {
     /// (`{"mean": [...], "std": [...]}`), agreed by the federation.
     #[arg(long)]
     standardizer: Option<PathBuf>,
+    /// When the task finishes, write its final global model (verified) to this file
+    /// (safetensors).
+    #[arg(long)]
+    save_model: Option<PathBuf>,
     /// Flags for tests of the whole system; only in a build with the feature `test-hooks`.
     #[cfg(feature = "test-hooks")]
     #[command(flatten)]
@@ -246,11 +250,18 @@ fn join(args: JoinArgs) -> Result<(), String> {
         println!("client {} joining", client.id().to_hex());
         let summary = client.run(&mut trainer).await.map_err(|e| e.to_string())?;
         let done = summary.rounds.iter().filter(|r| r.completed).count();
+        let last = summary
+            .last_checkpoint_version
+            .map_or_else(|| "none".to_string(), |v| format!("version {v}"));
         println!(
-            "task finished: {done} rounds completed, {} attempts left, last checkpoint {:?}",
+            "task finished: {done} rounds completed, {} attempts left, final checkpoint {last}",
             summary.abandoned.len(),
-            summary.last_checkpoint_version
         );
+        if let (Some(path), Some(model)) = (&args.save_model, &summary.final_model) {
+            let bytes = model.to_safetensors().map_err(|e| e.to_string())?;
+            std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            println!("final model written to {}", path.display());
+        }
         Ok(())
     })
 }

@@ -104,6 +104,26 @@ impl Membership {
     pub fn state_key(&self) -> String {
         hex::encode(self.task.0)
     }
+
+    /// Verifies the task's final checkpoint (after `TaskFinished` named `version`): the
+    /// coordinator's signature, no rollback, the size and hash, this task, that version; then
+    /// records it as the newest version seen.
+    pub fn final_checkpoint(
+        &self,
+        manifest: &v1::CheckpointManifest,
+        data: &[u8],
+        version: u64,
+        state: &mut ClientState,
+    ) -> Result<Model> {
+        let manifest = SignedManifest::from_wire(manifest)?;
+        let last_seen = state.last_seen_version.get(&self.state_key()).copied();
+        let model = manifest.verify_checkpoint(&self.coordinator_key, data, last_seen)?;
+        if manifest.manifest.task_id != self.task || manifest.manifest.version != version {
+            return Err(fedsec_crypto::Error::CheckpointMismatch.into());
+        }
+        state.last_seen_version.insert(self.state_key(), version);
+        Ok(model)
+    }
 }
 
 /// A request to the coordinator, ready to send — and to resend unchanged.

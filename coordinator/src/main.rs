@@ -37,6 +37,11 @@ enum Command {
         /// Address to listen on (overrides `listen`).
         #[arg(long)]
         listen: Option<String>,
+        /// Stop serving once every task has finished and each of its clients has fetched the
+        /// final checkpoint (or a minute after the end, for clients that do not come back). Without it the
+        /// coordinator keeps serving (the final checkpoint, status, new tasks).
+        #[arg(long)]
+        exit_when_finished: bool,
     },
     /// Write a whole federation on this machine into one folder: a development PKI, the
     /// coordinator's configuration, one configuration and one CSV shard of a dataset per site,
@@ -138,6 +143,10 @@ enum AuditCommand {
     },
 }
 
+/// How long `serve --exit-when-finished` waits, after the last task finished, for clients
+/// to check in and be told so.
+const FINISHED_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -171,7 +180,7 @@ async fn shutdown_signal() {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve { config, mut sets, insecure, listen } => {
+        Command::Serve { config, mut sets, insecure, listen, exit_when_finished } => {
             if insecure {
                 sets.push("insecure=true".into());
             }
@@ -188,7 +197,22 @@ fn run(cli: Cli) -> Result<(), String> {
                 let ready = server::prepare(&config).await.map_err(|e| e.to_string())?;
                 // Tests and scripts read the bound address from this line.
                 println!("listening on {}", ready.local_addr().map_err(|e| e.to_string())?);
-                server::serve(ready, shutdown_signal()).await.map_err(|e| e.to_string())
+                let coordinator = ready.coordinator.clone();
+                let shutdown = async move {
+                    let finished = async {
+                        if exit_when_finished {
+                            coordinator.finished(FINISHED_LINGER).await;
+                            tracing::info!("every task finished; stopping (--exit-when-finished)");
+                        } else {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::select! {
+                        () = shutdown_signal() => {}
+                        () = finished => {}
+                    }
+                };
+                server::serve(ready, shutdown).await.map_err(|e| e.to_string())
             })
         }
         Command::Status { config } => {

@@ -12,7 +12,7 @@
 //! | `site-NNN.csv` | one shard of the data per site (the rows dealt out in turn) |
 //! | `standardizer.json` | the features' mean and standard deviation, which every site applies |
 //! | `operator.toml` | the operator's certificate and the task, for `fedsec-coordinator status` |
-//! | `run.sh` | starts the coordinator and every site, waits for the sites to finish, stops the coordinator |
+//! | `run.sh` | starts the coordinator and every site, and waits for them to finish the task; each site writes the final model to `state/client-NNN/final.safetensors` |
 //!
 //! and returns the exact commands, which the binary prints. Everything is checked before the
 //! first file is written: a dataset that does not load, or a number of sites for which the
@@ -238,17 +238,19 @@ pub fn quickstart(opts: &QuickstartOptions, root: &Path) -> Result<Quickstart, Q
 
     let (coordinator_bin, client_bin) = binaries();
     let mut commands = vec![format!(
-        "{} serve --config {}",
+        "{} serve --exit-when-finished --config {}",
         quote(&coordinator_bin),
         quote(&coordinator_config.display().to_string())
     )];
-    for (config, data) in &sites {
+    for (i, (config, data)) in sites.iter().enumerate() {
+        let final_model = out.join(format!("state/client-{:03}/final.safetensors", i + 1));
         commands.push(format!(
-            "{} join --config {} --data {} --classes {classes} --standardizer {}",
+            "{} join --config {} --data {} --classes {classes} --standardizer {} --save-model {}",
             quote(&client_bin),
             quote(&config.display().to_string()),
             quote(&data.display().to_string()),
             quote(&out.join("standardizer.json").display().to_string()),
+            quote(&final_model.display().to_string()),
         ));
     }
     let script = write("run.sh", run_script(out, &commands).as_bytes())?;
@@ -397,7 +399,9 @@ fn run_script(out: &Path, commands: &[String]) -> String {
     let mut s = format!(
         r#"#!/usr/bin/env sh
 # Runs the quickstart federation: the coordinator, then every site; waits for the sites to
-# finish the task, then stops the coordinator. Each process logs to a file in $logs.
+# finish the task and the coordinator to stop (it does once every site was told the task
+# finished). Each process logs to a file in $logs; each site writes the final model to
+# state/client-NNN/final.safetensors.
 set -eu
 logs={logs}
 mkdir -p "$logs"
@@ -415,6 +419,10 @@ sites=""
     s.push_str(
         r#"failed=0
 for pid in $sites; do wait "$pid" || failed=1; done
+if [ "$failed" -eq 0 ]; then
+    # The coordinator stops by itself once every site has been told the task finished.
+    wait "$coordinator" || failed=1
+fi
 if [ "$failed" -eq 0 ]; then
     echo "every site finished the task; the coordinator's log is $logs/coordinator.log"
 else

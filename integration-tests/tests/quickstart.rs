@@ -51,13 +51,27 @@ fn quickstart_writes_a_federation_that_runs_as_printed() {
         log("site-001.log")
     );
 
-    // Three rounds completed, in the audit log and in every site's own words.
+    // The coordinator says what happened, round by round, and stopped by itself.
+    let coordinator = log("coordinator.log");
+    for round in 1..=3 {
+        let line = format!("round {round} attempt 1 completed: selected 10, summed 10, dropped 0;");
+        assert!(coordinator.contains(&line), "{line:?} missing:\n{coordinator}");
+        assert!(coordinator.contains(&format!("checkpoint version {round}")), "{coordinator}");
+    }
+    assert!(coordinator.contains("task finished: 3 rounds completed, final checkpoint version 3"));
+    assert!(coordinator.contains("every task finished; stopping"), "{coordinator}");
+    // Three rounds completed, in the audit log and in every site's own words; every site has
+    // the final model.
     let audit = std::fs::read_to_string(out.join("audit.log")).unwrap();
     let completed = audit.lines().filter(|l| l.contains("\"kind\":\"round_completed\"")).count();
     assert_eq!(completed, 3, "{audit}");
     for i in 1..=10 {
         let site = log(&format!("site-{i:03}.log"));
         assert!(site.contains("task finished: 3 rounds completed"), "site {i}:\n{site}");
+        assert!(site.contains("final checkpoint version 3"), "site {i}:\n{site}");
+        let model = out.join(format!("state/client-{i:03}/final.safetensors"));
+        let model = fedsec_wire::model::Model::from_safetensors(&std::fs::read(&model).unwrap());
+        assert_eq!(model.unwrap().len(), 64 * 10 + 10);
     }
 }
 
@@ -77,13 +91,16 @@ fn the_printed_commands_run_by_hand_and_status_shows_the_rounds() {
     let command = |needle: &str| -> Vec<String> {
         printed.lines().filter(|l| l.contains(needle)).map(|l| l.trim().to_string()).collect()
     };
-    let serve = command(" serve --config ");
+    let serve = command(" serve ");
     let sites = command(" join --config ");
     let status_line = printed.lines().find(|l| l.contains(" status --config ")).unwrap();
     let operator = status_line.rsplit(' ').next().unwrap().to_string();
     assert_eq!((serve.len(), sites.len()), (1, 10), "{printed}");
 
-    let coordinator = Proc::spawn("coordinator", Command::new("sh").args(["-c", &serve[0]]));
+    // Without --exit-when-finished the coordinator keeps serving after the task, so the
+    // operator can still ask for its status.
+    let serve = serve[0].replace(" --exit-when-finished", "");
+    let coordinator = Proc::spawn("coordinator", Command::new("sh").args(["-c", &serve]));
     coordinator.wait_for("listening on", 1, Duration::from_secs(60));
     let status =
         || run_ok(Command::new(bin("fedsec-coordinator")).args(["status", "--config", &operator]));

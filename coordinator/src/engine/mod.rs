@@ -58,8 +58,8 @@ use sha2::{Digest, Sha256};
 
 pub use config::{DEFAULT_UPLOAD_IDLE, PhaseDeadlines, TaskConfig};
 pub use types::{
-    Assignment, AuditEvent, CheckIn, EngineState, NewCheckpoint, Output, Reply, RoundOutcome,
-    Status,
+    Assignment, AuditEvent, CheckIn, EngineState, NewCheckpoint, Output, Progress, Reply,
+    RoundOutcome, Status,
 };
 
 use attempt::Attempt;
@@ -93,6 +93,8 @@ pub struct Engine {
     completed_rounds: u64,
     contributed: BTreeSet<ClientId>,
     enrolled: BTreeSet<ClientId>,
+    /// Clients that asked for the final checkpoint after the task finished.
+    final_sent: BTreeSet<ClientId>,
     waiting: BTreeMap<ClientId, Instant>,
     not_selected: BTreeSet<ClientId>,
     state: State,
@@ -147,6 +149,7 @@ impl Engine {
             completed_rounds: 0,
             contributed: BTreeSet::new(),
             enrolled: BTreeSet::new(),
+            final_sent: BTreeSet::new(),
             waiting: BTreeMap::new(),
             not_selected: BTreeSet::new(),
             state: State::Selecting { deadline: None },
@@ -249,15 +252,43 @@ impl Engine {
             && !self.contributed.contains(&client)
         {
             self.not_selected.remove(&client);
-            self.waiting.insert(client, now + CHECK_IN_TTL);
+            let new = self.waiting.insert(client, now + CHECK_IN_TTL).is_none();
             if deadline.is_none() {
                 *deadline = Some(now + self.config.deadlines.selection);
+            }
+            if new {
+                self.outputs.push_back(Output::Progress(Progress::Waiting {
+                    round_id: RoundId(self.round_id),
+                    waiting: self.waiting.len(),
+                    start_at: self.config.max_selected(),
+                    min_clients: self.config.min_clients,
+                    clients_per_round: self.config.clients_per_round,
+                    over_selection: self.config.over_selection,
+                }));
             }
             if self.waiting.len() >= self.config.max_selected() {
                 self.select(now);
             }
         }
         self.poll_check_in(&client)
+    }
+
+    /// Whether `client` ever checked in to this task.
+    pub fn is_enrolled(&self, client: &ClientId) -> bool {
+        self.enrolled.contains(client)
+    }
+
+    /// A client that took part asked for the finished task's final checkpoint.
+    pub fn final_model_sent(&mut self, client: ClientId) {
+        if matches!(self.state, State::Finished) && self.enrolled.contains(&client) {
+            self.final_sent.insert(client);
+        }
+    }
+
+    /// Whether the task has finished and every client that ever checked in has asked for the
+    /// final checkpoint.
+    pub fn everyone_has_the_final_model(&self) -> bool {
+        matches!(self.state, State::Finished) && self.enrolled.is_subset(&self.final_sent)
     }
 
     /// Where a client's check-in stands, without changing anything.
@@ -622,8 +653,13 @@ impl Engine {
             checkpoint_version: checkpoint.version,
         }));
         let unmasked = std::mem::take(&mut attempt.answered[Phase::Unmasking.index()]);
+        self.outputs.push_back(Output::Progress(Progress::Ended(Box::new(outcome.clone()))));
         self.remember(outcome, unmasked);
         self.state = if self.completed_rounds >= self.config.rounds {
+            self.outputs.push_back(Output::Progress(Progress::Finished {
+                rounds: self.completed_rounds,
+                checkpoint_version: self.checkpoint_version,
+            }));
             State::Finished
         } else {
             State::Selecting { deadline: None }
@@ -653,7 +689,9 @@ impl Engine {
             reason: reason.clone(),
         }));
         let unmasked = std::mem::take(&mut attempt.answered[Phase::Unmasking.index()]);
-        self.remember(attempt.outcome(false, None, Some(reason)), unmasked);
+        let outcome = attempt.outcome(false, None, Some(reason));
+        self.outputs.push_back(Output::Progress(Progress::Ended(Box::new(outcome.clone()))));
+        self.remember(outcome, unmasked);
     }
 
     /// Keeps a finished attempt's outcome, and the digests of the revealed shares it received

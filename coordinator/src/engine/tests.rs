@@ -26,6 +26,8 @@ struct Fed {
     sites: Vec<Site>,
     now: Instant,
     rng: ChaCha20Rng,
+    /// What the engine told the operator, as `commit` drained it.
+    progress: Vec<Progress>,
 }
 
 fn config(n: usize) -> TaskConfig {
@@ -61,7 +63,7 @@ fn fed(n: usize, config: TaskConfig) -> Fed {
         .collect();
     let engine =
         Engine::new(config, initial_model(), 0, Arc::new(RawKeyCredentials), [3; 32]).unwrap();
-    Fed { engine, sites, now: Instant::now(), rng }
+    Fed { engine, sites, now: Instant::now(), rng, progress: Vec::new() }
 }
 
 fn policy() -> ClientPolicy {
@@ -247,9 +249,19 @@ impl Fed {
     fn commit(&mut self) -> Vec<NewCheckpoint> {
         let mut out = Vec::new();
         while let Some(o) = self.engine.poll_output() {
-            if let Output::Checkpoint(c) = o {
-                self.engine.checkpoint_committed(c.version, self.now).unwrap();
-                out.push(c);
+            match o {
+                Output::Checkpoint(c) => {
+                    self.engine.checkpoint_committed(c.version, self.now).unwrap();
+                    out.push(c);
+                }
+                Output::Progress(p) => self.progress.push(p),
+                Output::Audit(_) => {}
+            }
+        }
+        // What committing said (the attempt's end, the task's).
+        while let Some(o) = self.engine.poll_output() {
+            if let Output::Progress(p) = o {
+                self.progress.push(p);
             }
         }
         out
@@ -645,6 +657,45 @@ fn rounds_chain_checkpoints_and_the_task_finishes() {
     }
     assert_eq!(f.engine.status().state, EngineState::Finished);
     assert_eq!(f.engine.check_in(f.sites[0].key.id(), f.now), CheckIn::Finished);
+    // `serve --exit-when-finished` waits until every client asked for the final model.
+    assert!(!f.engine.everyone_has_the_final_model());
+    f.engine.final_model_sent(ClientId([9; 32])); // a stranger counts for nothing
+    for s in &f.sites[..9] {
+        f.engine.final_model_sent(s.key.id());
+    }
+    assert!(!f.engine.everyone_has_the_final_model());
+    f.engine.final_model_sent(f.sites[9].key.id());
+    assert!(f.engine.everyone_has_the_final_model());
+}
+
+#[test]
+fn the_operator_hears_of_waiting_clients_ended_attempts_and_the_end() {
+    let mut config = config(10);
+    config.rounds = 1;
+    let mut f = fed(10, config);
+    let mut waiting = Vec::new();
+    for s in &f.sites[..3] {
+        f.engine.check_in(s.key.id(), f.now);
+        f.engine.check_in(s.key.id(), f.now); // a repeated check-in is no news
+    }
+    while let Some(o) = f.engine.poll_output() {
+        if let Output::Progress(Progress::Waiting { waiting: w, start_at, .. }) = o {
+            waiting.push((w, start_at));
+        }
+    }
+    assert_eq!(waiting, [(1, 10), (2, 10), (3, 10)]);
+
+    // One attempt, completed: its end and then the task's.
+    let ran = f.run(&Drops::default());
+    let ended: Vec<&RoundOutcome> = f
+        .progress
+        .iter()
+        .filter_map(|p| if let Progress::Ended(o) = p { Some(&**o) } else { None })
+        .collect();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0], ran.outcome.as_ref().unwrap());
+    assert!(ended[0].completed && ended[0].new_checkpoint_version == Some(1));
+    assert_eq!(f.progress.last(), Some(&Progress::Finished { rounds: 1, checkpoint_version: 1 }));
 }
 
 #[test]

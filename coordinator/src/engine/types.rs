@@ -83,6 +83,38 @@ pub enum Output {
     Checkpoint(NewCheckpoint),
     /// Record this in the audit log.
     Audit(AuditEvent),
+    /// Tell the operator (the coordinator's log).
+    Progress(Progress),
+}
+
+/// How the task goes, for the operator's log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Selection waits for clients: a round starts at once when `start_at` have checked in,
+    /// or at the selection deadline with `min_clients` or more.
+    Waiting {
+        /// The round selection is for.
+        round_id: RoundId,
+        /// Clients checked in and waiting.
+        waiting: usize,
+        /// ⌈clients_per_round × over_selection⌉.
+        start_at: usize,
+        /// The task's `min_clients`.
+        min_clients: usize,
+        /// The task's `clients_per_round`.
+        clients_per_round: usize,
+        /// The task's `over_selection`.
+        over_selection: f64,
+    },
+    /// An attempt ended, completed or aborted.
+    Ended(Box<RoundOutcome>),
+    /// The task ran all its rounds.
+    Finished {
+        /// Rounds completed.
+        rounds: u64,
+        /// The final checkpoint's version.
+        checkpoint_version: u64,
+    },
 }
 
 /// A checkpoint produced by a completed round.

@@ -15,6 +15,7 @@ use super::{CHECK_IN_LONG_POLL, Coordinator, TaskRuntime};
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
 };
+use fedsec_wire::checkpoint::SignedManifest;
 use fedsec_wire::{Assignment, PhaseMessage, RoundKey, Wire};
 
 use crate::engine::{CheckIn, Reply};
@@ -77,6 +78,20 @@ fn unexpected(reply: &Reply) -> Status {
 }
 
 type ModelStream = Pin<Box<dyn Stream<Item = Result<v1::ModelChunk, Status>> + Send>>;
+
+/// The signed manifest, then the checkpoint's bytes in chunks of [`DOWNLOAD_CHUNK_BYTES`].
+fn model_stream(manifest: SignedManifest, bytes: Arc<Vec<u8>>) -> ModelStream {
+    let head = v1::ModelChunk { part: Some(v1::model_chunk::Part::Manifest(manifest.to_wire())) };
+    let chunks = bytes.len().div_ceil(DOWNLOAD_CHUNK_BYTES);
+    // Chunks are cut as the stream is polled, so a large model is never copied whole.
+    let body = futures::stream::iter(0..chunks).map(move |i| {
+        let end = ((i + 1) * DOWNLOAD_CHUNK_BYTES).min(bytes.len());
+        Ok(v1::ModelChunk {
+            part: Some(v1::model_chunk::Part::Data(bytes[i * DOWNLOAD_CHUNK_BYTES..end].to_vec())),
+        })
+    });
+    Box::pin(futures::stream::once(async { Ok(head) }).chain(body))
+}
 
 #[tonic::async_trait]
 impl Federation for FederationService {
@@ -155,19 +170,35 @@ impl Federation for FederationService {
                 .map_err(|e| Status::internal(e.to_string()))?;
             (m, Arc::new(b.to_vec()))
         };
-        let head =
-            v1::ModelChunk { part: Some(v1::model_chunk::Part::Manifest(manifest.to_wire())) };
-        let chunks = bytes.len().div_ceil(DOWNLOAD_CHUNK_BYTES);
-        // Chunks are cut as the stream is polled, so a large model is never copied whole.
-        let body = futures::stream::iter(0..chunks).map(move |i| {
-            let end = ((i + 1) * DOWNLOAD_CHUNK_BYTES).min(bytes.len());
-            Ok(v1::ModelChunk {
-                part: Some(v1::model_chunk::Part::Data(
-                    bytes[i * DOWNLOAD_CHUNK_BYTES..end].to_vec(),
-                )),
-            })
+        Ok(Response::new(model_stream(manifest, bytes)))
+    }
+
+    type DownloadFinalModelStream = ModelStream;
+
+    async fn download_final_model(
+        &self,
+        req: Request<v1::DownloadFinalModelRequest>,
+    ) -> Result<Response<Self::DownloadFinalModelStream>, Status> {
+        let client = self.coordinator.identify(&req)?;
+        let id = wire::task_id(&req.get_ref().task_id)?;
+        let task = self.coordinator.task(&id)?;
+        let (finished, enrolled) = task.inspect(|e| {
+            (e.status().state == crate::engine::EngineState::Finished, e.is_enrolled(&client))
         });
-        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(head) }).chain(body))))
+        if !finished {
+            return Err(Status::failed_precondition(
+                "the task has not finished; its checkpoints come with the rounds",
+            ));
+        }
+        if !enrolled {
+            return Err(Status::permission_denied(format!(
+                "client {} did not take part in this task",
+                client.to_hex()
+            )));
+        }
+        let published = task.published.read().unwrap_or_else(|p| p.into_inner()).clone();
+        task.with_engine(move |e, _| e.final_model_sent(client)).await?;
+        Ok(Response::new(model_stream(published.manifest, published.bytes)))
     }
 
     async fn advertise_keys(

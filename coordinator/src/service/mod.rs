@@ -9,6 +9,7 @@
 
 mod admin;
 mod federation;
+mod progress;
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -297,6 +298,28 @@ impl Coordinator {
     }
 
     /// The ids of all tasks.
+    /// Resolves once every task has finished and every client that took part has asked for
+    /// its final checkpoint, or `linger` after the last task finished, whichever comes first:
+    /// for `serve --exit-when-finished` (a graceful shutdown lets the downloads in flight end).
+    pub async fn finished(&self, linger: Duration) {
+        let tasks: Vec<Arc<TaskRuntime>> =
+            self.tasks.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let done =
+            |e: &Engine| (e.status().state == crate::engine::EngineState::Finished).then_some(());
+        for task in &tasks {
+            while task.wait(Duration::from_secs(3600), done).await.is_none() {}
+        }
+        for task in &tasks {
+            if task.wait(linger, |e| e.everyone_has_the_final_model().then_some(())).await.is_none()
+            {
+                tracing::info!(
+                    task = %hex::encode(task.id.0),
+                    "some clients did not fetch the final checkpoint within {linger:?} of the end; stopping anyway"
+                );
+            }
+        }
+    }
+
     pub fn task_ids(&self) -> Vec<TaskId> {
         self.tasks.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
     }
@@ -504,6 +527,7 @@ async fn drive(
     task: Arc<TaskRuntime>,
     mut outputs: mpsc::UnboundedReceiver<Output>,
 ) {
+    let mut progress = progress::ProgressLog::new(task.inspect(|e| e.config().name.clone()));
     loop {
         let deadline = task.lock().poll_timeout();
         let sleep = async {
@@ -516,6 +540,7 @@ async fn drive(
             out = outputs.recv() => match out {
                 Some(Output::Checkpoint(c)) => coordinator.commit(&task, c).await,
                 Some(Output::Audit(e)) => coordinator.audit_event(&task, e),
+                Some(Output::Progress(p)) => progress.record(&p, Instant::now()),
                 None => return,
             },
             _ = task.wake.notified() => {}
