@@ -51,6 +51,8 @@ struct Seen {
     check_ins: Vec<u64>,
     /// How many times the checkpoint was downloaded.
     downloads: usize,
+    /// How many times the final checkpoint was asked for, after the task ended.
+    final_downloads: usize,
     /// The round context of each `AdvertiseKeys` call.
     advertised: Vec<Vec<u8>>,
 }
@@ -59,6 +61,8 @@ struct Seen {
 /// the client does, and ends the task at the client's next check-in.
 #[derive(Debug, Clone)]
 struct FakeCoordinator {
+    /// The version `TaskFinished` names (0: none).
+    final_version: u64,
     plan: v1::RoundPlan,
     manifest: v1::CheckpointManifest,
     bytes: Vec<u8>,
@@ -81,7 +85,7 @@ impl Federation for FakeCoordinator {
             v1::check_in_response::Outcome::Plan(self.plan.clone())
         } else {
             v1::check_in_response::Outcome::Finished(v1::TaskFinished {
-                final_checkpoint_version: self.manifest.version,
+                final_checkpoint_version: self.final_version,
             })
         };
         Ok(Response::new(v1::CheckInResponse { outcome: Some(outcome) }))
@@ -102,6 +106,24 @@ impl Federation for FakeCoordinator {
             }),
             Ok(v1::ModelChunk { part: Some(v1::model_chunk::Part::Data(head.to_vec())) }),
             Ok(v1::ModelChunk { part: Some(v1::model_chunk::Part::Data(tail.to_vec())) }),
+        ];
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    type DownloadFinalModelStream = ModelStream;
+
+    /// The task's end offers the same checkpoint as the round: the client checks it the same
+    /// way (a forged or rolled-back one is refused here too).
+    async fn download_final_model(
+        &self,
+        _req: Request<v1::DownloadFinalModelRequest>,
+    ) -> Result<Response<Self::DownloadFinalModelStream>, Status> {
+        self.seen.lock().unwrap().final_downloads += 1;
+        let chunks = vec![
+            Ok(v1::ModelChunk {
+                part: Some(v1::model_chunk::Part::Manifest(self.manifest.clone())),
+            }),
+            Ok(v1::ModelChunk { part: Some(v1::model_chunk::Part::Data(self.bytes.clone())) }),
         ];
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
@@ -213,6 +235,8 @@ struct Scenario {
     plan_names_another: bool,
     /// The newest version already in the client's state file.
     seen_before: Option<u64>,
+    /// The task's end names the served checkpoint as its final one (else no final model).
+    final_model: bool,
 }
 
 impl Default for Scenario {
@@ -223,6 +247,7 @@ impl Default for Scenario {
             tamper_bytes: false,
             plan_names_another: false,
             seen_before: None,
+            final_model: true,
         }
     }
 }
@@ -343,6 +368,7 @@ fn run_scenario(s: Scenario) -> Outcome {
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let fake = FakeCoordinator {
+        final_version: if s.final_model { s.version } else { 0 },
         plan: plan_to_wire(&plan, s.version),
         manifest: fedsec_wire::Wire::to_wire(&signed),
         bytes,
@@ -409,6 +435,9 @@ fn a_checkpoint_signed_by_another_key_is_refused() {
         "the signature on the manifest of checkpoint version {VERSION} does not verify"
     ));
     assert_eq!(out.last_seen(), None, "a forged manifest does not move the rollback guard");
+    // Offered again as the task's final checkpoint, it is refused again.
+    assert_eq!(out.seen.final_downloads, 1, "{}", out.output);
+    assert!(out.output.contains("the final checkpoint could not be fetched"), "{}", out.output);
 }
 
 #[test]
@@ -418,6 +447,8 @@ fn a_checkpoint_whose_bytes_do_not_match_the_signed_hash_is_refused() {
         "SHA-256 of checkpoint version {VERSION} does not match its manifest"
     ));
     assert_eq!(out.last_seen(), None, "tampered bytes do not move the rollback guard");
+    assert_eq!(out.seen.final_downloads, 1, "{}", out.output);
+    assert!(out.output.contains("the final checkpoint could not be fetched"), "{}", out.output);
 }
 
 #[test]
@@ -434,7 +465,12 @@ fn a_properly_signed_checkpoint_older_than_one_seen_is_refused() {
 
 #[test]
 fn a_valid_checkpoint_the_plan_does_not_name_is_refused() {
-    let out = run_scenario(Scenario { plan_names_another: true, ..Scenario::default() });
+    // The task ends without a final model, so only the round could have recorded it.
+    let out = run_scenario(Scenario {
+        plan_names_another: true,
+        final_model: false,
+        ..Scenario::default()
+    });
     out.assert_refused("the plan's checkpoint hash is not the checkpoint this client verified");
     assert_eq!(out.last_seen(), None, "a checkpoint outside the plan is not recorded as seen");
 }

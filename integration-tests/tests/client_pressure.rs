@@ -91,6 +91,15 @@ impl FederationService for Busy {
         Err(Status::unimplemented("DownloadModel"))
     }
 
+    type DownloadFinalModelStream = ModelStream;
+
+    async fn download_final_model(
+        &self,
+        _req: Request<v1::DownloadFinalModelRequest>,
+    ) -> Result<Response<Self::DownloadFinalModelStream>, Status> {
+        Err(Status::unimplemented("DownloadFinalModel"))
+    }
+
     async fn advertise_keys(
         &self,
         _req: Request<v1::AdvertiseKeysRequest>,
