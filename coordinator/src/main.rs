@@ -68,8 +68,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Print a task's state and its recent rounds, from the Admin service, with the
-    /// operator's certificate (`operator.toml`: coordinator, task_id, ca, cert, key).
+    /// Print the tasks' states and their recent rounds, from the Admin service, with the
+    /// operator's certificate (`operator.toml`: coordinator, ca, cert, key, and optionally
+    /// one task_id).
     Status {
         /// The operator's configuration (TOML).
         #[arg(long, short, env = "FEDSEC_OPERATOR_CONFIG")]
@@ -218,8 +219,14 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Status { config } => {
             let c = operator::OperatorConfig::load(&config).map_err(|e| e.to_string())?;
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            let s = runtime.block_on(operator::status(&c, &config)).map_err(|e| e.to_string())?;
-            print!("{}", operator::render(&s));
+            let tasks =
+                runtime.block_on(operator::status(&c, &config)).map_err(|e| e.to_string())?;
+            if tasks.is_empty() {
+                println!("the coordinator has no task");
+            }
+            for s in &tasks {
+                print!("{}", operator::render(s));
+            }
             Ok(())
         }
         Command::Quickstart { clients, dataset, out, rounds, port, force } => {

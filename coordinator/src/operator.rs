@@ -1,12 +1,12 @@
 //! The operator's side of the Admin service: `fedsec-coordinator status` connects with the
-//! operator's certificate and prints a task's state and its recent rounds.
+//! operator's certificate and prints the tasks' states and their recent rounds.
 //!
 //! `operator.toml` (relative paths are taken from the file's folder):
 //!
 //! ```toml
 //! coordinator = "https://127.0.0.1:7443"
 //! server_name = "localhost"          # the name the coordinator's certificate carries
-//! task_id = "00112233445566778899aabbccddeeff"
+//! task_id = "00112233445566778899aabbccddeeff"   # optional: without it, every task
 //! ca = "pki/ca.pem"
 //! cert = "pki/operator.pem"           # a certificate whose id the coordinator's `admins` lists
 //! key = "pki/operator.key"
@@ -30,8 +30,9 @@ pub struct OperatorConfig {
     /// The name the coordinator's certificate is checked against.
     #[serde(default = "default_server_name")]
     pub server_name: String,
-    /// The task to ask about, 32 hex digits.
-    pub task_id: String,
+    /// The task to ask about, 32 hex digits; without it, every task of the coordinator.
+    #[serde(default)]
+    pub task_id: Option<String>,
     /// The federation CA certificate (PEM).
     pub ca: PathBuf,
     /// The operator's certificate (PEM).
@@ -67,7 +68,7 @@ pub enum OperatorError {
     #[error("cannot connect to {address}: {source}")]
     Connect { address: String, source: tonic::transport::Error },
     /// The coordinator refused or failed the call.
-    #[error("GetTaskStatus: {}: {}", .0.code(), .0.message())]
+    #[error("the Admin service: {}: {}", .0.code(), .0.message())]
     Call(Box<tonic::Status>),
 }
 
@@ -89,11 +90,19 @@ impl OperatorConfig {
     }
 }
 
-/// Asks the coordinator for the configured task's status.
-pub async fn status(config: &OperatorConfig, path: &Path) -> Result<v1::TaskStatus, OperatorError> {
-    let task_id = hex::decode(&config.task_id).ok().filter(|b| b.len() == 16).ok_or_else(|| {
-        OperatorError::TaskId { path: path.into(), value: config.task_id.clone() }
-    })?;
+/// Asks the coordinator for the configured task's status, or every task's without `task_id`.
+pub async fn status(
+    config: &OperatorConfig,
+    path: &Path,
+) -> Result<Vec<v1::TaskStatus>, OperatorError> {
+    let task_id = match &config.task_id {
+        None => None,
+        Some(hex_id) => {
+            Some(hex::decode(hex_id).ok().filter(|b| b.len() == 16).ok_or_else(|| {
+                OperatorError::TaskId { path: path.into(), value: hex_id.clone() }
+            })?)
+        }
+    };
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).map_err(|source| OperatorError::Read { path: p.clone(), source })
     };
@@ -120,11 +129,19 @@ pub async fn status(config: &OperatorConfig, path: &Path) -> Result<v1::TaskStat
         .await
         .map_err(|source| OperatorError::Connect { address: config.coordinator.clone(), source })?;
     let mut admin = AdminClient::new(channel);
-    let reply = admin
-        .get_task_status(v1::TaskStatusRequest { task_id })
-        .await
-        .map_err(|s| OperatorError::Call(Box::new(s)))?;
-    Ok(reply.into_inner())
+    let call = |s: tonic::Status| OperatorError::Call(Box::new(s));
+    Ok(match task_id {
+        Some(task_id) => {
+            vec![
+                admin
+                    .get_task_status(v1::TaskStatusRequest { task_id })
+                    .await
+                    .map_err(call)?
+                    .into_inner(),
+            ]
+        }
+        None => admin.list_tasks(v1::ListTasksRequest {}).await.map_err(call)?.into_inner().tasks,
+    })
 }
 
 /// A task's status as the operator reads it: the task, then one line per recent round.

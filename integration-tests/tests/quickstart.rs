@@ -108,6 +108,18 @@ fn the_printed_commands_run_by_hand_and_status_shows_the_rounds() {
     assert!(before.contains("(quickstart): running, checkpoint version 0"), "{before}");
     assert!(before.contains("no round has ended yet"), "{before}");
 
+    // The operator's certificate calls the Admin service only, never takes part in rounds.
+    let site1 = std::fs::read_to_string(out.join("client-001.toml")).unwrap();
+    let as_operator = site1
+        .replace("pki/client-001.", "pki/operator.")
+        .replace("state/client-001", "state/operator");
+    std::fs::write(out.join("operator-as-client.toml"), as_operator).unwrap();
+    let join = sites[0].replace("client-001.toml", "operator-as-client.toml");
+    let refused = Command::new("sh").args(["-c", &join]).output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("operators do not take part in rounds"), "{said}");
+
     let mut clients: Vec<Proc> = sites
         .iter()
         .enumerate()

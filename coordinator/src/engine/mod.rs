@@ -245,7 +245,8 @@ impl Engine {
     /// A client asks to take part. Returns at once: [`CheckIn::Pending`] means "wait for
     /// selection" — poll [`poll_check_in`](Self::poll_check_in) after the engine changes.
     pub fn check_in(&mut self, client: ClientId, now: Instant) -> CheckIn {
-        if self.enrolled.insert(client) {
+        // Enrolment closes with the task: the final checkpoint goes to those that took part.
+        if !matches!(self.state, State::Finished) && self.enrolled.insert(client) {
             self.outputs.push_back(Output::Audit(AuditEvent::Enrollment { client }));
         }
         if let State::Selecting { deadline } = &mut self.state

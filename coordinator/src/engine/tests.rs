@@ -659,7 +659,10 @@ fn rounds_chain_checkpoints_and_the_task_finishes() {
     assert_eq!(f.engine.check_in(f.sites[0].key.id(), f.now), CheckIn::Finished);
     // `serve --exit-when-finished` waits until every client asked for the final model.
     assert!(!f.engine.everyone_has_the_final_model());
-    f.engine.final_model_sent(ClientId([9; 32])); // a stranger counts for nothing
+    // A stranger checking in after the end does not enrol, and counts for nothing.
+    assert_eq!(f.engine.check_in(ClientId([9; 32]), f.now), CheckIn::Finished);
+    assert!(!f.engine.is_enrolled(&ClientId([9; 32])));
+    f.engine.final_model_sent(ClientId([9; 32]));
     for s in &f.sites[..9] {
         f.engine.final_model_sent(s.key.id());
     }

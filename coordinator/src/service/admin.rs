@@ -30,6 +30,29 @@ impl AdminService {
         AdminService { coordinator }
     }
 
+    /// A task's state and its recent attempts.
+    fn task_status(&self, id: TaskId) -> Result<v1::TaskStatus, Status> {
+        let task = self.coordinator.task(&id)?;
+        let started = task.started.load(std::sync::atomic::Ordering::SeqCst);
+        let engine = task.lock();
+        let s = engine.status();
+        let state = match (started, s.state) {
+            (false, _) => "created",
+            (true, EngineState::Finished) => "finished",
+            (true, _) => "running",
+        };
+        Ok(v1::TaskStatus {
+            task_id: id.0.to_vec(),
+            name: engine.config().name.clone(),
+            state: state.into(),
+            round_id: s.round_id.0,
+            phase: s.phase.map_or(s.state.name(), Phase::name).into(),
+            checked_in: s.waiting as u32,
+            checkpoint_version: s.checkpoint_version,
+            recent_rounds: engine.recent_results().map(|r| wire::result_to_wire(r, id)).collect(),
+        })
+    }
+
     fn operator<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let c = &self.coordinator;
         match c.auth {
@@ -151,25 +174,21 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::TaskStatus>, Status> {
         self.operator(&req)?;
         let id = wire::task_id(&req.get_ref().task_id)?;
-        let task = self.coordinator.task(&id)?;
-        let started = task.started.load(std::sync::atomic::Ordering::SeqCst);
-        let engine = task.lock();
-        let s = engine.status();
-        let state = match (started, s.state) {
-            (false, _) => "created",
-            (true, EngineState::Finished) => "finished",
-            (true, _) => "running",
-        };
-        Ok(Response::new(v1::TaskStatus {
-            task_id: id.0.to_vec(),
-            name: engine.config().name.clone(),
-            state: state.into(),
-            round_id: s.round_id.0,
-            phase: s.phase.map_or(s.state.name(), Phase::name).into(),
-            checked_in: s.waiting as u32,
-            checkpoint_version: s.checkpoint_version,
-            recent_rounds: engine.recent_results().map(|r| wire::result_to_wire(r, id)).collect(),
-        }))
+        Ok(Response::new(self.task_status(id)?))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<v1::ListTasksRequest>,
+    ) -> Result<Response<v1::ListTasksResponse>, Status> {
+        self.operator(&req)?;
+        let tasks = self
+            .coordinator
+            .task_ids()
+            .into_iter()
+            .map(|id| self.task_status(id))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(v1::ListTasksResponse { tasks }))
     }
 
     async fn list_checkpoints(

@@ -192,7 +192,7 @@ impl Federation for FederationService {
         }
         if !enrolled {
             return Err(Status::permission_denied(format!(
-                "client {} did not take part in this task",
+                "client {} did not check in to this task before it finished",
                 client.to_hex()
             )));
         }

@@ -297,7 +297,6 @@ impl Coordinator {
         }
     }
 
-    /// The ids of all tasks.
     /// Resolves once every task has finished and every client that took part has asked for
     /// its final checkpoint, or `linger` after the last task finished, whichever comes first:
     /// for `serve --exit-when-finished` (a graceful shutdown lets the downloads in flight end).
@@ -309,9 +308,11 @@ impl Coordinator {
         for task in &tasks {
             while task.wait(Duration::from_secs(3600), done).await.is_none() {}
         }
+        // One linger for all tasks, from the moment the last one finished.
+        let until = tokio::time::Instant::now() + linger;
         for task in &tasks {
-            if task.wait(linger, |e| e.everyone_has_the_final_model().then_some(())).await.is_none()
-            {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if task.wait(left, |e| e.everyone_has_the_final_model().then_some(())).await.is_none() {
                 tracing::info!(
                     task = %hex::encode(task.id.0),
                     "some clients did not fetch the final checkpoint within {linger:?} of the end; stopping anyway"
@@ -320,6 +321,7 @@ impl Coordinator {
         }
     }
 
+    /// The ids of all tasks.
     pub fn task_ids(&self) -> Vec<TaskId> {
         self.tasks.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
     }
@@ -447,6 +449,14 @@ impl Coordinator {
                 id
             }
         };
+        // An operator's certificate calls the Admin service only: were it a client too, the
+        // coordinator's side would hold one more identity in its rounds (a colluding client).
+        if self.admins.contains(&id) {
+            return Err(Status::permission_denied(format!(
+                "{} is an operator's certificate; operators do not take part in rounds",
+                id.to_hex()
+            )));
+        }
         Ok(id)
     }
 
