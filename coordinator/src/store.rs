@@ -137,6 +137,20 @@ impl CheckpointStore {
         }
     }
 
+    /// Like [`from_url`](Self::from_url), but creates nothing: `None` when the store is a
+    /// local directory that does not exist yet (so holds no checkpoint). Start-up checks what
+    /// the store holds with this before anything is written.
+    pub fn open_existing(url: &str) -> Result<Option<Self>, StoreError> {
+        if let Some(root) = local_root(url)
+            && !root
+                .try_exists()
+                .map_err(|source| StoreError::CreateDir { root: root.clone(), source })?
+        {
+            return Ok(None);
+        }
+        Self::from_url(url).map(Some)
+    }
+
     /// A local directory, created if missing.
     fn local(root: &std::path::Path, url: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(root)
@@ -252,8 +266,9 @@ impl CheckpointStore {
         Ok(versions)
     }
 
-    /// Reads and parses one manifest, checking it describes the task and version of its path.
-    async fn manifest(&self, task: TaskId, version: u64) -> Result<SignedManifest, StoreError> {
+    /// Reads and parses one manifest, checking it describes the task and version of its path
+    /// (not its signature).
+    pub async fn manifest(&self, task: TaskId, version: u64) -> Result<SignedManifest, StoreError> {
         let path = manifest_path(task, version);
         let json = self.read(&path).await?;
         let manifest: SignedManifest = serde_json::from_slice(&json)
@@ -277,6 +292,15 @@ impl CheckpointStore {
             source => StoreError::Backend { path: path.clone(), source },
         })
     }
+}
+
+/// The local directory a store URL names (a plain path or `file://`), if it names one.
+fn local_root(url: &str) -> Option<std::path::PathBuf> {
+    if !url.contains("://") {
+        return Some(std::path::PathBuf::from(url));
+    }
+    let parsed = url::Url::parse(url).ok()?;
+    (parsed.scheme() == "file").then(|| parsed.to_file_path().ok()).flatten()
 }
 
 /// `tasks/{task}/checkpoints`.
