@@ -132,7 +132,7 @@ impl ClientConfig {
         let mut c: ClientConfig = toml::from_str(&text).map_err(|source| {
             let offset = source.span().map_or(0, |s| s.start).min(text.len());
             let line = text.as_bytes()[..offset].iter().filter(|b| **b == b'\n').count() + 1;
-            ConfigError::Parse { path: path.into(), line, source }
+            ConfigError::Parse { path: path.into(), line, source: Box::new(source) }
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut c.ca, &mut c.cert, &mut c.key, &mut c.coordinator_key, &mut c.state_dir] {

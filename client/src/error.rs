@@ -142,7 +142,7 @@ pub enum ConfigError {
         /// a key missing from the whole file).
         line: usize,
         /// Why.
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     /// `task_id` is not 32 hex digits.
     #[error("task_id = {0:?}: expected 32 hex digits")]
