@@ -525,4 +525,24 @@ mod tests {
         assert!(root.join(data_path(TASK, 0).as_ref()).is_file());
         assert!(root.join(manifest_path(TASK, 0).as_ref()).is_file());
     }
+
+    /// Start-up looks into the store before anything is written: a local store that does not
+    /// exist is not created by looking.
+    #[tokio::test]
+    async fn open_existing_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("checkpoints");
+        let plain = root.display().to_string();
+        let file_url = url::Url::from_directory_path(&root).unwrap().to_string();
+        for url in [&plain, &file_url] {
+            assert!(CheckpointStore::open_existing(url).unwrap().is_none(), "{url}");
+            assert!(!root.exists(), "{url}");
+        }
+        assert!(CheckpointStore::open_existing("memory://").unwrap().is_some());
+        let (manifest, bytes) = checkpoint(0);
+        CheckpointStore::from_url(&plain).unwrap().put(&manifest, bytes).await.unwrap();
+        let store = CheckpointStore::open_existing(&file_url).unwrap().expect("it exists now");
+        assert_eq!(store.manifest(TASK, 0).await.unwrap(), manifest);
+        assert_eq!(store.latest(TASK).await.unwrap().map(|m| m.manifest.version), Some(0));
+    }
 }
