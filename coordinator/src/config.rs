@@ -5,6 +5,11 @@
 //! levels; only variables naming a key of the file count): `FEDSEC_LISTEN=0.0.0.0:7443`, `FEDSEC_TASK__ROUNDS=20`. A flag `--set
 //! task.rounds=20` does the same; values are TOML (`--set 'task.graph="complete"'`, bare words
 //! are taken as strings).
+//!
+//! Every error about a key names the key and where its value came from ([`Origin`]): the file
+//! and line, the variable, or the flag. Overrides are merged into the file's parsed table with
+//! spans of their own, above the file's, so the span a deserialization error carries tells both
+//! (see `Sources`).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
