@@ -108,6 +108,14 @@ pub enum ConfigError {
         /// The flag's argument.
         arg: String,
     },
+    /// The configuration as a whole does not deserialize, at no key in particular.
+    #[error("{origin}: {reason}")]
+    Invalid {
+        /// The file (or the override) at fault.
+        origin: Origin,
+        /// What is wrong.
+        reason: String,
+    },
     /// A key is unknown, missing, of the wrong type or out of range.
     #[error("{origin}: {key}: {problem}")]
     Key {

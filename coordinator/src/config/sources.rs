@@ -132,7 +132,7 @@ impl<'a> Sources<'a> {
         let Some(span) = e.span() else {
             return match missing {
                 Some(field) => key_error(field, self.file(), KeyProblem::Missing),
-                None => key_error(String::new(), self.file(), KeyProblem::Value(message)),
+                None => ConfigError::Invalid { origin: self.file(), reason: message },
             };
         };
         if let Some(entry) = entries.iter().find(|en| en.key_span == span) {
@@ -154,9 +154,7 @@ impl<'a> Sources<'a> {
             (Some(entry), None) => {
                 key_error(entry.key.clone(), self.origin(&span), KeyProblem::Value(message))
             }
-            (None, None) => {
-                key_error(String::new(), self.origin(&span), KeyProblem::Value(message))
-            }
+            (None, None) => ConfigError::Invalid { origin: self.origin(&span), reason: message },
         }
     }
 
