@@ -129,8 +129,11 @@ impl ClientConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ClientError::Io { path: path.into(), source })?;
-        let mut c: ClientConfig = toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        let mut c: ClientConfig = toml::from_str(&text).map_err(|source| {
+            let offset = source.span().map_or(0, |s| s.start).min(text.len());
+            let line = text.as_bytes()[..offset].iter().filter(|b| **b == b'\n').count() + 1;
+            ConfigError::Parse { path: path.into(), line, source: Box::new(source) }
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut c.ca, &mut c.cert, &mut c.key, &mut c.coordinator_key, &mut c.state_dir] {
             if p.is_relative() {
@@ -191,7 +194,15 @@ max_dropout = 0.3
             matches!(&err, ClientError::Config(ConfigError::Parse { path: p, .. }) if *p == path),
             "{err}"
         );
-        assert!(err.to_string().contains("client.toml"), "{err}");
+        assert!(err.to_string().contains("client.toml:1: "), "{err}");
+        // An unknown key and a mistyped value are named with their line.
+        let good = "coordinator = \"https://127.0.0.1:7443\"\ntask_id = \"00112233445566778899aabbccddeeff\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\ncoordinator_key = \"s.pub\"\nstate_dir = \"state\"\n";
+        std::fs::write(&path, format!("{good}[policy]\nmax_dropuot = 0.3\n")).unwrap();
+        let err = ClientConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("client.toml:9: ") && err.contains("max_dropuot"), "{err}");
+        std::fs::write(&path, format!("{good}max_rounds = \"ten\"\n")).unwrap();
+        let err = ClientConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("client.toml:8: "), "{err}");
         let bad = PolicyConfig { min_adversary: "trusting".into(), ..PolicyConfig::default() };
         assert!(matches!(
             bad.to_policy(),

@@ -132,13 +132,17 @@ impl ClientError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The file is not a client configuration.
-    #[error("{}: {source}", path.display())]
+    /// The file is not a client configuration: not TOML, an unknown or missing key, or a
+    /// value of the wrong type.
+    #[error("{}:{line}: {}", path.display(), source.message().trim())]
     Parse {
         /// The file.
         path: PathBuf,
+        /// 1-based line of the key or value at fault (1 when the error has no place, such as
+        /// a key missing from the whole file).
+        line: usize,
         /// Why.
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     /// `task_id` is not 32 hex digits.
     #[error("task_id = {0:?}: expected 32 hex digits")]

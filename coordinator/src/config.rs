@@ -5,6 +5,11 @@
 //! levels; only variables naming a key of the file count): `FEDSEC_LISTEN=0.0.0.0:7443`, `FEDSEC_TASK__ROUNDS=20`. A flag `--set
 //! task.rounds=20` does the same; values are TOML (`--set 'task.graph="complete"'`, bare words
 //! are taken as strings).
+//!
+//! Every error about a key names the key and where its value came from ([`Origin`]): the file
+//! and line, the variable, or the flag. Overrides are merged into the file's parsed table with
+//! spans of their own, above the file's, so the span a deserialization error carries tells both
+//! (see `config/sources.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,25 +20,111 @@ use serde::Deserialize;
 
 use crate::engine::{PhaseDeadlines, TaskConfig};
 
-/// A configuration that cannot be used, with where the problem is.
+mod sources;
+use sources::Sources;
+
+/// Where a key's value came from: the file and its line, an environment variable, or a
+/// `--set` flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// The configuration file; the line of the key (or of its table), when it has one.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, if the key (or its table) is written in the file.
+        line: Option<usize>,
+    },
+    /// An environment variable `FEDSEC_…`.
+    Env {
+        /// The variable's name.
+        var: String,
+    },
+    /// A `--set KEY=VALUE` flag (or `--listen`, `--insecure`, which are written as one).
+    Set {
+        /// The flag's argument, `KEY=VALUE`.
+        arg: String,
+    },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File { path, line: Some(line) } => write!(f, "{}:{line}", path.display()),
+            Origin::File { path, line: None } => write!(f, "{}", path.display()),
+            Origin::Env { var } => write!(f, "environment variable {var}"),
+            Origin::Set { arg } => write!(f, "--set {arg}"),
+        }
+    }
+}
+
+/// What is wrong with one key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyProblem {
+    /// The configuration has no such key (a typo?).
+    #[error("no such key ({0})")]
+    Unknown(String),
+    /// The value has the wrong type or does not parse as the key's type.
+    #[error("{0}")]
+    Value(String),
+    /// A required key is not set anywhere.
+    #[error("required, but not set")]
+    Missing,
+    /// A key on the way to it is not a table (`--set listen.port=1`).
+    #[error("{0} is not a table")]
+    NotATable(String),
+    /// The value is out of range, or breaks a rule with other keys.
+    #[error("{0}")]
+    Rule(String),
+}
+
+/// A configuration that cannot be used: every error about a key names the key and where its
+/// value came from.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
-    /// The file, a variable or a flag does not parse, or a value is out of range.
+    /// The file is not TOML.
+    #[error("{}:{line}: not TOML: {message}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// What the parser expected.
+        message: String,
+    },
+    /// A `--set` flag is not `KEY=VALUE`.
+    #[error("--set {arg}: expected KEY=VALUE")]
+    SetSyntax {
+        /// The flag's argument.
+        arg: String,
+    },
+    /// The configuration as a whole does not deserialize, at no key in particular.
     #[error("{origin}: {reason}")]
     Invalid {
-        /// The file, `FEDSEC_…` variable or `--set` flag.
-        origin: String,
+        /// The file (or the override) at fault.
+        origin: Origin,
         /// What is wrong.
         reason: String,
+    },
+    /// A key is unknown, missing, of the wrong type or out of range.
+    #[error("{origin}: {key}: {problem}")]
+    Key {
+        /// The key, dotted (`task.rounds`).
+        key: String,
+        /// Where its value came from (for a missing key, the file or table that lacks it).
+        origin: Origin,
+        /// What is wrong.
+        problem: KeyProblem,
     },
 }
 
@@ -283,32 +374,10 @@ impl TaskSection {
     }
 }
 
-/// Sets `path` (dotted) in `root` to `value`.
-fn set_path(root: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), String> {
-    let mut parts: Vec<&str> = path.split('.').collect();
-    let last = parts.pop().filter(|s| !s.is_empty()).ok_or("empty key")?;
-    let mut table = root;
-    for p in parts {
-        let entry =
-            table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-        table = entry.as_table_mut().ok_or_else(|| format!("{p} is not a table"))?;
-    }
-    table.insert(last.to_string(), value);
-    Ok(())
-}
-
-/// A value as TOML, or as a plain string when it is not TOML.
-fn parse_value(text: &str) -> toml::Value {
-    let doc = format!("v = {text}");
-    match doc.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(text.into())),
-        Err(_) => toml::Value::String(text.into()),
-    }
-}
-
 impl CoordinatorConfig {
     /// Reads `path`, applies `FEDSEC_…` variables from `env` and `--set` flags, resolves
-    /// relative paths against the file's folder, and checks the result.
+    /// relative paths against the file's folder, and checks the result. An error about a key
+    /// names it and where its value came from (see [`ConfigError::Key`]).
     pub fn load(
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
@@ -316,36 +385,33 @@ impl CoordinatorConfig {
     ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Io { path: path.into(), source })?;
-        let origin = path.display().to_string();
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigError::Invalid { origin: origin.clone(), reason: e.to_string() }
-        })?;
-        let mut env: Vec<(String, String)> =
-            env.into_iter().filter(|(k, _)| k.starts_with("FEDSEC_")).collect();
+        let mut env: Vec<(String, String, String)> = env
+            .into_iter()
+            .filter_map(|(var, value)| {
+                let key = var.strip_prefix("FEDSEC_")?.to_lowercase().replace("__", ".");
+                // The FEDSEC_ namespace is shared (FEDSEC_CONFIG names the file, other programs
+                // have their own variables): only keys of this file are overrides.
+                let top = key.split('.').next().unwrap_or_default();
+                TOP_LEVEL_KEYS.contains(&top).then_some((var, key, value))
+            })
+            .collect();
         env.sort();
-        for (k, v) in env {
-            let key = k["FEDSEC_".len()..].to_lowercase().replace("__", ".");
-            // The FEDSEC_ namespace is shared (FEDSEC_CONFIG names the file, other programs
-            // have their own variables): only keys of this file are overrides.
-            let top = key.split('.').next().unwrap_or_default();
-            if !TOP_LEVEL_KEYS.contains(&top) {
-                continue;
-            }
-            set_path(&mut table, &key, parse_value(&v))
-                .map_err(|reason| ConfigError::Invalid { origin: k.clone(), reason })?;
+        let mut flags = Vec::new();
+        for arg in sets {
+            let (k, v) =
+                arg.split_once('=').ok_or_else(|| ConfigError::SetSyntax { arg: arg.clone() })?;
+            flags.push((arg, k.trim(), v));
         }
-        for s in sets {
-            let (k, v) = s.split_once('=').ok_or_else(|| ConfigError::Invalid {
-                origin: format!("--set {s}"),
-                reason: "expected KEY=VALUE".into(),
-            })?;
-            set_path(&mut table, k.trim(), parse_value(v.trim()))
-                .map_err(|reason| ConfigError::Invalid { origin: format!("--set {s}"), reason })?;
+        let mut sources = Sources::parse(path, &text)?;
+        for (var, key, value) in &env {
+            sources.set(key, value, Origin::Env { var: var.clone() })?;
         }
-        let mut c: CoordinatorConfig =
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-                ConfigError::Invalid { origin: origin.clone(), reason: e.to_string() }
-            })?;
+        for (arg, key, value) in &flags {
+            sources.set(key, value, Origin::Set { arg: (*arg).clone() })?;
+        }
+        let mut c =
+            CoordinatorConfig::deserialize(toml::de::Deserializer::from(sources.root.clone()))
+                .map_err(|e| sources.locate(&e))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -368,30 +434,75 @@ impl CoordinatorConfig {
         if !c.store.contains("://") && Path::new(&c.store).is_relative() {
             c.store = base.join(&c.store).display().to_string();
         }
-        c.check().map_err(|reason| ConfigError::Invalid { origin, reason })?;
+        c.check().map_err(|(key, reason)| ConfigError::Key {
+            origin: sources.origin_of(&key),
+            key,
+            problem: KeyProblem::Rule(reason),
+        })?;
         Ok(c)
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Rules across keys; on error, the key to blame and why.
+    fn check(&self) -> Result<(), (String, String)> {
         if self.tls.is_none() {
-            return Err("a [tls] section is required (with insecure = true, only its client_ca is used: peers' certificates are checked in every round)".into());
+            return Err(("tls".into(), "a [tls] section is required (with insecure = true, only its client_ca is used: peers' certificates are checked in every round)".into()));
         }
         if self.insecure && !self.listen.ip().is_loopback() {
-            return Err(format!(
-                "insecure mode serves plain TCP only on a loopback address, not {}",
-                self.listen
+            return Err((
+                "listen".into(),
+                format!(
+                    "insecure mode serves plain TCP only on a loopback address, not {}",
+                    self.listen
+                ),
             ));
         }
         for a in &self.admins {
             if hex::decode(a).map(|b| b.len()) != Ok(32) {
-                return Err(format!("admins: {a:?} is not a client id (64 hex digits)"));
+                return Err(("admins".into(), format!("{a:?} is not a client id (64 hex digits)")));
             }
         }
-        self.edge.check().map_err(|e| e.to_string())?;
+        self.edge.check().map_err(|e| (edge_key(&e), e.to_string()))?;
         if let Some(t) = &self.task {
-            t.to_config().map_err(|e| e.to_string())?;
+            t.to_config().map_err(|e| (t.key_of(&e), e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+/// The key an edge rule names.
+fn edge_key(e: &crate::edge::EdgeConfigError) -> String {
+    use crate::edge::EdgeConfigError as E;
+    match e {
+        E::Zero { key } => format!("edge.{key}"),
+        E::PerIpAboveTotal { .. } => "edge.max_handshakes_per_ip".into(),
+        E::PerClientAboveTotal { .. } => "edge.max_connections_per_client".into(),
+    }
+}
+
+impl TaskSection {
+    /// The key of `[task]` a refusal of [`to_config`](Self::to_config) is about.
+    fn key_of(&self, e: &TaskConfigError) -> String {
+        use crate::error::{ConfigRule as R, Error};
+        let key = match e {
+            TaskConfigError::Id(_) => "id",
+            TaskConfigError::Graph(_) => "graph",
+            TaskConfigError::Adversary(_) => "adversary",
+            TaskConfigError::Fraction { name, .. } => *name,
+            TaskConfigError::Rule(Error::InvalidConfig(rule)) => match rule {
+                R::NoClients => "clients_per_round",
+                R::MinClients { .. } | R::NoSecureParameters { .. } => "min_clients",
+                R::OverSelection(_) => "over_selection",
+                R::Fractions { .. } => "dropout",
+                R::ServerLearningRate(_) => "server_learning_rate",
+                R::UploadLimits if self.upload_chunk_words == Some(0) => "upload_chunk_words",
+                R::UploadLimits => "max_uploads_in_flight",
+                R::Deadline if self.upload_idle_ms == Some(0) => "upload_idle_ms",
+                R::Deadline => "deadlines_ms",
+                _ => return "task".into(),
+            },
+            _ => return "task".into(),
+        };
+        format!("task.{key}")
     }
 }
 
@@ -495,6 +606,99 @@ deadlines_ms = { share_keys = 5000 }
         assert!(err.to_string().contains("overflow") || err.to_string().contains("wrap"), "{err}");
         let err = CoordinatorConfig::load(&p, [], &["task.upload_idle_ms=0".into()]).unwrap_err();
         assert!(err.to_string().contains("upload_idle"), "{err}");
+    }
+
+    /// The key, origin and problem of an error that must be about a key.
+    fn key_error(result: Result<CoordinatorConfig, ConfigError>) -> (String, Origin, KeyProblem) {
+        match result {
+            Err(ConfigError::Key { key, origin, problem }) => (key, origin, problem),
+            other => panic!("expected an error about a key, got {other:?}"),
+        }
+    }
+
+    /// The 1-based line of the first line of `text` that starts with `start`.
+    fn line(text: &str, start: &str) -> Option<usize> {
+        text.lines().position(|l| l.starts_with(start)).map(|i| i + 1)
+    }
+
+    #[test]
+    fn every_key_error_names_the_key_and_where_it_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str, env: &[(&str, &str)], sets: &[&str]| {
+            let p = write(dir.path(), text);
+            let env: Vec<(String, String)> =
+                env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            CoordinatorConfig::load(&p, env, &sets)
+        };
+        let path = dir.path().join("coordinator.toml");
+        let file = |line| Origin::File { path: path.clone(), line };
+        let env = |var: &str| Origin::Env { var: var.into() };
+        let set = |arg: &str| Origin::Set { arg: arg.into() };
+
+        // The file: the line of the key.
+        let text = format!("{FILE}roudns = 5\n");
+        let (key, origin, problem) = key_error(load(&text, &[], &[]));
+        assert_eq!((key.as_str(), origin), ("task.roudns", file(line(&text, "roudns"))));
+        assert!(matches!(problem, KeyProblem::Unknown(ref m) if m.contains("roudns")), "{problem}");
+        let text = FILE.replace("rounds = 3", "rounds = \"three\"");
+        let (key, origin, problem) = key_error(load(&text, &[], &[]));
+        assert_eq!((key.as_str(), origin), ("task.rounds", file(line(&text, "rounds"))));
+        assert!(matches!(problem, KeyProblem::Value(_)), "{problem}");
+        let text = FILE.replace("dropout = 0.2", "dropout = 1.5");
+        let (key, origin, problem) = key_error(load(&text, &[], &[]));
+        assert_eq!((key.as_str(), origin), ("task.dropout", file(line(&text, "dropout"))));
+        assert!(matches!(problem, KeyProblem::Rule(ref m) if m.contains("[0, 1)")), "{problem}");
+
+        // An environment variable: its name, even for a key the file does not have.
+        let var = "FEDSEC_TASK__ROUDNS";
+        let err = load(FILE, &[(var, "5")], &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("environment variable FEDSEC_TASK__ROUDNS: task.roudns: no such key"),
+            "{text}"
+        );
+        assert!(!text.contains("coordinator.toml"), "{text}");
+        let (key, origin, problem) =
+            key_error(load(FILE, &[("FEDSEC_TASK__ROUNDS", "three")], &[]));
+        assert_eq!((key.as_str(), origin), ("task.rounds", env("FEDSEC_TASK__ROUNDS")));
+        assert!(matches!(problem, KeyProblem::Value(_)), "{problem}");
+        let (key, origin, problem) = key_error(load(FILE, &[("FEDSEC_TASK__DROPOUT", "1.5")], &[]));
+        assert_eq!((key.as_str(), origin), ("task.dropout", env("FEDSEC_TASK__DROPOUT")));
+        assert!(matches!(problem, KeyProblem::Rule(_)), "{problem}");
+
+        // A --set flag: its argument; a flag wins over the variable it overrides.
+        let (key, origin, problem) = key_error(load(FILE, &[], &["task.roudns=5"]));
+        assert_eq!((key.as_str(), origin), ("task.roudns", set("task.roudns=5")));
+        assert!(matches!(problem, KeyProblem::Unknown(_)), "{problem}");
+        let (key, origin, problem) =
+            key_error(load(FILE, &[("FEDSEC_TASK__ROUNDS", "4")], &["task.rounds=three"]));
+        assert_eq!((key.as_str(), origin), ("task.rounds", set("task.rounds=three")));
+        assert!(matches!(problem, KeyProblem::Value(_)), "{problem}");
+        let (key, origin, problem) = key_error(load(FILE, &[], &["task.dropout=1.5"]));
+        assert_eq!((key.as_str(), origin), ("task.dropout", set("task.dropout=1.5")));
+        assert!(matches!(problem, KeyProblem::Rule(_)), "{problem}");
+        let (key, origin, problem) = key_error(load(FILE, &[], &["listen.port=1"]));
+        assert_eq!((key.as_str(), origin), ("listen.port", set("listen.port=1")));
+        assert_eq!(problem, KeyProblem::NotATable("listen".into()));
+        let (key, origin, _) = key_error(load(FILE, &[], &["edge.max_connections=0"]));
+        assert_eq!((key.as_str(), origin), ("edge.max_connections", set("edge.max_connections=0")));
+
+        // A key set nowhere: the file, and the line of its table when it has one.
+        let text = FILE.replace("store = \"data/checkpoints\"\n", "");
+        let (key, origin, problem) = key_error(load(&text, &[], &[]));
+        assert_eq!((key.as_str(), origin, problem), ("store", file(None), KeyProblem::Missing));
+        let text = FILE.replace("id = \"000102030405060708090a0b0c0d0e0f\"\n", "");
+        let (key, origin, problem) = key_error(load(&text, &[], &[]));
+        assert_eq!((key.as_str(), problem), ("task.id", KeyProblem::Missing));
+        assert_eq!(origin, file(line(&text, "[task]")));
+
+        // A file that is not TOML: its line.
+        let text = FILE.replace("rounds = 3", "rounds = = 3");
+        match load(&text, &[], &[]) {
+            Err(ConfigError::Syntax { line: l, .. }) => assert_eq!(Some(l), line(&text, "rounds")),
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
     }
 
     #[test]

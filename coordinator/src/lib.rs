@@ -25,6 +25,7 @@ pub mod connections;
 pub mod edge;
 pub mod engine;
 pub mod error;
+pub mod lock;
 pub mod operator;
 pub mod pki;
 pub mod quickstart;

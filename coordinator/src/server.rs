@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedsec_crypto::ClientId;
+use fedsec_crypto::{CheckpointHash, ClientId, TaskId};
 use fedsec_proto::v1::admin_server::AdminServer;
 use fedsec_proto::v1::federation_server::FederationServer;
 use fedsec_wire::model::{Model, ModelError};
@@ -15,9 +15,10 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 use crate::audit::{AuditError, AuditLog};
-use crate::config::{CoordinatorConfig, TaskConfigError};
+use crate::config::{CoordinatorConfig, TaskConfigError, TaskSection};
 use crate::connections::Connections;
 use crate::edge::{EdgeConfig, EdgeLayer};
+use crate::lock::{DataLock, LockError, lock_path};
 use crate::pki::PkiError;
 use crate::revocation::{DenyList, DenyListError};
 use crate::service::{AdminService, AuthMode, Coordinator, FederationService, x509_verifier};
@@ -42,8 +43,25 @@ pub enum StartError {
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
     /// The deny-list does not load.
-    #[error("deny-list: {0}")]
+    #[error("deny_list: {0}")]
     DenyList(#[from] DenyListError),
+    /// The file `deny_list` names does not exist.
+    #[error(
+        "deny_list = {}: no such file. The deny-list must exist (it is read at start and on every ReloadDenyList); to deny nobody, create an empty file (touch {}) or remove the key",
+        path.display(),
+        path.display()
+    )]
+    DenyListMissing { path: PathBuf },
+    /// Another coordinator holds the data directory, or its lock cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The store holds checkpoints of the task, and the initial model is not the one the task
+    /// started from.
+    #[error(
+        "initial model {}: the store holds checkpoint {version} of task {task}, which did not start from this model. Training would resume from checkpoint {version} and ignore it: to train the new model, give the task a new id (task.id) or remove the task's checkpoints from the store; to resume, restore the original model file",
+        path.display()
+    )]
+    InitialModelChanged { path: PathBuf, task: String, version: u64 },
     /// The configuration has no `[tls]` section: its federation CA is needed in every mode.
     #[error("a [tls] section is required: peers' certificate chains are checked in every round")]
     NoTls,
@@ -99,6 +117,8 @@ pub struct Ready {
     tls: Option<Arc<rustls::ServerConfig>>,
     disconnect_grace: Duration,
     edge: EdgeConfig,
+    // Held while the coordinator runs: one coordinator per data directory.
+    _lock: DataLock,
 }
 
 impl Ready {
@@ -108,21 +128,18 @@ impl Ready {
     }
 }
 
-/// Builds everything the configuration names, creates its task, and binds the listener.
+/// Builds everything the configuration names, binds the listener, and creates its task.
+///
+/// The order is what makes a refused start harmless: first the exclusive lock on the data
+/// directory ([`crate::lock`]), so a second coordinator on the same files is refused before it
+/// touches them; then everything that can be refused without writing (signing key, CA and TLS
+/// files, deny-list, initial model, what the store already holds of the task, the listen
+/// address); only then are the audit log, its head and the store created. A start refused
+/// before that point leaves nothing behind but the lock file.
 pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
     crate::tls::install_crypto_provider();
+    let lock = DataLock::acquire(&lock_path(&config.audit_log))?;
     let signing = crate::pki::load_signing_key(&config.signing_key)?;
-    let store = CheckpointStore::from_url(&config.store)?;
-    let audit = AuditLog::open(&config.audit_log, signing.clone())?;
-    let deny = Arc::new(match &config.deny_list {
-        Some(p) => DenyList::load(p)?,
-        None => DenyList::empty(),
-    });
-    let admins: BTreeSet<ClientId> = config
-        .admins
-        .iter()
-        .filter_map(|a| hex::decode(a).ok()?.try_into().ok().map(ClientId))
-        .collect();
     // The CA is needed in every mode: peers' certificate chains are checked in every round.
     let t = config.tls.as_ref().ok_or(StartError::NoTls)?;
     let ca = read_text(&t.client_ca)?;
@@ -135,7 +152,6 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
     }
     let (auth, tls) = if config.insecure {
         crate::tls::check_insecure_bind(config.listen).map_err(StartError::InsecureBind)?;
-        tracing::warn!(listen = %config.listen, "insecure mode: plain TCP, clients name themselves; loopback demos only");
         (AuthMode::InsecureLoopback, None)
     } else {
         let server = crate::tls::server_config(&read_text(&t.cert)?, &read_text(&t.key)?, &ca)
@@ -147,6 +163,34 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
             })?;
         (AuthMode::MutualTls, Some(server))
     };
+    let deny = Arc::new(match &config.deny_list {
+        Some(p) => load_deny_list(p)?,
+        None => DenyList::empty(),
+    });
+    let admins: BTreeSet<ClientId> = config
+        .admins
+        .iter()
+        .filter_map(|a| hex::decode(a).ok()?.try_into().ok().map(ClientId))
+        .collect();
+    let task = match &config.task {
+        Some(task) => {
+            let task_config = task.to_config()?;
+            let path = &task.initial_model;
+            let bytes = std::fs::read(path)
+                .map_err(|source| StartError::Read { path: path.clone(), source })?;
+            let model = Model::from_safetensors(&bytes)
+                .map_err(|source| StartError::InitialModel { path: path.clone(), source })?;
+            Some((task, task_config, model))
+        }
+        None => None,
+    };
+    let store = CheckpointStore::open_existing(&config.store)?;
+    if let (Some(store), Some((section, task_config, model))) = (&store, &task) {
+        check_stored_task(store, task_config.task_id, model, section, &signing).await?;
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let pool = if config.threads == 1 {
         None
     } else {
@@ -157,25 +201,82 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
         }
         Some(Arc::new(b.build()?))
     };
+    // Nothing was written before this point (but the lock file).
+    let audit = AuditLog::open(&config.audit_log, signing.clone())?;
+    let store = match store {
+        Some(store) => store,
+        None => CheckpointStore::from_url(&config.store)?,
+    };
+    if config.insecure {
+        tracing::warn!(listen = %config.listen, "insecure mode: plain TCP, clients name themselves; loopback demos only");
+    }
     let coordinator =
         Coordinator::new(store, audit, signing, deny, x509_verifier(roots), auth, admins, pool);
-    if let Some(task) = &config.task {
-        let task_config = task.to_config()?;
-        let path = &task.initial_model;
-        let bytes = std::fs::read(path)
-            .map_err(|source| StartError::Read { path: path.clone(), source })?;
-        let model = Model::from_safetensors(&bytes)
-            .map_err(|source| StartError::InitialModel { path: path.clone(), source })?;
+    if let Some((section, task_config, model)) = task {
         let task_error = |s| StartError::Task(Box::new(s));
         let id = coordinator.create_task(task_config, model, true).await.map_err(task_error)?;
         coordinator.start_task(&id).map_err(task_error)?;
-        tracing::info!(task = %hex::encode(id.0), name = %task.name, "task ready");
+        tracing::info!(task = %hex::encode(id.0), name = %section.name, "task ready");
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let disconnect_grace = Duration::from_millis(config.disconnect_grace_ms);
-    Ok(Ready { coordinator, listener, tls, disconnect_grace, edge: config.edge.clone() })
+    Ok(Ready {
+        coordinator,
+        listener,
+        tls,
+        disconnect_grace,
+        edge: config.edge.clone(),
+        _lock: lock,
+    })
+}
+
+/// Loads the deny-list `deny_list` names; a missing file is refused with the key, not taken
+/// for an empty list (a typo in the path would otherwise deny nobody).
+fn load_deny_list(path: &Path) -> Result<DenyList, StartError> {
+    DenyList::load(path).map_err(|e| match e {
+        DenyListError::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            StartError::DenyListMissing { path }
+        }
+        e => StartError::DenyList(e),
+    })
+}
+
+/// When the store already holds checkpoints of the task, training resumes from the newest:
+/// checks that it verifies under the coordinator's key, and that the configured initial model
+/// is the one the task started from (its checkpoint 0), so a new model is not silently ignored.
+async fn check_stored_task(
+    store: &CheckpointStore,
+    id: TaskId,
+    model: &Model,
+    section: &TaskSection,
+    signing: &ed25519_dalek::SigningKey,
+) -> Result<(), StartError> {
+    let Some(latest) = store.latest(id).await? else {
+        return Ok(());
+    };
+    let latest = latest.manifest.version;
+    store.get_verified(id, latest, &signing.verifying_key()).await?;
+    let first = match store.manifest(id, 0).await {
+        Ok(first) => first,
+        // Checkpoint 0 was removed: there is nothing to compare with.
+        Err(StoreError::NotFound { .. }) => {
+            tracing::warn!(task = %id.to_hex(), version = latest, "the store holds no checkpoint 0 of the task: the initial model cannot be compared with the one it started from; resuming from the newest checkpoint");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let bytes = model.to_safetensors().map_err(|source| StartError::InitialModel {
+        path: section.initial_model.clone(),
+        source,
+    })?;
+    if first.manifest.sha256 != CheckpointHash::of(&bytes) {
+        return Err(StartError::InitialModelChanged {
+            path: section.initial_model.clone(),
+            task: id.to_hex(),
+            version: latest,
+        });
+    }
+    tracing::info!(task = %id.to_hex(), version = latest, "the store holds checkpoints of this task: training resumes from the newest");
+    Ok(())
 }
 
 /// Serves until `shutdown` resolves.
@@ -247,16 +348,23 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use fedsec_wire::model::Tensor;
+
     use super::*;
 
-    /// A configuration in `dir`: the development PKI in `dir/pki`, a loopback port, and a task
-    /// whose initial model is `dir/model.safetensors`.
-    fn config(dir: &Path) -> CoordinatorConfig {
-        let text = r#"
+    /// A configuration in `dir`: the development PKI in `dir/pki`, the audit log and the store
+    /// in `dir/data`, a loopback port, `extra` top-level lines, and a task whose initial model
+    /// is `dir/model.safetensors`.
+    fn config_with(dir: &Path, extra: &str) -> CoordinatorConfig {
+        let text = format!(
+            r#"
 listen = "127.0.0.1:0"
-store = "checkpoints"
-audit_log = "audit.log"
+store = "data/checkpoints"
+audit_log = "data/audit.log"
 signing_key = "pki/coordinator-signing.key"
+{extra}
 
 [tls]
 cert = "pki/server.pem"
@@ -269,10 +377,41 @@ name = "files"
 initial_model = "model.safetensors"
 clients_per_round = 10
 graph = "complete"
-"#;
+"#
+        );
         let path = dir.join("coordinator.toml");
         std::fs::write(&path, text).unwrap();
         CoordinatorConfig::load(&path, [], &[]).unwrap()
+    }
+
+    fn config(dir: &Path) -> CoordinatorConfig {
+        config_with(dir, "")
+    }
+
+    fn model(first: f32) -> Vec<u8> {
+        Model::new()
+            .with("w", Tensor::new(vec![2, 2], vec![first, 0.5, -0.5, 1.0]).unwrap())
+            .to_safetensors()
+            .unwrap()
+    }
+
+    /// The files under `dir`, relative, with `/` between folders.
+    fn files(dir: &Path) -> BTreeSet<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(root, &path, out);
+                } else {
+                    let rel = path.strip_prefix(root).unwrap();
+                    out.insert(rel.to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        walk(dir, dir, &mut out);
+        out
     }
 
     #[tokio::test]
@@ -312,5 +451,110 @@ graph = "complete"
             Err(StartError::NoCaCertificate { path }) => assert_eq!(path, tls.client_ca),
             other => panic!("expected the empty CA file, got {other:?}"),
         }
+    }
+
+    /// Every kind of refused start leaves the data folder as it found it, but for the lock
+    /// file; a start that succeeds afterwards finds nothing to trip over.
+    #[tokio::test]
+    async fn a_refused_start_leaves_nothing_but_the_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let lock_only = BTreeSet::from(["coordinator.lock".to_string()]);
+        let mut config = config_with(dir.path(), r#"deny_list = "deny.txt""#);
+        let model_path = config.task.as_ref().unwrap().initial_model.clone();
+        let refused = |e: StartError, what: &str| {
+            assert_eq!(files(&data), lock_only, "after {what} ({e})");
+        };
+
+        refused(prepare(&config).await.unwrap_err(), "a missing signing key");
+        crate::pki::init(&dir.path().join("pki"), 0, &[], false).unwrap();
+        let ca = std::fs::read(&config.tls.as_ref().unwrap().client_ca).unwrap();
+        std::fs::write(&config.tls.as_ref().unwrap().client_ca, "").unwrap();
+        refused(prepare(&config).await.unwrap_err(), "an empty CA file");
+        std::fs::write(&config.tls.as_ref().unwrap().client_ca, &ca).unwrap();
+
+        match prepare(&config).await {
+            Err(e @ StartError::DenyListMissing { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("deny_list = "), "{text}");
+                assert!(text.contains("deny.txt"), "{text}");
+                assert!(text.contains("empty file"), "{text}");
+                refused(e, "a missing deny-list");
+            }
+            other => panic!("expected the missing deny-list, got {other:?}"),
+        }
+        std::fs::write(dir.path().join("deny.txt"), "").unwrap();
+
+        refused(prepare(&config).await.unwrap_err(), "a missing initial model");
+        std::fs::write(&model_path, b"not a model").unwrap();
+        refused(prepare(&config).await.unwrap_err(), "a corrupt initial model");
+        std::fs::write(&model_path, model(1.0)).unwrap();
+
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = config.listen;
+        config.listen = taken.local_addr().unwrap();
+        match prepare(&config).await {
+            Err(e @ StartError::Bind { .. }) => refused(e, "an address in use"),
+            other => panic!("expected the address in use, got {other:?}"),
+        }
+        config.listen = listen;
+
+        let ready = prepare(&config).await.unwrap();
+        let written = files(&data);
+        assert!(written.contains("audit.log") && written.contains("audit.log.head"), "{written:?}");
+        assert!(written.iter().any(|f| f.starts_with("checkpoints/")), "{written:?}");
+        drop(ready);
+    }
+
+    #[tokio::test]
+    async fn a_second_coordinator_is_refused_before_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        crate::pki::init(&dir.path().join("pki"), 0, &[], false).unwrap();
+        std::fs::write(&config.task.as_ref().unwrap().initial_model, model(1.0)).unwrap();
+        let first = prepare(&config).await.unwrap();
+        let log = std::fs::read(&config.audit_log).unwrap();
+        let head = std::fs::read(crate::audit::head_path(&config.audit_log)).unwrap();
+        let before = files(dir.path());
+        match prepare(&config).await {
+            Err(e @ StartError::Lock(LockError::Held { .. })) => {
+                let text = e.to_string();
+                assert!(text.contains("coordinator.lock"), "{text}");
+                assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+            }
+            other => panic!("expected the held lock, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(&config.audit_log).unwrap(), log);
+        assert_eq!(std::fs::read(crate::audit::head_path(&config.audit_log)).unwrap(), head);
+        assert_eq!(files(dir.path()), before);
+        drop(first);
+    }
+
+    /// A new initial model beside a stored checkpoint of the task is refused with what to do;
+    /// the original model resumes.
+    #[tokio::test]
+    async fn a_new_initial_model_beside_stored_checkpoints_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        crate::pki::init(&dir.path().join("pki"), 0, &[], false).unwrap();
+        let model_path = config.task.as_ref().unwrap().initial_model.clone();
+        std::fs::write(&model_path, model(1.0)).unwrap();
+        drop(prepare(&config).await.unwrap());
+
+        let log = std::fs::read(&config.audit_log).unwrap();
+        std::fs::write(&model_path, model(2.0)).unwrap();
+        match prepare(&config).await {
+            Err(e @ StartError::InitialModelChanged { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("checkpoint 0 of task 000102030405060708090a0b0c0d0e0f"));
+                assert!(text.contains("task.id") && text.contains("restore"), "{text}");
+                assert!(text.contains(&model_path.display().to_string()), "{text}");
+            }
+            other => panic!("expected the changed initial model, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(&config.audit_log).unwrap(), log, "nothing appended");
+
+        std::fs::write(&model_path, model(1.0)).unwrap();
+        drop(prepare(&config).await.unwrap());
     }
 }

@@ -137,6 +137,20 @@ impl CheckpointStore {
         }
     }
 
+    /// Like [`from_url`](Self::from_url), but creates nothing: `None` when the store is a
+    /// local directory that does not exist yet (so holds no checkpoint). Start-up checks what
+    /// the store holds with this before anything is written.
+    pub fn open_existing(url: &str) -> Result<Option<Self>, StoreError> {
+        if let Some(root) = local_root(url)
+            && !root
+                .try_exists()
+                .map_err(|source| StoreError::CreateDir { root: root.clone(), source })?
+        {
+            return Ok(None);
+        }
+        Self::from_url(url).map(Some)
+    }
+
     /// A local directory, created if missing.
     fn local(root: &std::path::Path, url: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(root)
@@ -252,8 +266,9 @@ impl CheckpointStore {
         Ok(versions)
     }
 
-    /// Reads and parses one manifest, checking it describes the task and version of its path.
-    async fn manifest(&self, task: TaskId, version: u64) -> Result<SignedManifest, StoreError> {
+    /// Reads and parses one manifest, checking it describes the task and version of its path
+    /// (not its signature).
+    pub async fn manifest(&self, task: TaskId, version: u64) -> Result<SignedManifest, StoreError> {
         let path = manifest_path(task, version);
         let json = self.read(&path).await?;
         let manifest: SignedManifest = serde_json::from_slice(&json)
@@ -277,6 +292,15 @@ impl CheckpointStore {
             source => StoreError::Backend { path: path.clone(), source },
         })
     }
+}
+
+/// The local directory a store URL names (a plain path or `file://`), if it names one.
+fn local_root(url: &str) -> Option<std::path::PathBuf> {
+    if !url.contains("://") {
+        return Some(std::path::PathBuf::from(url));
+    }
+    let parsed = url::Url::parse(url).ok()?;
+    (parsed.scheme() == "file").then(|| parsed.to_file_path().ok()).flatten()
 }
 
 /// `tasks/{task}/checkpoints`.
@@ -500,5 +524,25 @@ mod tests {
         store.put(&manifest, bytes).await.unwrap();
         assert!(root.join(data_path(TASK, 0).as_ref()).is_file());
         assert!(root.join(manifest_path(TASK, 0).as_ref()).is_file());
+    }
+
+    /// Start-up looks into the store before anything is written: a local store that does not
+    /// exist is not created by looking.
+    #[tokio::test]
+    async fn open_existing_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("checkpoints");
+        let plain = root.display().to_string();
+        let file_url = url::Url::from_directory_path(&root).unwrap().to_string();
+        for url in [&plain, &file_url] {
+            assert!(CheckpointStore::open_existing(url).unwrap().is_none(), "{url}");
+            assert!(!root.exists(), "{url}");
+        }
+        assert!(CheckpointStore::open_existing("memory://").unwrap().is_some());
+        let (manifest, bytes) = checkpoint(0);
+        CheckpointStore::from_url(&plain).unwrap().put(&manifest, bytes).await.unwrap();
+        let store = CheckpointStore::open_existing(&file_url).unwrap().expect("it exists now");
+        assert_eq!(store.manifest(TASK, 0).await.unwrap(), manifest);
+        assert_eq!(store.latest(TASK).await.unwrap().map(|m| m.manifest.version), Some(0));
     }
 }
