@@ -64,7 +64,8 @@ enum Command {
         /// The loopback port the coordinator listens on.
         #[arg(long, default_value_t = 7443)]
         port: u16,
-        /// Write into a folder that is not empty.
+        /// Write into a folder that is not empty, removing what an earlier federation there
+        /// left (checkpoints, audit log, the sites' state, logs).
         #[arg(long)]
         force: bool,
     },

@@ -56,7 +56,9 @@ pub struct QuickstartOptions {
     pub rounds: u64,
     /// The loopback port the coordinator listens on.
     pub port: u16,
-    /// Write into a non-empty folder (files of the same names are replaced).
+    /// Write into a non-empty folder: files of the same names are replaced, and what an
+    /// earlier federation there left (checkpoints, audit log, the sites' state, logs) is
+    /// removed, since it would not verify under the new keys.
     pub force: bool,
 }
 
@@ -193,6 +195,23 @@ pub fn quickstart(opts: &QuickstartOptions, root: &Path) -> Result<Quickstart, Q
             .map_err(|source| QuickstartError::Write { path: path.clone(), source })?;
         Ok::<_, QuickstartError>(path)
     };
+    if opts.force {
+        // A federation written here before ran with another PKI and signing key: its
+        // checkpoints, audit log and the sites' state would no longer verify. They go.
+        for stale in ["checkpoints", "state", "logs", "audit.log", "audit.log.head"] {
+            let path = out.join(stale);
+            let gone = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match gone {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(QuickstartError::Write { path, source }),
+            }
+        }
+    }
     std::fs::create_dir_all(out)
         .map_err(|source| QuickstartError::Write { path: out.clone(), source })?;
     // Absolute from here on: the commands and run.sh work from any folder.

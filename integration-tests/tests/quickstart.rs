@@ -73,6 +73,19 @@ fn quickstart_writes_a_federation_that_runs_as_printed() {
         let model = fedsec_wire::model::Model::from_safetensors(&std::fs::read(&model).unwrap());
         assert_eq!(model.unwrap().len(), 64 * 10 + 10);
     }
+
+    // Written again over the finished federation (--force: new keys, old state cleared), it
+    // runs again from the start.
+    run_ok(
+        Command::new(bin("fedsec-coordinator"))
+            .current_dir(root)
+            .args(["quickstart", "--clients", "10", "--rounds", "1", "--force"])
+            .args(["--port", &free_port().to_string(), "--out"])
+            .arg(&out),
+    );
+    let again = Command::new("sh").arg(&script).output().unwrap();
+    assert!(again.status.success(), "{}\n{}", log("coordinator.log"), log("site-001.log"));
+    assert!(log("site-001.log").contains("task finished: 1 rounds completed"));
 }
 
 #[test]
