@@ -17,7 +17,7 @@ use tonic::transport::Server;
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{CoordinatorConfig, TaskConfigError};
 use crate::connections::Connections;
-use crate::edge::{EdgeConfig, EdgeLayer};
+use crate::edge::{EdgeConfig, EdgeLayer, RateLimits};
 use crate::pki::PkiError;
 use crate::revocation::{DenyList, DenyListError};
 use crate::service::{AdminService, AuthMode, Coordinator, FederationService, x509_verifier};
@@ -83,6 +83,9 @@ pub enum StartError {
     /// Serving failed.
     #[error("serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The `[edge.rate_limits]` values do not make rate limits.
+    #[error(transparent)]
+    RateLimits(#[from] crate::edge::RateLimitConfigError),
 }
 
 fn read_text(path: &Path) -> Result<String, StartError> {
@@ -201,7 +204,24 @@ pub async fn serve(
     };
     let edge = &ready.edge;
     let c = &ready.coordinator;
-    let layer = EdgeLayer::new(DenyList::clone(c.deny_list()), c.size_limits(), c.auth);
+    let mut layer = EdgeLayer::new(DenyList::clone(c.deny_list()), c.size_limits(), c.auth);
+    // Rates are per certificate: plain TCP has no identity to key them on.
+    let rate = match ready.tls {
+        Some(_) => Some(Arc::new(RateLimits::new(&edge.rate_limits)?)),
+        None => None,
+    };
+    let reporter = rate.clone().map(|rate| {
+        c.set_rate_limits(rate.clone());
+        layer = layer.clone().with_rate_limits(rate.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(RATE_REPORT_PERIOD);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                rate.report(RATE_REPORT_PERIOD);
+            }
+        })
+    });
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(edge.keepalive_interval()))
         .http2_keepalive_timeout(Some(edge.keepalive_timeout()))
@@ -219,6 +239,30 @@ pub async fn serve(
         .add_service(federation)
         .add_service(admin);
     tracing::info!(addr = %ready.local_addr()?, tls = ready.tls.is_some(), "serving");
+    let served = serve_with(ready, router, shutdown).await;
+    if let (Some(reporter), Some(rate)) = (reporter, rate) {
+        reporter.abort();
+        rate.report(RATE_REPORT_PERIOD);
+        tracing::info!(
+            refused = rate.refused_total(),
+            "rate limits: {} calls refused in all",
+            rate.refused_total()
+        );
+    }
+    served
+}
+
+/// How often the refusals of the rate limits are reported (a line per client and class).
+const RATE_REPORT_PERIOD: Duration = Duration::from_secs(10);
+
+/// Serves `router` on the listener of `ready` until `shutdown` resolves.
+async fn serve_with(
+    ready: Ready,
+    router: tonic::transport::server::Router<
+        tower::layer::util::Stack<EdgeLayer, tower::layer::util::Identity>,
+    >,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     match ready.tls {
         Some(tls) => {
             let (tracker, mut events) = Connections::limited(

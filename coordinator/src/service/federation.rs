@@ -155,6 +155,11 @@ impl Federation for FederationService {
                 .map_err(|e| Status::internal(e.to_string()))?;
             (m, Arc::new(b.to_vec()))
         };
+        // Charged in full before anything is sent: a download dropped half-way costs the whole
+        // checkpoint, so asking for it again and again is bounded by the model-bytes rate.
+        if let Some(rate) = self.coordinator.rate_limits() {
+            rate.check_model_bytes(&client, bytes.len() as u64)?;
+        }
         let head =
             v1::ModelChunk { part: Some(v1::model_chunk::Part::Manifest(manifest.to_wire())) };
         let chunks = bytes.len().div_ceil(DOWNLOAD_CHUNK_BYTES);

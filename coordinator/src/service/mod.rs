@@ -187,6 +187,8 @@ pub struct Coordinator {
     pub(crate) limits: crate::edge::SharedLimits,
     /// The tracker of authenticated connections, once the server serves mutual TLS.
     connections: OnceLock<Arc<crate::connections::Connections>>,
+    /// The per-client rate limits, once the server serves mutual TLS.
+    rate: OnceLock<Arc<crate::edge::RateLimits>>,
 }
 
 impl core::fmt::Debug for Coordinator {
@@ -220,6 +222,7 @@ impl Coordinator {
             pool,
             limits: crate::edge::SharedLimits::default(),
             connections: OnceLock::new(),
+            rate: OnceLock::new(),
         })
     }
 
@@ -238,6 +241,24 @@ impl Coordinator {
         if self.connections.set(tracker).is_err() {
             tracing::warn!("the connection tracker was already set; keeping the first");
         }
+    }
+
+    /// Limits each client's rates (set once, when serving starts with mutual TLS); the
+    /// download handler charges checkpoint bytes to them.
+    pub fn set_rate_limits(&self, rate: Arc<crate::edge::RateLimits>) {
+        if self.rate.set(rate).is_err() {
+            tracing::warn!("the rate limits were already set; keeping the first");
+        }
+    }
+
+    /// The per-client rate limits, if the server applies them.
+    pub fn rate_limits(&self) -> Option<&Arc<crate::edge::RateLimits>> {
+        self.rate.get()
+    }
+
+    /// Calls refused by the rate limits since the start (0 without rate limits).
+    pub fn rate_limit_refusals(&self) -> u64 {
+        self.rate.get().map_or(0, |r| r.refused_total())
     }
 
     /// Shuts denied clients out: closes their open connections and withdraws their waiting
