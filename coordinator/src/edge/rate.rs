@@ -20,8 +20,9 @@
 //! Over the limit, a call is answered `RESOURCE_EXHAUSTED` naming the class and its limit,
 //! with the wait until a token is free in the [`fedsec_proto::RETRY_AFTER_MS_METADATA`]
 //! metadata, which the client library honours. Refusals are counted per class
-//! ([`RateLimits::refused`]) and reported at most once per report period per client and
-//! class ([`RateLimits::report`]).
+//! ([`RateLimits::refused`]) and logged per client and class: the first of a period at once,
+//! then their count at the end of the period ([`RateLimits::report`]); every line begins
+//! `rate limit:` and names the client.
 //!
 //! Health checking and reflection are not limited (they are small and answered from memory).
 //! In insecure mode (plain TCP, loopback demos) clients name themselves and all come from one
@@ -294,13 +295,23 @@ impl<C: Clock + Clone> RateLimits<C> {
             ),
         };
         self.refused[class.index()].fetch_add(1, Ordering::Relaxed);
-        *self
-            .unreported
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((*client, class))
-            .or_default() += 1;
-        Err(self.refusal(class, wait))
+        let first = {
+            let mut unreported = self.unreported.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = unreported.entry((*client, class)).or_default();
+            *count += 1;
+            *count == 1
+        };
+        let status = self.refusal(class, wait);
+        if first {
+            // The first refusal of a period is said at once; the rest are counted.
+            tracing::warn!(
+                client = %client.to_hex(),
+                class = class.name(),
+                "rate limit: {}; further refusals are reported with their count",
+                status.message()
+            );
+        }
+        Err(status)
     }
 
     /// The `RESOURCE_EXHAUSTED` status of a call of `class` over its limit, to be retried
