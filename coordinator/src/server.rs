@@ -206,22 +206,13 @@ pub async fn serve(
     let c = &ready.coordinator;
     let mut layer = EdgeLayer::new(DenyList::clone(c.deny_list()), c.size_limits(), c.auth);
     // Rates are per certificate: plain TCP has no identity to key them on.
-    let rate = match ready.tls {
-        Some(_) => Some(Arc::new(RateLimits::new(&edge.rate_limits)?)),
-        None => None,
-    };
-    let reporter = rate.clone().map(|rate| {
-        c.set_rate_limits(rate.clone());
-        layer = layer.clone().with_rate_limits(rate.clone());
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(RATE_REPORT_PERIOD);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                rate.report(RATE_REPORT_PERIOD);
-            }
-        })
-    });
+    let mut rate = None;
+    if ready.tls.is_some() {
+        let limits = Arc::new(RateLimits::new(&edge.rate_limits)?);
+        c.set_rate_limits(limits.clone());
+        layer = layer.with_rate_limits(limits.clone());
+        rate = Some((report_refusals(limits.clone()), limits));
+    }
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(edge.keepalive_interval()))
         .http2_keepalive_timeout(Some(edge.keepalive_timeout()))
@@ -240,20 +231,29 @@ pub async fn serve(
         .add_service(admin);
     tracing::info!(addr = %ready.local_addr()?, tls = ready.tls.is_some(), "serving");
     let served = serve_with(ready, router, shutdown).await;
-    if let (Some(reporter), Some(rate)) = (reporter, rate) {
+    if let Some((reporter, limits)) = rate {
         reporter.abort();
-        rate.report(RATE_REPORT_PERIOD);
-        tracing::info!(
-            refused = rate.refused_total(),
-            "rate limits: {} calls refused in all",
-            rate.refused_total()
-        );
+        limits.report(RATE_REPORT_PERIOD);
+        let refused = limits.refused_total();
+        tracing::info!(refused, "rate limits: {refused} calls refused in all");
     }
     served
 }
 
 /// How often the refusals of the rate limits are reported (a line per client and class).
 const RATE_REPORT_PERIOD: Duration = Duration::from_secs(10);
+
+/// Reports the rate limits' refusals every [`RATE_REPORT_PERIOD`], until aborted.
+fn report_refusals(limits: Arc<RateLimits>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(RATE_REPORT_PERIOD);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            limits.report(RATE_REPORT_PERIOD);
+        }
+    })
+}
 
 /// Serves `router` on the listener of `ready` until `shutdown` resolves.
 async fn serve_with(

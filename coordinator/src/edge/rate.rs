@@ -76,6 +76,16 @@ impl RateClass {
         }
     }
 
+    /// Its keys in `[edge.rate_limits]`: (rate, burst).
+    pub fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            RateClass::CheckIn => ("check_in_per_second", "check_in_burst"),
+            RateClass::Protocol => ("protocol_per_second", "protocol_burst"),
+            RateClass::ModelBytes => ("model_bytes_per_second", "model_bytes_burst"),
+            RateClass::Admin => ("admin_per_second", "admin_burst"),
+        }
+    }
+
     fn index(self) -> usize {
         self as usize
     }
@@ -151,49 +161,38 @@ struct Limit {
 }
 
 impl RateLimitConfig {
-    /// (name, rate, burst) of each class, in configured units.
-    fn classes(&self) -> [(RateClass, u64, u64); 4] {
-        [
-            (RateClass::CheckIn, self.check_in_per_second, self.check_in_burst),
-            (RateClass::Protocol, self.protocol_per_second, self.protocol_burst),
-            (RateClass::ModelBytes, self.model_bytes_per_second, self.model_bytes_burst),
-            (RateClass::Admin, self.admin_per_second, self.admin_burst),
-        ]
+    /// The (rate, burst) of `class`, as configured.
+    fn values(&self, class: RateClass) -> (u64, u64) {
+        match class {
+            RateClass::CheckIn => (self.check_in_per_second, self.check_in_burst),
+            RateClass::Protocol => (self.protocol_per_second, self.protocol_burst),
+            RateClass::ModelBytes => (self.model_bytes_per_second, self.model_bytes_burst),
+            RateClass::Admin => (self.admin_per_second, self.admin_burst),
+        }
     }
 
     /// The limit of `class` in tokens (model bytes: KiB, rounded up).
     fn limit(&self, class: RateClass) -> Result<Limit, RateLimitConfigError> {
-        let (_, per_second, burst) = self.classes()[class.index()];
+        let (per_second, burst) = self.values(class);
         let unit = if class == RateClass::ModelBytes { MODEL_TOKEN_BYTES } else { 1 };
-        let key = |what: &str| -> &'static str {
-            match (class, what) {
-                (RateClass::CheckIn, "rate") => "check_in_per_second",
-                (RateClass::CheckIn, _) => "check_in_burst",
-                (RateClass::Protocol, "rate") => "protocol_per_second",
-                (RateClass::Protocol, _) => "protocol_burst",
-                (RateClass::ModelBytes, "rate") => "model_bytes_per_second",
-                (RateClass::ModelBytes, _) => "model_bytes_burst",
-                (RateClass::Admin, "rate") => "admin_per_second",
-                (RateClass::Admin, _) => "admin_burst",
-            }
-        };
+        let (rate_key, burst_key) = class.keys();
         if per_second == 0 {
-            return Err(RateLimitConfigError::Zero { key: key("rate") });
+            return Err(RateLimitConfigError::Zero { key: rate_key });
         }
         if burst == 0 {
-            return Err(RateLimitConfigError::Zero { key: key("burst") });
+            return Err(RateLimitConfigError::Zero { key: burst_key });
         }
         let max_rate = MAX_PER_SECOND * unit;
         if per_second > max_rate {
             return Err(RateLimitConfigError::TooLarge {
-                key: key("rate"),
+                key: rate_key,
                 value: per_second,
                 max: max_rate,
             });
         }
         let max_burst = u64::from(u32::MAX) * unit;
         let tokens = u32::try_from(burst.div_ceil(unit)).ok().and_then(NonZeroU32::new).ok_or(
-            RateLimitConfigError::TooLarge { key: key("burst"), value: burst, max: max_burst },
+            RateLimitConfigError::TooLarge { key: burst_key, value: burst, max: max_burst },
         )?;
         Ok(Limit { per_second: per_second.div_ceil(unit), burst: tokens })
     }
