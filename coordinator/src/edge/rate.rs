@@ -306,8 +306,9 @@ impl<C: Clock + Clone> RateLimits<C> {
             tracing::warn!(
                 client = %client.to_hex(),
                 class = class.name(),
-                "rate limit: {}; further refusals are reported with their count",
-                status.message()
+                "rate limit: a {} call refused ({}); further refusals are counted and reported",
+                class.name(),
+                self.describe(class)
             );
         }
         Err(status)
@@ -316,22 +317,27 @@ impl<C: Clock + Clone> RateLimits<C> {
     /// The `RESOURCE_EXHAUSTED` status of a call of `class` over its limit, to be retried
     /// after `wait`.
     fn refusal(&self, class: RateClass, wait: Duration) -> Status {
-        let limit = self.buckets[class.index()].limit;
         let ms = wait.as_nanos().div_ceil(1_000_000).max(1);
-        let what = match class {
+        let mut status = Status::resource_exhausted(format!(
+            "rate limit of {}: {} per client; retry in {ms} ms",
+            class.name(),
+            self.describe(class)
+        ));
+        let value = tonic::metadata::MetadataValue::from(u64::try_from(ms).unwrap_or(u64::MAX));
+        status.metadata_mut().insert(fedsec_proto::RETRY_AFTER_MS_METADATA, value);
+        status
+    }
+
+    /// The limit of `class` in words.
+    fn describe(&self, class: RateClass) -> String {
+        let limit = self.buckets[class.index()].limit;
+        match class {
             RateClass::ModelBytes => format!(
                 "{} KiB of checkpoint per second with bursts of {} KiB",
                 limit.per_second, limit.burst
             ),
             _ => format!("{} calls per second with bursts of {}", limit.per_second, limit.burst),
-        };
-        let mut status = Status::resource_exhausted(format!(
-            "rate limit of {}: {what} per client; retry in {ms} ms",
-            class.name()
-        ));
-        let value = tonic::metadata::MetadataValue::from(u64::try_from(ms).unwrap_or(u64::MAX));
-        status.metadata_mut().insert(fedsec_proto::RETRY_AFTER_MS_METADATA, value);
-        status
+        }
     }
 
     /// Calls of `class` refused since the start.
