@@ -1,7 +1,8 @@
 //! Per-client rate limits with real processes over mutual TLS on loopback: a certified client
-//! that calls CheckIn a thousand times a second is refused most calls with
-//! `RESOURCE_EXHAUSTED` and a `retry-after-ms`, while the honest round completes and no honest
-//! client is ever refused (the harness checks that after every federation's clients exit).
+//! that calls CheckIn a thousand times a second, or a selected one that downloads the model
+//! again and again, is refused with `RESOURCE_EXHAUSTED` and a `retry-after-ms` beyond its
+//! bucket, while the honest round completes and no honest client is ever refused (the harness
+//! checks that after every federation's clients exit).
 
 mod common;
 
@@ -13,6 +14,7 @@ use common::{Federation, Options, TASK_ID};
 use fedsec_client::tls::client_tls;
 use fedsec_proto::v1;
 use fedsec_proto::v1::federation_client::FederationClient;
+use fedsec_wire::Wire;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -178,4 +180,112 @@ fn a_client_calling_check_in_a_thousand_times_a_second_is_limited_and_the_round_
     assert!(line.contains("check_in"), "{line}");
     let lines = fed.rate_limit_lines();
     assert!(lines.iter().all(|l| l.contains(&fed.client_id(11))), "{lines:#?}");
+}
+
+/// Checks in until selected; returns the plan.
+async fn selected(mut fed: FederationClient<Channel>) -> Result<v1::RoundPlan, Status> {
+    // Bounded: selection waits at most a minute, a retry comes at most every 50 ms.
+    for _ in 0..10_000 {
+        let request = v1::CheckInRequest {
+            task_id: hex::decode(TASK_ID).unwrap(),
+            last_seen_checkpoint_version: 0,
+        };
+        match fed.check_in(request).await?.into_inner().outcome {
+            Some(v1::check_in_response::Outcome::Plan(p)) => return Ok(p),
+            Some(v1::check_in_response::Outcome::Retry(r)) => {
+                tokio::time::sleep(Duration::from_millis(u64::from(r.after_ms).max(50))).await;
+            }
+            other => panic!("the task ended before the test's client was selected: {other:?}"),
+        }
+    }
+    panic!("the test's client was never selected");
+}
+
+/// Downloads the model of `round` once, to the end; its size in bytes.
+async fn download(
+    fed: &mut FederationClient<Channel>,
+    round: &v1::RoundRef,
+) -> Result<usize, Status> {
+    let request = v1::DownloadModelRequest { round: Some(round.clone()) };
+    let mut stream = fed.download_model(request).await?.into_inner();
+    let mut bytes = 0;
+    while let Some(chunk) = stream.message().await? {
+        if let Some(v1::model_chunk::Part::Data(d)) = chunk.part {
+            bytes += d.len();
+        }
+    }
+    Ok(bytes)
+}
+
+#[test]
+fn a_selected_client_downloading_the_model_again_and_again_is_limited_by_its_bytes() {
+    // Ten are selected: nine client processes and this test (certificate 10), which downloads
+    // the model a hundred times and never advertises: the round goes on with the nine.
+    // One KiB of model a second, eight at once; the harness's model is under one KiB.
+    let mut fed = Federation::start(Options {
+        clients: 10,
+        rounds: 1,
+        selection_ms: 60_000,
+        phase_ms: Some(10_000),
+        edge: vec![
+            "[edge.rate_limits]".into(),
+            "model_bytes_per_second = 1024".into(),
+            "model_bytes_burst = 8192".into(),
+        ],
+        ..Options::default()
+    });
+    let rt = runtime();
+    let _entered = rt.enter();
+    let mut me = federation(&fed, 10);
+    let plan = rt.spawn(selected(me.clone()));
+    for i in 1..=9 {
+        fed.spawn_client(i, &[]);
+    }
+    let (answered, refusals, elapsed) = rt.block_on(async {
+        let plan = match tokio::time::timeout(LONG, plan).await {
+            Ok(Ok(Ok(p))) => p,
+            other => panic!("the test's client was not selected: {other:?}"),
+        };
+        let a = fedsec_wire::Assignment::from_wire(&plan).unwrap();
+        let round = a.key().to_wire();
+        let started = Instant::now();
+        let (mut answered, mut refusals) = (0usize, Vec::new());
+        for _ in 0..100 {
+            match download(&mut me, &round).await {
+                Ok(bytes) => {
+                    assert!(bytes > 0 && bytes <= 1024, "the harness's model: {bytes} bytes");
+                    answered += 1;
+                }
+                Err(s) => refusals.push(s),
+            }
+        }
+        (answered, refusals, started.elapsed())
+    });
+    println!(
+        "downloads: {answered} of 100 served, {} refused, in {:.2} s",
+        refusals.len(),
+        elapsed.as_secs_f64()
+    );
+    // Eight at once, then one a second.
+    assert!(answered >= 8, "the burst is served: {answered}");
+    assert!(answered as f64 <= 8.0 + elapsed.as_secs_f64() + 1.0, "{answered} served");
+    for s in &refusals {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().contains("rate limit of model_bytes"), "{}", s.message());
+        let retry_ms: u64 = s
+            .metadata()
+            .get(fedsec_proto::RETRY_AFTER_MS_METADATA)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=1000).contains(&retry_ms), "a KiB is free within a second: {retry_ms}");
+    }
+    fed.wait_clients(LONG);
+    let completed = fed.audit_entries("round_completed");
+    assert_eq!(completed.len(), 1, "the round completed");
+    assert_eq!(completed[0]["detail"]["participants"], 9, "{completed:?}");
+    let line = fed.coordinator.wait_for("rate limit:", 1, LONG);
+    assert!(line.contains(&fed.client_id(10)) && line.contains("model_bytes"), "{line}");
 }
