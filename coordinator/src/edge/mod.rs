@@ -47,7 +47,7 @@ use serde::Deserialize;
 pub use admission::{AdmissionRefused, HandshakeLimiter, HandshakePermit};
 pub use gate::EdgeLayer;
 pub use limits::{SharedLimits, SizeLimits};
-pub use rate::{RateClass, RateLimitConfig, RateLimitConfigError, RateLimits};
+pub use rate::{RateClass, RateLimitConfig, RateLimitConfigError, RateLimits, TaskOverRateLimit};
 
 /// The `[edge]` section of the configuration. Every key has a default an honest federation
 /// never reaches; `docs/operations.md` says why each default is what it is.

@@ -206,6 +206,24 @@ impl RateLimitConfig {
     }
 }
 
+/// A task whose honest clients would meet a rate limit: the defaults were sized for common
+/// models, and this one is larger.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskOverRateLimit {
+    /// An upload has more chunks than the protocol burst: every upload would be refused.
+    #[error(
+        "an upload is {chunks} chunks, over edge.rate_limits.protocol_burst = {burst}: clients' uploads would be refused; raise protocol_burst or task.upload_chunk_words"
+    )]
+    UploadChunks { chunks: u64, burst: u64 },
+    /// The checkpoint is larger than the model-bytes burst: a client can download it only once
+    /// per refill of its bucket.
+    #[error(
+        "a checkpoint of {bytes} bytes is over edge.rate_limits.model_bytes_burst = {burst_bytes}: a client that must download it again waits for its bucket to refill; raise model_bytes_burst"
+    )]
+    Checkpoint { bytes: u64, burst_bytes: u64 },
+}
+
 type Keyed<C> = RateLimiter<
     ClientId,
     DefaultKeyedStateStore<ClientId>,
@@ -328,6 +346,29 @@ impl<C: Clock + Clone> RateLimits<C> {
         status
     }
 
+    /// What of a task with `dim` words per masked input in chunks of `chunk_words`, and a
+    /// checkpoint of `checkpoint_bytes`, its honest clients would meet.
+    pub fn check_task(
+        &self,
+        dim: u64,
+        chunk_words: u64,
+        checkpoint_bytes: u64,
+    ) -> Vec<TaskOverRateLimit> {
+        let mut over = Vec::new();
+        let chunks = dim.div_ceil(chunk_words.max(1));
+        // One token per chunk; the call that carries the first pays for it at the edge.
+        let protocol = u64::from(self.buckets[RateClass::Protocol.index()].limit.burst.get());
+        if chunks > protocol {
+            over.push(TaskOverRateLimit::UploadChunks { chunks, burst: protocol });
+        }
+        let model = self.buckets[RateClass::ModelBytes.index()].limit.burst.get();
+        let burst_bytes = u64::from(model) * MODEL_TOKEN_BYTES;
+        if checkpoint_bytes > burst_bytes {
+            over.push(TaskOverRateLimit::Checkpoint { bytes: checkpoint_bytes, burst_bytes });
+        }
+        over
+    }
+
     /// The limit of `class` in words.
     fn describe(&self, class: RateClass) -> String {
         let limit = self.buckets[class.index()].limit;
@@ -443,6 +484,27 @@ mod tests {
         clock.advance(Duration::from_secs(4));
         limits.check_model_bytes(&a, 64 << 20).unwrap();
         assert!(limits.check_model_bytes(&a, 1).is_err());
+    }
+
+    #[test]
+    fn a_task_beyond_the_bursts_is_named() {
+        let config = RateLimitConfig {
+            protocol_burst: 100,
+            model_bytes_burst: 1 << 20,
+            ..Default::default()
+        };
+        let limits = RateLimits::new(&config).unwrap();
+        assert_eq!(limits.check_task(100 * 64, 64, 1 << 20), vec![]);
+        assert_eq!(
+            limits.check_task(100 * 64 + 1, 64, (1 << 20) + 1),
+            vec![
+                TaskOverRateLimit::UploadChunks { chunks: 101, burst: 100 },
+                TaskOverRateLimit::Checkpoint { bytes: (1 << 20) + 1, burst_bytes: 1 << 20 },
+            ]
+        );
+        // The defaults take a 1 GiB model in chunks of 2^16 words.
+        let limits = RateLimits::new(&RateLimitConfig::default()).unwrap();
+        assert_eq!(limits.check_task((1 << 28) + 1, 1 << 16, 1 << 30), vec![]);
     }
 
     #[test]

@@ -249,6 +249,25 @@ impl Coordinator {
         if self.rate.set(rate).is_err() {
             tracing::warn!("the rate limits were already set; keeping the first");
         }
+        let tasks: Vec<Arc<TaskRuntime>> =
+            self.tasks.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for task in tasks {
+            self.check_rate_limits(&task);
+        }
+    }
+
+    /// Warns if the task's honest clients would meet a rate limit (a model larger than the
+    /// defaults were sized for).
+    fn check_rate_limits(&self, task: &TaskRuntime) {
+        let Some(rate) = self.rate.get() else { return };
+        let (dim, chunk_words) = {
+            let engine = task.lock();
+            (engine.model().len() as u64 + 1, u64::from(engine.config().upload_chunk_words))
+        };
+        let bytes = task.published.read().unwrap_or_else(|p| p.into_inner()).bytes.len() as u64;
+        for over in rate.check_task(dim, chunk_words, bytes) {
+            tracing::warn!(task = %hex::encode(task.id.0), "rate limits: {over}");
+        }
     }
 
     /// The per-client rate limits, if the server applies them.
@@ -399,6 +418,7 @@ impl Coordinator {
         });
         self.tasks.write().unwrap_or_else(|p| p.into_inner()).insert(id, task.clone());
         self.limits.add_task(&config);
+        self.check_rate_limits(&task);
         self.audit(
             EntryKind::TaskCreated,
             json!({ "task": hex::encode(id.0), "name": config.name, "checkpoint_version": version,
