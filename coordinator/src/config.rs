@@ -476,6 +476,10 @@ fn edge_key(e: &crate::edge::EdgeConfigError) -> String {
         E::Zero { key } => format!("edge.{key}"),
         E::PerIpAboveTotal { .. } => "edge.max_handshakes_per_ip".into(),
         E::PerClientAboveTotal { .. } => "edge.max_connections_per_client".into(),
+        E::RateLimits(
+            crate::edge::RateLimitConfigError::Zero { key }
+            | crate::edge::RateLimitConfigError::TooLarge { key, .. },
+        ) => format!("edge.rate_limits.{key}"),
     }
 }
 

@@ -9,8 +9,9 @@
 //! is a thin adapter over it: handlers authenticate the peer ([`auth`]), convert the wire
 //! message ([`wire`]), call one engine method and map the error in one place.
 //! In front of the services, the [`edge`] bounds what any peer can make the coordinator
-//! spend: handshakes per source address, connections, streams, and each method's message size,
-//! with identity and the deny-list checked before a request's body is read.
+//! spend: handshakes per source address, connections, streams, each method's message size, and
+//! each client's rate of calls and of model bytes, with identity and the deny-list checked
+//! before a request's body is read.
 //!
 //! What this crate does **not** do: train models (clients do), see any client's update (only
 //! the sum is ever unmasked), or hold the federation CA's key in production ([`pki`] makes a

@@ -17,7 +17,7 @@ use tonic::transport::Server;
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{CoordinatorConfig, TaskConfigError, TaskSection};
 use crate::connections::Connections;
-use crate::edge::{EdgeConfig, EdgeLayer};
+use crate::edge::{EdgeConfig, EdgeLayer, RateLimits};
 use crate::lock::{DataLock, LockError, lock_path};
 use crate::pki::PkiError;
 use crate::revocation::{DenyList, DenyListError};
@@ -101,6 +101,9 @@ pub enum StartError {
     /// Serving failed.
     #[error("serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The `[edge.rate_limits]` values do not make rate limits.
+    #[error(transparent)]
+    RateLimits(#[from] crate::edge::RateLimitConfigError),
 }
 
 fn read_text(path: &Path) -> Result<String, StartError> {
@@ -302,7 +305,15 @@ pub async fn serve(
     };
     let edge = &ready.edge;
     let c = &ready.coordinator;
-    let layer = EdgeLayer::new(DenyList::clone(c.deny_list()), c.size_limits(), c.auth);
+    let mut layer = EdgeLayer::new(DenyList::clone(c.deny_list()), c.size_limits(), c.auth);
+    // Rates are per certificate: plain TCP has no identity to key them on.
+    let mut rate = None;
+    if ready.tls.is_some() {
+        let limits = Arc::new(RateLimits::new(&edge.rate_limits)?);
+        c.set_rate_limits(limits.clone());
+        layer = layer.with_rate_limits(limits.clone());
+        rate = Some((report_refusals(limits.clone()), limits));
+    }
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(edge.keepalive_interval()))
         .http2_keepalive_timeout(Some(edge.keepalive_timeout()))
@@ -320,6 +331,39 @@ pub async fn serve(
         .add_service(federation)
         .add_service(admin);
     tracing::info!(addr = %ready.local_addr()?, tls = ready.tls.is_some(), "serving");
+    let served = serve_with(ready, router, shutdown).await;
+    if let Some((reporter, limits)) = rate {
+        reporter.abort();
+        limits.report(RATE_REPORT_PERIOD);
+        let refused = limits.refused_total();
+        tracing::info!(refused, "rate limits: {refused} calls refused in all");
+    }
+    served
+}
+
+/// How often the refusals of the rate limits are reported (a line per client and class).
+const RATE_REPORT_PERIOD: Duration = Duration::from_secs(10);
+
+/// Reports the rate limits' refusals every [`RATE_REPORT_PERIOD`], until aborted.
+fn report_refusals(limits: Arc<RateLimits>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(RATE_REPORT_PERIOD);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            limits.report(RATE_REPORT_PERIOD);
+        }
+    })
+}
+
+/// Serves `router` on the listener of `ready` until `shutdown` resolves.
+async fn serve_with(
+    ready: Ready,
+    router: tonic::transport::server::Router<
+        tower::layer::util::Stack<EdgeLayer, tower::layer::util::Identity>,
+    >,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     match ready.tls {
         Some(tls) => {
             let (tracker, mut events) = Connections::limited(

@@ -90,6 +90,12 @@ pub enum SimError {
     /// The gRPC run outlived its bound.
     #[error("the run did not finish within {0:.0} s")]
     Timeout(f64),
+    /// The coordinator's rate limits refused calls of the simulated sites, which are all
+    /// honest: a default of `[edge.rate_limits]` is below what an honest client does.
+    #[error(
+        "the coordinator's rate limits refused {0} calls of honest clients (its log names them): a default of [edge.rate_limits] is too low"
+    )]
+    RateLimited(u64),
     /// Training or evaluating failed.
     #[error("training failed: {0}")]
     Train(#[from] TrainError),

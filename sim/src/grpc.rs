@@ -8,7 +8,8 @@
 //! as dropped out at once and no round waits idle. Each client with examples runs
 //! [`fedsec_client::Client::run`] on its shard; a client the schedule drops stops before the
 //! phase's message, closes its connection as a dead process would, stays away for a moment and
-//! connects again for later rounds.
+//! connects again for later rounds. The coordinator's rate limits keep their defaults: a run
+//! in which they refused any call of these honest sites fails ([`SimError::RateLimited`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -263,6 +264,11 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
         let outcomes = watch.await.map_err(task_error("the progress watch"))??.list;
         let _ = stop.send(());
         server.await.map_err(task_error("the coordinator"))??;
+        // Every simulated site is honest: the rate limits' defaults must never refuse one.
+        let refused = coordinator.rate_limit_refusals();
+        if refused > 0 {
+            return Err(SimError::RateLimited(refused));
+        }
 
         // The checkpoints, from the store, checked against the coordinator's key.
         let store_dir = root.join("store");

@@ -11,6 +11,9 @@
 //!   with mutual TLS means every holder of a federation certificate, denied ones included — so
 //!   that probes and tools work with any certificate of the federation and reveal nothing but
 //!   the services' names and status;
+//! * a call of an identified client takes a token of its method's class ([`RateLimits`]):
+//!   over the rate it is answered `RESOURCE_EXHAUSTED` with `retry-after-ms`, its body unread;
+//!   the further messages of a stream are charged as their length prefixes arrive;
 //! * every body is wrapped in a [`LimitedBody`] with its method's limit ([`SizeLimits`]).
 //!
 //! The layer also counts the calls in flight on the connection ([`ConnControl`]), which is what
@@ -27,7 +30,10 @@ use http::{Request, Response};
 use tonic::Status;
 use tonic::body::Body;
 
-use super::limits::{LimitedBody, SharedLimits, SizeLimits};
+use fedsec_crypto::ClientId;
+
+use super::limits::{LimitedBody, Meter, SharedLimits, SizeLimits};
+use super::rate::{RateClass, RateLimits};
 use crate::revocation::DenyList;
 use crate::service::{AuthMode, INSECURE_CLIENT_ID_HEADER};
 use crate::tls::PeerInfo;
@@ -41,24 +47,36 @@ pub struct EdgeLayer {
     deny: DenyList,
     limits: SharedLimits,
     auth: AuthMode,
+    rate: Option<Arc<RateLimits>>,
 }
 
 impl EdgeLayer {
     /// A layer checking identities against `deny` (as `auth` says clients are identified) and
     /// message sizes against `limits`.
     pub fn new(deny: DenyList, limits: SharedLimits, auth: AuthMode) -> Self {
-        EdgeLayer { deny, limits, auth }
+        EdgeLayer { deny, limits, auth, rate: None }
     }
 
-    /// Whether a request may reach its service: the status to answer instead if not.
-    fn admit(&self, req: &Request<Body>) -> Result<(), Status> {
+    /// Also limits the rate of each identified client's calls (mutual TLS only: see
+    /// [`crate::edge::rate`]).
+    pub fn with_rate_limits(mut self, rate: Arc<RateLimits>) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// Whether a request may reach its service: the status to answer instead if not, and the
+    /// meter of its further messages if it is rate limited.
+    fn admit(&self, req: &Request<Body>) -> Result<Option<Meter>, Status> {
         let path = req.uri().path();
         if !GATED.iter().any(|p| path.starts_with(p)) {
-            return Ok(());
+            return Ok(None);
         }
         match self.auth {
             AuthMode::MutualTls => {
-                crate::auth::check_peer(req.extensions().get::<PeerInfo>(), &self.deny)?;
+                let peer = crate::auth::check_peer(req.extensions().get::<PeerInfo>(), &self.deny)?;
+                if let (Some(rate), Some(class)) = (&self.rate, RateClass::of_path(path)) {
+                    return self.charge(rate, peer.id, class).map(Some);
+                }
             }
             AuthMode::InsecureLoopback => {
                 // The handler refuses a missing or malformed id; a denied one stops here.
@@ -69,11 +87,22 @@ impl EdgeLayer {
                     .and_then(|v| hex::decode(v).ok())
                     .and_then(|b| <[u8; 32]>::try_from(b).ok());
                 if let Some(id) = claimed {
-                    crate::auth::denied(&fedsec_crypto::ClientId(id), &self.deny)?;
+                    crate::auth::denied(&ClientId(id), &self.deny)?;
                 }
             }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Takes a token of `class` for `client`: the meter of the call's further messages.
+    fn charge(
+        &self,
+        rate: &Arc<RateLimits>,
+        client: ClientId,
+        class: RateClass,
+    ) -> Result<Meter, Status> {
+        rate.check(&client, class)?;
+        Ok(Meter::new(rate.clone(), client, class))
     }
 
     /// The limits now (for tests and diagnostics).
@@ -114,17 +143,20 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if let Err(status) = self.edge.admit(&req) {
-            tracing::debug!(path = %req.uri().path(), code = ?status.code(), "refused at the edge");
-            // The body is dropped unread: the stream is reset and the peer stops sending.
-            return Box::pin(std::future::ready(Ok(status.into_http())));
-        }
+        let meter = match self.edge.admit(&req) {
+            Ok(meter) => meter,
+            Err(status) => {
+                tracing::debug!(path = %req.uri().path(), code = ?status.code(), "refused at the edge");
+                // The body is dropped unread: the stream is reset and the peer stops sending.
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+        };
         let call = req.extensions().get::<PeerInfo>().and_then(|p| p.control.as_ref());
         let call = call.map(|c| c.call_started());
         let path = req.uri().path();
         let limit = self.edge.limits.get().of_path(path);
         let method: Arc<str> = Arc::from(path);
-        let req = req.map(|body| Body::new(LimitedBody::new(body, method, limit)));
+        let req = req.map(|body| Body::new(LimitedBody::new(body, method, limit).metered(meter)));
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;
@@ -168,9 +200,9 @@ mod tests {
     use super::*;
     use crate::connections::ConnControl;
     use crate::tls::PeerIdentity;
-    use fedsec_crypto::ClientId;
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
     use tonic::Code;
     use tower::{Layer, Service};
 
@@ -276,6 +308,63 @@ mod tests {
         let upload = "/fedsec.v1.Federation/UploadMaskedInput";
         let r = svc.call(request(upload, ok, grpc_message(1 << 20))).await.unwrap();
         assert_eq!(status_of(&r), Code::Ok);
+    }
+
+    #[tokio::test]
+    async fn rates_are_limited_per_client_and_class_before_the_body_is_read() {
+        let config = crate::edge::RateLimitConfig {
+            check_in_per_second: 10,
+            check_in_burst: 3,
+            protocol_per_second: 10,
+            protocol_burst: 4,
+            ..Default::default()
+        };
+        let rate = Arc::new(RateLimits::new(&config).unwrap());
+        let read = Arc::new(AtomicUsize::new(0));
+        let mut svc =
+            EdgeLayer::new(DenyList::empty(), SharedLimits::default(), AuthMode::MutualTls)
+                .with_rate_limits(rate.clone())
+                .layer(Reader(read.clone()));
+        let check_in = "/fedsec.v1.Federation/CheckIn";
+        let (a, b) = (Some(ClientId([1; 32])), Some(ClientId([2; 32])));
+
+        // A burst passes; the next call is refused, unread, with the wait in its metadata.
+        for _ in 0..3 {
+            let r = svc.call(request(check_in, a, grpc_message(10))).await.unwrap();
+            assert_eq!(status_of(&r), Code::Ok);
+        }
+        let before = read.load(Ordering::SeqCst);
+        let r = svc.call(request(check_in, a, grpc_message(10))).await.unwrap();
+        let s = Status::from_header_map(r.headers()).unwrap();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("rate limit of check_in"), "{}", s.message());
+        assert!(s.message().contains("10 calls per second with bursts of 3"), "{}", s.message());
+        let retry: u64 =
+            r.headers()[fedsec_proto::RETRY_AFTER_MS_METADATA].to_str().unwrap().parse().unwrap();
+        assert!((1..=100).contains(&retry), "a token every 100 ms: {retry}");
+        assert_eq!(read.load(Ordering::SeqCst), before, "the refused call was not read");
+        // Another client has its own bucket; health is not limited.
+        let r = svc.call(request(check_in, b, grpc_message(10))).await.unwrap();
+        assert_eq!(status_of(&r), Code::Ok);
+        let health = "/grpc.health.v1.Health/Check";
+        for _ in 0..10 {
+            let r = svc.call(request(health, a, grpc_message(10))).await.unwrap();
+            assert_eq!(status_of(&r), Code::Ok);
+        }
+        // Tokens refill.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let r = svc.call(request(check_in, a, grpc_message(10))).await.unwrap();
+        assert_eq!(status_of(&r), Code::Ok);
+        assert_eq!(rate.refused(RateClass::CheckIn), 1);
+
+        // An upload pays per chunk: of six chunks in one call, the fifth is refused.
+        let upload = "/fedsec.v1.Federation/UploadMaskedInput";
+        let chunks: Vec<u8> = (0..6).flat_map(|_| grpc_message(10)).collect();
+        let r = svc.call(request(upload, a, chunks)).await.unwrap();
+        let s = Status::from_header_map(r.headers()).unwrap();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("rate limit of protocol"), "{}", s.message());
+        assert_eq!(rate.refused(RateClass::Protocol), 1);
     }
 
     #[tokio::test]

@@ -24,6 +24,9 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 
+use fedsec_crypto::ClientId;
+
+use super::rate::{RateClass, RateLimits};
 use crate::engine::TaskConfig;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -163,6 +166,34 @@ pub struct LimitedBody<B> {
     payload_left: usize,
     /// A message was over the limit: the body has ended with an error.
     refused: bool,
+    /// Charges the messages after the first to their sender's rate limit.
+    meter: Option<Meter>,
+}
+
+/// Charges each message of a stream after the first (which its call paid for at the edge) to
+/// the sender's bucket of its class: an upload pays per chunk.
+#[derive(Debug)]
+pub struct Meter {
+    rate: Arc<RateLimits>,
+    client: ClientId,
+    class: RateClass,
+    messages: u64,
+}
+
+impl Meter {
+    /// A meter charging `client`'s bucket of `class`.
+    pub fn new(rate: Arc<RateLimits>, client: ClientId, class: RateClass) -> Self {
+        Meter { rate, client, class, messages: 0 }
+    }
+
+    /// A message begins: the refusal if it is over the rate.
+    fn message(&mut self) -> Result<(), Status> {
+        self.messages += 1;
+        if self.messages == 1 {
+            return Ok(());
+        }
+        self.rate.check(&self.client, self.class)
+    }
 }
 
 impl<B> LimitedBody<B> {
@@ -176,7 +207,14 @@ impl<B> LimitedBody<B> {
             prefix_len: 0,
             payload_left: 0,
             refused: false,
+            meter: None,
         }
+    }
+
+    /// Charges the messages after the first to `meter`.
+    pub fn metered(mut self, meter: Option<Meter>) -> Self {
+        self.meter = meter;
+        self
     }
 
     /// Follows the message boundaries through `data`; the status if a message is too long.
@@ -198,6 +236,9 @@ impl<B> LimitedBody<B> {
                 let len = u32::from_be_bytes([a, b, c, d]) as usize;
                 if len > self.limit {
                     return Err(too_large(&self.method, len, self.limit));
+                }
+                if let Some(meter) = &mut self.meter {
+                    meter.message()?;
                 }
                 self.payload_left = len;
             }

@@ -24,14 +24,21 @@
 //!    `RESOURCE_EXHAUSTED` before it is buffered. Each connection serves at most
 //!    [`EdgeConfig::max_concurrent_streams`] calls at once.
 //!
-//! What it does not do: rate limits per identity, and anything at the IP layer below TCP (a SYN
-//! flood is the operating system's and the network's to absorb). Plain TCP (`--insecure`,
-//! loopback only) has no handshake to limit and no tracker: only the request layer and the
-//! HTTP/2 settings apply there.
+//! 4. **Rates** ([`rate`]): each certified client has a token bucket per class of method —
+//!    check-ins, protocol messages (upload chunks one by one), checkpoint bytes downloaded,
+//!    Admin calls ([`RateLimitConfig`], `[edge.rate_limits]`). A call over its class's limit is
+//!    refused with `RESOURCE_EXHAUSTED` and the wait in `retry-after-ms`, before its body is
+//!    read.
+//!
+//! What it does not do: anything at the IP layer below TCP (a SYN flood is the operating
+//! system's and the network's to absorb). Plain TCP (`--insecure`, loopback only) has no
+//! handshake to limit, no tracker and no identity to key rate limits on: only the request
+//! layer's size limits and the HTTP/2 settings apply there.
 
 pub mod admission;
 pub mod gate;
 pub mod limits;
+pub mod rate;
 
 use std::time::Duration;
 
@@ -40,6 +47,7 @@ use serde::Deserialize;
 pub use admission::{AdmissionRefused, HandshakeLimiter, HandshakePermit};
 pub use gate::EdgeLayer;
 pub use limits::{SharedLimits, SizeLimits};
+pub use rate::{RateClass, RateLimitConfig, RateLimitConfigError, RateLimits, TaskOverRateLimit};
 
 /// The `[edge]` section of the configuration. Every key has a default an honest federation
 /// never reaches; `docs/operations.md` says why each default is what it is.
@@ -69,6 +77,8 @@ pub struct EdgeConfig {
     pub keepalive_timeout_ms: u64,
     /// Calls served at once on one connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub max_concurrent_streams: u32,
+    /// Per-client rate limits, `[edge.rate_limits]` ([`rate`]).
+    pub rate_limits: RateLimitConfig,
 }
 
 impl Default for EdgeConfig {
@@ -85,6 +95,7 @@ impl Default for EdgeConfig {
             keepalive_interval_ms: 20_000,
             keepalive_timeout_ms: 10_000,
             max_concurrent_streams: 64,
+            rate_limits: RateLimitConfig::default(),
         }
     }
 }
@@ -106,6 +117,9 @@ pub enum EdgeConfigError {
         "edge.max_connections_per_client = {per_client} exceeds edge.max_connections = {total}"
     )]
     PerClientAboveTotal { per_client: usize, total: usize },
+    /// A value of `[edge.rate_limits]` cannot work.
+    #[error(transparent)]
+    RateLimits(#[from] RateLimitConfigError),
 }
 
 impl EdgeConfig {
@@ -136,6 +150,7 @@ impl EdgeConfig {
                 total: self.max_connections,
             });
         }
+        self.rate_limits.check()?;
         Ok(())
     }
 
@@ -182,5 +197,20 @@ mod tests {
             c.check(),
             Err(EdgeConfigError::PerClientAboveTotal { per_client: 10, total: 5 })
         );
+    }
+
+    #[test]
+    fn rate_limits_are_a_subsection_whose_keys_default_one_by_one() {
+        let c: EdgeConfig = toml::from_str("[rate_limits]\ncheck_in_burst = 5\n").unwrap();
+        assert_eq!(c.rate_limits.check_in_burst, 5);
+        assert_eq!(
+            c.rate_limits.check_in_per_second,
+            RateLimitConfig::default().check_in_per_second
+        );
+        assert_eq!(c.max_concurrent_streams, EdgeConfig::default().max_concurrent_streams);
+        let c: EdgeConfig = toml::from_str("[rate_limits]\nprotocol_burst = 0\n").unwrap();
+        let e = c.check().unwrap_err();
+        assert_eq!(e.to_string(), "edge.rate_limits.protocol_burst must be greater than 0");
+        assert!(toml::from_str::<EdgeConfig>("[rate_limits]\nbogus = 1\n").is_err());
     }
 }

@@ -170,6 +170,11 @@ impl Federation for FederationService {
                 .map_err(|e| Status::internal(e.to_string()))?;
             (m, Arc::new(b.to_vec()))
         };
+        // Charged in full before anything is sent: a download dropped half-way costs the whole
+        // checkpoint, so asking for it again and again is bounded by the model-bytes rate.
+        if let Some(rate) = self.coordinator.rate_limits() {
+            rate.check_model_bytes(&client, bytes.len() as u64)?;
+        }
         Ok(Response::new(model_stream(manifest, bytes)))
     }
 
@@ -197,6 +202,10 @@ impl Federation for FederationService {
             )));
         }
         let published = task.published.read().unwrap_or_else(|p| p.into_inner()).clone();
+        // The same model-bytes rate as a round's download.
+        if let Some(rate) = self.coordinator.rate_limits() {
+            rate.check_model_bytes(&client, published.bytes.len() as u64)?;
+        }
         task.with_engine(move |e, _| e.final_model_sent(client)).await?;
         Ok(Response::new(model_stream(published.manifest, published.bytes)))
     }

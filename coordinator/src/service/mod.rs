@@ -188,6 +188,8 @@ pub struct Coordinator {
     pub(crate) limits: crate::edge::SharedLimits,
     /// The tracker of authenticated connections, once the server serves mutual TLS.
     connections: OnceLock<Arc<crate::connections::Connections>>,
+    /// The per-client rate limits, once the server serves mutual TLS.
+    rate: OnceLock<Arc<crate::edge::RateLimits>>,
 }
 
 impl core::fmt::Debug for Coordinator {
@@ -221,6 +223,7 @@ impl Coordinator {
             pool,
             limits: crate::edge::SharedLimits::default(),
             connections: OnceLock::new(),
+            rate: OnceLock::new(),
         })
     }
 
@@ -239,6 +242,43 @@ impl Coordinator {
         if self.connections.set(tracker).is_err() {
             tracing::warn!("the connection tracker was already set; keeping the first");
         }
+    }
+
+    /// Limits each client's rates (set once, when serving starts with mutual TLS); the
+    /// download handler charges checkpoint bytes to them.
+    pub fn set_rate_limits(&self, rate: Arc<crate::edge::RateLimits>) {
+        if self.rate.set(rate).is_err() {
+            tracing::warn!("the rate limits were already set; keeping the first");
+        }
+        let tasks: Vec<Arc<TaskRuntime>> =
+            self.tasks.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for task in tasks {
+            self.check_rate_limits(&task);
+        }
+    }
+
+    /// Warns if the task's honest clients would meet a rate limit (a model larger than the
+    /// defaults were sized for).
+    fn check_rate_limits(&self, task: &TaskRuntime) {
+        let Some(rate) = self.rate.get() else { return };
+        let (dim, chunk_words) = {
+            let engine = task.lock();
+            (engine.model().len() as u64 + 1, u64::from(engine.config().upload_chunk_words))
+        };
+        let bytes = task.published.read().unwrap_or_else(|p| p.into_inner()).bytes.len() as u64;
+        for over in rate.check_task(dim, chunk_words, bytes) {
+            tracing::warn!(task = %hex::encode(task.id.0), "rate limits: {over}");
+        }
+    }
+
+    /// The per-client rate limits, if the server applies them.
+    pub fn rate_limits(&self) -> Option<&Arc<crate::edge::RateLimits>> {
+        self.rate.get()
+    }
+
+    /// Calls refused by the rate limits since the start (0 without rate limits).
+    pub fn rate_limit_refusals(&self) -> u64 {
+        self.rate.get().map_or(0, |r| r.refused_total())
     }
 
     /// Shuts denied clients out: closes their open connections and withdraws their waiting
@@ -403,6 +443,7 @@ impl Coordinator {
         });
         self.tasks.write().unwrap_or_else(|p| p.into_inner()).insert(id, task.clone());
         self.limits.add_task(&config);
+        self.check_rate_limits(&task);
         self.audit(
             EntryKind::TaskCreated,
             json!({ "task": hex::encode(id.0), "name": config.name, "checkpoint_version": version,

@@ -446,6 +446,25 @@ state_dir = "state-{i:03}"
             let ok = p.wait_exit(timeout);
             assert!(ok, "{} failed:\n{}", p.name, p.output());
         }
+        self.assert_honest_clients_not_rate_limited();
+    }
+
+    /// The coordinator's lines about rate-limit refusals (each names its client).
+    pub fn rate_limit_lines(&self) -> Vec<String> {
+        let output = self.coordinator.output();
+        output.lines().filter(|l| l.contains("rate limit:")).map(str::to_string).collect()
+    }
+
+    /// Asserts that the rate limits refused no call of a client the harness started: their
+    /// defaults are above what an honest client does. (The coordinator says a client's
+    /// first refusal at once, naming it.)
+    pub fn assert_honest_clients_not_rate_limited(&self) {
+        let lines = self.rate_limit_lines();
+        for (i, _) in self.clients.iter().enumerate().filter(|(_, p)| p.is_some()) {
+            let id = self.client_id(i + 1);
+            let hits: Vec<&String> = lines.iter().filter(|l| l.contains(&id)).collect();
+            assert!(hits.is_empty(), "honest client {} was rate limited: {hits:?}", i + 1);
+        }
     }
 
     /// The audit log's entries of one kind.
