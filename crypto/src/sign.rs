@@ -90,7 +90,7 @@ pub fn verify_many(items: &[SignedItem]) -> Result<()> {
     if items.is_empty() {
         return Ok(());
     }
-    let msgs: Vec<&[u8]> = items.iter().map(|i| i.2.as_slice()).collect();
+    let msgs: Vec<&[u8]> = items.iter().map(|i| &*i.2).collect();
     let sigs: Vec<Signature> = items.iter().map(|i| Signature::from_bytes(&i.3)).collect();
     let keys: Vec<VerifyingKey> = items.iter().map(|i| i.1).collect();
     if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
@@ -145,8 +145,9 @@ pub trait CredentialVerifier: Send + Sync {
     }
 }
 
-/// One signature to check: the signer, its key, the signed message, the signature.
-pub type SignedItem = (ClientId, VerifyingKey, Vec<u8>, [u8; 64]);
+/// One signature to check: the signer, its key, the signed message, the signature. The
+/// message is shared: a batch of consistency signatures all sign the same one.
+pub type SignedItem = (ClientId, VerifyingKey, std::sync::Arc<[u8]>, [u8; 64]);
 
 /// Credentials that are bare Ed25519 SPKIs: for in-memory simulations and tests, where the
 /// identities are known to be genuine by construction (no CA is involved).
@@ -244,7 +245,7 @@ mod tests {
             .iter()
             .map(|k| {
                 let msg = labelled(Label::Consistency, &ctx, &[b"u3"]);
-                (k.id(), k.verifying_key(), msg, k.sign(Label::Consistency, &ctx, &[b"u3"]))
+                (k.id(), k.verifying_key(), msg.into(), k.sign(Label::Consistency, &ctx, &[b"u3"]))
             })
             .collect();
         assert!(verify_many(&items).is_ok());

@@ -662,7 +662,10 @@ impl CredentialVerifier for SharedVerifier {
         let same = |known: &[SignedItem]| {
             known.len() == items.len()
                 && known.iter().zip(items).all(|(a, b)| {
-                    a.0 == b.0 && a.1.as_bytes() == b.1.as_bytes() && a.3 == b.3 && a.2 == b.2
+                    a.0 == b.0
+                        && a.1.as_bytes() == b.1.as_bytes()
+                        && a.3 == b.3
+                        && (Arc::ptr_eq(&a.2, &b.2) || a.2 == b.2)
                 })
         };
         if read(&self.batches).iter().any(|known| same(known)) {

@@ -657,7 +657,8 @@ impl SecAggClient {
         }
         let n = self.plan.n();
         // Every signature signs the same message.
-        let message = crate::kdf::labelled(Label::Consistency, &self.ctx, &[&signed.digest()]);
+        let message: std::sync::Arc<[u8]> =
+            crate::kdf::labelled(Label::Consistency, &self.ctx, &[&signed.digest()]).into();
         let mut seen = vec![false; n];
         let mut batch = Vec::with_capacity(msg.signatures.len());
         // The server lists signers in canonical order: each one is usually the next member of
