@@ -34,10 +34,12 @@ const UNREACHABLE_WARNING: Duration = Duration::from_secs(30);
 /// Check-in while the coordinator is away or busy: from 200 ms, doubling up to 5 s.
 const CHECK_IN_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 
-/// After leaving an attempt: from 1 s, doubling up to 30 s with each attempt left in a row, so a
-/// client that keeps failing does not check in and download the model again and again.
+/// After leaving an attempt: from 100 ms, doubling up to 30 s while check-ins keep offering
+/// the attempt it left (which it does not join again: no second download of the model) or it
+/// keeps leaving attempts, so a client that keeps failing does not hammer the coordinator, and
+/// one that left an attempt is back as soon as the next round selects.
 const AFTER_LEAVING_BACKOFF: (Duration, Duration) =
-    (Duration::from_secs(1), Duration::from_secs(30));
+    (Duration::from_millis(100), Duration::from_secs(30));
 
 /// Resending a phase's message after a transient failure: from 100 ms, doubling up to 2 s,
 /// within the phase's deadline.
@@ -214,6 +216,8 @@ impl Client {
         let mut summary = RunSummary::default();
         let mut backoff = Backoff::new(CHECK_IN_BACKOFF.0, CHECK_IN_BACKOFF.1);
         let mut after_leaving = Backoff::new(AFTER_LEAVING_BACKOFF.0, AFTER_LEAVING_BACKOFF.1);
+        // The round and attempt nonce of the attempt this client last left.
+        let mut left: Option<(u64, Vec<u8>)> = None;
         let mut unreachable_since: Option<Instant> = None;
         loop {
             if let Some(max) = self.config.max_rounds
@@ -248,7 +252,21 @@ impl Client {
             backoff.reset();
             unreachable_since = None;
             match answer.outcome {
+                Some(v1::check_in_response::Outcome::Plan(p))
+                    if left.as_ref().is_some_and(|l| *l == (p.round_id, p.attempt.clone())) =>
+                {
+                    // Still the attempt this client left: it cannot rejoin it (its messages
+                    // for the phases it missed are gone). Wait for the next, downloading nothing.
+                    let wait = after_leaving.next_wait(&mut rand::rng(), None);
+                    tracing::debug!(
+                        round = p.round_id,
+                        ?wait,
+                        "still the attempt this client left"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
                 Some(v1::check_in_response::Outcome::Plan(p)) => {
+                    let attempt = (p.round_id, p.attempt.clone());
                     match self.participate(&p, trainer, &mut summary.uploaded).await {
                         Ok(report) => {
                             tracing::info!(
@@ -277,6 +295,7 @@ impl Client {
                                 ClientError::Status { status, .. } => retry_after(status),
                                 _ => None,
                             };
+                            left = Some(attempt);
                             let wait = after_leaving.next_wait(&mut rand::rng(), asked);
                             tracing::warn!(error = %e, ?wait, "left the attempt; checking in again after a pause");
                             summary.abandoned.push(e.to_string());
