@@ -15,18 +15,26 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// Runs `fedsec-coordinator quickstart` from the repository's root, as the README does, for
+/// ten sites on a free port; returns what it printed.
+fn quickstart(out: &std::path::Path, dataset: &str, rounds: u32, extra: &[&str]) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    run_ok(
+        Command::new(bin("fedsec-coordinator"))
+            .current_dir(root)
+            .args(["quickstart", "--clients", "10", "--dataset", dataset])
+            .args(["--rounds", &rounds.to_string(), "--port", &free_port().to_string()])
+            .args(extra)
+            .arg("--out")
+            .arg(out),
+    )
+}
+
 #[test]
 fn quickstart_writes_a_federation_that_runs_as_printed() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("fed");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let printed = run_ok(
-        Command::new(bin("fedsec-coordinator"))
-            .current_dir(root)
-            .args(["quickstart", "--clients", "10", "--dataset", "digits", "--rounds", "3"])
-            .args(["--port", &free_port().to_string(), "--out"])
-            .arg(&out),
-    );
+    let printed = quickstart(&out, "digits", 3, &[]);
     let script = out.join("run.sh");
     assert!(printed.contains(&format!("sh {}", script.display())), "{printed}");
     assert_eq!(printed.lines().filter(|l| l.contains(" join --config ")).count(), 10);
@@ -76,13 +84,7 @@ fn quickstart_writes_a_federation_that_runs_as_printed() {
 
     // Written again over the finished federation (--force: new keys, old state cleared), it
     // runs again from the start.
-    run_ok(
-        Command::new(bin("fedsec-coordinator"))
-            .current_dir(root)
-            .args(["quickstart", "--clients", "10", "--rounds", "1", "--force"])
-            .args(["--port", &free_port().to_string(), "--out"])
-            .arg(&out),
-    );
+    quickstart(&out, "digits", 1, &["--force"]);
     let again = Command::new("sh").arg(&script).output().unwrap();
     assert!(again.status.success(), "{}\n{}", log("coordinator.log"), log("site-001.log"));
     assert!(log("site-001.log").contains("task finished: 1 rounds completed"));
@@ -92,14 +94,7 @@ fn quickstart_writes_a_federation_that_runs_as_printed() {
 fn the_printed_commands_run_by_hand_and_status_shows_the_rounds() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("fed");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let printed = run_ok(
-        Command::new(bin("fedsec-coordinator"))
-            .current_dir(root)
-            .args(["quickstart", "--clients", "10", "--dataset", "breast-cancer", "--rounds", "2"])
-            .args(["--port", &free_port().to_string(), "--out"])
-            .arg(&out),
-    );
+    let printed = quickstart(&out, "breast-cancer", 2, &[]);
     // The commands as printed, each run by a shell as a user pastes it.
     let command = |needle: &str| -> Vec<String> {
         printed.lines().filter(|l| l.contains(needle)).map(|l| l.trim().to_string()).collect()
