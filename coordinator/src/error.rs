@@ -18,6 +18,9 @@ pub enum Error {
     /// A checkpoint was reported stored while none was waiting to be.
     #[error("checkpoint version {version} committed, but no checkpoint is waiting")]
     NothingToCommit { version: u64 },
+    /// An aggregation's result came back while no attempt was waiting for it.
+    #[error("an aggregation finished, but no attempt is waiting for its sum")]
+    NothingToAggregate,
     /// A checkpoint was reported stored that is not the one waiting.
     #[error("checkpoint version {committed} committed, but version {waiting} is waiting")]
     WrongCommit { committed: u64, waiting: u64 },

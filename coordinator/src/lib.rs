@@ -5,9 +5,11 @@
 //!
 //! The [`engine`] is sans-IO, like the protocol core it drives: it takes messages and the
 //! current time and returns replies, deadlines and outputs (checkpoints to store, audit
-//! events); it never reads a clock, opens a socket or touches a file. The tonic [`service`]
-//! is a thin adapter over it: handlers authenticate the peer ([`auth`]), convert the wire
-//! message ([`wire`]), call one engine method and map the error in one place.
+//! events); it never reads a clock, opens a socket or touches a file. The [`runtime`] runs
+//! each task's engine on a thread of its own behind a command queue, stores its checkpoints
+//! and writes the audit log. The tonic [`service`] is a thin adapter over the runtime:
+//! handlers authenticate the peer ([`auth`]), convert the wire message ([`wire`]), call one
+//! engine method (or read the task's published view) and map the error in one place.
 //! In front of the services, the [`edge`] bounds what any peer can make the coordinator
 //! spend: handshakes per source address, connections, streams, each method's message size, and
 //! each client's rate of calls and of model bytes, with identity and the deny-list checked
@@ -31,6 +33,7 @@ pub mod operator;
 pub mod pki;
 pub mod quickstart;
 pub mod revocation;
+pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -21,7 +21,8 @@ use crate::edge::{EdgeConfig, EdgeLayer, RateLimits};
 use crate::lock::{DataLock, LockError, lock_path};
 use crate::pki::PkiError;
 use crate::revocation::{DenyList, DenyListError};
-use crate::service::{AdminService, AuthMode, Coordinator, FederationService, x509_verifier};
+use crate::runtime::{AuthMode, Coordinator, x509_verifier};
+use crate::service::{AdminService, FederationService};
 use crate::store::{CheckpointStore, StoreError};
 use crate::tls::TlsError;
 
@@ -62,6 +63,9 @@ pub enum StartError {
         path.display()
     )]
     InitialModelChanged { path: PathBuf, task: String, version: u64 },
+    /// A thread of the coordinator (the audit log's writer) does not start.
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// The configuration has no `[tls]` section: its federation CA is needed in every mode.
     #[error("a [tls] section is required: peers' certificate chains are checked in every round")]
     NoTls,
@@ -214,11 +218,12 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
         tracing::warn!(listen = %config.listen, "insecure mode: plain TCP, clients name themselves; loopback demos only");
     }
     let coordinator =
-        Coordinator::new(store, audit, signing, deny, x509_verifier(roots), auth, admins, pool);
+        Coordinator::new(store, audit, signing, deny, x509_verifier(roots), auth, admins, pool)
+            .map_err(StartError::Thread)?;
     if let Some((section, task_config, model)) = task {
         let task_error = |s| StartError::Task(Box::new(s));
         let id = coordinator.create_task(task_config, model, true).await.map_err(task_error)?;
-        coordinator.start_task(&id).map_err(task_error)?;
+        coordinator.start_task(&id).await.map_err(task_error)?;
         tracing::info!(task = %hex::encode(id.0), name = %section.name, "task ready");
     }
     let disconnect_grace = Duration::from_millis(config.disconnect_grace_ms);

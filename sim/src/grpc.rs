@@ -209,18 +209,9 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
             tokio::spawn(async move {
                 let mut outcomes = Outcomes::default();
                 loop {
-                    let look = task.clone();
-                    // The engine's lock is held through an aggregation: wait off the runtime.
-                    let (status, recent) = tokio::task::spawn_blocking(move || {
-                        look.inspect(|e| {
-                            (e.status(), e.recent_results().cloned().collect::<Vec<_>>())
-                        })
-                    })
-                    .await
-                    .map_err(|source| SimError::Task {
-                        what: "the progress watch".into(),
-                        source,
-                    })?;
+                    // The task's published view: never waits for its engine.
+                    let view = task.view();
+                    let (status, recent) = (view.status.clone(), view.recent.to_vec());
                     outcomes.merge(recent);
                     progress.set_position(status.completed_rounds);
                     let phase = status.phase.map_or(status.state.name(), |ph| PHASES[ph.index()]);

@@ -562,7 +562,10 @@ impl World<'_> {
         // attempt gets the outcome.
         let parent = self.engine.checkpoint().0;
         while let Some(o) = self.engine.poll_output() {
-            if let Output::Checkpoint(c) = o {
+            if let Output::Aggregate(job) = o {
+                // The coordinator runs the sum on a thread of its own; here, in line.
+                self.engine.aggregated(job.run())?;
+            } else if let Output::Checkpoint(c) = o {
                 self.models.push(Model::from_safetensors(&c.bytes)?);
                 self.engine.checkpoint_committed(c.version, self.now)?;
                 self.sign_checkpoint(parent, c.summary.clone())?;

@@ -35,7 +35,8 @@ use fedsec_crypto::ClientId;
 use super::limits::{LimitedBody, Meter, SharedLimits, SizeLimits};
 use super::rate::{RateClass, RateLimits};
 use crate::revocation::DenyList;
-use crate::service::{AuthMode, INSECURE_CLIENT_ID_HEADER};
+use crate::runtime::AuthMode;
+use crate::service::INSECURE_CLIENT_ID_HEADER;
 use crate::tls::PeerInfo;
 
 /// Paths of the services that need an identity.

@@ -29,8 +29,10 @@ pub(super) struct Attempt {
     /// Digest of each chunk of each client's masked input.
     pub(super) upload_digests: BTreeMap<ClientId, Vec<Option<[u8; 32]>>>,
     pub(super) upload_bytes: u64,
-    pub(super) keys: BTreeMap<ClientId, KeysForward>,
-    pub(super) shares: BTreeMap<ClientId, SharesForward>,
+    /// Each client's reply to phase 0 (made once; every resend of the reply shares it).
+    pub(super) keys: BTreeMap<ClientId, Arc<KeysForward>>,
+    /// Each client's reply to phase 1 (likewise).
+    pub(super) shares: BTreeMap<ClientId, Arc<SharesForward>>,
     /// U3, the same for every client of it (shared with each reply, never copied).
     pub(super) survivors: Option<Arc<ConsistencyRequest>>,
     /// U3 and its signatures, the same for every signer (shared, never copied).

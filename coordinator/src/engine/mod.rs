@@ -32,6 +32,7 @@
 //!    the model is unchanged, and the round is retried as a new attempt with clients that have
 //!    not contributed on this checkpoint.
 
+mod aggregation;
 mod attempt;
 mod config;
 mod phases;
@@ -56,12 +57,14 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use sha2::{Digest, Sha256};
 
+pub use aggregation::{Aggregated, Aggregation};
 pub use config::{DEFAULT_UPLOAD_IDLE, PhaseDeadlines, TaskConfig};
 pub use types::{
     Assignment, AuditEvent, CheckIn, EngineState, NewCheckpoint, Output, Progress, Reply,
     RoundOutcome, Status,
 };
 
+use aggregation::Finishing;
 use attempt::Attempt;
 
 use crate::error::{AbortReason, ConfigRule, Error, Result};
@@ -73,9 +76,17 @@ pub const CHECK_IN_TTL: Duration = Duration::from_secs(60);
 const RESULTS_KEPT: usize = 256;
 
 enum State {
-    Selecting { deadline: Option<Instant> },
+    Selecting {
+        deadline: Option<Instant>,
+    },
     Running(Box<Attempt>),
-    Committing { attempt: Box<Attempt>, checkpoint: NewCheckpoint, model: Model },
+    /// The unmasking closed; the sum is computed outside ([`Output::Aggregate`]).
+    Aggregating(Finishing),
+    Committing {
+        attempt: Box<Attempt>,
+        checkpoint: NewCheckpoint,
+        model: Model,
+    },
     Finished,
 }
 
@@ -86,7 +97,8 @@ pub struct Engine {
     verifier: Arc<dyn CredentialVerifier>,
     pool: Option<Arc<rayon::ThreadPool>>,
     rng: ChaCha20Rng,
-    model: Model,
+    /// Shared with the aggregation of a finishing attempt.
+    model: Arc<Model>,
     checkpoint_version: u64,
     checkpoint_hash: CheckpointHash,
     round_id: u64,
@@ -101,6 +113,8 @@ pub struct Engine {
     results: BTreeMap<RoundContext, RoundOutcome>,
     unmasked: BTreeMap<RoundContext, BTreeMap<ClientId, [u8; 32]>>,
     result_order: VecDeque<RoundContext>,
+    /// How many outcomes were ever remembered (readers republish when it changes).
+    results_changes: u64,
     outputs: VecDeque<Output>,
 }
 
@@ -142,7 +156,7 @@ impl Engine {
             verifier,
             pool: None,
             rng: ChaCha20Rng::from_seed(seed),
-            model,
+            model: Arc::new(model),
             checkpoint_version: version,
             checkpoint_hash,
             round_id: 1,
@@ -156,6 +170,7 @@ impl Engine {
             results: BTreeMap::new(),
             unmasked: BTreeMap::new(),
             result_order: VecDeque::new(),
+            results_changes: 0,
             outputs: VecDeque::new(),
         })
     }
@@ -208,6 +223,7 @@ impl Engine {
         let (state, phase) = match &self.state {
             State::Selecting { .. } => (EngineState::Selecting, None),
             State::Running(a) => (EngineState::Running, Some(a.phase)),
+            State::Aggregating(_) => (EngineState::Aggregating, None),
             State::Committing { .. } => (EngineState::Committing, None),
             State::Finished => (EngineState::Finished, None),
         };
@@ -231,10 +247,16 @@ impl Engine {
         self.result_order.iter().filter_map(|c| self.results.get(c))
     }
 
+    /// Grows by one each time an attempt's outcome is remembered.
+    pub fn results_changes(&self) -> u64 {
+        self.results_changes
+    }
+
     /// The running attempt's plan, if any.
     pub fn current_round(&self) -> Option<&Assignment> {
         match &self.state {
             State::Running(a) => Some(&a.info),
+            State::Aggregating(f) => Some(&f.info),
             State::Committing { attempt, .. } => Some(&attempt.info),
             _ => None,
         }
@@ -303,6 +325,9 @@ impl Engine {
             State::Running(a) if a.info.plan.selected.binary_search(client).is_ok() => {
                 CheckIn::Selected(Box::new(a.info.clone()))
             }
+            State::Aggregating(f) if f.info.plan.selected.binary_search(client).is_ok() => {
+                CheckIn::Selected(Box::new(f.info.clone()))
+            }
             State::Committing { attempt, .. }
                 if attempt.info.plan.selected.binary_search(client).is_ok() =>
             {
@@ -313,6 +338,10 @@ impl Engine {
                 reason: "already contributed on the current checkpoint; wait for the next".into(),
             },
             State::Running(a) => running("a round is running without this client", a),
+            State::Aggregating(_) => CheckIn::RetryLater {
+                after: Duration::from_secs(1),
+                reason: "a round is finishing".into(),
+            },
             State::Committing { attempt, .. } => running("a round is finishing", attempt),
             State::Selecting { .. } if self.waiting.contains_key(client) => CheckIn::Pending,
             State::Selecting { .. } if self.not_selected.contains(client) => CheckIn::RetryLater {
@@ -478,7 +507,7 @@ impl Engine {
             State::Running(a) => {
                 Some(a.next_lease_expiry().map_or(a.deadline, |lease| lease.min(a.deadline)))
             }
-            State::Committing { .. } | State::Finished => None,
+            State::Aggregating(_) | State::Committing { .. } | State::Finished => None,
         }
     }
 
@@ -533,11 +562,11 @@ impl Engine {
         a.phase_seconds.push(now.saturating_duration_since(a.phase_opened).as_secs_f64());
         let closed = match a.phase {
             Phase::AdvertiseKeys => a.server.close_advertise().map(|fwd| {
-                a.keys = fwd.into_iter().map(|f| (f.recipient, f)).collect();
+                a.keys = fwd.into_iter().map(|f| (f.recipient, Arc::new(f))).collect();
                 a.set_sizes.push(a.keys.len());
             }),
             Phase::ShareKeys => a.server.close_share_keys().map(|fwd| {
-                a.shares = fwd.into_iter().map(|f| (f.recipient, f)).collect();
+                a.shares = fwd.into_iter().map(|f| (f.recipient, Arc::new(f))).collect();
                 a.set_sizes.push(a.shares.len());
             }),
             Phase::MaskedInputCollection => {
@@ -574,55 +603,48 @@ impl Engine {
         }
     }
 
-    /// The unmasking closed: reconstruct, decode, average, apply, and hand out the checkpoint.
+    /// The unmasking closed: hand the sum's work out ([`Output::Aggregate`]); the engine
+    /// waits for [`aggregated`](Self::aggregated).
     fn aggregate(&mut self) {
-        let State::Running(attempt) = &mut self.state else { return };
-        let sum = match attempt.server.finish() {
-            Ok(sum) => sum,
-            Err(e) => return self.abort(AbortReason::Protocol(e)),
-        };
-        for client in attempt.server.misbehaving_holders() {
-            self.outputs.push_back(Output::Audit(AuditEvent::MisbehavingHolder {
-                round_id: attempt.info.plan.round_id,
-                client: *client,
-            }));
-        }
-        let model = match self.apply(&sum) {
-            Ok(m) => m,
-            Err(e) => return self.abort(AbortReason::SumDoesNotDecode(Box::new(e))),
-        };
-        let bytes = match model.to_safetensors() {
-            Ok(b) => b,
-            Err(e) => return self.abort(AbortReason::ModelDoesNotSerialize(e)),
-        };
         let State::Running(attempt) = std::mem::replace(&mut self.state, State::Finished) else {
-            unreachable!("checked above")
+            return;
         };
-        let checkpoint = NewCheckpoint {
-            version: self.checkpoint_version + 1,
+        self.state = State::Aggregating(Finishing::of(&attempt));
+        self.outputs.push_back(Output::Aggregate(Aggregation {
+            attempt,
+            model: self.model.clone(),
+            quant: self.quant,
+            server_learning_rate: self.config.server_learning_rate,
+            task_name: self.config.name.clone(),
             parent_version: self.checkpoint_version,
-            sha256: CheckpointHash(Sha256::digest(&bytes).into()),
-            bytes: Arc::new(bytes),
-            round_id: attempt.info.plan.round_id,
-            summary: format!(
-                "round {} of task {}: {} of {} selected clients summed",
-                attempt.info.plan.round_id.0,
-                self.config.name,
-                attempt.server.u3().len(),
-                attempt.info.plan.selected.len()
-            ),
-        };
-        self.outputs.push_back(Output::Checkpoint(checkpoint.clone()));
-        self.state = State::Committing { attempt, checkpoint, model };
+        }));
     }
 
-    /// θ + η · (Σ w·x / Σ w).
-    fn apply(&self, sum: &[u32]) -> Result<Model> {
-        let average = self.quant.weighted_average(sum)?;
-        let eta = self.config.server_learning_rate;
-        let theta = self.model.flatten();
-        let next: Vec<f32> = theta.iter().zip(&average).map(|(t, u)| t + eta * u).collect();
-        Ok(self.model.with_flat(&next)?)
+    /// The sum of the finishing attempt was computed ([`Aggregation::run`]): hand out its
+    /// checkpoint to store ([`Output::Checkpoint`]), or abort the attempt.
+    pub fn aggregated(&mut self, done: Aggregated) -> Result<()> {
+        match &self.state {
+            State::Aggregating(f) if f.ctx == done.attempt.ctx => {}
+            _ => return Err(Error::NothingToAggregate),
+        }
+        let Aggregated { attempt, result, misbehaving } = done;
+        for client in misbehaving {
+            self.outputs.push_back(Output::Audit(AuditEvent::MisbehavingHolder {
+                round_id: attempt.info.plan.round_id,
+                client,
+            }));
+        }
+        match result {
+            Ok((model, checkpoint)) => {
+                self.outputs.push_back(Output::Checkpoint(checkpoint.clone()));
+                self.state = State::Committing { attempt, checkpoint, model };
+            }
+            Err(reason) => {
+                self.state = State::Running(attempt);
+                self.abort(reason);
+            }
+        }
+        Ok(())
     }
 
     /// The caller stored the checkpoint `version` durably: publish the round's result and
@@ -640,7 +662,7 @@ impl Engine {
             unreachable!("checked above")
         };
         let _ = now;
-        self.model = model;
+        self.model = Arc::new(model);
         self.checkpoint_version = checkpoint.version;
         self.checkpoint_hash = checkpoint.sha256;
         self.contributed.clear();
@@ -700,6 +722,7 @@ impl Engine {
     /// result came) still gets the result.
     fn remember(&mut self, outcome: RoundOutcome, unmasked: BTreeMap<ClientId, [u8; 32]>) {
         self.result_order.push_back(outcome.ctx);
+        self.results_changes += 1;
         self.unmasked.insert(outcome.ctx, unmasked);
         self.results.insert(outcome.ctx, outcome);
         while self.result_order.len() > RESULTS_KEPT {

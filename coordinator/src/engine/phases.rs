@@ -144,6 +144,10 @@ impl Engine {
         };
         match attempt {
             Some(a) if a.ctx == *ctx => Ok(a),
+            // The sum is being computed: every phase has closed.
+            _ if matches!(&self.state, State::Aggregating(f) if f.ctx == *ctx) => {
+                Err(Error::PhaseClosed { phase })
+            }
             _ => Err(match self.results.get(ctx) {
                 Some(RoundOutcome { abort_reason: Some(reason), .. }) => {
                     Error::RoundAborted(reason.clone())
@@ -175,6 +179,18 @@ impl Engine {
         if let Some(seen) = self.unmasked.get(ctx).filter(|_| phase == Phase::Unmasking) {
             // The attempt is over; an identical resend still gets the result.
             return match seen.get(&from) {
+                Some(d) if *d == digest => Ok(()),
+                Some(_) => Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase).into()),
+                None => Err(Error::PhaseClosed { phase }),
+            };
+        }
+        if let State::Aggregating(f) = &self.state
+            && f.ctx == *ctx
+        {
+            // The unmasking closed and the sum is being computed; an identical resend of an
+            // unmasking message is recognised.
+            f.info.plan.index_of(&from).ok_or(Error::NotSelected(from))?;
+            return match f.unmasked.get(&from).filter(|_| phase == Phase::Unmasking) {
                 Some(d) if *d == digest => Ok(()),
                 Some(_) => Err(fedsec_crypto::Error::PhaseAlreadyAnswered(phase).into()),
                 None => Err(Error::PhaseClosed { phase }),
@@ -221,9 +237,13 @@ impl Engine {
                 }
                 attempt
             }
+            State::Aggregating(f) if f.ctx == *ctx => {
+                // The result is published once the sum is computed and the checkpoint stored.
+                return (phase != Phase::Unmasking).then_some(Err(Error::PhaseClosed { phase }));
+            }
             _ => {
                 return Some(match self.results.get(ctx) {
-                    Some(r) if phase == Phase::Unmasking => Ok(Reply::Result(r.clone())),
+                    Some(r) if phase == Phase::Unmasking => Ok(Reply::Result(Box::new(r.clone()))),
                     Some(RoundOutcome { abort_reason: Some(reason), .. }) => {
                         Err(Error::RoundAborted(reason.clone()))
                     }

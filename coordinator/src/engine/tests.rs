@@ -232,13 +232,16 @@ impl Fed {
         }
         if self.engine.reply(&any, &ctx, Phase::Unmasking).is_none()
             && self.engine.current_round().is_some_and(|r| r.plan.context() == ctx)
-            && self.engine.status().state != EngineState::Committing
+            && !matches!(
+                self.engine.status().state,
+                EngineState::Aggregating | EngineState::Committing
+            )
         {
             self.advance();
         }
         self.commit();
         let outcome = match self.engine.reply(&any, &ctx, Phase::Unmasking) {
-            Some(Ok(Reply::Result(r))) => Ok(r),
+            Some(Ok(Reply::Result(r))) => Ok(*r),
             Some(Err(e)) => Err(e),
             other => panic!("no result after the round: {other:?}"),
         };
@@ -250,6 +253,8 @@ impl Fed {
         let mut out = Vec::new();
         while let Some(o) = self.engine.poll_output() {
             match o {
+                // Plays the coordinator's aggregation thread.
+                Output::Aggregate(job) => self.engine.aggregated(job.run()).unwrap(),
                 Output::Checkpoint(c) => {
                     self.engine.checkpoint_committed(c.version, self.now).unwrap();
                     out.push(c);
@@ -761,6 +766,28 @@ fn committing_holds_the_result_back() {
         f.engine.unmasking(*id, msg.clone(), f.now).unwrap();
         revealed.push((*id, msg));
     }
+    // The sum is computed outside the engine: meanwhile the result waits, the plan stays
+    // visible, and an identical unmasking message is recognised, a different one refused.
+    assert_eq!(f.engine.status().state, EngineState::Aggregating);
+    assert!(f.engine.reply(&any, &ctx, Phase::Unmasking).is_none());
+    assert!(f.engine.current_round().is_some_and(|r| r.plan.context() == ctx));
+    let (id, msg) = revealed[1].clone();
+    f.engine.unmasking(id, msg.clone(), f.now).unwrap();
+    let mut other = msg;
+    other.self_mask_shares.pop();
+    assert!(matches!(
+        f.engine.unmasking(id, other, f.now),
+        Err(Error::Protocol(fedsec_crypto::Error::PhaseAlreadyAnswered(_)))
+    ));
+    assert!(f.engine.poll_timeout().is_none(), "no deadline while the sum is computed");
+    let job = loop {
+        match f.engine.poll_output() {
+            Some(Output::Aggregate(job)) => break job,
+            Some(_) => {}
+            None => panic!("the unmasking closed without handing out its sum"),
+        }
+    };
+    f.engine.aggregated(job.run()).unwrap();
     assert_eq!(f.engine.status().state, EngineState::Committing);
     assert!(f.engine.reply(&any, &ctx, Phase::Unmasking).is_none());
     assert_eq!(f.engine.checkpoint().0, 0, "not before it is stored");

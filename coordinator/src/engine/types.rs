@@ -9,6 +9,7 @@ use fedsec_crypto::secagg::messages::{
 };
 use fedsec_crypto::{AttemptNonce, CheckpointHash, ClientId, RoundContext, RoundId};
 
+use super::aggregation::Aggregation;
 use crate::error::AbortReason;
 pub use fedsec_wire::Assignment;
 
@@ -33,16 +34,17 @@ pub enum CheckIn {
 /// A client's reply for the next phase, ready once a phase closes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    /// Phase 0 → 1: the advertisements of the client's share holders.
-    Keys(KeysForward),
-    /// Phase 1 → 2: the ciphertexts addressed to the client.
-    Shares(SharesForward),
+    /// Phase 0 → 1: the advertisements of the client's share holders (made once, when the
+    /// phase closed; a reply shares it).
+    Keys(Arc<KeysForward>),
+    /// Phase 1 → 2: the ciphertexts addressed to the client (shared likewise).
+    Shares(Arc<SharesForward>),
     /// Phase 2 → 3: U3 — one message for every client in it, shared.
     Survivors(Arc<ConsistencyRequest>),
     /// Phase 3 → 4: U3 and the signatures on it — one message for every signer, shared.
     Unmask(Arc<UnmaskingRequest>),
     /// After phase 4: how the round ended.
-    Result(RoundOutcome),
+    Result(Box<RoundOutcome>),
 }
 
 /// How one attempt of a round ended.
@@ -77,8 +79,11 @@ impl RoundOutcome {
 }
 
 /// What the caller must do outside the engine.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Output {
+    /// Compute the finishing attempt's sum ([`Aggregation::run`], off the thread that serves
+    /// the engine's other callers), then call [`Engine::aggregated`] with it.
+    Aggregate(Aggregation),
     /// Store this checkpoint durably, then call [`Engine::checkpoint_committed`].
     Checkpoint(NewCheckpoint),
     /// Record this in the audit log.
@@ -209,6 +214,8 @@ pub enum EngineState {
     Selecting,
     /// An attempt is running (its phase is in [`Status::phase`]).
     Running,
+    /// The unmasking closed; the sum and the new checkpoint are being computed.
+    Aggregating,
     /// The sum is computed; the new checkpoint is being stored.
     Committing,
     /// The task has run all its rounds.
@@ -221,6 +228,7 @@ impl EngineState {
         match self {
             EngineState::Selecting => "selecting",
             EngineState::Running => "running",
+            EngineState::Aggregating => "aggregating",
             EngineState::Committing => "committing",
             EngineState::Finished => "finished",
         }

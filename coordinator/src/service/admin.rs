@@ -12,9 +12,9 @@ use fedsec_wire::model::Model;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use super::{AuthMode, Coordinator};
 use crate::audit::EntryKind;
 use crate::engine::{EngineState, PhaseDeadlines, TaskConfig};
+use crate::runtime::{AuthMode, Coordinator};
 use crate::wire;
 use fedsec_wire::Wire;
 
@@ -34,8 +34,8 @@ impl AdminService {
     fn task_status(&self, id: TaskId) -> Result<v1::TaskStatus, Status> {
         let task = self.coordinator.task(&id)?;
         let started = task.started.load(std::sync::atomic::Ordering::SeqCst);
-        let engine = task.lock();
-        let s = engine.status();
+        let view = task.view();
+        let s = &view.status;
         let state = match (started, s.state) {
             (false, _) => "created",
             (true, EngineState::Finished) => "finished",
@@ -43,13 +43,13 @@ impl AdminService {
         };
         Ok(v1::TaskStatus {
             task_id: id.0.to_vec(),
-            name: engine.config().name.clone(),
+            name: task.name.clone(),
             state: state.into(),
             round_id: s.round_id.0,
             phase: s.phase.map_or(s.state.name(), Phase::name).into(),
             checked_in: s.waiting as u32,
             checkpoint_version: s.checkpoint_version,
-            recent_rounds: engine.recent_results().map(|r| wire::result_to_wire(r, id)).collect(),
+            recent_rounds: view.recent.iter().map(|r| wire::result_to_wire(r, id)).collect(),
         })
     }
 
@@ -151,10 +151,12 @@ impl Admin for AdminService {
         let model = Model::from_safetensors(&req.get_ref().initial_checkpoint)
             .map_err(|e| Status::invalid_argument(format!("initial_checkpoint: {e}")))?;
         let id = self.coordinator.create_task(config, model, false).await?;
-        self.coordinator.audit(
-            EntryKind::Admin,
-            json!({ "action": "create_task", "task": hex::encode(id.0), "operator": operator }),
-        );
+        self.coordinator
+            .audit(
+                EntryKind::Admin,
+                json!({ "action": "create_task", "task": hex::encode(id.0), "operator": operator }),
+            )
+            .await;
         Ok(Response::new(v1::CreateTaskResponse { task_id: id.0.to_vec() }))
     }
 
@@ -164,7 +166,7 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::StartTaskResponse>, Status> {
         self.operator(&req)?;
         let id = wire::task_id(&req.get_ref().task_id)?;
-        self.coordinator.start_task(&id)?;
+        self.coordinator.start_task(&id).await?;
         Ok(Response::new(v1::StartTaskResponse {}))
     }
 
@@ -210,17 +212,20 @@ impl Admin for AdminService {
         req: Request<v1::ReloadDenyListRequest>,
     ) -> Result<Response<v1::ReloadDenyListResponse>, Status> {
         let operator = self.operator(&req)?;
-        let denied = self
-            .coordinator
-            .deny
-            .reload()
+        // Reading the file is blocking IO: off the async workers.
+        let deny = self.coordinator.deny.clone();
+        let denied = tokio::task::spawn_blocking(move || deny.reload())
+            .await
+            .map_err(|e| Status::internal(format!("deny-list reload failed: {e}")))?
             .map_err(|e| Status::failed_precondition(format!("deny-list not reloaded: {e}")))?;
         // Denied clients lose their connections and their place in any selection at once.
         let closed = self.coordinator.shut_out(self.coordinator.deny.ids()).await;
-        self.coordinator.audit(
-            EntryKind::DenyListReloaded,
-            json!({ "denied": denied, "operator": operator, "connections_closed": closed }),
-        );
+        self.coordinator
+            .audit(
+                EntryKind::DenyListReloaded,
+                json!({ "denied": denied, "operator": operator, "connections_closed": closed }),
+            )
+            .await;
         Ok(Response::new(v1::ReloadDenyListResponse { denied: denied as u32 }))
     }
 }

@@ -11,7 +11,8 @@ use fedsec_proto::v1::federation_server::Federation;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{CHECK_IN_LONG_POLL, Coordinator, TaskRuntime};
+use super::{CHECK_IN_LONG_POLL, LONG_POLL_SLACK, identify};
+use crate::runtime::{Coordinator, TaskRuntime};
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
 };
@@ -39,7 +40,7 @@ impl FederationService {
     /// The task a round key names, and the attempt's plan if it is the running one.
     fn round(&self, key: &RoundKey) -> Result<(Arc<TaskRuntime>, Option<Assignment>), Status> {
         let task = self.coordinator.task(&key.task)?;
-        let info = task.lock().current_round().filter(|r| r.plan.context() == key.ctx).cloned();
+        let info = task.view().current.clone().filter(|r| r.plan.context() == key.ctx);
         if let Some(info) = &info
             && (info.plan.round_id != key.round || info.plan.attempt != key.attempt)
         {
@@ -57,13 +58,13 @@ impl FederationService {
         ctx: RoundContext,
         phase: Phase,
     ) -> Result<Reply, Status> {
-        let index = Phase::ALL.iter().position(|&p| p == phase).unwrap_or(0);
+        let wait = task.phase_deadlines[phase.index()] + LONG_POLL_SLACK;
         let max = match phase {
             // The result waits for the aggregation and the checkpoint, after the deadline.
-            Phase::Unmasking => task.phase_wait(index) + Duration::from_secs(60),
-            _ => task.phase_wait(index),
+            Phase::Unmasking => wait + Duration::from_secs(60),
+            _ => wait,
         };
-        match task.wait(max, |e| e.reply(&client, &ctx, phase)).await {
+        match task.await_reply(client, ctx, phase, max).await? {
             Some(r) => r.map_err(Status::from),
             None => Err(Status::deadline_exceeded(format!(
                 "phase {} is still open; call again with the identical message",
@@ -99,14 +100,14 @@ impl Federation for FederationService {
         &self,
         req: Request<v1::CheckInRequest>,
     ) -> Result<Response<v1::CheckInResponse>, Status> {
-        let client = self.coordinator.identify(&req)?;
+        let client = identify(&self.coordinator, &req)?;
         let task = self.coordinator.task(&wire::task_id(&req.get_ref().task_id)?)?;
         if !task.started.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(Response::new(retry(Duration::from_secs(5), "the task has not started")));
         }
         let verifier = (self.coordinator.verifier)();
         let first = task
-            .with_engine(move |e, now| {
+            .call(move |e, now| {
                 e.set_verifier(verifier);
                 e.check_in(client, now)
             })
@@ -115,14 +116,9 @@ impl Federation for FederationService {
             CheckIn::Pending => {
                 // Withdraw the check-in if the client goes away while waiting.
                 let guard = Withdraw { task: task.clone(), client, armed: true };
-                let answer = task
-                    .wait(CHECK_IN_LONG_POLL, |e| match e.poll_check_in(&client) {
-                        CheckIn::Pending => None,
-                        other => Some(other),
-                    })
-                    .await;
+                let answer = task.await_selection(client, CHECK_IN_LONG_POLL).await;
                 guard.disarm();
-                answer.unwrap_or(CheckIn::RetryLater {
+                answer?.unwrap_or(CheckIn::RetryLater {
                     after: Duration::ZERO,
                     reason: "still waiting for selection".into(),
                 })
@@ -136,7 +132,7 @@ impl Federation for FederationService {
             CheckIn::RetryLater { after, reason } => retry(after, &reason),
             CheckIn::Finished => v1::CheckInResponse {
                 outcome: Some(v1::check_in_response::Outcome::Finished(v1::TaskFinished {
-                    final_checkpoint_version: task.lock().checkpoint().0,
+                    final_checkpoint_version: task.view().status.checkpoint_version,
                 })),
             },
             CheckIn::Pending => retry(Duration::ZERO, "still waiting for selection"),
@@ -149,7 +145,7 @@ impl Federation for FederationService {
         &self,
         req: Request<v1::DownloadModelRequest>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
-        let client = self.coordinator.identify(&req)?;
+        let client = identify(&self.coordinator, &req)?;
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, info) = self.round(&key)?;
         let info = info.ok_or_else(|| {
@@ -158,7 +154,7 @@ impl Federation for FederationService {
         if info.plan.index_of(&client).is_none() {
             return Err(crate::Error::NotSelected(client).into());
         }
-        let published = task.published.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let published = task.published();
         let (manifest, bytes) = if published.manifest.manifest.version == info.checkpoint_version {
             (published.manifest, published.bytes)
         } else {
@@ -184,29 +180,32 @@ impl Federation for FederationService {
         &self,
         req: Request<v1::DownloadFinalModelRequest>,
     ) -> Result<Response<Self::DownloadFinalModelStream>, Status> {
-        let client = self.coordinator.identify(&req)?;
+        let client = identify(&self.coordinator, &req)?;
         let id = wire::task_id(&req.get_ref().task_id)?;
         let task = self.coordinator.task(&id)?;
-        let (finished, enrolled) = task.inspect(|e| {
-            (e.status().state == crate::engine::EngineState::Finished, e.is_enrolled(&client))
-        });
-        if !finished {
+        if !task.view().finished() {
             return Err(Status::failed_precondition(
                 "the task has not finished; its checkpoints come with the rounds",
             ));
         }
+        let published = task.published();
+        // The same model-bytes rate as a round's download.
+        if let Some(rate) = self.coordinator.rate_limits() {
+            rate.check_model_bytes(&client, published.bytes.len() as u64)?;
+        }
+        let enrolled = task
+            .call(move |e, _| {
+                let enrolled = e.is_enrolled(&client);
+                e.final_model_sent(client);
+                enrolled
+            })
+            .await?;
         if !enrolled {
             return Err(Status::permission_denied(format!(
                 "client {} did not check in to this task before it finished",
                 client.to_hex()
             )));
         }
-        let published = task.published.read().unwrap_or_else(|p| p.into_inner()).clone();
-        // The same model-bytes rate as a round's download.
-        if let Some(rate) = self.coordinator.rate_limits() {
-            rate.check_model_bytes(&client, published.bytes.len() as u64)?;
-        }
-        task.with_engine(move |e, _| e.final_model_sent(client)).await?;
         Ok(Response::new(model_stream(published.manifest, published.bytes)))
     }
 
@@ -214,11 +213,11 @@ impl Federation for FederationService {
         &self,
         req: Request<v1::AdvertiseKeysRequest>,
     ) -> Result<Response<v1::AdvertiseKeysResponse>, Status> {
-        let client = self.coordinator.identify(&req)?;
+        let client = identify(&self.coordinator, &req)?;
         let msg: AdvertiseKeys = wire::decode(req.get_ref(), client)?;
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, _) = self.round(&key)?;
-        task.with_engine(move |e, now| e.advertise(client, msg, now)).await??;
+        task.call(move |e, now| e.advertise(client, msg, now)).await??;
         match Self::reply(&task, client, key.ctx, Phase::AdvertiseKeys).await? {
             Reply::Keys(fwd) => Ok(Response::new(fwd.to_wire(&key))),
             other => Err(unexpected(&other)),
@@ -229,11 +228,11 @@ impl Federation for FederationService {
         &self,
         req: Request<v1::ShareKeysRequest>,
     ) -> Result<Response<v1::ShareKeysResponse>, Status> {
-        let client = self.coordinator.identify(&req)?;
+        let client = identify(&self.coordinator, &req)?;
         let msg: ShareKeys = wire::decode(req.get_ref(), client)?;
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, _) = self.round(&key)?;
-        task.with_engine(move |e, now| e.share_keys(client, msg, now)).await??;
+        task.call(move |e, now| e.share_keys(client, msg, now)).await??;
         match Self::reply(&task, client, key.ctx, Phase::ShareKeys).await? {
             Reply::Shares(fwd) => Ok(Response::new(fwd.to_wire(&key))),
             other => Err(unexpected(&other)),
@@ -244,7 +243,7 @@ impl Federation for FederationService {
         &self,
         req: Request<Streaming<v1::MaskedInputChunk>>,
     ) -> Result<Response<v1::UploadMaskedInputResponse>, Status> {
-        let client = self.coordinator.identify(&req)?;
+        let client = identify(&self.coordinator, &req)?;
         let mut stream = req.into_inner();
         let mut round: Option<(RoundKey, Arc<TaskRuntime>)> = None;
         while let Some(chunk) = stream.message().await? {
@@ -263,13 +262,13 @@ impl Federation for FederationService {
                     task
                 }
             };
-            task.with_engine(move |e, now| e.masked_input(client, &msg, now)).await??;
+            task.call(move |e, now| e.masked_input(client, &msg, now)).await??;
         }
         let Some((key, task)) = round else {
             return Err(Status::invalid_argument("the upload holds no chunk"));
         };
         let ctx = key.ctx;
-        if !task.lock().has_uploaded(&client, &ctx) {
+        if !task.call(move |e, _| e.has_uploaded(&client, &ctx)).await? {
             return Err(Status::failed_precondition(
                 "the upload ended before the whole masked input arrived; send the missing chunks",
             ));
@@ -284,11 +283,11 @@ impl Federation for FederationService {
         &self,
         req: Request<v1::ConsistencyCheckRequest>,
     ) -> Result<Response<v1::ConsistencyCheckResponse>, Status> {
-        let client = self.coordinator.identify(&req)?;
+        let client = identify(&self.coordinator, &req)?;
         let msg: ConsistencySignature = wire::decode(req.get_ref(), client)?;
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, _) = self.round(&key)?;
-        task.with_engine(move |e, now| e.consistency(client, msg, now)).await??;
+        task.call(move |e, now| e.consistency(client, msg, now)).await??;
         match Self::reply(&task, client, key.ctx, Phase::ConsistencyCheck).await? {
             Reply::Unmask(req) => Ok(Response::new(req.to_wire(&key))),
             other => Err(unexpected(&other)),
@@ -299,11 +298,11 @@ impl Federation for FederationService {
         &self,
         req: Request<v1::UnmaskRequest>,
     ) -> Result<Response<v1::RoundResult>, Status> {
-        let client = self.coordinator.identify(&req)?;
+        let client = identify(&self.coordinator, &req)?;
         let msg: UnmaskingResponse = wire::decode(req.get_ref(), client)?;
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, _) = self.round(&key)?;
-        task.with_engine(move |e, now| e.unmasking(client, msg, now)).await??;
+        task.call(move |e, now| e.unmasking(client, msg, now)).await??;
         match Self::reply(&task, client, key.ctx, Phase::Unmasking).await? {
             Reply::Result(r) => Ok(Response::new(wire::result_to_wire(&r, key.task))),
             other => Err(unexpected(&other)),
@@ -314,13 +313,13 @@ impl Federation for FederationService {
         &self,
         req: Request<v1::GetRoundResultRequest>,
     ) -> Result<Response<v1::RoundResult>, Status> {
-        self.coordinator.identify(&req)?;
+        identify(&self.coordinator, &req)?;
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let task = self.coordinator.task(&key.task)?;
-        let engine = task.lock();
-        match engine.result(&key.ctx) {
+        let view = task.view();
+        match view.result(&key.ctx) {
             Some(r) => Ok(Response::new(wire::result_to_wire(r, key.task))),
-            None if engine.current_round().is_some_and(|r| r.plan.context() == key.ctx) => {
+            None if view.current.as_ref().is_some_and(|r| r.plan.context() == key.ctx) => {
                 Err(Status::unavailable("the round is still running"))
             }
             None => Err(Status::not_found("no round with this context is known")),
@@ -353,7 +352,8 @@ impl Withdraw {
 impl Drop for Withdraw {
     fn drop(&mut self) {
         if self.armed {
-            self.task.lock().withdraw(&self.client);
+            let client = self.client;
+            self.task.call_detached(move |e, _| e.withdraw(&client));
         }
     }
 }

@@ -10,7 +10,9 @@ impl From<Error> for Status {
         let code = match &e {
             Error::Protocol(core) => core_code(core),
             // The service's own bookkeeping of checkpoints, never a caller's doing.
-            Error::NothingToCommit { .. } | Error::WrongCommit { .. } => Code::Internal,
+            Error::NothingToCommit { .. }
+            | Error::WrongCommit { .. }
+            | Error::NothingToAggregate => Code::Internal,
             Error::InvalidConfig(_)
             | Error::Malformed(_)
             | Error::BadUpload { .. }

@@ -1,0 +1,437 @@
+//! The task runtime: the coordinator's tasks, each an engine on a thread of its own
+//! ([`TaskRuntime`]) with a driver on the async runtime that stores its checkpoints and writes
+//! its audit entries; the checkpoint store, the audit log and the deny-list they share.
+//!
+//! This is the middle of three rooms: the gRPC adapter ([`crate::service`]) authenticates,
+//! converts messages and calls in here; the round engine ([`crate::engine`]) is sans-IO and
+//! knows nothing of either. Nothing here holds a lock while it works: engines are reached
+//! through their command queues, the audit log through its writer thread, and the tables
+//! readers share are published copies ([`tokio::sync::watch`]).
+
+mod audit;
+mod progress;
+mod task;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use fedsec_crypto::sign::CredentialVerifier;
+use fedsec_crypto::{ClientId, TaskId};
+use fedsec_wire::checkpoint::Manifest;
+use fedsec_wire::model::Model;
+use fedsec_wire::x509::X509Credentials;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::audit::{AuditLog, EntryKind};
+use crate::engine::{AuditEvent, Engine, NewCheckpoint, Output, TaskConfig};
+use crate::revocation::DenyList;
+use crate::store::CheckpointStore;
+
+pub(crate) use task::Published;
+pub use task::{TaskRuntime, View};
+
+/// Builds the verifier of peers' certificate chains for an attempt that starts now.
+pub type VerifierFactory = Arc<dyn Fn() -> Arc<dyn CredentialVerifier> + Send + Sync>;
+
+/// A verifier factory that checks chains against `ca_roots` (DER) at the current time.
+pub fn x509_verifier(ca_roots: Vec<Vec<u8>>) -> VerifierFactory {
+    Arc::new(move || {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        match X509Credentials::new(&ca_roots, now) {
+            Ok(v) => Arc::new(v) as Arc<dyn CredentialVerifier>,
+            // The roots were parsed when the coordinator started; they do not change.
+            Err(e) => unreachable!("CA roots checked at start-up no longer parse: {e}"),
+        }
+    })
+}
+
+/// The checkpoint's bytes as `Bytes` for the store, without copying them (a model can be
+/// hundreds of megabytes).
+fn shared(bytes: &Arc<Vec<u8>>) -> bytes::Bytes {
+    struct Shared(Arc<Vec<u8>>);
+    impl AsRef<[u8]> for Shared {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    bytes::Bytes::from_owner(Shared(bytes.clone()))
+}
+
+/// How clients are identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// By their TLS client certificate (the default).
+    MutualTls,
+    /// By a claimed id in metadata, on plain TCP bound to loopback (`--insecure`).
+    InsecureLoopback,
+}
+
+/// Everything the services share.
+pub struct Coordinator {
+    /// The tasks, a copy published on each change (tasks are created rarely, looked up on
+    /// every call).
+    tasks: watch::Sender<BTreeMap<TaskId, Arc<TaskRuntime>>>,
+    pub(crate) deny: Arc<DenyList>,
+    pub(crate) store: CheckpointStore,
+    audit: audit::AuditWriter,
+    signing: Arc<SigningKey>,
+    pub(crate) verifier: VerifierFactory,
+    pub(crate) auth: AuthMode,
+    pub(crate) admins: BTreeSet<ClientId>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    /// The size limit of each method, raised as tasks are created (read by the edge layer).
+    pub(crate) limits: crate::edge::SharedLimits,
+    /// The tracker of authenticated connections, once the server serves mutual TLS.
+    connections: OnceLock<Arc<crate::connections::Connections>>,
+    /// The per-client rate limits, once the server serves mutual TLS.
+    rate: OnceLock<Arc<crate::edge::RateLimits>>,
+}
+
+impl core::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Coordinator").field("auth", &self.auth).finish_non_exhaustive()
+    }
+}
+
+impl Coordinator {
+    /// A coordinator with no tasks yet. Fails if the audit log's writer thread cannot start.
+    #[allow(clippy::too_many_arguments)] // each is one part of the server, named at the call
+    pub fn new(
+        store: CheckpointStore,
+        audit: AuditLog,
+        signing: SigningKey,
+        deny: Arc<DenyList>,
+        verifier: VerifierFactory,
+        auth: AuthMode,
+        admins: BTreeSet<ClientId>,
+        pool: Option<Arc<rayon::ThreadPool>>,
+    ) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Coordinator {
+            tasks: watch::channel(BTreeMap::new()).0,
+            deny,
+            store,
+            audit: audit::AuditWriter::start(audit)?,
+            signing: Arc::new(signing),
+            verifier,
+            auth,
+            admins,
+            pool,
+            limits: crate::edge::SharedLimits::default(),
+            connections: OnceLock::new(),
+            rate: OnceLock::new(),
+        }))
+    }
+
+    /// The size limits of the methods, for the edge layer.
+    pub fn size_limits(&self) -> crate::edge::SharedLimits {
+        self.limits.clone()
+    }
+
+    /// The deny-list (shared: a reload is seen everywhere).
+    pub fn deny_list(&self) -> &Arc<DenyList> {
+        &self.deny
+    }
+
+    /// Lets the coordinator close denied clients' connections (set once, when serving starts).
+    pub fn set_connections(&self, tracker: Arc<crate::connections::Connections>) {
+        if self.connections.set(tracker).is_err() {
+            tracing::warn!("the connection tracker was already set; keeping the first");
+        }
+    }
+
+    /// Limits each client's rates (set once, when serving starts with mutual TLS); the
+    /// download handler charges checkpoint bytes to them.
+    pub fn set_rate_limits(&self, rate: Arc<crate::edge::RateLimits>) {
+        if self.rate.set(rate).is_err() {
+            tracing::warn!("the rate limits were already set; keeping the first");
+        }
+        for task in self.all_tasks() {
+            self.check_rate_limits(&task);
+        }
+    }
+
+    /// Warns if the task's honest clients would meet a rate limit (a model larger than the
+    /// defaults were sized for).
+    fn check_rate_limits(&self, task: &TaskRuntime) {
+        let Some(rate) = self.rate.get() else { return };
+        let bytes = task.published().bytes.len() as u64;
+        for over in rate.check_task(task.dim as u64, u64::from(task.chunk_words), bytes) {
+            tracing::warn!(task = %hex::encode(task.id.0), "rate limits: {over}");
+        }
+    }
+
+    fn all_tasks(&self) -> Vec<Arc<TaskRuntime>> {
+        self.tasks.borrow().values().cloned().collect()
+    }
+
+    /// The per-client rate limits, if the server applies them.
+    pub fn rate_limits(&self) -> Option<&Arc<crate::edge::RateLimits>> {
+        self.rate.get()
+    }
+
+    /// Calls refused by the rate limits since the start (0 without rate limits).
+    pub fn rate_limit_refusals(&self) -> u64 {
+        self.rate.get().map_or(0, |r| r.refused_total())
+    }
+
+    /// Shuts denied clients out: closes their open connections and withdraws their waiting
+    /// check-ins from every task (one engine call per task). Returns the number of connections
+    /// closed.
+    pub async fn shut_out(&self, clients: Vec<ClientId>) -> usize {
+        let closed = match self.connections.get() {
+            Some(tracker) => clients.iter().map(|c| tracker.close_client(c)).sum(),
+            None => 0,
+        };
+        let clients = Arc::new(clients);
+        for task in self.all_tasks() {
+            let clients = clients.clone();
+            let withdrawn = task.call(move |e, _| clients.iter().for_each(|c| e.withdraw(c)));
+            if let Err(e) = withdrawn.await {
+                tracing::warn!(error = %e, "could not withdraw denied clients' check-ins");
+            }
+        }
+        closed
+    }
+
+    /// The coordinator's public key: clients pin it to verify checkpoints.
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    /// The task with this id.
+    pub fn task(&self, id: &TaskId) -> Result<Arc<TaskRuntime>, Status> {
+        self.tasks.borrow().get(id).cloned().ok_or_else(|| crate::Error::UnknownTask(*id).into())
+    }
+
+    /// A client has had no connection for the grace period (the running rounds stop waiting
+    /// for it), or connected again after that (they take it again).
+    pub async fn connection_event(&self, event: crate::connections::ConnectionEvent) {
+        use crate::connections::ConnectionEvent;
+        for task in self.all_tasks() {
+            let done = match event {
+                ConnectionEvent::Gone(c) => task.call(move |e, now| e.client_gone(&c, now)).await,
+                ConnectionEvent::Back(c) => task.call(move |e, _| e.client_back(&c)).await,
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "could not report a connection change to a task");
+            }
+        }
+    }
+
+    /// Resolves once every task has finished and every client that took part has asked for
+    /// its final checkpoint, or `linger` after the last task finished, whichever comes first:
+    /// for `serve --exit-when-finished` (a graceful shutdown lets the downloads in flight end).
+    pub async fn finished(&self, linger: Duration) {
+        let tasks = self.all_tasks();
+        for task in &tasks {
+            while !task.wait_for_view(Duration::from_secs(3600), View::finished).await {}
+        }
+        // One linger for all tasks, from the moment the last one finished.
+        let until = tokio::time::Instant::now() + linger;
+        for task in &tasks {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if !task.wait_for_view(left, |v| v.everyone_has_the_final_model).await {
+                tracing::info!(
+                    task = %hex::encode(task.id.0),
+                    "some clients did not fetch the final checkpoint within {linger:?} of the end; stopping anyway"
+                );
+            }
+        }
+    }
+
+    /// The ids of all tasks.
+    pub fn task_ids(&self) -> Vec<TaskId> {
+        self.tasks.borrow().keys().copied().collect()
+    }
+
+    /// Appends to the audit log and waits until the entry is written and synced (on the log's
+    /// own thread); a failure is logged there (the log refuses appends once broken).
+    pub(crate) async fn audit(&self, kind: EntryKind, detail: serde_json::Value) {
+        self.audit.append(kind, detail).await;
+    }
+
+    /// Creates a task from its configuration and initial model: stores checkpoint 0, or
+    /// resumes from the newest stored checkpoint of the same task id. Starts its driver.
+    pub async fn create_task(
+        self: &Arc<Self>,
+        config: TaskConfig,
+        initial: Model,
+        started: bool,
+    ) -> Result<TaskId, Status> {
+        config.validate().map_err(Status::from)?;
+        let id = config.task_id;
+        let exists = || Status::already_exists(format!("task {} exists", hex::encode(id.0)));
+        if self.tasks.borrow().contains_key(&id) {
+            return Err(exists());
+        }
+        let latest = self.store.latest(id).await.map_err(|e| Status::internal(e.to_string()))?;
+        let (published, model) = match latest {
+            Some(m) => {
+                let (manifest, bytes) = self
+                    .store
+                    .get_verified(id, m.manifest.version, &self.verifying_key())
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let model = Model::from_safetensors(&bytes)
+                    .map_err(|e| Status::internal(format!("stored checkpoint: {e}")))?;
+                (Published { manifest, bytes: Arc::new(bytes.to_vec()) }, model)
+            }
+            None => {
+                let bytes = initial
+                    .to_safetensors()
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let manifest = Manifest {
+                    version: 0,
+                    parent_version: 0,
+                    sha256: fedsec_crypto::CheckpointHash::of(&bytes),
+                    size_bytes: bytes.len() as u64,
+                    task_id: id,
+                    round_summary: format!("initial model of task {}", config.name),
+                }
+                .sign(&self.signing);
+                let bytes = Arc::new(bytes);
+                self.store
+                    .put(&manifest, shared(&bytes))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                (Published { manifest, bytes }, initial)
+            }
+        };
+        let version = published.manifest.manifest.version;
+        let mut seed = [0u8; 32];
+        rand_core::Rng::fill_bytes(&mut fedsec_crypto::rng::os_rng(), &mut seed);
+        let mut engine = Engine::new(config.clone(), model, version, (self.verifier)(), seed)
+            .map_err(Status::from)?
+            // Round ids continue after the stored checkpoints; they are never reused because
+            // each round that completed made one version, and attempts get fresh nonces.
+            .with_first_round(version + 1, version);
+        if let Some(pool) = &self.pool {
+            engine = engine.with_thread_pool(pool.clone());
+        }
+        let (task, outputs) = TaskRuntime::start(id, engine, published, started)
+            .map_err(|e| Status::internal(format!("cannot start the task's engine thread: {e}")))?;
+        let inserted = self.tasks.send_if_modified(|tasks| match tasks.entry(id) {
+            std::collections::btree_map::Entry::Occupied(_) => false,
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(task.clone());
+                true
+            }
+        });
+        if !inserted {
+            return Err(exists());
+        }
+        self.limits.add_task(&config);
+        self.check_rate_limits(&task);
+        self.audit(
+            EntryKind::TaskCreated,
+            json!({ "task": hex::encode(id.0), "name": config.name, "checkpoint_version": version,
+                    "clients_per_round": config.clients_per_round, "rounds": config.rounds }),
+        )
+        .await;
+        tokio::spawn(drive(self.clone(), task, outputs));
+        Ok(id)
+    }
+
+    /// Lets clients into the task's rounds.
+    pub async fn start_task(&self, id: &TaskId) -> Result<(), Status> {
+        let task = self.task(id)?;
+        if !task.started.swap(true, Ordering::SeqCst) {
+            self.audit(EntryKind::TaskStarted, json!({ "task": hex::encode(id.0) })).await;
+        }
+        Ok(())
+    }
+
+    /// Stores a round's checkpoint (retrying until the store takes it), publishes it, and
+    /// lets the engine open the next round.
+    async fn commit(&self, task: &Arc<TaskRuntime>, c: NewCheckpoint) {
+        let manifest = Manifest {
+            version: c.version,
+            parent_version: c.parent_version,
+            sha256: c.sha256,
+            size_bytes: c.bytes.len() as u64,
+            task_id: task.id,
+            round_summary: c.summary.clone(),
+        }
+        .sign(&self.signing);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.store.put(&manifest, shared(&c.bytes)).await {
+                Ok(()) => break,
+                Err(crate::store::StoreError::VersionExists { .. }) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, version = c.version, "storing the checkpoint failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        task.publish(Published { manifest: manifest.clone(), bytes: c.bytes.clone() });
+        self.audit(
+            EntryKind::Checkpoint,
+            json!({ "task": hex::encode(task.id.0), "version": c.version,
+                    "parent": c.parent_version, "sha256": hex::encode(c.sha256.0),
+                    "round": c.round_id.0 }),
+        )
+        .await;
+        let version = c.version;
+        match task.call(move |e, now| e.checkpoint_committed(version, now)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the engine refused the stored checkpoint"),
+            Err(e) => tracing::error!(error = %e, "the engine call failed"),
+        }
+    }
+
+    async fn audit_event(&self, task: &TaskRuntime, e: AuditEvent) {
+        let t = hex::encode(task.id.0);
+        let (kind, detail) = match e {
+            AuditEvent::Enrollment { client } => {
+                (EntryKind::Enrollment, json!({ "task": t, "client": client.to_hex() }))
+            }
+            AuditEvent::RoundStarted { round_id, attempt, selected, degree, threshold } => (
+                EntryKind::RoundStarted,
+                json!({ "task": t, "round": round_id.0, "attempt": hex::encode(attempt.0),
+                        "selected": selected, "degree": degree, "threshold": threshold }),
+            ),
+            AuditEvent::RoundCompleted { round_id, attempt, participants, checkpoint_version } => (
+                EntryKind::RoundCompleted,
+                json!({ "task": t, "round": round_id.0, "attempt": hex::encode(attempt.0),
+                        "participants": participants, "checkpoint_version": checkpoint_version }),
+            ),
+            AuditEvent::RoundAborted { round_id, attempt, reason } => (
+                EntryKind::RoundAborted,
+                json!({ "task": t, "round": round_id.0, "attempt": hex::encode(attempt.0),
+                        "reason": reason.to_string() }),
+            ),
+            AuditEvent::MisbehavingHolder { round_id, client } => (
+                EntryKind::Refusal,
+                json!({ "task": t, "round": round_id.0, "client": client.to_hex(),
+                        "reason": "revealed a share that does not reconstruct" }),
+            ),
+        };
+        self.audit(kind, detail).await;
+    }
+}
+
+/// The driver of one task: stores its checkpoints, writes its audit entries and progress
+/// lines, in the order the engine emitted them. (Deadlines are the engine thread's.)
+async fn drive(
+    coordinator: Arc<Coordinator>,
+    task: Arc<TaskRuntime>,
+    mut outputs: mpsc::UnboundedReceiver<Output>,
+) {
+    let mut progress = progress::ProgressLog::new(task.name.clone());
+    while let Some(output) = outputs.recv().await {
+        match output {
+            Output::Checkpoint(c) => coordinator.commit(&task, c).await,
+            Output::Audit(e) => coordinator.audit_event(&task, e).await,
+            Output::Progress(p) => progress.record(&p, std::time::Instant::now()),
+            // The engine thread runs the sums; none comes here.
+            Output::Aggregate(_) => {}
+        }
+    }
+}
