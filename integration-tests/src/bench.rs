@@ -17,6 +17,12 @@
 //!    sink, all at once, handshakes excluded.
 //!
 //! The limit is `1.5 × (core + transfer)`; `ratio = round_wall_s / limit_s`.
+//!
+//! With [`BenchOptions::probe_health`], a probe on a thread of its own calls the gRPC health
+//! check every 10 ms during the round and the report gains `health_probe`: the calls' latency
+//! percentiles, over the round and over its last phase (see [`health_probe`]).
+
+mod health_probe;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -60,12 +66,21 @@ pub struct BenchOptions {
     pub dropout: f64,
     /// Seed of the clients' updates and the core's inputs.
     pub seed: u64,
+    /// Probe the gRPC health check during the round and report its latency.
+    pub probe_health: bool,
 }
 
 impl BenchOptions {
     /// The target's configuration: n = 100, d = 100,000, Harary graph, δ = 0.1.
     pub fn full() -> Self {
-        BenchOptions { clients: 100, dim: 100_000, graph: GraphKind::Harary, dropout: 0.1, seed: 1 }
+        BenchOptions {
+            clients: 100,
+            dim: 100_000,
+            graph: GraphKind::Harary,
+            dropout: 0.1,
+            seed: 1,
+            probe_health: false,
+        }
     }
 
     /// A smoke-test size for CI: n = 12, d = 1000.
@@ -204,6 +219,8 @@ struct RoundFigures {
     completed: usize,
     bytes_sent: u64,
     bytes_received: u64,
+    /// The health probe's report, if it ran.
+    health_probe: Option<Value>,
 }
 
 async fn round(s: &Setup, opts: &BenchOptions) -> Result<RoundFigures, String> {
@@ -241,6 +258,11 @@ async fn round(s: &Setup, opts: &BenchOptions) -> Result<RoundFigures, String> {
         });
         ready_rx
     };
+    let probe = if opts.probe_health {
+        Some(health_probe::Probe::start(operator_endpoint(s, opts, addr)?).await?)
+    } else {
+        None
+    };
     let start = Instant::now();
     let mut clients = Vec::with_capacity(opts.clients);
     for i in 0..opts.clients {
@@ -257,6 +279,10 @@ async fn round(s: &Setup, opts: &BenchOptions) -> Result<RoundFigures, String> {
         summaries.push(c.await.map_err(err)??);
     }
     let last = summaries.iter().map(|s| s.1).max().unwrap_or(start);
+    let health_probe = match probe {
+        Some(probe) => Some(probe.stop().await?.report(start, last)),
+        None => None,
+    };
     let selected = watch.await.map_err(err)??;
 
     let mut admin = admin_client(s, opts, addr).await?;
@@ -279,6 +305,7 @@ async fn round(s: &Setup, opts: &BenchOptions) -> Result<RoundFigures, String> {
         completed: reports.iter().filter(|r| r.completed).count(),
         bytes_sent: reports.iter().map(|r| r.bytes_sent).max().unwrap_or(0),
         bytes_received: reports.iter().map(|r| r.bytes_received).max().unwrap_or(0),
+        health_probe,
     })
 }
 
@@ -290,6 +317,16 @@ async fn admin_client(
     opts: &BenchOptions,
     addr: SocketAddr,
 ) -> Result<AdminClient, String> {
+    let channel = operator_endpoint(s, opts, addr)?.connect().await.map_err(err)?;
+    Ok(AdminClient::new(channel))
+}
+
+/// The coordinator's endpoint, with the operator's certificate (not connected).
+fn operator_endpoint(
+    s: &Setup,
+    opts: &BenchOptions,
+    addr: SocketAddr,
+) -> Result<tonic::transport::Endpoint, String> {
     let c = &s.pki.clients[opts.clients];
     let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(err);
     let tls = fedsec_client::tls::client_tls(
@@ -299,14 +336,10 @@ async fn admin_client(
         "localhost",
     )
     .map_err(err)?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
         .map_err(err)?
         .tls_config(tls)
-        .map_err(err)?
-        .connect()
-        .await
-        .map_err(err)?;
-    Ok(AdminClient::new(channel))
+        .map_err(err)
 }
 
 /// The task's status, as the operator sees it.
@@ -487,7 +520,7 @@ pub fn run(opts: &BenchOptions) -> Result<Value, String> {
     let completed = r.completed == opts.clients;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let phase = |i: usize| r.phase_seconds.get(i).copied().unwrap_or(0.0);
-    Ok(json!({
+    let mut report = json!({
         "n": opts.clients,
         "d": opts.dim,
         "graph": graph_name(opts.graph),
@@ -519,5 +552,9 @@ pub fn run(opts: &BenchOptions) -> Result<Value, String> {
         "client_bytes_received": r.bytes_received,
         "model_bytes": s.model_bytes,
         "upload_bytes_4d": upload_bytes,
-    }))
+    });
+    if let Some(probe) = r.health_probe {
+        report["health_probe"] = probe;
+    }
+    Ok(report)
 }

@@ -33,6 +33,10 @@ struct Args {
     /// Seed of the updates and inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Call the gRPC health check every 10 ms during the round (on a thread and connection of
+    /// its own) and report its latency under `health_probe`.
+    #[arg(long)]
+    probe_health: bool,
     /// CI-sized smoke run: n = 12, d = 1000 (overrides --clients and --dim).
     #[arg(long)]
     quick: bool,
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         },
         dropout: args.dropout,
         seed: args.seed,
+        probe_health: args.probe_health,
         ..base
     };
     match bench::run(&opts) {
