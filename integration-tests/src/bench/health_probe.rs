@@ -3,8 +3,9 @@
 //! first check-in until the last client has the round's result, with each call's latency.
 //!
 //! The probe has an OS thread and a current-thread runtime of its own, and its own mutual-TLS
-//! connections (the operator's certificate: health is open to every peer that completed the
-//! handshake), so that the clients' work on the benchmark's runtime does not delay its side
+//! connections with an operator certificate of its own (health is open to every peer that
+//! completed the handshake; the phase needs an operator, and a second one keeps the probe's
+//! status calls out of the first operator's rate limit), so that the clients' work on the benchmark's runtime does not delay its side
 //! of the calls. The coordinator still shares that runtime with the clients: what the probe
 //! measures is the coordinator's answer under the whole federation's load on these cores.
 //!
@@ -24,12 +25,16 @@ use super::{AdminClient, err, task_status};
 
 /// The pause between one health call's answer and the next call.
 pub const PROBE_PERIOD: Duration = Duration::from_millis(10);
-/// How often the probe asks for the task's phase.
-const PHASE_POLL: Duration = Duration::from_millis(20);
+/// How often the probe asks for the task's phase (under the Admin rate limit of 20 calls a
+/// second per operator).
+const PHASE_POLL: Duration = Duration::from_millis(60);
 /// A call not answered within this counts as an error.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The latency the coordinator should keep to at the 99th percentile (reported, not enforced).
 pub const TARGET_P99_MS: f64 = 50.0;
+
+/// How many of the slowest calls the report lists.
+const SLOWEST_REPORTED: usize = 8;
 
 /// The phase names (the status's `phase`) of the round's last phase and after.
 const LAST_PHASES: [&str; 3] = ["Unmasking", "committing", "finished"];
@@ -173,6 +178,22 @@ fn sorted_latencies<'a>(calls: impl Iterator<Item = &'a (Instant, Duration)>) ->
 }
 
 impl ProbeRecord {
+    /// The `count` slowest calls: when each was sent (seconds from `start`) and its latency.
+    fn slowest(&self, start: Instant, count: usize) -> Vec<Value> {
+        let mut calls: Vec<&(Instant, Duration)> = self.calls.iter().collect();
+        calls.sort_unstable_by_key(|c| std::cmp::Reverse(c.1));
+        calls
+            .iter()
+            .take(count)
+            .map(|(sent, took)| {
+                json!({
+                    "at_s": sent.saturating_duration_since(start).as_secs_f64(),
+                    "ms": took.as_secs_f64() * 1e3,
+                })
+            })
+            .collect()
+    }
+
     /// The report's `health_probe` object. `start` and `end` bound the round (first check-in,
     /// last client's result).
     pub fn report(&self, start: Instant, end: Instant) -> Value {
@@ -203,6 +224,7 @@ impl ProbeRecord {
             "max_ms_during_last_phase": last_phase.as_ref().and_then(|v| v.last()).map(|d| d.as_secs_f64() * 1e3),
             "calls_last_quarter": last_quarter.len(),
             "p99_ms_last_quarter": quantile_ms(&last_quarter, 0.99),
+            "slowest": self.slowest(start, SLOWEST_REPORTED),
             "target_p99_ms": TARGET_P99_MS,
             "meets_target": self.errors == 0 && p99.is_some_and(|p| p <= TARGET_P99_MS),
         })
