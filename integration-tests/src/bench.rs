@@ -20,7 +20,10 @@
 //!
 //! With [`BenchOptions::probe_health`], a probe on a thread of its own calls the gRPC health
 //! check every 10 ms during the round and the report gains `health_probe`: the calls' latency
-//! percentiles, over the round and over its last phase (see [`health_probe`]).
+//! percentiles, over the round and over its last phase (see [`health_probe`]). The clients do
+//! their protocol work on their runtime's threads, so a coordinator on the same runtime
+//! answers late whenever they compute; [`BenchOptions::coordinator_own_runtime`] gives the
+//! coordinator a runtime of its own, as a process of its own would have.
 
 mod health_probe;
 
