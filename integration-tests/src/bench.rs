@@ -17,6 +17,15 @@
 //!    sink, all at once, handshakes excluded.
 //!
 //! The limit is `1.5 × (core + transfer)`; `ratio = round_wall_s / limit_s`.
+//!
+//! With [`BenchOptions::probe_health`], a probe on a thread of its own calls the gRPC health
+//! check every 10 ms during the round and the report gains `health_probe`: the calls' latency
+//! percentiles, over the round and over its last phase (see [`health_probe`]). The clients do
+//! their protocol work on their runtime's threads, so a coordinator on the same runtime
+//! answers late whenever they compute; [`BenchOptions::coordinator_own_runtime`] gives the
+//! coordinator a runtime of its own, as a process of its own would have.
+
+mod health_probe;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -60,12 +69,24 @@ pub struct BenchOptions {
     pub dropout: f64,
     /// Seed of the clients' updates and the core's inputs.
     pub seed: u64,
+    /// Probe the gRPC health check during the round and report its latency.
+    pub probe_health: bool,
+    /// Run the coordinator on a tokio runtime of its own rather than on the clients'.
+    pub coordinator_own_runtime: bool,
 }
 
 impl BenchOptions {
     /// The target's configuration: n = 100, d = 100,000, Harary graph, δ = 0.1.
     pub fn full() -> Self {
-        BenchOptions { clients: 100, dim: 100_000, graph: GraphKind::Harary, dropout: 0.1, seed: 1 }
+        BenchOptions {
+            clients: 100,
+            dim: 100_000,
+            graph: GraphKind::Harary,
+            dropout: 0.1,
+            seed: 1,
+            probe_health: false,
+            coordinator_own_runtime: false,
+        }
     }
 
     /// A smoke-test size for CI: n = 12, d = 1000.
@@ -118,8 +139,9 @@ struct Setup {
 fn setup(opts: &BenchOptions) -> Result<Setup, String> {
     let dir = tempfile::tempdir().map_err(err)?;
     let root = dir.path();
-    // n clients and one operator, who reads the round's phases from the Admin service.
-    let pki = fedsec_coordinator::pki::init(&root.join("pki"), opts.clients + 1, &[], false)
+    // n clients and two operators: one reads the round's phases from the Admin service, the
+    // other is the health probe's (which watches the phase too, within its own rate limit).
+    let pki = fedsec_coordinator::pki::init(&root.join("pki"), opts.clients + 2, &[], false)
         .map_err(err)?;
     let params = opts.dim - 1;
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
@@ -128,6 +150,7 @@ fn setup(opts: &BenchOptions) -> Result<Setup, String> {
     let bytes = model.to_safetensors().map_err(err)?;
     std::fs::write(root.join("model.safetensors"), &bytes).map_err(err)?;
     let admin = pki.clients[opts.clients].id.to_hex();
+    let prober = pki.clients[opts.clients + 1].id.to_hex();
     let n = opts.clients;
     let text = format!(
         r#"
@@ -135,7 +158,7 @@ listen = "127.0.0.1:0"
 store = "store"
 audit_log = "audit.log"
 signing_key = "pki/coordinator-signing.key"
-admins = ["{admin}"]
+admins = ["{admin}", "{prober}"]
 threads = 1
 
 [tls]
@@ -204,15 +227,39 @@ struct RoundFigures {
     completed: usize,
     bytes_sent: u64,
     bytes_received: u64,
+    /// The health probe's report, if it ran.
+    health_probe: Option<Value>,
 }
 
-async fn round(s: &Setup, opts: &BenchOptions) -> Result<RoundFigures, String> {
-    let ready = fedsec_coordinator::server::prepare(&s.config).await.map_err(err)?;
-    let addr = ready.local_addr().map_err(err)?;
+/// The round; the coordinator runs on `coordinator_rt` if given, else beside the clients.
+async fn round(
+    s: &Setup,
+    opts: &BenchOptions,
+    coordinator_rt: Option<tokio::runtime::Handle>,
+) -> Result<RoundFigures, String> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(fedsec_coordinator::server::serve(ready, async {
-        let _ = stopped.await;
-    }));
+    let (listening, addr_rx) = tokio::sync::oneshot::channel();
+    let config = s.config.clone();
+    let coordinator = async move {
+        let ready = fedsec_coordinator::server::prepare(&config).await.map_err(err)?;
+        let _ = listening.send(ready.local_addr().map_err(err));
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        fedsec_coordinator::server::serve(ready, shutdown).await.map_err(err)
+    };
+    let server = match coordinator_rt {
+        Some(rt) => rt.spawn(coordinator),
+        None => tokio::spawn(coordinator),
+    };
+    let addr = match addr_rx.await {
+        Ok(addr) => addr?,
+        // The coordinator stopped before it listened: its error says why.
+        Err(_) => {
+            server.await.map_err(err)??;
+            return Err("the coordinator stopped before it listened".into());
+        }
+    };
 
     let mut update_rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x5eed);
     let update: Vec<f32> =
@@ -241,6 +288,11 @@ async fn round(s: &Setup, opts: &BenchOptions) -> Result<RoundFigures, String> {
         });
         ready_rx
     };
+    let probe = if opts.probe_health {
+        Some(health_probe::Probe::start(operator_endpoint(s, opts.clients + 1, addr)?).await?)
+    } else {
+        None
+    };
     let start = Instant::now();
     let mut clients = Vec::with_capacity(opts.clients);
     for i in 0..opts.clients {
@@ -257,12 +309,16 @@ async fn round(s: &Setup, opts: &BenchOptions) -> Result<RoundFigures, String> {
         summaries.push(c.await.map_err(err)??);
     }
     let last = summaries.iter().map(|s| s.1).max().unwrap_or(start);
+    let health_probe = match probe {
+        Some(probe) => Some(probe.stop().await?.report(start, last)),
+        None => None,
+    };
     let selected = watch.await.map_err(err)??;
 
     let mut admin = admin_client(s, opts, addr).await?;
     let status = task_status(&mut admin).await?;
     let _ = stop.send(());
-    server.await.map_err(err)?.map_err(err)?;
+    server.await.map_err(err)??;
 
     let result = status.recent_rounds.first().ok_or("the task reports no round")?;
     let phases: f64 = result.phase_seconds.iter().sum();
@@ -279,6 +335,7 @@ async fn round(s: &Setup, opts: &BenchOptions) -> Result<RoundFigures, String> {
         completed: reports.iter().filter(|r| r.completed).count(),
         bytes_sent: reports.iter().map(|r| r.bytes_sent).max().unwrap_or(0),
         bytes_received: reports.iter().map(|r| r.bytes_received).max().unwrap_or(0),
+        health_probe,
     })
 }
 
@@ -290,7 +347,18 @@ async fn admin_client(
     opts: &BenchOptions,
     addr: SocketAddr,
 ) -> Result<AdminClient, String> {
-    let c = &s.pki.clients[opts.clients];
+    let channel = operator_endpoint(s, opts.clients, addr)?.connect().await.map_err(err)?;
+    Ok(AdminClient::new(channel))
+}
+
+/// The coordinator's endpoint, with the certificate of the PKI's client `cert` (an operator's:
+/// n is the operator's, n + 1 the health probe's), not connected.
+fn operator_endpoint(
+    s: &Setup,
+    cert: usize,
+    addr: SocketAddr,
+) -> Result<tonic::transport::Endpoint, String> {
+    let c = &s.pki.clients[cert];
     let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(err);
     let tls = fedsec_client::tls::client_tls(
         &read(&s.pki.ca_cert)?,
@@ -299,14 +367,10 @@ async fn admin_client(
         "localhost",
     )
     .map_err(err)?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
         .map_err(err)?
         .tls_config(tls)
-        .map_err(err)?
-        .connect()
-        .await
-        .map_err(err)?;
-    Ok(AdminClient::new(channel))
+        .map_err(err)
 }
 
 /// The task's status, as the operator sees it.
@@ -478,7 +542,15 @@ pub fn run(opts: &BenchOptions) -> Result<Value, String> {
     fedsec_coordinator::tls::install_crypto_provider();
     let s = setup(opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(err)?;
-    let r = rt.block_on(round(&s, opts))?;
+    // A runtime of the coordinator's own, as if it ran in a process of its own: the clients do
+    // their protocol work on their runtime's threads, which delays every task that shares them.
+    let coordinator_rt = if opts.coordinator_own_runtime {
+        Some(tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(err)?)
+    } else {
+        None
+    };
+    let r = rt.block_on(round(&s, opts, coordinator_rt.as_ref().map(|c| c.handle().clone())))?;
+    drop(coordinator_rt);
     let (core_s, exact) = core_in_memory(opts)?;
     let upload_bytes = 4 * opts.dim;
     let tls_s = rt.block_on(tls_transfer(&s, opts.clients, s.model_bytes, upload_bytes))?;
@@ -487,13 +559,14 @@ pub fn run(opts: &BenchOptions) -> Result<Value, String> {
     let completed = r.completed == opts.clients;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let phase = |i: usize| r.phase_seconds.get(i).copied().unwrap_or(0.0);
-    Ok(json!({
+    let mut report = json!({
         "n": opts.clients,
         "d": opts.dim,
         "graph": graph_name(opts.graph),
         "dropout": opts.dropout,
         "corrupt": CORRUPT,
         "cores": threads,
+        "coordinator_runtime": if opts.coordinator_own_runtime { "own" } else { "shared" },
         "completed": completed,
         "clients_completed": r.completed,
         "set_sizes": r.set_sizes,
@@ -519,5 +592,9 @@ pub fn run(opts: &BenchOptions) -> Result<Value, String> {
         "client_bytes_received": r.bytes_received,
         "model_bytes": s.model_bytes,
         "upload_bytes_4d": upload_bytes,
-    }))
+    });
+    if let Some(probe) = r.health_probe {
+        report["health_probe"] = probe;
+    }
+    Ok(report)
 }

@@ -43,6 +43,22 @@ fn quick_benchmark_completes_its_round_and_reports_every_figure() {
     }
 }
 
+#[test]
+fn quick_benchmark_probes_the_health_check_through_the_round() {
+    let opts =
+        BenchOptions { probe_health: true, coordinator_own_runtime: true, ..BenchOptions::quick() };
+    let report = bench::run(&opts).expect("the benchmark runs");
+    println!("{report}");
+    assert_eq!(report["completed"], true, "every client has the round's result: {report}");
+    assert_eq!(report["coordinator_runtime"], "own");
+    let probe = &report["health_probe"];
+    assert_eq!(probe["errors"], 0, "every health call was answered SERVING: {report}");
+    assert!(probe["calls"].as_u64().is_some_and(|c| c >= 1), "the probe called: {report}");
+    for field in ["p50_ms", "p99_ms", "max_ms"] {
+        assert!(probe[field].as_f64().is_some_and(|ms| ms > 0.0), "{field}: {report}");
+    }
+}
+
 /// Runs the `secagg-bench` binary of this package.
 fn secagg_bench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_secagg-bench")).args(args).output().expect("secagg-bench runs")

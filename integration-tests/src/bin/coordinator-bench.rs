@@ -33,6 +33,14 @@ struct Args {
     /// Seed of the updates and inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Call the gRPC health check every 10 ms during the round (on a thread and connection of
+    /// its own) and report its latency under `health_probe`.
+    #[arg(long)]
+    probe_health: bool,
+    /// Run the coordinator on a tokio runtime of its own, as in a process of its own (by
+    /// default it shares the clients' runtime, whose threads their protocol work occupies).
+    #[arg(long)]
+    coordinator_own_runtime: bool,
     /// CI-sized smoke run: n = 12, d = 1000 (overrides --clients and --dim).
     #[arg(long)]
     quick: bool,
@@ -52,6 +60,8 @@ fn main() -> ExitCode {
         },
         dropout: args.dropout,
         seed: args.seed,
+        probe_health: args.probe_health,
+        coordinator_own_runtime: args.coordinator_own_runtime,
         ..base
     };
     match bench::run(&opts) {
