@@ -134,6 +134,9 @@ pub enum AbortReason {
     /// The new model does not serialize.
     #[error("the new model does not serialize: {0}")]
     ModelDoesNotSerialize(ModelError),
+    /// The computation of the sum failed (a bug); nothing was revealed beyond the unmasking.
+    #[error("the aggregation failed")]
+    AggregationFailed,
 }
 
 /// Result alias.

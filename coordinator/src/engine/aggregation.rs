@@ -20,7 +20,7 @@ use fedsec_wire::model::Model;
 use sha2::{Digest, Sha256};
 
 use super::attempt::Attempt;
-use super::types::{Assignment, NewCheckpoint};
+use super::types::{Assignment, NewCheckpoint, RoundOutcome};
 use crate::error::{AbortReason, Result};
 
 /// What the engine keeps of an attempt while its sum is computed elsewhere.
@@ -30,6 +30,8 @@ pub(super) struct Finishing {
     pub(super) info: Assignment,
     /// The digests of the unmasking messages received (an identical resend is recognised).
     pub(super) unmasked: BTreeMap<ClientId, [u8; 32]>,
+    /// The attempt's outcome as far as it got, should the sum never come back.
+    pub(super) outcome: RoundOutcome,
 }
 
 impl Finishing {
@@ -38,6 +40,7 @@ impl Finishing {
             ctx: attempt.ctx,
             info: attempt.info.clone(),
             unmasked: attempt.answered[Phase::Unmasking.index()].clone(),
+            outcome: attempt.outcome(false, None, None),
         }
     }
 }

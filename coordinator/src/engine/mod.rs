@@ -81,7 +81,7 @@ enum State {
     },
     Running(Box<Attempt>),
     /// The unmasking closed; the sum is computed outside ([`Output::Aggregate`]).
-    Aggregating(Finishing),
+    Aggregating(Box<Finishing>),
     Committing {
         attempt: Box<Attempt>,
         checkpoint: NewCheckpoint,
@@ -115,6 +115,9 @@ pub struct Engine {
     result_order: VecDeque<RoundContext>,
     /// How many outcomes were ever remembered (readers republish when it changes).
     results_changes: u64,
+    /// How many times a waiting check-in was dropped other than by selection (withdrawn,
+    /// expired, its client gone): long-polls on check-ins look again when it changes.
+    waiting_dropped: u64,
     outputs: VecDeque<Output>,
 }
 
@@ -171,6 +174,7 @@ impl Engine {
             unmasked: BTreeMap::new(),
             result_order: VecDeque::new(),
             results_changes: 0,
+            waiting_dropped: 0,
             outputs: VecDeque::new(),
         })
     }
@@ -245,6 +249,11 @@ impl Engine {
     /// The finished attempts the engine remembers, oldest first.
     pub fn recent_results(&self) -> impl Iterator<Item = &RoundOutcome> {
         self.result_order.iter().filter_map(|c| self.results.get(c))
+    }
+
+    /// Grows each time a waiting check-in is dropped other than by selection.
+    pub fn waiting_dropped(&self) -> u64 {
+        self.waiting_dropped
     }
 
     /// Grows by one each time an attempt's outcome is remembered.
@@ -355,9 +364,19 @@ impl Engine {
         }
     }
 
-    /// Withdraws a waiting check-in (the client's call was cancelled, or it was deny-listed).
+    /// Withdraws a waiting check-in (the client was deny-listed).
     pub fn withdraw(&mut self, client: &ClientId) {
-        self.waiting.remove(client);
+        if self.waiting.remove(client).is_some() {
+            self.waiting_dropped += 1;
+        }
+    }
+
+    /// Withdraws the check-in `client` made at `at` (its call was cancelled) — unless it
+    /// checked in again since, which keeps its place.
+    pub fn withdraw_check_in(&mut self, client: &ClientId, at: Instant) {
+        if self.waiting.get(client) == Some(&(at + CHECK_IN_TTL)) {
+            self.withdraw(client);
+        }
     }
 
     /// A client's connection closed and it did not come back (its process died, its network
@@ -366,7 +385,7 @@ impl Engine {
     /// withdrawn. If the client does call again while its phase is open, its message is taken
     /// as usual.
     pub fn client_gone(&mut self, client: &ClientId, now: Instant) {
-        self.waiting.remove(client);
+        self.withdraw(client);
         let State::Running(a) = &mut self.state else { return };
         if a.info.plan.index_of(client).is_none() || !a.gone.insert(*client) {
             return;
@@ -388,7 +407,11 @@ impl Engine {
     /// Samples U and starts an attempt, if enough eligible clients wait.
     fn select(&mut self, now: Instant) {
         let State::Selecting { .. } = self.state else { return };
+        let before = self.waiting.len();
         self.waiting.retain(|_, expiry| *expiry > now);
+        if self.waiting.len() < before {
+            self.waiting_dropped += 1;
+        }
         let mut candidates: Vec<ClientId> = self.waiting.keys().copied().collect();
         if candidates.len() < self.config.min_clients {
             self.state = State::Selecting { deadline: Some(now + self.config.deadlines.selection) };
@@ -609,7 +632,7 @@ impl Engine {
         let State::Running(attempt) = std::mem::replace(&mut self.state, State::Finished) else {
             return;
         };
-        self.state = State::Aggregating(Finishing::of(&attempt));
+        self.state = State::Aggregating(Box::new(Finishing::of(&attempt)));
         self.outputs.push_back(Output::Aggregate(Aggregation {
             attempt,
             model: self.model.clone(),
@@ -644,6 +667,32 @@ impl Engine {
                 self.abort(reason);
             }
         }
+        Ok(())
+    }
+
+    /// The sum of the finishing attempt `ctx` will not come back (its computation failed):
+    /// the attempt aborts with what the engine kept of it, and the round is retried.
+    pub fn aggregation_failed(&mut self, ctx: &RoundContext) -> Result<()> {
+        let State::Aggregating(f) = &self.state else { return Err(Error::NothingToAggregate) };
+        if f.ctx != *ctx {
+            return Err(Error::NothingToAggregate);
+        }
+        let State::Aggregating(f) =
+            std::mem::replace(&mut self.state, State::Selecting { deadline: None })
+        else {
+            unreachable!("checked above")
+        };
+        let reason = AbortReason::AggregationFailed;
+        let plan = &f.info.plan;
+        tracing::error!(round = plan.round_id.0, %reason, "round attempt aborted");
+        self.outputs.push_back(Output::Audit(AuditEvent::RoundAborted {
+            round_id: plan.round_id,
+            attempt: plan.attempt,
+            reason: reason.clone(),
+        }));
+        let outcome = RoundOutcome { abort_reason: Some(reason), ..f.outcome };
+        self.outputs.push_back(Output::Progress(Progress::Ended(Box::new(outcome.clone()))));
+        self.remember(outcome, f.unmasked);
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use fedsec_crypto::sign::{IdentityKey, RawKeyCredentials};
 use fedsec_crypto::{AdversaryClass, GraphKind, TaskId};
 use fedsec_wire::model::Tensor;
 
-use fedsec_crypto::secagg::messages::ShareKeys;
+use fedsec_crypto::secagg::messages::{ShareKeys, UnmaskingResponse};
 use fedsec_crypto::secagg::server::UploadProgress;
 
 use super::*;
@@ -706,9 +706,9 @@ fn the_operator_hears_of_waiting_clients_ended_attempts_and_the_end() {
     assert_eq!(f.progress.last(), Some(&Progress::Finished { rounds: 1, checkpoint_version: 1 }));
 }
 
-#[test]
-fn committing_holds_the_result_back() {
-    let mut f = fed(10, config(10));
+/// Runs an attempt of ten by hand up to the end of its unmasking: the engine hands out the
+/// sum. Returns the attempt, one of its clients, and each client's unmasking message.
+fn run_to_the_sum(f: &mut Fed) -> (RoundContext, ClientId, Vec<(ClientId, UnmaskingResponse)>) {
     let info = f.check_in_all();
     let ctx = info.plan.context();
     let any = info.plan.selected[0];
@@ -766,6 +766,13 @@ fn committing_holds_the_result_back() {
         f.engine.unmasking(*id, msg.clone(), f.now).unwrap();
         revealed.push((*id, msg));
     }
+    (ctx, any, revealed)
+}
+
+#[test]
+fn committing_holds_the_result_back() {
+    let mut f = fed(10, config(10));
+    let (ctx, any, revealed) = run_to_the_sum(&mut f);
     // The sum is computed outside the engine: meanwhile the result waits, the plan stays
     // visible, and an identical unmasking message is recognised, a different one refused.
     assert_eq!(f.engine.status().state, EngineState::Aggregating);
@@ -1036,4 +1043,38 @@ fn an_idle_partial_upload_is_evicted_and_the_round_goes_on() {
     };
     assert!(r.completed);
     assert_eq!(r.participants(), 8);
+}
+
+#[test]
+fn a_sum_that_fails_aborts_the_attempt_and_the_round_is_retried() {
+    let mut f = fed(10, config(10));
+    let (ctx, any, _) = run_to_the_sum(&mut f);
+    assert_eq!(f.engine.status().state, EngineState::Aggregating);
+    assert!(f.engine.aggregation_failed(&RoundContext([0; 32])).is_err(), "not this attempt");
+    f.engine.aggregation_failed(&ctx).unwrap();
+    assert_eq!(f.engine.status().state, EngineState::Selecting);
+    assert_eq!(f.engine.checkpoint().0, 0, "the model is unchanged");
+    let Some(Ok(Reply::Result(r))) = f.engine.reply(&any, &ctx, Phase::Unmasking) else {
+        panic!("the clients hear how the attempt ended")
+    };
+    assert!(!r.completed);
+    assert_eq!(r.abort_reason, Some(AbortReason::AggregationFailed));
+    assert!(f.engine.aggregation_failed(&ctx).is_err(), "only once");
+}
+
+#[test]
+fn a_cancelled_check_in_is_withdrawn_unless_the_client_checked_in_again() {
+    let mut f = fed(10, config(10));
+    let id = f.sites[0].key.id();
+    let first = f.now;
+    f.engine.check_in(id, first);
+    f.now += Duration::from_secs(1);
+    f.engine.check_in(id, f.now);
+    // The first call's cancellation arrives late: the second check-in keeps its place.
+    f.engine.withdraw_check_in(&id, first);
+    assert_eq!(f.engine.status().waiting, 1);
+    let dropped = f.engine.waiting_dropped();
+    f.engine.withdraw_check_in(&id, f.now);
+    assert_eq!(f.engine.status().waiting, 0);
+    assert_eq!(f.engine.waiting_dropped(), dropped + 1, "parked check-ins look again");
 }

@@ -327,13 +327,16 @@ impl Coordinator {
         }
         self.limits.add_task(&config);
         self.check_rate_limits(&task);
+        // The driver first: were this call cancelled while the entry is written, the task
+        // would still store its checkpoints.
+        tokio::spawn(drive(self.clone(), task, outputs));
         self.audit(
             EntryKind::TaskCreated,
             json!({ "task": hex::encode(id.0), "name": config.name, "checkpoint_version": version,
                     "clients_per_round": config.clients_per_round, "rounds": config.rounds }),
         )
         .await;
-        tokio::spawn(drive(self.clone(), task, outputs));
+
         Ok(id)
     }
 

@@ -82,7 +82,10 @@ impl View {
     }
 }
 
-type Job = Box<dyn FnOnce(&mut Engine, Instant) + Send>;
+/// An engine call; what it returns sends the caller its answer, once the engine thread has
+/// published what the call changed (a caller then always sees its own change in the view).
+type Job = Box<dyn FnOnce(&mut Engine, Instant) -> Deliver + Send>;
+type Deliver = Box<dyn FnOnce() + Send>;
 
 enum Command {
     /// Run this on the engine (it sends its own reply).
@@ -98,6 +101,8 @@ enum Command {
     AwaitSelection { client: ClientId, tx: oneshot::Sender<CheckIn> },
     /// The sum of the finishing attempt.
     Aggregated(Box<Aggregated>),
+    /// The sum of this attempt failed (the computation panicked).
+    AggregationFailed(RoundContext),
 }
 
 /// One training task: the handle to its engine thread, what it publishes, and its settings
@@ -163,6 +168,7 @@ impl TaskRuntime {
             replies: Vec::new(),
             selections: BTreeMap::new(),
             parked_after_prune: 0,
+            answers: Vec::new(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         std::thread::Builder::new()
@@ -178,8 +184,11 @@ impl TaskRuntime {
     ) -> Result<R, Status> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |engine, now| {
+            let answer = f(engine, now);
             // The caller may have gone; its answer is not needed then.
-            let _ = tx.send(f(engine, now));
+            Box::new(move || {
+                let _ = tx.send(answer);
+            })
         });
         self.commands.send(Command::Call(job)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| Status::internal("the task's engine failed during the call"))
@@ -187,7 +196,10 @@ impl TaskRuntime {
 
     /// Runs `f` on the engine without waiting for it (for a call being dropped).
     pub(crate) fn call_detached(&self, f: impl FnOnce(&mut Engine, Instant) + Send + 'static) {
-        let command = Command::Call(Box::new(f));
+        let command = Command::Call(Box::new(move |engine, now| {
+            f(engine, now);
+            Box::new(|| {})
+        }));
         if let Err(mpsc::error::TrySendError::Full(command)) = self.commands.try_send(command) {
             let commands = self.commands.clone();
             tokio::spawn(async move { commands.send(command).await });
@@ -234,10 +246,18 @@ impl TaskRuntime {
         self.view.borrow().clone()
     }
 
-    /// Waits until `done` holds of the view, or `max` passes; returns whether it held.
+    /// Waits until `done` holds of the view, or `max` passes; returns whether it held — or
+    /// `true` if the task's engine has stopped (there is nothing more to wait for).
     pub async fn wait_for_view(&self, max: Duration, done: impl Fn(&View) -> bool) -> bool {
         let mut rx = self.view.clone();
-        matches!(tokio::time::timeout(max, rx.wait_for(|v| done(v))).await, Ok(Ok(_)))
+        match tokio::time::timeout(max, rx.wait_for(|v| done(v))).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) => {
+                tracing::error!(task = %hex::encode(self.id.0), "the task's engine has stopped");
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// The checkpoint clients download now.
@@ -258,6 +278,7 @@ struct Epoch {
     phase: Option<Phase>,
     round: u64,
     results: u64,
+    waiting_dropped: u64,
 }
 
 impl Epoch {
@@ -268,6 +289,7 @@ impl Epoch {
             phase: s.phase,
             round: s.round_id.0,
             results: engine.results_changes(),
+            waiting_dropped: engine.waiting_dropped(),
         }
     }
 }
@@ -294,6 +316,8 @@ struct Actor {
     selections: BTreeMap<ClientId, Vec<oneshot::Sender<CheckIn>>>,
     /// Parked calls after the last pruning of the abandoned ones.
     parked_after_prune: usize,
+    /// Answers of the batch's calls, sent once the batch is settled.
+    answers: Vec<Deliver>,
 }
 
 impl Actor {
@@ -317,24 +341,34 @@ impl Actor {
                         }
                     }
                 }
-                _ = sleep => self.guarded(|e, now| e.handle_timeout(now)),
+                _ = sleep => self.handle(Command::Call(Box::new(|e, now| {
+                    e.handle_timeout(now);
+                    Box::new(|| {})
+                }))),
             }
-            self.settle();
+            if std::panic::catch_unwind(AssertUnwindSafe(|| self.settle())).is_err() {
+                tracing::error!("settling the engine's changes panicked; the task goes on");
+            }
+            for answer in self.answers.drain(..) {
+                answer();
+            }
         }
     }
 
-    /// Runs `f` on the engine; a panic (a bug) is logged and the engine serves on — it is
-    /// consistent between calls, as the tests check.
-    fn guarded(&mut self, f: impl FnOnce(&mut Engine, Instant)) {
-        let engine = &mut self.engine;
-        if std::panic::catch_unwind(AssertUnwindSafe(|| f(engine, Instant::now()))).is_err() {
+    /// Runs one command. A panic (a bug) is logged and the engine thread serves on: the call
+    /// fails (its caller gets an error), the task goes on.
+    fn handle(&mut self, command: Command) {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| self.run_command(command))).is_err() {
             tracing::error!("an engine call panicked; the call failed, the task goes on");
         }
     }
 
-    fn handle(&mut self, command: Command) {
+    fn run_command(&mut self, command: Command) {
         match command {
-            Command::Call(job) => self.guarded(job),
+            Command::Call(job) => {
+                let answer = job(&mut self.engine, Instant::now());
+                self.answers.push(answer);
+            }
             Command::AwaitReply { client, ctx, phase, tx } => {
                 match self.engine.reply(&client, &ctx, phase) {
                     Some(reply) => {
@@ -358,6 +392,11 @@ impl Actor {
             Command::Aggregated(done) => {
                 if let Err(e) = self.engine.aggregated(*done) {
                     tracing::error!(error = %e, "an aggregation's result came back too late");
+                }
+            }
+            Command::AggregationFailed(ctx) => {
+                if let Err(e) = self.engine.aggregation_failed(&ctx) {
+                    tracing::error!(error = %e, "a failed aggregation came back too late");
                 }
             }
         }
@@ -446,10 +485,133 @@ impl Actor {
     /// Runs the sum on the engine thread's blocking pool; the result comes back as a command.
     fn aggregate(&mut self, job: Aggregation) {
         let Some(to_self) = self.to_self.upgrade() else { return };
+        let ctx = job.ctx();
         tokio::task::spawn_blocking(move || {
-            let done = job.run();
+            let command = match std::panic::catch_unwind(AssertUnwindSafe(|| job.run())) {
+                Ok(done) => Command::Aggregated(Box::new(done)),
+                Err(_) => {
+                    tracing::error!("the aggregation panicked; the attempt aborts");
+                    Command::AggregationFailed(ctx)
+                }
+            };
             // The task is shutting down if nobody takes it.
-            let _ = to_self.blocking_send(Command::Aggregated(Box::new(done)));
+            let _ = to_self.blocking_send(command);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc as std_mpsc;
+
+    use ed25519_dalek::SigningKey;
+    use fedsec_crypto::sign::RawKeyCredentials;
+    use fedsec_crypto::{CheckpointHash, GraphKind};
+    use fedsec_wire::checkpoint::Manifest;
+    use fedsec_wire::model::{Model, Tensor};
+
+    use super::*;
+    use crate::engine::{PhaseDeadlines, TaskConfig};
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    fn task(n: usize) -> Arc<TaskRuntime> {
+        let mut c = TaskConfig::new(TaskId([5; 16]), "actor", n);
+        c.graph = GraphKind::Complete;
+        c.over_selection = 1.0;
+        c.min_clients = n;
+        c.deadlines = PhaseDeadlines::uniform(Duration::from_secs(60));
+        let model = Model::new().with("w", Tensor::new(vec![2], vec![0.5, -0.5]).unwrap());
+        let bytes = model.to_safetensors().unwrap();
+        let manifest = Manifest {
+            version: 0,
+            parent_version: 0,
+            sha256: CheckpointHash::of(&bytes),
+            size_bytes: bytes.len() as u64,
+            task_id: c.task_id,
+            round_summary: "initial".into(),
+        }
+        .sign(&SigningKey::from_bytes(&[1; 32]));
+        let engine = Engine::new(c, model, 0, Arc::new(RawKeyCredentials), [2; 32]).unwrap();
+        let published = Published { manifest, bytes: Arc::new(bytes) };
+        TaskRuntime::start(TaskId([5; 16]), engine, published, true).unwrap().0
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parked_check_ins_are_answered_when_the_selection_happens_and_not_before() {
+        let task = task(10);
+        let clients: Vec<ClientId> = (0..10u8).map(|i| ClientId([i + 1; 32])).collect();
+        let mut parked = Vec::new();
+        for &c in &clients[..9] {
+            let first = task.call(move |e, now| e.check_in(c, now)).await.unwrap();
+            assert_eq!(first, CheckIn::Pending);
+            let t = task.clone();
+            parked.push(tokio::spawn(async move { t.await_selection(c, BOUND).await }));
+        }
+        // Every call of the nine has been taken by the engine thread once this one returns.
+        assert_eq!(task.call(|e, _| e.status().waiting).await.unwrap(), 9);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(parked.iter().all(|p| !p.is_finished()), "nobody is answered before selection");
+        assert_eq!(task.view().status.waiting, 9);
+
+        let last = clients[9];
+        let answer = task.call(move |e, now| e.check_in(last, now)).await.unwrap();
+        let CheckIn::Selected(plan) = answer else { panic!("the tenth check-in selects") };
+        for p in parked {
+            let answer = tokio::time::timeout(BOUND, p).await.unwrap().unwrap().unwrap();
+            assert_eq!(answer, Some(CheckIn::Selected(plan.clone())));
+        }
+        let view = task.view();
+        assert_eq!(view.status.state, EngineState::Running);
+        assert_eq!(view.current.as_ref().map(|a| a.plan.context()), Some(plan.plan.context()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parked_phase_reply_ends_empty_at_its_bound_while_the_phase_is_open() {
+        let task = task(10);
+        for i in 0..10u8 {
+            let c = ClientId([i + 1; 32]);
+            task.call(move |e, now| e.check_in(c, now)).await.unwrap();
+        }
+        let ctx = task.view().current.as_ref().unwrap().plan.context();
+        // Nobody advertised: the phase stays open, the long-poll ends empty at its bound.
+        let reply = task
+            .await_reply(ClientId([1; 32]), ctx, Phase::AdvertiseKeys, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert!(reply.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_do_not_wait_for_a_busy_engine() {
+        let task = task(10);
+        let (release, hold) = std_mpsc::channel::<()>();
+        let (entered, busy) = tokio::sync::oneshot::channel::<()>();
+        let t = task.clone();
+        let blocked = tokio::spawn(async move {
+            t.call(move |_, _| {
+                let _ = entered.send(());
+                // Stands for a long engine call: the engine thread is held until released.
+                let _ = hold.recv_timeout(BOUND);
+            })
+            .await
+        });
+        tokio::time::timeout(BOUND, busy).await.unwrap().unwrap();
+        // The engine thread is busy; the view, the published checkpoint and the task's
+        // settings answer at once.
+        let view = tokio::time::timeout(Duration::from_secs(1), async { task.view() }).await;
+        assert_eq!(view.unwrap().status.state, EngineState::Selecting);
+        assert_eq!(task.published().manifest.manifest.version, 0);
+        assert!(!blocked.is_finished());
+        release.send(()).unwrap();
+        tokio::time::timeout(BOUND, blocked).await.unwrap().unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_engine_call_fails_alone_and_the_task_serves_on() {
+        let task = task(10);
+        let failed = task.call(|_, _| -> u32 { panic!("a bug") }).await;
+        assert_eq!(failed.unwrap_err().code(), tonic::Code::Internal);
+        assert_eq!(task.call(|e, _| e.status().waiting).await.unwrap(), 0);
     }
 }

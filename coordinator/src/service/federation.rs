@@ -106,16 +106,16 @@ impl Federation for FederationService {
             return Ok(Response::new(retry(Duration::from_secs(5), "the task has not started")));
         }
         let verifier = (self.coordinator.verifier)();
-        let first = task
+        let (first, at) = task
             .call(move |e, now| {
                 e.set_verifier(verifier);
-                e.check_in(client, now)
+                (e.check_in(client, now), now)
             })
             .await?;
         let answer = match first {
             CheckIn::Pending => {
                 // Withdraw the check-in if the client goes away while waiting.
-                let guard = Withdraw { task: task.clone(), client, armed: true };
+                let guard = Withdraw { task: task.clone(), client, at, armed: true };
                 let answer = task.await_selection(client, CHECK_IN_LONG_POLL).await;
                 guard.disarm();
                 answer?.unwrap_or(CheckIn::RetryLater {
@@ -188,24 +188,18 @@ impl Federation for FederationService {
                 "the task has not finished; its checkpoints come with the rounds",
             ));
         }
-        let published = task.published();
-        // The same model-bytes rate as a round's download.
-        if let Some(rate) = self.coordinator.rate_limits() {
-            rate.check_model_bytes(&client, published.bytes.len() as u64)?;
-        }
-        let enrolled = task
-            .call(move |e, _| {
-                let enrolled = e.is_enrolled(&client);
-                e.final_model_sent(client);
-                enrolled
-            })
-            .await?;
-        if !enrolled {
+        if !task.call(move |e, _| e.is_enrolled(&client)).await? {
             return Err(Status::permission_denied(format!(
                 "client {} did not check in to this task before it finished",
                 client.to_hex()
             )));
         }
+        let published = task.published();
+        // The same model-bytes rate as a round's download.
+        if let Some(rate) = self.coordinator.rate_limits() {
+            rate.check_model_bytes(&client, published.bytes.len() as u64)?;
+        }
+        task.call(move |e, _| e.final_model_sent(client)).await?;
         Ok(Response::new(model_stream(published.manifest, published.bytes)))
     }
 
@@ -340,6 +334,8 @@ fn retry(after: Duration, reason: &str) -> v1::CheckInResponse {
 struct Withdraw {
     task: Arc<TaskRuntime>,
     client: ClientId,
+    /// When the check-in was taken: a later check-in of the same client is not withdrawn.
+    at: std::time::Instant,
     armed: bool,
 }
 
@@ -352,8 +348,8 @@ impl Withdraw {
 impl Drop for Withdraw {
     fn drop(&mut self) {
         if self.armed {
-            let client = self.client;
-            self.task.call_detached(move |e, _| e.withdraw(&client));
+            let (client, at) = (self.client, self.at);
+            self.task.call_detached(move |e, _| e.withdraw_check_in(&client, at));
         }
     }
 }
