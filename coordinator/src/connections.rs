@@ -20,12 +20,12 @@
 //! a client ([`Connections::close_client`]: a client put on the deny-list), through the
 //! [`ConnControl`] each connection carries.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use fedsec_crypto::ClientId;
 use futures::task::AtomicWaker;
 use tokio::sync::mpsc;
@@ -39,6 +39,8 @@ struct Open {
     opened: u64,
     /// The controls of the connections open now.
     controls: Vec<Arc<ConnControl>>,
+    /// Reported gone, and not back since.
+    gone: bool,
 }
 
 /// Why a connection was not admitted after its handshake.
@@ -141,19 +143,14 @@ pub enum ConnectionEvent {
     Back(ClientId),
 }
 
-#[derive(Debug, Default)]
-struct State {
-    open: BTreeMap<ClientId, Open>,
-    /// Connections open now, of all clients.
-    total: usize,
-    /// Clients reported gone and not back since.
-    gone: std::collections::BTreeSet<ClientId>,
-}
-
 /// The open connections of each client. See the [module docs](self).
 #[derive(Debug)]
 pub struct Connections {
-    state: Mutex<State>,
+    /// Each client's connections (a sharded map: an update takes one client's entry; the
+    /// reports about a client are sent while its entry is held, so they keep its order).
+    clients: DashMap<ClientId, Open>,
+    /// Connections open now, of all clients.
+    total: AtomicUsize,
     grace: Duration,
     max_total: usize,
     max_per_client: usize,
@@ -190,12 +187,15 @@ impl Connections {
         max_per_client: usize,
     ) -> (Arc<Connections>, mpsc::UnboundedReceiver<ConnectionEvent>) {
         let (events, rx) = mpsc::unbounded_channel();
-        let state = Mutex::new(State::default());
-        (Arc::new(Connections { state, grace, max_total, max_per_client, events }), rx)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let connections = Connections {
+            clients: DashMap::new(),
+            total: AtomicUsize::new(0),
+            grace,
+            max_total,
+            max_per_client,
+            events,
+        };
+        (Arc::new(connections), rx)
     }
 
     /// A connection of `client` opened, unless the client or the coordinator has its maximum
@@ -204,30 +204,40 @@ impl Connections {
         self: &Arc<Self>,
         client: ClientId,
     ) -> Result<ConnectionGuard, ConnectionRefused> {
-        let mut state = self.lock();
-        if state.total >= self.max_total {
-            return Err(ConnectionRefused::Total { limit: self.max_total });
-        }
-        if state.open.get(&client).is_some_and(|e| e.count >= self.max_per_client) {
-            return Err(ConnectionRefused::PerClient { limit: self.max_per_client });
-        }
-        state.total += 1;
-        let control = ConnControl::new();
-        let entry = state.open.entry(client).or_default();
-        entry.count += 1;
-        entry.opened += 1;
-        entry.controls.push(control.clone());
-        if state.gone.remove(&client) {
-            // Sent under the lock, so that the reports keep the order of the facts.
-            let _ = self.events.send(ConnectionEvent::Back(client));
-        }
-        Ok(ConnectionGuard { connections: self.clone(), client, control })
+        let refused = {
+            let mut entry = self.clients.entry(client).or_default();
+            if self
+                .total
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max_total).then_some(n + 1)
+                })
+                .is_err()
+            {
+                ConnectionRefused::Total { limit: self.max_total }
+            } else if entry.count >= self.max_per_client {
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                ConnectionRefused::PerClient { limit: self.max_per_client }
+            } else {
+                let control = ConnControl::new();
+                entry.count += 1;
+                entry.opened += 1;
+                entry.controls.push(control.clone());
+                if std::mem::take(&mut entry.gone) {
+                    // Sent while the entry is held, so that the reports keep the order of the
+                    // facts.
+                    let _ = self.events.send(ConnectionEvent::Back(client));
+                }
+                return Ok(ConnectionGuard { connections: self.clone(), client, control });
+            }
+        };
+        // Keep no entry for a client refused before it ever held a connection.
+        self.clients.remove_if(&client, |_, e| e.opened == 0);
+        Err(refused)
     }
 
     /// Closes every open connection of `client` (it was denied); returns how many.
     pub fn close_client(&self, client: &ClientId) -> usize {
-        let state = self.lock();
-        let Some(entry) = state.open.get(client) else { return 0 };
+        let Some(entry) = self.clients.get(client) else { return 0 };
         for c in &entry.controls {
             c.close();
         }
@@ -236,26 +246,25 @@ impl Connections {
 
     /// The number of connections open now.
     pub fn connections_open(&self) -> usize {
-        self.lock().total
+        self.total.load(Ordering::Acquire)
     }
 
     /// The number of clients with an open connection now.
     pub fn clients_connected(&self) -> usize {
-        self.lock().open.values().filter(|e| e.count > 0).count()
+        self.clients.iter().filter(|e| e.count > 0).count()
     }
 
-    /// Reports `client` gone (the caller holds the lock and has checked it has no connection).
-    fn report_gone(&self, state: &mut State, client: ClientId) {
-        state.open.remove(&client);
-        state.gone.insert(client);
+    /// Reports `client` gone (the caller holds its entry and has checked it has no
+    /// connection).
+    fn report_gone(&self, entry: &mut Open, client: ClientId) {
+        entry.gone = true;
         let _ = self.events.send(ConnectionEvent::Gone(client));
     }
 
     fn closed(self: &Arc<Self>, client: ClientId, control: &Arc<ConnControl>) {
+        let _ = self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         let opened = {
-            let mut state = self.lock();
-            state.total = state.total.saturating_sub(1);
-            let Some(entry) = state.open.get_mut(&client) else { return };
+            let Some(mut entry) = self.clients.get_mut(&client) else { return };
             entry.controls.retain(|c| !Arc::ptr_eq(c, control));
             entry.count = entry.count.saturating_sub(1);
             if entry.count > 0 {
@@ -263,7 +272,7 @@ impl Connections {
             }
             let opened = entry.opened;
             if self.grace.is_zero() {
-                self.report_gone(&mut state, client);
+                self.report_gone(&mut entry, client);
                 return;
             }
             opened
@@ -275,10 +284,10 @@ impl Connections {
         let this = self.clone();
         runtime.spawn(async move {
             tokio::time::sleep(this.grace).await;
-            let mut state = this.lock();
+            let Some(mut entry) = this.clients.get_mut(&client) else { return };
             // Gone only if no connection opened since this one closed.
-            if state.open.get(&client).is_some_and(|e| e.count == 0 && e.opened == opened) {
-                this.report_gone(&mut state, client);
+            if entry.count == 0 && entry.opened == opened && !entry.gone {
+                this.report_gone(&mut entry, client);
             }
         });
     }

@@ -11,7 +11,9 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use fedsec_crypto::ClientId;
 
@@ -40,13 +42,14 @@ pub struct DenyList {
 #[derive(Debug)]
 struct Inner {
     path: Option<PathBuf>,
-    ids: RwLock<Arc<HashSet<ClientId>>>,
+    /// The list in force, replaced whole on a reload (readers never wait for a writer).
+    ids: watch::Sender<Arc<HashSet<ClientId>>>,
 }
 
 impl DenyList {
     /// A list that denies nobody and has no file to reload.
     pub fn empty() -> Self {
-        DenyList { inner: Arc::new(Inner { path: None, ids: RwLock::new(Arc::default()) }) }
+        DenyList { inner: Arc::new(Inner { path: None, ids: watch::Sender::new(Arc::default()) }) }
     }
 
     /// Loads the list from `path`.
@@ -55,7 +58,7 @@ impl DenyList {
         Ok(DenyList {
             inner: Arc::new(Inner {
                 path: Some(path.to_path_buf()),
-                ids: RwLock::new(Arc::new(ids)),
+                ids: watch::Sender::new(Arc::new(ids)),
             }),
         })
     }
@@ -69,8 +72,7 @@ impl DenyList {
         };
         let ids = Arc::new(read(path)?);
         let count = ids.len();
-        // A panic elsewhere cannot leave a half-written `Arc`, so a poisoned lock is still sound.
-        *self.inner.ids.write().unwrap_or_else(PoisonError::into_inner) = ids;
+        self.inner.ids.send_replace(ids);
         Ok(count)
     }
 
@@ -102,7 +104,7 @@ impl DenyList {
     }
 
     fn snapshot(&self) -> Arc<HashSet<ClientId>> {
-        self.inner.ids.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.inner.ids.borrow().clone()
     }
 }
 

@@ -20,9 +20,11 @@
 //! drop((p1, p2));
 //! ```
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
 
 /// The source a handshake is counted against: an IPv4 address, or the /64 of an IPv6 one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,19 +60,16 @@ pub enum AdmissionRefused {
     Total { limit: usize },
 }
 
-#[derive(Debug, Default)]
-struct Counts {
-    per_source: HashMap<Source, usize>,
-    total: usize,
-}
-
 /// Counts handshakes in progress per source and in all. See the [module docs](self).
 #[derive(Debug)]
 pub struct HandshakeLimiter {
     per_source: usize,
     total: usize,
-    // Held only to update two counters, never across an `.await`.
-    counts: Mutex<Counts>,
+    /// Handshakes in progress per source (only sources with one; a sharded map, each update
+    /// one entry's).
+    sources: DashMap<Source, usize>,
+    /// Handshakes in progress in all.
+    in_progress: AtomicUsize,
 }
 
 /// One handshake's slot; dropping it frees the slot.
@@ -83,52 +82,65 @@ pub struct HandshakePermit {
 impl HandshakeLimiter {
     /// A limiter allowing `per_source` handshakes at once from one source and `total` in all.
     pub fn new(per_source: usize, total: usize) -> Arc<Self> {
-        Arc::new(HandshakeLimiter { per_source, total, counts: Mutex::new(Counts::default()) })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
-        // The counts are updated in single statements; a panic elsewhere leaves them whole.
-        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+        Arc::new(HandshakeLimiter {
+            per_source,
+            total,
+            sources: DashMap::new(),
+            in_progress: AtomicUsize::new(0),
+        })
     }
 
     /// Takes a slot for a handshake from `ip`, or says which allowance is spent.
     pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakePermit, AdmissionRefused> {
         let source = Source::of(ip);
-        let mut counts = self.lock();
-        let mine = counts.per_source.get(&source).copied().unwrap_or(0);
-        if mine >= self.per_source {
-            return Err(AdmissionRefused::PerSource { limit: self.per_source });
+        let refused = {
+            // The source's entry is held while both allowances are checked and taken.
+            let mut mine = self.sources.entry(source).or_insert(0);
+            if *mine >= self.per_source {
+                Some(AdmissionRefused::PerSource { limit: self.per_source })
+            } else if self
+                .in_progress
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.total).then_some(n + 1)
+                })
+                .is_err()
+            {
+                Some(AdmissionRefused::Total { limit: self.total })
+            } else {
+                *mine += 1;
+                None
+            }
+        };
+        match refused {
+            Some(why) => {
+                // Forget the source again if it has no handshake in progress.
+                self.sources.remove_if(&source, |_, n| *n == 0);
+                Err(why)
+            }
+            None => Ok(HandshakePermit { limiter: self.clone(), source }),
         }
-        if counts.total >= self.total {
-            return Err(AdmissionRefused::Total { limit: self.total });
-        }
-        counts.per_source.insert(source, mine + 1);
-        counts.total += 1;
-        Ok(HandshakePermit { limiter: self.clone(), source })
     }
 
     /// Handshakes in progress from `ip`'s source.
     pub fn in_progress_from(&self, ip: IpAddr) -> usize {
-        self.lock().per_source.get(&Source::of(ip)).copied().unwrap_or(0)
+        self.sources.get(&Source::of(ip)).map_or(0, |n| *n)
     }
 
     /// Handshakes in progress in all.
     pub fn in_progress(&self) -> usize {
-        self.lock().total
+        self.in_progress.load(Ordering::Acquire)
     }
 }
 
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
-        let mut counts = self.limiter.lock();
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(n) = counts.per_source.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                // Forget idle sources, so the map holds only sources with a handshake now.
-                counts.per_source.remove(&self.source);
-            }
+        let limiter = &self.limiter;
+        if let Some(mut n) = limiter.sources.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
         }
+        // Forget idle sources, so the map holds only sources with a handshake now.
+        limiter.sources.remove_if(&self.source, |_, n| *n == 0);
+        limiter.in_progress.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -166,7 +178,7 @@ mod tests {
         assert!(limiter.try_admit(ip("10.0.0.3")).is_ok(), "freed slots are free again");
         drop((honest, other, other2));
         assert_eq!(limiter.in_progress(), 0);
-        assert!(limiter.lock().per_source.is_empty(), "no state kept for idle sources");
+        assert!(limiter.sources.is_empty(), "no state kept for idle sources");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! a task is created.
 
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -119,29 +119,28 @@ impl SizeLimits {
 /// The current [`SizeLimits`], shared between the services (which update them when a task is
 /// created) and the edge layer (which reads them for each request).
 #[derive(Debug, Clone)]
-pub struct SharedLimits(Arc<RwLock<SizeLimits>>);
+pub struct SharedLimits(Arc<tokio::sync::watch::Sender<SizeLimits>>);
 
 impl Default for SharedLimits {
     fn default() -> Self {
-        SharedLimits(Arc::new(RwLock::new(SizeLimits::for_tasks([]))))
+        SharedLimits(Arc::new(tokio::sync::watch::Sender::new(SizeLimits::for_tasks([]))))
     }
 }
 
 impl SharedLimits {
-    /// The limits now. The lock is held for a copy, never across an `.await`.
+    /// The limits now (a copy of the published ones).
     pub fn get(&self) -> SizeLimits {
-        *self.0.read().unwrap_or_else(PoisonError::into_inner)
+        *self.0.borrow()
     }
 
     /// Replaces the limits.
     pub fn set(&self, limits: SizeLimits) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = limits;
+        self.0.send_replace(limits);
     }
 
     /// Raises the limits to take a new task's messages too.
     pub fn add_task(&self, task: &TaskConfig) {
-        let mut limits = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        *limits = limits.union(SizeLimits::for_tasks([task]));
+        self.0.send_modify(|limits| *limits = limits.union(SizeLimits::for_tasks([task])));
     }
 }
 

@@ -31,7 +31,6 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use fedsec_crypto::ClientId;
@@ -241,8 +240,9 @@ struct Bucket<C: Clock> {
 pub struct RateLimits<C: Clock = MonotonicClock> {
     buckets: [Bucket<C>; 4],
     refused: [AtomicU64; 4],
-    /// Refusals not yet reported, per client and class. Held only to add one or to take all.
-    unreported: Mutex<BTreeMap<(ClientId, RateClass), u64>>,
+    /// Refusals not yet reported, per client and class (a sharded map: a refusal updates one
+    /// entry, a report takes each entry out).
+    unreported: dashmap::DashMap<(ClientId, RateClass), u64>,
 }
 
 impl<C: Clock> std::fmt::Debug for RateLimits<C> {
@@ -282,7 +282,7 @@ impl<C: Clock + Clone> RateLimits<C> {
                 bucket(RateClass::Admin)?,
             ],
             refused: Default::default(),
-            unreported: Mutex::new(BTreeMap::new()),
+            unreported: dashmap::DashMap::new(),
         })
     }
 
@@ -313,8 +313,7 @@ impl<C: Clock + Clone> RateLimits<C> {
         };
         self.refused[class.index()].fetch_add(1, Ordering::Relaxed);
         let first = {
-            let mut unreported = self.unreported.lock().unwrap_or_else(PoisonError::into_inner);
-            let count = unreported.entry((*client, class)).or_default();
+            let mut count = self.unreported.entry((*client, class)).or_default();
             *count += 1;
             *count == 1
         };
@@ -394,8 +393,10 @@ impl<C: Clock + Clone> RateLimits<C> {
     /// Logs the refusals since the last report (a line per client and class) and forgets the
     /// buckets of clients that are full again. Called every `period` by the server.
     pub fn report(&self, period: Duration) {
-        let unreported =
-            std::mem::take(&mut *self.unreported.lock().unwrap_or_else(PoisonError::into_inner));
+        let keys: Vec<(ClientId, RateClass)> = self.unreported.iter().map(|e| *e.key()).collect();
+        // Each entry taken out whole: a refusal counted meanwhile goes to the next report.
+        let unreported: BTreeMap<(ClientId, RateClass), u64> =
+            keys.iter().filter_map(|k| self.unreported.remove(k)).collect();
         for ((client, class), count) in unreported {
             let limit = self.buckets[class.index()].limit;
             tracing::warn!(
