@@ -6,7 +6,9 @@
 //! converts messages and calls in here; the round engine ([`crate::engine`]) is sans-IO and
 //! knows nothing of either. Nothing here holds a lock while it works: engines are reached
 //! through their command queues, the audit log through its writer thread, and the tables
-//! readers share are published copies ([`tokio::sync::watch`]).
+//! readers share are published copies ([`tokio::sync::watch`]). No std lock is taken on an
+//! async worker anywhere in the coordinator: `coordinator/clippy.toml` disallows
+//! `std::sync::Mutex` and `RwLock`, and clippy's `await_holding_lock` is denied.
 
 mod audit;
 mod progress;
