@@ -206,7 +206,11 @@ impl Connections {
     ) -> Result<ConnectionGuard, ConnectionRefused> {
         let refused = {
             let mut entry = self.clients.entry(client).or_default();
-            if self
+            // The client's own allowance first: a slot of the total is taken only for a
+            // connection that is admitted.
+            if entry.count >= self.max_per_client {
+                ConnectionRefused::PerClient { limit: self.max_per_client }
+            } else if self
                 .total
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                     (n < self.max_total).then_some(n + 1)
@@ -214,9 +218,6 @@ impl Connections {
                 .is_err()
             {
                 ConnectionRefused::Total { limit: self.max_total }
-            } else if entry.count >= self.max_per_client {
-                self.total.fetch_sub(1, Ordering::AcqRel);
-                ConnectionRefused::PerClient { limit: self.max_per_client }
             } else {
                 let control = ConnControl::new();
                 entry.count += 1;
@@ -258,15 +259,25 @@ impl Connections {
     /// connection).
     fn report_gone(&self, entry: &mut Open, client: ClientId) {
         entry.gone = true;
+        entry.controls = Vec::new();
         let _ = self.events.send(ConnectionEvent::Gone(client));
     }
 
     fn closed(self: &Arc<Self>, client: ClientId, control: &Arc<ConnControl>) {
-        let _ = self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        let release = || {
+            let _ =
+                self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        };
         let opened = {
-            let Some(mut entry) = self.clients.get_mut(&client) else { return };
+            let Some(mut entry) = self.clients.get_mut(&client) else {
+                release();
+                return;
+            };
             entry.controls.retain(|c| !Arc::ptr_eq(c, control));
             entry.count = entry.count.saturating_sub(1);
+            // The total goes down with the client's count, while its entry is held: a
+            // reconnection never sees one without the other.
+            release();
             if entry.count > 0 {
                 return;
             }
@@ -302,6 +313,33 @@ impl Drop for ConnectionGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_opens_and_closes_keep_the_caps_and_the_counts() {
+        let (c, _events) = Connections::limited(Duration::ZERO, 6, 2);
+        std::thread::scope(|scope| {
+            for t in 0..8u8 {
+                let c = c.clone();
+                scope.spawn(move || {
+                    let client = ClientId([t % 4; 32]);
+                    for _ in 0..2_000 {
+                        if let Ok(guard) = c.opened(client) {
+                            assert!(c.connections_open() <= 6);
+                            drop(guard);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(c.connections_open(), 0);
+        assert_eq!(c.clients_connected(), 0);
+        // Every client can open its two again.
+        let held: Vec<_> = (0..3u8)
+            .flat_map(|i| [c.opened(ClientId([i; 32])), c.opened(ClientId([i; 32]))])
+            .collect();
+        assert!(held.iter().all(Result::is_ok));
+        assert_eq!(c.opened(ClientId([3; 32])).unwrap_err(), ConnectionRefused::Total { limit: 6 });
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_client_is_gone_once_its_last_connection_closed_for_the_grace_period() {

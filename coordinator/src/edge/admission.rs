@@ -135,12 +135,20 @@ impl HandshakeLimiter {
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
         let limiter = &self.limiter;
-        if let Some(mut n) = limiter.sources.get_mut(&self.source) {
-            *n = n.saturating_sub(1);
+        // Both counts go down in one step, while the source's entry is held.
+        match limiter.sources.entry(self.source) {
+            dashmap::Entry::Occupied(mut e) => {
+                *e.get_mut() = e.get().saturating_sub(1);
+                limiter.in_progress.fetch_sub(1, Ordering::AcqRel);
+                if *e.get() == 0 {
+                    // Forget idle sources: the map holds only sources with a handshake now.
+                    e.remove();
+                }
+            }
+            dashmap::Entry::Vacant(_) => {
+                limiter.in_progress.fetch_sub(1, Ordering::AcqRel);
+            }
         }
-        // Forget idle sources, so the map holds only sources with a handshake now.
-        limiter.sources.remove_if(&self.source, |_, n| *n == 0);
-        limiter.in_progress.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -150,6 +158,28 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn concurrent_admissions_and_drops_never_exceed_the_caps_and_leave_nothing_behind() {
+        let limiter = HandshakeLimiter::new(3, 8);
+        std::thread::scope(|scope| {
+            for t in 0..8u8 {
+                let limiter = limiter.clone();
+                scope.spawn(move || {
+                    let source = ip(&format!("10.0.0.{}", t % 4));
+                    for _ in 0..2_000 {
+                        if let Ok(permit) = limiter.try_admit(source) {
+                            assert!(limiter.in_progress() <= 8);
+                            assert!(limiter.in_progress_from(source) <= 3);
+                            drop(permit);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(limiter.in_progress(), 0);
+        assert!(limiter.sources.is_empty(), "no state kept for idle sources");
     }
 
     #[test]
