@@ -11,7 +11,8 @@
 //!
 //! A second task on the probe's runtime asks the Admin service for the task's phase every
 //! [`PHASE_POLL`], on a connection of its own, and notes when the round reached its last phase
-//! (Unmasking, then committing): the window in which the coordinator unmasks and aggregates.
+//! (Unmasking, aggregating, then committing): the window in which the coordinator unmasks and
+//! aggregates.
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,7 @@ pub const TARGET_P99_MS: f64 = 50.0;
 const SLOWEST_REPORTED: usize = 8;
 
 /// The phase names (the status's `phase`) of the round's last phase and after.
-const LAST_PHASES: [&str; 3] = ["Unmasking", "committing", "finished"];
+const LAST_PHASES: [&str; 4] = ["Unmasking", "aggregating", "committing", "finished"];
 
 /// What the probe recorded.
 #[derive(Debug, Default)]
