@@ -12,7 +12,6 @@ use fedsec_proto::v1::admin_server::AdminServer;
 use fedsec_proto::v1::federation_server::FederationServer;
 use fedsec_wire::model::{Model, ModelError};
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{CoordinatorConfig, TaskConfigError, TaskSection};
@@ -319,24 +318,15 @@ pub async fn serve(
         layer = layer.with_rate_limits(limits.clone());
         rate = Some((report_refusals(limits.clone()), limits));
     }
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(edge.keepalive_interval()))
-        .http2_keepalive_timeout(Some(edge.keepalive_timeout()))
-        .max_concurrent_streams(edge.max_concurrent_streams);
-    if edge.max_connection_age_ms > 0 {
-        builder = builder
-            .max_connection_age(Duration::from_millis(edge.max_connection_age_ms))
-            .max_connection_age_grace(Duration::from_millis(edge.max_connection_age_grace_ms));
-    }
-    let router = builder
-        .layer(layer)
-        .add_service(health)
+    let routes = tonic::service::Routes::new(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(federation)
-        .add_service(admin);
+        .add_service(admin)
+        .prepare();
+    let service = tower::ServiceBuilder::new().layer(layer).service(routes);
     tracing::info!(addr = %ready.local_addr()?, tls = ready.tls.is_some(), "serving");
-    let served = serve_with(ready, router, shutdown).await;
+    let served = serve_with(ready, service, shutdown).await;
     if let Some((reporter, limits)) = rate {
         reporter.abort();
         limits.report(RATE_REPORT_PERIOD);
@@ -362,13 +352,22 @@ fn report_refusals(limits: Arc<RateLimits>) -> tokio::task::JoinHandle<()> {
 }
 
 /// Serves `router` on the listener of `ready` until `shutdown` resolves.
-async fn serve_with(
+async fn serve_with<S>(
     ready: Ready,
-    router: tonic::transport::server::Router<
-        tower::layer::util::Stack<EdgeLayer, tower::layer::util::Identity>,
-    >,
+    service: S,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
+) -> Result<(), StartError>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let limits = crate::edge::ConnectionLimits::new(&ready.edge);
     match ready.tls {
         Some(tls) => {
             let (tracker, mut events) = Connections::limited(
@@ -386,13 +385,14 @@ async fn serve_with(
             });
             let admission = crate::tls::Admission::new(&ready.edge, Some(tracker));
             let incoming = crate::tls::tls_incoming_admitted(ready.listener, tls, admission);
-            Ok(router.serve_with_incoming_shutdown(incoming, shutdown).await?)
+            crate::edge::serve_incoming(incoming, service, limits, shutdown).await;
         }
         None => {
             let incoming = crate::tls::tcp_incoming(ready.listener);
-            Ok(router.serve_with_incoming_shutdown(incoming, shutdown).await?)
+            crate::edge::serve_incoming(incoming, service, limits, shutdown).await;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

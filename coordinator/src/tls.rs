@@ -22,7 +22,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,7 +38,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -175,8 +174,6 @@ pub struct Admission {
     pub tracker: Option<Arc<Connections>>,
     /// TCP keep-alive idle time and probe interval (`None`: off).
     pub tcp_keepalive: Option<Duration>,
-    /// A connection with no call in flight for this long is closed (`None`: never).
-    pub idle_timeout: Option<Duration>,
 }
 
 impl Admission {
@@ -187,7 +184,6 @@ impl Admission {
             limiter: edge.handshake_limiter(),
             tracker,
             tcp_keepalive: Some(edge.keepalive_interval()),
-            idle_timeout: edge.idle_timeout(),
         }
     }
 }
@@ -212,8 +208,9 @@ impl core::fmt::Debug for PeerIdentity {
 
 /// An accepted TLS connection whose handshake (client certificate included) succeeded.
 ///
-/// It reads end of stream once its [`ConnControl`] is switched off (the client was denied) or
-/// it has been idle for the idle timeout, and the server then closes it.
+/// It reads end of stream once its [`ConnControl`] is switched off (the client was denied), and
+/// the server then closes it; [`crate::edge::serve`] also cuts it then, and sends it away when
+/// idle or old.
 #[derive(Debug)]
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
@@ -221,7 +218,6 @@ pub struct TlsConn {
     /// Keeps the client's account in the connection tracker open while the connection is.
     _tracked: Option<ConnectionGuard>,
     control: Arc<ConnControl>,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
 }
 
 impl TlsConn {
@@ -230,7 +226,6 @@ impl TlsConn {
         stream: TlsStream<TcpStream>,
         remote_addr: SocketAddr,
         tracker: Option<&Arc<Connections>>,
-        idle_timeout: Option<Duration>,
     ) -> Option<Self> {
         let (_, session) = stream.get_ref();
         let chain: Vec<Vec<u8>> = session
@@ -256,31 +251,14 @@ impl TlsConn {
             None => None,
         };
         let control = tracked.as_ref().map_or_else(ConnControl::new, |g| g.control().clone());
-        let idle = idle_timeout.map(|t| (t, Box::pin(tokio::time::sleep(t))));
         let info = PeerInfo { remote_addr, client, control: Some(control.clone()) };
-        Some(TlsConn { stream, info, _tracked: tracked, control, idle })
+        Some(TlsConn { stream, info, _tracked: tracked, control })
     }
 
-    /// Whether the connection is to end: switched off, or idle for the timeout (then it is
-    /// switched off here). Registers `cx` to be woken for either.
-    fn ending(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Whether the connection is to end (switched off); registers `cx` to be woken for it.
+    fn ending(&self, cx: &mut Context<'_>) -> bool {
         self.control.register(cx.waker());
-        if self.control.is_closed() {
-            return true;
-        }
-        let Some((timeout, sleep)) = &mut self.idle else { return false };
-        while sleep.as_mut().poll(cx).is_ready() {
-            match self.control.idle_deadline(*timeout) {
-                Some(at) if at <= Instant::now() => {
-                    tracing::debug!(peer = %self.info.remote_addr, "closing an idle connection");
-                    self.control.close();
-                    return true;
-                }
-                Some(at) => sleep.as_mut().reset(at),
-                None => sleep.as_mut().reset(Instant::now() + *timeout),
-            }
-        }
-        false
+        self.control.is_closed()
     }
 
     /// Who is at the other end.
@@ -482,16 +460,14 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let ready = ready.clone();
         let tracker = admission.tracker.clone();
-        let (handshake_timeout, idle_timeout) =
-            (admission.handshake_timeout, admission.idle_timeout);
+        let handshake_timeout = admission.handshake_timeout;
         tokio::spawn(async move {
             let accepted = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
             // The slot is free once the handshake is over, whatever its outcome.
             drop(permit);
             match accepted {
                 Ok(Ok(stream)) => {
-                    let Some(conn) = TlsConn::new(stream, peer, tracker.as_ref(), idle_timeout)
-                    else {
+                    let Some(conn) = TlsConn::new(stream, peer, tracker.as_ref()) else {
                         return;
                     };
                     // The server stopped if this fails; the connection is simply dropped.

@@ -1,7 +1,8 @@
 //! The coordinator's network edge under abuse, with real processes over mutual TLS on loopback:
 //! a flood of idle TCP connections from one address, oversized and denied messages, a thousand
 //! streams on one connection, and a client denied while it waits for selection. In each case
-//! the honest round completes.
+//! the honest round completes. And how connections end: GOAWAY when idle or old, calls in
+//! flight finishing within the grace period.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::{Federation, Options, TASK_ID};
 use fedsec_client::tls::client_tls;
 use fedsec_proto::v1;
@@ -339,4 +341,179 @@ fn a_black_holed_client_is_gone_within_the_keep_alive_bound_and_the_round_goes_o
     assert_eq!(completed.len(), 1, "the round completed without client 10");
     assert_eq!(completed[0]["detail"]["participants"], 9, "{completed:?}");
     fed.client(10).kill();
+}
+
+/// A raw HTTP/2 connection over mutual TLS with certificate `i`, to see what the server sends:
+/// the handle to start calls and the connection's task.
+async fn raw_h2(
+    fed: &Federation,
+    i: usize,
+) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(fed.pki().join("ca.pem")).unwrap()).unwrap();
+    let (cert, key) = fed.cert(i);
+    let chain: Vec<_> = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&fed.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+/// Starts a call of the health service's `method` with an empty request; its response body.
+async fn start_health(
+    send: &h2::client::SendRequest<Bytes>,
+    method: &str,
+) -> Result<h2::RecvStream, h2::Error> {
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost/grpc.health.v1.Health/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let mut ready = send.clone().ready().await?;
+    let (response, mut body) = ready.send_request(request, false)?;
+    // One gRPC message: uncompressed, zero bytes long (an empty HealthCheckRequest).
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)?;
+    let response = response.await?;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    // The first answer: a health check's only message, a watch's first.
+    let first = body.data().await.expect("an answer")?;
+    let _ = body.flow_control().release_capacity(first.len());
+    Ok(body)
+}
+
+/// One health check on the connection, read to its end.
+async fn check_health(send: &h2::client::SendRequest<Bytes>) -> Result<(), h2::Error> {
+    let mut body = start_health(send, "Check").await?;
+    while let Some(chunk) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk?.len());
+    }
+    let trailers = body.trailers().await?.expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    Ok(())
+}
+
+/// The error a new call on the connection gets, if the server has sent it away.
+async fn sent_away(send: &mut h2::client::SendRequest<Bytes>) -> Option<h2::Error> {
+    futures::future::poll_fn(|cx| send.poll_ready(cx)).await.err()
+}
+
+/// Whether `e` is the server's GOAWAY with `NO_ERROR` (a graceful close, not a cut).
+fn is_graceful_goaway(e: &h2::Error) -> bool {
+    e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR)
+}
+
+#[test]
+fn an_idle_connection_is_sent_goaway_and_one_with_a_call_in_flight_is_kept() {
+    const IDLE: Duration = Duration::from_secs(1);
+    let fed = Federation::start(Options {
+        rounds: 1,
+        edge: vec![format!("idle_timeout_ms = {}", IDLE.as_millis())],
+        ..Options::default()
+    });
+    let rt = runtime();
+    rt.block_on(async {
+        // One call, then nothing: the server sends the connection away after the timeout.
+        let (mut send, conn) = raw_h2(&fed, 11).await;
+        check_health(&send).await.unwrap();
+        let idle_from = Instant::now();
+        let ended = tokio::time::timeout(LONG, conn).await.expect("the idle connection closed");
+        let after = idle_from.elapsed();
+        println!("idle connection closed after {after:?} ({ended:?})");
+        let e = sent_away(&mut send).await.expect("a new call is refused");
+        assert!(is_graceful_goaway(&e), "closed by GOAWAY(NO_ERROR), not cut: {e:?}");
+        assert!(after >= IDLE, "not before the idle timeout: {after:?}");
+        assert!(after < IDLE + Duration::from_secs(10), "soon after the idle timeout: {after:?}");
+
+        // A call in flight (a health watch stays open) keeps the connection however long.
+        let (mut send, conn) = raw_h2(&fed, 11).await;
+        let watch = start_health(&send, "Watch").await.unwrap();
+        tokio::time::sleep(IDLE * 4).await;
+        assert!(!conn.is_finished(), "a connection with a call in flight is not idle");
+        assert!(sent_away(&mut send).await.is_none(), "and not sent away");
+        check_health(&send).await.expect("it still serves new calls");
+        // Once its last call ends, it is idle again and sent away.
+        drop(watch);
+        let ended_from = Instant::now();
+        tokio::time::timeout(LONG, conn).await.expect("closed once idle").unwrap().ok();
+        let after = ended_from.elapsed();
+        println!("connection closed {after:?} after its last call ended");
+        assert!(after >= IDLE && after < IDLE + Duration::from_secs(10), "{after:?}");
+        let e = sent_away(&mut send).await.expect("a new call is refused");
+        assert!(is_graceful_goaway(&e), "{e:?}");
+    });
+}
+
+#[test]
+fn an_old_connection_is_sent_goaway_its_calls_finish_within_the_grace_and_rounds_go_on() {
+    const AGE: Duration = Duration::from_secs(3);
+    const GRACE: Duration = Duration::from_secs(4);
+    let mut fed = Federation::start(Options {
+        rounds: 1,
+        edge: vec![
+            format!("max_connection_age_ms = {}", AGE.as_millis()),
+            format!("max_connection_age_grace_ms = {}", GRACE.as_millis()),
+        ],
+        ..Options::default()
+    });
+    let rt = runtime();
+    rt.block_on(async {
+        // Two connections with a call in flight on each.
+        let (mut kept, kept_conn) = raw_h2(&fed, 11).await;
+        let kept_watch = start_health(&kept, "Watch").await.unwrap();
+        let (mut ended, ended_conn) = raw_h2(&fed, 12).await;
+        let ended_watch = start_health(&ended, "Watch").await.unwrap();
+        let opened = Instant::now();
+        // GOAWAY comes at the age, ±10 %: polled every 20 ms, for at most two ages.
+        let mut away = None;
+        while away.is_none() && opened.elapsed() < AGE * 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            away = sent_away(&mut ended).await;
+        }
+        let at = opened.elapsed();
+        println!("GOAWAY after {at:?}");
+        let e = away.expect("the old connection is sent away");
+        assert!(is_graceful_goaway(&e), "{e:?}");
+        assert!(at >= AGE.mul_f64(0.9) - Duration::from_millis(200), "not before its age: {at:?}");
+        assert!(at <= AGE.mul_f64(1.1) + Duration::from_secs(1), "at its age: {at:?}");
+        // Its call in flight goes on; once it ends, the connection closes at once.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!ended_conn.is_finished(), "a call in flight goes on after GOAWAY");
+        drop(ended_watch);
+        let closing = Instant::now();
+        tokio::time::timeout(LONG, ended_conn).await.expect("closed").unwrap().ok();
+        println!("closed {:?} after its last call ended", closing.elapsed());
+        assert!(closing.elapsed() < Duration::from_secs(2), "{:?}", closing.elapsed());
+        // A call held beyond the grace period is cut with its connection.
+        while sent_away(&mut kept).await.is_none() {
+            assert!(opened.elapsed() < AGE * 2, "the other connection is sent away too");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut kept_watch = kept_watch;
+        let cut = tokio::time::timeout(LONG, async {
+            while let Some(Ok(_)) = kept_watch.data().await {}
+            opened.elapsed()
+        })
+        .await
+        .expect("the held call ends");
+        println!("the held call was cut after {cut:?}");
+        assert!(cut >= AGE.mul_f64(0.9) + GRACE - Duration::from_millis(200), "{cut:?}");
+        assert!(cut <= AGE.mul_f64(1.1) + GRACE + Duration::from_secs(2), "{cut:?}");
+        let _ = tokio::time::timeout(LONG, kept_conn).await.expect("and its connection closed");
+    });
+    // Clients whose connections are sent away every few seconds still complete the round.
+    run_honest_round(&mut fed, 10);
 }

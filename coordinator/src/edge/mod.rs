@@ -11,9 +11,10 @@
 //!    backlog keeps draining and other addresses are still admitted.
 //! 2. **Connections** ([`crate::connections`]): after the handshake, at most
 //!    [`EdgeConfig::max_connections`] in all and [`EdgeConfig::max_connections_per_client`] per
-//!    certificate; a connection with no call in flight for [`EdgeConfig::idle_timeout_ms`] is
-//!    closed, one older than [`EdgeConfig::max_connection_age_ms`] is asked to go away (HTTP/2
-//!    GOAWAY; calls in flight finish). The server pings every connection
+//!    certificate. Each connection is served by [`serve`]: one with no call in flight for
+//!    [`EdgeConfig::idle_timeout_ms`], or older than [`EdgeConfig::max_connection_age_ms`], is
+//!    asked to go away (HTTP/2 GOAWAY; calls in flight may finish within
+//!    [`EdgeConfig::max_connection_age_grace_ms`]). The server pings every connection
 //!    ([`EdgeConfig::keepalive_interval_ms`], [`EdgeConfig::keepalive_timeout_ms`]) and the
 //!    sockets have TCP keep-alive, so a half-open connection is closed within the interval plus
 //!    the timeout, and its client is reported gone.
@@ -39,6 +40,7 @@ pub mod admission;
 pub mod gate;
 pub mod limits;
 pub mod rate;
+pub mod serve;
 
 use std::time::Duration;
 
@@ -48,6 +50,7 @@ pub use admission::{AdmissionRefused, HandshakeLimiter, HandshakePermit};
 pub use gate::EdgeLayer;
 pub use limits::{SharedLimits, SizeLimits};
 pub use rate::{RateClass, RateLimitConfig, RateLimitConfigError, RateLimits, TaskOverRateLimit};
+pub use serve::{ConnectionLimits, serve_incoming};
 
 /// The `[edge]` section of the configuration. Every key has a default an honest federation
 /// never reaches; `docs/operations.md` says why each default is what it is.
@@ -64,9 +67,9 @@ pub struct EdgeConfig {
     pub max_connections: usize,
     /// Authenticated connections open at once per client certificate.
     pub max_connections_per_client: usize,
-    /// A connection with no call in flight for this long is closed (0: never).
+    /// A connection with no call in flight for this long is sent GOAWAY (0: never).
     pub idle_timeout_ms: u64,
-    /// A connection older than this is sent GOAWAY (0: never); calls in flight finish.
+    /// A connection older than this (±10 %) is sent GOAWAY (0: never); calls in flight finish.
     pub max_connection_age_ms: u64,
     /// How long calls in flight may take to finish after GOAWAY before the connection is cut.
     pub max_connection_age_grace_ms: u64,
