@@ -43,7 +43,9 @@ impl StateFile {
         }
     }
 
-    /// Saves `state` atomically: a temporary file, synced, renamed over the old one.
+    /// Saves `state` atomically and durably: a temporary file, synced, renamed over the old
+    /// one, then the directory synced so that the rename itself survives a crash (else a
+    /// power loss could bring back the old ledger, without the contribution it records).
     pub fn save(&self, state: &ClientState) -> Result<()> {
         let io = |source| ClientError::Io { path: self.path.clone(), source };
         let tmp = self.path.with_extension("json.tmp");
@@ -55,7 +57,15 @@ impl StateFile {
             f.write_all(&bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        #[cfg(unix)]
+        if let Some(dir) = self.path.parent() {
+            let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| ClientError::Io { path: dir.to_owned(), source })?;
+        }
+        Ok(())
     }
 }
 

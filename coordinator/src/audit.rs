@@ -21,10 +21,17 @@
 //! admin actions), never key material and never any client's vector. Callers pass ids and
 //! counts only, in `detail`; the log is meant to be read by operators and auditors.
 //!
-//! **Crash behaviour:** a line is written with one write and synced before the head is
-//! replaced. A crash between the two leaves a head one entry behind the log; [`AuditLog::open`]
-//! then refuses with [`AuditError::HeadMismatch`] rather than re-sign an entry it cannot tell
-//! from one appended without the key. The operator decides, with [`verify`]'s report in hand.
+//! **Crash behaviour:** lines are written with one write and synced before the head is
+//! replaced ([`AuditLog::append_batch`] writes a batch of lines, then one head). A crash
+//! between the two leaves the head behind the log, and a crash inside the write may leave a
+//! torn last line. [`AuditLog::open`] recovers from exactly that and nothing else: every line
+//! the head covers must be intact; past it, at most [`MAX_RECOVERED_LINES`] complete lines
+//! that chain from the head are accepted, and one torn last line (bytes with no newline) is
+//! cut off. It then signs a new head and appends an [`EntryKind::AuditRecovered`] entry that
+//! says how many lines it accepted and how many bytes it cut, so an auditor sees every
+//! recovery. Anything else — a changed line, a log shorter than its head, more lines past the
+//! head than one batch holds — is refused as before. [`verify`] itself stays strict: a log
+//! that has not been reopened since the crash fails it with [`AuditError::HeadMismatch`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -40,6 +47,21 @@ pub const GENESIS: &[u8] = b"fedsec/v1/audit-genesis";
 
 /// The domain label that starts the bytes a head signature covers.
 pub const HEAD_LABEL: &[u8] = b"fedsec/v1/audit-head";
+
+/// The most entries [`AuditLog::append_batch`] writes under one head, and so the most complete
+/// lines past the signed head that [`AuditLog::open`] accepts when it recovers a log.
+pub const MAX_RECOVERED_LINES: u64 = 1024;
+
+/// What [`AuditLog::open`] did to recover a log left by a crash between its lines and its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// Entries the signed head covered.
+    pub head_entries: u64,
+    /// Complete lines past the head that chain from it, accepted.
+    pub lines_accepted: u64,
+    /// Bytes of a torn last line, cut off.
+    pub torn_bytes: u64,
+}
 
 /// What an audit entry records. Serialized in snake_case (`round_started`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,6 +88,9 @@ pub enum EntryKind {
     DenyListReloaded,
     /// An operator action.
     Admin,
+    /// The log was recovered at open after a crash between its lines and its head (see
+    /// [`Recovery`]).
+    AuditRecovered,
 }
 
 /// One line of the audit log.
@@ -203,6 +228,12 @@ pub enum AuditError {
         /// The log file that should exist.
         path: PathBuf,
     },
+    /// More entries in one batch than [`MAX_RECOVERED_LINES`].
+    #[error("{entries} entries in one batch; at most {MAX_RECOVERED_LINES}")]
+    BatchTooLarge {
+        /// Entries in the batch.
+        entries: usize,
+    },
     /// An earlier append failed part-way, so the file's end is unknown; reopen to re-verify.
     #[error("{}: an earlier append failed; reopen the log to verify it before appending", path.display())]
     Poisoned {
@@ -234,6 +265,9 @@ pub struct AuditLog {
     entries: u64,
     last_hash: [u8; 32],
     poisoned: bool,
+    /// Bytes of the file up to the end of the last entry.
+    len: u64,
+    recovered: Option<Recovery>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -252,14 +286,34 @@ impl AuditLog {
     /// Opens the log at `path`, creating it and its signed head if neither exists (or if the
     /// log is empty and has no head yet). An existing log is verified against its head under
     /// `key`'s public half first; a broken log is refused with the error naming file and line.
+    /// A log left by a crash between its lines and its head is recovered (see the
+    /// [module docs](self) and [`recovered`](Self::recovered)).
     pub fn open(path: &Path, key: SigningKey) -> Result<AuditLog, AuditError> {
         let head = head_path(path);
         let log_exists = path.try_exists().map_err(io_error(path))?;
         let head_exists = head.try_exists().map_err(io_error(&head))?;
-        let (entries, last_hash) = match (log_exists, head_exists) {
+        let (entries, last_hash, recovered) = match (log_exists, head_exists) {
             (true, true) => {
-                let report = verify(path, &head, &key.verifying_key())?;
-                (report.entries, report.head_hash)
+                let (head_seq, head_hash) = read_head(&head, &key.verifying_key())?;
+                let tail = scan(path, &head, head_seq, &head_hash)?;
+                let head_entries = head_seq.map_or(0, |s| s + 1);
+                if tail.entries == head_entries && tail.torn_bytes == 0 {
+                    (tail.entries, tail.last_hash, None)
+                } else {
+                    if tail.torn_bytes > 0 {
+                        let file =
+                            OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
+                        file.set_len(tail.valid_len).map_err(io_error(path))?;
+                        file.sync_all().map_err(io_error(path))?;
+                    }
+                    write_head(&head, &key, tail.entries.checked_sub(1), &tail.last_hash)?;
+                    let recovery = Recovery {
+                        head_entries,
+                        lines_accepted: tail.entries - head_entries,
+                        torn_bytes: tail.torn_bytes,
+                    };
+                    (tail.entries, tail.last_hash, Some(recovery))
+                }
             }
             (false, true) => return Err(AuditError::MissingLog { path: path.to_owned() }),
             (true, false) => {
@@ -268,7 +322,7 @@ impl AuditLog {
                     return Err(AuditError::MissingHead { path: head });
                 }
                 write_head(&head, &key, None, &genesis_hash())?;
-                (0, genesis_hash())
+                (0, genesis_hash(), None)
             }
             (false, false) => {
                 let file = OpenOptions::new()
@@ -279,52 +333,137 @@ impl AuditLog {
                 file.sync_all().map_err(io_error(path))?;
                 sync_parent(path)?;
                 write_head(&head, &key, None, &genesis_hash())?;
-                (0, genesis_hash())
+                (0, genesis_hash(), None)
             }
         };
         let file = OpenOptions::new().append(true).open(path).map_err(io_error(path))?;
-        Ok(AuditLog { path: path.to_owned(), head, file, key, entries, last_hash, poisoned: false })
+        let len = file.metadata().map_err(io_error(path))?.len();
+        let mut log = AuditLog {
+            path: path.to_owned(),
+            head,
+            file,
+            key,
+            entries,
+            last_hash,
+            poisoned: false,
+            len,
+            recovered: None,
+        };
+        if let Some(r) = recovered {
+            tracing::warn!(
+                log = %path.display(),
+                head_entries = r.head_entries,
+                lines_accepted = r.lines_accepted,
+                torn_bytes = r.torn_bytes,
+                "audit log recovered after a crash between its lines and its head"
+            );
+            let detail = serde_json::json!({
+                "head_entries": r.head_entries,
+                "lines_accepted": r.lines_accepted,
+                "torn_bytes_cut": r.torn_bytes,
+            });
+            log.append(EntryKind::AuditRecovered, detail, unix_ms())?;
+            log.recovered = Some(r);
+        }
+        Ok(log)
+    }
+
+    /// What [`open`](Self::open) recovered, if the log needed it.
+    pub fn recovered(&self) -> Option<Recovery> {
+        self.recovered
+    }
+
+    /// Opens this log's file again (verifying and, if need be, recovering it), as after a
+    /// failed append poisoned this handle.
+    pub fn reopen(&self) -> Result<AuditLog, AuditError> {
+        AuditLog::open(&self.path, self.key.clone())
+    }
+
+    /// Whether an append failed in a way that left the file's end unknown.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
     }
 
     /// Appends one entry at `time_ms` (unix milliseconds; the caller owns the clock), syncs it
     /// to disk, then atomically replaces the signed head. Returns the new entry's hash.
     ///
-    /// `detail` holds ids and counts only, never key material or client vectors. If any step
-    /// fails, the log refuses further appends ([`AuditError::Poisoned`]) until reopened.
+    /// `detail` holds ids and counts only, never key material or client vectors. See
+    /// [`append_batch`](Self::append_batch) for what a failure leaves.
     pub fn append(
         &mut self,
         kind: EntryKind,
         detail: serde_json::Value,
         time_ms: u64,
     ) -> Result<EntryHash, AuditError> {
+        let hashes = self.append_batch([(kind, detail, time_ms)])?;
+        Ok(hashes[0])
+    }
+
+    /// Appends entries (each `(kind, detail, time_ms)`) with one write and one sync, then
+    /// replaces the signed head once: a batch costs the fsyncs of one entry. Returns the new
+    /// entries' hashes. At most [`MAX_RECOVERED_LINES`] entries (more is refused with
+    /// [`AuditError::BatchTooLarge`]).
+    ///
+    /// If a step fails before the new head replaces the old, the lines are cut off again and
+    /// the log is as it was: the same entries can be appended later. If that cut fails too, or
+    /// the head was replaced but its directory could not be synced, the log refuses further
+    /// appends ([`AuditError::Poisoned`]) until reopened ([`reopen`](Self::reopen)).
+    pub fn append_batch(
+        &mut self,
+        entries: impl IntoIterator<Item = (EntryKind, serde_json::Value, u64)>,
+    ) -> Result<Vec<EntryHash>, AuditError> {
         if self.poisoned {
             return Err(AuditError::Poisoned { path: self.path.clone() });
         }
-        let entry = AuditEntry {
-            seq: self.entries,
-            time_ms,
-            kind,
-            detail,
-            prev: hex::encode(self.last_hash),
-        };
-        let mut line = serde_json::to_vec(&entry)
-            .expect("an entry of integers, strings and a JSON value always serializes");
-        let hash: [u8; 32] = Sha256::digest(&line).into();
-        line.push(b'\n');
-        if let Err(e) = self.write_line(&line, &hash) {
-            self.poisoned = true;
+        let mut bytes = Vec::new();
+        let mut hashes = Vec::new();
+        let mut last_hash = self.last_hash;
+        for (kind, detail, time_ms) in entries {
+            let seq = self.entries + hashes.len() as u64;
+            let entry = AuditEntry { seq, time_ms, kind, detail, prev: hex::encode(last_hash) };
+            let start = bytes.len();
+            serde_json::to_writer(&mut bytes, &entry)
+                .expect("an entry of integers, strings and a JSON value always serializes");
+            last_hash = Sha256::digest(&bytes[start..]).into();
+            bytes.push(b'\n');
+            hashes.push(EntryHash(last_hash));
+        }
+        if hashes.is_empty() {
+            return Ok(hashes);
+        }
+        if hashes.len() as u64 > MAX_RECOVERED_LINES {
+            return Err(AuditError::BatchTooLarge { entries: hashes.len() });
+        }
+        let last_seq = self.entries + hashes.len() as u64 - 1;
+        let written = self.write_lines(&bytes).and_then(|()| {
+            write_head(&self.head, &self.key, Some(last_seq), &last_hash).map_err(|e| match e {
+                HeadWriteError::BeforeRename(e) => e,
+                HeadWriteError::AfterRename(e) => {
+                    // The new head is in place but may not survive a crash.
+                    self.poisoned = true;
+                    e
+                }
+            })
+        });
+        if let Err(e) = written {
+            // Undo, unless the new head already covers the lines: no head names them yet.
+            if !self.poisoned
+                && self.file.set_len(self.len).and_then(|()| self.file.sync_data()).is_err()
+            {
+                self.poisoned = true;
+            }
             return Err(e);
         }
-        self.entries += 1;
-        self.last_hash = hash;
-        Ok(EntryHash(hash))
+        self.entries = last_seq + 1;
+        self.last_hash = last_hash;
+        self.len += bytes.len() as u64;
+        Ok(hashes)
     }
 
-    fn write_line(&mut self, line: &[u8], hash: &[u8; 32]) -> Result<(), AuditError> {
-        self.file.write_all(line).map_err(io_error(&self.path))?;
+    fn write_lines(&mut self, bytes: &[u8]) -> Result<(), AuditError> {
+        self.file.write_all(bytes).map_err(io_error(&self.path))?;
         self.file.flush().map_err(io_error(&self.path))?;
-        self.file.sync_data().map_err(io_error(&self.path))?;
-        write_head(&self.head, &self.key, Some(self.entries), hash)
+        self.file.sync_data().map_err(io_error(&self.path))
     }
 
     /// Number of entries in the log.
@@ -352,50 +491,24 @@ impl AuditLog {
 /// line's. Reads the log line by line, so its size is not bounded by memory.
 pub fn verify(log: &Path, head: &Path, key: &VerifyingKey) -> Result<VerifyReport, AuditError> {
     let (head_seq, head_hash) = read_head(head, key)?;
-    let file = File::open(log).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => AuditError::MissingLog { path: log.to_owned() },
-        _ => AuditError::Io { path: log.to_owned(), source: e },
-    })?;
-    let mut reader = BufReader::new(file);
-    let mut buf = Vec::new();
-    let mut entries = 0u64;
-    let mut last_hash = genesis_hash();
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf).map_err(io_error(log))? == 0 {
-            break;
-        }
-        let line = entries + 1;
-        let malformed =
-            |reason: String| AuditError::Malformed { path: log.to_owned(), line, reason };
-        let Some(body) = buf.strip_suffix(b"\n") else {
-            return Err(malformed("the line has no newline (an interrupted write?)".into()));
-        };
-        let entry: AuditEntry =
-            serde_json::from_slice(body).map_err(|e| malformed(json_reason(&e)))?;
-        if entry.seq != entries {
-            return Err(AuditError::SequenceGap {
-                path: log.to_owned(),
-                line,
-                expected: entries,
-                got: entry.seq,
-            });
-        }
-        if entry.prev != hex::encode(last_hash) {
-            return Err(AuditError::BrokenChain { path: log.to_owned(), line });
-        }
-        last_hash = Sha256::digest(body).into();
-        entries = line;
+    let tail = scan(log, head, head_seq, &head_hash)?;
+    let head_entries = head_seq.map_or(0, |s| s.saturating_add(1));
+    if tail.torn_bytes > 0 {
+        return Err(AuditError::Malformed {
+            path: log.to_owned(),
+            line: tail.entries + 1,
+            reason: "the line has no newline (an interrupted write?)".into(),
+        });
     }
-    if head_seq != entries.checked_sub(1) || head_hash != last_hash {
+    if tail.entries != head_entries {
         return Err(AuditError::HeadMismatch {
             path: log.to_owned(),
             head: head.to_owned(),
-            head_entries: head_seq.map_or(0, |s| s.saturating_add(1)),
-            log_entries: entries,
+            head_entries,
+            log_entries: tail.entries,
         });
     }
-    Ok(VerifyReport { entries, head_hash: last_hash })
+    Ok(VerifyReport { entries: tail.entries, head_hash: tail.last_hash })
 }
 
 /// The head file as stored. Hex fields are lowercase; the file is compact JSON and a newline.
@@ -437,6 +550,22 @@ fn head_message(seq: Option<u64>, hash: &[u8; 32]) -> Vec<u8> {
     out
 }
 
+/// How writing the head failed: before the new head replaced the old (the old one stands), or
+/// after (the new one is in place, its directory not synced).
+#[derive(Debug)]
+enum HeadWriteError {
+    BeforeRename(AuditError),
+    AfterRename(AuditError),
+}
+
+impl From<HeadWriteError> for AuditError {
+    fn from(e: HeadWriteError) -> Self {
+        match e {
+            HeadWriteError::BeforeRename(e) | HeadWriteError::AfterRename(e) => e,
+        }
+    }
+}
+
 /// Signs and writes the head: a temporary file in the same directory, synced, then renamed
 /// over the old head, then the directory synced, so a reader sees the old head or the new.
 fn write_head(
@@ -444,17 +573,99 @@ fn write_head(
     key: &SigningKey,
     seq: Option<u64>,
     hash: &[u8; 32],
-) -> Result<(), AuditError> {
+) -> Result<(), HeadWriteError> {
     let signature = key.sign(&head_message(seq, hash));
     let bytes = HeadFile::encode(seq, hash, key.verifying_key().as_bytes(), &signature.to_bytes());
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
-    let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(&bytes).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_error(path))?;
-    sync_parent(path)
+    let before = HeadWriteError::BeforeRename;
+    let mut file = File::create(&tmp).map_err(io_error(&tmp)).map_err(before)?;
+    file.write_all(&bytes).map_err(io_error(&tmp)).map_err(before)?;
+    file.sync_all().map_err(io_error(&tmp)).map_err(before)?;
+    fs::rename(&tmp, path).map_err(io_error(path)).map_err(before)?;
+    sync_parent(path).map_err(HeadWriteError::AfterRename)
+}
+
+/// The complete lines of a log, checked against its head by [`scan`].
+struct Tail {
+    /// Complete lines (entries), all chained from the genesis.
+    entries: u64,
+    /// Hash of the last complete line (the genesis hash if none).
+    last_hash: [u8; 32],
+    /// Bytes up to the end of the last complete line.
+    valid_len: u64,
+    /// Bytes after it with no newline (a torn last line), past the head.
+    torn_bytes: u64,
+}
+
+/// Reads `log` line by line: every complete line must parse, follow in seq and chain, and the
+/// line the head names must hash to `head_hash`. Past the head, at most [`MAX_RECOVERED_LINES`]
+/// complete lines and one torn last line are allowed; a log shorter than its head is refused.
+fn scan(
+    log: &Path,
+    head: &Path,
+    head_seq: Option<u64>,
+    head_hash: &[u8; 32],
+) -> Result<Tail, AuditError> {
+    let head_entries = head_seq.map_or(0, |s| s.saturating_add(1));
+    let mismatch = |log_entries| AuditError::HeadMismatch {
+        path: log.to_owned(),
+        head: head.to_owned(),
+        head_entries,
+        log_entries,
+    };
+    let file = File::open(log).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => AuditError::MissingLog { path: log.to_owned() },
+        _ => AuditError::Io { path: log.to_owned(), source: e },
+    })?;
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut tail = Tail { entries: 0, last_hash: genesis_hash(), valid_len: 0, torn_bytes: 0 };
+    if head_entries == 0 && tail.last_hash != *head_hash {
+        return Err(mismatch(0));
+    }
+    loop {
+        buf.clear();
+        let read = reader.read_until(b'\n', &mut buf).map_err(io_error(log))?;
+        if read == 0 {
+            break;
+        }
+        let line = tail.entries + 1;
+        let malformed =
+            |reason: String| AuditError::Malformed { path: log.to_owned(), line, reason };
+        let Some(body) = buf.strip_suffix(b"\n") else {
+            if tail.entries < head_entries {
+                return Err(malformed("the line has no newline (an interrupted write?)".into()));
+            }
+            tail.torn_bytes = read as u64;
+            break;
+        };
+        let entry: AuditEntry =
+            serde_json::from_slice(body).map_err(|e| malformed(json_reason(&e)))?;
+        if entry.seq != tail.entries {
+            return Err(AuditError::SequenceGap {
+                path: log.to_owned(),
+                line,
+                expected: tail.entries,
+                got: entry.seq,
+            });
+        }
+        if entry.prev != hex::encode(tail.last_hash) {
+            return Err(AuditError::BrokenChain { path: log.to_owned(), line });
+        }
+        tail.last_hash = Sha256::digest(body).into();
+        tail.entries = line;
+        tail.valid_len += read as u64;
+        let head_line_differs = tail.entries == head_entries && tail.last_hash != *head_hash;
+        if head_line_differs || tail.entries > head_entries + MAX_RECOVERED_LINES {
+            return Err(mismatch(tail.entries));
+        }
+    }
+    if tail.entries < head_entries {
+        return Err(mismatch(tail.entries));
+    }
+    Ok(tail)
 }
 
 /// Reads the head, checks it is canonical and signed by `key`; returns its seq and hash.
@@ -494,6 +705,14 @@ fn json_reason(e: &serde_json::Error) -> String {
     let text = e.to_string();
     let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
     format!("{message} (column {})", e.column())
+}
+
+/// Now, in unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
@@ -648,6 +867,136 @@ mod tests {
             matches!(err, AuditError::HeadMismatch { head_entries: 3, log_entries: 4, .. }),
             "{err:?}"
         );
+        // Opening takes it as the end of an interrupted batch, and says so in the log.
+        let log = AuditLog::open(&path, key(1)).unwrap();
+        let recovery = Recovery { head_entries: 3, lines_accepted: 1, torn_bytes: 0 };
+        assert_eq!(log.recovered(), Some(recovery));
+        assert_recovery_entry(&path, 4, 3, 1, 0);
+    }
+
+    /// The log verifies with a recovery entry at `seq` saying what was accepted and cut.
+    fn assert_recovery_entry(path: &Path, seq: usize, head: u64, accepted: u64, torn: u64) {
+        assert_eq!(verify_with(path, 1).unwrap().entries, seq as u64 + 1);
+        let entry: AuditEntry = serde_json::from_slice(&lines(path)[seq]).unwrap();
+        assert_eq!(entry.kind, EntryKind::AuditRecovered);
+        assert_eq!(
+            entry.detail,
+            json!({ "head_entries": head, "lines_accepted": accepted, "torn_bytes_cut": torn })
+        );
+    }
+
+    /// The log of `write_log(n)` as it is after entries `n..n + more` were written by one
+    /// batch but the head was not: the head is `write_log(n)`'s.
+    fn crash_before_head(n: u64, more: u64) -> (tempfile::TempDir, PathBuf) {
+        let (dir, path) = write_log(n);
+        let head = fs::read(head_path(&path)).unwrap();
+        let mut log = AuditLog::open(&path, key(1)).unwrap();
+        let batch = (0..more).map(|i| (EntryKind::Refusal, json!({ "i": i }), 7));
+        log.append_batch(batch).unwrap();
+        drop(log);
+        fs::write(head_path(&path), head).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_crash_between_a_batch_and_its_head_is_recovered_at_open() {
+        let (_dir, path) = crash_before_head(3, 5);
+        assert!(matches!(verify_with(&path, 1), Err(AuditError::HeadMismatch { .. })));
+        let mut log = AuditLog::open(&path, key(1)).unwrap();
+        assert_eq!(
+            log.recovered(),
+            Some(Recovery { head_entries: 3, lines_accepted: 5, torn_bytes: 0 })
+        );
+        assert_recovery_entry(&path, 8, 3, 5, 0);
+        // Appending goes on from the recovery entry.
+        log.append(EntryKind::Admin, json!({}), 9).unwrap();
+        assert_eq!(verify_with(&path, 1).unwrap().entries, 10);
+        // Reopening an intact log recovers nothing.
+        drop(log);
+        assert_eq!(AuditLog::open(&path, key(1)).unwrap().recovered(), None);
+    }
+
+    #[test]
+    fn a_torn_last_line_past_the_head_is_cut_and_recorded() {
+        for keep in [1usize, 20, 60] {
+            let (_dir, path) = crash_before_head(2, 2);
+            // The second line of the batch torn after `keep` bytes.
+            let bytes = fs::read(&path).unwrap();
+            let line_starts: Vec<usize> = std::iter::once(0)
+                .chain(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1))
+                .collect();
+            let torn_at = line_starts[3] + keep;
+            fs::write(&path, &bytes[..torn_at]).unwrap();
+            let log = AuditLog::open(&path, key(1)).unwrap();
+            let recovery = Recovery { head_entries: 2, lines_accepted: 1, torn_bytes: keep as u64 };
+            assert_eq!(log.recovered(), Some(recovery), "torn after {keep} bytes");
+            assert_recovery_entry(&path, 3, 2, 1, keep as u64);
+        }
+        // Zeros where a crash left the file longer than its data: torn too.
+        let (_dir, path) = write_log(2);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend([0u8; 512]);
+        fs::write(&path, &bytes).unwrap();
+        AuditLog::open(&path, key(1)).unwrap();
+        assert_recovery_entry(&path, 2, 2, 0, 512);
+    }
+
+    #[test]
+    fn recovery_accepts_nothing_else() {
+        // A torn line the head covers (a changed log, not a crash).
+        let (_dir, path) = write_log(3);
+        let original = fs::read(&path).unwrap();
+        fs::write(&path, &original[..original.len() - 1]).unwrap();
+        let err = AuditLog::open(&path, key(1)).unwrap_err();
+        assert!(matches!(err, AuditError::Malformed { line: 3, .. }), "{err:?}");
+        // A changed line past the head breaks the chain.
+        let (_dir, path) = crash_before_head(2, 3);
+        let text = String::from_utf8(fs::read(&path).unwrap()).unwrap();
+        fs::write(&path, text.replacen(r#"{"i":1}"#, r#"{"i":9}"#, 1)).unwrap();
+        let err = AuditLog::open(&path, key(1)).unwrap_err();
+        assert!(matches!(err, AuditError::BrokenChain { line: 5, .. }), "{err:?}");
+        // More complete lines past the head than one batch can write.
+        let (_dir, path) = write_log(1);
+        let head = fs::read(head_path(&path)).unwrap();
+        let mut log = AuditLog::open(&path, key(1)).unwrap();
+        for _ in 0..2 {
+            let batch = (0..MAX_RECOVERED_LINES / 2 + 1).map(|i| (EntryKind::Refusal, json!(i), 1));
+            log.append_batch(batch).unwrap();
+        }
+        drop(log);
+        fs::write(head_path(&path), head).unwrap();
+        let before = fs::read(&path).unwrap();
+        let err = AuditLog::open(&path, key(1)).unwrap_err();
+        assert!(matches!(err, AuditError::HeadMismatch { head_entries: 1, .. }), "{err:?}");
+        assert_eq!(fs::read(&path).unwrap(), before, "a refused open must not write");
+    }
+
+    #[test]
+    fn a_batch_costs_one_head_and_fails_whole() {
+        let (_dir, path) = write_log(1);
+        let mut log = AuditLog::open(&path, key(1)).unwrap();
+        let hashes = log
+            .append_batch((0..10).map(|i| (EntryKind::Enrollment, json!({ "client": i }), 1)))
+            .unwrap();
+        assert_eq!(hashes.len(), 10);
+        assert_eq!(log.last_hash(), hashes[9]);
+        assert_eq!(verify_with(&path, 1).unwrap().entries, 11);
+        let too_many = (0..=MAX_RECOVERED_LINES).map(|_| (EntryKind::Admin, json!({}), 1));
+        assert!(matches!(log.append_batch(too_many), Err(AuditError::BatchTooLarge { .. })));
+        // The head cannot be written (its temporary file's path is a directory): the batch's
+        // lines are cut off again, the log is as it was and takes the same batch later.
+        let tmp = PathBuf::from(format!("{}.tmp", head_path(&path).display()));
+        fs::create_dir(&tmp).unwrap();
+        let before = fs::read(&path).unwrap();
+        let batch = || (0..3).map(|i| (EntryKind::Refusal, json!({ "i": i }), 2));
+        let err = log.append_batch(batch()).unwrap_err();
+        assert!(matches!(err, AuditError::Io { .. }), "{err:?}");
+        assert!(!log.is_poisoned());
+        assert_eq!(fs::read(&path).unwrap(), before, "the failed batch left nothing");
+        assert_eq!(verify_with(&path, 1).unwrap().entries, 11);
+        fs::remove_dir(&tmp).unwrap();
+        log.append_batch(batch()).unwrap();
+        assert_eq!(verify_with(&path, 1).unwrap().entries, 14);
     }
 
     #[test]

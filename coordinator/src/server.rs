@@ -301,6 +301,8 @@ pub async fn serve(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<FederationServer<FederationService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
+    let health_follows_audit =
+        tokio::spawn(health_follows_audit(ready.coordinator.audit_state(), health_reporter));
     // Reflection in both versions: grpcurl speaks v1, grpcio's reflection client v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -327,6 +329,7 @@ pub async fn serve(
     let service = tower::ServiceBuilder::new().layer(layer).service(routes);
     tracing::info!(addr = %ready.local_addr()?, tls = ready.tls.is_some(), "serving");
     let served = serve_with(ready, service, shutdown).await;
+    health_follows_audit.abort();
     if let Some((reporter, limits)) = rate {
         reporter.abort();
         limits.report(RATE_REPORT_PERIOD);
@@ -334,6 +337,33 @@ pub async fn serve(
         tracing::info!(refused, "rate limits: {refused} calls refused in all");
     }
     served
+}
+
+/// Turns the health of the services (and of the server as a whole, the empty service name) to
+/// `NOT_SERVING` while the audit log cannot be written, and back to `SERVING` once it can.
+async fn health_follows_audit(
+    mut state: tokio::sync::watch::Receiver<crate::runtime::AuditState>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let failing =
+            matches!(*state.borrow_and_update(), crate::runtime::AuditState::Failing { .. });
+        let status = if failing {
+            tonic_health::ServingStatus::NotServing
+        } else {
+            tonic_health::ServingStatus::Serving
+        };
+        reporter.set_service_status("", status).await;
+        for name in [
+            <FederationServer<FederationService> as tonic::server::NamedService>::NAME,
+            <AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+        ] {
+            reporter.set_service_status(name, status).await;
+        }
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// How often the refusals of the rate limits are reported (a line per client and class).

@@ -82,12 +82,14 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
+    /// The directory of a local store: its files are synced to disk by [`put`](Self::put).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl CheckpointStore {
     /// Stores checkpoints on `store`, at its root.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        CheckpointStore { store }
+        CheckpointStore { store, local_root: None }
     }
 
     /// Opens the store a URL names:
@@ -157,7 +159,9 @@ impl CheckpointStore {
             .map_err(|source| StoreError::CreateDir { root: root.to_owned(), source })?;
         let fs = LocalFileSystem::new_with_prefix(root)
             .map_err(|source| StoreError::Open { url: url.to_owned(), source })?;
-        Ok(Self::new(Arc::new(fs)))
+        let root = std::fs::canonicalize(root)
+            .map_err(|source| StoreError::CreateDir { root: root.to_owned(), source })?;
+        Ok(CheckpointStore { store: Arc::new(fs), local_root: Some(root) })
     }
 
     /// Stores a checkpoint: its data, then its manifest, which commits it.
@@ -184,18 +188,48 @@ impl CheckpointStore {
         self.store
             .put(&data_path, PutPayload::from(bytes))
             .await
-            .map_err(|source| StoreError::Backend { path: data_path, source })?;
+            .map_err(|source| StoreError::Backend { path: data_path.clone(), source })?;
+        // The data is on disk before the manifest that commits it exists.
+        self.sync(&data_path).await?;
         let json = serde_json::to_vec_pretty(manifest).map_err(|source| {
             StoreError::MalformedManifest { path: manifest_path.clone(), source }
         })?;
         let create = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
         match self.store.put_opts(&manifest_path, PutPayload::from(json), create).await {
-            Ok(_) => Ok(()),
+            Ok(_) => self.sync(&manifest_path).await,
             Err(object_store::Error::AlreadyExists { .. }) => {
                 Err(StoreError::VersionExists { version, path: manifest_path })
             }
             Err(source) => Err(StoreError::Backend { path: manifest_path, source }),
         }
+    }
+
+    /// Syncs a written object of a local store to disk: the file, then each directory from
+    /// its own up to the store's root (a new task's directories are new too). A cloud store
+    /// has made an object durable when its upload completes.
+    async fn sync(&self, path: &Path) -> Result<(), StoreError> {
+        let Some(root) = &self.local_root else { return Ok(()) };
+        let file = root.join(path.as_ref());
+        let root = root.clone();
+        let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            // Elsewhere a directory cannot be opened to sync it; the rename is the OS's.
+            let mut dir = if cfg!(unix) { file.parent() } else { None };
+            while let Some(d) = dir {
+                std::fs::File::open(d)?.sync_all()?;
+                if d == root {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        synced.map_err(|e| StoreError::Backend {
+            path: path.clone(),
+            source: object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) },
+        })
     }
 
     /// The checkpoint `version` of `task` and its manifest, after checking the data's size and

@@ -118,6 +118,8 @@ pub struct Engine {
     /// How many times a waiting check-in was dropped other than by selection (withdrawn,
     /// expired, its client gone): long-polls on check-ins look again when it changes.
     waiting_dropped: u64,
+    /// No attempt starts while set (the audit log cannot be written).
+    held: bool,
     outputs: VecDeque<Output>,
 }
 
@@ -175,6 +177,7 @@ impl Engine {
             result_order: VecDeque::new(),
             results_changes: 0,
             waiting_dropped: 0,
+            held: false,
             outputs: VecDeque::new(),
         })
     }
@@ -404,9 +407,31 @@ impl Engine {
         }
     }
 
+    /// Holds selection (no attempt starts; check-ins keep waiting) while `held`, or lets it
+    /// go on: then an attempt starts at once if enough clients wait. The attempt running now,
+    /// if any, goes on either way.
+    pub fn hold_selection(&mut self, held: bool, now: Instant) {
+        self.held = held;
+        if !held
+            && matches!(self.state, State::Selecting { .. })
+            && self.waiting.len() >= self.config.max_selected()
+        {
+            self.select(now);
+        }
+    }
+
+    /// Whether selection is held ([`hold_selection`](Self::hold_selection)).
+    pub fn selection_held(&self) -> bool {
+        self.held
+    }
+
     /// Samples U and starts an attempt, if enough eligible clients wait.
     fn select(&mut self, now: Instant) {
         let State::Selecting { .. } = self.state else { return };
+        if self.held {
+            self.state = State::Selecting { deadline: Some(now + self.config.deadlines.selection) };
+            return;
+        }
         let before = self.waiting.len();
         self.waiting.retain(|_, expiry| *expiry > now);
         if self.waiting.len() < before {

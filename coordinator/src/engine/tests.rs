@@ -1078,3 +1078,25 @@ fn a_cancelled_check_in_is_withdrawn_unless_the_client_checked_in_again() {
     assert_eq!(f.engine.status().waiting, 0);
     assert_eq!(f.engine.waiting_dropped(), dropped + 1, "parked check-ins look again");
 }
+
+#[test]
+fn a_held_selection_starts_no_attempt_until_released() {
+    let mut f = fed(10, config(10));
+    f.engine.hold_selection(true, f.now);
+    assert!(f.engine.selection_held());
+    // Ten check-ins (the cap) and a deadline passing: no attempt while held.
+    for s in &f.sites {
+        assert_eq!(f.engine.check_in(s.key.id(), f.now), CheckIn::Pending);
+    }
+    f.advance();
+    f.advance();
+    assert_eq!(f.engine.status().state, EngineState::Selecting);
+    assert_eq!(f.engine.status().waiting, 10);
+    // Released: the ten waiting are selected at once.
+    f.engine.hold_selection(false, f.now);
+    assert_eq!(f.engine.status().state, EngineState::Running);
+    assert_eq!(f.engine.current_round().unwrap().plan.selected.len(), 10);
+    // Holding again does not touch the attempt that runs.
+    f.engine.hold_selection(true, f.now);
+    assert_eq!(f.engine.status().state, EngineState::Running);
+}

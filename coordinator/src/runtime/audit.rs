@@ -1,47 +1,211 @@
 //! The audit log's writer: one thread owns the log, so that its appends — each synced to disk —
-//! never run on an async worker. Callers send an entry and await its acknowledgement.
+//! never run on an async worker.
+//!
+//! **Group commit.** The thread takes every entry waiting in its queue (up to
+//! [`MAX_RECOVERED_LINES`]) and appends them as one batch: one write, one sync, one new head.
+//! An entry is acknowledged only once its batch is on disk, so callers that wait keep the
+//! guarantee of one append per entry at the cost of one append per batch.
+//!
+//! **Fail closed.** When an append fails, the thread keeps the batch and everything queued after
+//! it, in order, reports the failure ([`AuditState::Failing`]: the coordinator refuses new
+//! check-ins, holds selection and turns its health to `NOT_SERVING`), and retries every
+//! [`RETRY_EVERY`] — reopening the log first if the failure left its end unknown. Nothing is
+//! acknowledged meanwhile, so whoever waits on an entry (the storing of a checkpoint) waits.
+//! Once an append succeeds the state is [`AuditState::Writing`] again.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use crate::audit::{AuditLog, EntryKind};
+use crate::audit::{AuditLog, EntryKind, MAX_RECOVERED_LINES, unix_ms};
 
-type Entry = (EntryKind, serde_json::Value, oneshot::Sender<()>);
+/// How often a failing log is tried again.
+pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-/// The handle to the writer thread (it ends when the handle is dropped).
+/// Whether the audit log takes entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditState {
+    /// Entries are written as they come.
+    Writing,
+    /// The last append failed; entries wait in memory until it succeeds.
+    Failing {
+        /// The error, naming the file.
+        error: String,
+        /// Entries waiting.
+        waiting: usize,
+    },
+}
+
+struct Entry {
+    kind: EntryKind,
+    detail: serde_json::Value,
+    time_ms: u64,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// The handle to the writer thread (it ends when the handle is dropped, after writing what is
+/// queued if it can).
 #[derive(Debug)]
 pub(super) struct AuditWriter {
-    entries: std::sync::mpsc::Sender<Entry>,
+    entries: Sender<Entry>,
+    state: watch::Receiver<AuditState>,
 }
 
 impl AuditWriter {
     /// Starts the thread that owns `log`.
-    pub(super) fn start(mut log: AuditLog) -> std::io::Result<AuditWriter> {
+    pub(super) fn start(log: AuditLog) -> std::io::Result<AuditWriter> {
         let (entries, rx) = std::sync::mpsc::channel::<Entry>();
-        std::thread::Builder::new().name("audit-log".into()).spawn(move || {
-            for (kind, detail, done) in rx {
-                if let Err(e) = log.append(kind, detail, unix_ms()) {
-                    tracing::error!(error = %e, "audit log append failed");
-                }
-                let _ = done.send(());
-            }
-        })?;
-        Ok(AuditWriter { entries })
+        let (state_tx, state) = watch::channel(AuditState::Writing);
+        std::thread::Builder::new()
+            .name("audit-log".into())
+            .spawn(move || Writer { log, queue: VecDeque::new(), state: state_tx }.run(rx))?;
+        Ok(AuditWriter { entries, state })
     }
 
-    /// Appends one entry; resolves once it is written and synced (or its append failed, which
-    /// the writer logs).
+    /// Queues one entry, stamped now, without waiting for it: entries are written in the
+    /// order they are queued, so waiting on a later one ([`append`](Self::append)) waits for
+    /// this one too.
+    pub(super) fn submit(&self, kind: EntryKind, detail: serde_json::Value) {
+        self.send(kind, detail, None);
+    }
+
+    /// Appends one entry; resolves once it (and every entry queued before it) is written and
+    /// synced. While the log is failing, that is once it has recovered.
     pub(super) async fn append(&self, kind: EntryKind, detail: serde_json::Value) {
         let (done, written) = oneshot::channel();
-        if self.entries.send((kind, detail, done)).is_err() {
-            tracing::error!("the audit log's writer has stopped; an entry is lost");
-            return;
-        }
+        self.send(kind, detail, Some(done));
         let _ = written.await;
+    }
+
+    fn send(&self, kind: EntryKind, detail: serde_json::Value, done: Option<oneshot::Sender<()>>) {
+        let entry = Entry { kind, detail, time_ms: unix_ms(), done };
+        if self.entries.send(entry).is_err() {
+            tracing::error!("the audit log's writer has stopped; an entry is lost");
+        }
+    }
+
+    /// The log's state, as it changes.
+    pub(super) fn state(&self) -> watch::Receiver<AuditState> {
+        self.state.clone()
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+/// The thread's side.
+struct Writer {
+    log: AuditLog,
+    /// Entries received and not yet written, oldest first.
+    queue: VecDeque<Entry>,
+    state: watch::Sender<AuditState>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Entry>) {
+        let mut open = true;
+        while open || !self.queue.is_empty() {
+            if self.queue.is_empty() {
+                match rx.recv() {
+                    Ok(e) => self.queue.push_back(e),
+                    Err(_) => break,
+                }
+            } else if self.is_failing() {
+                // Wait before trying again, taking what arrives meanwhile.
+                match rx.recv_timeout(RETRY_EVERY) {
+                    Ok(e) => self.queue.push_back(e),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(e) => self.queue.push_back(e),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if !self.write_some() && !open {
+                // Shutting down with a log that fails: say what is lost.
+                tracing::error!(
+                    entries = self.queue.len(),
+                    "the audit log's writer stops with entries it could not write"
+                );
+                break;
+            }
+        }
+    }
+
+    fn is_failing(&self) -> bool {
+        matches!(*self.state.borrow(), AuditState::Failing { .. })
+    }
+
+    /// Writes the oldest batch of the queue; whether it succeeded.
+    fn write_some(&mut self) -> bool {
+        if self.log.is_poisoned() {
+            let before = self.log.entries();
+            match self.log.reopen() {
+                Ok(log) => {
+                    // Lines of the failed batch that made it to disk were kept by the
+                    // recovery: they are written, and leave the queue.
+                    let kept = log
+                        .recovered()
+                        .map_or(log.entries(), |r| r.head_entries + r.lines_accepted);
+                    let written = kept.saturating_sub(before) as usize;
+                    self.acknowledge(written);
+                    self.log = log;
+                }
+                Err(e) => {
+                    self.failing(e.to_string());
+                    return false;
+                }
+            }
+        }
+        let n = self.queue.len().min(MAX_RECOVERED_LINES as usize);
+        if n == 0 {
+            return true;
+        }
+        let batch = self.queue.iter().take(n).map(|e| (e.kind, e.detail.clone(), e.time_ms));
+        match self.log.append_batch(batch.collect::<Vec<_>>()) {
+            Ok(_) => {
+                self.acknowledge(n);
+                if self.is_failing() {
+                    tracing::info!("the audit log is written again");
+                    self.state.send_replace(AuditState::Writing);
+                }
+                true
+            }
+            Err(e) => {
+                self.failing(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// The first `n` queued entries are on disk.
+    fn acknowledge(&mut self, n: usize) {
+        for e in self.queue.drain(..n.min(self.queue.len())) {
+            if let Some(done) = e.done {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn failing(&mut self, error: String) {
+        let waiting = self.queue.len();
+        let changed = match &*self.state.borrow() {
+            AuditState::Failing { error: was, .. } => *was != error,
+            AuditState::Writing => true,
+        };
+        if changed {
+            tracing::error!(
+                %error,
+                waiting,
+                "audit log append failed: no new round starts until it can be written"
+            );
+        }
+        self.state.send_replace(AuditState::Failing { error, waiting });
+    }
 }

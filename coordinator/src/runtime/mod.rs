@@ -11,6 +11,8 @@
 //! `std::sync::Mutex` and `RwLock`, and clippy's `await_holding_lock` is denied.
 
 mod audit;
+
+pub use audit::AuditState;
 mod progress;
 mod task;
 
@@ -251,10 +253,17 @@ impl Coordinator {
         self.tasks.borrow().keys().copied().collect()
     }
 
-    /// Appends to the audit log and waits until the entry is written and synced (on the log's
-    /// own thread); a failure is logged there (the log refuses appends once broken).
+    /// Appends to the audit log and waits until the entry — and every entry queued before it —
+    /// is written and synced (on the log's own thread). While the log cannot be written, that
+    /// is once it can again ([`audit_state`](Self::audit_state)).
     pub(crate) async fn audit(&self, kind: EntryKind, detail: serde_json::Value) {
         self.audit.append(kind, detail).await;
+    }
+
+    /// Whether the audit log takes entries, as it changes. While it fails, check-ins are told
+    /// to come back later, no attempt starts and the health service says `NOT_SERVING`.
+    pub fn audit_state(&self) -> watch::Receiver<AuditState> {
+        self.audit.state()
     }
 
     /// Creates a task from its configuration and initial model: stores checkpoint 0, or
@@ -331,7 +340,8 @@ impl Coordinator {
         self.check_rate_limits(&task);
         // The driver first: were this call cancelled while the entry is written, the task
         // would still store its checkpoints.
-        tokio::spawn(drive(self.clone(), task, outputs));
+        tokio::spawn(drive(self.clone(), task.clone(), outputs));
+        tokio::spawn(hold_while_audit_fails(self.audit.state(), Arc::downgrade(&task)));
         self.audit(
             EntryKind::TaskCreated,
             json!({ "task": hex::encode(id.0), "name": config.name, "checkpoint_version": version,
@@ -375,7 +385,7 @@ impl Coordinator {
                 }
             }
         }
-        task.publish(Published { manifest: manifest.clone(), bytes: c.bytes.clone() });
+        // On disk in the audit log (with every entry before it) before any client can see it.
         self.audit(
             EntryKind::Checkpoint,
             json!({ "task": hex::encode(task.id.0), "version": c.version,
@@ -383,6 +393,7 @@ impl Coordinator {
                     "round": c.round_id.0 }),
         )
         .await;
+        task.publish(Published { manifest: manifest.clone(), bytes: c.bytes.clone() });
         let version = c.version;
         match task.call(move |e, now| e.checkpoint_committed(version, now)).await {
             Ok(Ok(())) => {}
@@ -418,7 +429,28 @@ impl Coordinator {
                         "reason": "revealed a share that does not reconstruct" }),
             ),
         };
-        self.audit(kind, detail).await;
+        // Queued, not waited for: the entries of a phase go to disk as one batch, and the
+        // checkpoint that ends the round waits for all of them ([`Coordinator::commit`]).
+        self.audit.submit(kind, detail);
+    }
+}
+
+/// Holds the task's selection while the audit log fails, until the task is gone.
+async fn hold_while_audit_fails(
+    mut state: watch::Receiver<AuditState>,
+    task: std::sync::Weak<TaskRuntime>,
+) {
+    let mut held = false;
+    loop {
+        let failing = matches!(*state.borrow_and_update(), AuditState::Failing { .. });
+        if failing != held {
+            let Some(task) = task.upgrade() else { return };
+            held = failing;
+            task.call_detached(move |e, now| e.hold_selection(failing, now));
+        }
+        if state.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -143,6 +143,20 @@ impl Proc {
     }
 }
 
+/// Starts `fedsec-coordinator serve` on `root/coordinator.toml`; the process and its address.
+fn spawn_coordinator(root: &Path) -> (Proc, String) {
+    let coordinator = Proc::spawn(
+        "coordinator",
+        Command::new(bin("fedsec-coordinator"))
+            .args(["serve", "--config"])
+            .arg(root.join("coordinator.toml"))
+            .env("RUST_LOG", "info"),
+    );
+    let line = coordinator.wait_for("listening on", 1, Duration::from_secs(60));
+    let addr = line.trim_start_matches("listening on ").trim().to_string();
+    (coordinator, addr)
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -330,17 +344,32 @@ upload_chunk_words = {chunk}
             chunk = opts.upload_chunk_words,
         );
         std::fs::write(root.join("coordinator.toml"), config).unwrap();
-        let coordinator = Proc::spawn(
-            "coordinator",
-            Command::new(bin("fedsec-coordinator"))
-                .args(["serve", "--config"])
-                .arg(root.join("coordinator.toml"))
-                .env("RUST_LOG", "info"),
-        );
-        let line = coordinator.wait_for("listening on", 1, Duration::from_secs(60));
-        let addr = line.trim_start_matches("listening on ").trim().to_string();
+        let (coordinator, addr) = spawn_coordinator(root);
         std::fs::create_dir_all(root.join("dumps")).unwrap();
         Federation { dir, opts, coordinator, client_addr: addr.clone(), addr, clients: Vec::new() }
+    }
+
+    /// Kills the coordinator (SIGKILL) and starts it again on the same files. It listens on a
+    /// new port: clients started before do not follow it.
+    pub fn restart_coordinator(&mut self) {
+        self.coordinator.kill();
+        let (coordinator, addr) = spawn_coordinator(self.dir.path());
+        self.coordinator = coordinator;
+        self.client_addr = addr.clone();
+        self.addr = addr;
+    }
+
+    /// `fedsec-coordinator audit verify` on the federation's log: its output, or its error.
+    pub fn verify_audit_log(&self) -> Result<String, String> {
+        let out = Command::new(bin("fedsec-coordinator"))
+            .args(["audit", "verify", "--log"])
+            .arg(self.path("audit.log"))
+            .arg("--key")
+            .arg(self.pki().join("coordinator-signing.pub"))
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        if out.status.success() { Ok(text(&out.stdout)) } else { Err(text(&out.stderr)) }
     }
 
     /// Writes client `i`'s configuration and data; returns the configuration's path.

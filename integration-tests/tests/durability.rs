@@ -1,0 +1,138 @@
+//! The coordinator's durable state under crashes and failing disks, with real processes over
+//! mutual TLS: an audit log left between its lines and its head is recovered at start, and an
+//! audit log that cannot be written stops new rounds (fail closed) until it can.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Federation, Options};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const LONG: Duration = Duration::from_secs(300);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    fedsec_client::tls::install_crypto_provider();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// A channel to the coordinator with client certificate `i`.
+fn channel(fed: &Federation, i: usize) -> Channel {
+    let (cert, key) = fed.cert(i);
+    let text = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    let tls = fedsec_client::tls::client_tls(
+        &text(&fed.pki().join("ca.pem")),
+        &text(&cert),
+        &text(&key),
+        "localhost",
+    )
+    .unwrap();
+    Endpoint::from_shared(format!("https://{}", fed.addr))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(20))
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy()
+}
+
+/// The health of the Federation service.
+async fn health(ch: &Channel) -> ServingStatus {
+    let r = HealthClient::new(ch.clone())
+        .check(HealthCheckRequest { service: "fedsec.v1.Federation".into() })
+        .await
+        .unwrap();
+    r.into_inner().status()
+}
+
+/// Polls the health every 100 ms until it is `want`; how long that took.
+fn wait_health(rt: &tokio::runtime::Runtime, ch: &Channel, want: ServingStatus) -> Duration {
+    let start = Instant::now();
+    while rt.block_on(health(ch)) != want {
+        assert!(start.elapsed() < LONG, "health never became {want:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn a_coordinator_killed_between_audit_lines_and_their_head_recovers_at_start() {
+    let mut fed = Federation::start(Options { rounds: 1, ..Options::default() });
+    // The head as it was before the round: the round's lines will be past it.
+    let head_path = fed.path("audit.log.head");
+    let old_head = std::fs::read(&head_path).unwrap();
+    let entries_before = std::fs::read_to_string(fed.path("audit.log")).unwrap().lines().count();
+    for i in 1..=10 {
+        fed.spawn_client(i, &[]);
+    }
+    fed.wait_clients(LONG);
+    fed.coordinator.kill();
+    // What a crash in the middle of a batch leaves: complete lines the head does not cover
+    // yet, and the start of one more.
+    let entries_after = std::fs::read_to_string(fed.path("audit.log")).unwrap().lines().count();
+    std::fs::write(&head_path, &old_head).unwrap();
+    let torn = br#"{"seq":99,"time":17"#;
+    let mut log = std::fs::read(fed.path("audit.log")).unwrap();
+    log.extend_from_slice(torn);
+    std::fs::write(fed.path("audit.log"), &log).unwrap();
+    let err = fed.verify_audit_log().expect_err("the log does not verify as it is");
+    assert!(err.contains("audit.log"), "{err}");
+
+    fed.restart_coordinator();
+    fed.coordinator.wait_for("audit log recovered", 1, LONG);
+    let report = fed.verify_audit_log().expect("the recovered log verifies");
+    println!("{report}");
+    let recovered = fed.audit_entries("audit_recovered");
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    let accepted = (entries_after - entries_before) as u64;
+    assert!(accepted > 0);
+    assert_eq!(recovered[0]["detail"]["head_entries"], entries_before as u64);
+    assert_eq!(recovered[0]["detail"]["lines_accepted"], accepted);
+    assert_eq!(recovered[0]["detail"]["torn_bytes_cut"], torn.len() as u64);
+    // The round's entries are all there, once.
+    assert_eq!(fed.audit_entries("round_completed").len(), 1);
+    assert_eq!(fed.audit_entries("checkpoint").len(), 1);
+}
+
+#[test]
+fn an_audit_log_that_cannot_be_written_stops_new_rounds_until_it_can() {
+    let mut fed = Federation::start(Options { rounds: 2, ..Options::default() });
+    let rt = runtime();
+    // Channels connect lazily, on the runtime's reactor.
+    let _entered = rt.enter();
+    let ch = channel(&fed, 11);
+    assert_eq!(rt.block_on(health(&ch)), ServingStatus::Serving);
+    let log_before = std::fs::read(fed.path("audit.log")).unwrap();
+    // The head cannot be replaced while its temporary file's path is a directory (the same
+    // for every user, root included).
+    let blocker = fed.path("audit.log.head.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    for i in 1..=10 {
+        fed.spawn_client(i, &[]);
+    }
+    // The first check-in's enrollment cannot be written: health turns NOT_SERVING.
+    wait_health(&rt, &ch, ServingStatus::NotServing);
+    fed.coordinator.wait_for("audit log append failed", 1, LONG);
+    // While it fails, no round starts and nothing reaches the log.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(rt.block_on(health(&ch)), ServingStatus::NotServing);
+    assert_eq!(std::fs::read(fed.path("audit.log")).unwrap(), log_before);
+    // Fixed: the entries kept in memory are written, health comes back, the rounds run.
+    let fixed_ms = unix_ms();
+    std::fs::remove_dir(&blocker).unwrap();
+    let back = wait_health(&rt, &ch, ServingStatus::Serving);
+    println!("health back {back:?} after the log could be written again");
+    fed.wait_clients(LONG);
+    assert_eq!(fed.audit_entries("round_completed").len(), 2);
+    assert_eq!(fed.audit_entries("enrollment").len(), 10, "no enrollment was lost");
+    // Every attempt started after the fix (an entry is stamped when it happens).
+    for started in fed.audit_entries("round_started") {
+        assert!(started["time"].as_u64().unwrap() >= fixed_ms, "started while failing: {started}");
+    }
+    fed.verify_audit_log().expect("the log verifies");
+}
