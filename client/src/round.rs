@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
 use fedsec_crypto::secagg::Phase;
-use fedsec_crypto::secagg::client::{ClientPolicy, SecAggClient};
+use fedsec_crypto::secagg::client::{ClientPolicy, SecAggClient, TrainedOn};
 use fedsec_crypto::secagg::messages::{
     ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
 };
@@ -545,13 +545,21 @@ impl Round {
         match response {
             Response::Model { manifest, data } => {
                 let (model, verified) = self.checkpoint(manifest, data, state)?;
+                // What this client trains on, as verified and decoded: the ledger allows one
+                // input per checkpoint, per version (ever newer) and per weights.
+                let trained_on = TrainedOn {
+                    task: self.assignment.plan.task_id,
+                    version: self.assignment.checkpoint_version,
+                    checkpoint: verified,
+                    weights: model.weights_hash(),
+                };
                 // The protocol core and its fresh keys, for the checkpoint verified.
                 let core = SecAggClient::new(
                     self.identity.clone(),
                     self.verifier.clone(),
                     &self.policy,
                     self.assignment.plan.clone(),
-                    &verified,
+                    &trained_on,
                     &state.ledger,
                 )?;
                 self.secagg = Some(core.with_credential(self.credential.clone()));
@@ -832,6 +840,42 @@ mod tests {
                 "{what}: the attempt is over"
             );
         }
+    }
+
+    #[test]
+    fn a_checkpoint_minted_again_is_refused_once_verified_and_decoded() {
+        let s = setup();
+        let task = TASK.to_hex();
+        let refused = |ledger: String| {
+            let ledger = serde_json::from_str(&ledger).unwrap();
+            let mut state = ClientState { ledger, ..Default::default() };
+            let (mut round, _) = s.round(&state, Instant::now()).unwrap();
+            let got = round.handle(
+                &s.model(s.manifest(|_| {})),
+                &mut state,
+                &mut coins(),
+                Instant::now(),
+            );
+            match got {
+                Err(ClientError::Protocol(e)) => e,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Contributed on version 3 of this task under another checkpoint (a bit flipped).
+        let e = refused(format!(r#"{{"checkpoints":[],"versions":{{"{task}":3}}}}"#));
+        assert_eq!(e, fedsec_crypto::Error::AlreadyContributedOnVersion { version: 3, newest: 3 });
+        // Contributed on these very weights (the hash of the model the client decodes).
+        let weights = s.model.weights_hash().0;
+        let e = refused(format!(r#"{{"checkpoints":[],"weights":[{weights:?}]}}"#));
+        assert_eq!(e, fedsec_crypto::Error::AlreadyContributedOnWeights);
+        // An older version of this task only: this one is newer and is trained on.
+        let ledger = format!(r#"{{"checkpoints":[],"versions":{{"{task}":2}}}}"#);
+        let mut state =
+            ClientState { ledger: serde_json::from_str(&ledger).unwrap(), ..Default::default() };
+        let (mut round, _) = s.round(&state, Instant::now()).unwrap();
+        let step =
+            round.handle(&s.model(s.manifest(|_| {})), &mut state, &mut coins(), Instant::now());
+        assert!(matches!(step, Ok(Step::Train { .. })), "{step:?}");
     }
 
     #[test]

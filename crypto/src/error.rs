@@ -41,6 +41,21 @@ pub enum Error {
     /// The client already uploaded a masked input for this checkpoint (one per checkpoint).
     #[error("this client already contributed a masked input on this checkpoint")]
     AlreadyContributedOnCheckpoint,
+    /// The client already uploaded a masked input for this version of the task's model, or a
+    /// newer one: it contributes once per version, to ever newer versions.
+    #[error(
+        "this client already contributed on version {newest} of this task's model; version {version} is not newer"
+    )]
+    AlreadyContributedOnVersion {
+        /// The version the round trains on.
+        version: u64,
+        /// The newest version the client contributed on.
+        newest: u64,
+    },
+    /// The client already uploaded a masked input trained on these very weights (under
+    /// another checkpoint hash or version).
+    #[error("this client already contributed a masked input trained on these same weights")]
+    AlreadyContributedOnWeights,
     /// A message belongs to another round or attempt.
     #[error("message is bound to another round context")]
     WrongContext,

@@ -85,6 +85,13 @@ impl CheckpointHash {
     }
 }
 
+/// SHA-256 of a model's weights in a canonical encoding, independent of the file that carries
+/// them (computed by `fedsec_wire::model::Model::weights_hash`): two checkpoints with the
+/// same tensors — names, shapes and every value, bit for bit — have the same hash, whatever
+/// their version, metadata or byte layout.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct WeightsHash(pub [u8; 32]);
+
 /// The round context: SHA-256 of the length-prefixed plan ([`crate::RoundPlan::context`]).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RoundContext(pub [u8; 32]);

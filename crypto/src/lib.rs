@@ -74,4 +74,4 @@ pub mod sign;
 
 pub use context::{AdversaryClass, GraphKind, PROTOCOL_VERSION, RoundContext, RoundPlan};
 pub use error::{Error, Result};
-pub use ids::{AttemptNonce, CheckpointHash, ClientId, RoundId, TaskId};
+pub use ids::{AttemptNonce, CheckpointHash, ClientId, RoundId, TaskId, WeightsHash};

@@ -9,14 +9,17 @@ use std::sync::Arc;
 
 use common::Authed;
 use common::*;
+use fedsec_crypto::WeightsHash;
 use fedsec_crypto::context::{AdversaryClass, GraphKind, RoundPlan};
 use fedsec_crypto::error::{Error, Floor, ForwardFault, PlanRule, ViewContradiction};
 use fedsec_crypto::graph::Graph;
 use fedsec_crypto::kernel::{Kernel, Sign};
 use fedsec_crypto::keys::PublicKey;
 use fedsec_crypto::prg::MaskSeed;
-use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient, hazmat};
-use fedsec_crypto::secagg::driver::run_round;
+use fedsec_crypto::secagg::client::{
+    ClientPolicy, ContributionLedger, SecAggClient, TrainedOn, hazmat,
+};
+use fedsec_crypto::secagg::driver::{run_round, trained_on};
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
 use fedsec_crypto::shamir::{self, ShareValue};
@@ -39,6 +42,16 @@ fn new_clients(
     keys: &[Arc<IdentityKey>],
     policy: &ClientPolicy,
 ) -> Vec<SecAggClient> {
+    new_clients_on(plan, keys, policy, &trained_on(plan, 0))
+}
+
+/// Clients that train on `on` (its checkpoint must be the plan's).
+fn new_clients_on(
+    plan: &RoundPlan,
+    keys: &[Arc<IdentityKey>],
+    policy: &ClientPolicy,
+    on: &TrainedOn,
+) -> Vec<SecAggClient> {
     keys.iter()
         .map(|k| {
             SecAggClient::new(
@@ -46,7 +59,7 @@ fn new_clients(
                 verifier(),
                 policy,
                 plan.clone(),
-                &CHECKPOINT,
+                on,
                 &ContributionLedger::default(),
             )
             .expect("plan accepted")
@@ -263,18 +276,33 @@ fn a_plan_that_breaks_the_consistency_rule_is_refused() {
     assert!(matches!(plan.validate(), Err(Error::ConsistencyRuleBroken { .. })));
 }
 
-/// The retry attack: finish a round, claim failure, retry without w on the same checkpoint,
-/// subtract the two sums.
-fn retry_without_w(one_input_per_checkpoint: bool) -> Result<Vec<u32>, Error> {
+/// What the retry of [`retry_without_w`] trains on.
+#[derive(Clone, Copy)]
+enum Retry {
+    /// The same checkpoint: the server claims the attempt failed.
+    SameCheckpoint,
+    /// A checkpoint minted again under the same version with one bit flipped: another
+    /// checkpoint hash, other weights.
+    FlippedBitSameVersion,
+    /// The same weights published again as the next version: another checkpoint hash.
+    SameWeightsNextVersion,
+}
+
+/// The retry attack: finish a round, claim failure, retry without w on the same model (as
+/// `retry` mints it), subtract the two sums.
+fn retry_without_w(one_input_per_checkpoint: bool, retry_on: Retry) -> Result<Vec<u32>, Error> {
     let n = 9;
     let (plan, keys) =
         federation(n, GraphKind::Complete, 0.25, 0.05, AdversaryClass::SemiMalicious, DIM, 3);
     let policy = ClientPolicy { one_input_per_checkpoint, ..policy() };
     let xs = inputs(n, DIM, 4);
     let mut ledgers = vec![ContributionLedger::default(); n];
+    let weights = WeightsHash([0x5a; 32]);
+    let first_on =
+        TrainedOn { task: plan.task_id, version: 3, checkpoint: plan.checkpoint, weights };
     // Attempt 1 with everyone, ledgers kept.
     let first = {
-        let mut clients = new_clients(&plan, &keys, &policy);
+        let mut clients = new_clients_on(&plan, &keys, &policy, &first_on);
         let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
         for c in &clients {
             server.adv(c.advertise().clone()).unwrap();
@@ -297,21 +325,24 @@ fn retry_without_w(one_input_per_checkpoint: bool) -> Result<Vec<u32>, Error> {
         }
         server.finish().unwrap()
     };
-    // Attempt 2 without w = 0, same checkpoint: every client consults its ledger.
+    // Attempt 2 without w = 0, on the model as minted: every client consults its ledger.
     let mut retry = next_attempt(&plan, 9);
     retry.selected.remove(0);
     let p = fedsec_crypto::params::for_plan(&retry).unwrap();
     (retry.degree, retry.threshold) = (p.degree, p.threshold);
+    let mut other = plan.checkpoint;
+    other.0[31] ^= 1;
+    let on = match retry_on {
+        Retry::SameCheckpoint => first_on,
+        Retry::FlippedBitSameVersion => {
+            TrainedOn { checkpoint: other, weights: WeightsHash([0x5b; 32]), ..first_on }
+        }
+        Retry::SameWeightsNextVersion => TrainedOn { checkpoint: other, version: 4, ..first_on },
+    };
+    retry.checkpoint = on.checkpoint;
     let retry_keys = &keys[1..];
     for (i, k) in retry_keys.iter().enumerate() {
-        SecAggClient::new(
-            k.clone(),
-            verifier(),
-            &policy,
-            retry.clone(),
-            &CHECKPOINT,
-            &ledgers[i + 1],
-        )?;
+        SecAggClient::new(k.clone(), verifier(), &policy, retry.clone(), &on, &ledgers[i + 1])?;
     }
     let out = run_round(&retry, retry_keys, &xs[1..], &BTreeMap::new(), &policy, verifier())?;
     let second = out.sum?;
@@ -322,9 +353,30 @@ fn retry_without_w(one_input_per_checkpoint: bool) -> Result<Vec<u32>, Error> {
 fn retry_without_w_on_the_same_checkpoint_is_refused() {
     let xs = inputs(9, DIM, 4);
     // Below the rule (the switch relaxed): the difference of the two sums is x_w.
-    assert_eq!(retry_without_w(false).expect("relaxed clients take part twice"), xs[0]);
+    for retry in
+        [Retry::SameCheckpoint, Retry::FlippedBitSameVersion, Retry::SameWeightsNextVersion]
+    {
+        assert_eq!(retry_without_w(false, retry).expect("relaxed clients take part twice"), xs[0]);
+    }
     // With the rule: clients refuse a second masked input on the same checkpoint.
-    assert_eq!(retry_without_w(true), Err(Error::AlreadyContributedOnCheckpoint));
+    assert_eq!(
+        retry_without_w(true, Retry::SameCheckpoint),
+        Err(Error::AlreadyContributedOnCheckpoint)
+    );
+}
+
+#[test]
+fn a_checkpoint_minted_again_to_retry_without_w_is_refused() {
+    // The same version signed again with one bit flipped: a new hash, the same version.
+    assert_eq!(
+        retry_without_w(true, Retry::FlippedBitSameVersion),
+        Err(Error::AlreadyContributedOnVersion { version: 3, newest: 3 })
+    );
+    // The same weights published as the next version: a new hash and version, same weights.
+    assert_eq!(
+        retry_without_w(true, Retry::SameWeightsNextVersion),
+        Err(Error::AlreadyContributedOnWeights)
+    );
 }
 
 #[test]
@@ -395,7 +447,7 @@ fn plans_below_the_floor_are_refused() {
             verifier(),
             &strict,
             p.clone(),
-            &CHECKPOINT,
+            &trained_on(&plan, 0),
             &ContributionLedger::default(),
         )
         .map(|_| ())
@@ -445,7 +497,7 @@ fn plans_below_the_floor_are_refused() {
             verifier(),
             &strict,
             p.clone(),
-            &CHECKPOINT,
+            &trained_on(&plan, 0),
             &ContributionLedger::default(),
         )
         .map(|_| ())
@@ -614,7 +666,7 @@ fn forged_and_malformed_messages_get_typed_errors() {
         verifier(),
         &policy(),
         plan.clone(),
-        &CHECKPOINT,
+        &trained_on(&plan, 0),
         &ContributionLedger::default(),
     )
     .unwrap();
@@ -819,12 +871,13 @@ fn a_plan_whose_sum_could_wrap_is_refused() {
         federation(10, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 17);
     plan.quant.value_scale *= 4.0;
     assert!(matches!(plan.validate(), Err(Error::BitBudget(_))));
+    let on = trained_on(&plan, 0);
     let refused = SecAggClient::new(
         keys[0].clone(),
         verifier(),
         &policy(),
         plan,
-        &CHECKPOINT,
+        &on,
         &ContributionLedger::default(),
     );
     assert!(matches!(refused, Err(Error::BitBudget(_))));
@@ -978,7 +1031,7 @@ fn every_attempt_makes_fresh_keys() {
             verifier(),
             &policy(),
             p.clone(),
-            &CHECKPOINT,
+            &trained_on(p, 0),
             &ContributionLedger::default(),
         )
         .unwrap()

@@ -8,7 +8,11 @@
 
 use std::collections::BTreeMap;
 
+use fedsec_crypto::WeightsHash;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+/// The domain label that starts the encoding [`Model::weights_hash`] hashes.
+pub const WEIGHTS_LABEL: &[u8] = b"fedsec/v1/weights";
 
 /// What is wrong with a model, a tensor, or a model file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -115,6 +119,37 @@ pub struct Model {
 }
 
 impl Model {
+    /// SHA-256 of the weights in a canonical encoding: the label `fedsec/v1/weights`, the
+    /// number of tensors, then per tensor in name order its name, its shape and its values as
+    /// little-endian f32 bit patterns, every part length-prefixed. Independent of the file's
+    /// bytes (header order, metadata, version): the contribution ledger keys on it, so a
+    /// checkpoint minted again with the same weights is recognised. Values are compared bit for
+    /// bit (`-0.0` and `0.0` differ; so do weights that differ in any bit).
+    pub fn weights_hash(&self) -> WeightsHash {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        fn part(h: &mut Sha256, bytes: &[u8]) {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        }
+        part(&mut h, WEIGHTS_LABEL);
+        part(&mut h, &(self.tensors.len() as u64).to_be_bytes());
+        for (name, t) in &self.tensors {
+            part(&mut h, name.as_bytes());
+            let shape: Vec<u8> = t.shape.iter().flat_map(|&d| (d as u64).to_be_bytes()).collect();
+            part(&mut h, &shape);
+            // The values, streamed: a large model is never copied whole.
+            h.update(((t.values.len() * 4) as u64).to_be_bytes());
+            let mut buf = Vec::with_capacity(4 * 4096);
+            for chunk in t.values.chunks(4096) {
+                buf.clear();
+                buf.extend(chunk.iter().flat_map(|v| v.to_bits().to_le_bytes()));
+                h.update(&buf);
+            }
+        }
+        WeightsHash(h.finalize().into())
+    }
+
     /// An empty model.
     pub fn new() -> Self {
         Model::default()
@@ -242,6 +277,48 @@ mod tests {
         Model::new()
             .with("w", Tensor::new(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-3, -7.25]).unwrap())
             .with("b", Tensor::new(vec![3], vec![0.5, 0.25, -0.125]).unwrap())
+    }
+
+    #[test]
+    fn the_weights_hash_is_the_weights_not_the_file() {
+        let m = sample();
+        let h = m.weights_hash();
+        // The same weights in a file with metadata (another checkpoint hash): the same hash.
+        let plain = m.to_safetensors().unwrap();
+        let b = m.get("b").unwrap();
+        let w = m.get("w").unwrap();
+        let (b_bytes, w_bytes): (Vec<u8>, Vec<u8>) = (
+            b.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            w.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        );
+        let meta = std::collections::HashMap::from([("minted".to_string(), "again".to_string())]);
+        let other = safetensors::serialize(
+            vec![
+                ("w", TensorView::new(Dtype::F32, w.shape.clone(), &w_bytes).unwrap()),
+                ("b", TensorView::new(Dtype::F32, b.shape.clone(), &b_bytes).unwrap()),
+            ],
+            Some(meta),
+        )
+        .unwrap();
+        assert_ne!(plain, other, "another file");
+        assert_eq!(Model::from_safetensors(&other).unwrap().weights_hash(), h);
+        // Any bit of any value, a name, a shape: other weights.
+        let mut flipped = m.clone();
+        let mut t = flipped.get("w").unwrap().clone();
+        t.values[4] = f32::from_bits(t.values[4].to_bits() ^ 1);
+        flipped.insert("w", t);
+        assert_ne!(flipped.weights_hash(), h);
+        let renamed = Model::new().with("w2", w.clone()).with("b", b.clone());
+        assert_ne!(renamed.weights_hash(), h);
+        let reshaped = Model::new()
+            .with("w", Tensor::new(vec![3, 2], w.values.clone()).unwrap())
+            .with("b", b.clone());
+        assert_ne!(reshaped.weights_hash(), h);
+        // Values move between tensors without the total changing: other weights too.
+        let moved = Model::new()
+            .with("w", Tensor::new(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-3, 0.5]).unwrap())
+            .with("b", Tensor::new(vec![3], vec![-7.25, 0.25, -0.125]).unwrap());
+        assert_ne!(moved.weights_hash(), h);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
+use fedsec_crypto::secagg::driver::trained_on;
 use fedsec_crypto::sign::{IdentityKey, RawKeyCredentials};
 use fedsec_crypto::{AdversaryClass, GraphKind, TaskId};
 use fedsec_wire::model::Tensor;
@@ -142,6 +143,7 @@ impl Fed {
         let ctx = plan.context();
         let idx: Vec<usize> = plan.selected.iter().map(|id| self.site_of(id)).collect();
         let mut clients: BTreeMap<usize, SecAggClient> = BTreeMap::new();
+        let version = self.engine.status().checkpoint_version;
         for &i in &idx {
             let s = &self.sites[i];
             let c = SecAggClient::new(
@@ -149,7 +151,7 @@ impl Fed {
                 Arc::new(RawKeyCredentials),
                 &policy(),
                 plan.clone(),
-                &plan.checkpoint,
+                &trained_on(&plan, version),
                 &s.ledger,
             )
             .unwrap();
@@ -441,7 +443,7 @@ fn retries_are_idempotent_and_conflicts_are_refused() {
             Arc::new(RawKeyCredentials),
             policy,
             plan.clone(),
-            &plan.checkpoint,
+            &trained_on(&plan, 0),
             &ContributionLedger::default(),
         )
         .unwrap()
@@ -492,7 +494,7 @@ fn retries_are_idempotent_and_conflicts_are_refused() {
             Arc::new(RawKeyCredentials),
             &policy(),
             plan.clone(),
-            &plan.checkpoint,
+            &trained_on(&plan, 0),
             &ContributionLedger::default(),
         )
         .unwrap();
@@ -510,7 +512,7 @@ fn retries_are_idempotent_and_conflicts_are_refused() {
         Arc::new(RawKeyCredentials),
         &policy(),
         plan.clone(),
-        &plan.checkpoint,
+        &trained_on(&plan, 0),
         &ContributionLedger::default(),
     )
     .unwrap();
@@ -542,7 +544,7 @@ fn uploads_are_checked_chunk_by_chunk_and_retries_after_completion_are_recognise
                 Arc::new(RawKeyCredentials),
                 &policy(),
                 plan.clone(),
-                &plan.checkpoint,
+                &trained_on(&plan, 0),
                 &ContributionLedger::default(),
             )
             .unwrap();
@@ -724,7 +726,7 @@ fn run_to_the_sum(f: &mut Fed) -> (RoundContext, ClientId, Vec<(ClientId, Unmask
                 Arc::new(RawKeyCredentials),
                 &policy(),
                 info.plan.clone(),
-                &info.plan.checkpoint,
+                &trained_on(&info.plan, 0),
                 &ContributionLedger::default(),
             )
             .unwrap();
@@ -932,7 +934,7 @@ fn through_share_keys(f: &mut Fed) -> (Assignment, Vec<(ClientId, SecAggClient)>
                 Arc::new(RawKeyCredentials),
                 &policy(),
                 plan.clone(),
-                &plan.checkpoint,
+                &trained_on(&plan, 0),
                 &ContributionLedger::default(),
             )
             .unwrap();

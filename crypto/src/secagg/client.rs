@@ -16,7 +16,7 @@ use crate::aead::ShareKey;
 use crate::context::{PROTOCOL_VERSION, RoundContext, RoundPlan};
 use crate::error::{Error, ForwardFault, Result, ViewContradiction};
 use crate::graph::Graph;
-use crate::ids::{CheckpointHash, ClientId};
+use crate::ids::ClientId;
 use crate::kdf::Label;
 use crate::kernel::{Kernel, Sign};
 use crate::keys::{PublicKey, SecretScalar};
@@ -26,7 +26,7 @@ use crate::rng::os_rng;
 use crate::secagg::Phase;
 use crate::secagg::messages::*;
 use crate::secagg::policy::check_floor;
-pub use crate::secagg::policy::{ClientPolicy, ContributionLedger};
+pub use crate::secagg::policy::{ClientPolicy, ContributionLedger, TrainedOn};
 use crate::shamir::{self, ShareValue};
 use crate::sign::{CredentialVerifier, IdentityKey};
 
@@ -107,6 +107,8 @@ pub struct SecAggClient {
     graph: Graph,
     me: usize,
     one_input_per_checkpoint: bool,
+    /// What this client trains on, as it verified it: recorded in the ledger with the input.
+    trained_on: TrainedOn,
     phase: ClientPhase,
     abort_reason: Option<Error>,
     enc_sk: Option<SecretScalar>,
@@ -143,17 +145,19 @@ impl SecAggClient {
     /// Checks the plan against this client's floor and the parameters it computes itself,
     /// then makes this attempt's fresh keys. The advertisement to send is [`Self::advertise`].
     ///
-    /// `verified_checkpoint` is the hash of the checkpoint this client verified (signature,
-    /// hash, version) and will train on; the plan must name the same one.
+    /// `trained_on` is what this client verified (the signed manifest's task, version and
+    /// checkpoint hash) and decoded (the weights' hash), and will train on; the plan must name
+    /// the same task and checkpoint, and the ledger must allow it ([`ContributionLedger::check`]:
+    /// once per checkpoint, per version and only to newer versions, and per weights).
     pub fn new(
         identity: Arc<IdentityKey>,
         verifier: Arc<dyn CredentialVerifier>,
         policy: &ClientPolicy,
         plan: impl Into<Arc<RoundPlan>>,
-        verified_checkpoint: &CheckpointHash,
+        trained_on: &TrainedOn,
         ledger: &ContributionLedger,
     ) -> Result<Self> {
-        Self::start(identity, verifier, policy, plan.into(), verified_checkpoint, ledger, true)
+        Self::start(identity, verifier, policy, plan.into(), trained_on, ledger, true)
     }
 
     /// The checks [`Self::new`] makes of a plan before anything else: its shape, this client's
@@ -203,15 +207,18 @@ impl SecAggClient {
         verifier: Arc<dyn CredentialVerifier>,
         policy: &ClientPolicy,
         plan: Arc<RoundPlan>,
-        verified_checkpoint: &CheckpointHash,
+        trained_on: &TrainedOn,
         ledger: &ContributionLedger,
         recompute_parameters: bool,
     ) -> Result<Self> {
         Self::check(&plan, policy, ledger, recompute_parameters)?;
-        if plan.checkpoint != *verified_checkpoint {
+        if plan.checkpoint != trained_on.checkpoint || plan.task_id != trained_on.task {
             return Err(Error::CheckpointMismatch);
         }
-        Self::with_checked_plan(identity, verifier, policy, plan)
+        if policy.one_input_per_checkpoint {
+            ledger.check(trained_on)?;
+        }
+        Self::with_checked_plan(identity, verifier, policy, plan, *trained_on)
     }
 
     fn with_checked_plan(
@@ -219,6 +226,7 @@ impl SecAggClient {
         verifier: Arc<dyn CredentialVerifier>,
         policy: &ClientPolicy,
         plan: Arc<RoundPlan>,
+        trained_on: TrainedOn,
     ) -> Result<Self> {
         let id = identity.id();
         let me = plan.index_of(&id).ok_or(Error::NotSelected(id))?;
@@ -255,6 +263,7 @@ impl SecAggClient {
             graph,
             me,
             one_input_per_checkpoint: policy.one_input_per_checkpoint,
+            trained_on,
             phase: ClientPhase::AdvertiseKeys,
             abort_reason: None,
             enc_sk: Some(enc_sk),
@@ -484,9 +493,12 @@ impl SecAggClient {
         if input.len() != self.plan.dim as usize {
             return Err(Error::WrongLength { got: input.len(), expected: self.plan.dim as usize });
         }
-        if self.one_input_per_checkpoint && ledger.contributed(&self.plan.checkpoint) {
-            self.abort(Error::AlreadyContributedOnCheckpoint);
-            return Err(Error::AlreadyContributedOnCheckpoint);
+        // Checked again here: another attempt may have contributed since this one started.
+        if self.one_input_per_checkpoint
+            && let Err(e) = ledger.check(&self.trained_on)
+        {
+            self.abort(e.clone());
+            return Err(e);
         }
         let reply = self.answer(
             ClientPhase::ShareKeys,
@@ -498,7 +510,7 @@ impl SecAggClient {
                 s.phase = ClientPhase::MaskedInputCollection;
             },
         )?;
-        ledger.record(self.plan.checkpoint);
+        ledger.record(&self.trained_on);
         Ok(reply)
     }
 
@@ -753,10 +765,10 @@ pub mod hazmat {
         verifier: Arc<dyn CredentialVerifier>,
         policy: &ClientPolicy,
         plan: impl Into<Arc<RoundPlan>>,
-        verified_checkpoint: &CheckpointHash,
+        trained_on: &TrainedOn,
         ledger: &ContributionLedger,
     ) -> Result<SecAggClient> {
         let plan = plan.into();
-        SecAggClient::start(identity, verifier, policy, plan, verified_checkpoint, ledger, false)
+        SecAggClient::start(identity, verifier, policy, plan, trained_on, ledger, false)
     }
 }

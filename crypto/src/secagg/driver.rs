@@ -13,7 +13,7 @@ use crate::context::RoundPlan;
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
 use crate::secagg::Phase;
-use crate::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
+use crate::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient, TrainedOn};
 use crate::secagg::server::SecAggServer;
 use crate::sign::{CredentialVerifier, IdentityKey};
 
@@ -97,7 +97,7 @@ pub fn run_round_on(
             verifier.clone(),
             policy,
             plan.clone(),
-            &plan.checkpoint,
+            &trained_on(plan, 0),
             &ContributionLedger::default(),
         )?;
         clients.push(c);
@@ -229,4 +229,16 @@ pub fn make_plan<R: CryptoRng + ?Sized>(
         quant: crate::quant::QuantParams::for_clients(ids.len(), 1.0, 1)?,
         checkpoint,
     })
+}
+
+/// What a client of this driver trains on: the plan's task and checkpoint at `version`, with
+/// the checkpoint's hash standing in for the weights' hash — the driver holds no model. (The
+/// client library hashes the weights it decodes: `fedsec_wire::model::Model::weights_hash`.)
+pub fn trained_on(plan: &RoundPlan, version: u64) -> TrainedOn {
+    TrainedOn {
+        task: plan.task_id,
+        version,
+        checkpoint: plan.checkpoint,
+        weights: crate::ids::WeightsHash(plan.checkpoint.0),
+    }
 }

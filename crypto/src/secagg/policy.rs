@@ -1,13 +1,13 @@
 //! A client's own floor, which no round plan can talk it below, and its record of the
 //! checkpoints it has contributed to.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::context::{AdversaryClass, RoundPlan};
 use crate::error::{Error, Floor, Result};
-use crate::ids::CheckpointHash;
+use crate::ids::{CheckpointHash, TaskId, WeightsHash};
 
 /// The floor a client's own configuration fixes: the server cannot talk it below these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,11 +43,38 @@ impl Default for ClientPolicy {
     }
 }
 
-/// The checkpoints this client has uploaded a masked input for. The caller persists it before
-/// sending the masked input, so a restart cannot make the client contribute twice.
+/// What a client trains on in an attempt, as it verified it: the task, the model's version and
+/// checkpoint hash from the signed manifest, and the hash of the weights it decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainedOn {
+    /// The task the checkpoint belongs to.
+    pub task: TaskId,
+    /// The checkpoint's version.
+    pub version: u64,
+    /// SHA-256 of the checkpoint's bytes.
+    pub checkpoint: CheckpointHash,
+    /// SHA-256 of its weights, canonically encoded.
+    pub weights: WeightsHash,
+}
+
+/// What this client has uploaded masked inputs on. The caller persists it before sending the
+/// masked input, so a restart cannot make the client contribute twice.
+///
+/// A client contributes at most once per checkpoint (by hash), at most once per task and model
+/// version and only to ever newer versions, and never twice on the same weights (by
+/// [`WeightsHash`], in any task): a server that mints a second checkpoint of the same model —
+/// one bit flipped, another version number, the same weights under a new version — to collect
+/// a second sum from the same clients, and subtract, is refused. Weights that differ in any bit
+/// are other weights: what differential privacy must cover.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContributionLedger {
     checkpoints: BTreeSet<CheckpointHash>,
+    /// The newest model version contributed on, per task (lowercase hex id).
+    #[serde(default)]
+    versions: BTreeMap<String, u64>,
+    /// The weights contributed on, in every task.
+    #[serde(default)]
+    weights: BTreeSet<WeightsHash>,
 }
 
 impl ContributionLedger {
@@ -56,8 +83,32 @@ impl ContributionLedger {
         self.checkpoints.contains(checkpoint)
     }
 
-    pub(crate) fn record(&mut self, checkpoint: CheckpointHash) {
-        self.checkpoints.insert(checkpoint);
+    /// The newest version of `task`'s model an input was uploaded on.
+    pub fn newest_version(&self, task: &TaskId) -> Option<u64> {
+        self.versions.get(&task.to_hex()).copied()
+    }
+
+    /// Whether this client may contribute on `t`: the rule it breaks if not.
+    pub fn check(&self, t: &TrainedOn) -> Result<()> {
+        if self.contributed(&t.checkpoint) {
+            return Err(Error::AlreadyContributedOnCheckpoint);
+        }
+        if let Some(newest) = self.newest_version(&t.task)
+            && newest >= t.version
+        {
+            return Err(Error::AlreadyContributedOnVersion { version: t.version, newest });
+        }
+        if self.weights.contains(&t.weights) {
+            return Err(Error::AlreadyContributedOnWeights);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn record(&mut self, t: &TrainedOn) {
+        self.checkpoints.insert(t.checkpoint);
+        let newest = self.versions.entry(t.task.to_hex()).or_insert(t.version);
+        *newest = (*newest).max(t.version);
+        self.weights.insert(t.weights);
     }
 }
 
@@ -89,4 +140,57 @@ pub(crate) fn check_floor(policy: &ClientPolicy, plan: &RoundPlan) -> Result<()>
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(task: u8, version: u64, checkpoint: u8, weights: u8) -> TrainedOn {
+        TrainedOn {
+            task: TaskId([task; 16]),
+            version,
+            checkpoint: CheckpointHash([checkpoint; 32]),
+            weights: WeightsHash([weights; 32]),
+        }
+    }
+
+    #[test]
+    fn once_per_checkpoint_per_version_upwards_and_per_weights() {
+        let mut ledger = ContributionLedger::default();
+        let first = on(1, 3, 0xc3, 0xa3);
+        assert_eq!(ledger.check(&first), Ok(()));
+        ledger.record(&first);
+        assert_eq!(ledger.newest_version(&first.task), Some(3));
+        assert_eq!(ledger.check(&first), Err(Error::AlreadyContributedOnCheckpoint));
+        // The same version, or an older one, under another checkpoint.
+        for version in [3, 2, 0] {
+            assert_eq!(
+                ledger.check(&on(1, version, 0xc4, 0xa4)),
+                Err(Error::AlreadyContributedOnVersion { version, newest: 3 })
+            );
+        }
+        // The same weights under a new version and checkpoint, in this task or another.
+        assert_eq!(ledger.check(&on(1, 4, 0xc4, 0xa3)), Err(Error::AlreadyContributedOnWeights));
+        assert_eq!(ledger.check(&on(2, 1, 0xc4, 0xa3)), Err(Error::AlreadyContributedOnWeights));
+        // A newer version with new weights; another task's versions are its own.
+        assert_eq!(ledger.check(&on(1, 4, 0xc4, 0xa4)), Ok(()));
+        assert_eq!(ledger.check(&on(2, 0, 0xc5, 0xa5)), Ok(()));
+        ledger.record(&on(2, 0, 0xc5, 0xa5));
+        assert_eq!(ledger.newest_version(&first.task), Some(3));
+        assert_eq!(ledger.newest_version(&TaskId([2; 16])), Some(0));
+    }
+
+    #[test]
+    fn a_ledger_saved_before_versions_and_weights_still_loads() {
+        let old = format!(r#"{{"checkpoints":[{:?}]}}"#, [0xc3u8; 32]);
+        let ledger: ContributionLedger = serde_json::from_str(&old).unwrap();
+        assert!(ledger.contributed(&CheckpointHash([0xc3; 32])));
+        assert_eq!(ledger.check(&on(1, 3, 0xc3, 0xa3)), Err(Error::AlreadyContributedOnCheckpoint));
+        let mut ledger = ledger;
+        ledger.record(&on(1, 4, 0xc4, 0xa4));
+        let text = serde_json::to_string(&ledger).unwrap();
+        let back: ContributionLedger = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, ledger);
+    }
 }
