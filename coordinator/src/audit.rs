@@ -292,13 +292,13 @@ impl AuditLog {
         let head = head_path(path);
         let log_exists = path.try_exists().map_err(io_error(path))?;
         let head_exists = head.try_exists().map_err(io_error(&head))?;
-        let (entries, last_hash, recovered) = match (log_exists, head_exists) {
+        let (entries, last_hash, len, recovered) = match (log_exists, head_exists) {
             (true, true) => {
                 let (head_seq, head_hash) = read_head(&head, &key.verifying_key())?;
                 let tail = scan(path, &head, head_seq, &head_hash)?;
                 let head_entries = head_seq.map_or(0, |s| s + 1);
                 if tail.entries == head_entries && tail.torn_bytes == 0 {
-                    (tail.entries, tail.last_hash, None)
+                    (tail.entries, tail.last_hash, tail.valid_len, None)
                 } else {
                     if tail.torn_bytes > 0 {
                         let file =
@@ -306,13 +306,12 @@ impl AuditLog {
                         file.set_len(tail.valid_len).map_err(io_error(path))?;
                         file.sync_all().map_err(io_error(path))?;
                     }
-                    write_head(&head, &key, tail.entries.checked_sub(1), &tail.last_hash)?;
                     let recovery = Recovery {
                         head_entries,
                         lines_accepted: tail.entries - head_entries,
                         torn_bytes: tail.torn_bytes,
                     };
-                    (tail.entries, tail.last_hash, Some(recovery))
+                    (tail.entries, tail.last_hash, tail.valid_len, Some(recovery))
                 }
             }
             (false, true) => return Err(AuditError::MissingLog { path: path.to_owned() }),
@@ -322,7 +321,7 @@ impl AuditLog {
                     return Err(AuditError::MissingHead { path: head });
                 }
                 write_head(&head, &key, None, &genesis_hash())?;
-                (0, genesis_hash(), None)
+                (0, genesis_hash(), 0, None)
             }
             (false, false) => {
                 let file = OpenOptions::new()
@@ -333,11 +332,10 @@ impl AuditLog {
                 file.sync_all().map_err(io_error(path))?;
                 sync_parent(path)?;
                 write_head(&head, &key, None, &genesis_hash())?;
-                (0, genesis_hash(), None)
+                (0, genesis_hash(), 0, None)
             }
         };
         let file = OpenOptions::new().append(true).open(path).map_err(io_error(path))?;
-        let len = file.metadata().map_err(io_error(path))?.len();
         let mut log = AuditLog {
             path: path.to_owned(),
             head,
@@ -362,6 +360,9 @@ impl AuditLog {
                 "lines_accepted": r.lines_accepted,
                 "torn_bytes_cut": r.torn_bytes,
             });
+            // One batch of one line: its sync also flushes the accepted lines, which a killed
+            // process may have left unsynced, and one new head covers them and it together —
+            // so no head ever covers the accepted lines without the entry that names them.
             log.append(EntryKind::AuditRecovered, detail, unix_ms())?;
             log.recovered = Some(r);
         }
@@ -373,9 +374,18 @@ impl AuditLog {
         self.recovered
     }
 
-    /// Opens this log's file again (verifying and, if need be, recovering it), as after a
-    /// failed append poisoned this handle.
+    /// Opens this log's file again after a failed append poisoned this handle: lines past the
+    /// signed head are the failed batch's (never acknowledged, still queued by the caller) and
+    /// are cut off, then the log is verified as [`open`](Self::open) does.
     pub fn reopen(&self) -> Result<AuditLog, AuditError> {
+        let (head_seq, head_hash) = read_head(&self.head, &self.key.verifying_key())?;
+        let tail = scan(&self.path, &self.head, head_seq, &head_hash)?;
+        if tail.valid_len + tail.torn_bytes > tail.head_len {
+            let file =
+                OpenOptions::new().write(true).open(&self.path).map_err(io_error(&self.path))?;
+            file.set_len(tail.head_len).map_err(io_error(&self.path))?;
+            file.sync_all().map_err(io_error(&self.path))?;
+        }
         AuditLog::open(&self.path, self.key.clone())
     }
 
@@ -405,9 +415,11 @@ impl AuditLog {
     /// [`AuditError::BatchTooLarge`]).
     ///
     /// If a step fails before the new head replaces the old, the lines are cut off again and
-    /// the log is as it was: the same entries can be appended later. If that cut fails too, or
-    /// the head was replaced but its directory could not be synced, the log refuses further
-    /// appends ([`AuditError::Poisoned`]) until reopened ([`reopen`](Self::reopen)).
+    /// the log is as it was: the same entries can be appended later. If that cut fails too, the
+    /// log refuses further appends ([`AuditError::Poisoned`]) until reopened
+    /// ([`reopen`](Self::reopen)). A head renamed into place whose directory could not be
+    /// synced counts as written: its lines are synced, and should the rename be lost in a
+    /// crash, [`open`](Self::open) recovers them.
     pub fn append_batch(
         &mut self,
         entries: impl IntoIterator<Item = (EntryKind, serde_json::Value, u64)>,
@@ -436,20 +448,20 @@ impl AuditLog {
         }
         let last_seq = self.entries + hashes.len() as u64 - 1;
         let written = self.write_lines(&bytes).and_then(|()| {
-            write_head(&self.head, &self.key, Some(last_seq), &last_hash).map_err(|e| match e {
-                HeadWriteError::BeforeRename(e) => e,
-                HeadWriteError::AfterRename(e) => {
-                    // The new head is in place but may not survive a crash.
-                    self.poisoned = true;
-                    e
+            match write_head(&self.head, &self.key, Some(last_seq), &last_hash) {
+                Ok(()) => Ok(()),
+                Err(HeadWriteError::BeforeRename(e)) => Err(e),
+                // The lines are synced and the new head is in place; should the rename not
+                // survive a crash, the old head and the synced lines are what `open` recovers.
+                Err(HeadWriteError::AfterRename(e)) => {
+                    tracing::warn!(error = %e, "audit head written, its directory not synced");
+                    Ok(())
                 }
-            })
+            }
         });
         if let Err(e) = written {
-            // Undo, unless the new head already covers the lines: no head names them yet.
-            if !self.poisoned
-                && self.file.set_len(self.len).and_then(|()| self.file.sync_data()).is_err()
-            {
+            // Undo: no head names the lines yet.
+            if self.file.set_len(self.len).and_then(|()| self.file.sync_data()).is_err() {
                 self.poisoned = true;
             }
             return Err(e);
@@ -595,13 +607,16 @@ struct Tail {
     last_hash: [u8; 32],
     /// Bytes up to the end of the last complete line.
     valid_len: u64,
+    /// Bytes up to the end of the line the head names.
+    head_len: u64,
     /// Bytes after it with no newline (a torn last line), past the head.
     torn_bytes: u64,
 }
 
 /// Reads `log` line by line: every complete line must parse, follow in seq and chain, and the
-/// line the head names must hash to `head_hash`. Past the head, at most [`MAX_RECOVERED_LINES`]
-/// complete lines and one torn last line are allowed; a log shorter than its head is refused.
+/// line the head names must hash to `head_hash`. Past the head, at most one batch
+/// ([`MAX_RECOVERED_LINES`]) and a recovery entry of complete lines, and one torn last line,
+/// are allowed; a log shorter than its head is refused.
 fn scan(
     log: &Path,
     head: &Path,
@@ -621,7 +636,8 @@ fn scan(
     })?;
     let mut reader = BufReader::new(file);
     let mut buf = Vec::new();
-    let mut tail = Tail { entries: 0, last_hash: genesis_hash(), valid_len: 0, torn_bytes: 0 };
+    let mut tail =
+        Tail { entries: 0, last_hash: genesis_hash(), valid_len: 0, head_len: 0, torn_bytes: 0 };
     if head_entries == 0 && tail.last_hash != *head_hash {
         return Err(mismatch(0));
     }
@@ -657,8 +673,12 @@ fn scan(
         tail.last_hash = Sha256::digest(body).into();
         tail.entries = line;
         tail.valid_len += read as u64;
+        if tail.entries == head_entries {
+            tail.head_len = tail.valid_len;
+        }
         let head_line_differs = tail.entries == head_entries && tail.last_hash != *head_hash;
-        if head_line_differs || tail.entries > head_entries + MAX_RECOVERED_LINES {
+        // One batch, and the recovery entry a crash may have left after it.
+        if head_line_differs || tail.entries > head_entries + MAX_RECOVERED_LINES + 1 {
             return Err(mismatch(tail.entries));
         }
     }
@@ -891,8 +911,13 @@ mod tests {
         let (dir, path) = write_log(n);
         let head = fs::read(head_path(&path)).unwrap();
         let mut log = AuditLog::open(&path, key(1)).unwrap();
-        let batch = (0..more).map(|i| (EntryKind::Refusal, json!({ "i": i }), 7));
-        log.append_batch(batch).unwrap();
+        let mut written = 0;
+        while written < more {
+            let n = (more - written).min(MAX_RECOVERED_LINES);
+            let batch = (written..written + n).map(|i| (EntryKind::Refusal, json!({ "i": i }), 7));
+            log.append_batch(batch).unwrap();
+            written += n;
+        }
         drop(log);
         fs::write(head_path(&path), head).unwrap();
         (dir, path)
@@ -969,6 +994,36 @@ mod tests {
         let err = AuditLog::open(&path, key(1)).unwrap_err();
         assert!(matches!(err, AuditError::HeadMismatch { head_entries: 1, .. }), "{err:?}");
         assert_eq!(fs::read(&path).unwrap(), before, "a refused open must not write");
+    }
+
+    #[test]
+    fn reopening_after_a_failed_append_cuts_the_lines_no_head_covers() {
+        let (_dir, path) = write_log(2);
+        let head = fs::read(head_path(&path)).unwrap();
+        let mut log = AuditLog::open(&path, key(1)).unwrap();
+        let before = fs::read(&path).unwrap();
+        // A batch whose head did not make it: its lines are still in the file.
+        log.append_batch((0..3).map(|i| (EntryKind::Refusal, json!({ "i": i }), 2))).unwrap();
+        fs::write(head_path(&path), &head).unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend(b"{\"seq\":5");
+        fs::write(&path, bytes).unwrap();
+        let mut again = log.reopen().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), before, "cut back to the head");
+        assert_eq!((again.entries(), again.recovered()), (2, None));
+        again.append(EntryKind::Admin, json!({}), 3).unwrap();
+        assert_eq!(verify_with(&path, 1).unwrap().entries, 3);
+    }
+
+    #[test]
+    fn a_recovery_entry_shares_the_head_of_the_lines_it_accepts() {
+        // One full batch past the head, and the recovery entry of an earlier recovery that
+        // crashed before its head: still recovered.
+        let (_dir, path) = crash_before_head(1, MAX_RECOVERED_LINES + 1);
+        let log = AuditLog::open(&path, key(1)).unwrap();
+        let accepted = MAX_RECOVERED_LINES + 1;
+        assert_eq!(log.recovered().map(|r| r.lines_accepted), Some(accepted));
+        assert_recovery_entry(&path, (2 + MAX_RECOVERED_LINES) as usize, 1, accepted, 0);
     }
 
     #[test]

@@ -328,8 +328,10 @@ pub async fn serve(
         .prepare();
     let service = tower::ServiceBuilder::new().layer(layer).service(routes);
     tracing::info!(addr = %ready.local_addr()?, tls = ready.tls.is_some(), "serving");
+    let coordinator = ready.coordinator.clone();
     let served = serve_with(ready, service, shutdown).await;
     health_follows_audit.abort();
+    coordinator.flush_audit(AUDIT_FLUSH_AT_SHUTDOWN).await;
     if let Some((reporter, limits)) = rate {
         reporter.abort();
         limits.report(RATE_REPORT_PERIOD);
@@ -361,10 +363,22 @@ async fn health_follows_audit(
             reporter.set_service_status(name, status).await;
         }
         if state.changed().await.is_err() {
+            // The writer stopped: the coordinator can record nothing more.
+            let status = tonic_health::ServingStatus::NotServing;
+            reporter.set_service_status("", status).await;
+            for name in [
+                <FederationServer<FederationService> as tonic::server::NamedService>::NAME,
+                <AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+            ] {
+                reporter.set_service_status(name, status).await;
+            }
             return;
         }
     }
 }
+
+/// How long a stopping coordinator waits for its queued audit entries to be written.
+const AUDIT_FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(10);
 
 /// How often the refusals of the rate limits are reported (a line per client and class).
 const RATE_REPORT_PERIOD: Duration = Duration::from_secs(10);

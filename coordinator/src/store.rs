@@ -204,6 +204,13 @@ impl CheckpointStore {
         }
     }
 
+    /// Syncs the data and the manifest of a committed checkpoint to disk (after a `put` that
+    /// wrote them but whose sync failed: the retry finds the version committed).
+    pub async fn sync_committed(&self, task: TaskId, version: u64) -> Result<(), StoreError> {
+        self.sync(&data_path(task, version)).await?;
+        self.sync(&manifest_path(task, version)).await
+    }
+
     /// Syncs a written object of a local store to disk: the file, then each directory from
     /// its own up to the store's root (a new task's directories are new too). A cloud store
     /// has made an object durable when its upload completes.

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
@@ -45,22 +45,27 @@ struct Entry {
     done: Option<oneshot::Sender<()>>,
 }
 
+/// The writer thread has stopped: nothing more can be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the audit log's writer has stopped")]
+pub struct WriterStopped;
+
 /// The handle to the writer thread (it ends when the handle is dropped, after writing what is
 /// queued if it can).
 #[derive(Debug)]
 pub(super) struct AuditWriter {
-    entries: Sender<Entry>,
+    entries: Sender<Msg>,
     state: watch::Receiver<AuditState>,
 }
 
 impl AuditWriter {
     /// Starts the thread that owns `log`.
     pub(super) fn start(log: AuditLog) -> std::io::Result<AuditWriter> {
-        let (entries, rx) = std::sync::mpsc::channel::<Entry>();
+        let (entries, rx) = std::sync::mpsc::channel::<Msg>();
         let (state_tx, state) = watch::channel(AuditState::Writing);
-        std::thread::Builder::new()
-            .name("audit-log".into())
-            .spawn(move || Writer { log, queue: VecDeque::new(), state: state_tx }.run(rx))?;
+        std::thread::Builder::new().name("audit-log".into()).spawn(move || {
+            Writer { log, queue: VecDeque::new(), flushes: Vec::new(), state: state_tx }.run(rx)
+        })?;
         Ok(AuditWriter { entries, state })
     }
 
@@ -72,18 +77,37 @@ impl AuditWriter {
     }
 
     /// Appends one entry; resolves once it (and every entry queued before it) is written and
-    /// synced. While the log is failing, that is once it has recovered.
-    pub(super) async fn append(&self, kind: EntryKind, detail: serde_json::Value) {
+    /// synced. While the log is failing, that is once it has recovered. An error means the
+    /// writer stopped and the entry is not written.
+    pub(super) async fn append(
+        &self,
+        kind: EntryKind,
+        detail: serde_json::Value,
+    ) -> Result<(), WriterStopped> {
         let (done, written) = oneshot::channel();
         self.send(kind, detail, Some(done));
-        let _ = written.await;
+        written.await.map_err(|_| WriterStopped)
+    }
+
+    /// Waits up to `within` for every entry queued so far to be written; whether they were.
+    pub(super) async fn flush(&self, within: Duration) -> bool {
+        let (done, written) = oneshot::channel();
+        if self.entries.send(Msg::Flush(done)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, written).await, Ok(Ok(())))
     }
 
     fn send(&self, kind: EntryKind, detail: serde_json::Value, done: Option<oneshot::Sender<()>>) {
         let entry = Entry { kind, detail, time_ms: unix_ms(), done };
-        if self.entries.send(entry).is_err() {
-            tracing::error!("the audit log's writer has stopped; an entry is lost");
+        if self.entries.send(Msg::Entry(entry)).is_err() {
+            tracing::error!(?kind, "the audit log's writer has stopped; an entry is lost");
         }
+    }
+
+    /// Whether the log takes entries now: not while it fails, nor once its writer stopped.
+    pub(super) fn is_writing(&self) -> bool {
+        self.state.has_changed().is_ok() && *self.state.borrow() == AuditState::Writing
     }
 
     /// The log's state, as it changes.
@@ -92,34 +116,44 @@ impl AuditWriter {
     }
 }
 
+/// What the writer thread receives.
+enum Msg {
+    Entry(Entry),
+    /// Answer once every entry received before is written.
+    Flush(oneshot::Sender<()>),
+}
+
 /// The thread's side.
 struct Writer {
     log: AuditLog,
     /// Entries received and not yet written, oldest first.
     queue: VecDeque<Entry>,
+    /// Flushes waiting, each with the number of queued entries it waits for.
+    flushes: Vec<(usize, oneshot::Sender<()>)>,
     state: watch::Sender<AuditState>,
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Entry>) {
+    fn run(mut self, rx: Receiver<Msg>) {
         let mut open = true;
+        // While the log fails: when to try again (entries arriving meanwhile do not hurry it).
+        let mut retry_at: Option<Instant> = None;
         while open || !self.queue.is_empty() {
             if self.queue.is_empty() {
                 match rx.recv() {
-                    Ok(e) => self.queue.push_back(e),
+                    Ok(m) => self.take(m),
                     Err(_) => break,
                 }
-            } else if self.is_failing() {
-                // Wait before trying again, taking what arrives meanwhile.
-                match rx.recv_timeout(RETRY_EVERY) {
-                    Ok(e) => self.queue.push_back(e),
+            } else if let Some(at) = retry_at {
+                match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(m) => self.take(m),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => open = false,
                 }
             }
             loop {
                 match rx.try_recv() {
-                    Ok(e) => self.queue.push_back(e),
+                    Ok(m) => self.take(m),
                     Err(std::sync::mpsc::TryRecvError::Empty) => break,
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                         open = false;
@@ -127,14 +161,31 @@ impl Writer {
                     }
                 }
             }
-            if !self.write_some() && !open {
+            if open && retry_at.is_some_and(|at| Instant::now() < at) {
+                continue;
+            }
+            if self.write_some() {
+                retry_at = None;
+            } else if !open {
                 // Shutting down with a log that fails: say what is lost.
                 tracing::error!(
                     entries = self.queue.len(),
                     "the audit log's writer stops with entries it could not write"
                 );
                 break;
+            } else {
+                retry_at = Some(Instant::now() + RETRY_EVERY);
             }
+        }
+    }
+
+    fn take(&mut self, m: Msg) {
+        match m {
+            Msg::Entry(e) => self.queue.push_back(e),
+            Msg::Flush(done) if self.queue.is_empty() => {
+                let _ = done.send(());
+            }
+            Msg::Flush(done) => self.flushes.push((self.queue.len(), done)),
         }
     }
 
@@ -145,18 +196,9 @@ impl Writer {
     /// Writes the oldest batch of the queue; whether it succeeded.
     fn write_some(&mut self) -> bool {
         if self.log.is_poisoned() {
-            let before = self.log.entries();
+            // The failed batch's lines are cut off; the whole queue is written again.
             match self.log.reopen() {
-                Ok(log) => {
-                    // Lines of the failed batch that made it to disk were kept by the
-                    // recovery: they are written, and leave the queue.
-                    let kept = log
-                        .recovered()
-                        .map_or(log.entries(), |r| r.head_entries + r.lines_accepted);
-                    let written = kept.saturating_sub(before) as usize;
-                    self.acknowledge(written);
-                    self.log = log;
-                }
+                Ok(log) => self.log = log,
                 Err(e) => {
                     self.failing(e.to_string());
                     return false;
@@ -186,9 +228,17 @@ impl Writer {
 
     /// The first `n` queued entries are on disk.
     fn acknowledge(&mut self, n: usize) {
-        for e in self.queue.drain(..n.min(self.queue.len())) {
+        let n = n.min(self.queue.len());
+        for e in self.queue.drain(..n) {
             if let Some(done) = e.done {
                 let _ = done.send(());
+            }
+        }
+        for (waits_for, done) in std::mem::take(&mut self.flushes) {
+            if waits_for <= n {
+                let _ = done.send(());
+            } else {
+                self.flushes.push((waits_for - n, done));
             }
         }
     }

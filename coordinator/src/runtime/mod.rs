@@ -256,8 +256,36 @@ impl Coordinator {
     /// Appends to the audit log and waits until the entry — and every entry queued before it —
     /// is written and synced (on the log's own thread). While the log cannot be written, that
     /// is once it can again ([`audit_state`](Self::audit_state)).
-    pub(crate) async fn audit(&self, kind: EntryKind, detail: serde_json::Value) {
-        self.audit.append(kind, detail).await;
+    pub(crate) async fn audit(
+        &self,
+        kind: EntryKind,
+        detail: serde_json::Value,
+    ) -> Result<(), Status> {
+        self.audit.append(kind, detail).await.map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    /// `Ok` while the audit log takes entries; else `UNAVAILABLE`, for the calls that would
+    /// change what the log must record (fail closed).
+    pub(crate) fn audit_writable(&self) -> Result<(), Status> {
+        if self.audit.is_writing() {
+            return Ok(());
+        }
+        let why = match &*self.audit.state().borrow() {
+            AuditState::Failing { error, .. } => error.clone(),
+            AuditState::Writing => "its writer has stopped".into(),
+        };
+        Err(Status::unavailable(format!(
+            "the coordinator cannot write its audit log ({why}); nothing that it would record is done until it can"
+        )))
+    }
+
+    /// Waits up to `within` for the audit entries queued so far to be on disk (at shutdown).
+    pub async fn flush_audit(&self, within: Duration) {
+        if !self.audit.flush(within).await {
+            tracing::error!(
+                "audit entries could not be written within {within:?}; they are lost with the process"
+            );
+        }
     }
 
     /// Whether the audit log takes entries, as it changes. While it fails, check-ins are told
@@ -314,6 +342,7 @@ impl Coordinator {
             }
         };
         let version = published.manifest.manifest.version;
+        let checkpoint_sha256 = published.manifest.manifest.sha256;
         let mut seed = [0u8; 32];
         rand_core::Rng::fill_bytes(&mut fedsec_crypto::rng::os_rng(), &mut seed);
         let mut engine = Engine::new(config.clone(), model, version, (self.verifier)(), seed)
@@ -326,6 +355,16 @@ impl Coordinator {
         }
         let (task, outputs) = TaskRuntime::start(id, engine, published, started)
             .map_err(|e| Status::internal(format!("cannot start the task's engine thread: {e}")))?;
+        // Recorded (with the checkpoint it resumes from) before the task is visible: a
+        // checkpoint stored by a coordinator that died before its entry is named here.
+        self.audit_writable()?;
+        self.audit(
+            EntryKind::TaskCreated,
+            json!({ "task": hex::encode(id.0), "name": config.name, "checkpoint_version": version,
+                    "checkpoint_sha256": hex::encode(checkpoint_sha256.0),
+                    "clients_per_round": config.clients_per_round, "rounds": config.rounds }),
+        )
+        .await?;
         let inserted = self.tasks.send_if_modified(|tasks| match tasks.entry(id) {
             std::collections::btree_map::Entry::Occupied(_) => false,
             std::collections::btree_map::Entry::Vacant(v) => {
@@ -338,26 +377,20 @@ impl Coordinator {
         }
         self.limits.add_task(&config);
         self.check_rate_limits(&task);
-        // The driver first: were this call cancelled while the entry is written, the task
-        // would still store its checkpoints.
         tokio::spawn(drive(self.clone(), task.clone(), outputs));
         tokio::spawn(hold_while_audit_fails(self.audit.state(), Arc::downgrade(&task)));
-        self.audit(
-            EntryKind::TaskCreated,
-            json!({ "task": hex::encode(id.0), "name": config.name, "checkpoint_version": version,
-                    "clients_per_round": config.clients_per_round, "rounds": config.rounds }),
-        )
-        .await;
-
         Ok(id)
     }
 
     /// Lets clients into the task's rounds.
     pub async fn start_task(&self, id: &TaskId) -> Result<(), Status> {
         let task = self.task(id)?;
-        if !task.started.swap(true, Ordering::SeqCst) {
-            self.audit(EntryKind::TaskStarted, json!({ "task": hex::encode(id.0) })).await;
+        if task.started.load(Ordering::SeqCst) {
+            return Ok(());
         }
+        self.audit_writable()?;
+        self.audit(EntryKind::TaskStarted, json!({ "task": hex::encode(id.0) })).await?;
+        task.started.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -377,7 +410,17 @@ impl Coordinator {
         loop {
             match self.store.put(&manifest, shared(&c.bytes)).await {
                 Ok(()) => break,
-                Err(crate::store::StoreError::VersionExists { .. }) => break,
+                Err(crate::store::StoreError::VersionExists { .. }) => {
+                    // Stored by an earlier try whose sync may have failed: sync it now.
+                    match self.store.sync_committed(task.id, c.version).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, version = c.version, "syncing the stored checkpoint failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, version = c.version, "storing the checkpoint failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -386,13 +429,19 @@ impl Coordinator {
             }
         }
         // On disk in the audit log (with every entry before it) before any client can see it.
-        self.audit(
-            EntryKind::Checkpoint,
-            json!({ "task": hex::encode(task.id.0), "version": c.version,
-                    "parent": c.parent_version, "sha256": hex::encode(c.sha256.0),
-                    "round": c.round_id.0 }),
-        )
-        .await;
+        let recorded = self
+            .audit(
+                EntryKind::Checkpoint,
+                json!({ "task": hex::encode(task.id.0), "version": c.version,
+                        "parent": c.parent_version, "sha256": hex::encode(c.sha256.0),
+                        "round": c.round_id.0 }),
+            )
+            .await;
+        if let Err(e) = recorded {
+            // Fail closed: a checkpoint the log does not record is never published.
+            tracing::error!(error = %e.message(), version = c.version, "checkpoint stored but not published");
+            return;
+        }
         task.publish(Published { manifest: manifest.clone(), bytes: c.bytes.clone() });
         let version = c.version;
         match task.call(move |e, now| e.checkpoint_committed(version, now)).await {
@@ -449,6 +498,10 @@ async fn hold_while_audit_fails(
             task.call_detached(move |e, now| e.hold_selection(failing, now));
         }
         if state.changed().await.is_err() {
+            // The writer stopped: nothing can be recorded any more, so nothing new starts.
+            if let Some(task) = task.upgrade() {
+                task.call_detached(|e, now| e.hold_selection(true, now));
+            }
             return;
         }
     }

@@ -156,7 +156,7 @@ impl Admin for AdminService {
                 EntryKind::Admin,
                 json!({ "action": "create_task", "task": hex::encode(id.0), "operator": operator }),
             )
-            .await;
+            .await?;
         Ok(Response::new(v1::CreateTaskResponse { task_id: id.0.to_vec() }))
     }
 
@@ -225,7 +225,7 @@ impl Admin for AdminService {
                 EntryKind::DenyListReloaded,
                 json!({ "denied": denied, "operator": operator, "connections_closed": closed }),
             )
-            .await;
+            .await?;
         Ok(Response::new(v1::ReloadDenyListResponse { denied: denied as u32 }))
     }
 }

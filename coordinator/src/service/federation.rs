@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{CHECK_IN_LONG_POLL, LONG_POLL_SLACK, identify};
-use crate::runtime::{AuditState, Coordinator, TaskRuntime};
+use crate::runtime::{Coordinator, TaskRuntime};
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
 };
@@ -105,7 +105,7 @@ impl Federation for FederationService {
         if !task.started.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(Response::new(retry(Duration::from_secs(5), "the task has not started")));
         }
-        if let AuditState::Failing { .. } = *self.coordinator.audit_state().borrow() {
+        if self.coordinator.audit_writable().is_err() {
             // Fail closed: nothing new happens that the log could not record.
             let reason = "the coordinator cannot write its audit log; no round starts until it can";
             return Ok(Response::new(retry(Duration::from_secs(5), reason)));
