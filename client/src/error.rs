@@ -35,6 +35,16 @@ pub enum ClientError {
         /// Why.
         source: serde_json::Error,
     },
+    /// Another process holds the state folder's lock: two clients on one state folder would
+    /// overwrite each other's contribution ledger.
+    #[error(
+        "{}: another client process uses this state folder; stop it, or give this client its own state_dir",
+        path.display()
+    )]
+    StateInUse {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// The connection to the coordinator failed.
     #[error("cannot connect to the coordinator: {0}")]
     Connect(#[from] ConnectError),

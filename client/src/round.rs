@@ -382,8 +382,19 @@ impl Round {
                 got: assignment.plan.task_id,
             });
         }
-        // Nothing is downloaded for a plan the client would refuse.
+        // Nothing is downloaded for a plan the client would refuse, nor for a version no newer
+        // than one it contributed on (the version is checked again in the signed manifest).
         SecAggClient::check_plan(&assignment.plan, &member.policy, &state.ledger)?;
+        if member.policy.one_input_per_checkpoint
+            && let Some(newest) = state.ledger.newest_version(&assignment.plan.task_id)
+            && newest >= assignment.checkpoint_version
+        {
+            return Err(fedsec_crypto::Error::AlreadyContributedOnVersion {
+                version: assignment.checkpoint_version,
+                newest,
+            }
+            .into());
+        }
         let me = member.id();
         if assignment.plan.index_of(&me).is_none() {
             return Err(fedsec_crypto::Error::NotSelected(me).into());
@@ -861,9 +872,14 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        // Contributed on version 3 of this task under another checkpoint (a bit flipped).
-        let e = refused(format!(r#"{{"checkpoints":[],"versions":{{"{task}":3}}}}"#));
-        assert_eq!(e, fedsec_crypto::Error::AlreadyContributedOnVersion { version: 3, newest: 3 });
+        // Contributed on version 3 of this task under another checkpoint (a bit flipped): the
+        // assignment's version is refused before the download.
+        let ledger = format!(r#"{{"checkpoints":[],"versions":{{"{task}":3}}}}"#);
+        let state =
+            ClientState { ledger: serde_json::from_str(&ledger).unwrap(), ..Default::default() };
+        let got = s.round(&state, Instant::now()).map(|_| ());
+        let want = fedsec_crypto::Error::AlreadyContributedOnVersion { version: 3, newest: 3 };
+        assert!(matches!(got, Err(ClientError::Protocol(ref e)) if *e == want), "{got:?}");
         // Contributed on these very weights (the hash of the model the client decodes).
         let weights = s.model.weights_hash().0;
         let e = refused(format!(r#"{{"checkpoints":[],"weights":[{weights:?}]}}"#));

@@ -19,18 +19,38 @@ pub struct ClientState {
     pub ledger: ContributionLedger,
 }
 
-/// The state file in a state folder.
+/// The state file in a state folder, and the folder's lock: one process at a time uses a
+/// state folder (two would each save their own copy of the ledger over the other's).
 #[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
+    /// `client.lock`, locked exclusively while this value lives (the operating system
+    /// releases it when the process exits, however it exits).
+    _lock: std::fs::File,
 }
 
 impl StateFile {
-    /// The file `state.json` in `dir` (created if missing).
+    /// The file `state.json` in `dir` (created if missing), with the folder locked; refused
+    /// with [`ClientError::StateInUse`] while another process holds it.
     pub fn in_dir(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|source| ClientError::Io { path: dir.into(), source })?;
-        Ok(StateFile { path: dir.join("state.json") })
+        let lock_path = dir.join("client.lock");
+        let io = |source| ClientError::Io { path: lock_path.clone(), source };
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ClientError::StateInUse { path: lock_path });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        Ok(StateFile { path: dir.join("state.json"), _lock: lock })
     }
 
     /// The saved state, or the empty state if there is none yet.
@@ -72,6 +92,16 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_holder_of_a_state_folder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateFile::in_dir(dir.path()).unwrap();
+        let second = StateFile::in_dir(dir.path());
+        assert!(matches!(second, Err(ClientError::StateInUse { .. })), "{second:?}");
+        drop(first);
+        StateFile::in_dir(dir.path()).expect("free once the first is gone");
+    }
 
     #[test]
     fn round_trips_and_names_a_corrupt_file() {

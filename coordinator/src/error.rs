@@ -137,6 +137,11 @@ pub enum AbortReason {
     /// The computation of the sum failed (a bug); nothing was revealed beyond the unmasking.
     #[error("the aggregation failed")]
     AggregationFailed,
+    /// The sum leaves the weights unchanged bit for bit: no new version is published, since
+    /// clients never train twice on the same weights. The clients that contributed count as
+    /// contributors on this checkpoint; the others can take part in the retry.
+    #[error("the sum leaves the model's weights unchanged; no new version is published")]
+    WeightsUnchanged,
 }
 
 /// Result alias.

@@ -19,7 +19,7 @@ use fedsec_crypto::prg::MaskSeed;
 use fedsec_crypto::secagg::client::{
     ClientPolicy, ContributionLedger, SecAggClient, TrainedOn, hazmat,
 };
-use fedsec_crypto::secagg::driver::{run_round, trained_on};
+use fedsec_crypto::secagg::driver::{run_round, stand_in_trained_on};
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
 use fedsec_crypto::shamir::{self, ShareValue};
@@ -42,7 +42,7 @@ fn new_clients(
     keys: &[Arc<IdentityKey>],
     policy: &ClientPolicy,
 ) -> Vec<SecAggClient> {
-    new_clients_on(plan, keys, policy, &trained_on(plan, 0))
+    new_clients_on(plan, keys, policy, &stand_in_trained_on(plan, 0))
 }
 
 /// Clients that train on `on` (its checkpoint must be the plan's).
@@ -447,7 +447,7 @@ fn plans_below_the_floor_are_refused() {
             verifier(),
             &strict,
             p.clone(),
-            &trained_on(&plan, 0),
+            &stand_in_trained_on(&plan, 0),
             &ContributionLedger::default(),
         )
         .map(|_| ())
@@ -497,7 +497,7 @@ fn plans_below_the_floor_are_refused() {
             verifier(),
             &strict,
             p.clone(),
-            &trained_on(&plan, 0),
+            &stand_in_trained_on(&plan, 0),
             &ContributionLedger::default(),
         )
         .map(|_| ())
@@ -666,7 +666,7 @@ fn forged_and_malformed_messages_get_typed_errors() {
         verifier(),
         &policy(),
         plan.clone(),
-        &trained_on(&plan, 0),
+        &stand_in_trained_on(&plan, 0),
         &ContributionLedger::default(),
     )
     .unwrap();
@@ -871,7 +871,7 @@ fn a_plan_whose_sum_could_wrap_is_refused() {
         federation(10, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 17);
     plan.quant.value_scale *= 4.0;
     assert!(matches!(plan.validate(), Err(Error::BitBudget(_))));
-    let on = trained_on(&plan, 0);
+    let on = stand_in_trained_on(&plan, 0);
     let refused = SecAggClient::new(
         keys[0].clone(),
         verifier(),
@@ -1031,7 +1031,7 @@ fn every_attempt_makes_fresh_keys() {
             verifier(),
             &policy(),
             p.clone(),
-            &trained_on(p, 0),
+            &stand_in_trained_on(p, 0),
             &ContributionLedger::default(),
         )
         .unwrap()

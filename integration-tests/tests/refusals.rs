@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{Federation, Options, TASK_ID, bin, run_ok};
 use fedsec_client::tls::client_tls;
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
-use fedsec_crypto::secagg::driver::trained_on;
+use fedsec_crypto::secagg::driver::stand_in_trained_on;
 use fedsec_crypto::secagg::messages::{
     ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
 };
@@ -421,7 +421,7 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
                 verifier.clone(),
                 &ClientPolicy::default(),
                 a.plan.clone(),
-                &trained_on(&a.plan, a.checkpoint_version),
+                &stand_in_trained_on(&a.plan, a.checkpoint_version),
                 &ContributionLedger::default(),
             )
             .unwrap()

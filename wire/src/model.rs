@@ -119,31 +119,27 @@ pub struct Model {
 }
 
 impl Model {
-    /// SHA-256 of the weights in a canonical encoding: the label `fedsec/v1/weights`, the
-    /// number of tensors, then per tensor in name order its name, its shape and its values as
-    /// little-endian f32 bit patterns, every part length-prefixed. Independent of the file's
-    /// bytes (header order, metadata, version): the contribution ledger keys on it, so a
-    /// checkpoint minted again with the same weights is recognised. Values are compared bit for
-    /// bit (`-0.0` and `0.0` differ; so do weights that differ in any bit).
+    /// SHA-256 of the weights' values in a canonical encoding: the label `fedsec/v1/weights`,
+    /// then every value in [`flatten`](Self::flatten) order (tensors by name, row-major) as its
+    /// little-endian f32 bit pattern, `-0.0` written as `0.0`, the whole length-prefixed.
+    /// Independent of the file (header order, metadata, version) and of the layout (names,
+    /// shapes, empty tensors): what a trainer sees of the values. The contribution ledger keys
+    /// on it, so a checkpoint minted again with the same weights is recognised. Weights that
+    /// differ in any other bit differ.
     pub fn weights_hash(&self) -> WeightsHash {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        fn part(h: &mut Sha256, bytes: &[u8]) {
-            h.update((bytes.len() as u64).to_be_bytes());
-            h.update(bytes);
-        }
-        part(&mut h, WEIGHTS_LABEL);
-        part(&mut h, &(self.tensors.len() as u64).to_be_bytes());
-        for (name, t) in &self.tensors {
-            part(&mut h, name.as_bytes());
-            let shape: Vec<u8> = t.shape.iter().flat_map(|&d| (d as u64).to_be_bytes()).collect();
-            part(&mut h, &shape);
-            // The values, streamed: a large model is never copied whole.
-            h.update(((t.values.len() * 4) as u64).to_be_bytes());
-            let mut buf = Vec::with_capacity(4 * 4096);
+        h.update((WEIGHTS_LABEL.len() as u64).to_be_bytes());
+        h.update(WEIGHTS_LABEL);
+        let count: usize = self.tensors.values().map(|t| t.values.len()).sum();
+        h.update(((count * 4) as u64).to_be_bytes());
+        // Streamed: a large model is never copied whole.
+        let mut buf = Vec::with_capacity(4 * 4096);
+        for t in self.tensors.values() {
             for chunk in t.values.chunks(4096) {
                 buf.clear();
-                buf.extend(chunk.iter().flat_map(|v| v.to_bits().to_le_bytes()));
+                // `v + 0.0` turns -0.0 into 0.0 and leaves every other finite value as it is.
+                buf.extend(chunk.iter().flat_map(|v| (v + 0.0).to_bits().to_le_bytes()));
                 h.update(&buf);
             }
         }
@@ -302,18 +298,30 @@ mod tests {
         .unwrap();
         assert_ne!(plain, other, "another file");
         assert_eq!(Model::from_safetensors(&other).unwrap().weights_hash(), h);
-        // Any bit of any value, a name, a shape: other weights.
+        // Any bit of any value: other weights.
         let mut flipped = m.clone();
         let mut t = flipped.get("w").unwrap().clone();
         t.values[4] = f32::from_bits(t.values[4].to_bits() ^ 1);
         flipped.insert("w", t);
         assert_ne!(flipped.weights_hash(), h);
-        let renamed = Model::new().with("w2", w.clone()).with("b", b.clone());
-        assert_ne!(renamed.weights_hash(), h);
+        // The layout is not the weights: another shape, an empty tensor added, a name that
+        // keeps the order, or -0.0 for 0.0 — the same values for a trainer, the same hash.
         let reshaped = Model::new()
             .with("w", Tensor::new(vec![3, 2], w.values.clone()).unwrap())
             .with("b", b.clone());
-        assert_ne!(reshaped.weights_hash(), h);
+        assert_eq!(reshaped.weights_hash(), h);
+        let padded = m.clone().with("c", Tensor::zeros(vec![0]).unwrap());
+        assert_eq!(padded.weights_hash(), h);
+        let renamed = Model::new().with("w2", w.clone()).with("b", b.clone());
+        assert_eq!(renamed.weights_hash(), h);
+        let mut negated = m.clone();
+        let mut t = w.clone();
+        t.values[3] = -0.0;
+        negated.insert("w", t);
+        assert_eq!(negated.weights_hash(), h);
+        // A name that changes the order of the values changes them.
+        let reordered = Model::new().with("a", w.clone()).with("b", b.clone());
+        assert_ne!(reordered.weights_hash(), h);
         // Values move between tensors without the total changing: other weights too.
         let moved = Model::new()
             .with("w", Tensor::new(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-3, 0.5]).unwrap())

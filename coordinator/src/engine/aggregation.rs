@@ -108,6 +108,9 @@ impl Aggregation {
 
     fn checkpoint(&self, sum: &[u32]) -> core::result::Result<(Model, NewCheckpoint), AbortReason> {
         let model = self.apply(sum).map_err(|e| AbortReason::SumDoesNotDecode(Box::new(e)))?;
+        if model.weights_hash() == self.model.weights_hash() {
+            return Err(AbortReason::WeightsUnchanged);
+        }
         let bytes = model.to_safetensors().map_err(AbortReason::ModelDoesNotSerialize)?;
         let plan = &self.attempt.info.plan;
         let checkpoint = NewCheckpoint {

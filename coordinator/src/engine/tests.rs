@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
-use fedsec_crypto::secagg::driver::trained_on;
+use fedsec_crypto::secagg::driver::stand_in_trained_on;
 use fedsec_crypto::sign::{IdentityKey, RawKeyCredentials};
 use fedsec_crypto::{AdversaryClass, GraphKind, TaskId};
 use fedsec_wire::model::Tensor;
@@ -151,7 +151,7 @@ impl Fed {
                 Arc::new(RawKeyCredentials),
                 &policy(),
                 plan.clone(),
-                &trained_on(&plan, version),
+                &stand_in_trained_on(&plan, version),
                 &s.ledger,
             )
             .unwrap();
@@ -443,7 +443,7 @@ fn retries_are_idempotent_and_conflicts_are_refused() {
             Arc::new(RawKeyCredentials),
             policy,
             plan.clone(),
-            &trained_on(&plan, 0),
+            &stand_in_trained_on(&plan, 0),
             &ContributionLedger::default(),
         )
         .unwrap()
@@ -494,7 +494,7 @@ fn retries_are_idempotent_and_conflicts_are_refused() {
             Arc::new(RawKeyCredentials),
             &policy(),
             plan.clone(),
-            &trained_on(&plan, 0),
+            &stand_in_trained_on(&plan, 0),
             &ContributionLedger::default(),
         )
         .unwrap();
@@ -512,7 +512,7 @@ fn retries_are_idempotent_and_conflicts_are_refused() {
         Arc::new(RawKeyCredentials),
         &policy(),
         plan.clone(),
-        &trained_on(&plan, 0),
+        &stand_in_trained_on(&plan, 0),
         &ContributionLedger::default(),
     )
     .unwrap();
@@ -544,7 +544,7 @@ fn uploads_are_checked_chunk_by_chunk_and_retries_after_completion_are_recognise
                 Arc::new(RawKeyCredentials),
                 &policy(),
                 plan.clone(),
-                &trained_on(&plan, 0),
+                &stand_in_trained_on(&plan, 0),
                 &ContributionLedger::default(),
             )
             .unwrap();
@@ -726,7 +726,7 @@ fn run_to_the_sum(f: &mut Fed) -> (RoundContext, ClientId, Vec<(ClientId, Unmask
                 Arc::new(RawKeyCredentials),
                 &policy(),
                 info.plan.clone(),
-                &trained_on(&info.plan, 0),
+                &stand_in_trained_on(&info.plan, 0),
                 &ContributionLedger::default(),
             )
             .unwrap();
@@ -934,7 +934,7 @@ fn through_share_keys(f: &mut Fed) -> (Assignment, Vec<(ClientId, SecAggClient)>
                 Arc::new(RawKeyCredentials),
                 &policy(),
                 plan.clone(),
-                &trained_on(&plan, 0),
+                &stand_in_trained_on(&plan, 0),
                 &ContributionLedger::default(),
             )
             .unwrap();
@@ -1101,4 +1101,20 @@ fn a_held_selection_starts_no_attempt_until_released() {
     // Holding again does not touch the attempt that runs.
     f.engine.hold_selection(true, f.now);
     assert_eq!(f.engine.status().state, EngineState::Running);
+}
+
+#[test]
+fn a_sum_that_leaves_the_weights_unchanged_publishes_no_version() {
+    let mut f = fed(10, config(10));
+    for s in &mut f.sites {
+        s.update = vec![0.0; DIM];
+    }
+    let before = f.engine.model().clone();
+    let ran = f.run(&Drops::default());
+    let outcome = ran.outcome.unwrap();
+    assert!(!outcome.completed);
+    assert_eq!(outcome.abort_reason, Some(AbortReason::WeightsUnchanged));
+    assert_eq!(outcome.new_checkpoint_version, None);
+    assert_eq!(f.engine.model(), &before);
+    assert_eq!(f.engine.checkpoint().0, 0, "no new version for weights the clients trained on");
 }

@@ -488,12 +488,12 @@ impl SecAggClient {
                 Err(Error::PhaseAlreadyAnswered(Phase::MaskedInputCollection))
             };
         }
-        // A refusal here is about the caller's own input or ledger, not the server:
-        // check those first, without aborting.
+        // A wrong length is the caller's own mistake: refused without aborting.
         if input.len() != self.plan.dim as usize {
             return Err(Error::WrongLength { got: input.len(), expected: self.plan.dim as usize });
         }
-        // Checked again here: another attempt may have contributed since this one started.
+        // Checked again here (another attempt may have contributed since this one started):
+        // refused and aborted before anything is masked, so nothing more is revealed.
         if self.one_input_per_checkpoint
             && let Err(e) = ledger.check(&self.trained_on)
         {

@@ -97,7 +97,7 @@ pub fn run_round_on(
             verifier.clone(),
             policy,
             plan.clone(),
-            &trained_on(plan, 0),
+            &stand_in_trained_on(plan, 0),
             &ContributionLedger::default(),
         )?;
         clients.push(c);
@@ -232,9 +232,11 @@ pub fn make_plan<R: CryptoRng + ?Sized>(
 }
 
 /// What a client of this driver trains on: the plan's task and checkpoint at `version`, with
-/// the checkpoint's hash standing in for the weights' hash — the driver holds no model. (The
-/// client library hashes the weights it decodes: `fedsec_wire::model::Model::weights_hash`.)
-pub fn trained_on(plan: &RoundPlan, version: u64) -> TrainedOn {
+/// the checkpoint's hash standing in for the weights' hash — the driver holds no model. Never
+/// for a deployment: with the stand-in, the ledger's once-per-weights rule is only the
+/// once-per-checkpoint rule again. (The client library hashes the weights it decodes:
+/// `fedsec_wire::model::Model::weights_hash`.)
+pub fn stand_in_trained_on(plan: &RoundPlan, version: u64) -> TrainedOn {
     TrainedOn {
         task: plan.task_id,
         version,

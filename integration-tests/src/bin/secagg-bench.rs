@@ -31,7 +31,7 @@ use fedsec_crypto::params::{self, GraphParams};
 use fedsec_crypto::prg::MaskSeed;
 use fedsec_crypto::rng::os_rng;
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient, hazmat};
-use fedsec_crypto::secagg::driver::{make_plan, trained_on};
+use fedsec_crypto::secagg::driver::{make_plan, stand_in_trained_on};
 use fedsec_crypto::secagg::messages::encode;
 use fedsec_crypto::secagg::server::SecAggServer;
 use fedsec_crypto::shamir::{self, LagrangeCache};
@@ -269,7 +269,7 @@ fn run(args: &Args) -> Result<(), Failure> {
                 verifier.clone(),
                 &policy,
                 plan.clone(),
-                &trained_on(&plan, 0),
+                &stand_in_trained_on(&plan, 0),
                 &ContributionLedger::default(),
             )
         })
