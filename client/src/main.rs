@@ -155,6 +155,9 @@ mod test_only {
         /// the global model (a model of any size without a dataset).
         #[arg(long, hide = true, conflicts_with = "data")]
         pub test_constant_update: Option<f32>,
+        /// Test only: pause this many milliseconds before every call (a slow network).
+        #[arg(long, hide = true)]
+        pub test_latency_ms: Option<u64>,
     }
 
     impl TestFlags {
@@ -162,6 +165,7 @@ mod test_only {
             TestHooks {
                 dump_quantized: self.test_dump_quantized.clone(),
                 stall_before_upload: self.test_stall_before_upload,
+                latency: std::time::Duration::from_millis(self.test_latency_ms.unwrap_or(0)),
                 ..TestHooks::default()
             }
         }

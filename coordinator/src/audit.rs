@@ -91,6 +91,11 @@ pub enum EntryKind {
     /// The log was recovered at open after a crash between its lines and its head (see
     /// [`Recovery`]).
     AuditRecovered,
+    /// A phase of a running attempt closed and what the server held was saved: the SHA-256 of
+    /// the saved state. Written before the phase's output goes to any client.
+    PhaseSaved,
+    /// A restarted coordinator resumed an attempt from its saved state.
+    AttemptResumed,
 }
 
 /// One line of the audit log.
@@ -521,6 +526,79 @@ pub fn verify(log: &Path, head: &Path, key: &VerifyingKey) -> Result<VerifyRepor
         });
     }
     Ok(VerifyReport { entries: tail.entries, head_hash: tail.last_hash })
+}
+
+/// What the log says of one attempt: the last [`EntryKind::PhaseSaved`] entry (its phase, 0–4,
+/// and the saved state's SHA-256, hex) and whether the attempt ended (completed or aborted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptHistory {
+    /// The last phase saved, with the state's SHA-256 and the entry's tag (hex).
+    pub last_saved: Option<(u64, String, String)>,
+    /// A `round_completed` or `round_aborted` entry names the attempt.
+    pub ended: bool,
+}
+
+/// Reads `log` line by line for the entries of the attempt `attempt` (hex nonce) of `task`
+/// (hex id). Lines that do not parse (a torn last line) are skipped: the log's integrity is
+/// [`verify`]'s and [`AuditLog::open`]'s to judge.
+pub fn attempt_history(
+    log: &Path,
+    task: &str,
+    attempt: &str,
+) -> Result<AttemptHistory, AuditError> {
+    let file = File::open(log).map_err(|source| AuditError::Io { path: log.to_owned(), source })?;
+    let mut history = AttemptHistory::default();
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.map_err(|source| AuditError::Io { path: log.to_owned(), source })?;
+        let Ok(entry) = serde_json::from_slice::<AuditEntry>(&line) else { continue };
+        let d = &entry.detail;
+        if d["task"] != task || d["attempt"] != attempt {
+            continue;
+        }
+        match entry.kind {
+            EntryKind::PhaseSaved => {
+                history.last_saved = match (d["phase"].as_u64(), d["state_sha256"].as_str()) {
+                    (Some(phase), Some(sha)) => {
+                        let tag = d["tag"].as_str().unwrap_or_default().to_owned();
+                        Some((phase, sha.to_owned(), tag))
+                    }
+                    // A malformed entry is the last word, and matches no state.
+                    _ => Some((u64::MAX, String::new(), String::new())),
+                };
+            }
+            EntryKind::RoundCompleted | EntryKind::RoundAborted => history.ended = true,
+            _ => {}
+        }
+    }
+    Ok(history)
+}
+
+/// The last attempt of `task` (hex id) that the log says started and never says ended, as
+/// (round, hex nonce): an attempt a coordinator was running when it stopped.
+pub fn unfinished_attempt(log: &Path, task: &str) -> Result<Option<(u64, String)>, AuditError> {
+    let file = File::open(log).map_err(|source| AuditError::Io { path: log.to_owned(), source })?;
+    let mut open = None;
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.map_err(|source| AuditError::Io { path: log.to_owned(), source })?;
+        let Ok(entry) = serde_json::from_slice::<AuditEntry>(&line) else { continue };
+        let d = &entry.detail;
+        if d["task"] != task {
+            continue;
+        }
+        let attempt = d["attempt"].as_str().map(str::to_owned);
+        match entry.kind {
+            EntryKind::RoundStarted => {
+                open = attempt.map(|a| (d["round"].as_u64().unwrap_or(0), a));
+            }
+            EntryKind::RoundCompleted | EntryKind::RoundAborted
+                if attempt.is_some() && open.as_ref().map(|(_, a)| a) == attempt.as_ref() =>
+            {
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    Ok(open)
 }
 
 /// The head file as stored. Hex fields are lowercase; the file is compact JSON and a newline.

@@ -142,6 +142,14 @@ pub enum AbortReason {
     /// contributors on this checkpoint; the others can take part in the retry.
     #[error("the sum leaves the model's weights unchanged; no new version is published")]
     WeightsUnchanged,
+    /// A phase closed but what the server held could not be saved durably, so its output was
+    /// never released (a phase close is durable before any client receives its output).
+    #[error("the attempt's state could not be saved: {0}")]
+    NotSaved(String),
+    /// After a restart, the attempt's saved state was missing, failed its check or did not
+    /// match the audit log: the attempt cannot resume.
+    #[error("the attempt cannot resume after the coordinator restarted: {0}")]
+    CannotResume(String),
 }
 
 /// Result alias.

@@ -6,7 +6,12 @@
 //! ```text
 //! tasks/{task id, hex}/checkpoints/{version, 20 digits}.safetensors     the model
 //! tasks/{task id, hex}/checkpoints/{version, 20 digits}.manifest.json   its signed manifest
+//! tasks/{task id, hex}/attempt.state                                    the running attempt
 //! ```
+//!
+//! `attempt.state` is the running attempt as its last phase close left it, sealed by the
+//! caller ([`crate::runtime`]); it is written over at each phase close and deleted when the
+//! attempt ends.
 //!
 //! The manifest is the commit marker. [`CheckpointStore::put`] writes the data first and the
 //! manifest second, and readers only see versions whose manifest exists, so a crash between the
@@ -239,6 +244,40 @@ impl CheckpointStore {
         })
     }
 
+    /// Saves the running attempt's sealed state of `task` (over the one before), durably: on a
+    /// local store the file and its directories are synced before this returns.
+    pub async fn put_attempt_state(&self, task: TaskId, sealed: Bytes) -> Result<(), StoreError> {
+        let path = attempt_state_path(task);
+        self.store
+            .put(&path, PutPayload::from(sealed))
+            .await
+            .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
+        self.sync(&path).await
+    }
+
+    /// The saved attempt state of `task`, if there is one.
+    pub async fn attempt_state(&self, task: TaskId) -> Result<Option<Bytes>, StoreError> {
+        match self.read(&attempt_state_path(task)).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the saved attempt state of `task` (its attempt ended); no error if none.
+    pub async fn delete_attempt_state(&self, task: TaskId) -> Result<(), StoreError> {
+        let path = attempt_state_path(task);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StoreError::Backend { path, source }),
+        }
+    }
+
+    /// Where the saved attempt state of `task` is ([`put_attempt_state`](Self::put_attempt_state)).
+    pub fn attempt_state_path(task: TaskId) -> Path {
+        attempt_state_path(task)
+    }
+
     /// The checkpoint `version` of `task` and its manifest, after checking the data's size and
     /// SHA-256 against the manifest (not its signature: see [`get_verified`](Self::get_verified)).
     pub async fn get(
@@ -345,6 +384,10 @@ fn local_root(url: &str) -> Option<std::path::PathBuf> {
 }
 
 /// `tasks/{task}/checkpoints`.
+fn attempt_state_path(task: TaskId) -> Path {
+    Path::from(format!("tasks/{}/attempt.state", task.to_hex()))
+}
+
 fn checkpoints_dir(task: TaskId) -> Path {
     Path::from(format!("tasks/{}/checkpoints", task.to_hex()))
 }

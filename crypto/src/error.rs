@@ -98,6 +98,9 @@ pub enum Error {
     /// become a model); nothing more is accepted.
     #[error("the coordinator abandoned the attempt")]
     Abandoned,
+    /// A saved attempt does not fit its plan or is inconsistent in itself (it cannot resume).
+    #[error("the saved attempt cannot resume: {0}")]
+    SavedStateInconsistent(&'static str),
     /// The in-memory driver ended the round before the server computed the sum.
     #[error("the round ended before the server computed the sum")]
     Unfinished,

@@ -12,7 +12,10 @@ use fedsec_crypto::context::{AdversaryClass, GraphKind, RoundPlan};
 use fedsec_crypto::error::Error;
 use fedsec_crypto::graph::Graph;
 use fedsec_crypto::secagg::Phase;
-use fedsec_crypto::secagg::driver::{Outcome, ShareKind, run_round, run_round_on};
+use fedsec_crypto::secagg::driver::{
+    Outcome, ShareKind, run_round, run_round_on, run_round_restarted,
+};
+use fedsec_crypto::secagg::server::{ClosedState, SecAggServer};
 
 const DIM: u32 = 64;
 
@@ -166,4 +169,75 @@ fn threaded_server_is_exact() {
         let survivors = out.survivors.clone().expect("phase 2 closed");
         assert_eq!(out.sum.expect("round completes"), clear_sum(&xs, &survivors), "{graph:?}");
     }
+}
+
+/// A server restarted after any phase closed, from its encoded [`ClosedState`], finishes the
+/// same attempt with the sum the clients' inputs give, bit for bit — with dropouts on both
+/// sides of the restart — and the state it resumed from holds nothing of the open phase.
+#[test]
+fn a_server_resumed_after_each_phase_finishes_the_same_attempt_exactly() {
+    for graph in [GraphKind::Complete, GraphKind::Harary] {
+        let (plan, keys) = federation(12, graph, 0.3, 0.05, AdversaryClass::SemiMalicious, DIM, 7);
+        let most = plan.n() - plan.q();
+        for restart in [
+            Phase::AdvertiseKeys,
+            Phase::ShareKeys,
+            Phase::MaskedInputCollection,
+            Phase::ConsistencyCheck,
+            Phase::Unmasking,
+        ] {
+            // One client drops in the phase after the restart, one at phase 2 or later.
+            let mut drops = BTreeMap::new();
+            let next = Phase::ALL.get(restart.index() + 1).copied().unwrap_or(Phase::Unmasking);
+            let picked = pick_drops(&plan, most.min(2));
+            drops.insert(picked[0], next);
+            if let Some(&second) = picked.get(1) {
+                drops.insert(second, Phase::MaskedInputCollection.max(next));
+            }
+            let xs = inputs(plan.n(), plan.dim, 300 + restart.index() as u64);
+            let out =
+                run_round_restarted(&plan, &keys, &xs, &drops, &policy(), verifier(), restart)
+                    .expect("honest messages are accepted");
+            let sum = out.sum.as_ref().unwrap_or_else(|e| panic!("{graph:?}, {restart:?}: {e}"));
+            let survivors = out.survivors.as_ref().expect("phase 2 closed");
+            assert_eq!(sum, &clear_sum(&xs, survivors), "{graph:?}, restart after {restart:?}");
+            let whole = run_round(&plan, &keys, &xs, &drops, &policy(), verifier())
+                .expect("honest messages are accepted");
+            assert_eq!(whole.survivors, out.survivors);
+        }
+    }
+}
+
+/// A saved state that does not fit its plan, or itself, is refused: never resumed.
+#[test]
+fn an_inconsistent_saved_state_is_refused() {
+    let (plan, _) =
+        federation(8, GraphKind::Complete, 0.3, 0.05, AdversaryClass::SemiMalicious, DIM, 9);
+    // Nothing closed yet: nothing to save.
+    let server = SecAggServer::new(plan.clone(), verifier()).expect("valid plan");
+    assert!(server.closed_state().is_none());
+    let empty = ClosedState {
+        closed: Phase::MaskedInputCollection,
+        adverts: Vec::new(),
+        u2: vec![0],
+        u3: Vec::new(),
+        sum: Vec::new(),
+        signatures: Vec::new(),
+        unmasking: Vec::new(),
+    };
+    // U2 names a client that never advertised.
+    assert!(matches!(
+        SecAggServer::resume(plan.clone(), verifier(), empty.clone()),
+        Err(Error::SavedStateInconsistent(_))
+    ));
+    // A sum of the wrong length.
+    let short = ClosedState { u2: Vec::new(), ..empty.clone() };
+    assert!(matches!(
+        SecAggServer::resume(plan.clone(), verifier(), short),
+        Err(Error::SavedStateInconsistent(_))
+    ));
+    // Trailing bytes do not decode.
+    let mut bytes = empty.to_bytes();
+    bytes.push(0);
+    assert!(ClosedState::from_bytes(&bytes).is_err());
 }

@@ -136,3 +136,100 @@ fn an_audit_log_that_cannot_be_written_stops_new_rounds_until_it_can() {
     }
     fed.verify_audit_log().expect("the log verifies");
 }
+
+/// The coordinator is killed (SIGKILL) right after a phase close was saved, before its clients
+/// answered the next phase, and restarted on the same address: it resumes the same attempt
+/// (same nonce) from its saved state, the clients carry on by resending their messages, and the
+/// round completes with the model of the exact clear sum of its inputs. `audit verify` passes,
+/// and the saved state is gone once the attempt ended.
+#[test]
+fn a_coordinator_killed_in_the_middle_of_an_attempt_resumes_the_same_attempt() {
+    // After phase 1 (the uploads are lost with the process and sent again), after phase 3
+    // (the unmasking shares are), and after phase 4 (the sum is computed from the saved shares,
+    // unless the kill came after the checkpoint was stored: then the round is simply done).
+    for phase in [1u64, 3, 4] {
+        let mut fed = Federation::start(Options { rounds: 1, ..Options::default() });
+        for i in 1..=10 {
+            // Each call waits 1.5 s first: the kill lands before the next phase's messages.
+            fed.spawn_client(i, &["--test-latency-ms", "1500"]);
+        }
+        let saved = fed.wait_audit("phase_saved", "phase", phase.into(), LONG);
+        let attempt = saved["detail"]["attempt"].as_str().unwrap().to_owned();
+        fed.restart_coordinator_in_place();
+        fed.wait_clients(LONG);
+        let resumed = fed.audit_entries("attempt_resumed");
+        let stored_before_the_kill = phase == 4 && resumed.is_empty();
+        if !stored_before_the_kill {
+            assert_eq!(resumed.len(), 1, "phase {phase}: {resumed:?}");
+            assert_eq!(resumed[0]["detail"]["attempt"], attempt.as_str());
+            assert_eq!(resumed[0]["detail"]["after_phase"], phase);
+        }
+        let completed = fed.audit_entries("round_completed");
+        if stored_before_the_kill && completed.is_empty() {
+            // Killed once the checkpoint was stored, before the round's end was recorded: the
+            // restart records the checkpoint it resumes from.
+            let created = fed.audit_entries("task_created");
+            assert_eq!(created.last().unwrap()["detail"]["checkpoint_version"], 1);
+        } else {
+            assert_eq!(completed.len(), 1, "phase {phase}");
+            assert_eq!(
+                completed[0]["detail"]["attempt"],
+                attempt.as_str(),
+                "the same attempt completed"
+            );
+        }
+        assert!(fed.audit_entries("round_aborted").is_empty());
+        let dumps = fed.dumps(1, &attempt);
+        assert_eq!(dumps.len(), 10);
+        let inputs: Vec<&Vec<u32>> = dumps.iter().map(|(_, x)| x).collect();
+        fed.assert_exact_round(1, &inputs);
+        fed.verify_audit_log().expect("the audit log verifies");
+        let state = fed.path(&format!("store/tasks/{}/attempt.state", common::TASK_ID));
+        assert!(!state.exists(), "the saved state is deleted once the attempt ended");
+    }
+}
+
+/// A saved attempt that cannot resume — its file deleted, or changed by one bit — is aborted and
+/// audited after the restart, and a new attempt of the round completes with the same clients
+/// (killed after phase 0 was saved: no client has spent its upload yet).
+#[test]
+fn a_missing_or_changed_saved_state_aborts_the_attempt_and_a_new_one_completes() {
+    for damage in ["missing", "changed"] {
+        let mut fed = Federation::start(Options { rounds: 1, ..Options::default() });
+        for i in 1..=10 {
+            fed.spawn_client(i, &["--test-latency-ms", "1500"]);
+        }
+        let saved = fed.wait_audit("phase_saved", "phase", 0.into(), LONG);
+        let attempt = saved["detail"]["attempt"].as_str().unwrap().to_owned();
+        fed.coordinator.kill();
+        let state = fed.path(&format!("store/tasks/{}/attempt.state", common::TASK_ID));
+        match damage {
+            "missing" => std::fs::remove_file(&state).unwrap(),
+            _ => {
+                let mut bytes = std::fs::read(&state).unwrap();
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x01;
+                std::fs::write(&state, bytes).unwrap();
+            }
+        }
+        fed.restart_coordinator_in_place();
+        fed.wait_clients(LONG);
+        let aborted = fed.audit_entries("round_aborted");
+        assert_eq!(aborted.len(), 1, "{damage}: {aborted:?}");
+        let reason = aborted[0]["detail"]["reason"].as_str().unwrap();
+        assert_eq!(aborted[0]["detail"]["attempt"], attempt.as_str());
+        match damage {
+            "missing" => assert!(reason.contains("is missing"), "{reason}"),
+            _ => assert!(reason.contains("authentication tag does not verify"), "{reason}"),
+        }
+        assert!(fed.audit_entries("attempt_resumed").is_empty());
+        let completed = fed.audit_entries("round_completed");
+        assert_eq!(completed.len(), 1, "{damage}: a new attempt completed the round");
+        let new_attempt = completed[0]["detail"]["attempt"].as_str().unwrap();
+        assert_ne!(new_attempt, attempt);
+        let dumps = fed.dumps(1, new_attempt);
+        let inputs: Vec<&Vec<u32>> = dumps.iter().map(|(_, x)| x).collect();
+        fed.assert_exact_round(1, &inputs);
+        fed.verify_audit_log().expect("the audit log verifies");
+    }
+}

@@ -46,6 +46,9 @@ pub(super) struct Attempt {
     /// Clients whose partial upload was evicted: dropped for the rest of the attempt, like
     /// `gone`, but their chunks are refused (a new message does not bring them back).
     pub(super) evicted: BTreeSet<ClientId>,
+    /// The last phase whose close is durable (saved, or not to be saved): its replies, and
+    /// those of the phases before it, may go out. `None` until phase 0's close is.
+    pub(super) released: Option<Phase>,
 }
 
 impl Attempt {

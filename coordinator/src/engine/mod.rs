@@ -36,6 +36,7 @@ mod aggregation;
 mod attempt;
 mod config;
 mod phases;
+mod saved;
 mod types;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -59,6 +60,7 @@ use sha2::{Digest, Sha256};
 
 pub use aggregation::{Aggregated, Aggregation};
 pub use config::{DEFAULT_UPLOAD_IDLE, PhaseDeadlines, TaskConfig};
+pub use saved::SavedAttempt;
 pub use types::{
     Assignment, AuditEvent, CheckIn, EngineState, NewCheckpoint, Output, Progress, Reply,
     RoundOutcome, Status,
@@ -120,6 +122,8 @@ pub struct Engine {
     waiting_dropped: u64,
     /// No attempt starts while set (the audit log cannot be written).
     held: bool,
+    /// Whether each phase close is saved before its replies go out ([`Output::SaveAttempt`]).
+    save_attempts: bool,
     outputs: VecDeque<Output>,
 }
 
@@ -178,6 +182,7 @@ impl Engine {
             results_changes: 0,
             waiting_dropped: 0,
             held: false,
+            save_attempts: false,
             outputs: VecDeque::new(),
         })
     }
@@ -186,6 +191,25 @@ impl Engine {
     pub fn with_thread_pool(mut self, pool: Arc<rayon::ThreadPool>) -> Self {
         self.pool = Some(pool);
         self
+    }
+
+    /// Saves each phase close before its replies go out: the engine hands out
+    /// [`Output::SaveAttempt`] and holds the phase's replies back until
+    /// [`attempt_saved`](Self::attempt_saved), so that a restarted coordinator can
+    /// [`resume`](Self::resume) the attempt and never tell a client something it has not
+    /// saved. Without it (simulations, tests) replies go out as each phase closes.
+    pub fn saving_attempts(mut self) -> Self {
+        self.save_attempts = true;
+        self
+    }
+
+    /// The last phase of the running attempt whose replies may go out.
+    pub fn released_phase(&self) -> Option<Phase> {
+        match &self.state {
+            State::Running(a) => a.released,
+            State::Committing { attempt, .. } => attempt.released,
+            _ => None,
+        }
     }
 
     /// Starts numbering rounds at `round_id` (a coordinator restarted on a stored checkpoint
@@ -542,6 +566,7 @@ impl Engine {
             gone: BTreeSet::new(),
             upload_leases: BTreeMap::new(),
             evicted: BTreeSet::new(),
+            released: None,
         })
     }
 
@@ -633,11 +658,23 @@ impl Engine {
             }),
             Phase::Unmasking => {
                 a.set_sizes.push(a.answered[Phase::Unmasking.index()].len());
+                if self.save_attempts {
+                    // The shares received, so that a restart finishes the sum without the
+                    // clients; nothing goes out before the checkpoint, stored after this.
+                    let saved = saved::record(a, contributed);
+                    self.outputs.push_back(Output::SaveAttempt(Box::new(saved)));
+                }
                 return self.aggregate();
             }
         };
         match closed {
             Ok(()) => {
+                if self.save_attempts {
+                    let saved = saved::record(a, contributed);
+                    self.outputs.push_back(Output::SaveAttempt(Box::new(saved)));
+                } else {
+                    a.released = Some(a.phase);
+                }
                 let next = Phase::ALL[a.phase.index() + 1];
                 a.phase = next;
                 a.phase_opened = now;
@@ -717,6 +754,7 @@ impl Engine {
         }));
         let outcome = RoundOutcome { abort_reason: Some(reason), ..f.outcome };
         self.outputs.push_back(Output::Progress(Progress::Ended(Box::new(outcome.clone()))));
+        self.outputs.push_back(Output::AttemptEnded(outcome.ctx));
         self.remember(outcome, f.unmasked);
         Ok(())
     }
@@ -751,6 +789,7 @@ impl Engine {
         }));
         let unmasked = std::mem::take(&mut attempt.answered[Phase::Unmasking.index()]);
         self.outputs.push_back(Output::Progress(Progress::Ended(Box::new(outcome.clone()))));
+        self.outputs.push_back(Output::AttemptEnded(outcome.ctx));
         self.remember(outcome, unmasked);
         self.state = if self.completed_rounds >= self.config.rounds {
             self.outputs.push_back(Output::Progress(Progress::Finished {
@@ -776,6 +815,9 @@ impl Engine {
             AbortReason::Protocol(e) => e.clone(),
             _ => fedsec_crypto::Error::Abandoned,
         });
+        // A phase close of it not yet handed out is not saved: the attempt is over.
+        let ctx = attempt.ctx;
+        self.outputs.retain(|o| !matches!(o, Output::SaveAttempt(s) if s.ctx() == ctx));
         // Uploads completed before the abort count as contributions on this checkpoint.
         let plan = &attempt.info.plan;
         self.contributed.extend(attempt.server.u3().into_iter().map(|i| plan.selected[i]));
@@ -788,6 +830,7 @@ impl Engine {
         let unmasked = std::mem::take(&mut attempt.answered[Phase::Unmasking.index()]);
         let outcome = attempt.outcome(false, None, Some(reason));
         self.outputs.push_back(Output::Progress(Progress::Ended(Box::new(outcome.clone()))));
+        self.outputs.push_back(Output::AttemptEnded(outcome.ctx));
         self.remember(outcome, unmasked);
     }
 

@@ -252,7 +252,8 @@ impl Engine {
                 });
             }
         };
-        if attempt.phase <= phase {
+        if attempt.phase <= phase || attempt.released.is_none_or(|r| r < phase) {
+            // Open, or closed but not yet saved: nothing goes out before it is durable.
             return None;
         }
         let missing = || Err(Error::PhaseClosed { phase });

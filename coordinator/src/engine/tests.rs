@@ -262,7 +262,8 @@ impl Fed {
                     out.push(c);
                 }
                 Output::Progress(p) => self.progress.push(p),
-                Output::Audit(_) => {}
+                Output::Audit(_) | Output::AttemptEnded(_) => {}
+                Output::SaveAttempt(s) => self.engine.attempt_saved(&s.ctx(), s.closed(), self.now),
             }
         }
         // What committing said (the attempt's end, the task's).
@@ -1117,4 +1118,266 @@ fn a_sum_that_leaves_the_weights_unchanged_publishes_no_version() {
     assert_eq!(outcome.new_checkpoint_version, None);
     assert_eq!(f.engine.model(), &before);
     assert_eq!(f.engine.checkpoint().0, 0, "no new version for weights the clients trained on");
+}
+
+impl Fed {
+    /// Plays the runtime's saving: takes each saved phase close the engine hands out, checks
+    /// that the phase's replies are held back until then, and says it is durable. Returns the
+    /// saves, each through its encoding (as a restarted coordinator reads it).
+    fn save_closes(&mut self, any: &ClientId) -> Vec<SavedAttempt> {
+        let mut saves = Vec::new();
+        let mut rest = VecDeque::new();
+        while let Some(o) = self.engine.poll_output() {
+            match o {
+                Output::SaveAttempt(s) => {
+                    let ctx = s.ctx();
+                    assert!(
+                        self.engine.reply(any, &ctx, s.closed()).is_none(),
+                        "a reply went out before its phase close was saved"
+                    );
+                    self.engine.attempt_saved(&ctx, s.closed(), self.now);
+                    saves.push(SavedAttempt::from_bytes(&s.to_bytes()).expect("decodes"));
+                }
+                other => rest.push_back(other),
+            }
+        }
+        self.engine.outputs = rest;
+        saves
+    }
+
+    /// The coordinator restarts: a new engine on the same checkpoint resumes `saved`.
+    fn restart(&mut self, saved: SavedAttempt) {
+        let mut engine = Engine::new(
+            self.engine.config.clone(),
+            initial_model(),
+            0,
+            Arc::new(RawKeyCredentials),
+            [9; 32],
+        )
+        .unwrap()
+        .saving_attempts();
+        engine.resume(saved, self.now).expect("the saved attempt resumes");
+        self.engine = engine;
+    }
+
+    /// Every client's reply to `phase`, encoded (what goes on the wire, byte for byte).
+    fn encoded_replies(&self, plan: &RoundPlan, phase: Phase) -> BTreeMap<ClientId, Vec<u8>> {
+        let ctx = plan.context();
+        plan.selected
+            .iter()
+            .filter_map(|id| match self.engine.reply(id, &ctx, phase)? {
+                Ok(Reply::Keys(r)) => Some((*id, postcard::to_stdvec(&*r).unwrap())),
+                Ok(Reply::Shares(r)) => Some((*id, postcard::to_stdvec(&*r).unwrap())),
+                Ok(Reply::Survivors(r)) => Some((*id, postcard::to_stdvec(&*r).unwrap())),
+                Ok(Reply::Unmask(r)) => Some((*id, postcard::to_stdvec(&*r).unwrap())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The coordinator restarts after each phase close in turn (its engine dropped, a new one
+/// resuming the saved state): the same attempt completes with the model of the exact sum,
+/// the closed phases' replies are the saved ones byte for byte, each client's identical resend
+/// of a closed phase's message is taken and a different one refused, and the phase after the
+/// restart takes the clients' messages as before.
+#[test]
+fn an_attempt_resumes_after_a_restart_at_each_phase_close() {
+    for restart_after in [
+        Phase::AdvertiseKeys,
+        Phase::ShareKeys,
+        Phase::MaskedInputCollection,
+        Phase::ConsistencyCheck,
+        Phase::Unmasking,
+    ] {
+        let mut f = fed(10, config(10));
+        f.engine = std::mem::replace(
+            &mut f.engine,
+            Engine::new(config(10), initial_model(), 0, Arc::new(RawKeyCredentials), [1; 32])
+                .unwrap(),
+        )
+        .saving_attempts();
+        let before = f.engine.model().clone();
+        let info = f.check_in_all();
+        let plan = info.plan.clone();
+        let ctx = plan.context();
+        let any = plan.selected[0];
+        let mut clients: BTreeMap<ClientId, SecAggClient> = plan
+            .selected
+            .iter()
+            .map(|id| {
+                let s = &f.sites[f.site_of(id)];
+                let c = SecAggClient::new(
+                    s.key.clone(),
+                    Arc::new(RawKeyCredentials),
+                    &policy(),
+                    plan.clone(),
+                    &stand_in_trained_on(&plan, 0),
+                    &s.ledger,
+                )
+                .unwrap();
+                (*id, c)
+            })
+            .collect();
+        let mut sent: BTreeMap<(ClientId, Phase), Vec<u8>> = BTreeMap::new();
+        let mut quantized = Vec::new();
+        for phase in Phase::ALL {
+            for (id, c) in clients.iter_mut() {
+                let id = *id;
+                let reply = |p| f.engine.reply(&id, &ctx, p);
+                match phase {
+                    Phase::AdvertiseKeys => {
+                        let m = c.advertise().clone();
+                        sent.insert((id, phase), postcard::to_stdvec(&m).unwrap());
+                        f.engine.advertise(id, m, f.now).unwrap();
+                    }
+                    Phase::ShareKeys => {
+                        let Some(Ok(Reply::Keys(fwd))) = reply(Phase::AdvertiseKeys) else {
+                            panic!("no keys after {restart_after:?}")
+                        };
+                        let m = c.handle_keys(&fwd).unwrap();
+                        sent.insert((id, phase), postcard::to_stdvec(&m).unwrap());
+                        f.engine.share_keys(id, m, f.now).unwrap();
+                    }
+                    Phase::MaskedInputCollection => {
+                        let Some(Ok(Reply::Shares(fwd))) = reply(Phase::ShareKeys) else {
+                            panic!("no shares after {restart_after:?}")
+                        };
+                        let i = f.site_of(&id);
+                        let site = &mut f.sites[i];
+                        let x =
+                            plan.quant.quantize(&site.update, site.examples, &mut f.rng).unwrap();
+                        let y = c.handle_shares(&fwd, &x, &mut site.ledger).unwrap();
+                        for chunk in y.chunks(info.upload_chunk_words as usize) {
+                            f.engine.masked_input(id, &chunk, f.now).unwrap();
+                        }
+                        quantized.push(x);
+                    }
+                    Phase::ConsistencyCheck => {
+                        let Some(Ok(Reply::Survivors(req))) = reply(Phase::MaskedInputCollection)
+                        else {
+                            panic!("no U3 after {restart_after:?}")
+                        };
+                        let m = c.handle_consistency(&req).unwrap();
+                        sent.insert((id, phase), postcard::to_stdvec(&m).unwrap());
+                        f.engine.consistency(id, m, f.now).unwrap();
+                    }
+                    Phase::Unmasking => {
+                        let Some(Ok(Reply::Unmask(req))) = reply(Phase::ConsistencyCheck) else {
+                            panic!("no signatures after {restart_after:?}")
+                        };
+                        let m = c.handle_unmasking(&req).unwrap();
+                        f.engine.unmasking(id, m, f.now).unwrap();
+                    }
+                }
+            }
+            if phase == Phase::Unmasking {
+                // Saved before the sum is computed: a restart finishes it without the clients.
+                let saves = f.save_closes(&any);
+                assert_eq!(saves.len(), 1, "the unmasking close is saved");
+                assert_eq!(saves[0].closed(), Phase::Unmasking);
+                if restart_after == Phase::Unmasking {
+                    f.restart(saves.into_iter().next().unwrap());
+                }
+                break;
+            }
+            // Everyone answered: the phase closed, and its replies wait for the save.
+            let saves = f.save_closes(&any);
+            assert_eq!(saves.len(), 1, "one save per phase close");
+            assert_eq!(saves[0].closed(), phase);
+            if phase == restart_after {
+                let replies = f.encoded_replies(&plan, phase);
+                assert_eq!(replies.len(), 10);
+                f.restart(saves.into_iter().next().unwrap());
+                assert_eq!(f.encoded_replies(&plan, phase), replies, "resent byte for byte");
+                // An identical resend of a closed phase's message is taken; another is refused.
+                if phase != Phase::MaskedInputCollection {
+                    let id = plan.selected[3];
+                    let msg = &sent[&(id, phase)];
+                    let again = match phase {
+                        Phase::AdvertiseKeys => {
+                            f.engine.advertise(id, postcard::from_bytes(msg).unwrap(), f.now)
+                        }
+                        Phase::ShareKeys => {
+                            f.engine.share_keys(id, postcard::from_bytes(msg).unwrap(), f.now)
+                        }
+                        _ => f.engine.consistency(id, postcard::from_bytes(msg).unwrap(), f.now),
+                    };
+                    again.expect("an identical resend is taken");
+                    if phase == Phase::AdvertiseKeys {
+                        let other = plan.selected[4];
+                        let theirs = postcard::from_bytes(&sent[&(other, phase)]).unwrap();
+                        assert!(f.engine.advertise(id, theirs, f.now).is_err());
+                    }
+                }
+                assert_eq!(f.engine.status().phase, Some(Phase::ALL[phase.index() + 1]));
+            }
+        }
+        f.commit();
+        let outcome = f.engine.result(&ctx).expect("the attempt ended").clone();
+        assert!(outcome.completed, "restart after {restart_after:?}: {:?}", outcome.abort_reason);
+        assert_eq!(outcome.attempt, plan.attempt, "the same attempt");
+        let inputs: Vec<&Vec<u32>> = quantized.iter().collect();
+        assert_eq!(
+            f.engine.model(),
+            &expected_model(&before, &plan.quant, 0.5, &inputs),
+            "restart after {restart_after:?}: the model of the exact sum"
+        );
+    }
+}
+
+/// A saved attempt resumes only on the checkpoint and round it was planned for, and one that
+/// cannot is recorded as aborted (its contributors stay contributors) and a new attempt runs.
+#[test]
+fn a_saved_attempt_of_another_checkpoint_or_round_does_not_resume() {
+    let mut f = fed(10, config(10));
+    f.engine = std::mem::replace(
+        &mut f.engine,
+        Engine::new(config(10), initial_model(), 0, Arc::new(RawKeyCredentials), [1; 32]).unwrap(),
+    )
+    .saving_attempts();
+    let info = f.check_in_all();
+    let plan = info.plan.clone();
+    let ctx = plan.context();
+    let mut clients: Vec<SecAggClient> = plan
+        .selected
+        .iter()
+        .map(|id| {
+            let s = &f.sites[f.site_of(id)];
+            SecAggClient::new(
+                s.key.clone(),
+                Arc::new(RawKeyCredentials),
+                &policy(),
+                plan.clone(),
+                &stand_in_trained_on(&plan, 0),
+                &s.ledger,
+            )
+            .unwrap()
+        })
+        .collect();
+    for c in &clients {
+        f.engine.advertise(c.advertise().client, c.advertise().clone(), f.now).unwrap();
+    }
+    let any = plan.selected[0];
+    let saved = f.save_closes(&any).remove(0);
+    let _ = &mut clients;
+    // Another checkpoint: a model one step on.
+    let other = initial_model().with_flat(&[0.0; DIM]).unwrap();
+    let mut engine =
+        Engine::new(config(10), other, 0, Arc::new(RawKeyCredentials), [9; 32]).unwrap();
+    assert!(matches!(engine.resume(saved.clone(), f.now), Err(AbortReason::CannotResume(_))));
+    let mut aborted = false;
+    let mut ended = false;
+    while let Some(o) = engine.poll_output() {
+        aborted |= matches!(o, Output::Audit(AuditEvent::RoundAborted { attempt, .. }) if attempt == plan.attempt);
+        ended |= matches!(o, Output::AttemptEnded(c) if c == ctx);
+    }
+    assert!(aborted && ended, "the attempt is recorded as aborted and its state let go");
+    assert_eq!(engine.status().state, EngineState::Selecting);
+    // Another round of the same checkpoint.
+    let mut engine =
+        Engine::new(config(10), initial_model(), 0, Arc::new(RawKeyCredentials), [9; 32])
+            .unwrap()
+            .with_first_round(5, 0);
+    assert!(engine.resume(saved, f.now).is_err());
 }

@@ -90,6 +90,14 @@ pub enum Output {
     Audit(AuditEvent),
     /// Tell the operator (the coordinator's log).
     Progress(Progress),
+    /// A phase closed: save this durably, then call [`Engine::attempt_saved`]; until then the
+    /// phase's replies are held back (only with [`Engine::saving_attempts`]).
+    ///
+    /// [`Engine::attempt_saved`]: super::Engine::attempt_saved
+    /// [`Engine::saving_attempts`]: super::Engine::saving_attempts
+    SaveAttempt(Box<super::SavedAttempt>),
+    /// The attempt `ctx` ended (completed, or aborted): its saved state, if any, can go.
+    AttemptEnded(RoundContext),
 }
 
 /// How the task goes, for the operator's log.

@@ -110,6 +110,12 @@ impl AuditWriter {
         self.state.has_changed().is_ok() && *self.state.borrow() == AuditState::Writing
     }
 
+    /// Whether the writer thread still runs (it stops only if it panicked or the process
+    /// ends).
+    pub(super) fn is_running(&self) -> bool {
+        self.state.has_changed().is_ok()
+    }
+
     /// The log's state, as it changes.
     pub(super) fn state(&self) -> watch::Receiver<AuditState> {
         self.state.clone()

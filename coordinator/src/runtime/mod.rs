@@ -14,6 +14,7 @@ mod audit;
 
 pub use audit::AuditState;
 mod progress;
+pub mod saved;
 mod task;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,12 +23,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
+use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::sign::CredentialVerifier;
 use fedsec_crypto::{ClientId, TaskId};
 use fedsec_wire::checkpoint::Manifest;
 use fedsec_wire::model::Model;
 use fedsec_wire::x509::X509Credentials;
 use serde_json::json;
+use sha2::Digest;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
@@ -83,6 +86,8 @@ pub struct Coordinator {
     pub(crate) deny: Arc<DenyList>,
     pub(crate) store: CheckpointStore,
     audit: audit::AuditWriter,
+    /// The audit log's file (read at start-up to cross-check a saved attempt).
+    audit_path: std::path::PathBuf,
     signing: Arc<SigningKey>,
     pub(crate) verifier: VerifierFactory,
     pub(crate) auth: AuthMode,
@@ -115,11 +120,13 @@ impl Coordinator {
         admins: BTreeSet<ClientId>,
         pool: Option<Arc<rayon::ThreadPool>>,
     ) -> std::io::Result<Arc<Self>> {
+        let audit_path = audit.path().to_owned();
         Ok(Arc::new(Coordinator {
             tasks: watch::channel(BTreeMap::new()).0,
             deny,
             store,
             audit: audit::AuditWriter::start(audit)?,
+            audit_path,
             signing: Arc::new(signing),
             verifier,
             auth,
@@ -349,10 +356,13 @@ impl Coordinator {
             .map_err(Status::from)?
             // Round ids continue after the stored checkpoints; they are never reused because
             // each round that completed made one version, and attempts get fresh nonces.
-            .with_first_round(version + 1, version);
+            .with_first_round(version + 1, version)
+            .saving_attempts();
         if let Some(pool) = &self.pool {
             engine = engine.with_thread_pool(pool.clone());
         }
+        self.audit_writable()?;
+        self.resume_saved_attempt(&mut engine, version).await?;
         let (task, outputs) = TaskRuntime::start(id, engine, published, started)
             .map_err(|e| Status::internal(format!("cannot start the task's engine thread: {e}")))?;
         // Recorded (with the checkpoint it resumes from) before the task is visible: a
@@ -380,6 +390,224 @@ impl Coordinator {
         tokio::spawn(drive(self.clone(), task.clone(), outputs));
         tokio::spawn(hold_while_audit_fails(self.audit.state(), Arc::downgrade(&task)));
         Ok(id)
+    }
+
+    /// Resumes the attempt the task's saved state holds, if any (the coordinator stopped in
+    /// the middle of it). The state must open under this coordinator's key, be of the current
+    /// round on the current checkpoint, and be the one the audit log names for the last phase
+    /// saved — or the one after it, saved but not yet recorded, which is recorded now (its
+    /// output never went out). Otherwise the attempt is aborted and audited, the state deleted,
+    /// and the task selects a new attempt. A state of a round that completed, or of an attempt
+    /// the log says ended, is deleted.
+    async fn resume_saved_attempt(&self, engine: &mut Engine, version: u64) -> Result<(), Status> {
+        let id = engine.config().task_id;
+        let internal = |e: crate::store::StoreError| Status::internal(e.to_string());
+        let path = crate::store::CheckpointStore::attempt_state_path(id);
+        let t = hex::encode(id.0);
+        let Some(sealed) = self.store.attempt_state(id).await.map_err(internal)? else {
+            // An attempt the log says was running, with no saved state (lost, or deleted):
+            // it cannot resume; say so.
+            let (audit_path, task_hex) = (self.audit_path.clone(), t.clone());
+            let unfinished = tokio::task::spawn_blocking(move || {
+                let open = crate::audit::unfinished_attempt(&audit_path, &task_hex)?;
+                let Some((round, attempt)) = open else { return Ok(None) };
+                let history = crate::audit::attempt_history(&audit_path, &task_hex, &attempt)?;
+                Ok::<_, crate::audit::AuditError>(Some((round, attempt, history.last_saved)))
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+            if let Some((round, attempt, saved)) = unfinished.filter(|(round, ..)| *round > version)
+            {
+                let reason = match saved {
+                    None => "the coordinator stopped before its first phase close".to_owned(),
+                    Some(_) => format!("its saved state {path} is missing"),
+                };
+                tracing::error!(
+                    round,
+                    attempt,
+                    "the attempt running when the coordinator stopped cannot resume: {reason}"
+                );
+                let reason = crate::error::AbortReason::CannotResume(reason).to_string();
+                self.audit(
+                    EntryKind::RoundAborted,
+                    json!({ "task": t, "round": round, "attempt": attempt, "reason": reason }),
+                )
+                .await?;
+            }
+            return Ok(());
+        };
+        let saved = match saved::open(&self.signing, id, &sealed) {
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::error!(%path, error = %e, "the saved attempt cannot resume; a new attempt starts");
+                // The attempt the log says was running: the one the state was of, if authentic.
+                let (audit_path, task_hex) = (self.audit_path.clone(), t.clone());
+                let unfinished = tokio::task::spawn_blocking(move || {
+                    crate::audit::unfinished_attempt(&audit_path, &task_hex)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(e.to_string()))?;
+                let reason = crate::error::AbortReason::CannotResume(format!(
+                    "the saved attempt state {path} is refused: {e}"
+                ))
+                .to_string();
+                let detail = match unfinished.filter(|(round, _)| *round > version) {
+                    Some((round, attempt)) => {
+                        json!({ "task": t, "round": round, "attempt": attempt, "reason": reason })
+                    }
+                    None => json!({ "task": t, "reason": reason }),
+                };
+                self.audit(EntryKind::RoundAborted, detail).await?;
+                self.store.delete_attempt_state(id).await.map_err(internal)?;
+                return Ok(());
+            }
+        };
+        let plan = saved.plan.clone();
+        let attempt = hex::encode(plan.attempt.0);
+        let audit_path = self.audit_path.clone();
+        let (task_hex, attempt_hex) = (t.clone(), attempt.clone());
+        let history = tokio::task::spawn_blocking(move || {
+            crate::audit::attempt_history(&audit_path, &task_hex, &attempt_hex)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        if plan.round_id.0 <= version || history.ended {
+            tracing::info!(%path, round = plan.round_id.0, "the saved attempt had ended; deleting its state");
+            return self.store.delete_attempt_state(id).await.map_err(internal);
+        }
+        let closed = saved.closed().index() as u64;
+        let digest: [u8; 32] = sha2::Sha256::digest(&sealed).into();
+        let sha = hex::encode(digest);
+        let ctx = saved.ctx();
+        // Only entries this coordinator's key tagged count.
+        let tagged = |phase: u64, sha: &str, tag: &str| {
+            let mut digest = [0u8; 32];
+            let phase = Phase::ALL.get(phase as usize).copied();
+            let tag = hex::decode(tag).unwrap_or_default();
+            hex::decode_to_slice(sha, &mut digest).is_ok()
+                && phase.is_some_and(|p| {
+                    saved::entry_tag_verifies(&self.signing, id, &ctx, p, &digest, &tag)
+                })
+        };
+        let recorded = match &history.last_saved {
+            Some((phase, h, tag)) => *phase == closed && *h == sha && tagged(*phase, h, tag),
+            None => false,
+        };
+        let one_behind = match &history.last_saved {
+            Some((phase, h, tag)) => phase + 1 == closed && tagged(*phase, h, tag),
+            None => closed == 0,
+        };
+        let now = std::time::Instant::now();
+        let resumed = if recorded || one_behind {
+            if !recorded {
+                // Saved, then the coordinator stopped before recording it: its output never
+                // went out. Recorded now, before it does.
+                let tag = saved::entry_tag(&self.signing, id, &ctx, saved.closed(), &digest);
+                self.audit(
+                    EntryKind::PhaseSaved,
+                    json!({ "task": t, "round": plan.round_id.0, "attempt": attempt,
+                            "phase": closed, "state_sha256": sha, "tag": hex::encode(tag) }),
+                )
+                .await?;
+            }
+            engine.resume(saved, now)
+        } else {
+            let why = format!(
+                "the saved state {path} (phase {closed}, SHA-256 {sha}) is not the one the audit log names last ({:?})",
+                history.last_saved
+            );
+            engine.resume_refused(saved, crate::error::AbortReason::CannotResume(why))
+        };
+        match resumed {
+            Ok(()) => {
+                self.audit(
+                    EntryKind::AttemptResumed,
+                    json!({ "task": t, "round": plan.round_id.0, "attempt": attempt,
+                            "after_phase": closed }),
+                )
+                .await
+            }
+            // Audited by the engine's outputs once the task runs; its state goes with them.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Saves a phase close of the task's running attempt, records it, then lets the engine
+    /// release the phase's replies. If it cannot be saved, the attempt aborts.
+    async fn save_attempt(&self, task: &Arc<TaskRuntime>, saved: Box<crate::engine::SavedAttempt>) {
+        let ctx = saved.ctx();
+        let phase = saved.closed();
+        let plan = saved.plan.clone();
+        let (signing, id) = (self.signing.clone(), task.id);
+        let sealed = tokio::task::spawn_blocking(move || saved::seal(&signing, id, &saved)).await;
+        let sealed = match sealed {
+            Ok(s) => bytes::Bytes::from(s),
+            Err(e) => {
+                let why = format!("sealing it failed: {e}");
+                task.call_detached(move |e, _| e.attempt_not_saved(&ctx, why));
+                return;
+            }
+        };
+        let digest: [u8; 32] = sha2::Sha256::digest(&sealed).into();
+        let tag = saved::entry_tag(&self.signing, task.id, &ctx, phase, &digest);
+        let mut backoff = Duration::from_millis(50);
+        let mut tries = 0;
+        while let Err(e) = self.store.put_attempt_state(task.id, sealed.clone()).await {
+            tries += 1;
+            tracing::error!(error = %e, phase = %phase.name(), "saving the attempt's state failed");
+            if tries >= 3 {
+                let why = e.to_string();
+                task.call_detached(move |e, _| e.attempt_not_saved(&ctx, why));
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 4;
+        }
+        // Recorded (with every entry before it) before any client receives the phase's output.
+        let recorded = self
+            .audit(
+                EntryKind::PhaseSaved,
+                json!({ "task": hex::encode(task.id.0), "round": plan.round_id.0,
+                        "attempt": hex::encode(plan.attempt.0), "phase": phase.index(),
+                        "state_sha256": hex::encode(digest), "tag": hex::encode(tag) }),
+            )
+            .await;
+        if let Err(e) = recorded {
+            let why = format!("the audit log did not take it: {}", e.message());
+            task.call_detached(move |e, _| e.attempt_not_saved(&ctx, why));
+            return;
+        }
+        task.call_detached(move |e, now| e.attempt_saved(&ctx, phase, now));
+    }
+
+    /// The task's attempt ended: once its end is in the audit log (queued before this), its
+    /// saved state is deleted, so a restart never resumes an attempt its clients were told
+    /// had ended. (Should the deletion fail for good, the log's `round_aborted` or
+    /// `round_completed` entry still keeps a restart from resuming it.)
+    async fn attempt_ended(&self, task: &Arc<TaskRuntime>) {
+        while !self.audit.flush(Duration::from_secs(10)).await {
+            if !self.audit.is_running() {
+                tracing::error!(
+                    "the audit log's writer has stopped; the ended attempt's state stays"
+                );
+                return;
+            }
+            tracing::warn!("waiting for the audit log before deleting the ended attempt's state");
+        }
+        let mut backoff = Duration::from_millis(100);
+        for _ in 0..5 {
+            match self.store.delete_attempt_state(task.id).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "deleting the ended attempt's saved state failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
     }
 
     /// Lets clients into the task's rounds.
@@ -520,6 +748,8 @@ async fn drive(
             Output::Checkpoint(c) => coordinator.commit(&task, c).await,
             Output::Audit(e) => coordinator.audit_event(&task, e).await,
             Output::Progress(p) => progress.record(&p, std::time::Instant::now()),
+            Output::SaveAttempt(saved) => coordinator.save_attempt(&task, saved).await,
+            Output::AttemptEnded(_) => coordinator.attempt_ended(&task).await,
             // The engine thread runs the sums; none comes here.
             Output::Aggregate(_) => {}
         }

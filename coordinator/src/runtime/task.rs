@@ -276,6 +276,8 @@ impl TaskRuntime {
 struct Epoch {
     state: EngineState,
     phase: Option<Phase>,
+    /// The last phase whose replies may go out (its close is saved).
+    released: Option<Phase>,
     round: u64,
     results: u64,
     waiting_dropped: u64,
@@ -287,6 +289,7 @@ impl Epoch {
         Epoch {
             state: s.state,
             phase: s.phase,
+            released: engine.released_phase(),
             round: s.round_id.0,
             results: engine.results_changes(),
             waiting_dropped: engine.waiting_dropped(),
@@ -322,6 +325,10 @@ struct Actor {
 
 impl Actor {
     async fn run(mut self) {
+        // What the engine emitted before its thread started (a resumed attempt's outputs).
+        if std::panic::catch_unwind(AssertUnwindSafe(|| self.settle())).is_err() {
+            tracing::error!("settling the engine's first outputs panicked; the task goes on");
+        }
         loop {
             let deadline = self.engine.poll_timeout();
             let sleep = async {

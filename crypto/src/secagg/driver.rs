@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::ids::ClientId;
 use crate::secagg::Phase;
 use crate::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient, TrainedOn};
-use crate::secagg::server::SecAggServer;
+use crate::secagg::server::{ClosedState, SecAggServer};
 use crate::sign::{CredentialVerifier, IdentityKey};
 
 /// Which share a holder released.
@@ -75,6 +75,37 @@ pub fn run_round_on(
     policy: &ClientPolicy,
     verifier: Arc<dyn CredentialVerifier>,
 ) -> Result<Outcome> {
+    run(pool, plan, identities, inputs, drops, policy, verifier, None)
+}
+
+/// [`run_round`] with the server restarted once `restart_after` closes: its
+/// [`ClosedState`](super::server::ClosedState) goes through its encoding
+/// ([`ClosedState::to_bytes`](super::server::ClosedState::to_bytes)) into a new server
+/// ([`SecAggServer::resume`]), which runs the rest of the attempt, as a coordinator restarted
+/// on its persisted attempt does. The clients see no difference.
+pub fn run_round_restarted(
+    plan: &RoundPlan,
+    identities: &[Arc<IdentityKey>],
+    inputs: &[Vec<u32>],
+    drops: &BTreeMap<usize, Phase>,
+    policy: &ClientPolicy,
+    verifier: Arc<dyn CredentialVerifier>,
+    restart_after: Phase,
+) -> Result<Outcome> {
+    run(None, plan, identities, inputs, drops, policy, verifier, Some(restart_after))
+}
+
+#[allow(clippy::too_many_arguments)] // the arguments of the two entry points above
+fn run(
+    pool: Option<Arc<rayon::ThreadPool>>,
+    plan: &RoundPlan,
+    identities: &[Arc<IdentityKey>],
+    inputs: &[Vec<u32>],
+    drops: &BTreeMap<usize, Phase>,
+    policy: &ClientPolicy,
+    verifier: Arc<dyn CredentialVerifier>,
+    restart_after: Option<Phase>,
+) -> Result<Outcome> {
     let n = plan.n();
     if identities.len() != n || inputs.len() != n {
         return Err(Error::WrongLength { got: identities.len().min(inputs.len()), expected: n });
@@ -105,9 +136,16 @@ pub fn run_round_on(
     let mut ledgers = vec![ContributionLedger::default(); n];
 
     macro_rules! close {
-        ($e:expr) => {
+        ($phase:expr, $e:expr) => {
             match $e {
-                Ok(v) => v,
+                Ok(v) => {
+                    if restart_after == Some($phase) {
+                        let state = server.closed_state().expect("a phase just closed");
+                        let state = ClosedState::from_bytes(&state.to_bytes())?;
+                        server = SecAggServer::resume(plan.clone(), verifier.clone(), state)?;
+                    }
+                    v
+                }
                 Err(e) => {
                     outcome.sum = Err(e);
                     return Ok(outcome);
@@ -122,7 +160,7 @@ pub fn run_round_on(
             server.receive_advertise(c.advertise().client, c.advertise().clone())?;
         }
     }
-    let forwards = close!(server.close_advertise());
+    let forwards = close!(Phase::AdvertiseKeys, server.close_advertise());
     outcome.set_sizes.push(server.u1().len());
 
     // Phase 1.
@@ -135,7 +173,7 @@ pub fn run_round_on(
             }
         }
     }
-    let forwards = close!(server.close_share_keys());
+    let forwards = close!(Phase::ShareKeys, server.close_share_keys());
     outcome.set_sizes.push(server.u2().len());
 
     // Phase 2.
@@ -147,7 +185,7 @@ pub fn run_round_on(
             server.receive_masked_input(f.recipient, &msg)?;
         }
     }
-    let request = close!(server.close_masked_input());
+    let request = close!(Phase::MaskedInputCollection, server.close_masked_input());
     outcome.set_sizes.push(server.u3().len());
     outcome.survivors = Some(server.u3().into_iter().collect());
 
@@ -160,7 +198,7 @@ pub fn run_round_on(
             server.receive_consistency(msg.client, msg)?;
         }
     }
-    let request = close!(server.close_consistency());
+    let request = close!(Phase::ConsistencyCheck, server.close_consistency());
     outcome.set_sizes.push(request.signatures.len());
 
     // Phase 4.
@@ -188,6 +226,12 @@ pub fn run_round_on(
         }
     }
     outcome.set_sizes.push(responded);
+    if restart_after == Some(Phase::Unmasking)
+        && let Some(state) = server.unmasking_closed_state()
+    {
+        let state = ClosedState::from_bytes(&state.to_bytes())?;
+        server = SecAggServer::resume(plan.clone(), verifier.clone(), state)?;
+    }
     outcome.sum = server.finish();
     Ok(outcome)
 }

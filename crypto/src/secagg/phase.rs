@@ -8,7 +8,9 @@
 
 /// The five phases, in order. Every party — client round, round engine, gRPC adapter, the
 /// simulation — names phases with this type; [`Phase::name`] is how messages and errors show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Phase {
     /// Phase 0: each client advertises its two public keys and its self-mask commitment.
     AdvertiseKeys,

@@ -11,12 +11,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::context::{PROTOCOL_VERSION, RoundContext, RoundPlan};
 use crate::error::{Error, Malformation, Result, SharesProblem};
 use crate::graph::Graph;
 use crate::ids::ClientId;
 use crate::kdf::Label;
 use crate::kernel::{DEFAULT_CHUNK_WORDS, Kernel, Sign};
+use crate::keys::PublicKey;
 use crate::prg::MaskSeed;
 use crate::secagg::Phase;
 use crate::secagg::client::{Peer, verify_advert};
@@ -120,6 +123,58 @@ pub struct UnmaskStats {
     pub reconstructions: u64,
 }
 
+/// What the server holds of an attempt once a phase has closed: everything the later phases
+/// need and nothing of the open one. The coordinator persists it at each phase close so that
+/// the same attempt resumes after a restart ([`SecAggServer::closed_state`],
+/// [`SecAggServer::resume`]). It is nothing the server did not already hold in memory: public
+/// keys and signed adverts, the sets U1–U3, the running masked sum and U4's signatures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedState {
+    /// The last phase that closed.
+    pub closed: Phase,
+    /// U1's adverts, in canonical order, each with the identity key its credential certified
+    /// when it was received (so a resumed attempt does not judge the credential again, at
+    /// another time).
+    pub adverts: Vec<VerifiedAdvert>,
+    /// U2, canonical indices ascending (once phase 1 closed).
+    pub u2: Vec<u32>,
+    /// U3, canonical indices ascending (once phase 2 closed).
+    pub u3: Vec<u32>,
+    /// The sum of U3's masked inputs, little-endian words (once phase 2 closed).
+    #[serde(with = "serde_bytes")]
+    pub sum: Vec<u8>,
+    /// U4's consistency signatures, in canonical order (once phase 3 closed).
+    pub signatures: Vec<ConsistencySignature>,
+    /// U5's unmasking responses, in canonical order (once phase 4 closed, before the sum is
+    /// computed: the shares the server reconstructs from, which it holds in memory then).
+    pub unmasking: Vec<UnmaskingResponse>,
+}
+
+impl ClosedState {
+    /// Its encoding (postcard), what the coordinator authenticates and stores.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("encoding into memory cannot fail")
+    }
+
+    /// Decodes [`to_bytes`](Self::to_bytes)' output; trailing bytes are refused.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        match postcard::take_from_bytes(bytes) {
+            Ok((state, [])) => Ok(state),
+            _ => Err(Error::SavedStateInconsistent("its encoding does not decode")),
+        }
+    }
+}
+
+/// An advert the server verified, with the identity key its credential certified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifiedAdvert {
+    /// The advert as received.
+    pub advert: AdvertiseKeys,
+    /// The Ed25519 key the advert's credential certified.
+    #[serde(with = "serde_bytes")]
+    pub identity_key: [u8; 32],
+}
+
 /// A masked input being received in aligned chunks.
 struct PartialUpload {
     words: Vec<u32>,
@@ -137,7 +192,10 @@ pub struct SecAggServer {
     phase: ServerPhase,
     abort_reason: Option<Error>,
     advertised: BTreeMap<usize, (AdvertiseKeys, Peer)>,
+    /// Phase 1's messages, while it is open (its close forwards them and lets them go).
     share_keys: BTreeMap<usize, ShareKeys>,
+    /// U2: the senders of phase 1's messages.
+    u2: BTreeSet<usize>,
     uploads: BTreeMap<usize, PartialUpload>,
     complete: BTreeSet<usize>,
     sum: Vec<u32>,
@@ -158,7 +216,7 @@ impl core::fmt::Debug for SecAggServer {
             .field("ctx", &self.ctx)
             .field("phase", &self.phase)
             .field("u1", &self.advertised.len())
-            .field("u2", &self.share_keys.len())
+            .field("u2", &self.u2.len())
             .field("u3", &self.complete.len())
             .finish_non_exhaustive()
     }
@@ -180,6 +238,7 @@ impl SecAggServer {
             abort_reason: None,
             advertised: BTreeMap::new(),
             share_keys: BTreeMap::new(),
+            u2: BTreeSet::new(),
             uploads: BTreeMap::new(),
             complete: BTreeSet::new(),
             sum: vec![0; dim],
@@ -193,6 +252,181 @@ impl SecAggServer {
             stats: UnmaskStats::default(),
             bad_holders: BTreeSet::new(),
         })
+    }
+
+    /// What the server holds once its last phase closed, to persist ([`ClosedState`]). `None`
+    /// before phase 0 closes, and once the attempt finished or aborted.
+    pub fn closed_state(&self) -> Option<ClosedState> {
+        let closed = match self.phase {
+            ServerPhase::ShareKeys => Phase::AdvertiseKeys,
+            ServerPhase::MaskedInputCollection => Phase::ShareKeys,
+            ServerPhase::ConsistencyCheck => Phase::MaskedInputCollection,
+            ServerPhase::Unmasking => Phase::ConsistencyCheck,
+            _ => return None,
+        };
+        let indices = |set: &BTreeSet<usize>| set.iter().map(|&i| i as u32).collect();
+        let after = |phase: Phase| closed >= phase;
+        Some(ClosedState {
+            closed,
+            adverts: self
+                .advertised
+                .values()
+                .map(|(advert, peer)| VerifiedAdvert {
+                    advert: advert.clone(),
+                    identity_key: peer.verifying_key.to_bytes(),
+                })
+                .collect(),
+            u2: if after(Phase::ShareKeys) { indices(&self.u2) } else { Vec::new() },
+            u3: if after(Phase::MaskedInputCollection) {
+                indices(&self.complete)
+            } else {
+                Vec::new()
+            },
+            sum: if after(Phase::MaskedInputCollection) {
+                self.sum.iter().flat_map(|w| w.to_le_bytes()).collect()
+            } else {
+                Vec::new()
+            },
+            signatures: if after(Phase::ConsistencyCheck) {
+                self.consistency.values().cloned().collect()
+            } else {
+                Vec::new()
+            },
+            unmasking: Vec::new(),
+        })
+    }
+
+    /// [`closed_state`](Self::closed_state) once the unmasking closed — U5 fixed, before
+    /// [`finish`](Self::finish) computes the sum — with the responses received. `None` unless
+    /// the unmasking is the open phase.
+    pub fn unmasking_closed_state(&self) -> Option<ClosedState> {
+        if self.phase != ServerPhase::Unmasking {
+            return None;
+        }
+        let mut state = self.closed_state()?;
+        state.closed = Phase::Unmasking;
+        state.unmasking = self.unmasking.values().cloned().collect();
+        Some(state)
+    }
+
+    /// Resumes an attempt from what a server held once `state.closed` closed: the next phase
+    /// is open, with nothing of it received. `state` is checked against the plan and against
+    /// itself — each advert of the plan's context and a selected client, each set within the
+    /// one before and at least q large, each key a valid encoding, each consistency signature
+    /// valid on U3 — so an inconsistent state is refused rather than resumed. Credentials and
+    /// advert signatures are not judged again (the caller authenticates the state): the
+    /// identity keys are the ones the credentials certified when the adverts were received.
+    pub fn resume(
+        plan: RoundPlan,
+        verifier: Arc<dyn CredentialVerifier>,
+        state: ClosedState,
+    ) -> Result<Self> {
+        let bad = Error::SavedStateInconsistent;
+        let mut server = SecAggServer::new(plan, verifier)?;
+        let n = server.plan.n();
+        let set = |list: &[u32], within: &dyn Fn(usize) -> bool, what| -> Result<BTreeSet<usize>> {
+            let out: BTreeSet<usize> = list.iter().map(|&i| i as usize).collect();
+            if out.len() != list.len() || out.iter().any(|&i| i >= n || !within(i)) {
+                return Err(bad(what));
+            }
+            Ok(out)
+        };
+        for VerifiedAdvert { advert, identity_key } in state.adverts {
+            check_header(advert.version, &advert.ctx, &server.ctx)?;
+            let u = server.index(&advert.client)?;
+            let id = advert.client;
+            let verifying_key = ed25519_dalek::VerifyingKey::from_bytes(&identity_key)
+                .map_err(|_| Error::BadPublicKey(id))?;
+            let key = |b: &[u8; 32]| PublicKey::from_bytes(b).ok_or(Error::BadPublicKey(id));
+            let peer = Peer {
+                id,
+                verifying_key,
+                enc_pk: key(&advert.enc_pk)?,
+                mask_pk: key(&advert.mask_pk)?,
+                self_mask_commitment: key(&advert.self_mask_commitment)?,
+            };
+            if server.advertised.insert(u, (advert, peer)).is_some() {
+                return Err(bad("an advert appears twice"));
+            }
+        }
+        let u1 = server.u1();
+        let after = |phase: Phase| state.closed >= phase;
+        if after(Phase::ShareKeys) {
+            server.u2 = set(&state.u2, &|i| u1.contains(&i), "U2 is not within U1")?;
+        } else if !state.u2.is_empty() {
+            return Err(bad("U2 before phase 1 closed"));
+        }
+        if after(Phase::MaskedInputCollection) {
+            let u2 = server.u2.clone();
+            server.complete = set(&state.u3, &|i| u2.contains(&i), "U3 is not within U2")?;
+            if state.sum.len() != 4 * server.plan.dim as usize {
+                return Err(bad("the masked sum's length is not the plan's"));
+            }
+            server.sum = state
+                .sum
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect();
+            server.survivors = Some(Survivors::from_indices(n, server.complete.iter().copied()));
+        } else if !state.u3.is_empty() || !state.sum.is_empty() {
+            return Err(bad("U3 before phase 2 closed"));
+        }
+        if after(Phase::ConsistencyCheck) {
+            let digest = server.survivors.as_ref().expect("set above").digest();
+            for msg in state.signatures {
+                check_header(msg.version, &msg.ctx, &server.ctx)?;
+                let u = server.index(&msg.client)?;
+                if !server.complete.contains(&u) {
+                    return Err(bad("a consistency signature from outside U3"));
+                }
+                let key = &server.advertised[&u].1.verifying_key;
+                verify(
+                    key,
+                    msg.client,
+                    Label::Consistency,
+                    &server.ctx,
+                    &[&digest],
+                    &msg.signature.0,
+                )?;
+                if server.consistency.insert(u, msg).is_some() {
+                    return Err(bad("a consistency signature appears twice"));
+                }
+            }
+        } else if !state.signatures.is_empty() {
+            return Err(bad("signatures before phase 3 closed"));
+        }
+        // The unmasking's responses go through the checks they passed on receipt.
+        server.phase = ServerPhase::Unmasking;
+        if state.closed == Phase::Unmasking {
+            for msg in state.unmasking {
+                let from = msg.client;
+                if server.unmasking.contains_key(&server.index(&from)?) {
+                    return Err(bad("an unmasking response appears twice"));
+                }
+                server.receive_unmasking(from, msg)?;
+            }
+        } else if !state.unmasking.is_empty() {
+            return Err(bad("unmasking responses before phase 4 closed"));
+        }
+        // Each closed phase left at least q clients, or it would have aborted.
+        let q = server.plan.q();
+        let sizes = [
+            server.advertised.len(),
+            server.u2.len(),
+            server.complete.len(),
+            server.consistency.len(),
+            server.unmasking.len(),
+        ];
+        if sizes.iter().take(state.closed.index() + 1).any(|&s| s < q) {
+            return Err(bad("a closed phase left fewer than q clients"));
+        }
+        // The phase after the last closed one is open; once the unmasking closed, the
+        // unmasking stays the server's phase until `finish`.
+        server.phase = match Phase::ALL.get(state.closed.index() + 1) {
+            Some(&next) => ServerPhase::from(next),
+            None => ServerPhase::Unmasking,
+        };
+        Ok(server)
     }
 
     /// Runs the vector kernel on `pool` (threads split the vector by range).
@@ -263,7 +497,7 @@ impl SecAggServer {
 
     /// U2: canonical indices of the clients that shared keys.
     pub fn u2(&self) -> BTreeSet<usize> {
-        self.share_keys.keys().copied().collect()
+        self.u2.clone()
     }
 
     /// U3: canonical indices of the clients whose masked input is complete.
@@ -417,6 +651,7 @@ impl SecAggServer {
             });
         }
         self.share_keys.insert(u, msg);
+        self.u2.insert(u);
         Ok(())
     }
 
@@ -438,6 +673,8 @@ impl SecAggServer {
             }
         }
         self.phase = ServerPhase::MaskedInputCollection;
+        // Forwarded: the server needs only U2 from here on.
+        self.share_keys.clear();
         Ok(inbox
             .into_iter()
             .map(|(recipient, shares)| SharesForward {
@@ -462,7 +699,7 @@ impl SecAggServer {
         self.expect_phase(Phase::MaskedInputCollection)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let u = self.index(&msg.client)?;
-        if !self.share_keys.contains_key(&u) {
+        if !self.u2.contains(&u) {
             return Err(Error::NotEligible {
                 client: msg.client,
                 phase: Phase::MaskedInputCollection,
@@ -531,9 +768,9 @@ impl SecAggServer {
         self.uploads.clear();
         self.require_quorum(Phase::MaskedInputCollection, self.complete.len())?;
         let survivors = Survivors::from_indices(self.plan.n(), self.complete.iter().copied());
-        self.survivors = Some(survivors.clone());
+        self.survivors = Some(survivors);
         self.phase = ServerPhase::ConsistencyCheck;
-        Ok(ConsistencyRequest { version: PROTOCOL_VERSION, ctx: self.ctx, survivors })
+        Ok(self.consistency_request().expect("set above"))
     }
 
     // ---------------------------------------------------------------- phase 3
@@ -561,6 +798,23 @@ impl SecAggServer {
     pub fn close_consistency(&mut self) -> Result<UnmaskingRequest> {
         self.expect_phase(Phase::ConsistencyCheck)?;
         self.require_quorum(Phase::ConsistencyCheck, self.consistency.len())?;
+        self.phase = ServerPhase::Unmasking;
+        self.unmasking_request()
+    }
+
+    /// What phase 2's close sent U3 ([`close_masked_input`](Self::close_masked_input)'s
+    /// output), once it closed.
+    pub fn consistency_request(&self) -> Option<ConsistencyRequest> {
+        let survivors = self.survivors.clone()?;
+        Some(ConsistencyRequest { version: PROTOCOL_VERSION, ctx: self.ctx, survivors })
+    }
+
+    /// What phase 3's close sent U4 ([`close_consistency`](Self::close_consistency)'s output),
+    /// once it closed: U3 and the signatures on it, each with its signer's credential.
+    pub fn unmasking_request(&self) -> Result<UnmaskingRequest> {
+        if !matches!(self.phase, ServerPhase::Unmasking | ServerPhase::Finished) {
+            return Err(Error::OutOfPhase { expected: self.phase.name(), got: Phase::Unmasking });
+        }
         let signatures = self
             .consistency
             .iter()
@@ -570,7 +824,6 @@ impl SecAggServer {
                 signature: s.signature,
             })
             .collect();
-        self.phase = ServerPhase::Unmasking;
         Ok(UnmaskingRequest {
             version: PROTOCOL_VERSION,
             ctx: self.ctx,
@@ -611,8 +864,7 @@ impl SecAggServer {
             if !self.graph.are_neighbours(h, v) {
                 return Err(Error::NotNeighbour(s.owner));
             }
-            if self.complete.contains(&v) || !self.share_keys.contains_key(&v) || !owners.insert(v)
-            {
+            if self.complete.contains(&v) || !self.u2.contains(&v) || !owners.insert(v) {
                 return Err(Error::Malformed(Malformation::UnexpectedMaskKeyShare(s.owner)));
             }
             ShareValue::from_bytes(&s.share)
@@ -679,7 +931,7 @@ impl SecAggServer {
             seeds.push((MaskSeed::self_mask(&b, &self.ctx, &id), Sign::Sub));
         }
         let mut dropped = Vec::new();
-        for &v in self.share_keys.keys().filter(|v| !self.complete.contains(v)) {
+        for &v in self.u2.iter().filter(|v| !self.complete.contains(v)) {
             let v_id = self.plan.selected[v];
             let survivors: Vec<usize> = self
                 .graph

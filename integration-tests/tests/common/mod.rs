@@ -359,6 +359,47 @@ upload_chunk_words = {chunk}
         self.addr = addr;
     }
 
+    /// Kills the coordinator (SIGKILL) and starts it again on the same files and the same
+    /// address, so that running clients reconnect to it.
+    pub fn restart_coordinator_in_place(&mut self) {
+        self.coordinator.kill();
+        let config = self.path("coordinator.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let listen = text.lines().find(|l| l.starts_with("listen = ")).unwrap().to_owned();
+        let text = text.replace(&listen, &format!("listen = \"{}\"", self.addr));
+        std::fs::write(&config, text).unwrap();
+        let (coordinator, addr) = spawn_coordinator(self.dir.path());
+        assert_eq!(addr, self.addr, "restarted on the same address");
+        self.coordinator = coordinator;
+    }
+
+    /// Waits until the audit log holds an entry of `kind` whose detail has `field` = `value`;
+    /// returns it.
+    pub fn wait_audit(
+        &self,
+        kind: &str,
+        field: &str,
+        value: serde_json::Value,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let start = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(self.path("audit.log")).unwrap_or_default();
+            let found = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|e| e["kind"] == kind && e["detail"][field] == value);
+            if let Some(e) = found {
+                return e;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no {kind} entry with {field} = {value} in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// `fedsec-coordinator audit verify` on the federation's log: its output, or its error.
     pub fn verify_audit_log(&self) -> Result<String, String> {
         let out = Command::new(bin("fedsec-coordinator"))
