@@ -218,6 +218,7 @@ impl Client {
         let mut after_leaving = Backoff::new(AFTER_LEAVING_BACKOFF.0, AFTER_LEAVING_BACKOFF.1);
         // The round and attempt nonce of the attempt this client last left.
         let mut left: Option<(u64, Vec<u8>)> = None;
+        let mut last_reason: Option<String> = None;
         let mut unreachable_since: Option<Instant> = None;
         loop {
             if let Some(max) = self.config.max_rounds
@@ -228,6 +229,12 @@ impl Client {
             let req = self.request(v1::CheckInRequest {
                 task_id: self.member.task().0.to_vec(),
                 last_seen_checkpoint_version: self.last_seen().unwrap_or(0),
+                contributed_on_checkpoint: self
+                    .state
+                    .ledger
+                    .newest_checkpoint(&self.member.task())
+                    .map(|c| c.0.to_vec())
+                    .unwrap_or_default(),
             });
             let answer = match self.fed.check_in(req).await {
                 Ok(r) => r.into_inner(),
@@ -304,6 +311,12 @@ impl Client {
                     }
                 }
                 Some(v1::check_in_response::Outcome::Retry(r)) => {
+                    // Why it waits, said once each time the reason changes (the coordinator's
+                    // words: for instance that no round can run on this checkpoint, and why).
+                    if last_reason.as_deref() != Some(r.reason.as_str()) {
+                        tracing::info!(reason = %r.reason, "not selected now; checking in again");
+                        last_reason = Some(r.reason.clone());
+                    }
                     let after =
                         Duration::from_millis(u64::from(r.after_ms)).max(Duration::from_millis(50));
                     let wait = spread(&mut rand::rng(), after);

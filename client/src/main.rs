@@ -344,9 +344,12 @@ mod tests {
 
         assert_eq!(test_flags(), Vec::<String>::new());
         assert!(!VERSION.contains("test-hooks"));
-        for flag in
-            ["--test-dump-quantized", "--test-stall-before-upload", "--test-constant-update"]
-        {
+        for flag in [
+            "--test-dump-quantized",
+            "--test-stall-before-upload",
+            "--test-constant-update",
+            "--test-latency-ms",
+        ] {
             let args =
                 ["fedsec-client", "join", "--config", "c.toml", "--data", "d.csv", flag, "1"];
             let err = Cli::try_parse_from(args).unwrap_err();
@@ -364,7 +367,12 @@ mod tests {
         flags.sort();
         assert_eq!(
             flags,
-            ["test-constant-update", "test-dump-quantized", "test-stall-before-upload"]
+            [
+                "test-constant-update",
+                "test-dump-quantized",
+                "test-latency-ms",
+                "test-stall-before-upload"
+            ]
         );
         assert!(VERSION.contains("test-hooks"));
         let args = ["fedsec-client", "join", "--config", "c.toml", "--test-constant-update", "1"];

@@ -96,6 +96,8 @@ pub enum EntryKind {
     PhaseSaved,
     /// A restarted coordinator resumed an attempt from its saved state.
     AttemptResumed,
+    /// Too few eligible clients remain for a round on the current checkpoint.
+    TaskStalled,
 }
 
 /// One line of the audit log.

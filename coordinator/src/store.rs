@@ -7,6 +7,7 @@
 //! tasks/{task id, hex}/checkpoints/{version, 20 digits}.safetensors     the model
 //! tasks/{task id, hex}/checkpoints/{version, 20 digits}.manifest.json   its signed manifest
 //! tasks/{task id, hex}/attempt.state                                    the running attempt
+//! tasks/{task id, hex}/contributors.json                                who contributed on the current checkpoint
 //! ```
 //!
 //! `attempt.state` is the running attempt as its last phase close left it, sealed by the
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
-use fedsec_crypto::TaskId;
+use fedsec_crypto::{CheckpointHash, ClientId, TaskId};
 use fedsec_wire::checkpoint::{CheckpointError, SignedManifest};
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
@@ -78,6 +79,9 @@ pub enum StoreError {
     /// A stored manifest's signature does not verify under the caller's key.
     #[error("checkpoint manifest at {path} is not signed by the expected key: {source}")]
     Unverified { path: Path, source: CheckpointError },
+    /// A stored record is not what its format says.
+    #[error("{path} is malformed: {reason}")]
+    MalformedRecord { path: Path, reason: String },
     /// The object store failed (IO, network, permissions).
     #[error("object store failed at {path}: {source}")]
     Backend { path: Path, source: object_store::Error },
@@ -264,6 +268,53 @@ impl CheckpointStore {
         }
     }
 
+    /// Saves who contributed on `task`'s checkpoint `checkpoint` (over the record of an earlier
+    /// checkpoint), durably. Not authenticated: it only spares useless selections (a client
+    /// left out is refused by its own ledger; one added waits for the next checkpoint).
+    pub async fn put_contributors(
+        &self,
+        task: TaskId,
+        checkpoint: CheckpointHash,
+        clients: &[ClientId],
+    ) -> Result<(), StoreError> {
+        let path = contributors_path(task);
+        let record = Contributors {
+            checkpoint: hex::encode(checkpoint.0),
+            clients: clients.iter().map(ClientId::to_hex).collect(),
+        };
+        let json = serde_json::to_vec_pretty(&record).expect("strings always serialize");
+        self.store
+            .put(&path, PutPayload::from(json))
+            .await
+            .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
+        self.sync(&path).await
+    }
+
+    /// Who contributed on the checkpoint the record names, if there is a record.
+    pub async fn contributors(
+        &self,
+        task: TaskId,
+    ) -> Result<Option<(CheckpointHash, Vec<ClientId>)>, StoreError> {
+        let path = contributors_path(task);
+        let bytes = match self.read(&path).await {
+            Ok(bytes) => bytes,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let malformed = |reason: String| StoreError::MalformedRecord { path: path.clone(), reason };
+        let record: Contributors =
+            serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
+        let hash = |h: &str| -> Result<[u8; 32], StoreError> {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(h, &mut out).map_err(|e| malformed(format!("{h:?}: {e}")))?;
+            Ok(out)
+        };
+        let checkpoint = CheckpointHash(hash(&record.checkpoint)?);
+        let clients =
+            record.clients.iter().map(|c| hash(c).map(ClientId)).collect::<Result<_, _>>()?;
+        Ok(Some((checkpoint, clients)))
+    }
+
     /// Deletes the saved attempt state of `task` (its attempt ended); no error if none.
     pub async fn delete_attempt_state(&self, task: TaskId) -> Result<(), StoreError> {
         let path = attempt_state_path(task);
@@ -384,6 +435,20 @@ fn local_root(url: &str) -> Option<std::path::PathBuf> {
 }
 
 /// `tasks/{task}/checkpoints`.
+/// `contributors.json`: who contributed on which checkpoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Contributors {
+    /// The checkpoint's SHA-256, hex.
+    checkpoint: String,
+    /// Client ids, hex.
+    clients: Vec<String>,
+}
+
+fn contributors_path(task: TaskId) -> Path {
+    Path::from(format!("tasks/{}/contributors.json", task.to_hex()))
+}
+
 fn attempt_state_path(task: TaskId) -> Path {
     Path::from(format!("tasks/{}/attempt.state", task.to_hex()))
 }

@@ -233,3 +233,33 @@ fn a_missing_or_changed_saved_state_aborts_the_attempt_and_a_new_one_completes()
         fed.verify_audit_log().expect("the audit log verifies");
     }
 }
+
+/// The clients sent shares are recorded as contributors on the checkpoint before the shares go
+/// out. When the attempt cannot resume after a restart (its state is gone), none of them is
+/// selected again on that checkpoint — each would refuse, its ledger having recorded the upload
+/// — and, all ten being contributors, the task says plainly that no round can run: in the audit
+/// log (`task_stalled`) and in the answer to every contributor's check-in.
+#[test]
+fn a_restart_that_cannot_resume_does_not_select_contributors_and_says_the_task_is_stalled() {
+    let mut fed = Federation::start(Options { rounds: 1, ..Options::default() });
+    for i in 1..=10 {
+        fed.spawn_client(i, &["--test-latency-ms", "1500"]);
+    }
+    fed.wait_audit("phase_saved", "phase", 1.into(), LONG);
+    fed.coordinator.kill();
+    let task_dir = fed.path(&format!("store/tasks/{}", common::TASK_ID));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(task_dir.join("contributors.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["clients"].as_array().unwrap().len(), 10, "U2 recorded before release");
+    std::fs::remove_file(task_dir.join("attempt.state")).unwrap();
+    fed.restart_coordinator_in_place();
+    let stalled = fed.wait_audit("task_stalled", "checkpoint_version", 0.into(), LONG);
+    assert_eq!(stalled["detail"]["eligible"], 0);
+    assert_eq!(stalled["detail"]["contributed"], 10);
+    assert_eq!(fed.audit_entries("round_started").len(), 1, "no attempt selected them again");
+    // The clients are told why.
+    let log = fed.client(1).wait_for("no round can run on checkpoint 0", 1, LONG);
+    assert!(log.contains("min_clients = 8"), "{log}");
+    fed.verify_audit_log().expect("the audit log verifies");
+}

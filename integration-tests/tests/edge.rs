@@ -63,7 +63,7 @@ async fn health(ch: &Channel) -> Result<ServingStatus, Status> {
 fn check_in_request(task_id_bytes: usize) -> v1::CheckInRequest {
     let mut task_id = hex::decode(TASK_ID).unwrap();
     task_id.resize(task_id_bytes.max(16), 0);
-    v1::CheckInRequest { task_id, last_seen_checkpoint_version: 0 }
+    v1::CheckInRequest { task_id, last_seen_checkpoint_version: 0, ..Default::default() }
 }
 
 /// Runs the clients `1..=n` through the federation's rounds and checks every round completed

@@ -84,6 +84,7 @@ async fn flood_check_ins(
             let request = v1::CheckInRequest {
                 task_id: hex::decode(TASK_ID).unwrap(),
                 last_seen_checkpoint_version: 0,
+                ..Default::default()
             };
             match client.check_in(request).await {
                 Ok(_) => tally.answered.fetch_add(1, Ordering::SeqCst),
@@ -189,6 +190,7 @@ async fn selected(mut fed: FederationClient<Channel>) -> Result<v1::RoundPlan, S
         let request = v1::CheckInRequest {
             task_id: hex::decode(TASK_ID).unwrap(),
             last_seen_checkpoint_version: 0,
+            ..Default::default()
         };
         match fed.check_in(request).await?.into_inner().outcome {
             Some(v1::check_in_response::Outcome::Plan(p)) => return Ok(p),

@@ -171,6 +171,7 @@ fn clients_outside_the_federation_or_on_the_deny_list_are_refused() {
                 .check_in(v1::CheckInRequest {
                     task_id: hex::decode(TASK_ID).unwrap(),
                     last_seen_checkpoint_version: 0,
+                    ..Default::default()
                 })
                 .await,
             Code::PermissionDenied,
@@ -334,6 +335,7 @@ async fn check_in(mut fed: FederationClient<Channel>) -> Result<v1::RoundPlan, S
             .check_in(v1::CheckInRequest {
                 task_id: hex::decode(TASK_ID).unwrap(),
                 last_seen_checkpoint_version: 0,
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -124,6 +124,12 @@ pub struct Engine {
     held: bool,
     /// Whether each phase close is saved before its replies go out ([`Output::SaveAttempt`]).
     save_attempts: bool,
+    /// Why no round can run on the current checkpoint, once that is so (cleared by a new
+    /// checkpoint or a new eligible client).
+    stalled: Option<String>,
+    /// Since when clients check in on the current checkpoint: a stall is declared only a
+    /// selection deadline after it, once the clients that are there had time to check in.
+    checking_in_since: Option<Instant>,
     outputs: VecDeque<Output>,
 }
 
@@ -183,6 +189,8 @@ impl Engine {
             waiting_dropped: 0,
             held: false,
             save_attempts: false,
+            stalled: None,
+            checking_in_since: None,
             outputs: VecDeque::new(),
         })
     }
@@ -265,7 +273,82 @@ impl Engine {
             waiting: self.waiting.len(),
             checkpoint_version: self.checkpoint_version,
             completed_rounds: self.completed_rounds,
+            stalled: self.stalled.clone(),
         }
+    }
+
+    /// Why no round can run on the current checkpoint, if none can: every client that ever
+    /// checked in but fewer than `min_clients` has contributed on it (uploaded, or was sent
+    /// shares and so may have), and the protocol lets a client contribute once per checkpoint.
+    /// Checked as contributors check in; cleared by a new checkpoint or enough new clients.
+    pub fn stalled(&self) -> Option<&str> {
+        self.stalled.as_deref()
+    }
+
+    /// The clients that contributed on the current checkpoint (never selected again on it):
+    /// with the checkpoint's hash, for the caller to persist.
+    pub fn contributors(&self) -> (CheckpointHash, Vec<ClientId>) {
+        (self.checkpoint_hash, self.contributed.iter().copied().collect())
+    }
+
+    /// Clients a stored record says contributed on `checkpoint`: if it is the current one,
+    /// they are not selected again on it. (A record of another checkpoint is stale: ignored.)
+    pub fn add_contributors(&mut self, checkpoint: &CheckpointHash, clients: &[ClientId]) {
+        if *checkpoint == self.checkpoint_hash {
+            self.contributed.extend(clients.iter().copied());
+        }
+    }
+
+    /// A client says (its check-in's hint) that its ledger records an upload on `checkpoint`:
+    /// if that is the current checkpoint, it is not selected again on it — it would refuse.
+    /// The client's ledger stays the authority; this only spares a useless selection.
+    pub fn contributed_hint(&mut self, client: ClientId, checkpoint: &CheckpointHash) {
+        if *checkpoint == self.checkpoint_hash && self.contributed.insert(client) {
+            self.waiting.remove(&client);
+        }
+    }
+
+    /// Looks again at whether rounds can run on the current checkpoint (see
+    /// [`stalled`](Self::stalled)); says so once when that changes.
+    fn check_stall(&mut self, now: Instant) {
+        let since = *self.checking_in_since.get_or_insert(now);
+        if !matches!(self.state, State::Selecting { .. })
+            || self.contributed.is_empty()
+            || now < since + self.config.deadlines.selection
+        {
+            return;
+        }
+        let eligible = self.enrolled.iter().filter(|c| !self.contributed.contains(c)).count();
+        let min = self.config.min_clients;
+        if eligible >= min {
+            if self.stalled.take().is_some() {
+                tracing::info!(
+                    eligible,
+                    min_clients = min,
+                    "enough eligible clients again: rounds go on"
+                );
+            }
+            return;
+        }
+        if self.stalled.is_some() {
+            return;
+        }
+        let contributed = self.contributed.len();
+        let why = format!(
+            "no round can run on checkpoint {version}: {contributed} clients contributed on it \
+             (each may contribute once per checkpoint) and only {eligible} other clients have \
+             checked in, fewer than min_clients = {min}; rounds go on when more clients check \
+             in, or when an operator publishes a new model",
+            version = self.checkpoint_version,
+        );
+        tracing::warn!("{why}");
+        self.outputs.push_back(Output::Audit(AuditEvent::TaskStalled {
+            checkpoint_version: self.checkpoint_version,
+            eligible,
+            contributed,
+            min_clients: min,
+        }));
+        self.stalled = Some(why);
     }
 
     /// The outcome of a finished attempt, if the engine still remembers it.
@@ -329,6 +412,7 @@ impl Engine {
                 self.select(now);
             }
         }
+        self.check_stall(now);
         self.poll_check_in(&client)
     }
 
@@ -371,7 +455,12 @@ impl Engine {
             }
             _ if self.contributed.contains(client) => CheckIn::RetryLater {
                 after: Duration::from_secs(5),
-                reason: "already contributed on the current checkpoint; wait for the next".into(),
+                reason: match &self.stalled {
+                    Some(why) => format!("already contributed on the current checkpoint; {why}"),
+                    None => {
+                        "already contributed on the current checkpoint; wait for the next".into()
+                    }
+                },
             },
             State::Running(a) => running("a round is running without this client", a),
             State::Aggregating(_) => CheckIn::RetryLater {
@@ -641,6 +730,10 @@ impl Engine {
             Phase::ShareKeys => a.server.close_share_keys().map(|fwd| {
                 a.shares = fwd.into_iter().map(|f| (f.recipient, Arc::new(f))).collect();
                 a.set_sizes.push(a.shares.len());
+                // Each client sent shares may upload (its ledger records the upload first), so
+                // it counts as a contributor on the checkpoint from here, whatever follows; the
+                // caller saves this before the shares go out.
+                contributed.extend(a.shares.keys().copied());
             }),
             Phase::MaskedInputCollection => {
                 let plan = &a.info.plan;
@@ -778,6 +871,8 @@ impl Engine {
         self.checkpoint_version = checkpoint.version;
         self.checkpoint_hash = checkpoint.sha256;
         self.contributed.clear();
+        self.stalled = None;
+        self.checking_in_since = None;
         self.completed_rounds += 1;
         self.round_id += 1;
         let outcome = attempt.outcome(true, Some(checkpoint.version), None);

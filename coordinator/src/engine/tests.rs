@@ -1381,3 +1381,73 @@ fn a_saved_attempt_of_another_checkpoint_or_round_does_not_resume() {
             .with_first_round(5, 0);
     assert!(engine.resume(saved, f.now).is_err());
 }
+
+/// Clients sent shares count as contributors on the checkpoint (each may have uploaded, its
+/// ledger records the upload first), so an attempt that aborts in phase 2 excludes them all
+/// from the retry. When too few eligible clients are left, the task says so — in its status,
+/// once in the audit log, and to the contributors that check in — instead of waiting
+/// silently; new clients end the stall.
+#[test]
+fn clients_sent_shares_are_not_selected_again_and_too_few_eligible_is_said_plainly() {
+    let mut f = fed(14, config(10));
+    let info = f.check_in_all();
+    // Four of ten never upload: U3 = 6 < q = 7, the attempt aborts when phase 2 closes.
+    let gone: Vec<usize> = info.plan.selected[..4].iter().map(|id| f.site_of(id)).collect();
+    let drops =
+        Drops(gone.iter().map(|&i| (i, Phase::MaskedInputCollection)).collect(), BTreeMap::new());
+    let ran = f.run(&drops);
+    assert!(!ran.outcome.unwrap().completed);
+    let (checkpoint, contributors) = f.engine.contributors();
+    assert_eq!(checkpoint, f.engine.checkpoint().1);
+    let mut selected = info.plan.selected.clone();
+    selected.sort();
+    assert_eq!(contributors, selected, "all of U2, the four that never uploaded included");
+    f.commit();
+    // The ten and the four others check in; the four are below min_clients = 8.
+    for s in &f.sites {
+        f.engine.check_in(s.key.id(), f.now);
+    }
+    let stalled_entries = |f: &mut Fed| {
+        let mut n = 0;
+        while let Some(o) = f.engine.poll_output() {
+            n += usize::from(matches!(o, Output::Audit(AuditEvent::TaskStalled { .. })));
+        }
+        n
+    };
+    let contributor = info.plan.selected[5];
+    match f.engine.check_in(contributor, f.now) {
+        CheckIn::RetryLater { reason, .. } => {
+            assert!(reason.contains("no round can run on checkpoint 0"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let why = f.engine.status().stalled.expect("the status says why");
+    assert!(why.contains("only 4 other clients") && why.contains("min_clients = 8"), "{why}");
+    assert_eq!(stalled_entries(&mut f), 1, "audited once");
+    f.engine.check_in(contributor, f.now);
+    assert_eq!(stalled_entries(&mut f), 0, "and only once");
+    // Four new clients: eight eligible, the stall ends and a round starts.
+    for i in 0..4u8 {
+        f.engine.check_in(ClientId([200 + i; 32]), f.now);
+    }
+    assert!(f.engine.status().stalled.is_none());
+    f.advance();
+    assert_eq!(f.engine.status().state, EngineState::Running);
+    let plan = &f.engine.current_round().unwrap().plan;
+    assert!(plan.selected.iter().all(|c| !contributors.contains(c)));
+}
+
+/// A client whose ledger says it uploaded on the current checkpoint (its check-in's hint) is
+/// not selected on it; a hint about another checkpoint changes nothing.
+#[test]
+fn a_contributed_hint_on_the_current_checkpoint_keeps_a_client_out_of_selection() {
+    let mut f = fed(10, config(10));
+    let (_, current) = f.engine.checkpoint();
+    let a = f.sites[0].key.id();
+    let b = f.sites[1].key.id();
+    f.engine.contributed_hint(a, &current);
+    f.engine.contributed_hint(b, &CheckpointHash([9; 32]));
+    assert!(matches!(f.engine.check_in(a, f.now), CheckIn::RetryLater { .. }));
+    assert!(matches!(f.engine.check_in(b, f.now), CheckIn::Pending));
+    assert_eq!(f.engine.contributors().1, vec![a]);
+}

@@ -189,6 +189,18 @@ pub enum AuditEvent {
         /// Why.
         reason: AbortReason,
     },
+    /// Too few eligible clients remain for a round on the current checkpoint: every other
+    /// client that ever checked in has contributed on it.
+    TaskStalled {
+        /// The current checkpoint's version.
+        checkpoint_version: u64,
+        /// Clients that ever checked in and have not contributed on it.
+        eligible: usize,
+        /// Clients that contributed on it.
+        contributed: usize,
+        /// The task's `min_clients`.
+        min_clients: usize,
+    },
     /// A holder sent a share that did not reconstruct; it was left out.
     MisbehavingHolder {
         /// The round.
@@ -213,6 +225,9 @@ pub struct Status {
     pub checkpoint_version: u64,
     /// Rounds completed so far.
     pub completed_rounds: u64,
+    /// Why no round can run on the current checkpoint, if none can: too few eligible clients
+    /// remain ([`Engine::stalled`](super::Engine::stalled)).
+    pub stalled: Option<String>,
 }
 
 /// What a task's engine is doing.

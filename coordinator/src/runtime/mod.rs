@@ -362,6 +362,13 @@ impl Coordinator {
             engine = engine.with_thread_pool(pool.clone());
         }
         self.audit_writable()?;
+        // Who contributed on this checkpoint before the restart: not selected again on it.
+        match self.store.contributors(id).await {
+            Ok(Some((checkpoint, clients))) => engine.add_contributors(&checkpoint, &clients),
+            Ok(None) => {}
+            // A hint only: the clients' ledgers refuse a second upload anyway.
+            Err(e) => tracing::error!(error = %e, "the record of contributors is ignored"),
+        }
         self.resume_saved_attempt(&mut engine, version).await?;
         let (task, outputs) = TaskRuntime::start(id, engine, published, started)
             .map_err(|e| Status::internal(format!("cannot start the task's engine thread: {e}")))?;
@@ -541,6 +548,7 @@ impl Coordinator {
         let ctx = saved.ctx();
         let phase = saved.closed();
         let plan = saved.plan.clone();
+        let contributors = saved.contributed.clone();
         let (signing, id) = (self.signing.clone(), task.id);
         let sealed = tokio::task::spawn_blocking(move || saved::seal(&signing, id, &saved)).await;
         let sealed = match sealed {
@@ -553,6 +561,16 @@ impl Coordinator {
         };
         let digest: [u8; 32] = sha2::Sha256::digest(&sealed).into();
         let tag = saved::entry_tag(&self.signing, task.id, &ctx, phase, &digest);
+        // Those sent shares are contributors on the checkpoint (they may upload): on disk
+        // before the shares go out, so a restart does not select them again on it.
+        if phase == Phase::ShareKeys {
+            let stored = self.store.put_contributors(task.id, plan.checkpoint, &contributors).await;
+            if let Err(e) = stored {
+                let why = e.to_string();
+                task.call_detached(move |e, _| e.attempt_not_saved(&ctx, why));
+                return;
+            }
+        }
         let mut backoff = Duration::from_millis(50);
         let mut tries = 0;
         while let Err(e) = self.store.put_attempt_state(task.id, sealed.clone()).await {
@@ -699,6 +717,11 @@ impl Coordinator {
                 EntryKind::RoundAborted,
                 json!({ "task": t, "round": round_id.0, "attempt": hex::encode(attempt.0),
                         "reason": reason.to_string() }),
+            ),
+            AuditEvent::TaskStalled { checkpoint_version, eligible, contributed, min_clients } => (
+                EntryKind::TaskStalled,
+                json!({ "task": t, "checkpoint_version": checkpoint_version, "eligible": eligible,
+                        "contributed": contributed, "min_clients": min_clients }),
             ),
             AuditEvent::MisbehavingHolder { round_id, client } => (
                 EntryKind::Refusal,

@@ -50,6 +50,7 @@ impl AdminService {
             checked_in: s.waiting as u32,
             checkpoint_version: s.checkpoint_version,
             recent_rounds: view.recent.iter().map(|r| wire::result_to_wire(r, id)).collect(),
+            stalled: s.stalled.clone().unwrap_or_default(),
         })
     }
 

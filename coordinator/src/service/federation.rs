@@ -111,9 +111,22 @@ impl Federation for FederationService {
             return Ok(Response::new(retry(Duration::from_secs(5), reason)));
         }
         let verifier = (self.coordinator.verifier)();
+        // The client's hint: the checkpoint its ledger says it uploaded on (32 bytes, or none).
+        let hint = match req.get_ref().contributed_on_checkpoint.as_slice() {
+            [] => None,
+            bytes => Some(fedsec_crypto::CheckpointHash(bytes.try_into().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "contributed_on_checkpoint: {} bytes; a checkpoint's SHA-256 is 32, or none",
+                    bytes.len()
+                ))
+            })?)),
+        };
         let (first, at) = task
             .call(move |e, now| {
                 e.set_verifier(verifier);
+                if let Some(checkpoint) = hint {
+                    e.contributed_hint(client, &checkpoint);
+                }
                 (e.check_in(client, now), now)
             })
             .await?;

@@ -75,6 +75,10 @@ pub struct ContributionLedger {
     /// The weights contributed on, in every task.
     #[serde(default)]
     weights: BTreeSet<WeightsHash>,
+    /// The checkpoint of the newest version contributed on, per task (lowercase hex id): what
+    /// a check-in tells the coordinator, as a hint.
+    #[serde(default)]
+    newest_checkpoints: BTreeMap<String, CheckpointHash>,
 }
 
 impl ContributionLedger {
@@ -86,6 +90,11 @@ impl ContributionLedger {
     /// The newest version of `task`'s model an input was uploaded on.
     pub fn newest_version(&self, task: &TaskId) -> Option<u64> {
         self.versions.get(&task.to_hex()).copied()
+    }
+
+    /// The checkpoint of the newest version of `task`'s model an input was uploaded on.
+    pub fn newest_checkpoint(&self, task: &TaskId) -> Option<CheckpointHash> {
+        self.newest_checkpoints.get(&task.to_hex()).copied()
     }
 
     /// Whether this client may contribute on `t`: the rule it breaks if not.
@@ -108,6 +117,9 @@ impl ContributionLedger {
         self.checkpoints.insert(t.checkpoint);
         let newest = self.versions.entry(t.task.to_hex()).or_insert(t.version);
         *newest = (*newest).max(t.version);
+        if *newest == t.version {
+            self.newest_checkpoints.insert(t.task.to_hex(), t.checkpoint);
+        }
         self.weights.insert(t.weights);
     }
 }
@@ -179,6 +191,10 @@ mod tests {
         ledger.record(&on(2, 0, 0xc5, 0xa5));
         assert_eq!(ledger.newest_version(&first.task), Some(3));
         assert_eq!(ledger.newest_version(&TaskId([2; 16])), Some(0));
+        // The check-in hint: the checkpoint of each task's newest version.
+        assert_eq!(ledger.newest_checkpoint(&first.task), Some(CheckpointHash([0xc3; 32])));
+        assert_eq!(ledger.newest_checkpoint(&TaskId([2; 16])), Some(CheckpointHash([0xc5; 32])));
+        assert_eq!(ledger.newest_checkpoint(&TaskId([9; 16])), None);
     }
 
     #[test]
