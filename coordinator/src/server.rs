@@ -225,6 +225,8 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
         coordinator.start_task(&id).await.map_err(task_error)?;
         tracing::info!(task = %hex::encode(id.0), name = %section.name, "task ready");
     }
+    // The tasks created through Admin before a restart.
+    coordinator.resume_admin_tasks().await.map_err(|s| StartError::Task(Box::new(s)))?;
     let disconnect_grace = Duration::from_millis(config.disconnect_grace_ms);
     Ok(Ready {
         coordinator,

@@ -8,6 +8,8 @@
 //! tasks/{task id, hex}/checkpoints/{version, 20 digits}.manifest.json   its signed manifest
 //! tasks/{task id, hex}/attempt.state                                    the running attempt
 //! tasks/{task id, hex}/contributors.json                                who contributed on the current checkpoint
+//! tasks/{task id, hex}/definition.pb                                    an Admin-created task (its CreateTaskRequest)
+//! tasks/{task id, hex}/started                                          the task was started (empty)
 //! ```
 //!
 //! `attempt.state` is the running attempt as its last phase close left it, sealed by the
@@ -220,6 +222,29 @@ impl CheckpointStore {
         self.sync(&manifest_path(task, version)).await
     }
 
+    /// Syncs an object of a local store written over in a directory that is already on disk
+    /// (the task's, made with its first checkpoint): the file, then its directory (for the
+    /// rename). Two syncs where [`sync`](Self::sync) takes one per directory up to the root.
+    async fn sync_in_place(&self, path: &Path) -> Result<(), StoreError> {
+        let Some(root) = &self.local_root else { return Ok(()) };
+        let file = root.join(path.as_ref());
+        let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            if cfg!(unix)
+                && let Some(dir) = file.parent()
+            {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        synced.map_err(|e| StoreError::Backend {
+            path: path.clone(),
+            source: object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) },
+        })
+    }
+
     /// Syncs a written object of a local store to disk: the file, then each directory from
     /// its own up to the store's root (a new task's directories are new too). A cloud store
     /// has made an object durable when its upload completes.
@@ -256,7 +281,7 @@ impl CheckpointStore {
             .put(&path, PutPayload::from(sealed))
             .await
             .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
-        self.sync(&path).await
+        self.sync_in_place(&path).await
     }
 
     /// The saved attempt state of `task`, if there is one.
@@ -287,7 +312,7 @@ impl CheckpointStore {
             .put(&path, PutPayload::from(json))
             .await
             .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
-        self.sync(&path).await
+        self.sync_in_place(&path).await
     }
 
     /// Who contributed on the checkpoint the record names, if there is a record.
@@ -313,6 +338,61 @@ impl CheckpointStore {
         let clients =
             record.clients.iter().map(|c| hash(c).map(ClientId)).collect::<Result<_, _>>()?;
         Ok(Some((checkpoint, clients)))
+    }
+
+    /// Saves the definition of a task created through Admin (its `CreateTaskRequest`, without
+    /// the initial model, which is checkpoint 0), durably, so a restart creates it again.
+    pub async fn put_task_definition(
+        &self,
+        task: TaskId,
+        definition: Bytes,
+    ) -> Result<(), StoreError> {
+        let path = task_file(task, DEFINITION);
+        self.store
+            .put(&path, PutPayload::from(definition))
+            .await
+            .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
+        self.sync_in_place(&path).await
+    }
+
+    /// Marks `task` as started, durably (a restart lets clients in again at once).
+    pub async fn put_task_started(&self, task: TaskId) -> Result<(), StoreError> {
+        let path = task_file(task, STARTED);
+        self.store
+            .put(&path, PutPayload::from(Bytes::new()))
+            .await
+            .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
+        self.sync_in_place(&path).await
+    }
+
+    /// The definitions of the Admin-created tasks, each with whether it was started.
+    pub async fn task_definitions(&self) -> Result<Vec<(TaskId, Bytes, bool)>, StoreError> {
+        let prefix = Path::from("tasks");
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Backend { path: prefix.clone(), source })?;
+        let task_of = |p: &Path| -> Option<TaskId> {
+            let parts: Vec<_> = p.parts().collect();
+            let [_, id, _] = parts.as_slice() else { return None };
+            let mut out = [0u8; 16];
+            hex::decode_to_slice(id.as_ref(), &mut out).ok()?;
+            Some(TaskId(out))
+        };
+        let started: std::collections::BTreeSet<TaskId> = objects
+            .iter()
+            .filter(|m| m.location.filename() == Some(STARTED))
+            .filter_map(|m| task_of(&m.location))
+            .collect();
+        let mut out = Vec::new();
+        for meta in objects.iter().filter(|m| m.location.filename() == Some(DEFINITION)) {
+            let Some(task) = task_of(&meta.location) else { continue };
+            let bytes = self.read(&meta.location).await?;
+            out.push((task, bytes, started.contains(&task)));
+        }
+        Ok(out)
     }
 
     /// Deletes the saved attempt state of `task` (its attempt ended); no error if none.
@@ -443,6 +523,13 @@ struct Contributors {
     checkpoint: String,
     /// Client ids, hex.
     clients: Vec<String>,
+}
+
+const DEFINITION: &str = "definition.pb";
+const STARTED: &str = "started";
+
+fn task_file(task: TaskId, name: &str) -> Path {
+    Path::from(format!("tasks/{}/{name}", task.to_hex()))
 }
 
 fn contributors_path(task: TaskId) -> Path {

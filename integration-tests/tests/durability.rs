@@ -263,3 +263,40 @@ fn a_restart_that_cannot_resume_does_not_select_contributors_and_says_the_task_i
     assert!(log.contains("min_clients = 8"), "{log}");
     fed.verify_audit_log().expect("the audit log verifies");
 }
+
+/// A task created and started through Admin is in the store (its definition, its start and its
+/// checkpoint 0), and a restarted coordinator creates it again, started, without anyone asking.
+#[test]
+fn a_task_created_through_admin_is_created_again_after_a_restart() {
+    use fedsec_proto::v1::{self, admin_client::AdminClient};
+    let mut fed = Federation::start(Options { rounds: 1, admins: vec![12], ..Options::default() });
+    let rt = runtime();
+    let _entered = rt.enter();
+    let model = std::fs::read(fed.path("model.safetensors")).unwrap();
+    let admin = |fed: &Federation| AdminClient::new(channel(fed, 12));
+    let created = rt
+        .block_on(admin(&fed).create_task(v1::CreateTaskRequest {
+            name: "made by an operator".into(),
+            initial_checkpoint: model,
+            clients_per_round: 10,
+            min_clients: 8,
+            rounds: 2,
+            ..Default::default()
+        }))
+        .unwrap()
+        .into_inner();
+    let id = created.task_id.clone();
+    rt.block_on(admin(&fed).start_task(v1::StartTaskRequest { task_id: id.clone() })).unwrap();
+    let status = |fed: &Federation| {
+        rt.block_on(admin(fed).get_task_status(v1::TaskStatusRequest { task_id: id.clone() }))
+    };
+    let before = status(&fed).unwrap().into_inner();
+    fed.restart_coordinator();
+    let after = status(&fed).expect("the task exists after the restart").into_inner();
+    assert_eq!(after.name, "made by an operator");
+    assert_eq!(after.state, "running", "started, as it was");
+    assert_eq!(after.checkpoint_version, before.checkpoint_version);
+    let listed = rt.block_on(admin(&fed).list_tasks(v1::ListTasksRequest {})).unwrap();
+    assert_eq!(listed.into_inner().tasks.len(), 2, "the configured task and the operator's");
+    fed.verify_audit_log().expect("the audit log verifies");
+}

@@ -309,6 +309,55 @@ impl Coordinator {
         initial: Model,
         started: bool,
     ) -> Result<TaskId, Status> {
+        self.create_task_with(config, initial, started, None).await
+    }
+
+    /// Creates a task through Admin: like [`create_task`](Self::create_task), and its
+    /// `definition` (the request, without the initial model: that is checkpoint 0) is saved in
+    /// the store before the task is visible, so that a restart creates it again
+    /// ([`resume_admin_tasks`](Self::resume_admin_tasks)).
+    pub async fn create_admin_task(
+        self: &Arc<Self>,
+        config: TaskConfig,
+        initial: Model,
+        definition: bytes::Bytes,
+    ) -> Result<TaskId, Status> {
+        self.create_task_with(config, initial, false, Some(definition)).await
+    }
+
+    /// Creates again, after a restart, every task Admin created before it (their definitions
+    /// are in the store), from their newest checkpoints, started if they were. A definition
+    /// that does not decode stops the start with an error naming it.
+    pub async fn resume_admin_tasks(self: &Arc<Self>) -> Result<Vec<TaskId>, Status> {
+        let internal = |e: crate::store::StoreError| Status::internal(e.to_string());
+        let mut resumed = Vec::new();
+        for (id, bytes, started) in self.store.task_definitions().await.map_err(internal)? {
+            if self.tasks.borrow().contains_key(&id) {
+                continue;
+            }
+            let path = format!("tasks/{}/definition.pb", id.to_hex());
+            let request = <fedsec_proto::v1::CreateTaskRequest as prost::Message>::decode(bytes)
+                .map_err(|e| Status::data_loss(format!("{path}: not a task definition: {e}")))?;
+            let config = crate::service::task_config(&request, id)
+                .map_err(|e| Status::data_loss(format!("{path}: {}", e.message())))?;
+            let (_, checkpoint) =
+                self.store.get_verified(id, 0, &self.verifying_key()).await.map_err(internal)?;
+            let initial = Model::from_safetensors(&checkpoint)
+                .map_err(|e| Status::data_loss(format!("checkpoint 0 of {path}: {e}")))?;
+            self.create_task_with(config, initial, started, None).await?;
+            tracing::info!(task = %id.to_hex(), started, "task created through Admin resumed");
+            resumed.push(id);
+        }
+        Ok(resumed)
+    }
+
+    async fn create_task_with(
+        self: &Arc<Self>,
+        config: TaskConfig,
+        initial: Model,
+        started: bool,
+        definition: Option<bytes::Bytes>,
+    ) -> Result<TaskId, Status> {
         config.validate().map_err(Status::from)?;
         let id = config.task_id;
         let exists = || Status::already_exists(format!("task {} exists", hex::encode(id.0)));
@@ -348,6 +397,12 @@ impl Coordinator {
                 (Published { manifest, bytes }, initial)
             }
         };
+        if let Some(definition) = definition {
+            self.store
+                .put_task_definition(id, definition)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
         let version = published.manifest.manifest.version;
         let checkpoint_sha256 = published.manifest.manifest.sha256;
         let mut seed = [0u8; 32];
@@ -636,6 +691,8 @@ impl Coordinator {
         }
         self.audit_writable()?;
         self.audit(EntryKind::TaskStarted, json!({ "task": hex::encode(id.0) })).await?;
+        // So that a restart lets clients in again at once (a task created through Admin).
+        self.store.put_task_started(*id).await.map_err(|e| Status::internal(e.to_string()))?;
         task.started.store(true, Ordering::SeqCst);
         Ok(())
     }

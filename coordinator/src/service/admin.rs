@@ -151,7 +151,11 @@ impl Admin for AdminService {
         let config = task_config(req.get_ref(), TaskId(id))?;
         let model = Model::from_safetensors(&req.get_ref().initial_checkpoint)
             .map_err(|e| Status::invalid_argument(format!("initial_checkpoint: {e}")))?;
-        let id = self.coordinator.create_task(config, model, false).await?;
+        // Saved without the model (that is checkpoint 0): a restart creates the task again.
+        let mut definition = req.get_ref().clone();
+        definition.initial_checkpoint.clear();
+        let definition = prost::Message::encode_to_vec(&definition).into();
+        let id = self.coordinator.create_admin_task(config, model, definition).await?;
         self.coordinator
             .audit(
                 EntryKind::Admin,

@@ -18,6 +18,7 @@ use tonic::{Request, Status};
 use crate::runtime::{AuthMode, Coordinator};
 
 pub use admin::AdminService;
+pub(crate) use admin::task_config;
 pub use federation::FederationService;
 
 /// The metadata header that names the client on a plain-TCP (`--insecure`) connection, where
