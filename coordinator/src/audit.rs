@@ -530,12 +530,13 @@ pub fn verify(log: &Path, head: &Path, key: &VerifyingKey) -> Result<VerifyRepor
     Ok(VerifyReport { entries: tail.entries, head_hash: tail.last_hash })
 }
 
-/// What the log says of one attempt: the last [`EntryKind::PhaseSaved`] entry (its phase, 0–4,
-/// and the saved state's SHA-256, hex) and whether the attempt ended (completed or aborted).
+/// What the log says of one attempt: its [`EntryKind::PhaseSaved`] entries (each phase, 0–4,
+/// the saved state's SHA-256 and the entry's tag, hex, in log order) and whether the attempt
+/// ended (completed or aborted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttemptHistory {
-    /// The last phase saved, with the state's SHA-256 and the entry's tag (hex).
-    pub last_saved: Option<(u64, String, String)>,
+    /// Every phase saved, with the state's SHA-256 and the entry's tag (hex), in log order.
+    pub saved: Vec<(u64, String, String)>,
     /// A `round_completed` or `round_aborted` entry names the attempt.
     pub ended: bool,
 }
@@ -559,14 +560,11 @@ pub fn attempt_history(
         }
         match entry.kind {
             EntryKind::PhaseSaved => {
-                history.last_saved = match (d["phase"].as_u64(), d["state_sha256"].as_str()) {
-                    (Some(phase), Some(sha)) => {
-                        let tag = d["tag"].as_str().unwrap_or_default().to_owned();
-                        Some((phase, sha.to_owned(), tag))
-                    }
-                    // A malformed entry is the last word, and matches no state.
-                    _ => Some((u64::MAX, String::new(), String::new())),
-                };
+                if let (Some(phase), Some(sha)) = (d["phase"].as_u64(), d["state_sha256"].as_str())
+                {
+                    let tag = d["tag"].as_str().unwrap_or_default().to_owned();
+                    history.saved.push((phase, sha.to_owned(), tag));
+                }
             }
             EntryKind::RoundCompleted | EntryKind::RoundAborted => history.ended = true,
             _ => {}

@@ -355,18 +355,21 @@ impl CheckpointStore {
         self.sync_in_place(&path).await
     }
 
-    /// Marks `task` as started, durably (a restart lets clients in again at once).
-    pub async fn put_task_started(&self, task: TaskId) -> Result<(), StoreError> {
+    /// Marks `task` as started (`mark`: the caller's signed mark), durably, so that a restart
+    /// lets clients in again at once.
+    pub async fn put_task_started(&self, task: TaskId, mark: Bytes) -> Result<(), StoreError> {
         let path = task_file(task, STARTED);
         self.store
-            .put(&path, PutPayload::from(Bytes::new()))
+            .put(&path, PutPayload::from(mark))
             .await
             .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
         self.sync_in_place(&path).await
     }
 
-    /// The definitions of the Admin-created tasks, each with whether it was started.
-    pub async fn task_definitions(&self) -> Result<Vec<(TaskId, Bytes, bool)>, StoreError> {
+    /// The definitions of the Admin-created tasks, each with its started mark if any.
+    pub async fn task_definitions(
+        &self,
+    ) -> Result<Vec<(TaskId, Bytes, Option<Bytes>)>, StoreError> {
         let prefix = Path::from("tasks");
         let objects: Vec<_> = self
             .store
@@ -381,16 +384,20 @@ impl CheckpointStore {
             hex::decode_to_slice(id.as_ref(), &mut out).ok()?;
             Some(TaskId(out))
         };
-        let started: std::collections::BTreeSet<TaskId> = objects
+        let started: std::collections::BTreeMap<TaskId, Path> = objects
             .iter()
             .filter(|m| m.location.filename() == Some(STARTED))
-            .filter_map(|m| task_of(&m.location))
+            .filter_map(|m| Some((task_of(&m.location)?, m.location.clone())))
             .collect();
         let mut out = Vec::new();
         for meta in objects.iter().filter(|m| m.location.filename() == Some(DEFINITION)) {
             let Some(task) = task_of(&meta.location) else { continue };
             let bytes = self.read(&meta.location).await?;
-            out.push((task, bytes, started.contains(&task)));
+            let mark = match started.get(&task) {
+                Some(path) => Some(self.read(path).await?),
+                None => None,
+            };
+            out.push((task, bytes, mark));
         }
         Ok(out)
     }

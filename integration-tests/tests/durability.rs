@@ -144,10 +144,11 @@ fn an_audit_log_that_cannot_be_written_stops_new_rounds_until_it_can() {
 /// and the saved state is gone once the attempt ended.
 #[test]
 fn a_coordinator_killed_in_the_middle_of_an_attempt_resumes_the_same_attempt() {
-    // After phase 1 (the uploads are lost with the process and sent again), after phase 3
-    // (the unmasking shares are), and after phase 4 (the sum is computed from the saved shares,
-    // unless the kill came after the checkpoint was stored: then the round is simply done).
-    for phase in [1u64, 3, 4] {
+    // After each phase close: after phase 1 the uploads are lost with the process and sent
+    // again, after phase 3 the unmasking shares are, and after phase 4 the sum is computed from
+    // the saved shares (unless the kill came after the checkpoint was stored: then the round is
+    // simply done).
+    for phase in [0u64, 1, 2, 3, 4] {
         let mut fed = Federation::start(Options { rounds: 1, ..Options::default() });
         for i in 1..=10 {
             // Each call waits 1.5 s first: the kill lands before the next phase's messages.
@@ -298,5 +299,18 @@ fn a_task_created_through_admin_is_created_again_after_a_restart() {
     assert_eq!(after.checkpoint_version, before.checkpoint_version);
     let listed = rt.block_on(admin(&fed).list_tasks(v1::ListTasksRequest {})).unwrap();
     assert_eq!(listed.into_inner().tasks.len(), 2, "the configured task and the operator's");
+    // A definition changed in the store (here, one bit of its rounds) is not created again:
+    // it is signed by the coordinator's key. The refusal names the file; the rest starts.
+    let file = fed.path(&format!("store/tasks/{}/definition.pb", hex::encode(&id)));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    fed.restart_coordinator();
+    let listed = rt.block_on(admin(&fed).list_tasks(v1::ListTasksRequest {})).unwrap();
+    assert_eq!(listed.into_inner().tasks.len(), 1, "only the configured task");
+    let refusals = fed.audit_entries("refusal");
+    let reason = refusals.last().unwrap()["detail"]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("definition.pb") && reason.contains("signature"), "{reason}");
     fed.verify_audit_log().expect("the audit log verifies");
 }

@@ -130,6 +130,8 @@ pub struct Engine {
     /// Since when clients check in on the current checkpoint: a stall is declared only a
     /// selection deadline after it, once the clients that are there had time to check in.
     checking_in_since: Option<Instant>,
+    /// When the stall was last looked at: at most once a second (it counts every client).
+    stall_checked: Option<Instant>,
     outputs: VecDeque<Output>,
 }
 
@@ -191,6 +193,7 @@ impl Engine {
             save_attempts: false,
             stalled: None,
             checking_in_since: None,
+            stall_checked: None,
             outputs: VecDeque::new(),
         })
     }
@@ -312,6 +315,10 @@ impl Engine {
     /// [`stalled`](Self::stalled)); says so once when that changes.
     fn check_stall(&mut self, now: Instant) {
         let since = *self.checking_in_since.get_or_insert(now);
+        if self.stall_checked.is_some_and(|t| now < t + Duration::from_secs(1)) {
+            return;
+        }
+        self.stall_checked = Some(now);
         if !matches!(self.state, State::Selecting { .. })
             || self.contributed.is_empty()
             || now < since + self.config.deadlines.selection
@@ -873,6 +880,7 @@ impl Engine {
         self.contributed.clear();
         self.stalled = None;
         self.checking_in_since = None;
+        self.stall_checked = None;
         self.completed_rounds += 1;
         self.round_id += 1;
         let outcome = attempt.outcome(true, Some(checkpoint.version), None);

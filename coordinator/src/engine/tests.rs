@@ -1426,10 +1426,13 @@ fn clients_sent_shares_are_not_selected_again_and_too_few_eligible_is_said_plain
     assert_eq!(stalled_entries(&mut f), 1, "audited once");
     f.engine.check_in(contributor, f.now);
     assert_eq!(stalled_entries(&mut f), 0, "and only once");
-    // Four new clients: eight eligible, the stall ends and a round starts.
+    // Four new clients: eight eligible, the stall ends (looked at once a second) and a round
+    // starts.
     for i in 0..4u8 {
         f.engine.check_in(ClientId([200 + i; 32]), f.now);
     }
+    f.now += Duration::from_secs(1);
+    f.engine.check_in(ClientId([200; 32]), f.now);
     assert!(f.engine.status().stalled.is_none());
     f.advance();
     assert_eq!(f.engine.status().state, EngineState::Running);

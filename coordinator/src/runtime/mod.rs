@@ -326,8 +326,10 @@ impl Coordinator {
     }
 
     /// Creates again, after a restart, every task Admin created before it (their definitions
-    /// are in the store), from their newest checkpoints, started if they were. A definition
-    /// that does not decode stops the start with an error naming it.
+    /// are in the store, signed by this coordinator's key), from their newest checkpoints,
+    /// started if they were (the mark signed too). A definition that fails its signature or
+    /// does not decode is not created: the log and the audit log say so, naming the file, and
+    /// the other tasks go on.
     pub async fn resume_admin_tasks(self: &Arc<Self>) -> Result<Vec<TaskId>, Status> {
         let internal = |e: crate::store::StoreError| Status::internal(e.to_string());
         let mut resumed = Vec::new();
@@ -336,10 +338,30 @@ impl Coordinator {
                 continue;
             }
             let path = format!("tasks/{}/definition.pb", id.to_hex());
-            let request = <fedsec_proto::v1::CreateTaskRequest as prost::Message>::decode(bytes)
-                .map_err(|e| Status::data_loss(format!("{path}: not a task definition: {e}")))?;
-            let config = crate::service::task_config(&request, id)
-                .map_err(|e| Status::data_loss(format!("{path}: {}", e.message())))?;
+            let key = self.verifying_key();
+            let decoded = open_task_file(&key, DEFINITION_LABEL, id, &bytes)
+                .ok_or_else(|| "its signature does not verify under the coordinator's key".into())
+                .and_then(|pb| {
+                    <fedsec_proto::v1::CreateTaskRequest as prost::Message>::decode(pb)
+                        .map_err(|e| format!("not a task definition: {e}"))
+                })
+                .and_then(|request| {
+                    crate::service::task_config(&request, id).map_err(|e| e.message().to_owned())
+                });
+            let config = match decoded {
+                Ok(config) => config,
+                Err(why) => {
+                    tracing::error!(%path, "a task created through Admin is not created again: {why}");
+                    self.audit(
+                        EntryKind::Refusal,
+                        json!({ "task": id.to_hex(), "reason": format!("{path}: {why}") }),
+                    )
+                    .await?;
+                    continue;
+                }
+            };
+            let started = started
+                .is_some_and(|mark| open_task_file(&key, STARTED_LABEL, id, &mark).is_some());
             let (_, checkpoint) =
                 self.store.get_verified(id, 0, &self.verifying_key()).await.map_err(internal)?;
             let initial = Model::from_safetensors(&checkpoint)
@@ -397,12 +419,6 @@ impl Coordinator {
                 (Published { manifest, bytes }, initial)
             }
         };
-        if let Some(definition) = definition {
-            self.store
-                .put_task_definition(id, definition)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
-        }
         let version = published.manifest.manifest.version;
         let checkpoint_sha256 = published.manifest.manifest.sha256;
         let mut seed = [0u8; 32];
@@ -437,6 +453,14 @@ impl Coordinator {
                     "clients_per_round": config.clients_per_round, "rounds": config.rounds }),
         )
         .await?;
+        if let Some(definition) = definition {
+            // Signed, so that a restart creates only what this coordinator was asked to.
+            let signed = sign_task_file(&self.signing, DEFINITION_LABEL, id, &definition);
+            self.store
+                .put_task_definition(id, signed.into())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
         let inserted = self.tasks.send_if_modified(|tasks| match tasks.entry(id) {
             std::collections::btree_map::Entry::Occupied(_) => false,
             std::collections::btree_map::Entry::Vacant(v) => {
@@ -474,16 +498,18 @@ impl Coordinator {
                 let open = crate::audit::unfinished_attempt(&audit_path, &task_hex)?;
                 let Some((round, attempt)) = open else { return Ok(None) };
                 let history = crate::audit::attempt_history(&audit_path, &task_hex, &attempt)?;
-                Ok::<_, crate::audit::AuditError>(Some((round, attempt, history.last_saved)))
+                let saved = !history.saved.is_empty();
+                Ok::<_, crate::audit::AuditError>(Some((round, attempt, saved)))
             })
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
             if let Some((round, attempt, saved)) = unfinished.filter(|(round, ..)| *round > version)
             {
-                let reason = match saved {
-                    None => "the coordinator stopped before its first phase close".to_owned(),
-                    Some(_) => format!("its saved state {path} is missing"),
+                let reason = if saved {
+                    format!("its saved state {path} is missing")
+                } else {
+                    "the coordinator stopped before its first phase close".to_owned()
                 };
                 tracing::error!(
                     round,
@@ -554,14 +580,14 @@ impl Coordinator {
                     saved::entry_tag_verifies(&self.signing, id, &ctx, p, &digest, &tag)
                 })
         };
-        let recorded = match &history.last_saved {
-            Some((phase, h, tag)) => *phase == closed && *h == sha && tagged(*phase, h, tag),
-            None => false,
-        };
-        let one_behind = match &history.last_saved {
-            Some((phase, h, tag)) => phase + 1 == closed && tagged(*phase, h, tag),
-            None => closed == 0,
-        };
+        let verified: Vec<(u64, &str)> = history
+            .saved
+            .iter()
+            .filter(|(phase, h, tag)| tagged(*phase, h, tag))
+            .map(|(phase, h, _)| (*phase, h.as_str()))
+            .collect();
+        let (recorded, one_behind) = saved::judge(closed, &sha, &verified);
+        let highest = verified.iter().map(|(phase, _)| *phase).max();
         let now = std::time::Instant::now();
         let resumed = if recorded || one_behind {
             if !recorded {
@@ -578,8 +604,7 @@ impl Coordinator {
             engine.resume(saved, now)
         } else {
             let why = format!(
-                "the saved state {path} (phase {closed}, SHA-256 {sha}) is not the one the audit log names last ({:?})",
-                history.last_saved
+                "the saved state {path} (phase {closed}, SHA-256 {sha}) is not the one the audit log names last (phase {highest:?})"
             );
             engine.resume_refused(saved, crate::error::AbortReason::CannotResume(why))
         };
@@ -692,7 +717,11 @@ impl Coordinator {
         self.audit_writable()?;
         self.audit(EntryKind::TaskStarted, json!({ "task": hex::encode(id.0) })).await?;
         // So that a restart lets clients in again at once (a task created through Admin).
-        self.store.put_task_started(*id).await.map_err(|e| Status::internal(e.to_string()))?;
+        let signed = sign_task_file(&self.signing, STARTED_LABEL, *id, &[]);
+        self.store
+            .put_task_started(*id, signed.into())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         task.started.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -790,6 +819,40 @@ impl Coordinator {
         // checkpoint that ends the round waits for all of them ([`Coordinator::commit`]).
         self.audit.submit(kind, detail);
     }
+}
+
+const DEFINITION_LABEL: &[u8] = b"fedsec/v1/task-definition";
+const STARTED_LABEL: &[u8] = b"fedsec/v1/task-started";
+
+/// `signature ‖ content`, the signature by the coordinator's key over
+/// `label ‖ task id ‖ content`, each length-prefixed.
+fn sign_task_file(signing: &SigningKey, label: &[u8], task: TaskId, content: &[u8]) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    let signature = signing.sign(&task_file_message(label, task, content));
+    let mut out = signature.to_bytes().to_vec();
+    out.extend_from_slice(content);
+    out
+}
+
+/// The content of a [`sign_task_file`] file, if its signature verifies (strictly).
+fn open_task_file<'a>(
+    key: &ed25519_dalek::VerifyingKey,
+    label: &[u8],
+    task: TaskId,
+    file: &'a [u8],
+) -> Option<&'a [u8]> {
+    let (signature, content) = file.split_at_checked(64)?;
+    let signature = ed25519_dalek::Signature::from_slice(signature).ok()?;
+    key.verify_strict(&task_file_message(label, task, content), &signature).ok()?;
+    Some(content)
+}
+
+fn task_file_message(label: &[u8], task: TaskId, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(label.len() + content.len() + 64);
+    fedsec_crypto::kdf::push_lp(&mut out, label);
+    fedsec_crypto::kdf::push_lp(&mut out, &task.0);
+    fedsec_crypto::kdf::push_lp(&mut out, content);
+    out
 }
 
 /// Holds the task's selection while the audit log fails, until the task is gone.

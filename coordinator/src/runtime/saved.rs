@@ -128,6 +128,24 @@ pub fn entry_tag_verifies(
     m.verify_slice(tag).is_ok()
 }
 
+/// Whether a saved state of phase `closed` with SHA-256 `sha` may resume, given the
+/// `phase_saved` entries of its attempt whose tags verify (phase, SHA-256), wherever they sit
+/// in the log: `(recorded, one_behind)`. Phases only rise within an attempt, so the highest
+/// phase tagged is the last one released (an older entry copied to the end of the log does
+/// not change that). *Recorded*: the state is of that phase and every entry of that phase
+/// names it. *One behind*: the state is of the phase after it (or of phase 0 with no entry),
+/// saved but never recorded, so never released. Neither: it must not resume.
+pub fn judge(closed: u64, sha: &str, verified: &[(u64, &str)]) -> (bool, bool) {
+    let highest = verified.iter().map(|(phase, _)| *phase).max();
+    let recorded = highest == Some(closed)
+        && verified.iter().filter(|(phase, _)| *phase == closed).all(|(_, h)| *h == sha);
+    let one_behind = match highest {
+        Some(phase) => phase + 1 == closed,
+        None => closed == 0,
+    };
+    (recorded, one_behind)
+}
+
 /// The phase a sealed state says it closed, without opening it (for messages).
 pub fn closed_phase(sealed: &[u8]) -> Option<Phase> {
     (sealed.len() >= HEADER).then(|| Phase::ALL.get(sealed[HEADER - 1] as usize).copied())?
@@ -208,6 +226,25 @@ mod tests {
         let mut moved = sealed.clone();
         moved[MAGIC.len() + 16] ^= 1;
         assert_eq!(open(&key, task, &moved), Err(SealError::BadTag));
+    }
+
+    /// Only the state the last released phase names resumes, or the one after it (never
+    /// released); an older state is refused even when its own entry is copied to the end of
+    /// the log, and so is a second state of the same phase.
+    #[test]
+    fn only_the_last_released_state_or_the_next_one_resumes() {
+        let entries = [(0, "a"), (1, "b"), (2, "c")];
+        assert_eq!(judge(2, "c", &entries), (true, false));
+        assert_eq!(judge(3, "d", &entries), (false, true));
+        // An old entry replayed at the end does not make its state the last.
+        let replayed = [(0, "a"), (1, "b"), (2, "c"), (1, "b")];
+        assert_eq!(judge(1, "b", &replayed), (false, false));
+        // Another state of the last phase, or a state two phases on.
+        assert_eq!(judge(2, "x", &entries), (false, false));
+        assert_eq!(judge(4, "e", &entries), (false, false));
+        // Nothing recorded yet: only phase 0's state (saved, never released) resumes.
+        assert_eq!(judge(0, "a", &[]), (false, true));
+        assert_eq!(judge(1, "b", &[]), (false, false));
     }
 
     #[test]
