@@ -366,6 +366,12 @@ impl Client {
     ) -> Result<RoundReport> {
         let (mut round, mut step) =
             Round::new(&self.member, self.verifier(), p, &self.state, Instant::now())?;
+        tracing::info!(
+            round = round.plan().round_id.0,
+            attempt = %hex::encode(round.plan().attempt.0),
+            clients = round.plan().n(),
+            "selected for a round"
+        );
         self.hooks.observe(&mut round, self.member.id());
         let round_id = round.plan().round_id.0;
         loop {
