@@ -241,3 +241,34 @@ fn an_inconsistent_saved_state_is_refused() {
     bytes.push(0);
     assert!(ClosedState::from_bytes(&bytes).is_err());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// A saved state decoded from any bytes is refused or resumes: never a panic. And a state
+    /// of hand-picked sets — any U2, U3 and sum length, with no adverts — is refused as
+    /// inconsistent with its plan.
+    #[test]
+    fn any_saved_state_is_refused_or_resumes_without_panicking(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        u2 in proptest::collection::vec(0u32..12, 0..12),
+        u3 in proptest::collection::vec(0u32..12, 0..12),
+        words in 0usize..80,
+        closed in 0usize..5,
+    ) {
+        let (plan, _) = federation(8, GraphKind::Complete, 0.3, 0.05, AdversaryClass::SemiMalicious, DIM, 9);
+        if let Ok(state) = ClosedState::from_bytes(&bytes) {
+            let _ = SecAggServer::resume(plan.clone(), verifier(), state);
+        }
+        let state = ClosedState {
+            closed: Phase::ALL[closed],
+            adverts: Vec::new(),
+            u2,
+            u3,
+            sum: vec![0; 4 * words],
+            signatures: Vec::new(),
+            unmasking: Vec::new(),
+        };
+        proptest::prop_assert!(SecAggServer::resume(plan, verifier(), state).is_err());
+    }
+}

@@ -228,6 +228,39 @@ mod tests {
         assert_eq!(open(&key, task, &moved), Err(SealError::BadTag));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any bytes: refused, never a panic.
+        #[test]
+        fn any_bytes_are_refused_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let key = SigningKey::from_bytes(&[1; 32]);
+            proptest::prop_assert!(open(&key, TaskId([2; 16]), &bytes).is_err());
+            let _ = closed_phase(&bytes);
+        }
+
+        /// A sealed state with any bytes changed, cut or added: refused, never a panic.
+        #[test]
+        fn a_sealed_state_changed_anywhere_is_refused(
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), 1..=255u8), 1..4),
+            cut in proptest::option::of(proptest::prelude::any::<usize>()),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3),
+        ) {
+            let key = SigningKey::from_bytes(&[1; 32]);
+            let task = TaskId([2; 16]);
+            let mut sealed = seal(&key, task, &saved(task));
+            let len = sealed.len();
+            for (at, x) in edits {
+                sealed[at % len] ^= x;
+            }
+            if let Some(cut) = cut {
+                sealed.truncate(cut % len);
+            }
+            sealed.extend_from_slice(&tail);
+            proptest::prop_assert!(open(&key, task, &sealed).is_err());
+        }
+    }
+
     /// Only the state the last released phase names resumes, or the one after it (never
     /// released); an older state is refused even when its own entry is copied to the end of
     /// the log, and so is a second state of the same phase.
