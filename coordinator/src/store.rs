@@ -222,6 +222,15 @@ impl CheckpointStore {
         self.sync(&manifest_path(task, version)).await
     }
 
+    /// Writes `path` (over what was there) in a directory already on disk, then syncs it.
+    async fn put_in_place(&self, path: &Path, payload: PutPayload) -> Result<(), StoreError> {
+        self.store
+            .put(path, payload)
+            .await
+            .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
+        self.sync_in_place(path).await
+    }
+
     /// Syncs an object of a local store written over in a directory that is already on disk
     /// (the task's, made with its first checkpoint): the file, then its directory (for the
     /// rename). Two syncs where [`sync`](Self::sync) takes one per directory up to the root.
@@ -277,11 +286,7 @@ impl CheckpointStore {
     /// local store the file and its directories are synced before this returns.
     pub async fn put_attempt_state(&self, task: TaskId, sealed: Bytes) -> Result<(), StoreError> {
         let path = attempt_state_path(task);
-        self.store
-            .put(&path, PutPayload::from(sealed))
-            .await
-            .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
-        self.sync_in_place(&path).await
+        self.put_in_place(&path, PutPayload::from(sealed)).await
     }
 
     /// The saved attempt state of `task`, if there is one.
@@ -308,11 +313,7 @@ impl CheckpointStore {
             clients: clients.iter().map(ClientId::to_hex).collect(),
         };
         let json = serde_json::to_vec_pretty(&record).expect("strings always serialize");
-        self.store
-            .put(&path, PutPayload::from(json))
-            .await
-            .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
-        self.sync_in_place(&path).await
+        self.put_in_place(&path, PutPayload::from(json)).await
     }
 
     /// Who contributed on the checkpoint the record names, if there is a record.
@@ -348,22 +349,14 @@ impl CheckpointStore {
         definition: Bytes,
     ) -> Result<(), StoreError> {
         let path = task_file(task, DEFINITION);
-        self.store
-            .put(&path, PutPayload::from(definition))
-            .await
-            .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
-        self.sync_in_place(&path).await
+        self.put_in_place(&path, PutPayload::from(definition)).await
     }
 
     /// Marks `task` as started (`mark`: the caller's signed mark), durably, so that a restart
     /// lets clients in again at once.
     pub async fn put_task_started(&self, task: TaskId, mark: Bytes) -> Result<(), StoreError> {
         let path = task_file(task, STARTED);
-        self.store
-            .put(&path, PutPayload::from(mark))
-            .await
-            .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
-        self.sync_in_place(&path).await
+        self.put_in_place(&path, PutPayload::from(mark)).await
     }
 
     /// The definitions of the Admin-created tasks, each with its started mark if any.

@@ -146,11 +146,6 @@ pub fn judge(closed: u64, sha: &str, verified: &[(u64, &str)]) -> (bool, bool) {
     (recorded, one_behind)
 }
 
-/// The phase a sealed state says it closed, without opening it (for messages).
-pub fn closed_phase(sealed: &[u8]) -> Option<Phase> {
-    (sealed.len() >= HEADER).then(|| Phase::ALL.get(sealed[HEADER - 1] as usize).copied())?
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -209,7 +204,6 @@ mod tests {
         let s = saved(task);
         let sealed = seal(&key, task, &s);
         assert_eq!(open(&key, task, &sealed).unwrap(), s);
-        assert_eq!(closed_phase(&sealed), Some(Phase::MaskedInputCollection));
         // Every single flipped bit is refused, whatever it hits.
         for i in (0..sealed.len()).step_by(7) {
             let mut bad = sealed.clone();
@@ -236,7 +230,6 @@ mod tests {
         fn any_bytes_are_refused_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let key = SigningKey::from_bytes(&[1; 32]);
             proptest::prop_assert!(open(&key, TaskId([2; 16]), &bytes).is_err());
-            let _ = closed_phase(&bytes);
         }
 
         /// A sealed state with any bytes changed, cut or added: refused, never a panic.
