@@ -98,6 +98,9 @@ pub enum EntryKind {
     AttemptResumed,
     /// Too few eligible clients remain for a round on the current checkpoint.
     TaskStalled,
+    /// An operator re-published the model above every version a client reported (with the
+    /// operator's identity and reason); the `checkpoint` entry of the new version follows.
+    ModelRepublished,
 }
 
 /// One line of the audit log.

@@ -30,6 +30,12 @@ pub enum Error {
     /// The task has run all its rounds.
     #[error("the task has finished")]
     TaskFinished,
+    /// A re-publication of the model was asked for at a time it cannot happen.
+    #[error("the model cannot be re-published now: {why}; try again between attempts")]
+    RepublishNotNow { why: &'static str },
+    /// The weights given to re-publish do not have the task's tensor names and shapes.
+    #[error("the weights to re-publish do not have the current model's tensor names and shapes")]
+    RepublishLayout,
     /// The client is not in the attempt the message is for.
     #[error("client {0} is not selected for this round")]
     NotSelected(ClientId),

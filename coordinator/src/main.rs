@@ -77,6 +77,22 @@ enum Command {
         #[arg(long, short, env = "FEDSEC_OPERATOR_CONFIG")]
         config: PathBuf,
     },
+    /// Re-publish the task's model (`task_id` of `operator.toml`) as a version above every one
+    /// a client reported having seen, when the task is stalled because clients refuse the
+    /// current checkpoint as a rollback (the store went back to an older backup, a version was
+    /// lost). With `--model`, new weights of the same tensors: needed for clients that trained
+    /// on the current weights, which never contribute twice on the same weights.
+    Republish {
+        /// The operator's configuration (TOML), naming the task.
+        #[arg(long, short, env = "FEDSEC_OPERATOR_CONFIG")]
+        config: PathBuf,
+        /// New weights (safetensors, the current model's tensor names and shapes).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+    },
     /// Certificates and keys.
     Pki {
         #[command(subcommand)]
@@ -228,6 +244,18 @@ fn run(cli: Cli) -> Result<(), String> {
             for s in &tasks {
                 print!("{}", operator::render(s));
             }
+            Ok(())
+        }
+        Command::Republish { config, model, reason } => {
+            let c = operator::OperatorConfig::load(&config).map_err(|e| e.to_string())?;
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            let r = runtime
+                .block_on(operator::republish(&c, &config, model.as_deref(), reason))
+                .map_err(|e| e.to_string())?;
+            println!(
+                "checkpoint version {} re-published as version {}",
+                r.from_version, r.checkpoint_version
+            );
             Ok(())
         }
         Command::Quickstart { clients, dataset, out, rounds, port, force } => {

@@ -1,5 +1,6 @@
 //! The operator's side of the Admin service: `fedsec-coordinator status` connects with the
-//! operator's certificate and prints the tasks' states and their recent rounds.
+//! operator's certificate and prints the tasks' states and their recent rounds;
+//! `fedsec-coordinator republish` re-publishes a stalled task's model.
 //!
 //! `operator.toml` (relative paths are taken from the file's folder):
 //!
@@ -55,6 +56,9 @@ pub enum OperatorError {
     /// The configuration is not valid TOML of the expected keys.
     #[error("{}: {source}", path.display())]
     Config { path: PathBuf, source: Box<toml::de::Error> },
+    /// The command needs one task and the configuration names none.
+    #[error("{}: set task_id to the task to act on", path.display())]
+    NoTask { path: PathBuf },
     /// `task_id` is not 32 hex digits.
     #[error("{}: task_id {value:?} is not 32 hex digits", path.display())]
     TaskId { path: PathBuf, value: String },
@@ -90,19 +94,24 @@ impl OperatorConfig {
     }
 }
 
-/// Asks the coordinator for the configured task's status, or every task's without `task_id`.
-pub async fn status(
+/// The configured `task_id`, if any.
+fn task_id(config: &OperatorConfig, path: &Path) -> Result<Option<Vec<u8>>, OperatorError> {
+    match &config.task_id {
+        None => Ok(None),
+        Some(hex_id) => {
+            Ok(Some(hex::decode(hex_id).ok().filter(|b| b.len() == 16).ok_or_else(|| {
+                OperatorError::TaskId { path: path.into(), value: hex_id.clone() }
+            })?))
+        }
+    }
+}
+
+/// Connects to the Admin service with the operator's certificate; `timeout` bounds each call.
+async fn connect(
     config: &OperatorConfig,
     path: &Path,
-) -> Result<Vec<v1::TaskStatus>, OperatorError> {
-    let task_id = match &config.task_id {
-        None => None,
-        Some(hex_id) => {
-            Some(hex::decode(hex_id).ok().filter(|b| b.len() == 16).ok_or_else(|| {
-                OperatorError::TaskId { path: path.into(), value: hex_id.clone() }
-            })?)
-        }
-    };
+    timeout: Duration,
+) -> Result<AdminClient<tonic::transport::Channel>, OperatorError> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).map_err(|source| OperatorError::Read { path: p.clone(), source })
     };
@@ -122,14 +131,26 @@ pub async fn status(
     let channel = Endpoint::from_shared(config.coordinator.clone())
         .map_err(address)?
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
+        .timeout(timeout)
         .tls_config(tls)
         .map_err(address)?
         .connect()
         .await
         .map_err(|source| OperatorError::Connect { address: config.coordinator.clone(), source })?;
-    let mut admin = AdminClient::new(channel);
-    let call = |s: tonic::Status| OperatorError::Call(Box::new(s));
+    Ok(AdminClient::new(channel).max_encoding_message_size(fedsec_proto::MAX_MESSAGE_BYTES))
+}
+
+fn call(s: tonic::Status) -> OperatorError {
+    OperatorError::Call(Box::new(s))
+}
+
+/// Asks the coordinator for the configured task's status, or every task's without `task_id`.
+pub async fn status(
+    config: &OperatorConfig,
+    path: &Path,
+) -> Result<Vec<v1::TaskStatus>, OperatorError> {
+    let task_id = task_id(config, path)?;
+    let mut admin = connect(config, path, Duration::from_secs(30)).await?;
     Ok(match task_id {
         Some(task_id) => {
             vec![
@@ -144,6 +165,30 @@ pub async fn status(
     })
 }
 
+/// Re-publishes the configured task's model (`model`: new weights, safetensors; else the
+/// current ones) above every version a client reported; the reason goes in the audit log.
+pub async fn republish(
+    config: &OperatorConfig,
+    path: &Path,
+    model: Option<&Path>,
+    reason: String,
+) -> Result<v1::RepublishModelResponse, OperatorError> {
+    let task_id =
+        task_id(config, path)?.ok_or_else(|| OperatorError::NoTask { path: path.into() })?;
+    let model = match model {
+        Some(p) => std::fs::read(p)
+            .map_err(|source| OperatorError::Read { path: p.to_path_buf(), source })?,
+        None => Vec::new(),
+    };
+    // The call returns once the new checkpoint is stored (it waits up to a minute for that).
+    let mut admin = connect(config, path, Duration::from_secs(90)).await?;
+    Ok(admin
+        .republish_model(v1::RepublishModelRequest { task_id, model, reason })
+        .await
+        .map_err(call)?
+        .into_inner())
+}
+
 /// A task's status as the operator reads it: the task, then one line per recent round.
 pub fn render(s: &v1::TaskStatus) -> String {
     let mut out = format!(
@@ -156,6 +201,9 @@ pub fn render(s: &v1::TaskStatus) -> String {
         s.phase,
         s.checked_in,
     );
+    if !s.stalled.is_empty() {
+        let _ = writeln!(out, "stalled: {}", s.stalled);
+    }
     if s.recent_rounds.is_empty() {
         out.push_str("no round has ended yet\n");
         return out;

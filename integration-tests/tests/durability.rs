@@ -314,3 +314,89 @@ fn a_task_created_through_admin_is_created_again_after_a_restart() {
     assert!(reason.contains("definition.pb") && reason.contains("signature"), "{reason}");
     fed.verify_audit_log().expect("the audit log verifies");
 }
+
+/// The store went back (restored from the backup of version 1 after version 3 was made):
+/// clients that saw version 3 refuse version 1 as a rollback, so they are not selected and the
+/// task says it is stalled (audit, status). `fedsec-coordinator republish` with new weights
+/// publishes them as version 4, above every version reported, with the operator's identity in
+/// the audit log; a restart right after counts the task's rounds right (one completed, not
+/// four), and the remaining two rounds complete exactly on top of version 4.
+#[test]
+fn a_store_restored_from_an_older_backup_stalls_until_the_operator_republishes_the_model() {
+    use common::{bin, run_ok};
+    use std::process::Command;
+
+    let mut fed = Federation::start(Options { rounds: 3, admins: vec![12], ..Options::default() });
+    for i in 1..=10 {
+        fed.spawn_client(i, &[]);
+    }
+    fed.wait_clients(LONG);
+    assert_eq!(fed.audit_entries("round_completed").len(), 3);
+    fed.coordinator.kill();
+    let dir = fed.path(&format!("store/tasks/{}/checkpoints", common::TASK_ID));
+    for v in [2u64, 3] {
+        for suffix in [".safetensors", ".manifest.json"] {
+            std::fs::remove_file(dir.join(format!("{v:020}{suffix}"))).unwrap();
+        }
+    }
+    fed.restart_coordinator();
+    for i in 1..=10 {
+        fed.spawn_client(i, &[]);
+    }
+    let stalled = fed.wait_audit("task_stalled", "ahead", 10.into(), LONG);
+    assert_eq!(stalled["detail"]["checkpoint_version"], 1);
+    assert_eq!(stalled["detail"]["highest_reported"], 3);
+    assert!(fed.audit_entries("round_started").len() == 3, "no attempt on version 1");
+
+    let operator = fed.path("operator.toml");
+    std::fs::write(
+        &operator,
+        format!(
+            "coordinator = \"https://{}\"\ntask_id = \"{}\"\nca = \"pki/ca.pem\"\n\
+             cert = \"pki/client-012.pem\"\nkey = \"pki/client-012.key\"\n",
+            fed.addr,
+            common::TASK_ID
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        run_ok(
+            Command::new(bin("fedsec-coordinator"))
+                .arg(args[0])
+                .arg("--config")
+                .arg(&operator)
+                .args(&args[1..]),
+        )
+    };
+    let status = cli(&["status"]);
+    assert!(status.contains("have seen a newer checkpoint (up to version 3"), "{status}");
+
+    // Every client trained on version 1's weights in round 2: they need new weights.
+    let w1 = fedsec_wire::model::Model::from_safetensors(&fed.checkpoint(1)).unwrap();
+    let shifted: Vec<f32> = w1.flatten().iter().map(|v| v + 0.125).collect();
+    let new = w1.with_flat(&shifted).unwrap().to_safetensors().unwrap();
+    std::fs::write(fed.path("new.safetensors"), &new).unwrap();
+    let model = fed.path("new.safetensors");
+    let out = cli(&["republish", "--model", model.to_str().unwrap(), "--reason", "restored"]);
+    assert!(out.contains("checkpoint version 1 re-published as version 4"), "{out}");
+    assert_eq!(fed.checkpoint(4), new);
+    let entry = &fed.audit_entries("model_republished")[0]["detail"];
+    assert_eq!(entry["by"], fed.client_id(12).as_str());
+    assert_eq!((&entry["from_version"], &entry["to_version"]), (&1.into(), &4.into()));
+    assert_eq!(entry["new_weights"], true);
+    assert_eq!(entry["reason"], "restored");
+
+    fed.restart_coordinator_in_place();
+    fed.wait_clients(LONG);
+    let completed = fed.audit_entries("round_completed");
+    assert_eq!(completed.len(), 5, "rounds 2 and 3 of the task ran again after the restore");
+    for (c, from) in completed[3..].iter().zip([4u64, 5]) {
+        assert_eq!(c["detail"]["checkpoint_version"], from + 1);
+        let round = c["detail"]["round"].as_u64().unwrap();
+        assert_eq!(round, from + 1, "round ids follow the versions");
+        let dumps = fed.dumps(round, c["detail"]["attempt"].as_str().unwrap());
+        let inputs: Vec<&Vec<u32>> = dumps.iter().map(|(_, x)| x).collect();
+        fed.assert_exact_update(from, from + 1, &inputs);
+    }
+    fed.verify_audit_log().expect("the audit log verifies");
+}

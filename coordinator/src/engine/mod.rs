@@ -36,6 +36,7 @@ mod aggregation;
 mod attempt;
 mod config;
 mod phases;
+mod republish;
 mod saved;
 mod types;
 
@@ -60,6 +61,7 @@ use sha2::{Digest, Sha256};
 
 pub use aggregation::{Aggregated, Aggregation};
 pub use config::{DEFAULT_UPLOAD_IDLE, PhaseDeadlines, TaskConfig};
+pub use republish::REPUBLISHED_SUMMARY;
 pub use saved::SavedAttempt;
 pub use types::{
     Assignment, AuditEvent, CheckIn, EngineState, NewCheckpoint, Output, Progress, Reply,
@@ -122,6 +124,16 @@ pub struct Engine {
     waiting_dropped: u64,
     /// No attempt starts while set (the audit log cannot be written).
     held: bool,
+    /// The version an operator's re-publication is storing: no attempt starts until it is
+    /// installed ([`republished`](Self::republished)) or given up.
+    publishing: Option<u64>,
+    /// The model being re-published, while `publishing`.
+    republished_model: Option<Model>,
+    /// Clients whose check-in says they have seen a newer checkpoint than the current one:
+    /// they would refuse it as a rollback, so they are not selected on it.
+    ahead: BTreeSet<ClientId>,
+    /// The newest checkpoint version any client's check-in reported having seen.
+    highest_reported: u64,
     /// Whether each phase close is saved before its replies go out ([`Output::SaveAttempt`]).
     save_attempts: bool,
     /// Why no round can run on the current checkpoint, once that is so (cleared by a new
@@ -190,6 +202,10 @@ impl Engine {
             results_changes: 0,
             waiting_dropped: 0,
             held: false,
+            publishing: None,
+            republished_model: None,
+            ahead: BTreeSet::new(),
+            highest_reported: 0,
             save_attempts: false,
             stalled: None,
             checking_in_since: None,
@@ -320,12 +336,17 @@ impl Engine {
         }
         self.stall_checked = Some(now);
         if !matches!(self.state, State::Selecting { .. })
-            || self.contributed.is_empty()
+            || (self.contributed.is_empty() && self.ahead.is_empty())
+            || self.publishing.is_some()
             || now < since + self.config.deadlines.selection
         {
             return;
         }
-        let eligible = self.enrolled.iter().filter(|c| !self.contributed.contains(c)).count();
+        let eligible = self
+            .enrolled
+            .iter()
+            .filter(|c| !self.contributed.contains(c) && !self.ahead.contains(c))
+            .count();
         let min = self.config.min_clients;
         if eligible >= min {
             if self.stalled.take().is_some() {
@@ -341,18 +362,25 @@ impl Engine {
             return;
         }
         let contributed = self.contributed.len();
+        let ahead = self.ahead.len();
         let why = format!(
             "no round can run on checkpoint {version}: {contributed} clients contributed on it \
-             (each may contribute once per checkpoint) and only {eligible} other clients have \
-             checked in, fewer than min_clients = {min}; rounds go on when more clients check \
-             in, or when an operator publishes a new model",
+             (each may contribute once per checkpoint), {ahead} have seen a newer checkpoint \
+             (up to version {highest}; they refuse this one as a rollback), and only {eligible} \
+             other clients have checked in, fewer than min_clients = {min}; rounds go on when \
+             more clients check in, or when an operator re-publishes the model above version \
+             {highest} (`fedsec-coordinator republish`, with new weights if the clients trained \
+             on these)",
             version = self.checkpoint_version,
+            highest = self.highest_reported.max(self.checkpoint_version),
         );
         tracing::warn!("{why}");
         self.outputs.push_back(Output::Audit(AuditEvent::TaskStalled {
             checkpoint_version: self.checkpoint_version,
             eligible,
             contributed,
+            ahead,
+            highest_reported: self.highest_reported,
             min_clients: min,
         }));
         self.stalled = Some(why);
@@ -399,6 +427,7 @@ impl Engine {
         }
         if let State::Selecting { deadline } = &mut self.state
             && !self.contributed.contains(&client)
+            && !self.ahead.contains(&client)
         {
             self.not_selected.remove(&client);
             let new = self.waiting.insert(client, now + CHECK_IN_TTL).is_none();
@@ -468,6 +497,15 @@ impl Engine {
                         "already contributed on the current checkpoint; wait for the next".into()
                     }
                 },
+            },
+            _ if self.ahead.contains(client) => CheckIn::RetryLater {
+                after: Duration::from_secs(5),
+                reason: format!(
+                    "this client has seen a newer checkpoint than the current one (version {}) \
+                     and would refuse it as a rollback; {}",
+                    self.checkpoint_version,
+                    self.stalled.as_deref().unwrap_or("rounds go on without it until a newer one")
+                ),
             },
             State::Running(a) => running("a round is running without this client", a),
             State::Aggregating(_) => CheckIn::RetryLater {
@@ -548,7 +586,7 @@ impl Engine {
     /// Samples U and starts an attempt, if enough eligible clients wait.
     fn select(&mut self, now: Instant) {
         let State::Selecting { .. } = self.state else { return };
-        if self.held {
+        if self.held || self.publishing.is_some() {
             self.state = State::Selecting { deadline: Some(now + self.config.deadlines.selection) };
             return;
         }
@@ -862,6 +900,9 @@ impl Engine {
     /// The caller stored the checkpoint `version` durably: publish the round's result and
     /// open the next round.
     pub fn checkpoint_committed(&mut self, version: u64, now: Instant) -> Result<()> {
+        if self.publishing.is_some() {
+            return self.republished(version);
+        }
         let State::Committing { checkpoint, .. } = &self.state else {
             return Err(Error::NothingToCommit { version });
         };
@@ -878,6 +919,7 @@ impl Engine {
         self.checkpoint_version = checkpoint.version;
         self.checkpoint_hash = checkpoint.sha256;
         self.contributed.clear();
+        self.ahead.clear();
         self.stalled = None;
         self.checking_in_since = None;
         self.stall_checked = None;

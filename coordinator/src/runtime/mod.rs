@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 use crate::audit::{AuditLog, EntryKind};
-use crate::engine::{AuditEvent, Engine, NewCheckpoint, Output, TaskConfig};
+use crate::engine::{AuditEvent, Engine, NewCheckpoint, Output, REPUBLISHED_SUMMARY, TaskConfig};
 use crate::revocation::DenyList;
 use crate::store::CheckpointStore;
 
@@ -421,13 +421,15 @@ impl Coordinator {
         };
         let version = published.manifest.manifest.version;
         let checkpoint_sha256 = published.manifest.manifest.sha256;
+        let completed = self.completed_rounds(id, version).await?;
         let mut seed = [0u8; 32];
         rand_core::Rng::fill_bytes(&mut fedsec_crypto::rng::os_rng(), &mut seed);
         let mut engine = Engine::new(config.clone(), model, version, (self.verifier)(), seed)
             .map_err(Status::from)?
             // Round ids continue after the stored checkpoints; they are never reused because
-            // each round that completed made one version, and attempts get fresh nonces.
-            .with_first_round(version + 1, version)
+            // each round that completed made one version (a re-publication skips ids), and
+            // attempts get fresh nonces.
+            .with_first_round(version + 1, completed)
             .saving_attempts();
         if let Some(pool) = &self.pool {
             engine = engine.with_thread_pool(pool.clone());
@@ -708,6 +710,28 @@ impl Coordinator {
         }
     }
 
+    /// How many rounds of task `id` completed, its newest checkpoint being `version`: each
+    /// round made one version, and each re-publication (its signed manifest's summary says so)
+    /// jumped from its parent to its version without a round.
+    async fn completed_rounds(&self, id: TaskId, version: u64) -> Result<u64, Status> {
+        let manifests = self.store.list(id).await.map_err(|e| Status::internal(e.to_string()))?;
+        let key = self.verifying_key();
+        let mut skipped = 0;
+        for m in manifests {
+            if !m.manifest.round_summary.starts_with(REPUBLISHED_SUMMARY) {
+                continue;
+            }
+            m.verify(&key).map_err(|e| {
+                Status::internal(format!(
+                    "the stored manifest of checkpoint version {}: {e}",
+                    m.manifest.version
+                ))
+            })?;
+            skipped += m.manifest.version.saturating_sub(m.manifest.parent_version);
+        }
+        Ok(version.saturating_sub(skipped))
+    }
+
     /// Lets clients into the task's rounds.
     pub async fn start_task(&self, id: &TaskId) -> Result<(), Status> {
         let task = self.task(id)?;
@@ -804,10 +828,32 @@ impl Coordinator {
                 json!({ "task": t, "round": round_id.0, "attempt": hex::encode(attempt.0),
                         "reason": reason.to_string() }),
             ),
-            AuditEvent::TaskStalled { checkpoint_version, eligible, contributed, min_clients } => (
+            AuditEvent::TaskStalled {
+                checkpoint_version,
+                eligible,
+                contributed,
+                ahead,
+                highest_reported,
+                min_clients,
+            } => (
                 EntryKind::TaskStalled,
                 json!({ "task": t, "checkpoint_version": checkpoint_version, "eligible": eligible,
-                        "contributed": contributed, "min_clients": min_clients }),
+                        "contributed": contributed, "ahead": ahead,
+                        "highest_reported": highest_reported, "min_clients": min_clients }),
+            ),
+            AuditEvent::ModelRepublished {
+                from_version,
+                to_version,
+                highest_reported,
+                new_weights,
+                sha256,
+                by,
+                reason,
+            } => (
+                EntryKind::ModelRepublished,
+                json!({ "task": t, "from_version": from_version, "to_version": to_version,
+                        "highest_reported": highest_reported, "new_weights": new_weights,
+                        "sha256": hex::encode(sha256.0), "by": by, "reason": reason }),
             ),
             AuditEvent::MisbehavingHolder { round_id, client } => (
                 EntryKind::Refusal,

@@ -18,6 +18,12 @@ use crate::runtime::{AuthMode, Coordinator};
 use crate::wire;
 use fedsec_wire::Wire;
 
+/// The longest reason an operator may give for a re-publication (it goes in the audit log).
+const MAX_REASON_BYTES: usize = 1024;
+
+/// How long `RepublishModel` waits for the new checkpoint to be stored.
+const REPUBLISH_WAIT: Duration = Duration::from_secs(60);
+
 /// The Admin service over a [`Coordinator`].
 #[derive(Debug, Clone)]
 pub struct AdminService {
@@ -210,6 +216,46 @@ impl Admin for AdminService {
         Ok(Response::new(v1::ListCheckpointsResponse {
             checkpoints: list.iter().map(Wire::to_wire).collect(),
         }))
+    }
+
+    async fn republish_model(
+        &self,
+        req: Request<v1::RepublishModelRequest>,
+    ) -> Result<Response<v1::RepublishModelResponse>, Status> {
+        let operator = self.operator(&req)?;
+        let r = req.into_inner();
+        let id = wire::task_id(&r.task_id)?;
+        let task = self.coordinator.task(&id)?;
+        if r.reason.len() > MAX_REASON_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "reason: {} bytes, at most {MAX_REASON_BYTES}",
+                r.reason.len()
+            )));
+        }
+        let weights = match r.model.as_slice() {
+            [] => None,
+            bytes => Some(
+                Model::from_safetensors(bytes)
+                    .map_err(|e| Status::invalid_argument(format!("model: {e}")))?,
+            ),
+        };
+        let (from_version, version) = task
+            .call(move |e, _| {
+                let from = e.checkpoint().0;
+                e.republish(weights, operator, r.reason).map(|v| (from, v))
+            })
+            .await?
+            .map_err(Status::from)?;
+        // The task's driver records it, stores it and publishes it, as a round's checkpoint.
+        let stored =
+            task.wait_for_view(REPUBLISH_WAIT, |v| v.status.checkpoint_version >= version).await;
+        if !stored {
+            return Err(Status::deadline_exceeded(format!(
+                "checkpoint version {version} is not stored yet; the coordinator's log says why, \
+                 and it is published once stored"
+            )));
+        }
+        Ok(Response::new(v1::RepublishModelResponse { from_version, checkpoint_version: version }))
     }
 
     async fn reload_deny_list(

@@ -121,9 +121,12 @@ impl Federation for FederationService {
                 ))
             })?)),
         };
+        // The newest checkpoint the client has seen: it refuses any older one (a rollback).
+        let seen = req.get_ref().last_seen_checkpoint_version;
         let (first, at) = task
             .call(move |e, now| {
                 e.set_verifier(verifier);
+                e.seen_version(client, seen);
                 if let Some(checkpoint) = hint {
                     e.contributed_hint(client, &checkpoint);
                 }

@@ -16,14 +16,16 @@ impl From<Error> for Status {
             Error::InvalidConfig(_)
             | Error::Malformed(_)
             | Error::BadUpload { .. }
-            | Error::Model(_) => Code::InvalidArgument,
+            | Error::Model(_)
+            | Error::RepublishLayout => Code::InvalidArgument,
             Error::UnknownTask(_) => Code::NotFound,
             Error::NotSelected(_) => Code::PermissionDenied,
             Error::TaskFinished
             | Error::NotCurrentAttempt { .. }
             | Error::PhaseClosed { .. }
             | Error::PhaseNotOpen { .. }
-            | Error::UploadEvicted { .. } => Code::FailedPrecondition,
+            | Error::UploadEvicted { .. }
+            | Error::RepublishNotNow { .. } => Code::FailedPrecondition,
             Error::RoundAborted(_) => Code::Aborted,
         };
         Status::new(code, e.to_string())
@@ -77,6 +79,8 @@ mod tests {
             (Core::PhaseAlreadyAnswered(Phase::AdvertiseKeys).into(), Code::AlreadyExists),
             (Core::TooManyUploadsInFlight { limit: 2 }.into(), Code::ResourceExhausted),
             (Core::BadSignature(ClientId([0; 32])).into(), Code::InvalidArgument),
+            (Error::RepublishNotNow { why: "an attempt is running" }, Code::FailedPrecondition),
+            (Error::RepublishLayout, Code::InvalidArgument),
         ];
         for (e, code) in cases {
             let text = e.to_string();

@@ -580,6 +580,12 @@ state_dir = "state-{i:03}"
     /// Checks that checkpoint `round` is checkpoint `round − 1` plus the server learning rate
     /// times the weighted average of exactly `inputs`, bit for bit.
     pub fn assert_exact_round(&self, round: u64, inputs: &[&Vec<u32>]) {
+        self.assert_exact_update(round - 1, round, inputs);
+    }
+
+    /// Checks that checkpoint `to` is checkpoint `from` plus the server learning rate times the
+    /// weighted average of exactly `inputs`, bit for bit.
+    pub fn assert_exact_update(&self, from: u64, to: u64, inputs: &[&Vec<u32>]) {
         let quant = QuantParams::for_clients(self.opts.clients, CLIP, MAX_EXAMPLES).unwrap();
         let mut sum = vec![0u32; inputs[0].len()];
         for x in inputs {
@@ -588,18 +594,14 @@ state_dir = "state-{i:03}"
             }
         }
         let avg = quant.weighted_average(&sum).unwrap();
-        assert_ne!(
-            self.checkpoint(round - 1),
-            self.checkpoint(round),
-            "round {round} moved the model"
-        );
-        let before = Model::from_safetensors(&self.checkpoint(round - 1)).unwrap();
+        assert_ne!(self.checkpoint(from), self.checkpoint(to), "version {to} moved the model");
+        let before = Model::from_safetensors(&self.checkpoint(from)).unwrap();
         let next: Vec<f32> =
             before.flatten().iter().zip(&avg).map(|(t, u)| t + SERVER_LR * u).collect();
         let want = before.with_flat(&next).unwrap().to_safetensors().unwrap();
         assert!(
-            want == self.checkpoint(round),
-            "checkpoint {round} is not the model of the clear sum of {} inputs",
+            want == self.checkpoint(to),
+            "checkpoint {to} is not checkpoint {from} moved by the clear sum of {} inputs",
             inputs.len()
         );
     }
