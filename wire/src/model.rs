@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use fedsec_crypto::WeightsHash;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorView};
 
 /// The domain label that starts the encoding [`Model::weights_hash`] hashes.
 pub const WEIGHTS_LABEL: &[u8] = b"fedsec/v1/weights";
@@ -241,6 +241,7 @@ impl Model {
 
     /// Parses safetensors bytes. Only f32 tensors are accepted; values must be finite.
     pub fn from_safetensors(bytes: &[u8]) -> Result<Model> {
+        check_declared_data(bytes)?;
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| ModelError::NotSafetensors(e.to_string()))?;
         let mut tensors = BTreeMap::new();
@@ -263,6 +264,32 @@ impl Model {
         }
         Ok(Model { tensors })
     }
+}
+
+/// The largest header safetensors reads, in bytes (its own limit).
+const MAX_HEADER_BYTES: usize = 100_000_000;
+
+/// Refuses a file whose header declares data ending past `usize::MAX` once the header is
+/// counted, before safetensors parses it: safetensors 0.8 adds the end of the declared data to
+/// the header's length unchecked, which overflows for such a header (a panic where overflow is
+/// checked, as in debug builds). Whatever else is wrong with a file is the parser's to say.
+fn check_declared_data(bytes: &[u8]) -> Result<()> {
+    let Some((len, rest)) = bytes.split_first_chunk::<8>() else { return Ok(()) };
+    let Some(header) = usize::try_from(u64::from_le_bytes(*len))
+        .ok()
+        .filter(|&n| n <= MAX_HEADER_BYTES)
+        .and_then(|n| rest.get(..n))
+    else {
+        return Ok(());
+    };
+    let Ok(metadata) = serde_json::from_slice::<Metadata>(header) else { return Ok(()) };
+    let declared = metadata.data_len();
+    if declared.checked_add(8 + header.len()).is_none() {
+        return Err(ModelError::NotSafetensors(format!(
+            "its header declares {declared} bytes of data, more than fit in memory"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

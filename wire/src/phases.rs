@@ -1,6 +1,6 @@
 //! The messages of the five phases: each client request and each coordinator reply.
 
-use crate::x509::{decode_chain, encode_chain};
+use crate::x509::encode_chain;
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShares, ForwardedShares,
     KeysForward, MaskedInput, RevealedShare, ShareKeys, SharesForward, Sig, SignedSurvivors,
@@ -21,8 +21,25 @@ fn credential(field: &'static str, chain: &[Vec<u8>]) -> Result<Vec<u8>> {
 
 /// The certificate chain of a credential. A credential that is not an encoded chain (a bare
 /// key, in tests of the core) travels as a chain of one.
+///
+/// The inverse of [`credential`] for every chain the wire carries, so a chain is forwarded as
+/// it came: empty certificates, or more or longer ones than a verifier accepts, included (the
+/// verifier's [`decode_chain`](crate::x509::decode_chain) refuses those by its bounds).
 fn chain(credential: &[u8]) -> Vec<Vec<u8>> {
-    decode_chain(credential).unwrap_or_else(|_| vec![credential.to_vec()])
+    split_chain(credential).unwrap_or_else(|| vec![credential.to_vec()])
+}
+
+/// The certificates of an [`encode_chain`]d credential, without bounds on their number or
+/// length; `None` if the bytes are not such an encoding of at least one certificate.
+fn split_chain(mut rest: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut chain = Vec::new();
+    while let Some((len, after)) = rest.split_first_chunk::<4>() {
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        let cert = after.get(..len)?;
+        chain.push(cert.to_vec());
+        rest = &after[len..];
+    }
+    (rest.is_empty() && !chain.is_empty()).then_some(chain)
 }
 
 fn round(key: &RoundKey) -> Option<v1::RoundRef> {
@@ -288,11 +305,16 @@ fn revealed_to_wire(shares: &[RevealedShare]) -> Vec<v1::RevealedShare> {
         .collect()
 }
 
-fn revealed(field: &'static str, shares: &[v1::RevealedShare]) -> Result<Vec<RevealedShare>> {
+/// The shares of a list whose `owner` and `share` fields are named `fields`.
+fn revealed(
+    fields: (&'static str, &'static str),
+    shares: &[v1::RevealedShare],
+) -> Result<Vec<RevealedShare>> {
+    let (owner, share) = fields;
     shares
         .iter()
         .map(|s| {
-            Ok(RevealedShare { owner: client_id(field, &s.owner)?, share: fixed(field, &s.share)? })
+            Ok(RevealedShare { owner: client_id(owner, &s.owner)?, share: fixed(share, &s.share)? })
         })
         .collect()
 }
@@ -314,8 +336,14 @@ impl PhaseMessage for UnmaskingResponse {
             version: PROTOCOL_VERSION,
             ctx: RoundKey::from_ref(req.round.as_ref())?.ctx,
             client: sender,
-            self_mask_shares: revealed("self_mask_shares", &req.self_mask_shares)?,
-            mask_key_shares: revealed("mask_key_shares", &req.mask_key_shares)?,
+            self_mask_shares: revealed(
+                ("self_mask_shares.owner", "self_mask_shares.share"),
+                &req.self_mask_shares,
+            )?,
+            mask_key_shares: revealed(
+                ("mask_key_shares.owner", "mask_key_shares.share"),
+                &req.mask_key_shares,
+            )?,
         })
     }
 }

@@ -10,62 +10,11 @@ use fedsec_crypto::{
     RoundContext, RoundId, RoundPlan, TaskId,
 };
 use fedsec_wire::checkpoint::{Manifest, SignedManifest};
-use fedsec_wire::x509::encode_chain;
 use fedsec_wire::{Assignment, PhaseMessage, Reason, RoundKey, Wire, WireError, v1};
 use proptest::prelude::*;
 
-fn bytes32() -> impl Strategy<Value = [u8; 32]> {
-    any::<[u8; 32]>()
-}
-
-fn id() -> impl Strategy<Value = ClientId> {
-    bytes32().prop_map(ClientId)
-}
-
-fn sig() -> impl Strategy<Value = Sig> {
-    prop::collection::vec(any::<u8>(), 64).prop_map(|v| Sig(v.try_into().unwrap()))
-}
-
-fn key() -> impl Strategy<Value = RoundKey> {
-    (any::<[u8; 16]>(), any::<u64>(), any::<[u8; 16]>(), bytes32()).prop_map(|(t, r, a, c)| {
-        RoundKey {
-            task: TaskId(t),
-            round: RoundId(r),
-            attempt: AttemptNonce(a),
-            ctx: RoundContext(c),
-        }
-    })
-}
-
-/// A certificate chain of one to three certificates, encoded as the core keeps it.
-fn credential() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(prop::collection::vec(any::<u8>(), 1..64), 1..4)
-        .prop_map(|chain| encode_chain(&chain))
-}
-
-fn advert(ctx: RoundContext) -> impl Strategy<Value = AdvertiseKeys> {
-    (id(), credential(), bytes32(), bytes32(), bytes32(), sig()).prop_map(
-        move |(client, credential, enc_pk, mask_pk, self_mask_commitment, signature)| {
-            AdvertiseKeys {
-                version: PROTOCOL_VERSION,
-                ctx,
-                client,
-                credential,
-                enc_pk,
-                mask_pk,
-                self_mask_commitment,
-                signature,
-            }
-        },
-    )
-}
-
-fn revealed() -> impl Strategy<Value = Vec<RevealedShare>> {
-    prop::collection::vec(
-        (id(), bytes32()).prop_map(|(owner, share)| RevealedShare { owner, share }),
-        0..5,
-    )
-}
+mod common;
+use common::*;
 
 /// `m` survives the trip through its wire form and back, decoded by `peer`.
 fn trip<M: PhaseMessage + PartialEq + std::fmt::Debug>(m: &M, key: &RoundKey, peer: ClientId) {
