@@ -33,6 +33,12 @@ pub enum Error {
     /// A re-publication of the model was asked for at a time it cannot happen.
     #[error("the model cannot be re-published now: {why}; try again between attempts")]
     RepublishNotNow { why: &'static str },
+    /// The version a re-publication would make is not above the current one, or past the
+    /// highest a re-publication may make.
+    #[error(
+        "cannot re-publish as version {version}: it must be above the current version {current} and at most {max}"
+    )]
+    RepublishVersion { version: u64, current: u64, max: u64 },
     /// The weights given to re-publish do not have the task's tensor names and shapes.
     #[error("the weights to re-publish do not have the current model's tensor names and shapes")]
     RepublishLayout,

@@ -89,6 +89,10 @@ enum Command {
         /// New weights (safetensors, the current model's tensor names and shapes).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// The version to publish as (above the current one); by default one above the current
+        /// version and above what the clients reported having seen.
+        #[arg(long)]
+        to_version: Option<u64>,
         /// Why, for the audit log.
         #[arg(long)]
         reason: String,
@@ -246,11 +250,11 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Republish { config, model, reason } => {
+        Command::Republish { config, model, to_version, reason } => {
             let c = operator::OperatorConfig::load(&config).map_err(|e| e.to_string())?;
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             let r = runtime
-                .block_on(operator::republish(&c, &config, model.as_deref(), reason))
+                .block_on(operator::republish(&c, &config, model.as_deref(), to_version, reason))
                 .map_err(|e| e.to_string())?;
             println!(
                 "checkpoint version {} re-published as version {}",

@@ -166,11 +166,13 @@ pub async fn status(
 }
 
 /// Re-publishes the configured task's model (`model`: new weights, safetensors; else the
-/// current ones) above every version a client reported; the reason goes in the audit log.
+/// current ones) as `to_version`, or above the versions clients reported; the reason goes in
+/// the audit log.
 pub async fn republish(
     config: &OperatorConfig,
     path: &Path,
     model: Option<&Path>,
+    to_version: Option<u64>,
     reason: String,
 ) -> Result<v1::RepublishModelResponse, OperatorError> {
     let task_id =
@@ -183,7 +185,12 @@ pub async fn republish(
     // The call returns once the new checkpoint is stored (it waits up to a minute for that).
     let mut admin = connect(config, path, Duration::from_secs(90)).await?;
     Ok(admin
-        .republish_model(v1::RepublishModelRequest { task_id, model, reason })
+        .republish_model(v1::RepublishModelRequest {
+            task_id,
+            model,
+            reason,
+            to_version: to_version.unwrap_or(0),
+        })
         .await
         .map_err(call)?
         .into_inner())

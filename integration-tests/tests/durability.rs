@@ -323,7 +323,7 @@ fn a_task_created_through_admin_is_created_again_after_a_restart() {
 /// four), and the remaining two rounds complete exactly on top of version 4.
 #[test]
 fn a_store_restored_from_an_older_backup_stalls_until_the_operator_republishes_the_model() {
-    use common::{bin, run_ok};
+    use common::bin;
     use std::process::Command;
 
     let mut fed = Federation::start(Options { rounds: 3, admins: vec![12], ..Options::default() });
@@ -359,17 +359,28 @@ fn a_store_restored_from_an_older_backup_stalls_until_the_operator_republishes_t
         ),
     )
     .unwrap();
-    let cli = |args: &[&str]| {
-        run_ok(
-            Command::new(bin("fedsec-coordinator"))
-                .arg(args[0])
-                .arg("--config")
-                .arg(&operator)
-                .args(&args[1..]),
-        )
+    let cli = |config: &std::path::Path, args: &[&str]| {
+        Command::new(bin("fedsec-coordinator"))
+            .arg(args[0])
+            .arg("--config")
+            .arg(config)
+            .args(&args[1..])
+            .output()
+            .unwrap()
     };
-    let status = cli(&["status"]);
+    let text = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let status = text(&cli(&operator, &["status"]));
     assert!(status.contains("have seen a newer checkpoint (up to version 3"), "{status}");
+    // Only an operator may re-publish.
+    let site = fed.path("site-002-as-operator.toml");
+    let as_site = std::fs::read_to_string(&operator).unwrap().replace("client-012", "client-002");
+    std::fs::write(&site, as_site).unwrap();
+    let refused = cli(&site, &["republish", "--reason", "not mine to do"]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("does not have permission"), "{}", text(&refused));
+    assert!(text(&refused).contains("is not an operator"), "{}", text(&refused));
 
     // Every client trained on version 1's weights in round 2: they need new weights.
     let w1 = fedsec_wire::model::Model::from_safetensors(&fed.checkpoint(1)).unwrap();
@@ -377,14 +388,27 @@ fn a_store_restored_from_an_older_backup_stalls_until_the_operator_republishes_t
     let new = w1.with_flat(&shifted).unwrap().to_safetensors().unwrap();
     std::fs::write(fed.path("new.safetensors"), &new).unwrap();
     let model = fed.path("new.safetensors");
-    let out = cli(&["republish", "--model", model.to_str().unwrap(), "--reason", "restored"]);
-    assert!(out.contains("checkpoint version 1 re-published as version 4"), "{out}");
+    let out =
+        cli(&operator, &["republish", "--model", model.to_str().unwrap(), "--reason", "restored"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("checkpoint version 1 re-published as version 4"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(fed.checkpoint(4), new);
     let entry = &fed.audit_entries("model_republished")[0]["detail"];
     assert_eq!(entry["by"], fed.client_id(12).as_str());
     assert_eq!((&entry["from_version"], &entry["to_version"]), (&1.into(), &4.into()));
     assert_eq!(entry["new_weights"], true);
     assert_eq!(entry["reason"], "restored");
+    assert_eq!(entry["highest_reported"], 3);
+    let recorded = fed.audit_entries("checkpoint");
+    let last = &recorded.last().unwrap()["detail"];
+    assert_eq!(
+        (&last["version"], &last["parent"], &last["round"]),
+        (&4.into(), &1.into(), &0.into())
+    );
 
     fed.restart_coordinator_in_place();
     fed.wait_clients(LONG);

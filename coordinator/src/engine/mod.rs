@@ -61,7 +61,7 @@ use sha2::{Digest, Sha256};
 
 pub use aggregation::{Aggregated, Aggregation};
 pub use config::{DEFAULT_UPLOAD_IDLE, PhaseDeadlines, TaskConfig};
-pub use republish::REPUBLISHED_SUMMARY;
+pub use republish::{MAX_VERSION, REPUBLISHED_SUMMARY, Republication};
 pub use saved::SavedAttempt;
 pub use types::{
     Assignment, AuditEvent, CheckIn, EngineState, NewCheckpoint, Output, Progress, Reply,
@@ -129,11 +129,10 @@ pub struct Engine {
     publishing: Option<u64>,
     /// The model being re-published, while `publishing`.
     republished_model: Option<Model>,
-    /// Clients whose check-in says they have seen a newer checkpoint than the current one:
-    /// they would refuse it as a rollback, so they are not selected on it.
-    ahead: BTreeSet<ClientId>,
-    /// The newest checkpoint version any client's check-in reported having seen.
-    highest_reported: u64,
+    /// The newest checkpoint version each client's last check-in said it has seen. One above
+    /// the current version would refuse the current checkpoint as a rollback: it is not
+    /// selected on it ([`is_ahead`](Self::is_ahead)).
+    reported: BTreeMap<ClientId, u64>,
     /// Whether each phase close is saved before its replies go out ([`Output::SaveAttempt`]).
     save_attempts: bool,
     /// Why no round can run on the current checkpoint, once that is so (cleared by a new
@@ -204,8 +203,7 @@ impl Engine {
             held: false,
             publishing: None,
             republished_model: None,
-            ahead: BTreeSet::new(),
-            highest_reported: 0,
+            reported: BTreeMap::new(),
             save_attempts: false,
             stalled: None,
             checking_in_since: None,
@@ -336,7 +334,7 @@ impl Engine {
         }
         self.stall_checked = Some(now);
         if !matches!(self.state, State::Selecting { .. })
-            || (self.contributed.is_empty() && self.ahead.is_empty())
+            || (self.contributed.is_empty() && !self.any_ahead())
             || self.publishing.is_some()
             || now < since + self.config.deadlines.selection
         {
@@ -345,7 +343,7 @@ impl Engine {
         let eligible = self
             .enrolled
             .iter()
-            .filter(|c| !self.contributed.contains(c) && !self.ahead.contains(c))
+            .filter(|c| !self.contributed.contains(c) && !self.is_ahead(c))
             .count();
         let min = self.config.min_clients;
         if eligible >= min {
@@ -362,7 +360,8 @@ impl Engine {
             return;
         }
         let contributed = self.contributed.len();
-        let ahead = self.ahead.len();
+        let ahead = self.enrolled.iter().filter(|c| self.is_ahead(c)).count();
+        let (highest, _) = self.trusted_report();
         let why = format!(
             "no round can run on checkpoint {version}: {contributed} clients contributed on it \
              (each may contribute once per checkpoint), {ahead} have seen a newer checkpoint \
@@ -372,7 +371,7 @@ impl Engine {
              {highest} (`fedsec-coordinator republish`, with new weights if the clients trained \
              on these)",
             version = self.checkpoint_version,
-            highest = self.highest_reported.max(self.checkpoint_version),
+            highest = highest.max(self.checkpoint_version),
         );
         tracing::warn!("{why}");
         self.outputs.push_back(Output::Audit(AuditEvent::TaskStalled {
@@ -380,7 +379,7 @@ impl Engine {
             eligible,
             contributed,
             ahead,
-            highest_reported: self.highest_reported,
+            highest_reported: highest,
             min_clients: min,
         }));
         self.stalled = Some(why);
@@ -425,9 +424,10 @@ impl Engine {
         if !matches!(self.state, State::Finished) && self.enrolled.insert(client) {
             self.outputs.push_back(Output::Audit(AuditEvent::Enrollment { client }));
         }
+        let ahead = self.is_ahead(&client);
         if let State::Selecting { deadline } = &mut self.state
             && !self.contributed.contains(&client)
-            && !self.ahead.contains(&client)
+            && !ahead
         {
             self.not_selected.remove(&client);
             let new = self.waiting.insert(client, now + CHECK_IN_TTL).is_none();
@@ -498,7 +498,7 @@ impl Engine {
                     }
                 },
             },
-            _ if self.ahead.contains(client) => CheckIn::RetryLater {
+            _ if self.is_ahead(client) => CheckIn::RetryLater {
                 after: Duration::from_secs(5),
                 reason: format!(
                     "this client has seen a newer checkpoint than the current one (version {}) \
@@ -919,7 +919,6 @@ impl Engine {
         self.checkpoint_version = checkpoint.version;
         self.checkpoint_hash = checkpoint.sha256;
         self.contributed.clear();
-        self.ahead.clear();
         self.stalled = None;
         self.checking_in_since = None;
         self.stall_checked = None;

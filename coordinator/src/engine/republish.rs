@@ -5,121 +5,176 @@
 //! went back (restored from an older backup, a version lost) therefore finds clients that refuse
 //! its current checkpoint: their check-ins say so ([`Engine::seen_version`]), they are not
 //! selected on it, and when too few others remain the task says it is stalled. An operator then
-//! re-publishes the model ([`Engine::republish`]) as a version above every one any client
-//! reported: the current weights, or new weights of the same layout (clients that trained on the
-//! current weights refuse them again, whatever the version — that rule is what stops a server
-//! from collecting two sums over the same weights). The new checkpoint is stored like a round's
-//! ([`Output::Checkpoint`]) and installed when the caller reports it stored
-//! ([`Engine::checkpoint_committed`]); it is not a round: the
-//! task's count of completed rounds does not change.
+//! re-publishes the model ([`Engine::republish`]) as a version above the ones clients reported:
+//! the current weights, or new weights of the same layout (clients that trained on the current
+//! weights refuse them again, whatever the version — that rule is what stops a server from
+//! collecting two sums over the same weights). The caller records it in the audit log, stores it
+//! like a round's checkpoint and reports it stored ([`Engine::checkpoint_committed`]); it is not
+//! a round: the task's count of completed rounds does not change.
+//!
+//! What a check-in reports is the client's word, not a proof: the versions are taken past the
+//! highest reports that as many clients as the task assumes corrupt could have made up
+//! ([`Engine::trusted_report`]), so a few lying clients can neither push the new version to the
+//! end of the number space nor keep themselves out of anything but their own selection.
 
 use std::sync::Arc;
 
-use fedsec_crypto::{CheckpointHash, ClientId, RoundId};
+use fedsec_crypto::{ClientId, RoundId};
 use fedsec_wire::model::Model;
 
-use super::{AuditEvent, Engine, NewCheckpoint, Output, State};
+use super::{Engine, NewCheckpoint, State};
 use crate::error::{Error, Result};
 
 /// How a re-published checkpoint's summary starts: a restart counts the task's completed rounds
-/// as its stored versions less the ones whose (signed) summary starts so.
+/// along its chain of signed manifests, leaving out the ones whose summary starts so.
 pub const REPUBLISHED_SUMMARY: &str = "re-published";
+
+/// The highest version a re-publication may make: far beyond any real task, and far enough from
+/// the end of `u64` that the rounds after it cannot overflow.
+pub const MAX_VERSION: u64 = u64::MAX / 2;
+
+/// What a re-publication is, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Republication {
+    /// The version it replaces.
+    pub from_version: u64,
+    /// The new version.
+    pub to_version: u64,
+    /// The newest version clients reported ([`Engine::trusted_report`]).
+    pub highest_reported: u64,
+    /// Reports above it, left out (as many as the task assumes corrupt clients, at most).
+    pub reports_left_out: usize,
+    /// Whether the weights differ from the current ones (by their weights hash).
+    pub new_weights: bool,
+}
 
 impl Engine {
     /// A client's check-in says it has seen checkpoint `version` (its rollback guard): if that
     /// is newer than the current one, the client would refuse the current one, so it is not
     /// selected on it (and counts as not eligible for the stall check).
     pub fn seen_version(&mut self, client: ClientId, version: u64) {
-        self.highest_reported = self.highest_reported.max(version);
-        if version > self.checkpoint_version {
-            if self.ahead.insert(client) && self.waiting.remove(&client).is_some() {
-                self.waiting_dropped += 1;
-            }
-        } else {
-            self.ahead.remove(&client);
+        self.reported.insert(client, version);
+        if self.is_ahead(&client) && self.waiting.remove(&client).is_some() {
+            self.waiting_dropped += 1;
         }
     }
 
-    /// The newest checkpoint version any client reported having seen.
-    pub fn highest_reported_version(&self) -> u64 {
-        self.highest_reported
+    /// Whether `client` last reported a newer checkpoint than the current one.
+    pub(super) fn is_ahead(&self, client: &ClientId) -> bool {
+        self.reported.get(client).is_some_and(|&v| v > self.checkpoint_version)
+    }
+
+    pub(super) fn any_ahead(&self) -> bool {
+        self.reported.values().any(|&v| v > self.checkpoint_version)
+    }
+
+    /// The newest version clients reported, leaving out the highest `c` reports, `c` being as
+    /// many of the reporting clients as the task assumes corrupt (rounded up): a version some
+    /// honest client has seen, or below. With the number of reports left out.
+    pub fn trusted_report(&self) -> (u64, usize) {
+        let mut reports: Vec<u64> = self.reported.values().copied().collect();
+        reports.sort_unstable_by(|a, b| b.cmp(a));
+        let corrupt = (reports.len() as u64 * u64::from(self.config.corrupt_ppm))
+            .div_ceil(u64::from(fedsec_crypto::context::PPM)) as usize;
+        match reports.get(corrupt) {
+            Some(&v) => (v, reports.iter().filter(|&&r| r > v).count()),
+            None => (0, reports.len()),
+        }
     }
 
     /// An operator re-publishes the model: the current weights, or `weights` (same tensor
-    /// names and shapes), as version max(current, highest reported) + 1. Only between
-    /// attempts; no attempt starts until the caller stored it and called
-    /// [`republished`](Self::republished) (or [`republish_failed`](Self::republish_failed)).
-    /// Emits the audit entry (with `by` and `reason`) and the checkpoint to store; returns
-    /// the new version.
-    pub fn republish(&mut self, weights: Option<Model>, by: String, reason: String) -> Result<u64> {
+    /// names and shapes), as version `to_version`, or else one above the current version and
+    /// above [`trusted_report`](Self::trusted_report). Only between attempts, while the audit
+    /// log takes entries. Returns the checkpoint to store — the caller records the
+    /// re-publication, stores it and reports it with
+    /// [`checkpoint_committed`](Self::checkpoint_committed), or gives it up with
+    /// [`republish_abandoned`](Self::republish_abandoned); no attempt starts meanwhile.
+    pub fn republish(
+        &mut self,
+        weights: Option<Model>,
+        to_version: Option<u64>,
+        by: &str,
+    ) -> Result<(NewCheckpoint, Republication)> {
         match &self.state {
             State::Finished => return Err(Error::TaskFinished),
-            State::Selecting { .. } if self.publishing.is_none() => {}
-            State::Selecting { .. } => {
+            State::Selecting { .. } if self.held => {
+                return Err(Error::RepublishNotNow { why: "the audit log cannot be written" });
+            }
+            State::Selecting { .. } if self.publishing.is_some() => {
                 return Err(Error::RepublishNotNow { why: "a re-publication is being stored" });
             }
+            State::Selecting { .. } => {}
             _ => return Err(Error::RepublishNotNow { why: "an attempt is running" }),
         }
-        let new_weights = weights.is_some();
+        let from = self.checkpoint_version;
+        let (highest, left_out) = self.trusted_report();
+        let version = match to_version {
+            Some(v) => v,
+            None => from.max(highest).saturating_add(1),
+        };
+        if version <= from || version > MAX_VERSION {
+            return Err(Error::RepublishVersion { version, current: from, max: MAX_VERSION });
+        }
         let model = match weights {
             Some(w) if !w.same_layout(&self.model) => return Err(Error::RepublishLayout),
             Some(w) => w,
             None => (*self.model).clone(),
         };
+        let new_weights = model.weights_hash() != self.model.weights_hash();
         let bytes = model.to_safetensors()?;
-        let sha256 = CheckpointHash::of(&bytes);
-        let from = self.checkpoint_version;
-        let version = from.max(self.highest_reported) + 1;
+        let sha256 = fedsec_crypto::CheckpointHash::of(&bytes);
         self.publishing = Some(version);
-        self.outputs.push_back(Output::Audit(AuditEvent::ModelRepublished {
-            from_version: from,
-            to_version: version,
-            highest_reported: self.highest_reported,
-            new_weights,
-            sha256,
-            by: by.clone(),
-            reason,
-        }));
-        self.outputs.push_back(Output::Checkpoint(NewCheckpoint {
+        self.republished_model = Some(model);
+        let checkpoint = NewCheckpoint {
             version,
             parent_version: from,
             bytes: Arc::new(bytes),
             sha256,
-            round_id: RoundId(self.round_id),
+            // Not a round's.
+            round_id: RoundId(0),
             summary: format!(
                 "{REPUBLISHED_SUMMARY} version {from} as version {version} by {by}{}",
                 if new_weights { " with new weights" } else { "" }
             ),
-        }));
-        self.republished_model = Some(model);
-        Ok(version)
+        };
+        let what = Republication {
+            from_version: from,
+            to_version: version,
+            highest_reported: highest,
+            reports_left_out: left_out,
+            new_weights,
+        };
+        Ok((checkpoint, what))
+    }
+
+    /// The re-publication could not be recorded: nothing changes, selection goes on.
+    pub fn republish_abandoned(&mut self) {
+        self.publishing = None;
+        self.republished_model = None;
     }
 
     /// The caller stored the re-published checkpoint `version` (through
     /// [`checkpoint_committed`](Self::checkpoint_committed)): it becomes the current one. Who
-    /// contributed on the old one stays recorded if the weights are the same (the same checkpoint
-    /// hash); the stall and the clients ahead start over. Not a round: the count of completed
-    /// rounds stays (round ids skip to the version's + 1, as after a restart).
+    /// contributed on the old one stays recorded if the weights are the same (they would refuse
+    /// them again); the stall starts over. Not a round: the count of completed rounds stays,
+    /// and round ids skip to the version's + 1, as after a restart.
     pub(super) fn republished(&mut self, version: u64) -> Result<()> {
-        if self.publishing != Some(version) {
-            return Err(match self.publishing {
-                Some(waiting) => Error::WrongCommit { committed: version, waiting },
-                None => Error::NothingToCommit { version },
-            });
+        let (Some(waiting), Some(model)) = (self.publishing, self.republished_model.take()) else {
+            return Err(Error::NothingToCommit { version });
+        };
+        if waiting != version {
+            self.republished_model = Some(model);
+            return Err(Error::WrongCommit { committed: version, waiting });
         }
-        let model = self.republished_model.take().expect("set with publishing");
-        let bytes = model.to_safetensors()?;
-        let sha256 = CheckpointHash::of(&bytes);
-        if sha256 != self.checkpoint_hash {
+        if model.weights_hash() != self.model.weights_hash() {
             self.contributed.clear();
         }
+        let bytes = model.to_safetensors()?;
+        self.checkpoint_hash = fedsec_crypto::CheckpointHash::of(&bytes);
         self.model = Arc::new(model);
-        // Round ids skip to the version's, as a restart numbers them: never reused.
         self.round_id = self.round_id.max(version + 1);
         self.checkpoint_version = version;
-        self.checkpoint_hash = sha256;
         self.publishing = None;
-        self.ahead.clear();
         self.stalled = None;
         self.checking_in_since = None;
         self.stall_checked = None;
@@ -136,7 +191,7 @@ mod tests {
     use fedsec_wire::model::Tensor;
 
     use super::*;
-    use crate::engine::{CheckIn, PhaseDeadlines, TaskConfig};
+    use crate::engine::{AuditEvent, CheckIn, EngineState, Output, PhaseDeadlines, TaskConfig};
 
     const N: usize = 10;
 
@@ -144,13 +199,15 @@ mod tests {
         Model::new().with("w", Tensor::new(vec![2], vec![v, -v]).unwrap())
     }
 
-    /// Ten clients a round, at least eight; checkpoint version 3; rounds of one second.
+    /// Ten clients a round, at least eight, 5 % assumed corrupt (one of ten left out of the
+    /// reports); checkpoint version 3; rounds of one second.
     fn engine() -> (Engine, Vec<ClientId>, Instant) {
         let mut c = TaskConfig::new(TaskId([7; 16]), "test", N);
         c.graph = GraphKind::Complete;
         c.adversary = AdversaryClass::SemiMalicious;
         c.over_selection = 1.0;
         c.min_clients = 8;
+        c.corrupt_ppm = 50_000;
         c.rounds = 5;
         c.deadlines = PhaseDeadlines::uniform(Duration::from_secs(1));
         let e = Engine::new(c, model(0.5), 3, Arc::new(RawKeyCredentials), [3; 32])
@@ -164,15 +221,25 @@ mod tests {
         std::iter::from_fn(|| e.poll_output()).collect()
     }
 
+    /// Every client reports `seen(i)` and checks in.
+    fn check_in_all(
+        e: &mut Engine,
+        clients: &[ClientId],
+        now: Instant,
+        seen: impl Fn(usize) -> u64,
+    ) {
+        for (i, c) in clients.iter().enumerate() {
+            e.seen_version(*c, seen(i));
+            e.check_in(*c, now);
+        }
+    }
+
     #[test]
     fn clients_that_saw_a_newer_checkpoint_are_not_selected_and_the_stall_says_so() {
         let (mut e, clients, mut now) = engine();
         // Three clients have seen version 9 (the store went back): they would refuse version 3.
-        for (i, c) in clients.iter().enumerate() {
-            e.seen_version(*c, if i < 3 { 9 } else { 3 });
-            assert!(!matches!(e.check_in(*c, now), CheckIn::Selected(_)));
-        }
-        assert!(matches!(e.status().state, crate::engine::EngineState::Selecting));
+        check_in_all(&mut e, &clients, now, |i| if i < 3 { 9 } else { 3 });
+        assert_eq!(e.status().state, EngineState::Selecting);
         let refused = e.poll_check_in(&clients[0]);
         let CheckIn::RetryLater { reason, .. } = &refused else { panic!("{refused:?}") };
         assert!(reason.contains("would refuse it as a rollback"), "{reason}");
@@ -190,40 +257,36 @@ mod tests {
             _ => None,
         });
         assert_eq!(stalled, Some((3, 9, 7)));
-        assert_eq!(e.highest_reported_version(), 9);
     }
 
     #[test]
-    fn the_model_is_republished_above_the_highest_version_reported_and_rounds_go_on() {
+    fn the_model_is_republished_above_the_versions_reported_and_rounds_go_on() {
         let (mut e, clients, now) = engine();
-        for (i, c) in clients.iter().enumerate() {
-            e.seen_version(*c, if i < 3 { 9 } else { 3 });
-            e.check_in(*c, now);
-        }
+        check_in_all(&mut e, &clients, now, |i| if i < 3 { 9 } else { 3 });
         drain(&mut e);
-        let v = e.republish(None, "operator-1".into(), "store restored".into()).unwrap();
-        assert_eq!(v, 10);
-        let outputs = drain(&mut e);
-        let [
-            Output::Audit(AuditEvent::ModelRepublished {
-                from_version,
-                to_version,
-                new_weights,
-                ..
-            }),
-            Output::Checkpoint(c),
-        ] = &outputs[..]
-        else {
-            panic!("{outputs:?}")
-        };
-        assert_eq!((*from_version, *to_version, *new_weights), (3, 10, false));
-        assert_eq!((c.version, c.parent_version), (10, 3));
+        let (c, what) = e.republish(None, None, "operator-1").unwrap();
+        assert_eq!(
+            what,
+            Republication {
+                from_version: 3,
+                to_version: 10,
+                highest_reported: 9,
+                reports_left_out: 0,
+                new_weights: false
+            }
+        );
+        assert_eq!((c.version, c.parent_version, c.round_id), (10, 3, RoundId(0)));
         assert!(c.summary.starts_with(REPUBLISHED_SUMMARY), "{}", c.summary);
         assert_eq!(c.bytes.as_slice(), model(0.5).to_safetensors().unwrap().as_slice());
-        // Nothing starts and nothing else is re-published while it is stored.
+        assert!(drain(&mut e).is_empty(), "the caller records it");
+        // Nothing starts and nothing else is re-published while it is stored: ten clients
+        // wait, and no attempt starts.
+        check_in_all(&mut e, &clients, now, |_| 3);
+        assert_eq!(e.status().state, EngineState::Selecting);
+        assert_eq!(e.status().waiting, N);
         assert!(matches!(
-            e.republish(None, "operator-1".into(), String::new()),
-            Err(Error::RepublishNotNow { .. })
+            e.republish(None, None, "operator-1"),
+            Err(Error::RepublishNotNow { why: "a re-publication is being stored" })
         ));
         assert!(matches!(e.checkpoint_committed(11, now), Err(Error::WrongCommit { .. })));
         e.checkpoint_committed(10, now).unwrap();
@@ -231,19 +294,55 @@ mod tests {
         assert_eq!((s.checkpoint_version, s.completed_rounds, s.round_id.0), (10, 3, 11));
         assert_eq!(s.stalled, None);
         // Every client takes version 10: the ten check in and an attempt starts with them.
-        for c in &clients {
-            e.seen_version(*c, 9);
-            e.check_in(*c, now);
-        }
-        assert_eq!(e.status().state, crate::engine::EngineState::Running);
+        check_in_all(&mut e, &clients, now, |i| if i < 3 { 9 } else { 3 });
+        assert_eq!(e.status().state, EngineState::Running);
         let plan = &e.current_round().expect("an attempt").plan;
         assert!(plan.selected.len() >= 8, "{}", plan.selected.len());
         assert!(plan.selected.iter().any(|c| clients[..3].contains(c)), "those ahead are in");
         // While an attempt runs, no re-publication.
         assert!(matches!(
-            e.republish(None, "operator-1".into(), String::new()),
+            e.republish(None, None, "operator-1"),
             Err(Error::RepublishNotNow { why: "an attempt is running" })
         ));
+    }
+
+    #[test]
+    fn lying_reports_move_the_new_version_no_further_than_an_honest_client_has_seen() {
+        let (mut e, clients, now) = engine();
+        // One client of ten (the corrupt fraction assumed) claims the end of the number space.
+        check_in_all(&mut e, &clients, now, |i| if i == 0 { u64::MAX } else { 5 });
+        assert_eq!(e.trusted_report(), (5, 1));
+        let (c, what) = e.republish(None, None, "op").unwrap();
+        assert_eq!((c.version, what.highest_reported, what.reports_left_out), (6, 5, 1));
+        e.republish_abandoned();
+        // Two liars among ten: one is left out, the other's report is taken, but a version past
+        // the highest a re-publication may make is refused, naming it; nothing changes.
+        e.seen_version(clients[1], u64::MAX - 1);
+        let refused = e.republish(None, None, "op");
+        assert!(
+            matches!(refused, Err(Error::RepublishVersion { version: u64::MAX, current: 3, .. })),
+            "{refused:?}"
+        );
+        assert_eq!(e.checkpoint().0, 3);
+        // The operator names the version instead.
+        let (c, _) = e.republish(None, Some(7), "op").unwrap();
+        assert_eq!(c.version, 7);
+        e.republish_abandoned();
+        for bad in [3, 2, MAX_VERSION + 1] {
+            assert!(matches!(
+                e.republish(None, Some(bad), "op"),
+                Err(Error::RepublishVersion { .. })
+            ));
+        }
+        // The liars stay out of selection on version 7; the others take part.
+        e.republish(None, Some(7), "op").unwrap();
+        e.checkpoint_committed(7, now).unwrap();
+        let (liars, honest) = clients.split_at(2);
+        check_in_all(&mut e, honest, now, |_| 5);
+        assert_eq!(e.status().waiting, 8);
+        for c in liars {
+            assert!(matches!(e.check_in(*c, now), CheckIn::RetryLater { .. }));
+        }
     }
 
     #[test]
@@ -251,12 +350,15 @@ mod tests {
         let (mut e, clients, now) = engine();
         let (hash, _) = e.contributors();
         e.add_contributors(&hash, &clients[..2]);
-        e.republish(None, "op".into(), String::new()).unwrap();
+        // New weights that are the current ones are the same weights.
+        let (_, what) = e.republish(Some(model(0.5)), None, "op").unwrap();
+        assert!(!what.new_weights);
         e.checkpoint_committed(4, now).unwrap();
         // The same weights: a client that contributed on them would refuse them again.
         assert_eq!(e.contributors(), (hash, clients[..2].to_vec()));
         assert!(!matches!(e.check_in(clients[0], now), CheckIn::Pending));
-        e.republish(Some(model(0.25)), "op".into(), String::new()).unwrap();
+        let (_, what) = e.republish(Some(model(0.25)), None, "op").unwrap();
+        assert!(what.new_weights);
         e.checkpoint_committed(5, now).unwrap();
         let (new_hash, contributors) = e.contributors();
         assert_ne!(new_hash, hash);
@@ -266,19 +368,20 @@ mod tests {
     }
 
     #[test]
-    fn weights_of_another_layout_and_a_finished_task_are_refused() {
-        let (mut e, _, _) = engine();
+    fn weights_of_another_layout_a_held_audit_log_and_a_finished_task_are_refused() {
+        let (mut e, _, now) = engine();
         let other = Model::new().with("w", Tensor::new(vec![3], vec![0.0; 3]).unwrap());
+        assert!(matches!(e.republish(Some(other), None, "op"), Err(Error::RepublishLayout)));
+        e.hold_selection(true, now);
         assert!(matches!(
-            e.republish(Some(other), "op".into(), String::new()),
-            Err(Error::RepublishLayout)
+            e.republish(None, None, "op"),
+            Err(Error::RepublishNotNow { why: "the audit log cannot be written" })
         ));
-        assert!(drain(&mut e).is_empty(), "a refusal changes nothing");
-        assert_eq!(e.checkpoint().0, 3);
+        e.hold_selection(false, now);
+        drain(&mut e);
+        assert_eq!(e.checkpoint().0, 3, "a refusal changes nothing");
+        e.republish(None, None, "op").unwrap();
         let mut finished = engine().0.with_first_round(9, 5);
-        assert!(matches!(
-            finished.republish(None, "op".into(), String::new()),
-            Err(Error::TaskFinished)
-        ));
+        assert!(matches!(finished.republish(None, None, "op"), Err(Error::TaskFinished)));
     }
 }

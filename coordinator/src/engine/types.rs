@@ -200,27 +200,11 @@ pub enum AuditEvent {
         contributed: usize,
         /// Clients that have seen a newer checkpoint (they refuse this one as a rollback).
         ahead: usize,
-        /// The newest version any client reported having seen.
+        /// The newest version clients reported having seen, past the highest reports that as
+        /// many clients as the task assumes corrupt could have made up.
         highest_reported: u64,
         /// The task's `min_clients`.
         min_clients: usize,
-    },
-    /// An operator re-published the model as a newer version (before it is stored).
-    ModelRepublished {
-        /// The version it replaces.
-        from_version: u64,
-        /// The new version: above every version any client reported.
-        to_version: u64,
-        /// The newest version any client reported having seen.
-        highest_reported: u64,
-        /// Whether the operator gave new weights (else the current ones are re-published).
-        new_weights: bool,
-        /// SHA-256 of the new checkpoint's bytes.
-        sha256: CheckpointHash,
-        /// Who asked (the operator's client id, hex).
-        by: String,
-        /// Why, in the operator's words.
-        reason: String,
     },
     /// A holder sent a share that did not reconstruct; it was left out.
     MisbehavingHolder {

@@ -26,7 +26,7 @@ use ed25519_dalek::SigningKey;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::sign::CredentialVerifier;
 use fedsec_crypto::{ClientId, TaskId};
-use fedsec_wire::checkpoint::Manifest;
+use fedsec_wire::checkpoint::{Manifest, SignedManifest};
 use fedsec_wire::model::Model;
 use fedsec_wire::x509::X509Credentials;
 use serde_json::json;
@@ -426,9 +426,10 @@ impl Coordinator {
         rand_core::Rng::fill_bytes(&mut fedsec_crypto::rng::os_rng(), &mut seed);
         let mut engine = Engine::new(config.clone(), model, version, (self.verifier)(), seed)
             .map_err(Status::from)?
-            // Round ids continue after the stored checkpoints; they are never reused because
-            // each round that completed made one version (a re-publication skips ids), and
-            // attempts get fresh nonces.
+            // Round ids continue after the newest stored checkpoint: each round that completed
+            // made one version, and a re-publication skips ids. A store that went back to an
+            // older version numbers its rounds again from there until a re-publication moves
+            // past them; every attempt's context stays unique all the same (fresh nonces).
             .with_first_round(version + 1, completed)
             .saving_attempts();
         if let Some(pool) = &self.pool {
@@ -710,26 +711,13 @@ impl Coordinator {
         }
     }
 
-    /// How many rounds of task `id` completed, its newest checkpoint being `version`: each
-    /// round made one version, and each re-publication (its signed manifest's summary says so)
-    /// jumped from its parent to its version without a round.
+    /// How many rounds of task `id` completed, its newest checkpoint being `version`: the
+    /// round checkpoints along the chain of signed manifests from it down to version 0
+    /// ([`rounds_in_chain`]).
     async fn completed_rounds(&self, id: TaskId, version: u64) -> Result<u64, Status> {
         let manifests = self.store.list(id).await.map_err(|e| Status::internal(e.to_string()))?;
-        let key = self.verifying_key();
-        let mut skipped = 0;
-        for m in manifests {
-            if !m.manifest.round_summary.starts_with(REPUBLISHED_SUMMARY) {
-                continue;
-            }
-            m.verify(&key).map_err(|e| {
-                Status::internal(format!(
-                    "the stored manifest of checkpoint version {}: {e}",
-                    m.manifest.version
-                ))
-            })?;
-            skipped += m.manifest.version.saturating_sub(m.manifest.parent_version);
-        }
-        Ok(version.saturating_sub(skipped))
+        let by_version = manifests.into_iter().map(|m| (m.manifest.version, m)).collect();
+        rounds_in_chain(version, &by_version, &self.verifying_key()).map_err(Status::internal)
     }
 
     /// Lets clients into the task's rounds.
@@ -748,6 +736,58 @@ impl Coordinator {
             .map_err(|e| Status::internal(e.to_string()))?;
         task.started.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Re-publishes task `id`'s model ([`Engine::republish`]) for the operator `by`: records
+    /// it in the audit log (synced) before anything is stored, then stores and publishes it
+    /// like a round's checkpoint. Returns the version it replaces and the new one once stored
+    /// (`DEADLINE_EXCEEDED` if the store has not taken it within `within`: it goes on trying,
+    /// and the version is published once stored).
+    pub async fn republish(
+        self: &Arc<Self>,
+        id: TaskId,
+        weights: Option<Model>,
+        to_version: Option<u64>,
+        by: String,
+        reason: String,
+        within: Duration,
+    ) -> Result<(u64, u64), Status> {
+        self.audit_writable()?;
+        let task = self.task(&id)?;
+        let operator = by.clone();
+        let (checkpoint, what) = task
+            .call(move |e, _| e.republish(weights, to_version, &operator))
+            .await?
+            .map_err(Status::from)?;
+        let recorded = self
+            .audit(
+                EntryKind::ModelRepublished,
+                json!({ "task": hex::encode(id.0), "from_version": what.from_version,
+                        "to_version": what.to_version, "highest_reported": what.highest_reported,
+                        "reports_left_out": what.reports_left_out,
+                        "new_weights": what.new_weights,
+                        "sha256": hex::encode(checkpoint.sha256.0), "by": by,
+                        "reason": reason }),
+            )
+            .await;
+        if let Err(e) = recorded {
+            task.call_detached(|e, _| e.republish_abandoned());
+            return Err(e);
+        }
+        // On its own task: a caller that goes away does not stop it half-way.
+        let stored = tokio::spawn({
+            let (coordinator, task) = (self.clone(), task.clone());
+            async move { coordinator.commit(&task, checkpoint).await }
+        });
+        match tokio::time::timeout(within, stored).await {
+            Ok(Ok(())) => Ok((what.from_version, what.to_version)),
+            Ok(Err(e)) => Err(Status::internal(format!("storing the re-published model: {e}"))),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "checkpoint version {} is not stored yet; the coordinator goes on trying (its log \
+                 says why) and publishes it once stored",
+                what.to_version
+            ))),
+        }
     }
 
     /// Stores a round's checkpoint (retrying until the store takes it), publishes it, and
@@ -841,20 +881,6 @@ impl Coordinator {
                         "contributed": contributed, "ahead": ahead,
                         "highest_reported": highest_reported, "min_clients": min_clients }),
             ),
-            AuditEvent::ModelRepublished {
-                from_version,
-                to_version,
-                highest_reported,
-                new_weights,
-                sha256,
-                by,
-                reason,
-            } => (
-                EntryKind::ModelRepublished,
-                json!({ "task": t, "from_version": from_version, "to_version": to_version,
-                        "highest_reported": highest_reported, "new_weights": new_weights,
-                        "sha256": hex::encode(sha256.0), "by": by, "reason": reason }),
-            ),
             AuditEvent::MisbehavingHolder { round_id, client } => (
                 EntryKind::Refusal,
                 json!({ "task": t, "round": round_id.0, "client": client.to_hex(),
@@ -865,6 +891,36 @@ impl Coordinator {
         // checkpoint that ends the round waits for all of them ([`Coordinator::commit`]).
         self.audit.submit(kind, detail);
     }
+}
+
+/// The rounds that made the checkpoints along the chain of manifests from `newest` down to
+/// version 0, each manifest's signature checked: each manifest's parent is the version it was
+/// made from, and a re-published one ([`REPUBLISHED_SUMMARY`]) is not a round. A parent missing
+/// from the store (a version lost) ends the walk: the versions below it are counted as rounds,
+/// as versions were before re-publication existed.
+fn rounds_in_chain(
+    newest: u64,
+    manifests: &BTreeMap<u64, SignedManifest>,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<u64, String> {
+    let mut rounds = 0;
+    let mut version = newest;
+    while version > 0 {
+        let Some(m) = manifests.get(&version) else {
+            tracing::warn!(
+                version,
+                "a checkpoint's manifest is missing: the versions below it are counted as rounds"
+            );
+            return Ok(rounds + version);
+        };
+        m.verify(key)
+            .map_err(|e| format!("the stored manifest of checkpoint version {version}: {e}"))?;
+        if !m.manifest.round_summary.starts_with(REPUBLISHED_SUMMARY) {
+            rounds += 1;
+        }
+        version = m.manifest.parent_version;
+    }
+    Ok(rounds)
 }
 
 const DEFINITION_LABEL: &[u8] = b"fedsec/v1/task-definition";
@@ -942,5 +998,61 @@ async fn drive(
             // The engine thread runs the sums; none comes here.
             Output::Aggregate(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedsec_crypto::CheckpointHash;
+
+    fn signed(key: &SigningKey, version: u64, parent: u64, summary: &str) -> SignedManifest {
+        Manifest {
+            version,
+            parent_version: parent,
+            sha256: CheckpointHash([version as u8; 32]),
+            size_bytes: 1,
+            task_id: TaskId([1; 16]),
+            round_summary: summary.into(),
+        }
+        .sign(key)
+    }
+
+    #[test]
+    fn the_completed_rounds_are_the_round_checkpoints_along_the_signed_chain() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let vk = key.verifying_key();
+        // Rounds made 1 and 2; the store went back to 1; 9 re-published 1; rounds made 10, 11;
+        // 20 re-published 11 with new weights; a round made 21. Version 2 is off the chain.
+        let chain = [
+            (0, 0, "initial model"),
+            (1, 0, "round 1"),
+            (2, 1, "round 2"),
+            (9, 1, "re-published version 1 as version 9 by op"),
+            (10, 9, "round 2"),
+            (11, 10, "round 3"),
+            (20, 11, "re-published version 11 as version 20 by op with new weights"),
+            (21, 20, "round 4"),
+        ];
+        let all: BTreeMap<u64, SignedManifest> =
+            chain.iter().map(|&(v, p, s)| (v, signed(&key, v, p, s))).collect();
+        assert_eq!(rounds_in_chain(21, &all, &vk), Ok(4));
+        assert_eq!(rounds_in_chain(9, &all, &vk), Ok(1));
+        assert_eq!(rounds_in_chain(2, &all, &vk), Ok(2));
+        assert_eq!(rounds_in_chain(0, &all, &vk), Ok(0));
+        // A summary changed to hide a re-publication breaks its signature: refused, named.
+        let mut forged = all.clone();
+        forged.get_mut(&20).unwrap().manifest.round_summary = "round 4".into();
+        let err = rounds_in_chain(21, &forged, &vk).unwrap_err();
+        assert!(err.contains("checkpoint version 20"), "{err}");
+        // So does a manifest signed by another key.
+        let mut foreign = all.clone();
+        foreign.insert(10, signed(&SigningKey::from_bytes(&[6; 32]), 10, 9, "round 2"));
+        assert!(rounds_in_chain(21, &foreign, &vk).is_err());
+        // A lost manifest ends the walk: 21 and 11 are rounds, and the ten versions up to the
+        // lost one count as rounds.
+        let mut lost = all;
+        lost.remove(&10);
+        assert_eq!(rounds_in_chain(21, &lost, &vk), Ok(2 + 10));
     }
 }

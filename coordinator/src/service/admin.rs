@@ -225,7 +225,7 @@ impl Admin for AdminService {
         let operator = self.operator(&req)?;
         let r = req.into_inner();
         let id = wire::task_id(&r.task_id)?;
-        let task = self.coordinator.task(&id)?;
+        self.coordinator.task(&id)?;
         if r.reason.len() > MAX_REASON_BYTES {
             return Err(Status::invalid_argument(format!(
                 "reason: {} bytes, at most {MAX_REASON_BYTES}",
@@ -239,22 +239,11 @@ impl Admin for AdminService {
                     .map_err(|e| Status::invalid_argument(format!("model: {e}")))?,
             ),
         };
-        let (from_version, version) = task
-            .call(move |e, _| {
-                let from = e.checkpoint().0;
-                e.republish(weights, operator, r.reason).map(|v| (from, v))
-            })
-            .await?
-            .map_err(Status::from)?;
-        // The task's driver records it, stores it and publishes it, as a round's checkpoint.
-        let stored =
-            task.wait_for_view(REPUBLISH_WAIT, |v| v.status.checkpoint_version >= version).await;
-        if !stored {
-            return Err(Status::deadline_exceeded(format!(
-                "checkpoint version {version} is not stored yet; the coordinator's log says why, \
-                 and it is published once stored"
-            )));
-        }
+        let to_version = (r.to_version > 0).then_some(r.to_version);
+        let (from_version, version) = self
+            .coordinator
+            .republish(id, weights, to_version, operator, r.reason, REPUBLISH_WAIT)
+            .await?;
         Ok(Response::new(v1::RepublishModelResponse { from_version, checkpoint_version: version }))
     }
 

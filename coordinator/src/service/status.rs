@@ -17,7 +17,8 @@ impl From<Error> for Status {
             | Error::Malformed(_)
             | Error::BadUpload { .. }
             | Error::Model(_)
-            | Error::RepublishLayout => Code::InvalidArgument,
+            | Error::RepublishLayout
+            | Error::RepublishVersion { .. } => Code::InvalidArgument,
             Error::UnknownTask(_) => Code::NotFound,
             Error::NotSelected(_) => Code::PermissionDenied,
             Error::TaskFinished
