@@ -482,10 +482,11 @@ impl SecAggClient {
     ) -> Result<MaskedInput> {
         let digest = message_digest(msg);
         if let Some(done) = &self.masked_input {
+            // The phase of the request, as `answer` and the other handlers name it.
             return if done.request == digest {
                 Ok(done.reply.clone())
             } else {
-                Err(Error::PhaseAlreadyAnswered(Phase::MaskedInputCollection))
+                Err(Error::PhaseAlreadyAnswered(Phase::ShareKeys))
             };
         }
         // A wrong length is the caller's own mistake: refused without aborting.

@@ -311,11 +311,13 @@ impl SecAggServer {
 
     /// Resumes an attempt from what a server held once `state.closed` closed: the next phase
     /// is open, with nothing of it received. `state` is checked against the plan and against
-    /// itself — each advert of the plan's context and a selected client, each set within the
-    /// one before and at least q large, each key a valid encoding, each consistency signature
-    /// valid on U3 — so an inconsistent state is refused rather than resumed. Credentials and
-    /// advert signatures are not judged again (the caller authenticates the state): the
-    /// identity keys are the ones the credentials certified when the adverts were received.
+    /// itself — each advert of the plan's context and a selected client and signed under the
+    /// identity key its credential certified when it was received, each set within the one
+    /// before and at least q large, each key a valid encoding, each consistency signature valid
+    /// on U3 — so an inconsistent state is refused rather than resumed. Credentials are not
+    /// judged again (they were, at their own time). What no signature binds — U2, U3 before
+    /// the consistency check, the masked sum — is taken on trust: the caller authenticates the
+    /// state (the coordinator seals it with a MAC).
     pub fn resume(
         plan: RoundPlan,
         verifier: Arc<dyn CredentialVerifier>,
@@ -345,6 +347,15 @@ impl SecAggServer {
                 mask_pk: key(&advert.mask_pk)?,
                 self_mask_commitment: key(&advert.self_mask_commitment)?,
             };
+            // The advert's signature under the key its credential certified when it came: a
+            // saved state whose keys were changed is refused, not resumed into a wrong sum.
+            // (The credential itself is not judged again: it was, at its own time.)
+            let signed = crate::kdf::labelled(
+                Label::Advertise,
+                &server.ctx,
+                &[&advert.enc_pk, &advert.mask_pk, &advert.self_mask_commitment],
+            );
+            server.verifier.verify_signature(id, &verifying_key, &signed, &advert.signature.0)?;
             if server.advertised.insert(u, (advert, peer)).is_some() {
                 return Err(bad("an advert appears twice"));
             }

@@ -1,6 +1,9 @@
 //! Shared helpers of the integration tests: a federation of in-memory identities.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod client_world;
+pub mod fuzz;
+
 use std::sync::Arc;
 
 use fedsec_crypto::context::{AdversaryClass, GraphKind, PPM, RoundPlan};
