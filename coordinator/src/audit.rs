@@ -604,6 +604,21 @@ pub fn unfinished_attempt(log: &Path, task: &str) -> Result<Option<(u64, String)
     Ok(open)
 }
 
+/// The highest checkpoint version of `task` (hex id) the log records (`checkpoint` entries; 0
+/// if none): every version this coordinator signed and stored, whatever its store holds now.
+pub fn highest_checkpoint(log: &Path, task: &str) -> Result<u64, AuditError> {
+    let file = File::open(log).map_err(|source| AuditError::Io { path: log.to_owned(), source })?;
+    let mut highest = 0;
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.map_err(|source| AuditError::Io { path: log.to_owned(), source })?;
+        let Ok(entry) = serde_json::from_slice::<AuditEntry>(&line) else { continue };
+        if entry.kind == EntryKind::Checkpoint && entry.detail["task"] == task {
+            highest = highest.max(entry.detail["version"].as_u64().unwrap_or(0));
+        }
+    }
+    Ok(highest)
+}
+
 /// The head file as stored. Hex fields are lowercase; the file is compact JSON and a newline.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

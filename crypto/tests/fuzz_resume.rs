@@ -61,7 +61,7 @@ fn applies(kind: u32, at: usize) -> bool {
 fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str, Verdict) {
     use Verdict::*;
     let at = state.closed.index();
-    let kinds: Vec<u32> = (0..29).filter(|&k| applies(k, at)).collect();
+    let kinds: Vec<u32> = (0..30).filter(|&k| applies(k, at)).collect();
     let kind = kinds[choice as usize % kinds.len()];
     let inconsistent = |why| Refused(Error::SavedStateInconsistent(why));
     let fewer = inconsistent("a closed phase left fewer than q clients");
@@ -141,7 +141,7 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
         }
         12 => {
             state.adverts[e].identity_key = state.adverts[next].identity_key;
-            ("an identity key swapped", Refused(Error::BadSignature(id)))
+            ("an identity key swapped", Refused(Error::BadPublicKey(id)))
         }
         13 => {
             let v = state.u2.remove(x % u2.len());
@@ -281,6 +281,22 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
         28 => {
             state.unmasking.push(state.unmasking[x % responses].clone());
             ("an unmasking response twice", inconsistent("an unmasking response appears twice"))
+        }
+        29 => {
+            // Another key signs the advert with a mask key of its choosing, in this client's
+            // name, and takes the place of its identity key.
+            let (s, a) = (stranger(), &state.adverts[e].advert);
+            let mut forged = signed_advert(&s, a.ctx, [a.enc_pk, [9; 32], a.self_mask_commitment]);
+            forged.client = id;
+            forged.mask_pk = state.adverts[next].advert.mask_pk;
+            let keys = [forged.enc_pk, forged.mask_pk, forged.self_mask_commitment];
+            forged.signature = signed_advert(&s, a.ctx, keys).signature;
+            state.adverts[e] =
+                VerifiedAdvert { advert: forged, identity_key: s.verifying_key().to_bytes() };
+            (
+                "an advert re-signed by another key in this client's name",
+                Refused(Error::BadPublicKey(id)),
+            )
         }
         _ => unreachable!("edit {kind} does not apply at phase {at}"),
     }

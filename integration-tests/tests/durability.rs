@@ -403,6 +403,8 @@ fn a_store_restored_from_an_older_backup_stalls_until_the_operator_republishes_t
     assert_eq!(entry["new_weights"], true);
     assert_eq!(entry["reason"], "restored");
     assert_eq!(entry["highest_reported"], 3);
+    assert_eq!(entry["highest_signed"], 3, "the audit log remembers what the store lost");
+    assert_eq!(entry["reports_never_published"], 0);
     let recorded = fed.audit_entries("checkpoint");
     let last = &recorded.last().unwrap()["detail"];
     assert_eq!(

@@ -127,8 +127,11 @@ pub struct Engine {
     /// The version an operator's re-publication is storing: no attempt starts until it is
     /// installed ([`republished`](Self::republished)) or given up.
     publishing: Option<u64>,
-    /// The model being re-published, while `publishing`.
-    republished_model: Option<Model>,
+    /// The model being re-published and its checkpoint's hash, while `publishing`.
+    republished_model: Option<(Model, CheckpointHash)>,
+    /// The highest checkpoint version this coordinator has signed for the task, as its audit
+    /// log records it: what an honest client can have seen, at most.
+    signed_high_water: u64,
     /// The newest checkpoint version each client's last check-in said it has seen. One above
     /// the current version would refuse the current checkpoint as a rollback: it is not
     /// selected on it ([`is_ahead`](Self::is_ahead)).
@@ -203,6 +206,7 @@ impl Engine {
             held: false,
             publishing: None,
             republished_model: None,
+            signed_high_water: version,
             reported: BTreeMap::new(),
             save_attempts: false,
             stalled: None,
@@ -527,6 +531,7 @@ impl Engine {
 
     /// Withdraws a waiting check-in (the client was deny-listed).
     pub fn withdraw(&mut self, client: &ClientId) {
+        self.reported.remove(client);
         if self.waiting.remove(client).is_some() {
             self.waiting_dropped += 1;
         }
@@ -917,6 +922,7 @@ impl Engine {
         let _ = now;
         self.model = Arc::new(model);
         self.checkpoint_version = checkpoint.version;
+        self.signed_high_water = self.signed_high_water.max(checkpoint.version);
         self.checkpoint_hash = checkpoint.sha256;
         self.contributed.clear();
         self.stalled = None;

@@ -12,10 +12,12 @@
 //! like a round's checkpoint and reports it stored ([`Engine::checkpoint_committed`]); it is not
 //! a round: the task's count of completed rounds does not change.
 //!
-//! What a check-in reports is the client's word, not a proof: the versions are taken past the
-//! highest reports that as many clients as the task assumes corrupt could have made up
-//! ([`Engine::trusted_report`]), so a few lying clients can neither push the new version to the
-//! end of the number space nor keep themselves out of anything but their own selection.
+//! What a check-in reports is the client's word, not a proof. The new version is taken from the
+//! reports past the highest ones that as many clients as the task assumes corrupt could have
+//! made up ([`Engine::trusted_report`]), and never above the highest version this coordinator
+//! ever signed for the task (its audit log records each one): an honest client cannot have seen
+//! more, so no lie, however many tell it, moves the version past what was really published. An
+//! operator can name the version instead.
 
 use std::sync::Arc;
 
@@ -29,9 +31,10 @@ use crate::error::{Error, Result};
 /// along its chain of signed manifests, leaving out the ones whose summary starts so.
 pub const REPUBLISHED_SUMMARY: &str = "re-published";
 
-/// The highest version a re-publication may make: far beyond any real task, and far enough from
-/// the end of `u64` that the rounds after it cannot overflow.
-pub const MAX_VERSION: u64 = u64::MAX / 2;
+/// The highest version a re-publication may make: 2^53 − 1, far beyond any real task, exact in
+/// every JSON reader (the audit log and the manifests carry versions as JSON numbers), and far
+/// from the end of `u64`.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
 /// What a re-publication is, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +47,22 @@ pub struct Republication {
     pub highest_reported: u64,
     /// Reports above it, left out (as many as the task assumes corrupt clients, at most).
     pub reports_left_out: usize,
+    /// The highest version this coordinator signed for the task (its audit log).
+    pub highest_signed: u64,
+    /// Reports above `highest_signed`: versions never published, so made up.
+    pub reports_never_published: usize,
     /// Whether the weights differ from the current ones (by their weights hash).
     pub new_weights: bool,
 }
 
 impl Engine {
+    /// The highest checkpoint version this coordinator has signed for the task before this
+    /// engine, as its audit log records it (a store that went back holds less).
+    pub fn with_signed_versions_up_to(mut self, version: u64) -> Self {
+        self.signed_high_water = self.signed_high_water.max(version);
+        self
+    }
+
     /// A client's check-in says it has seen checkpoint `version` (its rollback guard): if that
     /// is newer than the current one, the client would refuse the current one, so it is not
     /// selected on it (and counts as not eligible for the stall check).
@@ -84,7 +98,9 @@ impl Engine {
 
     /// An operator re-publishes the model: the current weights, or `weights` (same tensor
     /// names and shapes), as version `to_version`, or else one above the current version and
-    /// above [`trusted_report`](Self::trusted_report). Only between attempts, while the audit
+    /// above [`trusted_report`](Self::trusted_report) capped at the highest version this
+    /// coordinator signed ([`with_signed_versions_up_to`](Self::with_signed_versions_up_to)),
+    /// at most [`MAX_VERSION`]. Only between attempts, while the audit
     /// log takes entries. Returns the checkpoint to store — the caller records the
     /// re-publication, stores it and reports it with
     /// [`checkpoint_committed`](Self::checkpoint_committed), or gives it up with
@@ -108,9 +124,11 @@ impl Engine {
         }
         let from = self.checkpoint_version;
         let (highest, left_out) = self.trusted_report();
+        let signed = self.signed_high_water;
+        let never_published = self.reported.values().filter(|&&v| v > signed).count();
         let version = match to_version {
             Some(v) => v,
-            None => from.max(highest).saturating_add(1),
+            None => from.max(highest.min(signed)).saturating_add(1),
         };
         if version <= from || version > MAX_VERSION {
             return Err(Error::RepublishVersion { version, current: from, max: MAX_VERSION });
@@ -124,7 +142,7 @@ impl Engine {
         let bytes = model.to_safetensors()?;
         let sha256 = fedsec_crypto::CheckpointHash::of(&bytes);
         self.publishing = Some(version);
-        self.republished_model = Some(model);
+        self.republished_model = Some((model, sha256));
         let checkpoint = NewCheckpoint {
             version,
             parent_version: from,
@@ -142,6 +160,8 @@ impl Engine {
             to_version: version,
             highest_reported: highest,
             reports_left_out: left_out,
+            highest_signed: signed,
+            reports_never_published: never_published,
             new_weights,
         };
         Ok((checkpoint, what))
@@ -159,21 +179,21 @@ impl Engine {
     /// them again); the stall starts over. Not a round: the count of completed rounds stays,
     /// and round ids skip to the version's + 1, as after a restart.
     pub(super) fn republished(&mut self, version: u64) -> Result<()> {
-        let (Some(waiting), Some(model)) = (self.publishing, self.republished_model.take()) else {
+        let Some(waiting) = self.publishing else {
             return Err(Error::NothingToCommit { version });
         };
         if waiting != version {
-            self.republished_model = Some(model);
             return Err(Error::WrongCommit { committed: version, waiting });
         }
+        let (model, sha256) = self.republished_model.take().expect("set with publishing");
         if model.weights_hash() != self.model.weights_hash() {
             self.contributed.clear();
         }
-        let bytes = model.to_safetensors()?;
-        self.checkpoint_hash = fedsec_crypto::CheckpointHash::of(&bytes);
+        self.checkpoint_hash = sha256;
         self.model = Arc::new(model);
         self.round_id = self.round_id.max(version + 1);
         self.checkpoint_version = version;
+        self.signed_high_water = self.signed_high_water.max(version);
         self.publishing = None;
         self.stalled = None;
         self.checking_in_since = None;
@@ -261,7 +281,9 @@ mod tests {
 
     #[test]
     fn the_model_is_republished_above_the_versions_reported_and_rounds_go_on() {
-        let (mut e, clients, now) = engine();
+        let (e, clients, now) = engine();
+        // The audit log says this coordinator signed up to version 9 before its store went back.
+        let mut e = e.with_signed_versions_up_to(9);
         check_in_all(&mut e, &clients, now, |i| if i < 3 { 9 } else { 3 });
         drain(&mut e);
         let (c, what) = e.republish(None, None, "operator-1").unwrap();
@@ -272,6 +294,8 @@ mod tests {
                 to_version: 10,
                 highest_reported: 9,
                 reports_left_out: 0,
+                highest_signed: 9,
+                reports_never_published: 0,
                 new_weights: false
             }
         );
@@ -307,42 +331,66 @@ mod tests {
     }
 
     #[test]
-    fn lying_reports_move_the_new_version_no_further_than_an_honest_client_has_seen() {
-        let (mut e, clients, now) = engine();
-        // One client of ten (the corrupt fraction assumed) claims the end of the number space.
+    fn lying_reports_move_the_new_version_no_further_than_what_was_published() {
+        let (e, clients, now) = engine();
+        let mut e = e.with_signed_versions_up_to(5);
+        // One client of ten (the corrupt fraction assumed) claims the end of the number space:
+        // its report is left out.
         check_in_all(&mut e, &clients, now, |i| if i == 0 { u64::MAX } else { 5 });
         assert_eq!(e.trusted_report(), (5, 1));
         let (c, what) = e.republish(None, None, "op").unwrap();
         assert_eq!((c.version, what.highest_reported, what.reports_left_out), (6, 5, 1));
+        assert_eq!(what.reports_never_published, 1);
         e.republish_abandoned();
-        // Two liars among ten: one is left out, the other's report is taken, but a version past
-        // the highest a re-publication may make is refused, naming it; nothing changes.
+        // More liars than assumed: their reports are taken, but nothing above the highest
+        // version this coordinator ever signed (its audit log) can have been seen.
         e.seen_version(clients[1], u64::MAX - 1);
-        let refused = e.republish(None, None, "op");
-        assert!(
-            matches!(refused, Err(Error::RepublishVersion { version: u64::MAX, current: 3, .. })),
-            "{refused:?}"
-        );
-        assert_eq!(e.checkpoint().0, 3);
-        // The operator names the version instead.
+        e.seen_version(clients[2], 1 << 40);
+        let (c, what) = e.republish(None, None, "op").unwrap();
+        assert_eq!((c.version, what.reports_never_published), (6, 3));
+        e.republish_abandoned();
+        // The operator may name the version, above the current one and at most MAX_VERSION.
         let (c, _) = e.republish(None, Some(7), "op").unwrap();
         assert_eq!(c.version, 7);
         e.republish_abandoned();
-        for bad in [3, 2, MAX_VERSION + 1] {
+        for bad in [3, 2, MAX_VERSION + 1, u64::MAX] {
             assert!(matches!(
                 e.republish(None, Some(bad), "op"),
                 Err(Error::RepublishVersion { .. })
             ));
         }
+        // A re-publication abandoned leaves nothing behind: version 3, selection goes on.
+        assert_eq!(e.checkpoint().0, 3);
         // The liars stay out of selection on version 7; the others take part.
         e.republish(None, Some(7), "op").unwrap();
         e.checkpoint_committed(7, now).unwrap();
-        let (liars, honest) = clients.split_at(2);
+        let (liars, honest) = clients.split_at(3);
         check_in_all(&mut e, honest, now, |_| 5);
-        assert_eq!(e.status().waiting, 8);
+        assert_eq!(e.status().waiting, 7);
         for c in liars {
             assert!(matches!(e.check_in(*c, now), CheckIn::RetryLater { .. }));
         }
+        // A denied client's report goes with it.
+        e.withdraw(&liars[0]);
+        assert!(!e.is_ahead(&liars[0]));
+    }
+
+    #[test]
+    fn with_no_corrupt_clients_assumed_one_lie_still_moves_nothing_past_what_was_published() {
+        let (e, clients, now) = engine();
+        let mut config = e.config().clone();
+        config.corrupt_ppm = 0;
+        let mut e = Engine::new(config, model(0.5), 3, Arc::new(RawKeyCredentials), [3; 32])
+            .unwrap()
+            .with_first_round(4, 3);
+        check_in_all(&mut e, &clients, now, |i| if i == 0 { MAX_VERSION - 1 } else { 3 });
+        assert_eq!(e.trusted_report(), (MAX_VERSION - 1, 0));
+        let (c, what) = e.republish(None, None, "op").unwrap();
+        assert_eq!((c.version, what.reports_never_published), (4, 1));
+        e.checkpoint_committed(4, now).unwrap();
+        // And a later re-publication is still possible.
+        let (c, _) = e.republish(None, None, "op").unwrap();
+        assert_eq!(c.version, 5);
     }
 
     #[test]

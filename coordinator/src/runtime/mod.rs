@@ -422,6 +422,13 @@ impl Coordinator {
         let version = published.manifest.manifest.version;
         let checkpoint_sha256 = published.manifest.manifest.sha256;
         let completed = self.completed_rounds(id, version).await?;
+        let (audit_path, task_hex) = (self.audit_path.clone(), hex::encode(id.0));
+        let signed = tokio::task::spawn_blocking(move || {
+            crate::audit::highest_checkpoint(&audit_path, &task_hex)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
         let mut seed = [0u8; 32];
         rand_core::Rng::fill_bytes(&mut fedsec_crypto::rng::os_rng(), &mut seed);
         let mut engine = Engine::new(config.clone(), model, version, (self.verifier)(), seed)
@@ -431,6 +438,7 @@ impl Coordinator {
             // older version numbers its rounds again from there until a re-publication moves
             // past them; every attempt's context stays unique all the same (fresh nonces).
             .with_first_round(version + 1, completed)
+            .with_signed_versions_up_to(signed)
             .saving_attempts();
         if let Some(pool) = &self.pool {
             engine = engine.with_thread_pool(pool.clone());
@@ -754,39 +762,44 @@ impl Coordinator {
     ) -> Result<(u64, u64), Status> {
         self.audit_writable()?;
         let task = self.task(&id)?;
-        let operator = by.clone();
-        let (checkpoint, what) = task
-            .call(move |e, _| e.republish(weights, to_version, &operator))
-            .await?
-            .map_err(Status::from)?;
-        let recorded = self
-            .audit(
-                EntryKind::ModelRepublished,
-                json!({ "task": hex::encode(id.0), "from_version": what.from_version,
-                        "to_version": what.to_version, "highest_reported": what.highest_reported,
-                        "reports_left_out": what.reports_left_out,
-                        "new_weights": what.new_weights,
-                        "sha256": hex::encode(checkpoint.sha256.0), "by": by,
-                        "reason": reason }),
-            )
-            .await;
-        if let Err(e) = recorded {
-            task.call_detached(|e, _| e.republish_abandoned());
-            return Err(e);
-        }
-        // On its own task: a caller that goes away does not stop it half-way.
-        let stored = tokio::spawn({
-            let (coordinator, task) = (self.clone(), task.clone());
-            async move { coordinator.commit(&task, checkpoint).await }
+        // On a task of its own from here: a caller that goes away (a timeout, Ctrl-C) stops
+        // nothing half-way — the re-publication is stored, or given up, either way.
+        let coordinator = self.clone();
+        let job = tokio::spawn(async move {
+            let operator = by.clone();
+            let (checkpoint, what) = task
+                .call(move |e, _| e.republish(weights, to_version, &operator))
+                .await?
+                .map_err(Status::from)?;
+            let recorded = coordinator
+                .audit(
+                    EntryKind::ModelRepublished,
+                    json!({ "task": hex::encode(id.0), "from_version": what.from_version,
+                            "to_version": what.to_version,
+                            "highest_reported": what.highest_reported,
+                            "reports_left_out": what.reports_left_out,
+                            "highest_signed": what.highest_signed,
+                            "reports_never_published": what.reports_never_published,
+                            "new_weights": what.new_weights,
+                            "sha256": hex::encode(checkpoint.sha256.0), "by": by,
+                            "reason": reason }),
+                )
+                .await;
+            if let Err(e) = recorded {
+                task.call_detached(|e, _| e.republish_abandoned());
+                return Err(e);
+            }
+            coordinator.commit(&task, checkpoint).await;
+            Ok((what.from_version, what.to_version))
         });
-        match tokio::time::timeout(within, stored).await {
-            Ok(Ok(())) => Ok((what.from_version, what.to_version)),
-            Ok(Err(e)) => Err(Status::internal(format!("storing the re-published model: {e}"))),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "checkpoint version {} is not stored yet; the coordinator goes on trying (its log \
-                 says why) and publishes it once stored",
-                what.to_version
-            ))),
+        match tokio::time::timeout(within, job).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => Err(Status::internal(format!("re-publishing the model: {e}"))),
+            Err(_) => Err(Status::deadline_exceeded(
+                "the re-published checkpoint is not stored yet; the coordinator goes on (its log \
+                 says why), and the version is published once stored: its `checkpoint` audit \
+                 entry confirms it",
+            )),
         }
     }
 
@@ -895,9 +908,9 @@ impl Coordinator {
 
 /// The rounds that made the checkpoints along the chain of manifests from `newest` down to
 /// version 0, each manifest's signature checked: each manifest's parent is the version it was
-/// made from, and a re-published one ([`REPUBLISHED_SUMMARY`]) is not a round. A parent missing
-/// from the store (a version lost) ends the walk: the versions below it are counted as rounds,
-/// as versions were before re-publication existed.
+/// made from, and a re-published one ([`REPUBLISHED_SUMMARY`]) is not a round. A manifest
+/// missing from the chain is refused, naming it: without it the count is unknown (a
+/// re-publication below it would be counted as rounds and the task could end early).
 fn rounds_in_chain(
     newest: u64,
     manifests: &BTreeMap<u64, SignedManifest>,
@@ -907,14 +920,19 @@ fn rounds_in_chain(
     let mut version = newest;
     while version > 0 {
         let Some(m) = manifests.get(&version) else {
-            tracing::warn!(
-                version,
-                "a checkpoint's manifest is missing: the versions below it are counted as rounds"
-            );
-            return Ok(rounds + version);
+            return Err(format!(
+                "the manifest of checkpoint version {version} is missing from the store (the chain \
+                 from version {newest} down to 0 goes through it): the task's completed rounds \
+                 cannot be counted; put it back from a backup"
+            ));
         };
         m.verify(key)
             .map_err(|e| format!("the stored manifest of checkpoint version {version}: {e}"))?;
+        if m.manifest.parent_version >= version {
+            return Err(format!(
+                "the manifest of checkpoint version {version} names a parent not below it"
+            ));
+        }
         if !m.manifest.round_summary.starts_with(REPUBLISHED_SUMMARY) {
             rounds += 1;
         }
@@ -1049,10 +1067,10 @@ mod tests {
         let mut foreign = all.clone();
         foreign.insert(10, signed(&SigningKey::from_bytes(&[6; 32]), 10, 9, "round 2"));
         assert!(rounds_in_chain(21, &foreign, &vk).is_err());
-        // A lost manifest ends the walk: 21 and 11 are rounds, and the ten versions up to the
-        // lost one count as rounds.
+        // A manifest lost from the chain (below a re-publication, here) is refused, named.
         let mut lost = all;
         lost.remove(&10);
-        assert_eq!(rounds_in_chain(21, &lost, &vk), Ok(2 + 10));
+        let err = rounds_in_chain(21, &lost, &vk).unwrap_err();
+        assert!(err.contains("checkpoint version 10 is missing"), "{err}");
     }
 }

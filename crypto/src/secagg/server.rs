@@ -311,8 +311,9 @@ impl SecAggServer {
 
     /// Resumes an attempt from what a server held once `state.closed` closed: the next phase
     /// is open, with nothing of it received. `state` is checked against the plan and against
-    /// itself — each advert of the plan's context and a selected client and signed under the
-    /// identity key its credential certified when it was received, each set within the one
+    /// itself — each advert of the plan's context and a selected client, signed under the
+    /// identity key its credential certified when it was received (the key whose hash is the
+    /// client's id), each set within the one
     /// before and at least q large, each key a valid encoding, each consistency signature valid
     /// on U3 — so an inconsistent state is refused rather than resumed. Credentials are not
     /// judged again (they were, at their own time). What no signature binds — U2, U3 before
@@ -339,6 +340,11 @@ impl SecAggServer {
             let id = advert.client;
             let verifying_key = ed25519_dalek::VerifyingKey::from_bytes(&identity_key)
                 .map_err(|_| Error::BadPublicKey(id))?;
+            // A client's id is the hash of its identity key: a key that is not this client's
+            // (another one, or one made up to sign changed keys) is refused.
+            if ClientId::from_spki_der(&crate::sign::ed25519_spki_der(&verifying_key)) != id {
+                return Err(Error::BadPublicKey(id));
+            }
             let key = |b: &[u8; 32]| PublicKey::from_bytes(b).ok_or(Error::BadPublicKey(id));
             let peer = Peer {
                 id,
