@@ -1002,4 +1002,6 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -13,13 +13,13 @@ use fedsec_crypto::secagg::server::UploadProgress;
 
 use super::*;
 
-const DIM: usize = 6;
+pub(super) const DIM: usize = 6;
 
-struct Site {
-    key: Arc<IdentityKey>,
-    ledger: ContributionLedger,
-    update: Vec<f32>,
-    examples: u64,
+pub(super) struct Site {
+    pub(super) key: Arc<IdentityKey>,
+    pub(super) ledger: ContributionLedger,
+    pub(super) update: Vec<f32>,
+    pub(super) examples: u64,
 }
 
 struct Fed {
@@ -46,7 +46,7 @@ fn config(n: usize) -> TaskConfig {
     c
 }
 
-fn initial_model() -> Model {
+pub(super) fn initial_model() -> Model {
     Model::new()
         .with("w", Tensor::new(vec![2, 2], vec![0.5, -0.25, 1.0, 0.0]).unwrap())
         .with("b", Tensor::new(vec![2], vec![0.1, -0.1]).unwrap())
