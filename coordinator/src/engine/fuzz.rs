@@ -211,3 +211,58 @@ proptest! {
         prop_assert!(world.history[1].completed);
     }
 }
+
+/// Schedules that once failed, kept as tests.
+mod regressions {
+    use super::*;
+
+    #[test]
+    fn an_upload_evicted_before_a_restart_after_the_unmasking_is_no_longer_evicted() {
+        let mut c = TaskConfig::new(TaskId([3; 16]), "fuzz", 11);
+        c.over_selection = 1.25;
+        c.min_clients = 2;
+        (c.graph, c.adversary) = (GraphKind::Complete, AdversaryClass::Curious);
+        (c.dropout_ppm, c.corrupt_ppm) = (200_000, 50_000);
+        c.max_examples = 100;
+        c.server_learning_rate = 0.5;
+        c.rounds = 3;
+        c.deadlines = PhaseDeadlines::uniform(Duration::from_secs(10));
+        c.upload_chunk_words = 4;
+        c.max_uploads_in_flight = 2;
+        c.upload_idle = Duration::from_secs(1);
+        let setup = Setup { config: c, saving: true, late_saves: false, late_sums: true, seed: 0 };
+        use Op::*;
+        let mut ops = vec![CheckInAll];
+        ops.extend(std::iter::repeat_n(StepEach, 7));
+        ops.push(Advance(25));
+        ops.extend(std::iter::repeat_n(StepEach, 10));
+        ops.extend(std::iter::repeat_n(CheckIn(0), 6));
+        ops.push(Restart);
+        ops.extend(std::iter::repeat_n(CheckIn(0), 11));
+        ops.push(Persist);
+        ops.extend(std::iter::repeat_n(CheckIn(0), 6));
+        ops.extend([
+            CheckIn(1),
+            Drop(115),
+            PollCheckIn(85),
+            CheckInAll,
+            StepEach,
+            Resend(30, 144),
+            CheckInAll,
+            Resend(241, 35),
+            StepEach,
+            StepEach,
+            Step(2),
+            Advance(91),
+            StepEach,
+            Step(207),
+            Gone(105),
+            StepEach,
+        ]);
+        let mut world = World::new(&setup);
+        for op in &ops {
+            world.apply(op);
+        }
+        world.finish();
+    }
+}

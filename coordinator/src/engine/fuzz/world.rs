@@ -561,10 +561,22 @@ impl World {
         assert!(!short, "an unmasking closed below q resumed");
         let run = self.run.as_mut().expect("checked above");
         (run.expect, run.refused) = (None, None);
-        let Some(open) = reopened else { return self.drain() };
+        // A resumed attempt keeps no evictions or leases (the saved state holds neither),
+        // whichever phase it resumes after.
         for p in &mut run.parties {
             p.evicted = false;
             p.lease = None;
+        }
+        let Some(open) = reopened else {
+            // Resumed after the unmasking's close, the sum is computed at once from the saved
+            // shares: the upload chunks' digests are not among them, so a chunk sent again is
+            // refused as too late rather than recognised.
+            for p in &mut run.parties {
+                p.taken.iter_mut().for_each(|t| *t = false);
+            }
+            return self.drain();
+        };
+        for p in &mut run.parties {
             if open == Phase::MaskedInputCollection || !p.complete {
                 p.taken.iter_mut().for_each(|t| *t = false);
                 if open == Phase::MaskedInputCollection {
