@@ -13,8 +13,19 @@ use fedsec_coordinator::{audit, operator, pki, server};
 #[derive(Debug, Parser)]
 #[command(name = "fedsec-coordinator", version, about, long_about = None)]
 struct Cli {
+    /// How log lines are written (on stderr): `text` for people, `json` for log collectors
+    /// (one object a line: timestamp, level, target, message and the event's fields).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "FEDSEC_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,16 +180,27 @@ enum AuditCommand {
 /// to check in and be told so.
 const FINISHED_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: a log file gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+    match format {
+        LogFormat::Text => {
+            // Colours only on a terminal: a log file gets plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .init();
+        }
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
 }
 
 async fn shutdown_signal() {
@@ -341,11 +363,17 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    init_tracing();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let format = cli.log_format;
+    init_tracing(format);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            match format {
+                LogFormat::Text => eprintln!("error: {e}"),
+                // The collector gets the reason as a line like the others.
+                LogFormat::Json => tracing::error!(error = %e, "the command failed"),
+            }
             ExitCode::FAILURE
         }
     }

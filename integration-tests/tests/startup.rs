@@ -108,3 +108,46 @@ client_ca = "pki/ca.pem"
     ok.wait_for("listening on", 1, Duration::from_secs(60));
     assert!(root.join("data/audit.log").exists());
 }
+
+/// `--log-format json`: every log line is one JSON object with its time, level, target and
+/// message (the address line on stdout stays as it is, for scripts); a failed start is such a
+/// line too, naming the file.
+#[test]
+fn json_logs_are_one_object_a_line_and_a_failed_start_is_one_of_them() {
+    let mut fed = Federation::start(Options { rounds: 1, ..Options::default() });
+    fed.coordinator.kill();
+    let mut json = Proc::spawn(
+        "coordinator with json logs",
+        Command::new(bin("fedsec-coordinator"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(fed.path("coordinator.toml"))
+            .env("RUST_LOG", "info"),
+    );
+    json.wait_for("listening on", 1, Duration::from_secs(60));
+    json.wait_for("\"level\":\"INFO\"", 2, Duration::from_secs(60));
+    json.kill();
+    let output = json.output();
+    let mut logged = 0;
+    for line in output.lines().filter(|l| !l.starts_with("listening on ")) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(v[key].is_string(), "no {key}: {line}");
+        }
+        logged += 1;
+    }
+    assert!(logged >= 2, "{output}");
+    println!("{logged} lines logged as JSON");
+
+    let missing = fed.path("no-such.toml");
+    let out = Command::new(bin("fedsec-coordinator"))
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert!(last["error"].as_str().unwrap().contains("no-such.toml"), "{stderr}");
+}
