@@ -412,6 +412,7 @@ fn a_store_restored_from_an_older_backup_stalls_until_the_operator_republishes_t
         (&4.into(), &1.into(), &0.into())
     );
 
+    fed.coordinator.wait_for("checkpoint version 1 re-published as version 4", 1, LONG);
     fed.restart_coordinator_in_place();
     fed.wait_clients(LONG);
     let completed = fed.audit_entries("round_completed");

@@ -790,6 +790,14 @@ impl Coordinator {
                 return Err(e);
             }
             coordinator.commit(&task, checkpoint).await;
+            tracing::info!(
+                from = what.from_version,
+                to = what.to_version,
+                new_weights = what.new_weights,
+                "checkpoint version {} re-published as version {} by an operator",
+                what.from_version,
+                what.to_version
+            );
             Ok((what.from_version, what.to_version))
         });
         match tokio::time::timeout(within, job).await {
