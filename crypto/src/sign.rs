@@ -71,7 +71,17 @@ impl core::fmt::Debug for IdentityKey {
     }
 }
 
-/// Verifies `sig` by `key` over `label ‖ ctx ‖ parts` (strict: rejects malleable encodings).
+/// The one rule by which every party — client, server, auditor, simulation — checks an Ed25519
+/// signature: ed25519-dalek's `verify_strict`, one signature at a time. It refuses a
+/// non-canonical or small-order R, a non-canonical s and a weak key. Batch verification is not
+/// used anywhere: ed25519-dalek's batch equation decodes R leniently (a non-canonical encoding
+/// of a point passes it), so a party that batch-verified would count a crafted signature that
+/// a party checking one at a time refuses.
+pub fn signature_holds(key: &VerifyingKey, message: &[u8], sig: &[u8; 64]) -> bool {
+    key.verify_strict(message, &Signature::from_bytes(sig)).is_ok()
+}
+
+/// Verifies `sig` by `key` over `label ‖ ctx ‖ parts` by [`signature_holds`].
 pub fn verify(
     key: &VerifyingKey,
     signer: ClientId,
@@ -80,28 +90,20 @@ pub fn verify(
     parts: &[&[u8]],
     sig: &[u8; 64],
 ) -> Result<()> {
-    let sig = Signature::from_bytes(sig);
-    key.verify_strict(&labelled(label, ctx, parts), &sig).map_err(|_| Error::BadSignature(signer))
+    if signature_holds(key, &labelled(label, ctx, parts), sig) {
+        Ok(())
+    } else {
+        Err(Error::BadSignature(signer))
+    }
 }
 
-/// Verifies many signatures at once (faster than one by one); on failure falls back to
-/// finding the first bad signer.
+/// Verifies many signatures by [`signature_holds`], one at a time, and names the first signer
+/// whose signature fails.
 pub fn verify_many(items: &[SignedItem]) -> Result<()> {
-    if items.is_empty() {
-        return Ok(());
-    }
-    let msgs: Vec<&[u8]> = items.iter().map(|i| &*i.2).collect();
-    let sigs: Vec<Signature> = items.iter().map(|i| Signature::from_bytes(&i.3)).collect();
-    let keys: Vec<VerifyingKey> = items.iter().map(|i| i.1).collect();
-    if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
-        // Batch verification is not strict about small-order keys; check those one by one.
-        if keys.iter().all(|k| !k.is_weak()) {
-            return Ok(());
-        }
-    }
     for (id, key, msg, sig) in items {
-        key.verify_strict(msg, &Signature::from_bytes(sig))
-            .map_err(|_| Error::BadSignature(*id))?;
+        if !signature_holds(key, msg, sig) {
+            return Err(Error::BadSignature(*id));
+        }
     }
     Ok(())
 }
@@ -122,7 +124,8 @@ pub trait CredentialVerifier: Send + Sync {
     /// Verifies `credential` for `claimed` and returns the identity key it certifies.
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> Result<VerifyingKey>;
 
-    /// Verifies one signature by `signer` (whose key is `key`) over `message`, strictly.
+    /// Verifies one signature by `signer` (whose key is `key`) over `message` by
+    /// [`signature_holds`].
     fn verify_signature(
         &self,
         signer: ClientId,
@@ -130,8 +133,11 @@ pub trait CredentialVerifier: Send + Sync {
         message: &[u8],
         signature: &[u8; 64],
     ) -> Result<()> {
-        key.verify_strict(message, &Signature::from_bytes(signature))
-            .map_err(|_| Error::BadSignature(signer))
+        if signature_holds(key, message, signature) {
+            Ok(())
+        } else {
+            Err(Error::BadSignature(signer))
+        }
     }
 
     /// Verifies many signatures, as [`verify_many`] does.
@@ -237,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn batch_verification_finds_the_bad_one() {
+    fn verify_many_names_the_first_bad_signer() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
         let ctx = RoundContext([9; 32]);
         let ids: Vec<_> = (0..4).map(|_| IdentityKey::generate(&mut rng)).collect();

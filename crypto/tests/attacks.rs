@@ -935,6 +935,109 @@ fn unmasking_needs_q_valid_signatures_on_the_signed_view() {
     assert!(ok.mask_key_shares.is_empty());
 }
 
+/// An Ed25519 signature that only a lenient rule accepts: R is the identity point under a
+/// non-canonical encoding (y = p + 1), s = H(R ‖ A ‖ M)·a. The cofactorless equation
+/// s·B = R + H(R ‖ A ‖ M)·A holds once R is decoded leniently, as ed25519-dalek's batch
+/// verification decodes it; `verify_strict` refuses it (non-canonical, small-order R).
+fn lenient_only_signature(key: &ed25519_dalek::SigningKey, message: &[u8]) -> [u8; 64] {
+    use sha2::{Digest, Sha512};
+    let mut r = [0xffu8; 32];
+    r[0] = 0xee;
+    r[31] = 0x7f;
+    let hram: [u8; 64] = Sha512::new()
+        .chain_update(r)
+        .chain_update(key.verifying_key().as_bytes())
+        .chain_update(message)
+        .finalize()
+        .into();
+    let s = curve25519_dalek::Scalar::from_bytes_mod_order_wide(&hram) * key.to_scalar();
+    let mut sig = [0u8; 64];
+    sig[..32].copy_from_slice(&r);
+    sig[32..].copy_from_slice(&s.to_bytes());
+    sig
+}
+
+/// One signature rule for every party: a consistency signature that a lenient verifier would
+/// count (ed25519-dalek's batch verification accepts it) is refused by the server when the
+/// signer sends it and by every client when a server forwards it, so no party can count a
+/// signature that another refuses.
+#[test]
+fn a_signature_only_a_lenient_rule_accepts_is_refused_by_client_and_server_alike() {
+    let n = 10;
+    let seed = 19;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.3, 0.05, AdversaryClass::SemiMalicious, DIM, seed);
+    // The identities again, as signing keys: `federation` draws them first from its seed.
+    let mut r = rng(seed);
+    let signing: Vec<ed25519_dalek::SigningKey> =
+        (0..n).map(|_| ed25519_dalek::SigningKey::generate(&mut r)).collect();
+    let q = plan.q();
+    let w = q - 1;
+    let w_key = signing
+        .iter()
+        .find(|k| IdentityKey::from_signing_key((*k).clone()).id() == keys[w].id())
+        .expect("federation draws its identities first");
+
+    let ledgers = &mut vec![ContributionLedger::default(); n];
+    let mut s = stage(&plan, &keys, ledgers, &policy());
+    let ctx = *s.clients[0].context();
+    let survivors = Survivors::from_indices(n, 0..n);
+    s.server.close_masked_input().unwrap();
+    let message = fedsec_crypto::kdf::labelled(
+        fedsec_crypto::kdf::Label::Consistency,
+        &ctx,
+        &[&survivors.digest()],
+    );
+    let crafted = Sig(lenient_only_signature(w_key, &message));
+    assert!(
+        ed25519_dalek::verify_batch(
+            &[&message[..]],
+            &[ed25519_dalek::Signature::from_bytes(&crafted.0)],
+            &[keys[w].verifying_key()],
+        )
+        .is_ok(),
+        "the crafted signature passes a lenient (batch) check"
+    );
+
+    // The server refuses it from its signer.
+    assert_eq!(
+        s.server.consistent(ConsistencySignature {
+            version: 1,
+            ctx,
+            client: keys[w].id(),
+            signature: crafted
+        }),
+        Err(Error::BadSignature(keys[w].id()))
+    );
+
+    // A server that forwards it among q signatures: every client refuses it alike.
+    let check = ConsistencyRequest { version: 1, ctx, survivors: survivors.clone() };
+    let mut signed: Vec<SignedSurvivors> = (0..n)
+        .map(|i| {
+            let sig = s.clients[i].handle_consistency(&check).unwrap();
+            SignedSurvivors {
+                client: sig.client,
+                credential: s.adverts[i].credential.clone(),
+                signature: sig.signature,
+            }
+        })
+        .collect();
+    signed[w].signature = crafted;
+    let request = UnmaskingRequest {
+        version: 1,
+        ctx,
+        survivors: survivors.clone(),
+        signatures: signed[..q].to_vec(),
+    };
+    for (i, c) in s.clients.iter_mut().enumerate().filter(|(i, _)| *i != w) {
+        assert_eq!(
+            c.handle_unmasking(&request),
+            Err(Error::BadSignature(keys[w].id())),
+            "client {i}"
+        );
+    }
+}
+
 /// Flips one random byte of a message's encoding; `None` if the result does not decode.
 fn mutate<T: serde::Serialize + serde::de::DeserializeOwned>(
     m: &T,
