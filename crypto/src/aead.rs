@@ -37,6 +37,18 @@ impl ShareKey {
         ShareKey(derive::<32>(shared.as_ref(), Label::ShareEnc, ctx, &[&from.0, &to.0]))
     }
 
+    /// K_{from→to} from the key-agreement value itself (the 32-byte encoding of
+    /// c_from^SK·c_to^PK): how the server and an auditor open a disputed share with the value a
+    /// complaint reveals (protocol v2).
+    pub fn from_shared(
+        shared: &[u8; 32],
+        ctx: &RoundContext,
+        from: &ClientId,
+        to: &ClientId,
+    ) -> Self {
+        ShareKey(derive::<32>(shared, Label::ShareEnc, ctx, &[&from.0, &to.0]))
+    }
+
     /// Both keys of the pair `me`, `peer` from one key agreement: K_{me→peer} to seal what
     /// `me` sends, and K_{peer→me} to open what `peer` sends. Both directions use the same
     /// shared secret, so a party computes it once per peer.

@@ -27,6 +27,16 @@ pub enum Label {
     Consistency,
     /// Graph permutation key.
     Graph,
+    /// Challenge of a proof of knowledge of an advertised secret key (protocol v2).
+    Pok,
+    /// A dealer's signature on the Merkle root of its share commitments (protocol v2).
+    ShareKeys,
+    /// Challenge of a complaint's Chaum–Pedersen proof (protocol v2).
+    Complaint,
+    /// A complainer's signature on its whole complaints message, empty or not (protocol v2).
+    Complaints,
+    /// The hedged nonce of a proof (protocol v2): never on the wire.
+    ProofNonce,
     /// Checkpoint manifest signature. Bound to no round: a checkpoint outlives rounds, so it
     /// is encoded by `fedsec_wire::checkpoint::Manifest::canonical_bytes`, never by
     /// [`labelled`]. It stays in this one list of labels so that no two domains share one.
@@ -44,6 +54,11 @@ impl Label {
             Label::SelfMask => b"fedsec/v1/self-mask",
             Label::Consistency => b"fedsec/v1/consistency",
             Label::Graph => b"fedsec/v1/graph",
+            Label::Pok => b"fedsec/v1/pok",
+            Label::ShareKeys => b"fedsec/v1/share-keys",
+            Label::Complaint => b"fedsec/v1/complaint",
+            Label::Complaints => b"fedsec/v1/complaints",
+            Label::ProofNonce => b"fedsec/v1/proof-nonce",
             Label::Checkpoint => b"fedsec/v1/checkpoint",
         }
     }
@@ -100,6 +115,11 @@ mod tests {
             Label::SelfMask,
             Label::Consistency,
             Label::Graph,
+            Label::Pok,
+            Label::ShareKeys,
+            Label::Complaint,
+            Label::Complaints,
+            Label::ProofNonce,
             Label::Checkpoint,
         ];
         for (i, a) in all.iter().enumerate() {

@@ -21,8 +21,11 @@ use std::sync::Arc;
 
 use crypto_bigint::U256;
 use crypto_bigint::modular::ConstMontyForm;
+use curve25519_dalek::constants::RISTRETTO_BASEPOINT_TABLE;
+use curve25519_dalek::ristretto::RistrettoPoint;
 use curve25519_dalek::scalar::Scalar;
 use rand_core::CryptoRng;
+use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::{Error, Result, ShamirRule};
@@ -41,6 +44,16 @@ impl ShareValue {
     /// Decodes a share; canonical scalar encodings only, `None` otherwise.
     pub fn from_bytes(bytes: &[u8; 32]) -> Option<ShareValue> {
         Option::from(Scalar::from_canonical_bytes(*bytes)).map(ShareValue)
+    }
+
+    /// share·G, the public commitment to this share (protocol v2), computed in constant time.
+    pub fn commitment(&self) -> RistrettoPoint {
+        &self.0 * RISTRETTO_BASEPOINT_TABLE
+    }
+
+    /// Whether the share is zero (its commitment would be the identity).
+    pub fn is_zero(&self) -> bool {
+        bool::from(self.0.ct_eq(&Scalar::ZERO))
     }
 }
 
@@ -102,6 +115,22 @@ pub fn split<R: CryptoRng + ?Sized>(
         })
         .collect();
     Ok(shares)
+}
+
+/// [`split`], drawn again until no holder's share is zero, so that every commitment to an honest
+/// share is a non-identity point (protocol v2). A zero share has probability about m/ℓ.
+pub fn split_nonzero<R: CryptoRng + ?Sized>(
+    secret: &Scalar,
+    threshold: usize,
+    xs: &[u32],
+    rng: &mut R,
+) -> Result<Vec<ShareValue>> {
+    loop {
+        let shares = split(secret, threshold, xs, rng)?;
+        if !shares.iter().any(ShareValue::is_zero) {
+            return Ok(shares);
+        }
+    }
 }
 
 mod modulus {

@@ -183,6 +183,12 @@ pub enum CredentialRefusal {
     /// The certified key has small order.
     #[error("small-order Ed25519 key")]
     SmallOrderKey,
+    /// The certified key is not the canonical encoding of its point.
+    #[error("non-canonical Ed25519 key encoding")]
+    NonCanonicalKey,
+    /// The certified key has a small-order component (it is not in the prime-order subgroup).
+    #[error("Ed25519 key with a small-order component")]
+    MixedOrderKey,
     /// The verifier refused the credential itself (its certificate chain, say); the core
     /// cannot know every verifier's reasons, so this one is the verifier's sentence.
     #[error("{0}")]
@@ -190,7 +196,10 @@ pub enum CredentialRefusal {
 }
 
 /// The Ed25519 identity key in `spki` (a DER `SubjectPublicKeyInfo`), after checking that
-/// SHA-256 of `spki` is `claimed` and that the key is a valid, not small-order, Ed25519 key.
+/// SHA-256 of `spki` is `claimed` and that the key is a valid Ed25519 point, canonically
+/// encoded, of neither small nor mixed order. Honest keys (a·B) always pass; refusing the rest
+/// makes the one signature rule ([`signature_holds`]) depend on nothing but the prime-order
+/// part, so another Ed25519 library reproduces its verdicts exactly.
 /// Every [`CredentialVerifier`] ends with this check on the key its credential certifies.
 pub fn identity_key_of_spki(
     claimed: &ClientId,
@@ -206,6 +215,13 @@ pub fn identity_key_of_spki(
     let key = VerifyingKey::from_bytes(&bytes).map_err(|_| CredentialRefusal::InvalidKey)?;
     if key.is_weak() {
         return Err(CredentialRefusal::SmallOrderKey);
+    }
+    let point = key.to_edwards();
+    if point.compress().to_bytes() != bytes {
+        return Err(CredentialRefusal::NonCanonicalKey);
+    }
+    if !point.is_torsion_free() {
+        return Err(CredentialRefusal::MixedOrderKey);
     }
     Ok(key)
 }
@@ -240,6 +256,52 @@ mod tests {
             RawKeyCredentials.verify(&b.id(), &a.raw_credential()),
             Err(Error::BadCredential { reason: CredentialRefusal::IdMismatch, .. })
         ));
+    }
+
+    /// A key with a small-order component (a·B + T, T of order 8) and a non-canonical encoding
+    /// of an honest key's point are refused as credentials.
+    #[test]
+    fn mixed_order_and_non_canonical_keys_are_refused() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(6);
+        let honest = IdentityKey::generate(&mut rng).verifying_key();
+        let spki = |bytes: [u8; 32]| {
+            let mut out = ED25519_SPKI_PREFIX.to_vec();
+            out.extend_from_slice(&bytes);
+            out
+        };
+        let check = |bytes: [u8; 32]| {
+            let der = spki(bytes);
+            identity_key_of_spki(&ClientId::from_spki_der(&der), &der)
+        };
+        assert!(check(honest.to_bytes()).is_ok());
+        let mixed = (honest.to_edwards() + EIGHT_TORSION[1]).compress().to_bytes();
+        assert_eq!(check(mixed), Err(CredentialRefusal::MixedOrderKey));
+        // y + p for a point whose y < 19 is a second encoding of it; y = 1 (the identity) is one.
+        let mut one_plus_p = [0xffu8; 32];
+        one_plus_p[0] = 0xee;
+        one_plus_p[31] = 0x7f;
+        assert!(check(one_plus_p).is_err());
+        // y + p for every y < 19 on the curve: a second encoding of a point, refused as such
+        // when the point is not of small order (then it is refused as small order).
+        let mut non_canonical = 0;
+        for y in 2u8..19 {
+            let mut bytes = [0xffu8; 32];
+            bytes[0] = 0xed + y;
+            bytes[31] = 0x7f;
+            match VerifyingKey::from_bytes(&bytes) {
+                Ok(k) if !k.is_weak() => {
+                    assert_eq!(check(bytes), Err(CredentialRefusal::NonCanonicalKey), "y = {y}");
+                    non_canonical += 1;
+                }
+                _ => assert!(check(bytes).is_err()),
+            }
+        }
+        assert!(non_canonical > 0, "some y < 19 is on the curve");
+        // The canonical encoding of the identity is refused as small order.
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert_eq!(check(one), Err(CredentialRefusal::SmallOrderKey));
     }
 
     #[test]

@@ -725,3 +725,246 @@ fn signatures_match_committed_vectors() {
         }),
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Protocol v2: proofs of knowledge, share commitments under a signed Merkle root, complaints.
+// ---------------------------------------------------------------------------------------------
+
+/// SHA-512 of `info` reduced wide mod ℓ, as proofs.rs documents its challenges.
+fn documented_challenge(info: &[u8]) -> Scalar {
+    let digest: [u8; 64] = sha2::Sha512::digest(info).into();
+    Scalar::from_bytes_mod_order_wide(&digest)
+}
+
+fn point(bytes: &[u8]) -> curve25519_dalek::RistrettoPoint {
+    curve25519_dalek::ristretto::CompressedRistretto::from_slice(bytes)
+        .unwrap()
+        .decompress()
+        .expect("a canonical point")
+}
+
+fn canonical(bytes: &[u8]) -> Scalar {
+    Option::from(Scalar::from_canonical_bytes(bytes.try_into().unwrap())).expect("canonical")
+}
+
+#[test]
+fn v2_transcripts_match_committed_vectors() {
+    use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT as G;
+    use fedsec_crypto::merkle;
+    use fedsec_crypto::proofs::{
+        ComplaintProof, ComplaintStatement, KeyProof, KeyRole, shared_point,
+    };
+    use fedsec_crypto::secagg::commitments::{self, Dealt, Entry, Parties, Verdict};
+    use fedsec_crypto::shamir;
+    use rand::SeedableRng;
+
+    let ctx = kat_context();
+
+    // Proofs of knowledge of both advertised keys.
+    let owner = ClientId(pattern(0x0a));
+    let mut pok_cases = Vec::new();
+    for (role, tag) in [(KeyRole::Encryption, 0xc1), (KeyRole::Masking, 0x57)] {
+        let x = secret(tag);
+        let pk = x.public();
+        let entropy: [u8; 32] = pattern(0xe0 ^ role.code());
+        let proof = KeyProof::prove_with_entropy(&x, &ctx, &owner, role, &entropy);
+        assert!(proof.verify(&pk, &ctx, &owner, role));
+        let info = documented_info(
+            b"fedsec/v1/pok",
+            &ctx,
+            &[&owner.0, &[role.code()], &pk.to_bytes(), &proof.0[..32]],
+        );
+        let e = documented_challenge(&info);
+        assert_eq!(
+            G * canonical(&proof.0[32..]),
+            point(&proof.0[..32]) + pk.point() * e,
+            "{role:?}: z·G = R + e·PK"
+        );
+        pok_cases.push(json!({
+            "role": format!("{role:?}"),
+            "role_code": role.code(),
+            "secret": hex_value(x.expose().as_bytes()),
+            "public": hex_value(&pk.to_bytes()),
+            "nonce_entropy": hex_value(&entropy),
+            "challenge_input": hex_value(&info),
+            "proof": hex_value(&proof.0),
+        }));
+    }
+
+    // A dealer (first holder) dealing to three others, t = 2; shares from a seeded generator.
+    let seed: [u8; 32] = pattern(0xd0);
+    let dealer_identity = IdentityKey::from_signing_key(SigningKey::from_bytes(&seed));
+    let dealer = dealer_identity.id();
+    let dealer_enc = secret(0xd1);
+    let holders: Vec<ClientId> =
+        std::iter::once(dealer).chain(client_ids(&[0x31, 0x32, 0x33])).collect();
+    let holder_enc: Vec<SecretScalar> = (0..4).map(|i| secret(0xe1 + i as u8)).collect();
+    let xs: Vec<u32> = vec![1, 2, 3, 4];
+    let (b, s) = (scalar(0xb0), scalar(0x50));
+    let mut shares_rng = rand_chacha::ChaCha20Rng::from_seed(pattern(0x5a));
+    let b_shares = shamir::split_nonzero(&b, 2, &xs, &mut shares_rng).unwrap();
+    let s_shares = shamir::split_nonzero(&s, 2, &xs, &mut shares_rng).unwrap();
+    let mut ciphertexts = vec![Vec::new()];
+    let mut hashes = vec![[0u8; 32]];
+    for i in 1..4 {
+        let k = shared_point(&dealer_enc, &holder_enc[i].public());
+        let plain = commitments::plaintext(&b_shares[i], &s_shares[i]);
+        let ct = ShareKey::from_shared(&k.to_bytes(), &ctx, &dealer, &holders[i]).seal(
+            &ctx,
+            &dealer,
+            &holders[i],
+            plain.as_ref(),
+        );
+        assert_eq!(ct.len(), commitments::CIPHERTEXT_LEN);
+        hashes.push(Sha256::digest(&ct).into());
+        ciphertexts.push(ct);
+    }
+    let entries = commitments::entries(&holders, &hashes, &b_shares, &s_shares);
+    for (i, e) in entries.iter().enumerate() {
+        let documented = [
+            &holders[i].0[..],
+            &hashes[i],
+            (G * canonical(b_shares[i].to_bytes().as_ref())).compress().as_bytes(),
+            (G * canonical(s_shares[i].to_bytes().as_ref())).compress().as_bytes(),
+        ]
+        .concat();
+        assert_eq!(e.0.as_slice(), documented.as_slice(), "entry {i}: v ‖ SHA-256(ct) ‖ S^b ‖ S^s");
+    }
+    let tree = merkle::Tree::new(entries.iter().map(Entry::leaf).collect()).unwrap();
+    let leaf = |e: &Entry| -> [u8; 32] {
+        Sha256::new().chain_update([0]).chain_update(e.0).finalize().into()
+    };
+    let node = |l: &[u8; 32], r: &[u8; 32]| -> [u8; 32] {
+        Sha256::new().chain_update([1]).chain_update(l).chain_update(r).finalize().into()
+    };
+    let documented_root = node(
+        &node(&leaf(&entries[0]), &leaf(&entries[1])),
+        &node(&leaf(&entries[2]), &leaf(&entries[3])),
+    );
+    assert_eq!(tree.root(), documented_root, "RFC 6962 root of four leaves");
+    let root = tree.root();
+    let m = 4u32;
+    let signature =
+        dealer_identity.sign(Label::ShareKeys, &ctx, &[&dealer.0, &m.to_be_bytes(), &root]);
+    let signed =
+        documented_info(b"fedsec/v1/share-keys", &ctx, &[&dealer.0, &m.to_be_bytes(), &root]);
+    assert_eq!(commitments::signed_root(&ctx, &dealer, m, &root), signed);
+    assert_eq!(signature, SigningKey::from_bytes(&seed).sign(&signed).to_bytes());
+
+    // Every holder opens its share; holder 2 complains (as if its share were bad) and proves K.
+    let dealt: Vec<Dealt> = (1..4)
+        .map(|i| Dealt {
+            entry: entries[i],
+            index: i as u32,
+            size: m,
+            path: tree.path(i as u32).unwrap(),
+            signature,
+            ciphertext: ciphertexts[i].clone(),
+        })
+        .collect();
+    for (j, d) in dealt.iter().enumerate() {
+        let i = j + 1;
+        let k = shared_point(&holder_enc[i], &dealer_enc.public());
+        let parties = Parties {
+            ctx: &ctx,
+            dealer: &dealer,
+            dealer_key: &dealer_identity.verifying_key(),
+            holder: &holders[i],
+            shared: &k,
+        };
+        assert!(matches!(commitments::open(&parties, d), Verdict::Ok(..)), "holder {i}");
+    }
+    let accused_key = dealer_enc.public();
+    let complainer_key = holder_enc[2].public();
+    let k = shared_point(&holder_enc[2], &accused_key);
+    let evidence = dealt[1].evidence_digest();
+    let mut documented_evidence = entries[2].0.to_vec();
+    for part in [&2u32.to_be_bytes()[..], &m.to_be_bytes(), &dealt[1].path.concat()] {
+        documented_evidence.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        documented_evidence.extend_from_slice(part);
+    }
+    documented_evidence.extend_from_slice(&signature);
+    assert_eq!(evidence, <[u8; 32]>::from(Sha256::digest(&documented_evidence)));
+    let ct_hash: [u8; 32] = Sha256::digest(&ciphertexts[2]).into();
+    let statement = ComplaintStatement {
+        accused: &dealer,
+        complainer: &holders[2],
+        evidence: &evidence,
+        ciphertext: &ct_hash,
+        accused_key: &accused_key,
+        complainer_key: &complainer_key,
+        shared: &k,
+    };
+    let entropy: [u8; 32] = pattern(0xcc);
+    let proof = ComplaintProof::prove_with_entropy(&holder_enc[2], &statement, &ctx, &entropy);
+    assert!(proof.verify(&statement, &ctx));
+    let info = documented_info(
+        b"fedsec/v1/complaint",
+        &ctx,
+        &[
+            &dealer.0,
+            &holders[2].0,
+            &evidence,
+            &ct_hash,
+            &accused_key.to_bytes(),
+            &complainer_key.to_bytes(),
+            &k.to_bytes(),
+            &proof.0[..32],
+            &proof.0[32..64],
+        ],
+    );
+    let e = documented_challenge(&info);
+    let z = canonical(&proof.0[64..]);
+    assert_eq!(G * z, point(&proof.0[..32]) + complainer_key.point() * e, "z·G = R1 + e·c_v^PK");
+    assert_eq!(
+        accused_key.point() * z,
+        point(&proof.0[32..64]) + k.point() * e,
+        "z·c_u^PK = R2 + e·K"
+    );
+
+    check_known_answers(
+        "fedsec_v2_transcripts.json",
+        &json!({
+            "description": "Protocol v2 transcripts. Proofs of knowledge: R ‖ z, \
+                            e = SHA-512(len-prefixed `fedsec/v1/pok` ‖ ctx ‖ owner ‖ role ‖ PK ‖ R) \
+                            reduced wide mod ℓ, z = r + e·x. A dealing: entries v ‖ SHA-256(ct) ‖ \
+                            S^b ‖ S^s (the dealer's own first, zero ciphertext hash), RFC 6962 \
+                            root, Ed25519 over `fedsec/v1/share-keys` ‖ ctx ‖ u ‖ m (u32 BE) ‖ \
+                            root; ciphertexts ChaCha20-Poly1305 of b-share ‖ s-share under \
+                            HKDF(K, `fedsec/v1/share-enc` ‖ ctx ‖ u ‖ v). A complaint's \
+                            Chaum–Pedersen proof R1 ‖ R2 ‖ z over the evidence digest. Nonces are \
+                            hedged (secret and statement hashed with fresh bytes): given the \
+                            fresh bytes, the proofs are reproducible. `context` is the ctx of \
+                            the first plan of fedsec_round_context.json.",
+            "context": hex_value(&ctx.0),
+            "proofs_of_knowledge": { "owner": owner.to_hex(), "cases": pok_cases },
+            "dealing": {
+                "dealer_signing_key_seed": hex_value(&seed),
+                "dealer_id": dealer.to_hex(),
+                "dealer_encryption_secret": hex_value(dealer_enc.expose().as_bytes()),
+                "holders": holders.iter().map(|h| h.to_hex()).collect::<Vec<_>>(),
+                "holder_encryption_secrets": holder_enc.iter().map(|h| hex_value(h.expose().as_bytes())).collect::<Vec<_>>(),
+                "threshold": 2,
+                "self_mask_secret": hex_value(b.as_bytes()),
+                "mask_key_secret": hex_value(s.as_bytes()),
+                "self_mask_shares": b_shares.iter().map(|x| hex_value(x.to_bytes().as_ref())).collect::<Vec<_>>(),
+                "mask_key_shares": s_shares.iter().map(|x| hex_value(x.to_bytes().as_ref())).collect::<Vec<_>>(),
+                "ciphertexts": ciphertexts.iter().map(|c| hex_value(c)).collect::<Vec<_>>(),
+                "entries": entries.iter().map(|e| hex_value(&e.0)).collect::<Vec<_>>(),
+                "root": hex_value(&root),
+                "paths": (0..4u32).map(|i| tree.path(i).unwrap().iter().map(|h| hex_value(h)).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "signature": hex_value(&signature),
+            },
+            "complaint": {
+                "accused": dealer.to_hex(),
+                "complainer": holders[2].to_hex(),
+                "shared_k": hex_value(&k.to_bytes()),
+                "evidence_digest": hex_value(&evidence),
+                "ciphertext_hash": hex_value(&ct_hash),
+                "nonce_entropy": hex_value(&entropy),
+                "challenge_input": hex_value(&info),
+                "proof": hex_value(&proof.0),
+            },
+        }),
+    );
+}

@@ -3,6 +3,7 @@
 //! of [`messages`]; [`driver`] runs a whole round in memory.
 
 pub mod client;
+pub mod commitments;
 pub mod driver;
 pub mod messages;
 mod phase;

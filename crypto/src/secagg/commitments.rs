@@ -1,0 +1,779 @@
+//! Verifiable shares (protocol v2): a dealer's commitments to the shares it deals, the server's
+//! degree test on them, and the one validity function `Open` that holder, server and auditor
+//! all run on a forwarded share.
+//!
+//! For each secret (b_u and s_u^SK) and each holder v of H(u)∩U1, the dealer u publishes
+//! S_{u,v} = share_v·G. One fixed-length [`Entry`] per holder, in canonical order, holds v, the
+//! SHA-256 of the ciphertext sent to v and both commitments; the entries are the leaves of an
+//! RFC 6962 Merkle tree whose root u signs with the size m
+//! (Sign_id(`share-keys` ‖ ctx ‖ u ‖ m ‖ root)).
+//!
+//! - [`degree_test`] lets the server check, with one multi-scalar multiplication, that the m
+//!   commitments and the public key C_0 (B_u, resp. s_u^PK) lie on polynomials of degree at
+//!   most t − 1 — so any t shares that pass their commitments give the one secret behind C_0.
+//! - [`open`] decides what a forwarded share is: **malformed** (the entry, ciphertext hash, path
+//!   or signature does not check — what the server was to check before forwarding), **bad**
+//!   (well signed, but it does not decrypt to two canonical scalars matching their commitments
+//!   — the dealer's fault) or **ok**. The holder runs it with the key-agreement value it computes
+//!   itself; the server and auditor with the one a complaint reveals and proves.
+
+use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+use ed25519_dalek::VerifyingKey;
+use rand_core::CryptoRng;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::aead::ShareKey;
+use crate::context::RoundContext;
+use crate::ids::ClientId;
+use crate::kdf::{Label, labelled, push_lp};
+use crate::keys::PublicKey;
+use crate::merkle::{self, Hash};
+use crate::shamir::ShareValue;
+use crate::sign::signature_holds;
+
+/// Length of an encoded [`Entry`].
+pub const ENTRY_LEN: usize = 128;
+
+/// Length of every share ciphertext: two 32-byte scalars and the 16-byte Poly1305 tag. The
+/// server refuses a ShareKeys with any other length, so that no dealer can make a holder carry
+/// a huge ciphertext into its complaint.
+pub const CIPHERTEXT_LEN: usize = 64 + 16;
+
+/// One holder's line in a dealer's commitments: v ‖ SHA-256(ct_{u→v}) ‖ S^b_{u,v} ‖ S^s_{u,v}.
+/// The dealer's own entry has 32 zero bytes for the ciphertext hash (it sends itself nothing).
+#[derive(Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Entry(#[serde(with = "serde_bytes")] pub [u8; ENTRY_LEN]);
+
+impl core::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Entry(holder {}…)", hex4(&self.0[..4]))
+    }
+}
+
+fn hex4(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Entry {
+    /// The entry for `holder`, from the ciphertext hash and the two commitments.
+    pub fn new(
+        holder: &ClientId,
+        ciphertext_hash: &[u8; 32],
+        self_mask: &[u8; 32],
+        mask_key: &[u8; 32],
+    ) -> Entry {
+        let mut e = [0u8; ENTRY_LEN];
+        e[..32].copy_from_slice(&holder.0);
+        e[32..64].copy_from_slice(ciphertext_hash);
+        e[64..96].copy_from_slice(self_mask);
+        e[96..].copy_from_slice(mask_key);
+        Entry(e)
+    }
+
+    /// The holder it names.
+    pub fn holder(&self) -> ClientId {
+        ClientId(self.0[..32].try_into().expect("32 bytes"))
+    }
+
+    /// The SHA-256 of the ciphertext it names (zeros in the dealer's own entry).
+    pub fn ciphertext_hash(&self) -> [u8; 32] {
+        self.0[32..64].try_into().expect("32 bytes")
+    }
+
+    /// S^b, the commitment to the holder's share of b_u, as encoded.
+    pub fn self_mask_commitment(&self) -> [u8; 32] {
+        self.0[64..96].try_into().expect("32 bytes")
+    }
+
+    /// S^s, the commitment to the holder's share of s_u^SK, as encoded.
+    pub fn mask_key_commitment(&self) -> [u8; 32] {
+        self.0[96..].try_into().expect("32 bytes")
+    }
+
+    /// Both commitments decoded, or `None` if either is not a canonical, non-identity point.
+    pub fn commitments(&self) -> Option<(RistrettoPoint, RistrettoPoint)> {
+        Some((
+            decode_commitment(&self.self_mask_commitment())?,
+            decode_commitment(&self.mask_key_commitment())?,
+        ))
+    }
+
+    /// The Merkle leaf hash of this entry.
+    pub fn leaf(&self) -> Hash {
+        merkle::leaf_hash(&self.0)
+    }
+}
+
+fn decode_commitment(bytes: &[u8; 32]) -> Option<RistrettoPoint> {
+    let p = CompressedRistretto(*bytes).decompress()?;
+    (!p.is_identity()).then_some(p)
+}
+
+/// The dealer's entries for `holders` (canonical order), each with the ciphertext hash and the
+/// commitments share·G of its two shares: b's share first.
+pub fn entries(
+    holders: &[ClientId],
+    ciphertext_hashes: &[[u8; 32]],
+    self_mask_shares: &[ShareValue],
+    mask_key_shares: &[ShareValue],
+) -> Vec<Entry> {
+    holders
+        .iter()
+        .zip(ciphertext_hashes)
+        .zip(self_mask_shares.iter().zip(mask_key_shares))
+        .map(|((holder, hash), (b, s))| {
+            let b = b.commitment().compress().to_bytes();
+            let s = s.commitment().compress().to_bytes();
+            Entry::new(holder, hash, &b, &s)
+        })
+        .collect()
+}
+
+/// The bytes a dealer signs: `share-keys` ‖ ctx ‖ u ‖ m (u32, big-endian) ‖ root.
+pub fn signed_root(ctx: &RoundContext, dealer: &ClientId, size: u32, root: &Hash) -> Vec<u8> {
+    labelled(Label::ShareKeys, ctx, &[&dealer.0, &size.to_be_bytes(), root])
+}
+
+/// The plaintext a holder receives: its share of b_u, then its share of s_u^SK (64 bytes).
+pub fn plaintext(self_mask: &ShareValue, mask_key: &ShareValue) -> Zeroizing<[u8; 64]> {
+    let mut p = Zeroizing::new([0u8; 64]);
+    p[..32].copy_from_slice(self_mask.to_bytes().as_ref());
+    p[32..].copy_from_slice(mask_key.to_bytes().as_ref());
+    p
+}
+
+/// The public weights w_i = Π_{j≠i} (α_i − α_j)^-1 of the points α_0 = 0, α_1..α_m = `xs`
+/// (distinct, non-zero). Σ w_i·p(α_i) = 0 for every polynomial p of degree below m.
+pub fn dual_weights(xs: &[u32]) -> Vec<Scalar> {
+    let alphas: Vec<Scalar> =
+        core::iter::once(Scalar::ZERO).chain(xs.iter().map(|&x| Scalar::from(x))).collect();
+    let mut denominators: Vec<Scalar> = alphas
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            alphas
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .fold(Scalar::ONE, |acc, (_, b)| acc * (a - b))
+        })
+        .collect();
+    Scalar::invert_batch_alloc(&mut denominators);
+    denominators
+}
+
+/// What the degree test needs of one dealer: the threshold, the holders' x-coordinates
+/// (canonical order), the two public keys at x = 0 and the commitments at each holder.
+#[derive(Debug)]
+pub struct DegreeTest<'a> {
+    /// t: any t shares reconstruct, so the polynomials have degree at most t − 1.
+    pub threshold: usize,
+    /// The weights of [`dual_weights`] for the holders' x-coordinates.
+    pub weights: &'a [Scalar],
+    /// The holders' x-coordinates, α_1..α_m.
+    pub xs: &'a [u32],
+    /// B_u = b_u·G.
+    pub self_mask_key: &'a RistrettoPoint,
+    /// s_u^PK.
+    pub mask_key: &'a RistrettoPoint,
+    /// (S^b, S^s) at each holder, in the order of `xs`.
+    pub commitments: &'a [(RistrettoPoint, RistrettoPoint)],
+}
+
+impl DegreeTest<'_> {
+    /// Whether both committed vectors lie on polynomials of degree at most t − 1 through the
+    /// public keys at 0. Draws g (degree ≤ m − t, uniform coefficients) and ρ from `rng` —
+    /// the OS's, after the dealer's message is complete — and accepts iff
+    /// Σ_{i=0..m} w_i·g(α_i)·(C^b_i + ρ·C^s_i) is the identity. A dealer whose commitments are
+    /// off such polynomials passes with probability at most 2/ℓ. Needs m ≥ t + 1 (so the test
+    /// has m − t + 1 ≥ 2 degrees of freedom) and as many commitments and weights as points.
+    pub fn passes<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> bool {
+        let m = self.xs.len();
+        if m < self.threshold + 1
+            || self.threshold == 0
+            || self.commitments.len() != m
+            || self.weights.len() != m + 1
+        {
+            return false;
+        }
+        let g: Vec<Scalar> = (0..=m - self.threshold).map(|_| Scalar::random(rng)).collect();
+        let rho = Scalar::random(rng);
+        let eval = |x: Scalar| g.iter().rev().fold(Scalar::ZERO, |acc, c| acc * x + c);
+        let mut scalars = Vec::with_capacity(2 * (m + 1));
+        let mut points = Vec::with_capacity(2 * (m + 1));
+        let c0 = self.weights[0] * g[0];
+        scalars.extend([c0, c0 * rho]);
+        points.extend([*self.self_mask_key, *self.mask_key]);
+        for ((&x, w), (b, s)) in self.xs.iter().zip(&self.weights[1..]).zip(self.commitments) {
+            let c = w * eval(Scalar::from(x));
+            scalars.extend([c, c * rho]);
+            points.extend([*b, *s]);
+        }
+        RistrettoPoint::vartime_multiscalar_mul(scalars, points).is_identity()
+    }
+}
+
+/// A forwarded share as the holder receives it and a complaint carries it: the dealer's entry
+/// for the holder, its leaf index, the tree size m, the Merkle path, the dealer's signature on
+/// the root and the ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Dealt {
+    /// The dealer's entry for this holder.
+    pub entry: Entry,
+    /// Its index among the dealer's entries.
+    pub index: u32,
+    /// The number of the dealer's entries, m.
+    pub size: u32,
+    /// The RFC 6962 inclusion path of the entry.
+    pub path: Vec<Hash>,
+    /// Sign_id(`share-keys` ‖ ctx ‖ u ‖ m ‖ root) by the dealer.
+    #[serde(with = "serde_bytes")]
+    pub signature: [u8; 64],
+    /// ChaCha20-Poly1305 of the two shares under K_{u→v}.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+impl Dealt {
+    /// SHA-256(entry ‖ idx ‖ m ‖ path ‖ sig), idx, m and the path length-prefixed: the
+    /// evidence a complaint's proof binds.
+    pub fn evidence_digest(&self) -> [u8; 32] {
+        let mut enc = Vec::with_capacity(ENTRY_LEN + 64 + 24 + 32 * self.path.len());
+        enc.extend_from_slice(&self.entry.0);
+        push_lp(&mut enc, &self.index.to_be_bytes());
+        push_lp(&mut enc, &self.size.to_be_bytes());
+        push_lp(&mut enc, &self.path.concat());
+        enc.extend_from_slice(&self.signature);
+        Sha256::digest(&enc).into()
+    }
+}
+
+/// Why a forwarded share is malformed: a check the server makes before forwarding failed, so
+/// whoever shows it to a holder tampered with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// The entry names another holder.
+    #[error("the entry names another holder")]
+    OtherHolder,
+    /// SHA-256 of the ciphertext is not the entry's ciphertext hash.
+    #[error("the ciphertext is not the one the entry names")]
+    CiphertextHash,
+    /// The index, size and path fit no tree.
+    #[error("the Merkle path fits no tree of that size")]
+    Path,
+    /// The dealer's signature on the recomputed root does not verify.
+    #[error("the dealer's signature does not verify on the recomputed root")]
+    Signature,
+}
+
+/// Why a well-signed share is bad: the dealer's fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Bad {
+    /// The ciphertext is not [`CIPHERTEXT_LEN`] bytes (the server refuses such a ShareKeys).
+    #[error("the ciphertext is not {CIPHERTEXT_LEN} bytes")]
+    CiphertextLength,
+    /// The ciphertext does not decrypt under K_{u→v}.
+    #[error("the ciphertext does not decrypt")]
+    Undecryptable,
+    /// The plaintext is not 64 bytes.
+    #[error("the plaintext is not two scalars")]
+    Length,
+    /// A share is not a canonical scalar encoding.
+    #[error("a share is not a canonical scalar")]
+    NonCanonical,
+    /// A commitment is not a canonical, non-identity point.
+    #[error("a commitment is not a canonical non-identity point")]
+    Commitment,
+    /// The share of b_u does not match its commitment.
+    #[error("the self-mask share does not match its commitment")]
+    SelfMaskShare,
+    /// The share of s_u^SK does not match its commitment.
+    #[error("the mask-key share does not match its commitment")]
+    MaskKeyShare,
+}
+
+/// What [`open`] decides.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Both shares, each matching its commitment: b's share, then s^SK's.
+    Ok(ShareValue, ShareValue),
+    /// Well signed but wrong: the dealer is at fault.
+    Bad(Bad),
+    /// Not what the dealer signed: whoever forwarded it is at fault.
+    Malformed(Malformed),
+}
+
+impl Verdict {
+    /// Whether the share is ok.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Verdict::Ok(..))
+    }
+}
+
+/// Who dealt a share to whom, and the key agreement that opens it.
+#[derive(Debug, Clone, Copy)]
+pub struct Parties<'a> {
+    /// The round.
+    pub ctx: &'a RoundContext,
+    /// The dealer u.
+    pub dealer: &'a ClientId,
+    /// u's identity key (from its certificate).
+    pub dealer_key: &'a VerifyingKey,
+    /// The holder v.
+    pub holder: &'a ClientId,
+    /// K = KA(c_v^SK, c_u^PK) = KA(c_u^SK, c_v^PK).
+    pub shared: &'a PublicKey,
+}
+
+/// The one validity function, run alike by the holder (with the K it computes), the server and
+/// the auditor (with the K a complaint reveals and proves). K is a [`PublicKey`], so it is a
+/// canonical non-identity point before `open` can be called: a complainer's invalid K voids its
+/// complaint and can never make a dealer's share bad.
+pub fn open(parties: &Parties<'_>, dealt: &Dealt) -> Verdict {
+    if dealt.entry.holder() != *parties.holder {
+        return Verdict::Malformed(Malformed::OtherHolder);
+    }
+    let hash: [u8; 32] = Sha256::digest(&dealt.ciphertext).into();
+    if hash != dealt.entry.ciphertext_hash() {
+        return Verdict::Malformed(Malformed::CiphertextHash);
+    }
+    let Some(root) =
+        merkle::root_from_path(&dealt.entry.leaf(), dealt.index, dealt.size, &dealt.path)
+    else {
+        return Verdict::Malformed(Malformed::Path);
+    };
+    let signed = signed_root(parties.ctx, parties.dealer, dealt.size, &root);
+    if !signature_holds(parties.dealer_key, &signed, &dealt.signature) {
+        return Verdict::Malformed(Malformed::Signature);
+    }
+    if dealt.ciphertext.len() != CIPHERTEXT_LEN {
+        return Verdict::Bad(Bad::CiphertextLength);
+    }
+    let key = ShareKey::from_shared(
+        &parties.shared.to_bytes(),
+        parties.ctx,
+        parties.dealer,
+        parties.holder,
+    );
+    let Some(plain) = key.open(parties.ctx, parties.dealer, parties.holder, &dealt.ciphertext)
+    else {
+        return Verdict::Bad(Bad::Undecryptable);
+    };
+    if plain.len() != 64 {
+        return Verdict::Bad(Bad::Length);
+    }
+    let b_bytes = Zeroizing::new(<[u8; 32]>::try_from(&plain[..32]).expect("32 bytes"));
+    let s_bytes = Zeroizing::new(<[u8; 32]>::try_from(&plain[32..]).expect("32 bytes"));
+    let (Some(b), Some(s)) = (ShareValue::from_bytes(&b_bytes), ShareValue::from_bytes(&s_bytes))
+    else {
+        return Verdict::Bad(Bad::NonCanonical);
+    };
+    let Some((sb, ss)) = dealt.entry.commitments() else {
+        return Verdict::Bad(Bad::Commitment);
+    };
+    if b.commitment() != sb {
+        return Verdict::Bad(Bad::SelfMaskShare);
+    }
+    if s.commitment() != ss {
+        return Verdict::Bad(Bad::MaskKeyShare);
+    }
+    Verdict::Ok(b, s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SecretScalar;
+    use crate::proofs::shared_point;
+    use crate::shamir;
+    use crate::sign::IdentityKey;
+    use rand::SeedableRng;
+
+    fn rng(seed: u64) -> rand_chacha::ChaCha20Rng {
+        rand_chacha::ChaCha20Rng::seed_from_u64(seed)
+    }
+
+    const CTX: RoundContext = RoundContext([3; 32]);
+
+    /// One dealer u (holder 0, with its own entry) dealing to m − 1 others, x = 1..=m.
+    struct Dealing {
+        signing: ed25519_dalek::SigningKey,
+        dealer: IdentityKey,
+        dealer_enc: SecretScalar,
+        holders: Vec<(ClientId, SecretScalar)>,
+        b: SecretScalar,
+        s: SecretScalar,
+        threshold: usize,
+        xs: Vec<u32>,
+        entries: Vec<Entry>,
+        signature: [u8; 64],
+        ciphertexts: Vec<Vec<u8>>,
+    }
+
+    /// What a dishonest dealer changes: the plaintext it encrypts for holder i, the shares it
+    /// commits to.
+    type Tamper<'a> = &'a dyn Fn(usize, &mut [u8; 64], &mut [u8; 32], &mut [u8; 32]);
+
+    fn deal(m: usize, threshold: usize, seed: u64, tamper: Tamper<'_>) -> Dealing {
+        let mut r = rng(seed);
+        let signing = ed25519_dalek::SigningKey::generate(&mut r);
+        let dealer = IdentityKey::from_signing_key(signing.clone());
+        let dealer_enc = SecretScalar::random(&mut r);
+        let mut holders = vec![(dealer.id(), SecretScalar::random(&mut r))];
+        for _ in 1..m {
+            holders.push((IdentityKey::generate(&mut r).id(), SecretScalar::random(&mut r)));
+        }
+        let (b, s) = (SecretScalar::random(&mut r), SecretScalar::random(&mut r));
+        let xs: Vec<u32> = (1..=m as u32).collect();
+        let bs = shamir::split_nonzero(b.expose(), threshold, &xs, &mut r).unwrap();
+        let ss = shamir::split_nonzero(s.expose(), threshold, &xs, &mut r).unwrap();
+        let ids: Vec<ClientId> = holders.iter().map(|h| h.0).collect();
+        let mut entries = Vec::new();
+        let mut ciphertexts = Vec::new();
+        for i in 0..m {
+            let mut plain = *plaintext(&bs[i], &ss[i]);
+            let mut cb = bs[i].commitment().compress().to_bytes();
+            let mut cs = ss[i].commitment().compress().to_bytes();
+            tamper(i, &mut plain, &mut cb, &mut cs);
+            let ct = if i == 0 {
+                Vec::new()
+            } else {
+                let k = shared_point(&dealer_enc, &holders[i].1.public());
+                ShareKey::from_shared(&k.to_bytes(), &CTX, &ids[0], &ids[i])
+                    .seal(&CTX, &ids[0], &ids[i], &plain)
+            };
+            let hash = if i == 0 { [0; 32] } else { Sha256::digest(&ct).into() };
+            entries.push(Entry::new(&ids[i], &hash, &cb, &cs));
+            ciphertexts.push(ct);
+        }
+        let mut dealing = Dealing {
+            signing,
+            dealer,
+            dealer_enc,
+            holders,
+            b,
+            s,
+            threshold,
+            xs,
+            entries,
+            signature: [0; 64],
+            ciphertexts,
+        };
+        dealing.sign();
+        dealing
+    }
+
+    fn honest(_: usize, _: &mut [u8; 64], _: &mut [u8; 32], _: &mut [u8; 32]) {}
+
+    impl Dealing {
+        /// Signs the root of the current entries, as the dealer does.
+        fn sign(&mut self) {
+            use ed25519_dalek::Signer;
+            let tree = merkle::Tree::new(self.entries.iter().map(Entry::leaf).collect()).unwrap();
+            let m = self.entries.len() as u32;
+            self.signature = self
+                .signing
+                .sign(&signed_root(&CTX, &self.dealer.id(), m, &tree.root()))
+                .to_bytes();
+        }
+
+        /// A dealer that sends holder i another ciphertext, names it in the entry and signs.
+        fn send_instead(&mut self, i: usize, ciphertext: Vec<u8>) {
+            let hash: [u8; 32] = Sha256::digest(&ciphertext).into();
+            let e = self.entries[i];
+            self.entries[i] =
+                Entry::new(&e.holder(), &hash, &e.self_mask_commitment(), &e.mask_key_commitment());
+            self.ciphertexts[i] = ciphertext;
+            self.sign();
+        }
+
+        fn dealt(&self, i: usize) -> Dealt {
+            let tree = merkle::Tree::new(self.entries.iter().map(Entry::leaf).collect()).unwrap();
+            Dealt {
+                entry: self.entries[i],
+                index: i as u32,
+                size: self.entries.len() as u32,
+                path: tree.path(i as u32).unwrap(),
+                signature: self.signature,
+                ciphertext: self.ciphertexts[i].clone(),
+            }
+        }
+
+        /// Holder i's verdict, with the K it computes itself.
+        fn open_as_holder(&self, i: usize, dealt: &Dealt) -> Verdict {
+            let k = shared_point(&self.holders[i].1, &self.dealer_enc.public());
+            open(
+                &Parties {
+                    ctx: &CTX,
+                    dealer: &self.dealer.id(),
+                    dealer_key: &self.dealer.verifying_key(),
+                    holder: &self.holders[i].0,
+                    shared: &k,
+                },
+                dealt,
+            )
+        }
+
+        /// The server's verdict on the same share, with the K the dealer's side gives (what a
+        /// complaint reveals).
+        fn open_as_judge(&self, i: usize, dealt: &Dealt) -> Verdict {
+            let k = shared_point(&self.dealer_enc, &self.holders[i].1.public());
+            open(
+                &Parties {
+                    ctx: &CTX,
+                    dealer: &self.dealer.id(),
+                    dealer_key: &self.dealer.verifying_key(),
+                    holder: &self.holders[i].0,
+                    shared: &k,
+                },
+                dealt,
+            )
+        }
+
+        fn degree_test(&self, seed: u64) -> bool {
+            let Some(commitments) =
+                self.entries.iter().map(Entry::commitments).collect::<Option<Vec<_>>>()
+            else {
+                return false;
+            };
+            DegreeTest {
+                threshold: self.threshold,
+                weights: &dual_weights(&self.xs),
+                xs: &self.xs,
+                self_mask_key: self.b.public().point(),
+                mask_key: self.s.public().point(),
+                commitments: &commitments,
+            }
+            .passes(&mut rng(seed))
+        }
+    }
+
+    #[test]
+    fn an_honest_dealing_opens_for_every_holder_and_passes_the_degree_test() {
+        for (m, t) in [(2, 1), (5, 3), (9, 8), (17, 6), (40, 20)] {
+            let d = deal(m, t, m as u64, &honest);
+            assert!(d.degree_test(1), "m = {m}, t = {t}");
+            let mut b_shares = Vec::new();
+            for i in 1..m {
+                let dealt = d.dealt(i);
+                let Verdict::Ok(b, _) = d.open_as_holder(i, &dealt) else {
+                    panic!("holder {i} of {m}");
+                };
+                assert!(d.open_as_judge(i, &dealt).is_ok());
+                b_shares.push((d.xs[i], b));
+            }
+            // Any t shares that pass give b back.
+            if t <= b_shares.len() {
+                let picked: Vec<(u32, &ShareValue)> =
+                    b_shares.iter().rev().take(t).map(|(x, s)| (*x, s)).collect();
+                assert_eq!(shamir::reconstruct(&picked).unwrap().expose(), d.b.expose());
+            }
+        }
+    }
+
+    #[test]
+    fn dual_weights_annihilate_every_polynomial_of_lower_degree() {
+        let xs = [1u32, 2, 4, 7, 9];
+        let w = dual_weights(&xs);
+        let mut r = rng(5);
+        for degree in 0..xs.len() {
+            let p: Vec<Scalar> = (0..=degree).map(|_| Scalar::random(&mut r)).collect();
+            let eval = |x: Scalar| p.iter().rev().fold(Scalar::ZERO, |acc, c| acc * x + c);
+            let total: Scalar = core::iter::once(0u32)
+                .chain(xs)
+                .zip(&w)
+                .map(|(x, w)| w * eval(Scalar::from(x)))
+                .sum();
+            assert_eq!(total, Scalar::ZERO, "degree {degree}");
+        }
+        // Degree m is not annihilated: the test has something to catch.
+        let p: Vec<Scalar> = (0..=xs.len()).map(|_| Scalar::random(&mut r)).collect();
+        let eval = |x: Scalar| p.iter().rev().fold(Scalar::ZERO, |acc, c| acc * x + c);
+        let total: Scalar =
+            core::iter::once(0u32).chain(xs).zip(&w).map(|(x, w)| w * eval(Scalar::from(x))).sum();
+        assert_ne!(total, Scalar::ZERO);
+    }
+
+    /// A dealer whose commitments are off the polynomial — one share changed (and committed
+    /// to as changed), a polynomial of degree t, another secret at 0 — fails the test.
+    #[test]
+    fn commitments_off_the_polynomial_fail_the_degree_test() {
+        let (m, t) = (12, 5);
+        // Holder 4's share of b replaced by another value, consistently encrypted and committed.
+        let other = SecretScalar::random(&mut rng(99));
+        let other_commitment = other.public().to_bytes();
+        let other_bytes = *other.to_ikm();
+        let d = deal(m, t, 7, &|i, plain, cb, _| {
+            if i == 4 {
+                plain[..32].copy_from_slice(&other_bytes);
+                *cb = other_commitment;
+            }
+        });
+        assert!(!d.degree_test(1));
+        // The share itself opens: only the degree test can tell.
+        assert!(d.open_as_holder(4, &d.dealt(4)).is_ok());
+        // The same for the mask-key polynomial.
+        let d = deal(m, t, 7, &|i, plain, _, cs| {
+            if i == 9 {
+                plain[32..].copy_from_slice(&other_bytes);
+                *cs = other_commitment;
+            }
+        });
+        assert!(!d.degree_test(1));
+        // Shares of a polynomial of degree t (threshold t + 1) are not of degree t − 1.
+        let mut high = deal(m, t + 1, 8, &honest);
+        high.threshold = t;
+        assert!(!high.degree_test(1));
+        // The commitments of another secret than the advertised B_u.
+        let mut swapped = deal(m, t, 9, &honest);
+        swapped.b = SecretScalar::random(&mut rng(10));
+        assert!(!swapped.degree_test(1));
+        // An honest dealing passes under any draw of g and ρ.
+        let honest = deal(m, t, 11, &honest);
+        assert!((0..20).all(|seed| honest.degree_test(seed)));
+    }
+
+    #[test]
+    fn an_identity_commitment_or_too_few_holders_fails_the_degree_test() {
+        let identity = [0u8; 32];
+        let d = deal(8, 3, 12, &|i, _, cb, _| {
+            if i == 2 {
+                *cb = identity;
+            }
+        });
+        assert!(d.entries[2].commitments().is_none());
+        assert!(!d.degree_test(1));
+        // m = t: the dealer's rule |N(u)∩U1| ≥ t is broken (m counts u's own entry).
+        assert!(!deal(5, 5, 13, &honest).degree_test(1));
+        assert!(deal(5, 4, 13, &honest).degree_test(1));
+    }
+
+    /// A share sent as a non-canonical scalar (share + ℓ, the same value mod ℓ) is bad for the
+    /// holder and the server alike; so are an undecryptable ciphertext and a share off its
+    /// commitment.
+    #[test]
+    fn bad_shares_are_judged_bad_by_holder_and_server_alike() {
+        let d = deal(6, 3, 14, &|i, plain, _, _| match i {
+            1 => {
+                let share: [u8; 32] = plain[..32].try_into().unwrap();
+                let plus_l = crate::proofs::tests::add_group_order(&share).expect("s + ℓ < 2^254");
+                plain[..32].copy_from_slice(&plus_l);
+            }
+            2 => plain[40] ^= 1,
+            _ => {}
+        });
+        // What holder 1 decrypts is its share plus ℓ: the same value mod ℓ, not canonical.
+        let k = shared_point(&d.holders[1].1, &d.dealer_enc.public());
+        let key = ShareKey::from_shared(&k.to_bytes(), &CTX, &d.dealer.id(), &d.holders[1].0);
+        let plain = key.open(&CTX, &d.dealer.id(), &d.holders[1].0, &d.ciphertexts[1]).unwrap();
+        let sent: [u8; 32] = plain[..32].try_into().unwrap();
+        assert!(ShareValue::from_bytes(&sent).is_none());
+        assert_eq!(
+            crate::proofs::commit(&Scalar::from_bytes_mod_order(sent)).compress().to_bytes(),
+            d.entries[1].self_mask_commitment(),
+            "reduced mod ℓ it would match its commitment"
+        );
+        for verdict in [d.open_as_holder(1, &d.dealt(1)), d.open_as_judge(1, &d.dealt(1))] {
+            assert!(matches!(verdict, Verdict::Bad(Bad::NonCanonical)), "{verdict:?}");
+        }
+        for verdict in [d.open_as_holder(2, &d.dealt(2)), d.open_as_judge(2, &d.dealt(2))] {
+            assert!(matches!(verdict, Verdict::Bad(Bad::MaskKeyShare)), "{verdict:?}");
+        }
+        // A dealer that encrypts under a key other than K_{u→v}, and hashes what it sends.
+        let mut d = deal(6, 3, 15, &honest);
+        let wrong_key = ShareKey::from_shared(&[9; 32], &CTX, &d.dealer.id(), &d.holders[3].0)
+            .seal(&CTX, &d.dealer.id(), &d.holders[3].0, &[0; 64]);
+        d.send_instead(3, wrong_key);
+        for verdict in [d.open_as_holder(3, &d.dealt(3)), d.open_as_judge(3, &d.dealt(3))] {
+            assert!(matches!(verdict, Verdict::Bad(Bad::Undecryptable)), "{verdict:?}");
+        }
+        // The other holders' shares are fine.
+        assert!(d.open_as_holder(4, &d.dealt(4)).is_ok());
+        // A dealer that signs a longer ciphertext (which decrypts) is at fault too.
+        let mut d = deal(6, 3, 18, &honest);
+        let k = shared_point(&d.dealer_enc, &d.holders[2].1.public());
+        let long = ShareKey::from_shared(&k.to_bytes(), &CTX, &d.dealer.id(), &d.holders[2].0)
+            .seal(&CTX, &d.dealer.id(), &d.holders[2].0, &[0; 1000]);
+        d.send_instead(2, long);
+        for verdict in [d.open_as_holder(2, &d.dealt(2)), d.open_as_judge(2, &d.dealt(2))] {
+            assert!(matches!(verdict, Verdict::Bad(Bad::CiphertextLength)), "{verdict:?}");
+        }
+    }
+
+    /// What the server must check before forwarding: a changed ciphertext, entry, index, size,
+    /// path or signature, or another holder's entry, is malformed — never bad, so a holder
+    /// shown it knows the server tampered.
+    #[test]
+    fn a_share_changed_after_signing_is_malformed() {
+        let d = deal(7, 3, 16, &honest);
+        let good = d.dealt(3);
+        let mut cases: Vec<(Dealt, Malformed)> = Vec::new();
+        let mut c = good.clone();
+        c.ciphertext[0] ^= 1;
+        cases.push((c, Malformed::CiphertextHash));
+        let mut c = good.clone();
+        c.entry.0[70] ^= 1;
+        cases.push((c, Malformed::Signature));
+        let mut c = good.clone();
+        c.index = 2;
+        cases.push((c, Malformed::Signature));
+        let mut c = good.clone();
+        c.index = 7;
+        cases.push((c, Malformed::Path));
+        let mut c = good.clone();
+        c.size = 8;
+        cases.push((c, Malformed::Signature));
+        let mut c = good.clone();
+        c.path[0][0] ^= 1;
+        cases.push((c, Malformed::Signature));
+        let mut c = good.clone();
+        c.path.pop();
+        cases.push((c, Malformed::Path));
+        let mut c = good.clone();
+        c.signature[5] ^= 1;
+        cases.push((c, Malformed::Signature));
+        cases.push((d.dealt(4), Malformed::OtherHolder));
+        for (i, (dealt, why)) in cases.iter().enumerate() {
+            for verdict in [d.open_as_holder(3, dealt), d.open_as_judge(3, dealt)] {
+                assert!(
+                    matches!(verdict, Verdict::Malformed(w) if w == *why),
+                    "case {i}: {verdict:?}, expected {why:?}"
+                );
+            }
+        }
+        assert!(d.open_as_holder(3, &good).is_ok());
+    }
+
+    #[test]
+    fn the_evidence_digest_binds_every_part() {
+        let d = deal(5, 2, 17, &honest);
+        let good = d.dealt(2);
+        let base = good.evidence_digest();
+        let mut changes = Vec::new();
+        let mut c = good.clone();
+        c.entry.0[0] ^= 1;
+        changes.push(c);
+        let mut c = good.clone();
+        c.index += 1;
+        changes.push(c);
+        let mut c = good.clone();
+        c.size += 1;
+        changes.push(c);
+        let mut c = good.clone();
+        c.path[0][31] ^= 1;
+        changes.push(c);
+        let mut c = good.clone();
+        c.signature[63] ^= 1;
+        changes.push(c);
+        for c in changes {
+            assert_ne!(c.evidence_digest(), base);
+        }
+        // The ciphertext is bound separately (by its own hash in the complaint).
+        let mut c = good.clone();
+        c.ciphertext.push(0);
+        assert_eq!(c.evidence_digest(), base);
+    }
+}
