@@ -124,6 +124,9 @@ pub enum Error {
     /// A public key is malformed or the identity point.
     #[error("public key of client {0} is malformed or the identity")]
     BadPublicKey(ClientId),
+    /// An advertised key's proof of knowledge does not verify (protocol v2).
+    #[error("client {client}'s proof of knowledge of its {role} key does not verify")]
+    BadKeyProof { client: ClientId, role: crate::proofs::KeyRole },
     /// A share ciphertext did not authenticate.
     #[error("share ciphertext from client {0} does not authenticate")]
     BadCiphertext(ClientId),

@@ -81,12 +81,21 @@ fn canonical_scalar(bytes: &[u8]) -> Option<Scalar> {
 }
 
 /// The role of an advertised key, bound into its proof.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyRole {
     /// c_u^PK, for share encryption.
     Encryption,
     /// s_u^PK, for pairwise masks.
     Masking,
+}
+
+impl core::fmt::Display for KeyRole {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            KeyRole::Encryption => "encryption",
+            KeyRole::Masking => "mask",
+        })
+    }
 }
 
 impl KeyRole {

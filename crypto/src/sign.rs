@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::ids::ClientId;
 use crate::kdf::{Label, labelled};
 use crate::keys::PublicKey;
+use crate::proofs::{KeyProof, KeyRole};
 
 /// DER prefix of an Ed25519 `SubjectPublicKeyInfo` (RFC 8410): the 32-byte key follows.
 const ED25519_SPKI_PREFIX: [u8; 12] =
@@ -143,6 +144,19 @@ pub trait CredentialVerifier: Send + Sync {
     /// Verifies many signatures, as [`verify_many`] does.
     fn verify_signatures(&self, items: &[SignedItem]) -> Result<()> {
         verify_many(items)
+    }
+
+    /// Whether `proof` proves knowledge of the secret of `key`, advertised by `owner` in `role`
+    /// for the round `ctx` ([`KeyProof::verify`]).
+    fn key_proof_holds(
+        &self,
+        proof: &KeyProof,
+        key: &PublicKey,
+        ctx: &RoundContext,
+        owner: &ClientId,
+        role: KeyRole,
+    ) -> bool {
+        proof.verify(key, ctx, owner, role)
     }
 
     /// Decodes a public key `owner` advertised: a canonical, non-identity Ristretto255 point.

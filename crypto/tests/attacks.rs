@@ -935,6 +935,82 @@ fn unmasking_needs_q_valid_signatures_on_the_signed_view() {
     assert!(ok.mask_key_shares.is_empty());
 }
 
+/// Proofs of knowledge of the advertised keys (protocol v2): a client that advertises another
+/// client's key plus r·G — a key whose secret it does not know, related to the other's by an r
+/// it does — is refused by the server when it advertises it, and by every neighbour a server
+/// forwards it to. Its best tries are the victim's own proof and a proof made with r.
+#[test]
+fn an_advert_of_anothers_key_plus_r_g_is_refused() {
+    use common::fuzz::signed_advert_with_proofs;
+    use fedsec_crypto::keys::SecretScalar;
+    use fedsec_crypto::proofs::{KeyProof, KeyRole};
+
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 23);
+    let (attacker, victim) = (1, 2);
+    let r = SecretScalar::random(&mut rng(24));
+    let plus_r = |key: &[u8; 32]| {
+        let p = PublicKey::from_bytes(key).unwrap();
+        (p.point() + r.public().point()).compress().to_bytes()
+    };
+    for role in [KeyRole::Encryption, KeyRole::Masking] {
+        for victims_own_proof in [true, false] {
+            let mut clients = new_clients(&plan, &keys, &policy());
+            let adverts: Vec<AdvertiseKeys> =
+                clients.iter().map(|c| c.advertise().clone()).collect();
+            let ctx = adverts[0].ctx;
+            let (own, v) = (&adverts[attacker], &adverts[victim]);
+            let (victim_key, victim_proof) = match role {
+                KeyRole::Encryption => (v.enc_pk, v.enc_pk_proof),
+                KeyRole::Masking => (v.mask_pk, v.mask_pk_proof),
+            };
+            let related = plus_r(&victim_key);
+            let proof = if victims_own_proof {
+                victim_proof
+            } else {
+                KeyProof::prove(&r, &ctx, &keys[attacker].id(), role)
+            };
+            let (keys3, proofs) = match role {
+                KeyRole::Encryption => {
+                    ([related, own.mask_pk, own.self_mask_commitment], [proof, own.mask_pk_proof])
+                }
+                KeyRole::Masking => {
+                    ([own.enc_pk, related, own.self_mask_commitment], [own.enc_pk_proof, proof])
+                }
+            };
+            let forged = signed_advert_with_proofs(&keys[attacker], ctx, keys3, proofs);
+            let refused = Err(Error::BadKeyProof { client: keys[attacker].id(), role });
+
+            // The server refuses it.
+            let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
+            assert_eq!(server.adv(forged.clone()), refused, "server, {role}");
+
+            // A server that admits it anyway and forwards it: every other client refuses it.
+            let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
+            for a in &adverts {
+                server.adv(a.clone()).unwrap();
+            }
+            let forwards = server.close_advertise().unwrap();
+            for (i, (c, f)) in clients.iter_mut().zip(&forwards).enumerate() {
+                if i == attacker {
+                    continue;
+                }
+                let mut f = f.clone();
+                for a in f.adverts.iter_mut().filter(|a| a.client == keys[attacker].id()) {
+                    *a = forged.clone();
+                }
+                assert_eq!(c.handle_keys(&f).map(|_| ()), refused, "client {i}, {role}");
+            }
+        }
+    }
+    let clients = new_clients(&plan, &keys, &policy());
+    let own = clients[attacker].advertise().clone();
+    // The attacker's honest advert passes: what is refused is the relation.
+    let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
+    assert_eq!(server.adv(own), Ok(()));
+}
+
 /// An Ed25519 signature that only a lenient rule accepts: R is the identity point under a
 /// non-canonical encoding (y = p + 1), s = H(R ‖ A ‖ M)·a. The cofactorless equation
 /// s·B = R + H(R ‖ A ‖ M)·A holds once R is decoded leniently, as ed25519-dalek's batch

@@ -289,8 +289,11 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
             let mut forged = signed_advert(&s, a.ctx, [a.enc_pk, [9; 32], a.self_mask_commitment]);
             forged.client = id;
             forged.mask_pk = state.adverts[next].advert.mask_pk;
-            let keys = [forged.enc_pk, forged.mask_pk, forged.self_mask_commitment];
-            forged.signature = signed_advert(&s, a.ctx, keys).signature;
+            forged.signature = fedsec_crypto::secagg::messages::Sig(s.sign(
+                fedsec_crypto::kdf::Label::Advertise,
+                &a.ctx,
+                &forged.signed_parts(),
+            ));
             state.adverts[e] =
                 VerifiedAdvert { advert: forged, identity_key: s.verifying_key().to_bytes() };
             (

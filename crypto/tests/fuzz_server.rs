@@ -22,6 +22,7 @@ use fedsec_crypto::error::{Error, Malformation, SharesProblem};
 use fedsec_crypto::graph::Graph;
 use fedsec_crypto::ids::{ClientId, RoundContext};
 use fedsec_crypto::kdf::Label;
+use fedsec_crypto::proofs::KeyRole;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
@@ -395,7 +396,17 @@ impl Fuzz {
                 let (enc, mask, b) = (a.enc_pk, a.mask_pk, a.self_mask_commitment);
                 let bad_key = Some(Error::BadPublicKey(id));
                 let bad_credential = |reason| Some(Error::BadCredential { client: id, reason });
-                return match w % 7 {
+                let proofs = |enc_proof, mask_proof| {
+                    Msg::Advert(signed_advert_with_proofs(
+                        key,
+                        ctx,
+                        [enc, mask, b],
+                        [enc_proof, mask_proof],
+                    ))
+                };
+                let bad_proof = |role| Some(Error::BadKeyProof { client: id, role });
+                let (enc_proof, mask_proof) = (a.enc_pk_proof, a.mask_pk_proof);
+                return match w % 9 {
                     0 => {
                         a.signature = flip_sig(a.signature, x);
                         (msg, Some(Error::BadSignature(id)))
@@ -414,7 +425,13 @@ impl Fuzz {
                     }
                     4 => (keys([0; 32], mask, b), bad_key),
                     5 => (keys(enc, enc, b), bad_key),
-                    _ => (keys(enc, mask, [0xff; 32]), bad_key),
+                    6 => (keys(enc, mask, [0xff; 32]), bad_key),
+                    7 => {
+                        let mut flipped = mask_proof;
+                        flipped.0[x % 64] ^= 1 << (x % 8);
+                        (proofs(enc_proof, flipped), bad_proof(KeyRole::Masking))
+                    }
+                    _ => (proofs(mask_proof, enc_proof), bad_proof(KeyRole::Encryption)),
                 };
             }
             (w, Msg::Shares(s)) if !s.shares.is_empty() => {

@@ -41,6 +41,7 @@ use fedsec_coordinator::engine::{
 };
 use fedsec_coordinator::wire as server_wire;
 use fedsec_crypto::keys::PublicKey;
+use fedsec_crypto::proofs::{KeyProof, KeyRole};
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
@@ -581,26 +582,31 @@ impl World<'_> {
 /// signatures), an attempt whose clients disagree a few.
 const REMEMBERED_BATCHES: usize = 4;
 
-/// A signature verified on its own (strictly): (key, SHA-256 of the message, signature).
+/// A signature verified on its own: (key, SHA-256 of the message, signature).
 type KnownSignature = ([u8; 32], [u8; 32], [u8; 64]);
+
+/// A proof of knowledge that held: (proof, key, owner, role, ctx).
+type KnownProof = ([u8; 64], [u8; 32], ClientId, u8, [u8; 32]);
 
 /// The clients' verifier, shared by all simulated clients. Each distinct certificate chain,
 /// signature check and advertised public key is checked once and remembered: each check is a
 /// pure function of its bytes (and of the fixed time), so every client would reach the same
 /// answer on its own. Sharing them saves the simulation from checking each chain and each
 /// consistency signature once per client (n² checks a round) and each advertised key once per
-/// neighbour. Every client still makes every check; a repeated one is a lookup. A result is
-/// remembered only for exactly the inputs that produced it: single signatures (checked
-/// strictly) apart from batches, and a batch as its whole ordered list, since batch
-/// verification is a property of the batch, not of each signature in it.
+/// neighbour, and each proof of knowledge of an advertised key once per neighbour. Every client
+/// still makes every check; a repeated one is a lookup. A result is remembered only for exactly
+/// the inputs that produced it: single signatures, a list of signatures as its whole ordered
+/// list, a proof with its key, owner, role and round.
 struct SharedVerifier {
     inner: X509Credentials,
     /// Verified chains: client → (credential, key), with a slot for each site, filled by the
     /// first check of its chain (reads take no lock: every client looks up most of U3's chains
     /// each round). Chains of clients that are not sites are checked every time.
     chains: HashMap<ClientId, OnceLock<(Vec<u8>, VerifyingKey)>>,
-    /// Signatures that passed the strict single check.
+    /// Signatures that passed the single check.
     signatures: RwLock<HashSet<KnownSignature>>,
+    /// Proofs of knowledge that held.
+    proofs: RwLock<HashSet<KnownProof>>,
     /// The last batches that passed, whole (each is about 230 bytes a signature: comparing a
     /// batch with one of them costs less than hashing it).
     batches: RwLock<Vec<Vec<SignedItem>>>,
@@ -623,6 +629,7 @@ impl SharedVerifier {
             inner,
             chains: sites.into_iter().map(|id| (id, OnceLock::new())).collect(),
             signatures: RwLock::default(),
+            proofs: RwLock::default(),
             batches: RwLock::default(),
             keys: RwLock::default(),
         }
@@ -683,6 +690,25 @@ impl CredentialVerifier for SharedVerifier {
             batches.push(items.to_vec());
         }
         Ok(())
+    }
+
+    fn key_proof_holds(
+        &self,
+        proof: &KeyProof,
+        key: &PublicKey,
+        ctx: &RoundContext,
+        owner: &ClientId,
+        role: KeyRole,
+    ) -> bool {
+        let entry = (proof.0, key.to_bytes(), *owner, role.code(), ctx.0);
+        if read(&self.proofs).contains(&entry) {
+            return true;
+        }
+        if !self.inner.key_proof_holds(proof, key, ctx, owner, role) {
+            return false;
+        }
+        write(&self.proofs).insert(entry);
+        true
     }
 
     fn public_key(&self, owner: ClientId, bytes: &[u8; 32]) -> fedsec_crypto::Result<PublicKey> {

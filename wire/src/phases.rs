@@ -1,6 +1,7 @@
 //! The messages of the five phases: each client request and each coordinator reply.
 
 use crate::x509::encode_chain;
+use fedsec_crypto::proofs::KeyProof;
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShares, ForwardedShares,
     KeysForward, MaskedInput, RevealedShare, ShareKeys, SharesForward, Sig, SignedSurvivors,
@@ -58,6 +59,8 @@ impl PhaseMessage for AdvertiseKeys {
             mask_pk: self.mask_pk.to_vec(),
             self_mask_commitment: self.self_mask_commitment.to_vec(),
             signature: self.signature.0.to_vec(),
+            enc_pk_proof: self.enc_pk_proof.0.to_vec(),
+            mask_pk_proof: self.mask_pk_proof.0.to_vec(),
         }
     }
 
@@ -70,6 +73,8 @@ impl PhaseMessage for AdvertiseKeys {
             enc_pk: fixed("enc_pk", &req.enc_pk)?,
             mask_pk: fixed("mask_pk", &req.mask_pk)?,
             self_mask_commitment: fixed("self_mask_commitment", &req.self_mask_commitment)?,
+            enc_pk_proof: KeyProof(fixed("enc_pk_proof", &req.enc_pk_proof)?),
+            mask_pk_proof: KeyProof(fixed("mask_pk_proof", &req.mask_pk_proof)?),
             signature: Sig(fixed("signature", &req.signature)?),
         })
     }
@@ -92,6 +97,8 @@ impl PhaseMessage for KeysForward {
                     mask_pk: a.mask_pk.to_vec(),
                     self_mask_commitment: a.self_mask_commitment.to_vec(),
                     signature: a.signature.0.to_vec(),
+                    enc_pk_proof: a.enc_pk_proof.0.to_vec(),
+                    mask_pk_proof: a.mask_pk_proof.0.to_vec(),
                 })
                 .collect(),
         }
@@ -114,6 +121,8 @@ impl PhaseMessage for KeysForward {
                         "adverts.self_mask_commitment",
                         &a.self_mask_commitment,
                     )?,
+                    enc_pk_proof: KeyProof(fixed("adverts.enc_pk_proof", &a.enc_pk_proof)?),
+                    mask_pk_proof: KeyProof(fixed("adverts.mask_pk_proof", &a.mask_pk_proof)?),
                     signature: Sig(fixed("adverts.signature", &a.signature)?),
                 })
             })

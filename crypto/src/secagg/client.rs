@@ -22,6 +22,7 @@ use crate::kernel::{Kernel, Sign};
 use crate::keys::{PublicKey, SecretScalar};
 use crate::params;
 use crate::prg::MaskSeed;
+use crate::proofs::{KeyProof, KeyRole};
 use crate::rng::os_rng;
 use crate::secagg::Phase;
 use crate::secagg::messages::*;
@@ -244,8 +245,7 @@ impl SecAggClient {
             mask_sk.public().to_bytes(),
             self_seed.public().to_bytes(),
         );
-        let signature = identity.sign(Label::Advertise, &ctx, &[&enc_pk, &mask_pk, &commitment]);
-        let advert = AdvertiseKeys {
+        let mut advert = AdvertiseKeys {
             version: PROTOCOL_VERSION,
             ctx,
             client: id,
@@ -253,8 +253,11 @@ impl SecAggClient {
             enc_pk,
             mask_pk,
             self_mask_commitment: commitment,
-            signature: Sig(signature),
+            enc_pk_proof: KeyProof::prove(&enc_sk, &ctx, &id, KeyRole::Encryption),
+            mask_pk_proof: KeyProof::prove(&mask_sk, &ctx, &id, KeyRole::Masking),
+            signature: Sig([0; 64]),
         };
+        advert.signature = Sig(identity.sign(Label::Advertise, &ctx, &advert.signed_parts()));
         Ok(SecAggClient {
             identity,
             verifier,
@@ -735,11 +738,7 @@ pub(crate) fn verify_advert(
 ) -> Result<Peer> {
     let id = advert.client;
     let verifying_key = verifier.verify(&id, &advert.credential)?;
-    let message = crate::kdf::labelled(
-        Label::Advertise,
-        ctx,
-        &[&advert.enc_pk, &advert.mask_pk, &advert.self_mask_commitment],
-    );
+    let message = crate::kdf::labelled(Label::Advertise, ctx, &advert.signed_parts());
     verifier.verify_signature(id, &verifying_key, &message, &advert.signature.0)?;
     let enc_pk = verifier.public_key(id, &advert.enc_pk)?;
     let mask_pk = verifier.public_key(id, &advert.mask_pk)?;
@@ -747,7 +746,28 @@ pub(crate) fn verify_advert(
     if advert.enc_pk == advert.mask_pk {
         return Err(Error::BadPublicKey(id));
     }
+    verify_key_proofs(verifier, ctx, advert, &enc_pk, &mask_pk)?;
     Ok(Peer { id, verifying_key, enc_pk, mask_pk, self_mask_commitment })
+}
+
+/// Checks both proofs of knowledge of an advertisement (through the verifier, which may
+/// remember a result for the same bytes).
+pub(crate) fn verify_key_proofs(
+    verifier: &dyn CredentialVerifier,
+    ctx: &RoundContext,
+    advert: &AdvertiseKeys,
+    enc_pk: &PublicKey,
+    mask_pk: &PublicKey,
+) -> Result<()> {
+    for (proof, key, role) in [
+        (&advert.enc_pk_proof, enc_pk, KeyRole::Encryption),
+        (&advert.mask_pk_proof, mask_pk, KeyRole::Masking),
+    ] {
+        if !verifier.key_proof_holds(proof, key, ctx, &advert.client, role) {
+            return Err(Error::BadKeyProof { client: advert.client, role });
+        }
+    }
+    Ok(())
 }
 
 /// Client constructors that skip one of the protocol's checks: never for a deployment.

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::context::{PROTOCOL_VERSION, RoundContext};
 use crate::error::{Error, Malformation, Result};
 use crate::ids::ClientId;
+use crate::proofs::KeyProof;
 
 /// An Ed25519 signature.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,8 +44,26 @@ pub struct AdvertiseKeys {
     pub mask_pk: [u8; 32],
     /// B_u = b_u·G, the commitment to the self-mask seed.
     pub self_mask_commitment: [u8; 32],
-    /// Sign_id(`advertise` ‖ ctx ‖ c^PK ‖ s^PK ‖ B).
+    /// Proof of knowledge of c_u^SK (protocol v2): no one can advertise a key related to
+    /// another's (another's key plus r·G) without knowing the other's secret.
+    pub enc_pk_proof: KeyProof,
+    /// Proof of knowledge of s_u^SK.
+    pub mask_pk_proof: KeyProof,
+    /// Sign_id(`advertise` ‖ ctx ‖ c^PK ‖ s^PK ‖ B ‖ proof(c) ‖ proof(s)).
     pub signature: Sig,
+}
+
+impl AdvertiseKeys {
+    /// What the advertisement's signature covers after `advertise` ‖ ctx, in order.
+    pub fn signed_parts(&self) -> [&[u8]; 5] {
+        [
+            &self.enc_pk,
+            &self.mask_pk,
+            &self.self_mask_commitment,
+            &self.enc_pk_proof.0,
+            &self.mask_pk_proof.0,
+        ]
+    }
 }
 
 /// Phase 0 → 1, server → client u: the advertisements of u's share holders that advertised

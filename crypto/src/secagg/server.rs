@@ -22,7 +22,7 @@ use crate::kernel::{DEFAULT_CHUNK_WORDS, Kernel, Sign};
 use crate::keys::PublicKey;
 use crate::prg::MaskSeed;
 use crate::secagg::Phase;
-use crate::secagg::client::{Peer, verify_advert};
+use crate::secagg::client::{Peer, verify_advert, verify_key_proofs};
 use crate::secagg::messages::*;
 use crate::shamir::{LagrangeCache, ShareValue};
 use crate::sign::{CredentialVerifier, verify};
@@ -356,12 +356,16 @@ impl SecAggServer {
             // The advert's signature under the key its credential certified when it came: a
             // saved state whose keys were changed is refused, not resumed into a wrong sum.
             // (The credential itself is not judged again: it was, at its own time.)
-            let signed = crate::kdf::labelled(
-                Label::Advertise,
-                &server.ctx,
-                &[&advert.enc_pk, &advert.mask_pk, &advert.self_mask_commitment],
-            );
+            let signed =
+                crate::kdf::labelled(Label::Advertise, &server.ctx, &advert.signed_parts());
             server.verifier.verify_signature(id, &verifying_key, &signed, &advert.signature.0)?;
+            verify_key_proofs(
+                server.verifier.as_ref(),
+                &server.ctx,
+                &advert,
+                &peer.enc_pk,
+                &peer.mask_pk,
+            )?;
             if server.advertised.insert(u, (advert, peer)).is_some() {
                 return Err(bad("an advert appears twice"));
             }

@@ -10,6 +10,7 @@ use fedsec_crypto::error::Error;
 use fedsec_crypto::graph::Graph;
 use fedsec_crypto::ids::{ClientId, RoundContext};
 use fedsec_crypto::kdf::Label;
+use fedsec_crypto::proofs::KeyProof;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
 use fedsec_crypto::secagg::driver::{make_plan, stand_in_trained_on};
@@ -192,6 +193,8 @@ impl Msg {
                 enc_pk: [0; 32],
                 mask_pk: [0; 32],
                 self_mask_commitment: [0; 32],
+                enc_pk_proof: KeyProof([0; 64]),
+                mask_pk_proof: KeyProof([0; 64]),
                 signature: Sig([0; 64]),
             }),
             Phase::ShareKeys => Msg::Shares(ShareKeys { version, ctx, client, shares: Vec::new() }),
@@ -370,12 +373,22 @@ pub fn flip_sig(sig: Sig, bit: usize) -> Sig {
     Sig(flip(sig.0.to_vec(), bit).try_into().expect("64 bytes"))
 }
 
-/// An advert `key` signs, with the keys given (the advert signature of a faulty client).
+/// An advert `key` signs, with the keys given and no proofs of knowledge (the advert of a
+/// faulty client).
 pub fn signed_advert(key: &IdentityKey, ctx: RoundContext, keys: [[u8; 32]; 3]) -> AdvertiseKeys {
+    signed_advert_with_proofs(key, ctx, keys, [KeyProof([0; 64]); 2])
+}
+
+/// An advert `key` signs, with the keys and proofs given.
+pub fn signed_advert_with_proofs(
+    key: &IdentityKey,
+    ctx: RoundContext,
+    keys: [[u8; 32]; 3],
+    proofs: [KeyProof; 2],
+) -> AdvertiseKeys {
     let [enc_pk, mask_pk, self_mask_commitment] = keys;
-    let signature =
-        Sig(key.sign(Label::Advertise, &ctx, &[&enc_pk, &mask_pk, &self_mask_commitment]));
-    AdvertiseKeys {
+    let [enc_pk_proof, mask_pk_proof] = proofs;
+    let mut advert = AdvertiseKeys {
         version: 1,
         ctx,
         client: key.id(),
@@ -383,8 +396,12 @@ pub fn signed_advert(key: &IdentityKey, ctx: RoundContext, keys: [[u8; 32]; 3]) 
         enc_pk,
         mask_pk,
         self_mask_commitment,
-        signature,
-    }
+        enc_pk_proof,
+        mask_pk_proof,
+        signature: Sig([0; 64]),
+    };
+    advert.signature = Sig(key.sign(Label::Advertise, &ctx, &advert.signed_parts()));
+    advert
 }
 
 /// Another round context than `ctx`.

@@ -3,6 +3,7 @@
 // Each test binary that includes this module uses part of it.
 #![allow(dead_code)]
 
+use fedsec_crypto::proofs::KeyProof;
 use fedsec_crypto::secagg::messages::{AdvertiseKeys, RevealedShare, Sig};
 use fedsec_crypto::{AttemptNonce, ClientId, PROTOCOL_VERSION, RoundContext, RoundId, TaskId};
 use fedsec_wire::RoundKey;
@@ -39,8 +40,8 @@ pub fn credential() -> impl Strategy<Value = Vec<u8>> {
 }
 
 pub fn advert(ctx: RoundContext) -> impl Strategy<Value = AdvertiseKeys> {
-    (id(), credential(), bytes32(), bytes32(), bytes32(), sig()).prop_map(
-        move |(client, credential, enc_pk, mask_pk, self_mask_commitment, signature)| {
+    (id(), credential(), (bytes32(), bytes32(), bytes32()), (sig(), sig()), sig()).prop_map(
+        move |(client, credential, (enc_pk, mask_pk, self_mask_commitment), proofs, signature)| {
             AdvertiseKeys {
                 version: PROTOCOL_VERSION,
                 ctx,
@@ -49,6 +50,8 @@ pub fn advert(ctx: RoundContext) -> impl Strategy<Value = AdvertiseKeys> {
                 enc_pk,
                 mask_pk,
                 self_mask_commitment,
+                enc_pk_proof: KeyProof(proofs.0.0),
+                mask_pk_proof: KeyProof(proofs.1.0),
                 signature,
             }
         },

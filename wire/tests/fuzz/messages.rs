@@ -58,18 +58,33 @@ fn certificate_chain() -> impl Strategy<Value = Vec<Vec<u8>>> {
 }
 
 fn advertise_keys_request() -> impl Strategy<Value = v1::AdvertiseKeysRequest> {
-    (some_round(), certificate_chain(), sized(32), sized(32), sized(32), sized(64)).prop_map(
-        |(round, certificate_chain, enc_pk, mask_pk, self_mask_commitment, signature)| {
-            v1::AdvertiseKeysRequest {
+    (
+        some_round(),
+        certificate_chain(),
+        (sized(32), sized(32), sized(32)),
+        (sized(64), sized(64)),
+        sized(64),
+    )
+        .prop_map(
+            |(
                 round,
                 certificate_chain,
-                enc_pk,
-                mask_pk,
-                self_mask_commitment,
+                (enc_pk, mask_pk, self_mask_commitment),
+                proofs,
                 signature,
-            }
-        },
-    )
+            )| {
+                v1::AdvertiseKeysRequest {
+                    round,
+                    certificate_chain,
+                    enc_pk,
+                    mask_pk,
+                    self_mask_commitment,
+                    signature,
+                    enc_pk_proof: proofs.0,
+                    mask_pk_proof: proofs.1,
+                }
+            },
+        )
 }
 
 fn advertise_keys_response() -> impl Strategy<Value = v1::AdvertiseKeysResponse> {
@@ -81,6 +96,8 @@ fn advertise_keys_response() -> impl Strategy<Value = v1::AdvertiseKeysResponse>
             mask_pk: r.mask_pk,
             self_mask_commitment: r.self_mask_commitment,
             signature: r.signature,
+            enc_pk_proof: r.enc_pk_proof,
+            mask_pk_proof: r.mask_pk_proof,
         });
     (some_round(), vec(advert, 0..4))
         .prop_map(|(round, adverts)| v1::AdvertiseKeysResponse { round, adverts })

@@ -82,6 +82,8 @@ impl Spec for v1::AdvertiseKeysRequest {
         length(&mut d, "enc_pk", &self.enc_pk, 32);
         length(&mut d, "mask_pk", &self.mask_pk, 32);
         length(&mut d, "self_mask_commitment", &self.self_mask_commitment, 32);
+        length(&mut d, "enc_pk_proof", &self.enc_pk_proof, 64);
+        length(&mut d, "mask_pk_proof", &self.mask_pk_proof, 64);
         length(&mut d, "signature", &self.signature, 64);
         d
     }
@@ -97,6 +99,8 @@ impl Spec for v1::AdvertiseKeysResponse {
             length(&mut d, "adverts.enc_pk", &a.enc_pk, 32);
             length(&mut d, "adverts.mask_pk", &a.mask_pk, 32);
             length(&mut d, "adverts.self_mask_commitment", &a.self_mask_commitment, 32);
+            length(&mut d, "adverts.enc_pk_proof", &a.enc_pk_proof, 64);
+            length(&mut d, "adverts.mask_pk_proof", &a.mask_pk_proof, 64);
             length(&mut d, "adverts.signature", &a.signature, 64);
         }
         d

@@ -119,6 +119,8 @@ impl Wire {
                 enc_pk: [0; 32],
                 mask_pk: [0; 32],
                 self_mask_commitment: [0; 32],
+                enc_pk_proof: fedsec_crypto::proofs::KeyProof([0; 64]),
+                mask_pk_proof: fedsec_crypto::proofs::KeyProof([0; 64]),
                 signature: Sig([0; 64]),
             }),
             Phase::ShareKeys => Wire::Shares(ShareKeys { version, ctx, client, shares: vec![] }),
