@@ -377,6 +377,7 @@ impl Client {
         loop {
             step = match step {
                 Step::Send { request, deadline, persist } => {
+                    let request = *request;
                     if persist {
                         self.state_file.save(&self.state)?;
                     }

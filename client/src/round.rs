@@ -247,8 +247,8 @@ pub enum Step {
     /// Send `request` — resending it byte-identical after a dropped connection — until
     /// `deadline`, and feed the reply to [`Round::handle`].
     Send {
-        /// The request.
-        request: Request,
+        /// The request (boxed: an advertisement is several times the size of the other steps).
+        request: Box<Request>,
         /// When its phase closes.
         deadline: Instant,
         /// The client state changed: persist it durably **before** sending (the ledger must
@@ -477,7 +477,7 @@ impl Round {
             Request::DownloadModel(_) => Awaiting::Model,
             _ => Awaiting::Reply(phase),
         };
-        Step::Send { request, deadline, persist }
+        Step::Send { request: Box::new(request), deadline, persist }
     }
 
     /// The local training result: checks that it fits the plan, then advertises the keys.
@@ -766,9 +766,10 @@ mod tests {
         let mut state = ClientState::default();
         let t0 = Instant::now();
         let (mut round, step) = s.round(&state, t0).unwrap();
-        let Step::Send { request: Request::DownloadModel(req), deadline, persist } = step else {
+        let Step::Send { request, deadline, persist } = step else {
             panic!("the round starts with the download: {step:?}")
         };
+        let Request::DownloadModel(req) = *request else { panic!("the download comes first") };
         assert_eq!(req.round, Some(s.assignment.key().to_wire()));
         assert_eq!((deadline, persist), (t0 + Duration::from_secs(1), false));
         let sent = round.bytes_sent();
@@ -782,11 +783,10 @@ mod tests {
         assert_eq!(round.bytes_received(), s.bytes.len() as u64);
 
         let fit = FitResult { update: vec![0.25; 3], examples: 5, loss: 0.5 };
-        let Ok(Step::Send { request: Request::AdvertiseKeys(advert), deadline, persist }) =
-            round.trained(fit, t0)
-        else {
+        let Ok(Step::Send { request, deadline, persist }) = round.trained(fit, t0) else {
             panic!("the advertisement follows the training")
         };
+        let Request::AdvertiseKeys(advert) = *request else { panic!("an advertisement") };
         assert_eq!((deadline, persist), (t0 + Duration::from_secs(1), false));
         assert_eq!(advert.round, Some(s.assignment.key().to_wire()));
         assert_eq!(round.bytes_sent(), sent + advert.encoded_len() as u64);

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::context::RoundContext;
 use crate::ids::ClientId;
 use crate::kdf::{Label, derive};
-use crate::keys::{PublicKey, SecretScalar};
+use crate::keys::{PublicKey, SecretScalar, SharedPoint};
 
 /// A one-message key for u → v.
 pub struct ShareKey(Zeroizing<[u8; 32]>);
@@ -37,16 +37,16 @@ impl ShareKey {
         ShareKey(derive::<32>(shared.as_ref(), Label::ShareEnc, ctx, &[&from.0, &to.0]))
     }
 
-    /// K_{from→to} from the key-agreement value itself (the 32-byte encoding of
-    /// c_from^SK·c_to^PK): how the server and an auditor open a disputed share with the value a
-    /// complaint reveals (protocol v2).
+    /// K_{from→to} from the key-agreement value itself, K = c_from^SK·c_to^PK: how a holder,
+    /// and the server and an auditor with the value a complaint reveals, open a disputed share
+    /// (protocol v2). The same bytes as [`ShareKey::derive`] from either side.
     pub fn from_shared(
-        shared: &[u8; 32],
+        shared: &SharedPoint,
         ctx: &RoundContext,
         from: &ClientId,
         to: &ClientId,
     ) -> Self {
-        ShareKey(derive::<32>(shared, Label::ShareEnc, ctx, &[&from.0, &to.0]))
+        ShareKey(derive::<32>(shared.to_bytes().as_ref(), Label::ShareEnc, ctx, &[&from.0, &to.0]))
     }
 
     /// Both keys of the pair `me`, `peer` from one key agreement: K_{me→peer} to seal what

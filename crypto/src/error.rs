@@ -363,6 +363,9 @@ pub enum ShamirRule {
     /// The reconstructed secret is not the one its public key commits to.
     #[error("reconstructed secret does not match its public key")]
     Mismatch,
+    /// Every draw gave some holder a zero share (protocol v2 commits to each share).
+    #[error("every polynomial drawn gave a holder a zero share")]
+    ZeroShare,
 }
 
 /// Result alias.

@@ -47,6 +47,12 @@ impl SecretScalar {
         Zeroizing::new((self.0 * peer.point).compress().to_bytes())
     }
 
+    /// The key-agreement value s·P as a point (protocol v2): what a holder opens a dealer's
+    /// share with and reveals, with a proof, in a complaint.
+    pub fn agree_point(&self, peer: &PublicKey) -> SharedPoint {
+        SharedPoint::from_point(self.0 * peer.point)
+    }
+
     /// The canonical 32 bytes of the scalar, for use as KDF input keying material.
     pub fn to_ikm(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.0.to_bytes())
@@ -99,6 +105,46 @@ impl core::fmt::Debug for PublicKey {
             write!(f, "{b:02x}")?;
         }
         write!(f, "…)")
+    }
+}
+
+/// A key-agreement value K = c_v^SK·c_u^PK (protocol v2): a canonical, non-identity point.
+/// Secret while only the pair knows it, so not `Copy`, zeroized on drop, `Debug` redacted; a
+/// complaint reveals it, with a proof that it is the right one.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SharedPoint {
+    point: RistrettoPoint,
+    bytes: [u8; 32],
+}
+
+impl SharedPoint {
+    fn from_point(point: RistrettoPoint) -> Self {
+        SharedPoint { bytes: point.compress().to_bytes(), point }
+    }
+
+    /// Decodes a revealed K: a canonical, non-identity point, `None` otherwise.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Option<Self> {
+        let point = CompressedRistretto(*bytes).decompress()?;
+        if point.is_identity() {
+            return None;
+        }
+        Some(SharedPoint { point, bytes: *bytes })
+    }
+
+    /// The encoding (a KDF's input keying material, or a complaint's revealed K).
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.bytes)
+    }
+
+    /// The point.
+    pub fn point(&self) -> &RistrettoPoint {
+        &self.point
+    }
+}
+
+impl core::fmt::Debug for SharedPoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SharedPoint(<redacted>)")
     }
 }
 

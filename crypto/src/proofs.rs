@@ -25,19 +25,33 @@ use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use rand_core::Rng;
-use sha2::{Digest, Sha512};
+use sha2::{Digest, Sha256, Sha512};
 use zeroize::Zeroizing;
 
 use crate::context::RoundContext;
 use crate::ids::ClientId;
-use crate::kdf::{Label, labelled};
-use crate::keys::{PublicKey, SecretScalar};
+use crate::kdf::Label;
+use crate::keys::{PublicKey, SecretScalar, SharedPoint};
 use crate::rng::os_rng;
+use crate::secagg::commitments::Dealt;
+
+/// SHA-512 of the length-prefixed `label ‖ ctx ‖ parts` (the encoding of
+/// [`labelled`](crate::kdf::labelled)), fed to the hash part by part so that no buffer holds a
+/// copy of a secret part.
+fn sha512_labelled(label: Label, ctx: &RoundContext, parts: &[&[u8]]) -> Zeroizing<[u8; 64]> {
+    let mut h = Sha512::new();
+    for part in
+        [label.as_bytes(), ctx.as_bytes().as_slice()].into_iter().chain(parts.iter().copied())
+    {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    Zeroizing::new(h.finalize().into())
+}
 
 /// The challenge scalar H(`label` ‖ ctx ‖ parts), SHA-512 reduced wide mod ℓ.
 pub fn challenge(label: Label, ctx: &RoundContext, parts: &[&[u8]]) -> Scalar {
-    let digest: [u8; 64] = Sha512::digest(labelled(label, ctx, parts)).into();
-    Scalar::from_bytes_mod_order_wide(&digest)
+    Scalar::from_bytes_mod_order_wide(&sha512_labelled(label, ctx, parts))
 }
 
 /// 32 bytes from the OS RNG, the fresh part of a hedged nonce.
@@ -47,7 +61,10 @@ fn os_entropy() -> Zeroizing<[u8; 32]> {
     e
 }
 
-/// The hedged nonce of a proof under `label` by `secret` about `statement`: never zero.
+/// The hedged nonce of a proof under `label` by `secret` about `statement`:
+/// SHA-512 wide of (`proof-nonce` ‖ ctx ‖ label ‖ secret ‖ secret·G ‖ statement ‖ entropy).
+/// Never zero. The prover's own public key is in it, so two statements that differ only in the
+/// key claimed for the secret never share a nonce.
 fn hedged_nonce(
     label: Label,
     secret: &SecretScalar,
@@ -56,17 +73,20 @@ fn hedged_nonce(
     entropy: &[u8; 32],
 ) -> SecretScalar {
     let ikm = secret.to_ikm();
-    let mut parts: Vec<&[u8]> = vec![label.as_bytes(), ikm.as_ref()];
+    let public = secret.public().to_bytes();
+    let mut parts: Vec<&[u8]> = vec![label.as_bytes(), ikm.as_ref(), &public];
     parts.extend_from_slice(statement);
     parts.push(entropy);
-    let encoded = Zeroizing::new(labelled(Label::ProofNonce, ctx, &parts));
-    let digest = Zeroizing::new(<[u8; 64]>::from(Sha512::digest(encoded.as_slice())));
-    let r = Scalar::from_bytes_mod_order_wide(&digest);
-    if r == Scalar::ZERO {
+    let r = Zeroizing::new(Scalar::from_bytes_mod_order_wide(&sha512_labelled(
+        Label::ProofNonce,
+        ctx,
+        &parts,
+    )));
+    if *r == Scalar::ZERO {
         // Probability 1/ℓ; a zero nonce would reveal x.
         return SecretScalar::random(&mut os_rng());
     }
-    SecretScalar::from_scalar(r)
+    SecretScalar::from_scalar(*r)
 }
 
 /// A canonical, non-identity point; `None` otherwise.
@@ -181,48 +201,73 @@ impl KeyProof {
 }
 
 /// What a complaint's proof is about: the accused dealer u, the complainer v, digests of the
-/// evidence, both encryption keys and the revealed key-agreement value K = c_v^SK·c_u^PK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// disputed share as forwarded, both encryption keys and the revealed key-agreement value
+/// K = c_v^SK·c_u^PK. Built from the forwarded share itself ([`ComplaintStatement::new`]), so
+/// the digests a proof binds are always those of the share that is judged.
+#[derive(Debug, Clone, Copy)]
 pub struct ComplaintStatement<'a> {
     /// The accused dealer u.
     pub accused: &'a ClientId,
     /// The complainer v.
     pub complainer: &'a ClientId,
-    /// SHA-256 of the disputed entry, its index, m, path and the dealer's signature, as
-    /// the complaint encodes them.
-    pub evidence: &'a [u8; 32],
+    /// SHA-256 of the entry, its index, m, path and the dealer's signature
+    /// ([`Dealt::evidence_digest`]).
+    pub evidence: [u8; 32],
     /// SHA-256 of the disputed ciphertext.
-    pub ciphertext: &'a [u8; 32],
+    pub ciphertext: [u8; 32],
     /// c_u^PK.
     pub accused_key: &'a PublicKey,
     /// c_v^PK.
     pub complainer_key: &'a PublicKey,
     /// K.
-    pub shared: &'a PublicKey,
+    pub shared: &'a SharedPoint,
 }
 
-impl ComplaintStatement<'_> {
+impl<'a> ComplaintStatement<'a> {
+    /// The statement about `dealt`, the share u dealt v.
+    pub fn new(
+        accused: &'a ClientId,
+        complainer: &'a ClientId,
+        dealt: &Dealt,
+        accused_key: &'a PublicKey,
+        complainer_key: &'a PublicKey,
+        shared: &'a SharedPoint,
+    ) -> Self {
+        ComplaintStatement {
+            accused,
+            complainer,
+            evidence: dealt.evidence_digest(),
+            ciphertext: Sha256::digest(&dealt.ciphertext).into(),
+            accused_key,
+            complainer_key,
+            shared,
+        }
+    }
+
+    /// The parts of the statement, in challenge order (before R1, R2).
+    fn parts(&self) -> [Zeroizing<Vec<u8>>; 7] {
+        [
+            Zeroizing::new(self.accused.0.to_vec()),
+            Zeroizing::new(self.complainer.0.to_vec()),
+            Zeroizing::new(self.evidence.to_vec()),
+            Zeroizing::new(self.ciphertext.to_vec()),
+            Zeroizing::new(self.accused_key.to_bytes().to_vec()),
+            Zeroizing::new(self.complainer_key.to_bytes().to_vec()),
+            Zeroizing::new(self.shared.to_bytes().to_vec()),
+        ]
+    }
+
     fn challenge(&self, ctx: &RoundContext, r1: &[u8], r2: &[u8]) -> Scalar {
-        challenge(
-            Label::Complaint,
-            ctx,
-            &[
-                &self.accused.0,
-                &self.complainer.0,
-                self.evidence,
-                self.ciphertext,
-                &self.accused_key.to_bytes(),
-                &self.complainer_key.to_bytes(),
-                &self.shared.to_bytes(),
-                r1,
-                r2,
-            ],
-        )
+        let parts = self.parts();
+        let mut all: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        all.extend([r1, r2]);
+        challenge(Label::Complaint, ctx, &all)
     }
 }
 
 /// A Chaum–Pedersen proof that log_G(c_v^PK) = log_{c_u^PK}(K): R1 ‖ R2 ‖ z (96 bytes),
-/// R1 = r·G, R2 = r·c_u^PK, z = r + e·c_v^SK.
+/// R1 = r·G, R2 = r·c_u^PK, z = r + e·c_v^SK, e = H(`complaint` ‖ ctx ‖ u ‖ v ‖ evidence ‖
+/// SHA-256(ct) ‖ c_u^PK ‖ c_v^PK ‖ K ‖ R1 ‖ R2).
 #[derive(Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ComplaintProof(#[serde(with = "serde_bytes")] pub [u8; 96]);
 
@@ -233,14 +278,14 @@ impl core::fmt::Debug for ComplaintProof {
 }
 
 impl ComplaintProof {
-    /// Proves the statement with `secret` = c_v^SK (whose public key is the statement's
-    /// complainer key, and for which K = secret·c_u^PK), with a hedged nonce drawn from the OS
-    /// RNG.
+    /// Proves the statement with `secret` = c_v^SK, with a hedged nonce drawn from the OS RNG.
+    /// `None` unless the statement is true of this secret: c_v^PK = secret·G and
+    /// K = secret·c_u^PK (a prover never signs a false statement with its key).
     pub fn prove(
         secret: &SecretScalar,
         statement: &ComplaintStatement<'_>,
         ctx: &RoundContext,
-    ) -> ComplaintProof {
+    ) -> Option<ComplaintProof> {
         Self::prove_with_entropy(secret, statement, ctx, &os_entropy())
     }
 
@@ -250,21 +295,15 @@ impl ComplaintProof {
         statement: &ComplaintStatement<'_>,
         ctx: &RoundContext,
         entropy: &[u8; 32],
-    ) -> ComplaintProof {
-        let nonce = hedged_nonce(
-            Label::Complaint,
-            secret,
-            ctx,
-            &[
-                &statement.accused.0,
-                &statement.complainer.0,
-                statement.evidence,
-                statement.ciphertext,
-                &statement.accused_key.to_bytes(),
-                &statement.shared.to_bytes(),
-            ],
-            entropy,
-        );
+    ) -> Option<ComplaintProof> {
+        if secret.public() != *statement.complainer_key
+            || secret.agree_point(statement.accused_key).to_bytes() != statement.shared.to_bytes()
+        {
+            return None;
+        }
+        let parts = statement.parts();
+        let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        let nonce = hedged_nonce(Label::Complaint, secret, ctx, &parts, entropy);
         let r1 = nonce.public().to_bytes();
         let r2 = (nonce.expose() * statement.accused_key.point()).compress().to_bytes();
         let e = statement.challenge(ctx, &r1, &r2);
@@ -273,12 +312,12 @@ impl ComplaintProof {
         out[..32].copy_from_slice(&r1);
         out[32..64].copy_from_slice(&r2);
         out[64..].copy_from_slice(&z.to_bytes());
-        ComplaintProof(out)
+        Some(ComplaintProof(out))
     }
 
     /// Whether this proves the statement: R1, R2 canonical and not the identity, z canonical,
-    /// z·G = R1 + e·c_v^PK and z·c_u^PK = R2 + e·K. (The statement's keys and K are
-    /// [`PublicKey`]s, decoded canonical and non-identity.)
+    /// z·G = R1 + e·c_v^PK and z·c_u^PK = R2 + e·K. (The statement's keys are
+    /// [`PublicKey`]s and K a [`SharedPoint`], each decoded canonical and non-identity.)
     pub fn verify(&self, statement: &ComplaintStatement<'_>, ctx: &RoundContext) -> bool {
         let (Some(r1), Some(r2), Some(z)) =
             (point(&self.0[..32]), point(&self.0[32..64]), canonical_scalar(&self.0[64..]))
@@ -297,13 +336,6 @@ impl ComplaintProof {
         ) == r2;
         first && second
     }
-}
-
-/// K = `secret`·`theirs` as a point, the value a complaint reveals (never the identity: both
-/// factors are non-zero in a group of prime order).
-pub fn shared_point(secret: &SecretScalar, theirs: &PublicKey) -> PublicKey {
-    PublicKey::from_bytes(&secret.agree(theirs))
-        .expect("a non-zero scalar times a non-identity point of prime order")
 }
 
 /// x·G for a scalar that is public or about to be (a commitment to a share).
@@ -420,45 +452,60 @@ pub(crate) mod tests {
         );
     }
 
-    fn complaint_setup(seed: u64) -> (SecretScalar, SecretScalar, PublicKey) {
-        let mut r = rng(seed);
-        let u = SecretScalar::random(&mut r);
-        let v = SecretScalar::random(&mut r);
-        let k = shared_point(&v, &u.public());
-        (u, v, k)
+    /// A forwarded share to complain about (its content does not matter to the proof).
+    fn dealt() -> Dealt {
+        use crate::secagg::commitments::Entry;
+        Dealt {
+            entry: Entry::new(&V, &[1; 32], &[2; 32], &[3; 32]),
+            index: 1,
+            size: 3,
+            path: vec![[4; 32], [5; 32]],
+            signature: [6; 64],
+            ciphertext: vec![7; 80],
+        }
     }
 
     #[test]
     fn a_complaint_proof_holds_for_the_true_shared_value_only() {
         let mut r = rng(4);
-        let (u, v, k) = complaint_setup(5);
+        let (u, v) = (SecretScalar::random(&mut r), SecretScalar::random(&mut r));
         let (upk, vpk) = (u.public(), v.public());
-        assert_eq!(k, shared_point(&u, &vpk), "both sides agree on K");
-        let statement = ComplaintStatement {
-            accused: &U,
-            complainer: &V,
-            evidence: &[7; 32],
-            ciphertext: &[8; 32],
-            accused_key: &upk,
-            complainer_key: &vpk,
-            shared: &k,
-        };
-        let proof = ComplaintProof::prove(&v, &statement, &CTX);
+        let k = v.agree_point(&upk);
+        assert_eq!(*k.to_bytes(), *u.agree_point(&vpk).to_bytes(), "both sides agree on K");
+        let shown = dealt();
+        let statement = ComplaintStatement::new(&U, &V, &shown, &upk, &vpk, &k);
+        let proof = ComplaintProof::prove(&v, &statement, &CTX).unwrap();
         assert!(proof.verify(&statement, &CTX));
         assert!(!proof.verify(&statement, &RoundContext([9; 32])));
-        // Any other K, even one the complainer could compute, fails.
-        let wrong = SecretScalar::random(&mut r).public();
+        // Any other K fails, and the prover refuses to prove a false statement.
+        let wrong = SecretScalar::random(&mut r).agree_point(&upk);
         assert!(!proof.verify(&ComplaintStatement { shared: &wrong, ..statement }, &CTX));
-        // A proof made for a wrong K with the right secret fails too.
-        let lie =
-            ComplaintProof::prove(&v, &ComplaintStatement { shared: &wrong, ..statement }, &CTX);
-        assert!(!lie.verify(&ComplaintStatement { shared: &wrong, ..statement }, &CTX));
-        // Each bound field matters.
+        assert!(
+            ComplaintProof::prove(&v, &ComplaintStatement { shared: &wrong, ..statement }, &CTX)
+                .is_none()
+        );
+        let other = SecretScalar::random(&mut r).public();
+        assert!(
+            ComplaintProof::prove(
+                &v,
+                &ComplaintStatement { complainer_key: &other, ..statement },
+                &CTX
+            )
+            .is_none()
+        );
+        // Each bound field matters: ids, the evidence and ciphertext of the share shown, both
+        // keys.
+        let mut changed_share = dealt();
+        changed_share.index = 2;
+        let mut changed_ct = dealt();
+        changed_ct.ciphertext[0] ^= 1;
         for changed in [
             ComplaintStatement { accused: &V, ..statement },
             ComplaintStatement { complainer: &U, ..statement },
-            ComplaintStatement { evidence: &[0; 32], ..statement },
-            ComplaintStatement { ciphertext: &[0; 32], ..statement },
+            ComplaintStatement::new(&U, &V, &changed_share, &upk, &vpk, &k),
+            ComplaintStatement::new(&U, &V, &changed_ct, &upk, &vpk, &k),
+            ComplaintStatement { accused_key: &other, ..statement },
+            ComplaintStatement { complainer_key: &other, ..statement },
         ] {
             assert!(!proof.verify(&changed, &CTX));
         }
@@ -467,10 +514,28 @@ pub(crate) mod tests {
             bad.0[byte] ^= 0x04;
             assert!(!bad.verify(&statement, &CTX), "byte {byte}");
         }
-        if let Some(plus_l) = add_group_order(&proof.0[64..].try_into().unwrap()) {
-            let mut bad = proof;
-            bad.0[64..].copy_from_slice(&plus_l);
-            assert!(!bad.verify(&statement, &CTX));
+        let plus_l = add_group_order(&proof.0[64..].try_into().unwrap()).expect("z + ℓ < 2^254");
+        let mut bad = proof;
+        bad.0[64..].copy_from_slice(&plus_l);
+        assert!(!bad.verify(&statement, &CTX));
+    }
+
+    /// Two complaints by one complainer with the same fresh bytes never share a nonce (which
+    /// would give its secret away): the statement, its own public key included, is in the nonce.
+    #[test]
+    fn complaints_with_the_same_fresh_bytes_have_different_nonces() {
+        let mut r = rng(7);
+        let v = SecretScalar::random(&mut r);
+        let vpk = v.public();
+        let fresh = [1u8; 32];
+        let mut nonces = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let u = SecretScalar::random(&mut r).public();
+            let k = v.agree_point(&u);
+            let shown = dealt();
+            let statement = ComplaintStatement::new(&U, &V, &shown, &u, &vpk, &k);
+            let proof = ComplaintProof::prove_with_entropy(&v, &statement, &CTX, &fresh).unwrap();
+            assert!(nonces.insert(proof.0[..32].to_vec()));
         }
     }
 }

@@ -118,20 +118,30 @@ pub fn split<R: CryptoRng + ?Sized>(
 }
 
 /// [`split`], drawn again until no holder's share is zero, so that every commitment to an honest
-/// share is a non-identity point (protocol v2). A zero share has probability about m/ℓ.
+/// share is a non-identity point (protocol v2). A zero share has probability about m/ℓ a draw;
+/// a zero secret with threshold 1 (every share zero) is refused, as is a run of draws that all
+/// give one.
 pub fn split_nonzero<R: CryptoRng + ?Sized>(
     secret: &Scalar,
     threshold: usize,
     xs: &[u32],
     rng: &mut R,
 ) -> Result<Vec<ShareValue>> {
-    loop {
+    if threshold == 1 && *secret == Scalar::ZERO {
+        return Err(Error::Shamir(ShamirRule::ZeroShare));
+    }
+    for _ in 0..SPLIT_DRAWS {
         let shares = split(secret, threshold, xs, rng)?;
         if !shares.iter().any(ShareValue::is_zero) {
             return Ok(shares);
         }
     }
+    Err(Error::Shamir(ShamirRule::ZeroShare))
 }
+
+/// How many polynomials [`split_nonzero`] draws before it gives up (each fails with probability
+/// about m/ℓ < 2^-200).
+const SPLIT_DRAWS: usize = 8;
 
 mod modulus {
     use crypto_bigint::{U256, const_monty_params};
@@ -241,7 +251,7 @@ impl LagrangeCache {
 }
 
 /// Refuses empty input, x = 0, and anything not strictly increasing.
-fn check_sorted_distinct_nonzero(xs: &[u32]) -> Result<()> {
+pub(crate) fn check_sorted_distinct_nonzero(xs: &[u32]) -> Result<()> {
     match xs.first() {
         None => return Err(Error::Shamir(ShamirRule::NoShares)),
         Some(0) => return Err(Error::Shamir(ShamirRule::ZeroX)),

@@ -212,8 +212,9 @@ pub enum CredentialRefusal {
 /// The Ed25519 identity key in `spki` (a DER `SubjectPublicKeyInfo`), after checking that
 /// SHA-256 of `spki` is `claimed` and that the key is a valid Ed25519 point, canonically
 /// encoded, of neither small nor mixed order. Honest keys (a·B) always pass; refusing the rest
-/// makes the one signature rule ([`signature_holds`]) depend on nothing but the prime-order
-/// part, so another Ed25519 library reproduces its verdicts exactly.
+/// leaves the one signature rule ([`signature_holds`]) nothing that depends on a key's torsion,
+/// so any cofactorless verifier that requires canonical R and s reaches its verdicts (a
+/// cofactored one, such as ZIP-215, accepts R + T for a small-order T, which this rule refuses).
 /// Every [`CredentialVerifier`] ends with this check on the key its credential certifies.
 pub fn identity_key_of_spki(
     claimed: &ClientId,

@@ -1064,6 +1064,14 @@ fn a_signature_only_a_lenient_rule_accepts_is_refused_by_client_and_server_alike
         &ctx,
         &[&survivors.digest()],
     );
+    // The same message, honestly signed, passes the one rule: only the crafted encoding fails.
+    let honest = s.clients[w].handle_consistency(&ConsistencyRequest {
+        version: 1,
+        ctx,
+        survivors: survivors.clone(),
+    });
+    let honest = honest.unwrap().signature;
+    assert!(fedsec_crypto::sign::signature_holds(&keys[w].verifying_key(), &message, &honest.0));
     let crafted = Sig(lenient_only_signature(w_key, &message));
     assert!(
         ed25519_dalek::verify_batch(

@@ -751,9 +751,7 @@ fn canonical(bytes: &[u8]) -> Scalar {
 fn v2_transcripts_match_committed_vectors() {
     use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT as G;
     use fedsec_crypto::merkle;
-    use fedsec_crypto::proofs::{
-        ComplaintProof, ComplaintStatement, KeyProof, KeyRole, shared_point,
-    };
+    use fedsec_crypto::proofs::{ComplaintProof, ComplaintStatement, KeyProof, KeyRole};
     use fedsec_crypto::secagg::commitments::{self, Dealt, Entry, Parties, Verdict};
     use fedsec_crypto::shamir;
     use rand::SeedableRng;
@@ -769,6 +767,21 @@ fn v2_transcripts_match_committed_vectors() {
         let entropy: [u8; 32] = pattern(0xe0 ^ role.code());
         let proof = KeyProof::prove_with_entropy(&x, &ctx, &owner, role, &entropy);
         assert!(proof.verify(&pk, &ctx, &owner, role));
+        let secret_bytes = x.expose().to_bytes();
+        let r = documented_challenge(&documented_info(
+            b"fedsec/v1/proof-nonce",
+            &ctx,
+            &[
+                b"fedsec/v1/pok",
+                &secret_bytes,
+                &pk.to_bytes(),
+                &owner.0,
+                &[role.code()],
+                &pk.to_bytes(),
+                &entropy,
+            ],
+        ));
+        assert_eq!((G * r).compress().to_bytes(), proof.0[..32], "{role:?}: R = r·G, r hedged");
         let info = documented_info(
             b"fedsec/v1/pok",
             &ctx,
@@ -807,19 +820,32 @@ fn v2_transcripts_match_committed_vectors() {
     let mut ciphertexts = vec![Vec::new()];
     let mut hashes = vec![[0u8; 32]];
     for i in 1..4 {
-        let k = shared_point(&dealer_enc, &holder_enc[i].public());
+        let k = dealer_enc.agree_point(&holder_enc[i].public());
         let plain = commitments::plaintext(&b_shares[i], &s_shares[i]);
-        let ct = ShareKey::from_shared(&k.to_bytes(), &ctx, &dealer, &holders[i]).seal(
+        let ct = ShareKey::from_shared(&k, &ctx, &dealer, &holders[i]).seal(
             &ctx,
             &dealer,
             &holders[i],
             plain.as_ref(),
         );
         assert_eq!(ct.len(), commitments::CIPHERTEXT_LEN);
+        // As documented: ChaCha20-Poly1305, zero nonce, under HKDF(K, share-enc ‖ ctx ‖ u ‖ v),
+        // AAD ctx ‖ u ‖ v, plaintext b-share ‖ s-share.
+        let key: [u8; 32] = documented_hkdf(
+            k.to_bytes().as_ref(),
+            &documented_info(b"fedsec/v1/share-enc", &ctx, &[&dealer.0, &holders[i].0]),
+        );
+        let aad = [ctx.0, dealer.0, holders[i].0].concat();
+        let documented_plain =
+            [b_shares[i].to_bytes().as_ref(), s_shares[i].to_bytes().as_ref()].concat();
+        let documented_ct = ChaCha20Poly1305::new(&Key::from(key))
+            .encrypt(&Nonce::from([0u8; 12]), Payload { msg: &documented_plain, aad: &aad })
+            .unwrap();
+        assert_eq!(ct, documented_ct, "share ciphertext {i}");
         hashes.push(Sha256::digest(&ct).into());
         ciphertexts.push(ct);
     }
-    let entries = commitments::entries(&holders, &hashes, &b_shares, &s_shares);
+    let entries = commitments::entries(&holders, &hashes, &b_shares, &s_shares).unwrap();
     for (i, e) in entries.iter().enumerate() {
         let documented = [
             &holders[i].0[..],
@@ -864,7 +890,7 @@ fn v2_transcripts_match_committed_vectors() {
         .collect();
     for (j, d) in dealt.iter().enumerate() {
         let i = j + 1;
-        let k = shared_point(&holder_enc[i], &dealer_enc.public());
+        let k = holder_enc[i].agree_point(&dealer_enc.public());
         let parties = Parties {
             ctx: &ctx,
             dealer: &dealer,
@@ -876,7 +902,7 @@ fn v2_transcripts_match_committed_vectors() {
     }
     let accused_key = dealer_enc.public();
     let complainer_key = holder_enc[2].public();
-    let k = shared_point(&holder_enc[2], &accused_key);
+    let k = holder_enc[2].agree_point(&accused_key);
     let evidence = dealt[1].evidence_digest();
     let mut documented_evidence = entries[2].0.to_vec();
     for part in [&2u32.to_be_bytes()[..], &m.to_be_bytes(), &dealt[1].path.concat()] {
@@ -886,18 +912,32 @@ fn v2_transcripts_match_committed_vectors() {
     documented_evidence.extend_from_slice(&signature);
     assert_eq!(evidence, <[u8; 32]>::from(Sha256::digest(&documented_evidence)));
     let ct_hash: [u8; 32] = Sha256::digest(&ciphertexts[2]).into();
-    let statement = ComplaintStatement {
-        accused: &dealer,
-        complainer: &holders[2],
-        evidence: &evidence,
-        ciphertext: &ct_hash,
-        accused_key: &accused_key,
-        complainer_key: &complainer_key,
-        shared: &k,
-    };
+    let statement =
+        ComplaintStatement::new(&dealer, &holders[2], &dealt[1], &accused_key, &complainer_key, &k);
+    assert_eq!((statement.evidence, statement.ciphertext), (evidence, ct_hash));
     let entropy: [u8; 32] = pattern(0xcc);
-    let proof = ComplaintProof::prove_with_entropy(&holder_enc[2], &statement, &ctx, &entropy);
+    let proof =
+        ComplaintProof::prove_with_entropy(&holder_enc[2], &statement, &ctx, &entropy).unwrap();
     assert!(proof.verify(&statement, &ctx));
+    // The hedged nonce, as documented: SHA-512 wide of (`proof-nonce` ‖ ctx ‖ label ‖ secret ‖
+    // secret·G ‖ the statement's parts ‖ fresh bytes), length-prefixed; R1 = r·G.
+    let k_bytes = *k.to_bytes();
+    let statement_parts: [&[u8]; 7] = [
+        &dealer.0,
+        &holders[2].0,
+        &evidence,
+        &ct_hash,
+        &accused_key.to_bytes(),
+        &complainer_key.to_bytes(),
+        &k_bytes,
+    ];
+    let secret_bytes = holder_enc[2].expose().to_bytes();
+    let own_key = complainer_key.to_bytes();
+    let mut nonce_parts: Vec<&[u8]> = vec![b"fedsec/v1/complaint", &secret_bytes, &own_key];
+    nonce_parts.extend_from_slice(&statement_parts);
+    nonce_parts.push(&entropy);
+    let r = documented_challenge(&documented_info(b"fedsec/v1/proof-nonce", &ctx, &nonce_parts));
+    assert_eq!((G * r).compress().to_bytes(), proof.0[..32], "R1 = r·G with the hedged r");
     let info = documented_info(
         b"fedsec/v1/complaint",
         &ctx,
@@ -908,7 +948,7 @@ fn v2_transcripts_match_committed_vectors() {
             &ct_hash,
             &accused_key.to_bytes(),
             &complainer_key.to_bytes(),
-            &k.to_bytes(),
+            &k_bytes,
             &proof.0[..32],
             &proof.0[32..64],
         ],
@@ -933,8 +973,10 @@ fn v2_transcripts_match_committed_vectors() {
                             root; ciphertexts ChaCha20-Poly1305 of b-share ‖ s-share under \
                             HKDF(K, `fedsec/v1/share-enc` ‖ ctx ‖ u ‖ v). A complaint's \
                             Chaum–Pedersen proof R1 ‖ R2 ‖ z over the evidence digest. Nonces are \
-                            hedged (secret and statement hashed with fresh bytes): given the \
-                            fresh bytes, the proofs are reproducible. `context` is the ctx of \
+                            hedged: r = SHA-512(len-prefixed `fedsec/v1/proof-nonce` ‖ ctx ‖ \
+                            the proof's label ‖ secret ‖ secret·G ‖ the statement ‖ 32 fresh \
+                            bytes) reduced wide mod ℓ; given the fresh bytes, the proofs are \
+                            reproducible. `context` is the ctx of \
                             the first plan of fedsec_round_context.json.",
             "context": hex_value(&ctx.0),
             "proofs_of_knowledge": { "owner": owner.to_hex(), "cases": pok_cases },
@@ -958,7 +1000,7 @@ fn v2_transcripts_match_committed_vectors() {
             "complaint": {
                 "accused": dealer.to_hex(),
                 "complainer": holders[2].to_hex(),
-                "shared_k": hex_value(&k.to_bytes()),
+                "shared_k": hex_value(&k_bytes),
                 "evidence_digest": hex_value(&evidence),
                 "ciphertext_hash": hex_value(&ct_hash),
                 "nonce_entropy": hex_value(&entropy),

@@ -121,7 +121,7 @@ impl Taking {
         loop {
             match step {
                 Ok(Step::Send { request, .. }) => {
-                    self.next = Some(request);
+                    self.next = Some(*request);
                     return true;
                 }
                 Ok(Step::Train { model, .. }) => {
@@ -150,7 +150,8 @@ enum Decoded {
     NotNow,
     /// The client leaves: it missed the phase, or its message did not decode.
     Leaves,
-    Advertise(AdvertiseKeys),
+    /// Boxed: an advertisement is several times the size of the other messages.
+    Advertise(Box<AdvertiseKeys>),
     Shares(ShareKeys),
     /// The chunks that decoded, in order, and whether all did.
     Masked(Vec<MaskedInput>, bool),
@@ -345,7 +346,7 @@ impl World<'_> {
                 )
             });
             let (round_state, next) = match started {
-                Ok((r, Step::Send { request, .. })) => (Some(r), Some(request)),
+                Ok((r, Step::Send { request, .. })) => (Some(r), Some(*request)),
                 _ => (None, None),
             };
             taking.push(Taking {
@@ -434,9 +435,8 @@ impl World<'_> {
                 }
                 let id = c.id;
                 match request {
-                    Some(Request::AdvertiseKeys(r)) => {
-                        AdvertiseKeys::from_wire(&r, id).map_or(Decoded::Leaves, Decoded::Advertise)
-                    }
+                    Some(Request::AdvertiseKeys(r)) => AdvertiseKeys::from_wire(&r, id)
+                        .map_or(Decoded::Leaves, |a| Decoded::Advertise(Box::new(a))),
                     Some(Request::ShareKeys(r)) => {
                         ShareKeys::from_wire(&r, id).map_or(Decoded::Leaves, Decoded::Shares)
                     }
@@ -465,7 +465,7 @@ impl World<'_> {
             let taken = match message {
                 Decoded::NotNow => continue,
                 Decoded::Leaves => false,
-                Decoded::Advertise(m) => e.advertise(id, m, now).is_ok(),
+                Decoded::Advertise(m) => e.advertise(id, *m, now).is_ok(),
                 Decoded::Shares(m) => e.share_keys(id, m, now).is_ok(),
                 Decoded::Masked(chunks, whole) => {
                     let fed = chunks.iter().all(|m| e.masked_input(id, m, now).is_ok());

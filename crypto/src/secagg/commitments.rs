@@ -29,7 +29,7 @@ use crate::aead::ShareKey;
 use crate::context::RoundContext;
 use crate::ids::ClientId;
 use crate::kdf::{Label, labelled, push_lp};
-use crate::keys::PublicKey;
+use crate::keys::{PublicKey, SharedPoint};
 use crate::merkle::{self, Hash};
 use crate::shamir::ShareValue;
 use crate::sign::signature_holds;
@@ -113,14 +113,19 @@ fn decode_commitment(bytes: &[u8; 32]) -> Option<RistrettoPoint> {
 }
 
 /// The dealer's entries for `holders` (canonical order), each with the ciphertext hash and the
-/// commitments share·G of its two shares: b's share first.
+/// commitments share·G of its two shares: b's share first. `None` unless there are as many
+/// hashes and shares of each secret as holders.
 pub fn entries(
     holders: &[ClientId],
     ciphertext_hashes: &[[u8; 32]],
     self_mask_shares: &[ShareValue],
     mask_key_shares: &[ShareValue],
-) -> Vec<Entry> {
-    holders
+) -> Option<Vec<Entry>> {
+    let m = holders.len();
+    if ciphertext_hashes.len() != m || self_mask_shares.len() != m || mask_key_shares.len() != m {
+        return None;
+    }
+    let entries = holders
         .iter()
         .zip(ciphertext_hashes)
         .zip(self_mask_shares.iter().zip(mask_key_shares))
@@ -129,7 +134,8 @@ pub fn entries(
             let s = s.commitment().compress().to_bytes();
             Entry::new(holder, hash, &b, &s)
         })
-        .collect()
+        .collect();
+    Some(entries)
 }
 
 /// The bytes a dealer signs: `share-keys` ‖ ctx ‖ u ‖ m (u32, big-endian) ‖ root.
@@ -145,69 +151,95 @@ pub fn plaintext(self_mask: &ShareValue, mask_key: &ShareValue) -> Zeroizing<[u8
     p
 }
 
-/// The public weights w_i = Π_{j≠i} (α_i − α_j)^-1 of the points α_0 = 0, α_1..α_m = `xs`
-/// (distinct, non-zero). Σ w_i·p(α_i) = 0 for every polynomial p of degree below m.
-pub fn dual_weights(xs: &[u32]) -> Vec<Scalar> {
-    let alphas: Vec<Scalar> =
-        core::iter::once(Scalar::ZERO).chain(xs.iter().map(|&x| Scalar::from(x))).collect();
-    let mut denominators: Vec<Scalar> = alphas
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            alphas
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != i)
-                .fold(Scalar::ONE, |acc, (_, b)| acc * (a - b))
-        })
-        .collect();
-    Scalar::invert_batch_alloc(&mut denominators);
-    denominators
+/// The holders' x-coordinates α_1..α_m of one dealer and the public weights
+/// w_i = Π_{j≠i} (α_i − α_j)^-1 of the points α_0 = 0, α_1..α_m: Σ w_i·p(α_i) = 0 for every
+/// polynomial p of degree below m. Built only from x-coordinates that are sorted, distinct and
+/// non-zero (else a weight would be the inverse of zero, and the test would accept anything);
+/// the same for every dealer with the same holders, so a server computes it once per holder set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DualWeights {
+    xs: Vec<u32>,
+    weights: Vec<Scalar>,
 }
 
-/// What the degree test needs of one dealer: the threshold, the holders' x-coordinates
-/// (canonical order), the two public keys at x = 0 and the commitments at each holder.
+impl DualWeights {
+    /// The weights for `xs` (sorted, distinct, non-zero; an error otherwise).
+    pub fn new(xs: &[u32]) -> crate::error::Result<DualWeights> {
+        crate::shamir::check_sorted_distinct_nonzero(xs)?;
+        let alphas: Vec<Scalar> =
+            core::iter::once(Scalar::ZERO).chain(xs.iter().map(|&x| Scalar::from(x))).collect();
+        let mut weights: Vec<Scalar> = alphas
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                alphas
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .fold(Scalar::ONE, |acc, (_, b)| acc * (a - b))
+            })
+            .collect();
+        Scalar::invert_batch_alloc(&mut weights);
+        debug_assert!(weights.iter().all(|w| *w != Scalar::ZERO));
+        Ok(DualWeights { xs: xs.to_vec(), weights })
+    }
+
+    /// The holders' x-coordinates.
+    pub fn xs(&self) -> &[u32] {
+        &self.xs
+    }
+
+    /// w_0..w_m.
+    pub fn weights(&self) -> &[Scalar] {
+        &self.weights
+    }
+}
+
+/// What the degree test needs of one dealer: the threshold, the weights of its holders'
+/// x-coordinates, the two public keys at x = 0 and the commitments at each holder.
 #[derive(Debug)]
 pub struct DegreeTest<'a> {
     /// t: any t shares reconstruct, so the polynomials have degree at most t − 1.
     pub threshold: usize,
-    /// The weights of [`dual_weights`] for the holders' x-coordinates.
-    pub weights: &'a [Scalar],
-    /// The holders' x-coordinates, α_1..α_m.
-    pub xs: &'a [u32],
+    /// The holders' x-coordinates (canonical order) and their weights.
+    pub weights: &'a DualWeights,
     /// B_u = b_u·G.
-    pub self_mask_key: &'a RistrettoPoint,
+    pub self_mask_key: &'a PublicKey,
     /// s_u^PK.
-    pub mask_key: &'a RistrettoPoint,
-    /// (S^b, S^s) at each holder, in the order of `xs`.
+    pub mask_key: &'a PublicKey,
+    /// (S^b, S^s) at each holder, in the order of the x-coordinates.
     pub commitments: &'a [(RistrettoPoint, RistrettoPoint)],
 }
 
 impl DegreeTest<'_> {
     /// Whether both committed vectors lie on polynomials of degree at most t − 1 through the
-    /// public keys at 0. Draws g (degree ≤ m − t, uniform coefficients) and ρ from `rng` —
-    /// the OS's, after the dealer's message is complete — and accepts iff
+    /// public keys at 0. Draws g (degree ≤ m − t, uniform coefficients) and ρ from the OS RNG,
+    /// after the dealer's message is complete, and accepts iff
     /// Σ_{i=0..m} w_i·g(α_i)·(C^b_i + ρ·C^s_i) is the identity. A dealer whose commitments are
-    /// off such polynomials passes with probability at most 2/ℓ. Needs m ≥ t + 1 (so the test
-    /// has m − t + 1 ≥ 2 degrees of freedom) and as many commitments and weights as points.
-    pub fn passes<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> bool {
-        let m = self.xs.len();
-        if m < self.threshold + 1
-            || self.threshold == 0
-            || self.commitments.len() != m
-            || self.weights.len() != m + 1
-        {
+    /// off such polynomials passes with probability at most 2/ℓ; an honest one always passes.
+    /// Needs m ≥ t + 1 (the dealer's rule |N(u)∩U1| ≥ t, with u's own entry) and one pair of
+    /// commitments per holder.
+    pub fn passes(&self) -> bool {
+        self.passes_with(&mut crate::rng::os_rng())
+    }
+
+    /// [`passes`](Self::passes) with g and ρ from `rng`: for tests only (a predictable g lets a
+    /// dealer pass off the polynomial).
+    pub(crate) fn passes_with<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> bool {
+        let m = self.weights.xs.len();
+        if self.threshold == 0 || m < self.threshold + 1 || self.commitments.len() != m {
             return false;
         }
         let g: Vec<Scalar> = (0..=m - self.threshold).map(|_| Scalar::random(rng)).collect();
         let rho = Scalar::random(rng);
         let eval = |x: Scalar| g.iter().rev().fold(Scalar::ZERO, |acc, c| acc * x + c);
+        let w = &self.weights.weights;
         let mut scalars = Vec::with_capacity(2 * (m + 1));
         let mut points = Vec::with_capacity(2 * (m + 1));
-        let c0 = self.weights[0] * g[0];
+        let c0 = w[0] * g[0];
         scalars.extend([c0, c0 * rho]);
-        points.extend([*self.self_mask_key, *self.mask_key]);
-        for ((&x, w), (b, s)) in self.xs.iter().zip(&self.weights[1..]).zip(self.commitments) {
+        points.extend([*self.self_mask_key.point(), *self.mask_key.point()]);
+        for ((&x, w), (b, s)) in self.weights.xs.iter().zip(&w[1..]).zip(self.commitments) {
             let c = w * eval(Scalar::from(x));
             scalars.extend([c, c * rho]);
             points.extend([*b, *s]);
@@ -314,7 +346,7 @@ impl Verdict {
 }
 
 /// Who dealt a share to whom, and the key agreement that opens it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Parties<'a> {
     /// The round.
     pub ctx: &'a RoundContext,
@@ -325,11 +357,21 @@ pub struct Parties<'a> {
     /// The holder v.
     pub holder: &'a ClientId,
     /// K = KA(c_v^SK, c_u^PK) = KA(c_u^SK, c_v^PK).
-    pub shared: &'a PublicKey,
+    pub shared: &'a SharedPoint,
+}
+
+impl core::fmt::Debug for Parties<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Parties")
+            .field("dealer", self.dealer)
+            .field("holder", self.holder)
+            .field("shared", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// The one validity function, run alike by the holder (with the K it computes), the server and
-/// the auditor (with the K a complaint reveals and proves). K is a [`PublicKey`], so it is a
+/// the auditor (with the K a complaint reveals and proves). K is a [`SharedPoint`], so it is a
 /// canonical non-identity point before `open` can be called: a complainer's invalid K voids its
 /// complaint and can never make a dealer's share bad.
 pub fn open(parties: &Parties<'_>, dealt: &Dealt) -> Verdict {
@@ -352,12 +394,7 @@ pub fn open(parties: &Parties<'_>, dealt: &Dealt) -> Verdict {
     if dealt.ciphertext.len() != CIPHERTEXT_LEN {
         return Verdict::Bad(Bad::CiphertextLength);
     }
-    let key = ShareKey::from_shared(
-        &parties.shared.to_bytes(),
-        parties.ctx,
-        parties.dealer,
-        parties.holder,
-    );
+    let key = ShareKey::from_shared(parties.shared, parties.ctx, parties.dealer, parties.holder);
     let Some(plain) = key.open(parties.ctx, parties.dealer, parties.holder, &dealt.ciphertext)
     else {
         return Verdict::Bad(Bad::Undecryptable);
@@ -387,7 +424,7 @@ pub fn open(parties: &Parties<'_>, dealt: &Dealt) -> Verdict {
 mod tests {
     use super::*;
     use crate::keys::SecretScalar;
-    use crate::proofs::shared_point;
+    use crate::proofs::{ComplaintProof, ComplaintStatement};
     use crate::shamir;
     use crate::sign::IdentityKey;
     use rand::SeedableRng;
@@ -441,8 +478,8 @@ mod tests {
             let ct = if i == 0 {
                 Vec::new()
             } else {
-                let k = shared_point(&dealer_enc, &holders[i].1.public());
-                ShareKey::from_shared(&k.to_bytes(), &CTX, &ids[0], &ids[i])
+                let k = dealer_enc.agree_point(&holders[i].1.public());
+                ShareKey::from_shared(&k, &CTX, &ids[0], &ids[i])
                     .seal(&CTX, &ids[0], &ids[i], &plain)
             };
             let hash = if i == 0 { [0; 32] } else { Sha256::digest(&ct).into() };
@@ -504,7 +541,7 @@ mod tests {
 
         /// Holder i's verdict, with the K it computes itself.
         fn open_as_holder(&self, i: usize, dealt: &Dealt) -> Verdict {
-            let k = shared_point(&self.holders[i].1, &self.dealer_enc.public());
+            let k = self.holders[i].1.agree_point(&self.dealer_enc.public());
             open(
                 &Parties {
                     ctx: &CTX,
@@ -517,10 +554,29 @@ mod tests {
             )
         }
 
-        /// The server's verdict on the same share, with the K the dealer's side gives (what a
-        /// complaint reveals).
+        /// The server's verdict on the same share, as a complaint shows it: the holder reveals
+        /// its K with a Chaum–Pedersen proof, the judge decodes the revealed bytes, checks the
+        /// proof against the share it is shown, and opens the share with that K.
         fn open_as_judge(&self, i: usize, dealt: &Dealt) -> Verdict {
-            let k = shared_point(&self.dealer_enc, &self.holders[i].1.public());
+            let (accused_key, complainer_key) =
+                (self.dealer_enc.public(), self.holders[i].1.public());
+            let holder_k = self.holders[i].1.agree_point(&accused_key);
+            let (dealer, holder) = (self.dealer.id(), self.holders[i].0);
+            let statement = ComplaintStatement::new(
+                &dealer,
+                &holder,
+                dealt,
+                &accused_key,
+                &complainer_key,
+                &holder_k,
+            );
+            let proof = ComplaintProof::prove(&self.holders[i].1, &statement, &CTX).unwrap();
+            let revealed = *holder_k.to_bytes();
+            // The judge's side: only the revealed bytes and the proof.
+            let k = SharedPoint::from_bytes(&revealed).expect("a canonical point");
+            let judged =
+                ComplaintStatement::new(&dealer, &holder, dealt, &accused_key, &complainer_key, &k);
+            assert!(proof.verify(&judged, &CTX), "the complaint's proof holds");
             open(
                 &Parties {
                     ctx: &CTX,
@@ -541,13 +597,12 @@ mod tests {
             };
             DegreeTest {
                 threshold: self.threshold,
-                weights: &dual_weights(&self.xs),
-                xs: &self.xs,
-                self_mask_key: self.b.public().point(),
-                mask_key: self.s.public().point(),
+                weights: &DualWeights::new(&self.xs).unwrap(),
+                self_mask_key: &self.b.public(),
+                mask_key: &self.s.public(),
                 commitments: &commitments,
             }
-            .passes(&mut rng(seed))
+            .passes_with(&mut rng(seed))
         }
     }
 
@@ -577,14 +632,15 @@ mod tests {
     #[test]
     fn dual_weights_annihilate_every_polynomial_of_lower_degree() {
         let xs = [1u32, 2, 4, 7, 9];
-        let w = dual_weights(&xs);
+        let w = DualWeights::new(&xs).unwrap();
+        let w = w.weights();
         let mut r = rng(5);
         for degree in 0..xs.len() {
             let p: Vec<Scalar> = (0..=degree).map(|_| Scalar::random(&mut r)).collect();
             let eval = |x: Scalar| p.iter().rev().fold(Scalar::ZERO, |acc, c| acc * x + c);
             let total: Scalar = core::iter::once(0u32)
                 .chain(xs)
-                .zip(&w)
+                .zip(w)
                 .map(|(x, w)| w * eval(Scalar::from(x)))
                 .sum();
             assert_eq!(total, Scalar::ZERO, "degree {degree}");
@@ -593,7 +649,7 @@ mod tests {
         let p: Vec<Scalar> = (0..=xs.len()).map(|_| Scalar::random(&mut r)).collect();
         let eval = |x: Scalar| p.iter().rev().fold(Scalar::ZERO, |acc, c| acc * x + c);
         let total: Scalar =
-            core::iter::once(0u32).chain(xs).zip(&w).map(|(x, w)| w * eval(Scalar::from(x))).sum();
+            core::iter::once(0u32).chain(xs).zip(w).map(|(x, w)| w * eval(Scalar::from(x))).sum();
         assert_ne!(total, Scalar::ZERO);
     }
 
@@ -637,15 +693,21 @@ mod tests {
     }
 
     #[test]
-    fn an_identity_commitment_or_too_few_holders_fails_the_degree_test() {
+    fn an_identity_commitment_is_refused_and_too_few_holders_fail_the_degree_test() {
         let identity = [0u8; 32];
         let d = deal(8, 3, 12, &|i, _, cb, _| {
             if i == 2 {
                 *cb = identity;
             }
         });
+        // The server's decoding of the entries refuses it before any degree test.
         assert!(d.entries[2].commitments().is_none());
         assert!(!d.degree_test(1));
+        // x-coordinates that are not sorted, distinct and non-zero give no weights at all
+        // (a zero denominator would make every weight zero, and the test accept anything).
+        for xs in [&[1u32, 2, 2, 4][..], &[0, 1, 2], &[3, 2, 1], &[]] {
+            assert!(DualWeights::new(xs).is_err(), "{xs:?}");
+        }
         // m = t: the dealer's rule |N(u)∩U1| ≥ t is broken (m counts u's own entry).
         assert!(!deal(5, 5, 13, &honest).degree_test(1));
         assert!(deal(5, 4, 13, &honest).degree_test(1));
@@ -666,8 +728,8 @@ mod tests {
             _ => {}
         });
         // What holder 1 decrypts is its share plus ℓ: the same value mod ℓ, not canonical.
-        let k = shared_point(&d.holders[1].1, &d.dealer_enc.public());
-        let key = ShareKey::from_shared(&k.to_bytes(), &CTX, &d.dealer.id(), &d.holders[1].0);
+        let k = d.holders[1].1.agree_point(&d.dealer_enc.public());
+        let key = ShareKey::from_shared(&k, &CTX, &d.dealer.id(), &d.holders[1].0);
         let plain = key.open(&CTX, &d.dealer.id(), &d.holders[1].0, &d.ciphertexts[1]).unwrap();
         let sent: [u8; 32] = plain[..32].try_into().unwrap();
         assert!(ShareValue::from_bytes(&sent).is_none());
@@ -684,7 +746,8 @@ mod tests {
         }
         // A dealer that encrypts under a key other than K_{u→v}, and hashes what it sends.
         let mut d = deal(6, 3, 15, &honest);
-        let wrong_key = ShareKey::from_shared(&[9; 32], &CTX, &d.dealer.id(), &d.holders[3].0)
+        let elsewhere = SecretScalar::random(&mut rng(30)).agree_point(&d.holders[3].1.public());
+        let wrong_key = ShareKey::from_shared(&elsewhere, &CTX, &d.dealer.id(), &d.holders[3].0)
             .seal(&CTX, &d.dealer.id(), &d.holders[3].0, &[0; 64]);
         d.send_instead(3, wrong_key);
         for verdict in [d.open_as_holder(3, &d.dealt(3)), d.open_as_judge(3, &d.dealt(3))] {
@@ -694,9 +757,13 @@ mod tests {
         assert!(d.open_as_holder(4, &d.dealt(4)).is_ok());
         // A dealer that signs a longer ciphertext (which decrypts) is at fault too.
         let mut d = deal(6, 3, 18, &honest);
-        let k = shared_point(&d.dealer_enc, &d.holders[2].1.public());
-        let long = ShareKey::from_shared(&k.to_bytes(), &CTX, &d.dealer.id(), &d.holders[2].0)
-            .seal(&CTX, &d.dealer.id(), &d.holders[2].0, &[0; 1000]);
+        let k = d.dealer_enc.agree_point(&d.holders[2].1.public());
+        let long = ShareKey::from_shared(&k, &CTX, &d.dealer.id(), &d.holders[2].0).seal(
+            &CTX,
+            &d.dealer.id(),
+            &d.holders[2].0,
+            &[0; 1000],
+        );
         d.send_instead(2, long);
         for verdict in [d.open_as_holder(2, &d.dealt(2)), d.open_as_judge(2, &d.dealt(2))] {
             assert!(matches!(verdict, Verdict::Bad(Bad::CiphertextLength)), "{verdict:?}");

@@ -14,6 +14,8 @@ use crate::error::Error;
 
 /// One message of a client to the engine.
 #[derive(Debug, Clone)]
+// Test messages, built and dropped one at a time: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Wire {
     Advert(AdvertiseKeys),
     Shares(ShareKeys),
