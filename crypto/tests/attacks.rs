@@ -194,33 +194,130 @@ fn split_holders(plan: &RoundPlan, a_size: usize) -> Vec<usize> {
     a
 }
 
-/// The isolation of w on the Harary graph: w's neighbours are shown w ∈ U3 (they would reveal
-/// shares of b_w), the share holders of each neighbour v are shown v dropped (they would reveal
-/// shares of s_v^SK). Each neighbour z must see itself in U3, so every z gets its own view
-/// U \ (N(w) \ {z}) and the rest U \ N(w): k + 2 views, each of which needs q signatures of
-/// its own. No view gathers q, so no client reveals anything, whatever the class. (On a ring a
-/// neighbour v of w at distance d keeps only d holders outside N(w) ∪ {w}, so the attack cannot
-/// do with fewer views either; what remains is splitting H(w) between two views, the test above.)
+/// The q-signature rule, on its own: SecAgg+ against a curious server (a client policy that
+/// allows the class), n = 40, δ = 0.3, γ = 0.05, so k = 16, t = 3, q = 28. The server shows
+/// U3_A = U (w ∈ U3_A) to 28 clients, w among them, and U3_B = U ∖ {w} to the other 12, and each
+/// group holds at least t of w's shares: the Shamir threshold does not stop the split, and both
+/// views have at least q members, so every client signs its view. Group A reveals shares of b_w
+/// (w survived), group B would reveal shares of s_w^SK (w dropped) — with both, the server
+/// strips every mask off y_w. Only B's check that q clients signed its view stops it: B has 12
+/// signatures. With that one check removed, the server recovers x_w.
 #[test]
-fn harary_isolation_of_one_client_reveals_nothing() {
+fn two_views_of_u3_leak_nothing_only_because_of_the_q_signature_check() {
     let n = 40;
-    for (dropout, class) in [(0.5, AdversaryClass::Curious), (0.3, AdversaryClass::SemiMalicious)] {
-        let (plan, keys) = federation(n, GraphKind::Harary, dropout, 0.05, class, DIM, 22);
-        let g = Graph::from_plan(&plan).unwrap();
+    let (plan, keys) =
+        federation(n, GraphKind::Harary, 0.3, 0.05, AdversaryClass::Curious, DIM, 41);
+    assert_eq!((plan.degree, plan.threshold, plan.q()), (16, 3, 28), "the issue's parameters");
+    let g = Graph::from_plan(&plan).unwrap();
+    let w = 0;
+    let t = plan.threshold as usize;
+    // B: 12 clients, t of them w's neighbours; A: the other 28, w included.
+    let neighbours = g.neighbours(w);
+    let mut b: Vec<usize> = neighbours.iter().copied().take(t).collect();
+    b.extend((1..n).filter(|i| !neighbours.contains(i)).take(12 - t));
+    assert_eq!(b.len(), 12);
+    let a: Vec<usize> = (0..n).filter(|i| !b.contains(i)).collect();
+    assert_eq!(a.len(), plan.q());
+    assert!(a.contains(&w));
+    assert!(a.iter().filter(|&&i| g.holders(w).contains(&i)).count() >= t);
+    assert!(b.iter().filter(|&&i| g.holders(w).contains(&i)).count() >= t);
+    let all: Vec<usize> = (0..n).collect();
+    let without_w: Vec<usize> = (1..n).collect();
+    assert!(without_w.len() >= plan.q());
+
+    for removed in [false, true] {
         let ledgers = &mut vec![ContributionLedger::default(); n];
         let mut s = stage(&plan, &keys, ledgers, &policy());
-        let w = 0;
-        let nw = g.neighbours(w);
-        let mut responses = Vec::new();
-        for &z in &nw {
-            let view: Vec<usize> = (0..n).filter(|i| !nw.contains(i) || *i == z).collect();
-            responses.extend(show_view(&mut s, &[z], &view));
+        if removed {
+            for c in &mut s.clients {
+                hazmat::remove_consistency_quorum(c);
+            }
         }
-        let rest: Vec<usize> = (1..n).filter(|i| !nw.contains(i)).collect();
-        let view: Vec<usize> = (0..n).filter(|i| !nw.contains(i)).collect();
-        responses.extend(show_view(&mut s, &rest, &view));
-        assert!(responses.is_empty(), "{class:?}: a client revealed shares without q signatures");
-        assert!(recover(&s, w, &responses).is_none());
+        let mut responses = show_view(&mut s, &a, &all);
+        assert_eq!(responses.len(), a.len(), "A has q signatures on its view and reveals");
+        let from_b = show_view(&mut s, &b, &without_w);
+        if removed {
+            assert_eq!(from_b.len(), b.len());
+            responses.extend(from_b);
+            let x = recover(&s, w, &responses).expect("without the check, x_w is recovered");
+            assert_eq!(x, s.inputs[w]);
+        } else {
+            assert!(from_b.is_empty(), "B has 12 < q signatures: no client of B reveals");
+            assert!(recover(&s, w, &responses).is_none(), "nothing of x_w is revealed");
+        }
+    }
+}
+
+/// The one-view rule, on its own: the same round as above, but the server has every client
+/// sign both views — first U3_B = U ∖ {w}, then U3_A = U — so that each view gathers q
+/// signatures; it asks A to unmask under U3_A, has B sign U3_B again and asks B to unmask
+/// under it. A client signs one U3 per attempt: the second view gets no signature, A (which
+/// signed U3_B) refuses to unmask under U3_A, and only shares of s_w^SK come out. With that one
+/// rule removed (a client signs whatever view it is shown, until it unmasks), the server
+/// recovers x_w.
+#[test]
+fn signing_two_views_leaks_nothing_only_because_a_client_signs_one_u3() {
+    let n = 40;
+    let (plan, keys) =
+        federation(n, GraphKind::Harary, 0.3, 0.05, AdversaryClass::Curious, DIM, 41);
+    let g = Graph::from_plan(&plan).unwrap();
+    let (w, t) = (0, plan.threshold as usize);
+    let neighbours = g.neighbours(w);
+    let mut b: Vec<usize> = neighbours.iter().copied().take(t).collect();
+    b.extend((1..n).filter(|i| !neighbours.contains(i)).take(12 - t));
+    let a: Vec<usize> = (0..n).filter(|i| !b.contains(i)).collect();
+    let (all, without_w): (Vec<usize>, Vec<usize>) = ((0..n).collect(), (1..n).collect());
+
+    for removed in [false, true] {
+        let ledgers = &mut vec![ContributionLedger::default(); n];
+        let mut s = stage(&plan, &keys, ledgers, &policy());
+        if removed {
+            for c in &mut s.clients {
+                hazmat::allow_signing_another_view(c);
+            }
+        }
+        let ctx = *s.clients[0].context();
+        let request = |view: &[usize]| ConsistencyRequest {
+            version: 1,
+            ctx,
+            survivors: Survivors::from_indices(n, view.iter().copied()),
+        };
+        // `group` is asked to sign `view`; the signatures the server gets.
+        let sign = |view: &[usize], group: &[usize], s: &mut Staged| -> UnmaskingRequest {
+            let req = request(view);
+            let signatures = group
+                .iter()
+                .filter_map(|&i| {
+                    let sig = s.clients[i].handle_consistency(&req).ok()?;
+                    Some(SignedSurvivors {
+                        client: sig.client,
+                        credential: s.adverts[i].credential.clone(),
+                        signature: sig.signature,
+                    })
+                })
+                .collect();
+            UnmaskingRequest { version: 1, ctx, survivors: req.survivors, signatures }
+        };
+        let on_b = sign(&without_w, &all, &mut s);
+        let on_a = sign(&all, &all, &mut s);
+        assert_eq!(on_b.signatures.len(), n - 1, "w refuses a view without itself");
+        let from_a: Vec<UnmaskingResponse> =
+            a.iter().filter_map(|&i| s.clients[i].handle_unmasking(&on_a).ok()).collect();
+        sign(&without_w, &b, &mut s);
+        let from_b: Vec<UnmaskingResponse> =
+            b.iter().filter_map(|&i| s.clients[i].handle_unmasking(&on_b).ok()).collect();
+        assert_eq!(from_b.len(), b.len(), "B signed U3_B and unmasks under it");
+        let mut responses = from_a.clone();
+        responses.extend(from_b);
+        if removed {
+            assert_eq!(on_a.signatures.len(), n - 1, "without the rule, the second view too");
+            assert_eq!(from_a.len(), a.len() - 1, "A, but w (aborted), unmasks under U3_A");
+            assert!(recover(&s, w, &responses).is_some_and(|x| x == s.inputs[w]));
+        } else {
+            assert!(on_a.signatures.is_empty(), "a client signs one U3 per attempt");
+            assert!(from_a.is_empty(), "A signed U3_B and refuses to unmask under U3_A");
+            assert!(recover(&s, w, &responses).is_none());
+        }
     }
 }
 

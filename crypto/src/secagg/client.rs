@@ -108,6 +108,12 @@ pub struct SecAggClient {
     graph: Graph,
     me: usize,
     one_input_per_checkpoint: bool,
+    /// Reveal only after q valid signatures on the signed U3: always, but for the attack tests
+    /// that remove it ([`hazmat::remove_consistency_quorum`]).
+    consistency_quorum: bool,
+    /// Sign one U3 per attempt: always, but for the attack test that removes it
+    /// ([`hazmat::allow_signing_another_view`]).
+    one_view: bool,
     /// What this client trains on, as it verified it: recorded in the ledger with the input.
     trained_on: TrainedOn,
     phase: ClientPhase,
@@ -266,6 +272,8 @@ impl SecAggClient {
             graph,
             me,
             one_input_per_checkpoint: policy.one_input_per_checkpoint,
+            consistency_quorum: true,
+            one_view: true,
             trained_on,
             phase: ClientPhase::AdvertiseKeys,
             abort_reason: None,
@@ -585,6 +593,14 @@ impl SecAggClient {
     /// A client signs at most one U3 per attempt.
     pub fn handle_consistency(&mut self, msg: &ConsistencyRequest) -> Result<ConsistencySignature> {
         let digest = message_digest(msg);
+        if !self.one_view
+            && self.unmasking.is_none()
+            && self.consistency.as_ref().is_some_and(|c| c.request != digest)
+        {
+            // The rule removed (attack tests only): forget the view signed, sign this one.
+            self.consistency = None;
+            self.phase = ClientPhase::MaskedInputCollection;
+        }
         self.answer(
             ClientPhase::MaskedInputCollection,
             digest,
@@ -703,7 +719,7 @@ impl SecAggClient {
         }
         self.verifier.verify_signatures(&batch)?;
         let q = self.plan.q();
-        if batch.len() < q {
+        if self.consistency_quorum && batch.len() < q {
             return Err(Error::TooFewConsistencySignatures { have: batch.len(), need: q });
         }
 
@@ -773,6 +789,22 @@ pub(crate) fn verify_key_proofs(
 /// Client constructors that skip one of the protocol's checks: never for a deployment.
 pub mod hazmat {
     use super::*;
+
+    /// Removes the client's rule that it reveals shares only after q valid signatures from
+    /// distinct clients on the U3 it signed. For the attack test that shows what this rule alone
+    /// protects (`crypto/tests/attacks.rs`); with it removed, a server that shows two views of
+    /// U3 recovers a client's input.
+    pub fn remove_consistency_quorum(client: &mut SecAggClient) {
+        client.consistency_quorum = false;
+    }
+
+    /// Removes the client's rule that it signs one U3 per attempt: asked to sign another view
+    /// before it unmasks, it signs that one instead. For the attack test that shows what this
+    /// rule alone protects; with it removed, a server that has every client sign two views
+    /// recovers a client's input.
+    pub fn allow_signing_another_view(client: &mut SecAggClient) {
+        client.one_view = false;
+    }
 
     /// [`SecAggClient::new`] without the client's own check of (k, t): the plan's degree and
     /// threshold are taken as given, even where they are below what [`crate::params`] computes
