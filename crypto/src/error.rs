@@ -127,9 +127,13 @@ pub enum Error {
     /// An advertised key's proof of knowledge does not verify (protocol v2).
     #[error("client {client}'s proof of knowledge of its {role} key does not verify")]
     BadKeyProof { client: ClientId, role: crate::proofs::KeyRole },
-    /// A share ciphertext did not authenticate.
-    #[error("share ciphertext from client {0} does not authenticate")]
-    BadCiphertext(ClientId),
+    /// A share the dealer signed is bad: it does not decrypt, or its shares are not canonical
+    /// or do not match their commitments (the dealer's fault; protocol v2).
+    #[error("the share dealt by client {dealer} is bad: {why}")]
+    BadShare { dealer: ClientId, why: crate::secagg::commitments::Bad },
+    /// A forwarded share is not what its dealer signed: the server tampered with it.
+    #[error("the share forwarded from client {dealer} is not what it signed: {why}")]
+    TamperedShare { dealer: ClientId, why: crate::secagg::commitments::Malformed },
     /// A message came from or refers to a client that is not a neighbour.
     #[error("client {0} is not a neighbour in the round's graph")]
     NotNeighbour(ClientId),
@@ -274,6 +278,24 @@ pub enum SharesProblem {
     /// Not one ciphertext per neighbour in U1.
     #[error("{got} ciphertexts for {expected} neighbours in U1")]
     Count { got: usize, expected: usize },
+    /// Fewer than t holders in H(u)∩U1 (the dealer included): the dealer's own rule.
+    #[error("{have} holders in U1 hold shares, threshold is {need}")]
+    TooFewHolders { have: usize, need: usize },
+    /// Not one entry per holder of H(u)∩U1.
+    #[error("{got} commitment entries for {expected} holders")]
+    EntryCount { got: usize, expected: usize },
+    /// An entry names another holder than the one at its place in canonical order.
+    #[error("commitment entry {position} names another holder than {expected}")]
+    EntryHolder { position: usize, expected: ClientId },
+    /// An entry names another ciphertext than the one sent for its holder.
+    #[error("the entry for {0} names another ciphertext than the one sent")]
+    CiphertextHash(ClientId),
+    /// A commitment is not a canonical, non-identity point.
+    #[error("a commitment for {0} is not a canonical non-identity point")]
+    Commitment(ClientId),
+    /// The commitments are not on polynomials of degree below t through B_u and s_u^PK.
+    #[error("the commitments fail the degree test")]
+    DegreeTest,
 }
 
 /// How the keys or shares the server forwarded to a client are inconsistent.

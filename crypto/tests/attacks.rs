@@ -9,12 +9,11 @@ use std::sync::Arc;
 
 use common::Authed;
 use common::*;
-use fedsec_crypto::WeightsHash;
 use fedsec_crypto::context::{AdversaryClass, GraphKind, RoundPlan};
 use fedsec_crypto::error::{Error, Floor, ForwardFault, PlanRule, ViewContradiction};
 use fedsec_crypto::graph::Graph;
 use fedsec_crypto::kernel::{Kernel, Sign};
-use fedsec_crypto::keys::PublicKey;
+use fedsec_crypto::keys::{PublicKey, SecretScalar};
 use fedsec_crypto::prg::MaskSeed;
 use fedsec_crypto::secagg::client::{
     ClientPolicy, ContributionLedger, SecAggClient, TrainedOn, hazmat,
@@ -24,6 +23,7 @@ use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
 use fedsec_crypto::shamir::{self, ShareValue};
 use fedsec_crypto::sign::IdentityKey;
+use fedsec_crypto::{ClientId, WeightsHash};
 
 const DIM: u32 = 32;
 
@@ -634,6 +634,167 @@ fn after_advertise(
     (clients, server, fwd)
 }
 
+/// Re-signs a dealer's entries after a change, as a dishonest dealer would.
+fn resign(key: &IdentityKey, m: &mut ShareKeys) {
+    use fedsec_crypto::merkle::Tree;
+    use fedsec_crypto::secagg::commitments::Entry;
+    let tree = Tree::new(m.entries.iter().map(Entry::leaf).collect()).unwrap();
+    let parts: [&[u8]; 3] = [&m.client.0, &tree.size().to_be_bytes(), &tree.root()];
+    m.root_signature = Sig(key.sign(fedsec_crypto::kdf::Label::ShareKeys, &m.ctx, &parts));
+}
+
+/// Runs the rest of an attempt honestly once phase 1 is open: every client but `out` sends
+/// its ShareKeys; returns the sum, which must be that of everyone but `out`.
+fn finish_without(
+    plan: &RoundPlan,
+    clients: &mut [SecAggClient],
+    server: &mut SecAggServer,
+    fwd: &[KeysForward],
+    out: usize,
+) -> Vec<u32> {
+    let n = plan.n();
+    for (i, (c, f)) in clients.iter_mut().zip(fwd).enumerate() {
+        if i != out {
+            server.shares(c.handle_keys(f).unwrap()).unwrap();
+        }
+    }
+    let forwards = server.close_share_keys().unwrap();
+    let xs = inputs(n, DIM, 31);
+    let mut ledgers = vec![ContributionLedger::default(); n];
+    let others: Vec<usize> = (0..n).filter(|&i| i != out).collect();
+    for f in &forwards {
+        let i = plan.index_of(&f.recipient).unwrap();
+        let y = clients[i].handle_shares(f, &xs[i], &mut ledgers[i]).unwrap();
+        server.masked(&y).unwrap();
+    }
+    let r = server.close_masked_input().unwrap();
+    for &i in &others {
+        server.consistent(clients[i].handle_consistency(&r).unwrap()).unwrap();
+    }
+    let r = server.close_consistency().unwrap();
+    for &i in &others {
+        server.unmask(clients[i].handle_unmasking(&r).unwrap()).unwrap();
+    }
+    let sum = server.finish().unwrap();
+    assert_eq!(sum, clear_sum(&xs, &others), "the exact sum of the others");
+    sum
+}
+
+/// The server's phase-1 checks of a dealer's commitments (protocol v2), each before anything
+/// of the dealer is forwarded: a dealer whose commitments are off its polynomials, whose entries
+/// skip a holder or name the wrong ciphertext, whose commitment is the identity, or whose entries
+/// were changed after signing, is refused — excluded as if it had dropped before ShareKeys — and
+/// the others finish the round with their exact sum.
+#[test]
+fn a_dealer_whose_commitments_do_not_hold_is_excluded_at_phase_1() {
+    use fedsec_crypto::error::SharesProblem;
+    use fedsec_crypto::secagg::commitments::Entry;
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 32);
+    let other_point = SecretScalar::random(&mut rng(33)).public().to_bytes();
+    type Change = Box<dyn Fn(&mut ShareKeys) -> (bool, Error)>;
+    let dealer = keys[0].id();
+    let problem = move |problem| Error::IncompleteShares { client: dealer, problem };
+    let changes: Vec<(&str, Change)> = vec![
+        (
+            "a commitment off the polynomial",
+            Box::new(move |m: &mut ShareKeys| {
+                let e = m.entries[3];
+                m.entries[3] = Entry::new(
+                    &e.holder(),
+                    &e.ciphertext_hash(),
+                    &other_point,
+                    &e.mask_key_commitment(),
+                );
+                (true, problem(SharesProblem::DegreeTest))
+            }),
+        ),
+        (
+            "an entry skipped",
+            Box::new(move |m: &mut ShareKeys| {
+                m.entries.remove(4);
+                (true, problem(SharesProblem::EntryCount { got: n - 1, expected: n }))
+            }),
+        ),
+        (
+            "the wrong ciphertext named",
+            Box::new(move |m: &mut ShareKeys| {
+                let e = m.entries[2];
+                m.entries[2] = Entry::new(
+                    &e.holder(),
+                    &[7; 32],
+                    &e.self_mask_commitment(),
+                    &e.mask_key_commitment(),
+                );
+                (true, problem(SharesProblem::CiphertextHash(e.holder())))
+            }),
+        ),
+        (
+            "the identity as a commitment",
+            Box::new(move |m: &mut ShareKeys| {
+                let e = m.entries[5];
+                m.entries[5] = Entry::new(
+                    &e.holder(),
+                    &e.ciphertext_hash(),
+                    &[0; 32],
+                    &e.mask_key_commitment(),
+                );
+                (true, problem(SharesProblem::Commitment(e.holder())))
+            }),
+        ),
+        (
+            "an entry changed after signing",
+            Box::new(move |m: &mut ShareKeys| {
+                m.entries[1].0[100] ^= 1;
+                (false, Error::BadSignature(dealer))
+            }),
+        ),
+    ];
+    for (what, change) in &changes {
+        let (mut clients, mut server, fwd) = after_advertise(&plan, &keys);
+        let mut m = clients[0].handle_keys(&fwd[0]).unwrap();
+        let (resigned, expected) = change(&mut m);
+        if resigned {
+            resign(&keys[0], &mut m);
+        }
+        assert_eq!(server.shares(m), Err(expected), "{what}");
+        finish_without(&plan, &mut clients, &mut server, &fwd, 0);
+        assert!(!server.u2().contains(&0), "{what}: the dealer is not in U2");
+    }
+}
+
+/// A share the server altered is not what its dealer signed: the recipient stops (a dropout)
+/// with the dealer named and the check that failed; an honest forward of the same share opens.
+#[test]
+fn a_share_the_server_altered_makes_the_recipient_stop() {
+    use fedsec_crypto::secagg::commitments::Malformed;
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 34);
+    let (mut clients, mut server, fwd) = after_advertise(&plan, &keys);
+    for (c, f) in clients.iter_mut().zip(&fwd) {
+        server.shares(c.handle_keys(f).unwrap()).unwrap();
+    }
+    let forwards = server.close_share_keys().unwrap();
+    let x = vec![0u32; DIM as usize];
+    let mut altered = forwards[1].clone();
+    altered.shares[0].dealt.ciphertext[5] ^= 1;
+    let dealer = altered.shares[0].from;
+    assert_eq!(
+        clients[1].handle_shares(&altered, &x, &mut ContributionLedger::default()),
+        Err(Error::TamperedShare { dealer, why: Malformed::CiphertextHash })
+    );
+    let mut resigned = forwards[2].clone();
+    resigned.shares[0].dealt.index ^= 1;
+    let dealer = resigned.shares[0].from;
+    assert!(matches!(
+        clients[2].handle_shares(&resigned, &x, &mut ContributionLedger::default()),
+        Err(Error::TamperedShare { dealer: d, why: Malformed::Signature | Malformed::Path }) if d == dealer
+    ));
+    assert!(clients[3].handle_shares(&forwards[3], &x, &mut ContributionLedger::default()).is_ok());
+}
+
 #[test]
 fn forwarded_keys_must_match_the_graph() {
     let (plan, keys) =
@@ -838,7 +999,7 @@ fn shares_from_a_non_neighbour_are_refused() {
     let mut bad = fwd[0].clone();
     bad.shares.push(ForwardedShares {
         from: plan.selected[stranger],
-        ciphertext: sent[stranger].shares[0].ciphertext.clone(),
+        dealt: fwd[stranger].shares[0].dealt.clone(),
     });
     let mut ledger = ContributionLedger::default();
     assert_eq!(
@@ -856,13 +1017,20 @@ fn shares_from_a_non_neighbour_are_refused() {
     assert_eq!(server2.shares(m), Err(Error::NotNeighbour(plan2.selected[s2])));
 }
 
+/// Verifiable shares (protocol v2): the example — complete graph, n = 10, δ = 0.2, so
+/// t = q = 8 — with holders 0 and 1 (and then three holders) lying about their shares of
+/// client 0's seed. Each revealed share is checked against the commitment client 0 published
+/// for its holder, so the liars' shares are left out and their holders named, and any t shares
+/// that match give the exact sum: lying holders cost nothing while t honest shares arrive. In
+/// v1 the first t + 1 shares decided, and two liars aborted the round.
 #[test]
-fn a_bad_share_is_detected_not_summed() {
-    // One holder lies about its share of client 0's seed (a valid scalar, wrong value), then two.
-    for liars in [vec![0usize], vec![0, 1]] {
-        let n = 10;
-        let (plan, keys) =
-            federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 14);
+fn lying_holders_cost_nothing_while_t_honest_shares_arrive() {
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 14);
+    let t = plan.threshold as usize;
+    assert_eq!((t, plan.q()), (8, 8));
+    for liars in [vec![0usize], vec![0, 1], vec![0, 1, 2]] {
         let mut ledgers = vec![ContributionLedger::default(); n];
         let mut s = stage(&plan, &keys, &mut ledgers, &policy());
         let r = s.server.close_masked_input().unwrap();
@@ -880,18 +1048,17 @@ fn a_bad_share_is_detected_not_summed() {
             }
             s.server.unmask(resp).unwrap();
         }
-        if liars.len() == 1 {
-            // With t + 1 shares, one bad share is found, left out and reported; the sum is exact.
-            let all: Vec<usize> = (0..n).collect();
-            assert_eq!(s.server.finish().unwrap(), clear_sum(&s.inputs, &all));
-            assert_eq!(
-                s.server.misbehaving_holders().iter().copied().collect::<Vec<_>>(),
-                vec![plan.selected[0]]
-            );
+        let all: Vec<usize> = (0..n).collect();
+        if n - liars.len() >= t {
+            assert_eq!(s.server.finish().unwrap(), clear_sum(&s.inputs, &all), "{liars:?}");
+            let named: Vec<ClientId> = s.server.misbehaving_holders().iter().copied().collect();
+            let mut expected: Vec<ClientId> = liars.iter().map(|&i| plan.selected[i]).collect();
+            expected.sort();
+            assert_eq!(named, expected, "the liars, and only they, are named");
         } else {
-            // Two bad shares among the first t + 1: detected, never summed; the round aborts.
+            // Fewer than t honest shares: no sum, never a wrong one.
             let err = s.server.finish().unwrap_err();
-            assert!(matches!(err, Error::ReconstructionMismatch { .. }), "{err:?}");
+            assert!(matches!(err, Error::ShareCountBelowThreshold { .. }), "{err:?}");
             assert!(s.server.finish().is_err(), "an aborted round produces no sum");
         }
     }
@@ -1039,7 +1206,6 @@ fn unmasking_needs_q_valid_signatures_on_the_signed_view() {
 #[test]
 fn an_advert_of_anothers_key_plus_r_g_is_refused() {
     use common::fuzz::signed_advert_with_proofs;
-    use fedsec_crypto::keys::SecretScalar;
     use fedsec_crypto::proofs::{KeyProof, KeyRole};
 
     let n = 10;

@@ -47,7 +47,7 @@ fn not_a_point() -> [u8; 32] {
 /// Whether edit `kind` of [`edit`] applies to a state saved when phase `at` closed.
 fn applies(kind: u32, at: usize) -> bool {
     match kind {
-        13 | 14 | 22 => at >= 1,
+        13 | 14 | 22 | 30 | 31 => at >= 1,
         15 | 16 | 18 => at >= 2,
         19..=21 => at >= 3,
         23 => at <= 3,
@@ -61,7 +61,7 @@ fn applies(kind: u32, at: usize) -> bool {
 fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str, Verdict) {
     use Verdict::*;
     let at = state.closed.index();
-    let kinds: Vec<u32> = (0..30).filter(|&k| applies(k, at)).collect();
+    let kinds: Vec<u32> = (0..32).filter(|&k| applies(k, at)).collect();
     let kind = kinds[choice as usize % kinds.len()];
     let inconsistent = |why| Refused(Error::SavedStateInconsistent(why));
     let fewer = inconsistent("a closed phase left fewer than q clients");
@@ -83,10 +83,14 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
         0 => ("nothing", Resumes),
         1 => {
             state.adverts.remove(e);
+            let holds = state.dealings.iter().any(|d| d.entries.iter().any(|e| e.holder() == id));
             let verdict = if u2.contains(&index(&id)) {
                 inconsistent("U2 is not within U1")
             } else if state.adverts.len() < q {
                 fewer
+            } else if holds {
+                // A dealer of U2 dealt it a share, as one of H(u)∩U1.
+                inconsistent("a dealing's entries are not its holders")
             } else {
                 Resumes
             };
@@ -145,6 +149,7 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
         }
         13 => {
             let v = state.u2.remove(x % u2.len());
+            state.dealings.remove(x % u2.len());
             let revealed = state
                 .unmasking
                 .iter()
@@ -165,8 +170,9 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
             let absent: Vec<u32> = u1.iter().copied().filter(|v| !u2.contains(v)).collect();
             match absent.get(x / 2 % absent.len().max(1)).filter(|_| x % 2 == 0) {
                 Some(&v) => {
+                    // Its dealing would have to be forged: it signed none.
                     state.u2.push(v);
-                    ("a member added to U2", Resumes)
+                    ("a member added to U2", inconsistent("not one dealing per member of U2"))
                 }
                 None => {
                     state.u2.push(n as u32);
@@ -300,6 +306,18 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
                 "an advert re-signed by another key in this client's name",
                 Refused(Error::BadPublicKey(id)),
             )
+        }
+        30 => {
+            let i = x % u2.len();
+            state.dealings[i].signature.0[x % 64] ^= 1;
+            ("a dealing's signature flipped", Refused(Error::BadSignature(client(u2[i]))))
+        }
+        31 => {
+            let i = x % u2.len();
+            let entries = &mut state.dealings[i].entries;
+            let j = x % entries.len();
+            entries[j].0[32 + x % 96] ^= 1;
+            ("a dealing's entry changed", Refused(Error::BadSignature(client(u2[i]))))
         }
         _ => unreachable!("edit {kind} does not apply at phase {at}"),
     }

@@ -485,7 +485,13 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
         assert_eq!(me.advertise_keys(advert.clone()).await.unwrap().into_inner(), keys);
         assert_eq!(me.share_keys(shares_req.clone()).await.unwrap().into_inner(), shares);
         refused(
-            me.share_keys(v1::ShareKeysRequest { round: Some(rref.clone()), shares: vec![] }).await,
+            me.share_keys(v1::ShareKeysRequest {
+                round: Some(rref.clone()),
+                shares: vec![],
+                entries: vec![],
+                root_signature: vec![0; 64],
+            })
+            .await,
             Code::AlreadyExists,
             "ShareKeys",
         );

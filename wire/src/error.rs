@@ -48,4 +48,12 @@ pub enum Reason {
     /// A number is out of its range.
     #[error("{0} is out of range")]
     OutOfRange(u64),
+    /// A list has more entries than it can have.
+    #[error("{got} entries, at most {max}")]
+    TooMany {
+        /// Its entries.
+        got: usize,
+        /// The most it can have.
+        max: usize,
+    },
 }

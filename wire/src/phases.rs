@@ -1,7 +1,9 @@
 //! The messages of the five phases: each client request and each coordinator reply.
 
 use crate::x509::encode_chain;
+use fedsec_crypto::merkle::MAX_PATH;
 use fedsec_crypto::proofs::KeyProof;
+use fedsec_crypto::secagg::commitments::{Dealt, Entry};
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShares, ForwardedShares,
     KeysForward, MaskedInput, RevealedShare, ShareKeys, SharesForward, Sig, SignedSurvivors,
@@ -146,6 +148,8 @@ impl PhaseMessage for ShareKeys {
                     ciphertext: e.ciphertext.clone(),
                 })
                 .collect(),
+            entries: self.entries.iter().map(|e| e.0.to_vec()).collect(),
+            root_signature: self.root_signature.0.to_vec(),
         }
     }
 
@@ -160,11 +164,15 @@ impl PhaseMessage for ShareKeys {
                 })
             })
             .collect::<Result<_>>()?;
+        let entries =
+            req.entries.iter().map(|e| Ok(Entry(fixed("entries", e)?))).collect::<Result<_>>()?;
         Ok(ShareKeys {
             version: PROTOCOL_VERSION,
             ctx: RoundKey::from_ref(req.round.as_ref())?.ctx,
             client: sender,
             shares,
+            entries,
+            root_signature: Sig(fixed("root_signature", &req.root_signature)?),
         })
     }
 }
@@ -181,7 +189,12 @@ impl PhaseMessage for SharesForward {
                 .iter()
                 .map(|s| v1::ForwardedShares {
                     from: s.from.0.to_vec(),
-                    ciphertext: s.ciphertext.clone(),
+                    ciphertext: s.dealt.ciphertext.clone(),
+                    entry: s.dealt.entry.0.to_vec(),
+                    index: s.dealt.index,
+                    size: s.dealt.size,
+                    path: s.dealt.path.iter().map(|h| h.to_vec()).collect(),
+                    signature: s.dealt.signature.to_vec(),
                 })
                 .collect(),
         }
@@ -192,9 +205,25 @@ impl PhaseMessage for SharesForward {
             .shares
             .iter()
             .map(|s| {
+                let from = client_id("shares.from", &s.from)?;
+                let entry = Entry(fixed("shares.entry", &s.entry)?);
+                if s.path.len() > MAX_PATH {
+                    return Err(WireError {
+                        field: "shares.path",
+                        reason: Reason::TooMany { got: s.path.len(), max: MAX_PATH },
+                    });
+                }
+                let path = s.path.iter().map(|h| fixed("shares.path", h)).collect::<Result<_>>()?;
                 Ok(ForwardedShares {
-                    from: client_id("shares.from", &s.from)?,
-                    ciphertext: s.ciphertext.clone(),
+                    from,
+                    dealt: Dealt {
+                        entry,
+                        index: s.index,
+                        size: s.size,
+                        path,
+                        signature: fixed("shares.signature", &s.signature)?,
+                        ciphertext: s.ciphertext.clone(),
+                    },
                 })
             })
             .collect::<Result<_>>()?;

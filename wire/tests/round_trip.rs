@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use fedsec_crypto::quant::QuantParams;
+use fedsec_crypto::secagg::commitments::{Dealt, Entry};
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::{
     AdversaryClass, AttemptNonce, CheckpointHash, ClientId, GraphKind, PROTOCOL_VERSION,
@@ -37,10 +38,32 @@ proptest! {
     }
 
     #[test]
-    fn phase_1_messages(key in key(), me in id(), to in prop::collection::vec((id(), prop::collection::vec(any::<u8>(), 0..100)), 0..5)) {
+    fn phase_1_messages(
+        key in key(),
+        me in id(),
+        to in prop::collection::vec((id(), prop::collection::vec(any::<u8>(), 0..100)), 0..5),
+        entries in prop::collection::vec(prop::collection::vec(any::<u8>(), 128), 0..5),
+        sig in sig(),
+        places in prop::collection::vec((any::<u32>(), any::<u32>(), prop::collection::vec(any::<[u8; 32]>(), 0..8)), 5),
+    ) {
+        let entries: Vec<Entry> = entries.into_iter().map(|e| Entry(e.try_into().unwrap())).collect();
         let shares = to.iter().map(|(to, ciphertext)| EncryptedShares { to: *to, ciphertext: ciphertext.clone() }).collect();
-        trip(&ShareKeys { version: PROTOCOL_VERSION, ctx: key.ctx, client: me, shares }, &key, me);
-        let shares = to.into_iter().map(|(from, ciphertext)| ForwardedShares { from, ciphertext }).collect();
+        trip(&ShareKeys { version: PROTOCOL_VERSION, ctx: key.ctx, client: me, shares, entries, root_signature: sig }, &key, me);
+        let shares = to
+            .into_iter()
+            .zip(places)
+            .map(|((from, ciphertext), (index, size, path))| ForwardedShares {
+                from,
+                dealt: Dealt {
+                    entry: Entry([index as u8; 128]),
+                    index,
+                    size,
+                    path,
+                    signature: sig.0,
+                    ciphertext,
+                },
+            })
+            .collect();
         trip(&SharesForward { version: PROTOCOL_VERSION, ctx: key.ctx, recipient: me, shares }, &key, me);
     }
 

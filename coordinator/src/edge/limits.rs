@@ -11,8 +11,8 @@
 //! The limits come from what each method carries ([`SizeLimits::for_tasks`]): a check-in and a
 //! long-poll request are small; an advert carries a certificate chain of bounded size
 //! ([`fedsec_wire::x509::MAX_CHAIN_CERTS`] × [`fedsec_wire::x509::MAX_CERT_LEN`]); a
-//! ShareKeys message one fixed-size ciphertext per neighbour, at most `n − 1` for the largest
-//! round `n` a task may select; an upload chunk its words; an unmasking response two shares
+//! ShareKeys message one fixed-size ciphertext per neighbour and one fixed-size commitment
+//! entry per holder, at most `n − 1` and `n` for the largest round `n` a task may select; an upload chunk its words; an unmasking response two shares
 //! per neighbour. They are upper bounds over every task the coordinator runs, recomputed when
 //! a task is created.
 
@@ -44,6 +44,10 @@ const FRAMING_BYTES: usize = 1024;
 /// Bytes of one entry of a ShareKeys message (`EncryptedShares`: a 32-byte id, an 80-byte
 /// ciphertext, tags and lengths), rounded up.
 const SHARE_ENTRY_BYTES: usize = 128;
+
+/// Bytes of one commitment entry of a ShareKeys message (protocol v2: 128 bytes, a tag and a
+/// length), rounded up. A ShareKeys message carries one per holder, the dealer's own included.
+const COMMITMENT_ENTRY_BYTES: usize = 136;
 
 /// Bytes of one revealed share (`RevealedShare`: a 32-byte owner id and a 32-byte scalar, tags
 /// and lengths), rounded up.
@@ -77,9 +81,14 @@ impl SizeLimits {
         let chain = fedsec_wire::x509::MAX_CHAIN_CERTS * (fedsec_wire::x509::MAX_CERT_LEN + 8);
         let cap = fedsec_proto::MAX_MESSAGE_BYTES;
         SizeLimits {
-            // Three 32-byte keys, a 64-byte signature, the chain and the framing.
-            advertise_keys: (chain + 4 * 96 + FRAMING_BYTES).min(cap),
-            share_keys: n.saturating_mul(SHARE_ENTRY_BYTES).saturating_add(FRAMING_BYTES).min(cap),
+            // Three 32-byte keys, two 64-byte proofs of knowledge, a 64-byte signature, the
+            // chain and the framing.
+            advertise_keys: (chain + 6 * 96 + FRAMING_BYTES).min(cap),
+            // A ciphertext per neighbour, a commitment entry per holder, the root's signature.
+            share_keys: n
+                .saturating_mul(SHARE_ENTRY_BYTES + COMMITMENT_ENTRY_BYTES)
+                .saturating_add(96 + FRAMING_BYTES)
+                .min(cap),
             upload_chunk: words.saturating_mul(4).saturating_add(FRAMING_BYTES).min(cap),
             // A share of b_v for each holder and of s_v^SK for each dropped neighbour.
             unmask: n

@@ -458,7 +458,14 @@ fn retries_are_idempotent_and_conflicts_are_refused() {
     let err = f.engine.advertise(key.id(), other, f.now).unwrap_err();
     assert!(matches!(err, Error::Protocol(fedsec_crypto::Error::PhaseAlreadyAnswered(_))));
     // Out of phase: a ShareKeys before phase 0 closed.
-    let early = ShareKeys { version: 1, ctx, client: key.id(), shares: vec![] };
+    let early = ShareKeys {
+        version: 1,
+        ctx,
+        client: key.id(),
+        shares: vec![],
+        entries: vec![],
+        root_signature: fedsec_crypto::secagg::messages::Sig([0; 64]),
+    };
     let err = f.engine.share_keys(key.id(), early, f.now).unwrap_err();
     assert!(matches!(err, Error::PhaseNotOpen { phase: Phase::ShareKeys, .. }), "{err:?}");
     // Another sender than the authenticated one.

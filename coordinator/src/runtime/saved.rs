@@ -181,6 +181,7 @@ mod tests {
                 closed: Phase::MaskedInputCollection,
                 adverts: Vec::new(),
                 u2: vec![0, 1],
+                dealings: Vec::new(),
                 u3: vec![1],
                 sum: vec![0xAB; 64],
                 signatures: Vec::new(),

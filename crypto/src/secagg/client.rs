@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
+use sha2::{Digest, Sha256};
 
 use crate::aead::ShareKey;
 use crate::context::{PROTOCOL_VERSION, RoundContext, RoundPlan};
@@ -19,12 +20,14 @@ use crate::graph::Graph;
 use crate::ids::ClientId;
 use crate::kdf::Label;
 use crate::kernel::{Kernel, Sign};
-use crate::keys::{PublicKey, SecretScalar};
+use crate::keys::{PublicKey, SecretScalar, SharedPoint};
+use crate::merkle;
 use crate::params;
 use crate::prg::MaskSeed;
 use crate::proofs::{KeyProof, KeyRole};
 use crate::rng::os_rng;
 use crate::secagg::Phase;
+use crate::secagg::commitments::{self, Entry, Parties, Verdict};
 use crate::secagg::messages::*;
 use crate::secagg::policy::check_floor;
 pub use crate::secagg::policy::{ClientPolicy, ContributionLedger, TrainedOn};
@@ -124,10 +127,11 @@ pub struct SecAggClient {
     advert: AdvertiseKeys,
     /// Verified neighbours in U1 (canonical index → keys).
     peers: BTreeMap<usize, Peer>,
-    /// K_{v→u} for each verified neighbour v, made in phase 1 with K_{u→v} from the same key
-    /// agreement; each opens v's one ciphertext, then is gone.
+    /// K = KA(c_u^SK, c_v^PK) for each verified neighbour v, made in phase 1: it seals u's
+    /// shares for v and opens v's shares for u (protocol v2's one validity function takes K
+    /// itself); each is gone once v's share is opened.
     /// Boxed, so that the map moving its entries never leaves copies of a key behind.
-    opening: BTreeMap<usize, Box<ShareKey>>,
+    agreed: BTreeMap<usize, Box<SharedPoint>>,
     /// Shares held, by owner index (own shares included): owners form my view of H(u) ∩ U2.
     /// Boxed, so that moving entries never leaves copies of a share behind.
     held: BTreeMap<usize, Box<HeldShares>>,
@@ -282,7 +286,7 @@ impl SecAggClient {
             self_seed: Some(self_seed),
             advert,
             peers: BTreeMap::new(),
-            opening: BTreeMap::new(),
+            agreed: BTreeMap::new(),
             held: BTreeMap::new(),
             share_keys: None,
             masked_input: None,
@@ -373,7 +377,7 @@ impl SecAggClient {
         self.enc_sk = None;
         self.mask_sk = None;
         self.self_seed = None;
-        self.opening.clear();
+        self.agreed.clear();
         self.held.clear();
     }
 
@@ -422,7 +426,8 @@ impl SecAggClient {
         if !own_seen {
             return Err(Error::InconsistentForward(ForwardFault::OwnAdvertMissing));
         }
-        // Each client checks that at least t of its share holders remain before sending anything.
+        // Each client checks that at least t of its share holders (itself included) remain
+        // before sending anything: m ≥ t entries, which the server's degree test needs.
         let holders = peers.len() + 1;
         let t = self.plan.threshold as usize;
         if holders < t {
@@ -444,12 +449,15 @@ impl SecAggClient {
         let mask_sk = self.mask_sk.as_ref().expect("secrets live until abort or unmasking");
         let self_seed = self.self_seed.as_ref().expect("secrets live until abort or unmasking");
         let mut rng = os_rng();
-        let mask_key_shares = shamir::split(mask_sk.expose(), t, &xs, &mut rng)?;
-        let self_mask_shares = shamir::split(self_seed.expose(), t, &xs, &mut rng)?;
+        // No holder's share is zero, so that every commitment is a non-identity point.
+        let mask_key_shares = shamir::split_nonzero(mask_sk.expose(), t, &xs, &mut rng)?;
+        let self_mask_shares = shamir::split_nonzero(self_seed.expose(), t, &xs, &mut rng)?;
 
         let enc_sk = self.enc_sk.as_ref().expect("secrets live until abort or unmasking");
         let me_id = self.id();
         let mut out = Vec::with_capacity(peers.len());
+        let mut hashes = Vec::with_capacity(holders);
+        let mut ids = Vec::with_capacity(holders);
         // Iterate by reference: the shares stay in their vectors, which zeroize them on drop.
         for ((&idx, sk_share), b_share) in
             holder_idx.iter().zip(&mask_key_shares).zip(&self_mask_shares)
@@ -460,26 +468,42 @@ impl SecAggClient {
                     self_mask: ShareValue::from_bytes(&b_share.to_bytes()).expect("canonical"),
                 };
                 self.held.insert(idx, Box::new(own));
+                ids.push(me_id);
+                hashes.push([0u8; 32]);
                 continue;
             }
             let peer = &peers[&idx];
-            let (key, opening) =
-                ShareKey::derive_pair(enc_sk, &peer.enc_pk, &self.ctx, &me_id, &peer.id);
-            self.opening.insert(idx, Box::new(opening));
-            let mut plaintext = zeroize::Zeroizing::new([0u8; 64]);
-            plaintext[..32].copy_from_slice(sk_share.to_bytes().as_ref());
-            plaintext[32..].copy_from_slice(b_share.to_bytes().as_ref());
-            out.push(EncryptedShares {
-                to: peer.id,
-                ciphertext: key.seal(&self.ctx, &me_id, &peer.id, plaintext.as_ref()),
-            });
+            let k = Box::new(enc_sk.agree_point(&peer.enc_pk));
+            let key = ShareKey::from_shared(&k, &self.ctx, &me_id, &peer.id);
+            self.agreed.insert(idx, k);
+            let plaintext = commitments::plaintext(b_share, sk_share);
+            let ciphertext = key.seal(&self.ctx, &me_id, &peer.id, plaintext.as_ref());
+            ids.push(peer.id);
+            hashes.push(Sha256::digest(&ciphertext).into());
+            out.push(EncryptedShares { to: peer.id, ciphertext });
         }
+        let entries = commitments::entries(&ids, &hashes, &self_mask_shares, &mask_key_shares)
+            .expect("one hash and one share of each secret per holder");
+        let tree = merkle::Tree::new(entries.iter().map(Entry::leaf).collect())
+            .expect("the dealer's own entry at least");
+        let root_signature = Sig(self.identity.sign(
+            Label::ShareKeys,
+            &self.ctx,
+            &[&me_id.0, &tree.size().to_be_bytes(), &tree.root()],
+        ));
         self.peers = peers;
-        // The opening keys are all this client needs of c_u^SK from here on. (Protocol v2's
-        // complaints need KA(c_u^SK, c_v^PK) and a proof made with c_u^SK after the ciphertexts
-        // arrive: it will keep c_u^SK, or the agreed values, until the complaints phase.)
+        // The agreed values are all this client needs of c_u^SK from here on. (Protocol v2's
+        // complaints need a proof made with c_u^SK after the ciphertexts arrive: it will keep
+        // c_u^SK until the complaints phase.)
         self.enc_sk = None;
-        Ok(ShareKeys { version: PROTOCOL_VERSION, ctx: self.ctx, client: me_id, shares: out })
+        Ok(ShareKeys {
+            version: PROTOCOL_VERSION,
+            ctx: self.ctx,
+            client: me_id,
+            shares: out,
+            entries,
+            root_signature,
+        })
     }
 
     /// Phase 1 → 2: decrypts the shares addressed to this client, then computes the masked
@@ -541,19 +565,21 @@ impl SecAggClient {
             if received.contains_key(&idx) {
                 return Err(Error::DuplicateClient(fwd.from));
             }
-            let key = *self.opening.remove(&idx).ok_or(Error::NotNeighbour(fwd.from))?;
-            let plain = key
-                .open(&self.ctx, &fwd.from, &me_id, &fwd.ciphertext)
-                .ok_or(Error::BadCiphertext(fwd.from))?;
-            if plain.len() != 64 {
-                return Err(Error::BadCiphertext(fwd.from));
-            }
-            let sk = zeroize::Zeroizing::new(<[u8; 32]>::try_from(&plain[..32]).expect("64 bytes"));
-            let b = zeroize::Zeroizing::new(<[u8; 32]>::try_from(&plain[32..]).expect("64 bytes"));
-            let (Some(mask_key), Some(self_mask)) =
-                (ShareValue::from_bytes(&sk), ShareValue::from_bytes(&b))
-            else {
-                return Err(Error::BadCiphertext(fwd.from));
+            let k = self.agreed.remove(&idx).ok_or(Error::NotNeighbour(fwd.from))?;
+            let parties = Parties {
+                ctx: &self.ctx,
+                dealer: &fwd.from,
+                dealer_key: &self.peers[&idx].verifying_key,
+                holder: &me_id,
+                shared: &k,
+            };
+            let (self_mask, mask_key) = match commitments::open(&parties, &fwd.dealt) {
+                Verdict::Ok(b, s) => (b, s),
+                // What the server was to check before forwarding: it tampered.
+                Verdict::Malformed(why) => {
+                    return Err(Error::TamperedShare { dealer: fwd.from, why });
+                }
+                Verdict::Bad(why) => return Err(Error::BadShare { dealer: fwd.from, why }),
             };
             received.insert(idx, Box::new(HeldShares { mask_key, self_mask }));
         }
@@ -578,7 +604,7 @@ impl SecAggClient {
         Kernel::single().apply(&mut y, 0, &masks);
         self.held.extend(received);
         // The own shares are in `held`; nothing else needs the secret keys any more.
-        self.opening.clear();
+        self.agreed.clear();
         self.enc_sk = None;
         self.mask_sk = None;
         self.self_seed = None;

@@ -217,8 +217,8 @@ impl DegreeTest<'_> {
     /// after the dealer's message is complete, and accepts iff
     /// Σ_{i=0..m} w_i·g(α_i)·(C^b_i + ρ·C^s_i) is the identity. A dealer whose commitments are
     /// off such polynomials passes with probability at most 2/ℓ; an honest one always passes.
-    /// Needs m ≥ t + 1 (the dealer's rule |N(u)∩U1| ≥ t, with u's own entry) and one pair of
-    /// commitments per holder.
+    /// Needs m ≥ t (the dealer's rule: at least t holders, itself included; m + 1 points leave
+    /// the dual code m + 1 − t ≥ 1 dimensions) and one pair of commitments per holder.
     pub fn passes(&self) -> bool {
         self.passes_with(&mut crate::rng::os_rng())
     }
@@ -227,7 +227,7 @@ impl DegreeTest<'_> {
     /// dealer pass off the polynomial).
     pub(crate) fn passes_with<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> bool {
         let m = self.weights.xs.len();
-        if self.threshold == 0 || m < self.threshold + 1 || self.commitments.len() != m {
+        if self.threshold == 0 || m < self.threshold || self.commitments.len() != m {
             return false;
         }
         let g: Vec<Scalar> = (0..=m - self.threshold).map(|_| Scalar::random(rng)).collect();
@@ -708,9 +708,11 @@ mod tests {
         for xs in [&[1u32, 2, 2, 4][..], &[0, 1, 2], &[3, 2, 1], &[]] {
             assert!(DualWeights::new(xs).is_err(), "{xs:?}");
         }
-        // m = t: the dealer's rule |N(u)∩U1| ≥ t is broken (m counts u's own entry).
-        assert!(!deal(5, 5, 13, &honest).degree_test(1));
-        assert!(deal(5, 4, 13, &honest).degree_test(1));
+        // m = t is the least the test takes (u's own entry counted); below, it refuses.
+        assert!(deal(5, 5, 13, &honest).degree_test(1));
+        let mut few = deal(5, 5, 14, &honest);
+        few.threshold = 6;
+        assert!(!few.degree_test(1));
     }
 
     /// A share sent as a non-canonical scalar (share + ℓ, the same value mod ℓ) is bad for the

@@ -11,6 +11,7 @@ use crate::context::{PROTOCOL_VERSION, RoundContext};
 use crate::error::{Error, Malformation, Result};
 use crate::ids::ClientId;
 use crate::proofs::KeyProof;
+use crate::secagg::commitments::{Dealt, Entry};
 
 /// An Ed25519 signature.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,16 +102,22 @@ pub struct ShareKeys {
     pub client: ClientId,
     /// One ciphertext per neighbour in N(u) ∩ U1, in canonical order.
     pub shares: Vec<EncryptedShares>,
+    /// The dealer's commitments (protocol v2): one entry per holder of H(u) ∩ U1, u's own
+    /// included, in canonical order, each naming the SHA-256 of the ciphertext sent with it.
+    pub entries: Vec<Entry>,
+    /// Sign_id(`share-keys` ‖ ctx ‖ u ‖ m ‖ RFC 6962 root of the entries).
+    pub root_signature: Sig,
 }
 
-/// One forwarded ciphertext.
+/// One forwarded share: the ciphertext with the dealer's entry for the recipient, its place in
+/// the dealer's signed Merkle tree and the dealer's signature (protocol v2), so the recipient
+/// can check it against what the dealer signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardedShares {
-    /// Who encrypted it.
+    /// Who dealt it.
     pub from: ClientId,
-    /// The ciphertext, as the sender made it.
-    #[serde(with = "serde_bytes")]
-    pub ciphertext: Vec<u8>,
+    /// The ciphertext and the evidence that the dealer committed to it.
+    pub dealt: Dealt,
 }
 
 /// Phase 1 → 2, server → client v: the ciphertexts addressed to v by its neighbours in U2.

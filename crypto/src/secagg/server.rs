@@ -8,10 +8,11 @@
 //! typed error and changes nothing. Every `receive_*` method takes the sender's id as the
 //! transport authenticated it, and refuses a message that claims another sender.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::context::{PROTOCOL_VERSION, RoundContext, RoundPlan};
 use crate::error::{Error, Malformation, Result, SharesProblem};
@@ -20,9 +21,11 @@ use crate::ids::ClientId;
 use crate::kdf::Label;
 use crate::kernel::{DEFAULT_CHUNK_WORDS, Kernel, Sign};
 use crate::keys::PublicKey;
+use crate::merkle;
 use crate::prg::MaskSeed;
 use crate::secagg::Phase;
 use crate::secagg::client::{Peer, verify_advert, verify_key_proofs};
+use crate::secagg::commitments::{self, Dealt, DegreeTest, DualWeights, Entry};
 use crate::secagg::messages::*;
 use crate::shamir::{LagrangeCache, ShareValue};
 use crate::sign::{CredentialVerifier, verify};
@@ -127,7 +130,8 @@ pub struct UnmaskStats {
 /// need and nothing of the open one. The coordinator persists it at each phase close so that
 /// the same attempt resumes after a restart ([`SecAggServer::closed_state`],
 /// [`SecAggServer::resume`]). It is nothing the server did not already hold in memory: public
-/// keys and signed adverts, the sets U1–U3, the running masked sum and U4's signatures.
+/// keys and signed adverts, the sets U1–U3, the dealers' signed commitments, the running
+/// masked sum and U4's signatures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClosedState {
     /// The last phase that closed.
@@ -138,6 +142,9 @@ pub struct ClosedState {
     pub adverts: Vec<VerifiedAdvert>,
     /// U2, canonical indices ascending (once phase 1 closed).
     pub u2: Vec<u32>,
+    /// Each dealer of U2's commitments and root signature, in the order of U2 (once phase 1
+    /// closed; protocol v2): what revealed shares are checked against.
+    pub dealings: Vec<Dealing>,
     /// U3, canonical indices ascending (once phase 2 closed).
     pub u3: Vec<u32>,
     /// The sum of U3's masked inputs, little-endian words (once phase 2 closed).
@@ -175,6 +182,25 @@ pub struct VerifiedAdvert {
     pub identity_key: [u8; 32],
 }
 
+/// A dealer's commitments as the server accepted them: its entries (one per holder of
+/// H(u)∩U1, canonical order) and its signature on their Merkle root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dealing {
+    /// The entries.
+    pub entries: Vec<Entry>,
+    /// Sign_id(`share-keys` ‖ ctx ‖ u ‖ m ‖ root).
+    pub signature: Sig,
+}
+
+impl Dealing {
+    /// The entry for `holder`, if it holds a share (entries are in canonical order, which is
+    /// the order of client ids).
+    pub fn entry(&self, holder: &ClientId) -> Option<(usize, &Entry)> {
+        let i = self.entries.binary_search_by(|e| e.holder().cmp(holder)).ok()?;
+        Some((i, &self.entries[i]))
+    }
+}
+
 /// A masked input being received in aligned chunks.
 struct PartialUpload {
     words: Vec<u32>,
@@ -196,6 +222,11 @@ pub struct SecAggServer {
     share_keys: BTreeMap<usize, ShareKeys>,
     /// U2: the senders of phase 1's messages.
     u2: BTreeSet<usize>,
+    /// Each dealer of U2's commitments and signature on their root (protocol v2): the server
+    /// forwards each holder its entry and checks every revealed share against it.
+    dealings: BTreeMap<usize, Dealing>,
+    /// The degree test's weights, once per holder set (every dealer's in the complete graph).
+    dual_weights: HashMap<Vec<u32>, Arc<DualWeights>>,
     uploads: BTreeMap<usize, PartialUpload>,
     complete: BTreeSet<usize>,
     sum: Vec<u32>,
@@ -239,6 +270,8 @@ impl SecAggServer {
             advertised: BTreeMap::new(),
             share_keys: BTreeMap::new(),
             u2: BTreeSet::new(),
+            dealings: BTreeMap::new(),
+            dual_weights: HashMap::new(),
             uploads: BTreeMap::new(),
             complete: BTreeSet::new(),
             sum: vec![0; dim],
@@ -277,6 +310,11 @@ impl SecAggServer {
                 })
                 .collect(),
             u2: if after(Phase::ShareKeys) { indices(&self.u2) } else { Vec::new() },
+            dealings: if after(Phase::ShareKeys) {
+                self.u2.iter().map(|u| self.dealings[u].clone()).collect()
+            } else {
+                Vec::new()
+            },
             u3: if after(Phase::MaskedInputCollection) {
                 indices(&self.complete)
             } else {
@@ -374,7 +412,32 @@ impl SecAggServer {
         let after = |phase: Phase| state.closed >= phase;
         if after(Phase::ShareKeys) {
             server.u2 = set(&state.u2, &|i| u1.contains(&i), "U2 is not within U1")?;
-        } else if !state.u2.is_empty() {
+            // Each dealer of U2's commitments: exactly H(u)∩U1, in order, under its signature.
+            if state.dealings.len() != server.u2.len() {
+                return Err(bad("not one dealing per member of U2"));
+            }
+            for (&u, dealing) in server.u2.clone().iter().zip(state.dealings) {
+                let mut holders: Vec<ClientId> = server
+                    .graph
+                    .holders(u)
+                    .into_iter()
+                    .filter(|v| u1.contains(v))
+                    .map(|v| server.plan.selected[v])
+                    .collect();
+                holders.sort_unstable();
+                let named: Vec<ClientId> = dealing.entries.iter().map(Entry::holder).collect();
+                if named != holders {
+                    return Err(bad("a dealing's entries are not its holders"));
+                }
+                let tree = merkle::Tree::new(dealing.entries.iter().map(Entry::leaf).collect())
+                    .ok_or(bad("a dealing without entries"))?;
+                let id = server.plan.selected[u];
+                let signed = commitments::signed_root(&server.ctx, &id, tree.size(), &tree.root());
+                let key = server.advertised[&u].1.verifying_key;
+                server.verifier.verify_signature(id, &key, &signed, &dealing.signature.0)?;
+                server.dealings.insert(u, dealing);
+            }
+        } else if !state.u2.is_empty() || !state.dealings.is_empty() {
             return Err(bad("U2 before phase 1 closed"));
         }
         if after(Phase::MaskedInputCollection) {
@@ -671,9 +734,85 @@ impl SecAggServer {
                 problem: SharesProblem::Count { got: seen.len(), expected },
             });
         }
+        let dealing = self.check_commitments(u, &msg)?;
+        self.dealings.insert(u, dealing);
         self.share_keys.insert(u, msg);
         self.u2.insert(u);
         Ok(())
+    }
+
+    /// Protocol v2's phase-1 checks of a dealer's commitments, all before anything of it is
+    /// forwarded: the entries are exactly H(u)∩U1 in canonical order (at least t of them), each
+    /// but u's own names the SHA-256 of the ciphertext sent with it, every commitment is a
+    /// canonical non-identity point, the signature verifies on the recomputed root, and the
+    /// degree test passes (g and ρ from the OS RNG, drawn now that the message is complete).
+    fn check_commitments(&mut self, u: usize, msg: &ShareKeys) -> Result<Dealing> {
+        let problem = |problem| Error::IncompleteShares { client: msg.client, problem };
+        let t = self.plan.threshold as usize;
+        let mut holders: Vec<usize> = self
+            .graph
+            .neighbours(u)
+            .into_iter()
+            .filter(|v| self.advertised.contains_key(v))
+            .collect();
+        holders.push(u);
+        if holders.len() < t {
+            return Err(problem(SharesProblem::TooFewHolders { have: holders.len(), need: t }));
+        }
+        holders.sort_unstable();
+        if msg.entries.len() != holders.len() {
+            return Err(problem(SharesProblem::EntryCount {
+                got: msg.entries.len(),
+                expected: holders.len(),
+            }));
+        }
+        let sent: BTreeMap<ClientId, &[u8]> =
+            msg.shares.iter().map(|s| (s.to, s.ciphertext.as_slice())).collect();
+        let mut points = Vec::with_capacity(holders.len());
+        for (position, (&h, entry)) in holders.iter().zip(&msg.entries).enumerate() {
+            let id = self.plan.selected[h];
+            if entry.holder() != id {
+                return Err(problem(SharesProblem::EntryHolder { position, expected: id }));
+            }
+            let hash = match sent.get(&id) {
+                Some(ct) => Sha256::digest(ct).into(),
+                None => [0u8; 32],
+            };
+            if entry.ciphertext_hash() != hash {
+                return Err(problem(SharesProblem::CiphertextHash(id)));
+            }
+            points.push(entry.commitments().ok_or(problem(SharesProblem::Commitment(id)))?);
+        }
+        let tree = merkle::Tree::new(msg.entries.iter().map(Entry::leaf).collect())
+            .expect("at least the dealer's own entry");
+        let signed = commitments::signed_root(&self.ctx, &msg.client, tree.size(), &tree.root());
+        let peer = &self.advertised[&u].1;
+        self.verifier.verify_signature(
+            msg.client,
+            &peer.verifying_key,
+            &signed,
+            &msg.root_signature.0,
+        )?;
+        let xs: Vec<u32> = holders.iter().map(|&h| RoundPlan::x_coordinate(h)).collect();
+        let weights = match self.dual_weights.get(&xs) {
+            Some(w) => Arc::clone(w),
+            None => {
+                let w = Arc::new(DualWeights::new(&xs)?);
+                self.dual_weights.insert(xs, Arc::clone(&w));
+                w
+            }
+        };
+        let test = DegreeTest {
+            threshold: t,
+            weights: &weights,
+            self_mask_key: &peer.self_mask_commitment,
+            mask_key: &peer.mask_pk,
+            commitments: &points,
+        };
+        if !test.passes() {
+            return Err(problem(SharesProblem::DegreeTest));
+        }
+        Ok(Dealing { entries: msg.entries.clone(), signature: msg.root_signature })
     }
 
     /// Closes phase 1 (U2 fixed) and returns, for each v ∈ U2, the ciphertexts addressed to v
@@ -683,12 +822,23 @@ impl SecAggServer {
         self.require_quorum(Phase::ShareKeys, self.share_keys.len())?;
         let mut inbox: BTreeMap<ClientId, Vec<ForwardedShares>> =
             self.share_keys.values().map(|m| (m.client, Vec::new())).collect();
-        for msg in self.share_keys.values() {
+        for (u, msg) in &self.share_keys {
+            let dealing = &self.dealings[u];
+            let tree = merkle::Tree::new(dealing.entries.iter().map(Entry::leaf).collect())
+                .expect("at least the dealer's own entry");
             for s in &msg.shares {
                 if let Some(list) = inbox.get_mut(&s.to) {
+                    let (index, entry) = dealing.entry(&s.to).expect("checked on receipt");
                     list.push(ForwardedShares {
                         from: msg.client,
-                        ciphertext: s.ciphertext.clone(),
+                        dealt: Dealt {
+                            entry: *entry,
+                            index: index as u32,
+                            size: tree.size(),
+                            path: tree.path(index as u32).expect("an index of the tree"),
+                            signature: dealing.signature.0,
+                            ciphertext: s.ciphertext.clone(),
+                        },
                     });
                 }
             }
@@ -913,8 +1063,53 @@ impl SecAggServer {
         }
     }
 
-    fn unmask(&mut self) -> Result<Vec<u32>> {
+    /// Reconstructs `owner`'s secret from any t of `shares` (x, share) that match the
+    /// commitments its dealing published (protocol v2): a share that does not is its holder's
+    /// fault alone (its x goes into `bad`), and costs nothing while t others match. The secret
+    /// is checked against its public key as well (B_u, s_u^PK), which the degree test already
+    /// made certain.
+    fn reconstruct_committed(
+        &self,
+        cache: &mut LagrangeCache,
+        owner: usize,
+        shares: &[(u32, ShareValue)],
+        which: Secret,
+        bad: &mut BTreeSet<u32>,
+    ) -> Result<crate::keys::SecretScalar> {
         let t = self.plan.threshold as usize;
+        let id = self.plan.selected[owner];
+        let dealing = &self.dealings[&owner];
+        let mut good: Vec<(u32, &ShareValue)> = Vec::with_capacity(t);
+        for (x, share) in shares {
+            if good.len() == t {
+                break;
+            }
+            let holder = self.plan.selected[*x as usize - 1];
+            let committed = dealing.entry(&holder).map(|(_, e)| match which {
+                Secret::SelfMask => e.self_mask_commitment(),
+                Secret::MaskKey => e.mask_key_commitment(),
+            });
+            if committed == Some(share.commitment().compress().to_bytes()) {
+                good.push((*x, share));
+            } else {
+                bad.insert(*x);
+            }
+        }
+        if good.len() < t {
+            return Err(Error::ShareCountBelowThreshold { client: id, have: good.len(), need: t });
+        }
+        let (expected, what) = match which {
+            Secret::SelfMask => {
+                (&self.advertised[&owner].1.self_mask_commitment, "self-mask seed b")
+            }
+            Secret::MaskKey => (&self.advertised[&owner].1.mask_pk, "mask key s^SK"),
+        };
+        cache
+            .reconstruct_checked(&good, expected)
+            .map_err(|_| Error::ReconstructionMismatch { client: id, what })
+    }
+
+    fn unmask(&mut self) -> Result<Vec<u32>> {
         // Collect shares by owner: (x of holder, share).
         let mut self_shares: BTreeMap<usize, Vec<(u32, ShareValue)>> = BTreeMap::new();
         let mut key_shares: BTreeMap<usize, Vec<(u32, ShareValue)>> = BTreeMap::new();
@@ -938,16 +1133,13 @@ impl SecAggServer {
         for &u in &self.complete {
             let id = self.plan.selected[u];
             let shares = self_shares.get(&u).map(Vec::as_slice).unwrap_or(&[]);
-            if shares.len() < t {
-                return Err(Error::ShareCountBelowThreshold {
-                    client: id,
-                    have: shares.len(),
-                    need: t,
-                });
-            }
-            let commitment = &self.advertised[&u].1.self_mask_commitment;
-            let b = reconstruct_robust(&mut cache, shares, t, commitment, &mut bad_holders)
-                .ok_or(Error::ReconstructionMismatch { client: id, what: "self-mask seed b" })?;
+            let b = self.reconstruct_committed(
+                &mut cache,
+                u,
+                shares,
+                Secret::SelfMask,
+                &mut bad_holders,
+            )?;
             stats.reconstructions += 1;
             seeds.push((MaskSeed::self_mask(&b, &self.ctx, &id), Sign::Sub));
         }
@@ -965,16 +1157,13 @@ impl SecAggServer {
                 continue;
             }
             let shares = key_shares.get(&v).map(Vec::as_slice).unwrap_or(&[]);
-            if shares.len() < t {
-                return Err(Error::ShareCountBelowThreshold {
-                    client: v_id,
-                    have: shares.len(),
-                    need: t,
-                });
-            }
-            let mask_pk = &self.advertised[&v].1.mask_pk;
-            let s_v = reconstruct_robust(&mut cache, shares, t, mask_pk, &mut bad_holders)
-                .ok_or(Error::ReconstructionMismatch { client: v_id, what: "mask key s^SK" })?;
+            let s_v = self.reconstruct_committed(
+                &mut cache,
+                v,
+                shares,
+                Secret::MaskKey,
+                &mut bad_holders,
+            )?;
             stats.reconstructions += 1;
             stats.key_agreements += survivors.len() as u64;
             dropped.push((s_v, v_id, survivors));
@@ -1011,39 +1200,13 @@ impl SecAggServer {
     }
 }
 
-/// Reconstructs a secret from `shares` (x, share) and checks it against `expected`. When the
-/// first t shares do not fit and a (t+1)-th exists, one bad share among the first t + 1 is found
-/// by leaving each out in turn; its holder's x goes into `bad`. Two or more bad shares among
-/// them make the reconstruction fail (and the round abort) rather than guess.
-fn reconstruct_robust(
-    cache: &mut LagrangeCache,
-    shares: &[(u32, ShareValue)],
-    t: usize,
-    expected: &crate::keys::PublicKey,
-    bad: &mut BTreeSet<u32>,
-) -> Option<crate::keys::SecretScalar> {
-    let pick = |skip: Option<usize>| -> Vec<(u32, &ShareValue)> {
-        shares
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| Some(*i) != skip)
-            .take(t)
-            .map(|(_, (x, s))| (*x, s))
-            .collect()
-    };
-    if let Ok(secret) = cache.reconstruct_checked(&pick(None), expected) {
-        return Some(secret);
-    }
-    if shares.len() <= t {
-        return None;
-    }
-    for (j, (x, _)) in shares.iter().enumerate().take(t + 1) {
-        if let Ok(secret) = cache.reconstruct_checked(&pick(Some(j)), expected) {
-            bad.insert(*x);
-            return Some(secret);
-        }
-    }
-    None
+/// Which of a client's two shared secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secret {
+    /// b_u, the self-mask seed.
+    SelfMask,
+    /// s_u^SK, the pairwise mask key.
+    MaskKey,
 }
 
 /// Every `receive_*` takes the sender the transport authenticated (the id of its TLS client

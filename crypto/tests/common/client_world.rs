@@ -9,6 +9,7 @@ use fedsec_crypto::error::{Error, ForwardFault, ViewContradiction};
 use fedsec_crypto::ids::RoundContext;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::client::{ContributionLedger, SecAggClient};
+use fedsec_crypto::secagg::commitments::{Dealt, Entry, Malformed};
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::SecAggServer;
 use fedsec_crypto::sign::{CredentialRefusal, IdentityKey};
@@ -279,26 +280,39 @@ impl World {
                         Some(Error::InconsistentForward(ForwardFault::SharesForAnother))
                     }
                     (1, Some(from)) => {
-                        f.shares[e].ciphertext = flip(f.shares[e].ciphertext.clone(), x);
-                        Some(Error::BadCiphertext(from))
+                        let ct = &mut f.shares[e].dealt.ciphertext;
+                        *ct = flip(ct.clone(), x);
+                        Some(Error::TamperedShare { dealer: from, why: Malformed::CiphertextHash })
+                    }
+                    (2, Some(from)) if x % 2 == 0 => {
+                        f.shares[e].dealt.ciphertext.pop();
+                        Some(Error::TamperedShare { dealer: from, why: Malformed::CiphertextHash })
                     }
                     (2, Some(from)) => {
-                        f.shares[e].ciphertext.pop();
-                        Some(Error::BadCiphertext(from))
+                        // A changed path hash or commitment: another root, which the dealer
+                        // did not sign.
+                        match f.shares[e].dealt.path.first_mut() {
+                            Some(h) if x % 4 == 1 => h[x % 32] ^= 1,
+                            _ => f.shares[e].dealt.entry.0[64 + x % 64] ^= 1,
+                        }
+                        Some(Error::TamperedShare { dealer: from, why: Malformed::Signature })
                     }
                     (3, Some(_)) if len >= 2 => {
-                        let ct = f.shares[e].ciphertext.clone();
-                        f.shares[e].ciphertext =
-                            std::mem::replace(&mut f.shares[e2].ciphertext, ct);
-                        Some(Error::BadCiphertext(f.shares[e.min(e2)].from))
+                        let ct = f.shares[e].dealt.ciphertext.clone();
+                        f.shares[e].dealt.ciphertext =
+                            std::mem::replace(&mut f.shares[e2].dealt.ciphertext, ct);
+                        Some(Error::TamperedShare {
+                            dealer: f.shares[e.min(e2)].from,
+                            why: Malformed::CiphertextHash,
+                        })
                     }
                     (4, _) => {
                         let j = (0..n).find(|j| !peers.contains(j) || *j == me).expect("itself");
-                        f.shares.push(ForwardedShares { from: id(j), ciphertext: vec![0; 80] });
+                        f.shares.push(ForwardedShares { from: id(j), dealt: blank_dealt() });
                         Some(Error::NotNeighbour(id(j)))
                     }
                     (5, _) => {
-                        f.shares.push(ForwardedShares { from: stranger, ciphertext: vec![0; 80] });
+                        f.shares.push(ForwardedShares { from: stranger, dealt: blank_dealt() });
                         Some(Error::NotSelected(stranger))
                     }
                     (6, Some(from)) => {
@@ -411,5 +425,18 @@ impl World {
             *msg.header_mut().0 = 2;
         }
         (msg, flaw)
+    }
+}
+
+/// A forwarded share no dealer made: refused for who it claims to be from before its content
+/// is looked at.
+fn blank_dealt() -> Dealt {
+    Dealt {
+        entry: Entry([0; 128]),
+        index: 0,
+        size: 1,
+        path: Vec::new(),
+        signature: [0; 64],
+        ciphertext: vec![0; 80],
     }
 }

@@ -199,7 +199,14 @@ impl Msg {
                 mask_pk_proof: KeyProof([0; 64]),
                 signature: Sig([0; 64]),
             }),
-            Phase::ShareKeys => Msg::Shares(ShareKeys { version, ctx, client, shares: Vec::new() }),
+            Phase::ShareKeys => Msg::Shares(ShareKeys {
+                version,
+                ctx,
+                client,
+                shares: Vec::new(),
+                entries: Vec::new(),
+                root_signature: Sig([0; 64]),
+            }),
             Phase::MaskedInputCollection => Msg::Masked(MaskedInput {
                 version,
                 ctx,

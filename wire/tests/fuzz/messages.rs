@@ -104,18 +104,29 @@ fn advertise_keys_response() -> impl Strategy<Value = v1::AdvertiseKeysResponse>
 }
 
 fn share_keys() -> impl Strategy<Value = (v1::ShareKeysRequest, v1::ShareKeysResponse)> {
-    (some_round(), vec((sized(32), bytes(100)), 0..5)).prop_map(|(round, shares)| {
-        let request = v1::ShareKeysRequest {
-            round: round.clone(),
-            shares: (shares.iter())
-                .map(|(to, c)| v1::EncryptedShares { to: to.clone(), ciphertext: c.clone() })
-                .collect(),
-        };
-        let shares = (shares.into_iter())
-            .map(|(from, ciphertext)| v1::ForwardedShares { from, ciphertext })
-            .collect();
-        (request, v1::ShareKeysResponse { round, shares })
-    })
+    let forwarded =
+        (sized(32), bytes(100), sized(128), any::<(u32, u32)>(), vec(sized(32), 0..6), sized(64))
+            .prop_map(|(from, ciphertext, entry, (index, size), path, signature)| {
+                v1::ForwardedShares { from, ciphertext, entry, index, size, path, signature }
+            });
+    (
+        some_round(),
+        vec((sized(32), bytes(100)), 0..5),
+        vec(sized(128), 0..5),
+        sized(64),
+        vec(forwarded, 0..5),
+    )
+        .prop_map(|(round, shares, entries, root_signature, forwarded)| {
+            let request = v1::ShareKeysRequest {
+                round: round.clone(),
+                shares: (shares.iter())
+                    .map(|(to, c)| v1::EncryptedShares { to: to.clone(), ciphertext: c.clone() })
+                    .collect(),
+                entries,
+                root_signature,
+            };
+            (request, v1::ShareKeysResponse { round, shares: forwarded })
+        })
 }
 
 fn consistency_check_response() -> impl Strategy<Value = v1::ConsistencyCheckResponse> {

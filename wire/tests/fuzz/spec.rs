@@ -114,6 +114,10 @@ impl Spec for v1::ShareKeysRequest {
         for s in &self.shares {
             length(&mut d, "shares.to", &s.to, 32);
         }
+        for e in &self.entries {
+            length(&mut d, "entries", e, 128);
+        }
+        length(&mut d, "root_signature", &self.root_signature, 64);
         d
     }
 }
@@ -124,6 +128,17 @@ impl Spec for v1::ShareKeysResponse {
         round(&mut d, self.round.as_ref());
         for s in &self.shares {
             length(&mut d, "shares.from", &s.from, 32);
+            length(&mut d, "shares.entry", &s.entry, 128);
+            if s.path.len() > 32 {
+                d.push(WireError {
+                    field: "shares.path",
+                    reason: Reason::TooMany { got: s.path.len(), max: 32 },
+                });
+            }
+            for h in &s.path {
+                length(&mut d, "shares.path", h, 32);
+            }
+            length(&mut d, "shares.signature", &s.signature, 64);
         }
         d
     }

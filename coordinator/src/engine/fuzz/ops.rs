@@ -252,7 +252,7 @@ impl World {
             Err(e) => {
                 use fedsec_crypto::Error as E;
                 let explained = matches!(e, E::TooFewClients { .. } | E::TooFewNeighbours { .. })
-                    || matches!(&e, E::BadCiphertext(c) if bad_ciphertexts.contains(c));
+                    || matches!(&e, E::BadShare { dealer, .. } if bad_ciphertexts.contains(dealer));
                 assert!(explained, "an honest client refused what the engine sent it: {e}");
                 p.out = Some(Out::Refused(e));
             }

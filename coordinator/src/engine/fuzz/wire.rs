@@ -125,7 +125,14 @@ impl Wire {
                 mask_pk_proof: fedsec_crypto::proofs::KeyProof([0; 64]),
                 signature: Sig([0; 64]),
             }),
-            Phase::ShareKeys => Wire::Shares(ShareKeys { version, ctx, client, shares: vec![] }),
+            Phase::ShareKeys => Wire::Shares(ShareKeys {
+                version,
+                ctx,
+                client,
+                shares: vec![],
+                entries: vec![],
+                root_signature: Sig([0; 64]),
+            }),
             Phase::MaskedInputCollection => Wire::Chunk(MaskedInput {
                 version,
                 ctx,
@@ -242,10 +249,14 @@ pub(super) fn corrupt(
             protocol(fedsec_crypto::Error::NotNeighbour(sender))
         }
         (Wire::Shares(s), 5) if !s.shares.is_empty() && !s.shares[0].ciphertext.is_empty() => {
+            // The dealer's entry names the ciphertext's hash (protocol v2): the server sees it.
             let c = &mut s.shares[0].ciphertext;
             let len = c.len();
             c[at % len] ^= bit;
-            Core::Taken
+            protocol(fedsec_crypto::Error::IncompleteShares {
+                client: sender,
+                problem: SharesProblem::CiphertextHash(s.shares[0].to),
+            })
         }
         (Wire::Chunk(c), 1..=3) => {
             match (field % 6, byte % 2) {
