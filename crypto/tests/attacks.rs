@@ -746,8 +746,36 @@ fn a_dealer_whose_commitments_do_not_hold_is_excluded_at_phase_1() {
         (
             "an entry changed after signing",
             Box::new(move |m: &mut ShareKeys| {
-                m.entries[1].0[100] ^= 1;
+                // Still well formed: its two commitments swapped.
+                let e = m.entries[1];
+                m.entries[1] = Entry::new(
+                    &e.holder(),
+                    &e.ciphertext_hash(),
+                    &e.mask_key_commitment(),
+                    &e.self_mask_commitment(),
+                );
                 (false, Error::BadSignature(dealer))
+            }),
+        ),
+        (
+            "two entries out of order",
+            Box::new(move |m: &mut ShareKeys| {
+                m.entries.swap(6, 7);
+                let expected = m.entries[7].holder();
+                (true, problem(SharesProblem::EntryHolder { position: 6, expected }))
+            }),
+        ),
+        (
+            "the dealer's own entry naming a ciphertext",
+            Box::new(move |m: &mut ShareKeys| {
+                let e = m.entries[0];
+                m.entries[0] = Entry::new(
+                    &e.holder(),
+                    &[9; 32],
+                    &e.self_mask_commitment(),
+                    &e.mask_key_commitment(),
+                );
+                (true, problem(SharesProblem::CiphertextHash(dealer)))
             }),
         ),
     ];
@@ -759,6 +787,16 @@ fn a_dealer_whose_commitments_do_not_hold_is_excluded_at_phase_1() {
             resign(&keys[0], &mut m);
         }
         assert_eq!(server.shares(m), Err(expected), "{what}");
+        // Excluded: even its honest message is not taken now.
+        let honest = clients[0].handle_keys(&fwd[0]).unwrap();
+        assert_eq!(
+            server.shares(honest),
+            Err(Error::NotEligible {
+                client: dealer,
+                phase: fedsec_crypto::secagg::Phase::ShareKeys
+            }),
+            "{what}"
+        );
         finish_without(&plan, &mut clients, &mut server, &fwd, 0);
         assert!(!server.u2().contains(&0), "{what}: the dealer is not in U2");
     }
@@ -768,7 +806,7 @@ fn a_dealer_whose_commitments_do_not_hold_is_excluded_at_phase_1() {
 /// with the dealer named and the check that failed; an honest forward of the same share opens.
 #[test]
 fn a_share_the_server_altered_makes_the_recipient_stop() {
-    use fedsec_crypto::secagg::commitments::Malformed;
+    use fedsec_crypto::secagg::commitments::{Dealt, Malformed};
     let n = 10;
     let (plan, keys) =
         federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 34);
@@ -792,6 +830,16 @@ fn a_share_the_server_altered_makes_the_recipient_stop() {
         clients[2].handle_shares(&resigned, &x, &mut ContributionLedger::default()),
         Err(Error::TamperedShare { dealer: d, why: Malformed::Signature | Malformed::Path }) if d == dealer
     ));
+    // Another holder's entry and path, from the same dealer, with this holder's ciphertext.
+    let mut other = forwards[4].clone();
+    let theirs = forwards[5].shares.iter().find(|f| f.from == other.shares[0].from).unwrap();
+    let ciphertext = other.shares[0].dealt.ciphertext.clone();
+    other.shares[0].dealt = Dealt { ciphertext, ..theirs.dealt.clone() };
+    let dealer = other.shares[0].from;
+    assert_eq!(
+        clients[4].handle_shares(&other, &x, &mut ContributionLedger::default()),
+        Err(Error::TamperedShare { dealer, why: Malformed::OtherHolder })
+    );
     assert!(clients[3].handle_shares(&forwards[3], &x, &mut ContributionLedger::default()).is_ok());
 }
 
@@ -1017,12 +1065,12 @@ fn shares_from_a_non_neighbour_are_refused() {
     assert_eq!(server2.shares(m), Err(Error::NotNeighbour(plan2.selected[s2])));
 }
 
-/// Verifiable shares (protocol v2): the example — complete graph, n = 10, δ = 0.2, so
-/// t = q = 8 — with holders 0 and 1 (and then three holders) lying about their shares of
-/// client 0's seed. Each revealed share is checked against the commitment client 0 published
-/// for its holder, so the liars' shares are left out and their holders named, and any t shares
-/// that match give the exact sum: lying holders cost nothing while t honest shares arrive. In
-/// v1 the first t + 1 shares decided, and two liars aborted the round.
+/// Verifiable shares (protocol v2): complete graph, n = 10, δ = 0.2, so t = q = 8, with holders
+/// 0 and 1 (and then three holders) lying about their shares of client 0's seed. When the
+/// first t shares do not give the secret behind B_0, each share is checked against the
+/// commitment client 0 published for its holder, so the liars' shares are left out and their
+/// holders named, and any t shares that match give the exact sum: lying holders cost nothing
+/// while t honest shares arrive. In v1 the first t + 1 shares decided, and two liars aborted.
 #[test]
 fn lying_holders_cost_nothing_while_t_honest_shares_arrive() {
     let n = 10;
@@ -1056,9 +1104,13 @@ fn lying_holders_cost_nothing_while_t_honest_shares_arrive() {
             expected.sort();
             assert_eq!(named, expected, "the liars, and only they, are named");
         } else {
-            // Fewer than t honest shares: no sum, never a wrong one.
+            // Fewer than t honest shares: no sum, never a wrong one — and the liars are named.
             let err = s.server.finish().unwrap_err();
             assert!(matches!(err, Error::ShareCountBelowThreshold { .. }), "{err:?}");
+            let named: Vec<ClientId> = s.server.misbehaving_holders().iter().copied().collect();
+            let mut expected: Vec<ClientId> = liars.iter().map(|&i| plan.selected[i]).collect();
+            expected.sort();
+            assert_eq!(named, expected, "named on the abort too");
             assert!(s.server.finish().is_err(), "an aborted round produces no sum");
         }
     }

@@ -314,9 +314,12 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
         }
         31 => {
             let i = x % u2.len();
+            // Still well formed: one entry's two commitments swapped.
             let entries = &mut state.dealings[i].entries;
             let j = x % entries.len();
-            entries[j].0[32 + x % 96] ^= 1;
+            let (b, m) = (entries[j].self_mask_commitment(), entries[j].mask_key_commitment());
+            entries[j].0[64..96].copy_from_slice(&m);
+            entries[j].0[96..].copy_from_slice(&b);
             ("a dealing's entry changed", Refused(Error::BadSignature(client(u2[i]))))
         }
         _ => unreachable!("edit {kind} does not apply at phase {at}"),

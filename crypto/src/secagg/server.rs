@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::context::{PROTOCOL_VERSION, RoundContext, RoundPlan};
+use crate::context::{GraphKind, PROTOCOL_VERSION, RoundContext, RoundPlan};
 use crate::error::{Error, Malformation, Result, SharesProblem};
 use crate::graph::Graph;
 use crate::ids::ClientId;
@@ -225,8 +225,11 @@ pub struct SecAggServer {
     /// Each dealer of U2's commitments and signature on their root (protocol v2): the server
     /// forwards each holder its entry and checks every revealed share against it.
     dealings: BTreeMap<usize, Dealing>,
-    /// The degree test's weights, once per holder set (every dealer's in the complete graph).
+    /// The degree test's weights of the complete graph's one holder set (U1), computed once.
     dual_weights: HashMap<Vec<u32>, Arc<DualWeights>>,
+    /// Dealers whose commitments failed the phase-1 checks: excluded as if they had dropped
+    /// before ShareKeys, so a later ShareKeys of theirs is refused unread.
+    excluded_dealers: BTreeSet<usize>,
     uploads: BTreeMap<usize, PartialUpload>,
     complete: BTreeSet<usize>,
     sum: Vec<u32>,
@@ -272,6 +275,7 @@ impl SecAggServer {
             u2: BTreeSet::new(),
             dealings: BTreeMap::new(),
             dual_weights: HashMap::new(),
+            excluded_dealers: BTreeSet::new(),
             uploads: BTreeMap::new(),
             complete: BTreeSet::new(),
             sum: vec![0; dim],
@@ -429,9 +433,20 @@ impl SecAggServer {
                 if named != holders {
                     return Err(bad("a dealing's entries are not its holders"));
                 }
+                let t = server.plan.threshold as usize;
+                if holders.len() < min_holders(&server.graph, t) {
+                    return Err(bad("a dealing has fewer holders than the threshold needs"));
+                }
+                let id = server.plan.selected[u];
+                let own = dealing.entry(&id).map(|(_, e)| e.ciphertext_hash());
+                if own != Some([0; 32]) {
+                    return Err(bad("a dealer's own entry names a ciphertext"));
+                }
+                if dealing.entries.iter().any(|e| e.commitments().is_none()) {
+                    return Err(bad("a dealing's commitment is not a point"));
+                }
                 let tree = merkle::Tree::new(dealing.entries.iter().map(Entry::leaf).collect())
                     .ok_or(bad("a dealing without entries"))?;
-                let id = server.plan.selected[u];
                 let signed = commitments::signed_root(&server.ctx, &id, tree.size(), &tree.root());
                 let key = server.advertised[&u].1.verifying_key;
                 server.verifier.verify_signature(id, &key, &signed, &dealing.signature.0)?;
@@ -693,6 +708,9 @@ impl SecAggServer {
         if let Some(prev) = self.share_keys.get(&u) {
             return if *prev == msg { Ok(()) } else { Err(Error::DuplicateClient(msg.client)) };
         }
+        if self.excluded_dealers.contains(&u) {
+            return Err(Error::NotEligible { client: msg.client, phase: Phase::ShareKeys });
+        }
         let mut seen = BTreeSet::new();
         for s in &msg.shares {
             let v = self.index(&s.to)?;
@@ -734,7 +752,9 @@ impl SecAggServer {
                 problem: SharesProblem::Count { got: seen.len(), expected },
             });
         }
-        let dealing = self.check_commitments(u, &msg)?;
+        let dealing = self.check_commitments(u, &msg).inspect_err(|_| {
+            self.excluded_dealers.insert(u);
+        })?;
         self.dealings.insert(u, dealing);
         self.share_keys.insert(u, msg);
         self.u2.insert(u);
@@ -755,9 +775,11 @@ impl SecAggServer {
             .into_iter()
             .filter(|v| self.advertised.contains_key(v))
             .collect();
+        // The dealer's rule: at least t holders, u included (see `min_holders`).
+        let need = min_holders(&self.graph, t);
         holders.push(u);
-        if holders.len() < t {
-            return Err(problem(SharesProblem::TooFewHolders { have: holders.len(), need: t }));
+        if holders.len() < need {
+            return Err(problem(SharesProblem::TooFewHolders { have: holders.len(), need }));
         }
         holders.sort_unstable();
         if msg.entries.len() != holders.len() {
@@ -794,11 +816,15 @@ impl SecAggServer {
             &msg.root_signature.0,
         )?;
         let xs: Vec<u32> = holders.iter().map(|&h| RoundPlan::x_coordinate(h)).collect();
+        let complete = self.graph.kind() == GraphKind::Complete;
         let weights = match self.dual_weights.get(&xs) {
             Some(w) => Arc::clone(w),
             None => {
                 let w = Arc::new(DualWeights::new(&xs)?);
-                self.dual_weights.insert(xs, Arc::clone(&w));
+                // Only the complete graph's dealers share a holder set.
+                if complete {
+                    self.dual_weights.insert(xs, Arc::clone(&w));
+                }
                 w
             }
         };
@@ -844,8 +870,9 @@ impl SecAggServer {
             }
         }
         self.phase = ServerPhase::MaskedInputCollection;
-        // Forwarded: the server needs only U2 from here on.
+        // Forwarded: the server needs only U2 and the dealings from here on.
         self.share_keys.clear();
+        self.dual_weights.clear();
         Ok(inbox
             .into_iter()
             .map(|(recipient, shares)| SharesForward {
@@ -1065,9 +1092,9 @@ impl SecAggServer {
 
     /// Reconstructs `owner`'s secret from any t of `shares` (x, share) that match the
     /// commitments its dealing published (protocol v2): a share that does not is its holder's
-    /// fault alone (its x goes into `bad`), and costs nothing while t others match. The secret
-    /// is checked against its public key as well (B_u, s_u^PK), which the degree test already
-    /// made certain.
+    /// fault alone (its x goes into `bad`), and costs nothing while t others match. The first t
+    /// shares are tried first, checked against the secret's public key (B_u, s_u^PK); the
+    /// shares are checked one by one against their commitments only when that fails.
     fn reconstruct_committed(
         &self,
         cache: &mut LagrangeCache,
@@ -1078,6 +1105,22 @@ impl SecAggServer {
     ) -> Result<crate::keys::SecretScalar> {
         let t = self.plan.threshold as usize;
         let id = self.plan.selected[owner];
+        let (expected, what) = match which {
+            Secret::SelfMask => {
+                (&self.advertised[&owner].1.self_mask_commitment, "self-mask seed b")
+            }
+            Secret::MaskKey => (&self.advertised[&owner].1.mask_pk, "mask key s^SK"),
+        };
+        // The usual case first: the first t shares give the secret behind its public key.
+        // (The commitments fix one polynomial, so that secret is the right one even if shares
+        // were wrong in ways that cancel; no holder is blamed without its own share failing.)
+        if shares.len() >= t {
+            let first: Vec<(u32, &ShareValue)> =
+                shares[..t].iter().map(|(x, share)| (*x, share)).collect();
+            if let Ok(secret) = cache.reconstruct_checked(&first, expected) {
+                return Ok(secret);
+            }
+        }
         let dealing = &self.dealings[&owner];
         let mut good: Vec<(u32, &ShareValue)> = Vec::with_capacity(t);
         for (x, share) in shares {
@@ -1098,18 +1141,21 @@ impl SecAggServer {
         if good.len() < t {
             return Err(Error::ShareCountBelowThreshold { client: id, have: good.len(), need: t });
         }
-        let (expected, what) = match which {
-            Secret::SelfMask => {
-                (&self.advertised[&owner].1.self_mask_commitment, "self-mask seed b")
-            }
-            Secret::MaskKey => (&self.advertised[&owner].1.mask_pk, "mask key s^SK"),
-        };
         cache
             .reconstruct_checked(&good, expected)
             .map_err(|_| Error::ReconstructionMismatch { client: id, what })
     }
 
     fn unmask(&mut self) -> Result<Vec<u32>> {
+        let mut bad_holders = BTreeSet::new();
+        let result = self.unmask_into(&mut bad_holders);
+        // Named on an abort too: lying may be why there are too few shares.
+        self.bad_holders =
+            bad_holders.into_iter().map(|x: u32| self.plan.selected[x as usize - 1]).collect();
+        result
+    }
+
+    fn unmask_into(&mut self, bad_holders: &mut BTreeSet<u32>) -> Result<Vec<u32>> {
         // Collect shares by owner: (x of holder, share).
         let mut self_shares: BTreeMap<usize, Vec<(u32, ShareValue)>> = BTreeMap::new();
         let mut key_shares: BTreeMap<usize, Vec<(u32, ShareValue)>> = BTreeMap::new();
@@ -1129,17 +1175,11 @@ impl SecAggServer {
         let mut cache = LagrangeCache::new();
         let mut seeds: Vec<(MaskSeed, Sign)> = Vec::new();
         let mut stats = UnmaskStats::default();
-        let mut bad_holders = BTreeSet::new();
         for &u in &self.complete {
             let id = self.plan.selected[u];
             let shares = self_shares.get(&u).map(Vec::as_slice).unwrap_or(&[]);
-            let b = self.reconstruct_committed(
-                &mut cache,
-                u,
-                shares,
-                Secret::SelfMask,
-                &mut bad_holders,
-            )?;
+            let b =
+                self.reconstruct_committed(&mut cache, u, shares, Secret::SelfMask, bad_holders)?;
             stats.reconstructions += 1;
             seeds.push((MaskSeed::self_mask(&b, &self.ctx, &id), Sign::Sub));
         }
@@ -1157,13 +1197,8 @@ impl SecAggServer {
                 continue;
             }
             let shares = key_shares.get(&v).map(Vec::as_slice).unwrap_or(&[]);
-            let s_v = self.reconstruct_committed(
-                &mut cache,
-                v,
-                shares,
-                Secret::MaskKey,
-                &mut bad_holders,
-            )?;
+            let s_v =
+                self.reconstruct_committed(&mut cache, v, shares, Secret::MaskKey, bad_holders)?;
             stats.reconstructions += 1;
             stats.key_agreements += survivors.len() as u64;
             dropped.push((s_v, v_id, survivors));
@@ -1194,10 +1229,17 @@ impl SecAggServer {
         let pool = self.pool.clone();
         Kernel { chunk_words: self.chunk_words, pool: pool.as_deref() }.apply(&mut sum, 0, &masks);
         self.stats = stats;
-        self.bad_holders =
-            bad_holders.into_iter().map(|x: u32| self.plan.selected[x as usize - 1]).collect();
         Ok(sum)
     }
+}
+
+/// The fewest holders (the dealer included) a dealer needs: t on either graph, the m ≥ t
+/// entries the degree test needs. (DESIGN's |N(u)∩U1| ≥ t is not used: on the complete graph
+/// t = q, so every dealer would stop when exactly q clients advertise, and on small Harary
+/// graphs the parameters can give t = k + 1, which no dealer could meet; see
+/// `docs/security.md`.)
+pub(crate) fn min_holders(_graph: &Graph, threshold: usize) -> usize {
+    threshold
 }
 
 /// Which of a client's two shared secrets.

@@ -276,22 +276,34 @@ fn run(args: &Args) -> Result<(), Failure> {
         .collect::<Result<_, _>>()
         .map_err(failed)?;
 
-    // Phases 0 and 1.
+    // Phases 0 and 1, the server's part and each client's timed on their own.
     let t0 = Instant::now();
+    let start = Instant::now();
     for c in &clients {
         server.receive_advertise(c.advertise().client, c.advertise().clone()).map_err(failed)?;
     }
     let forwards = server.close_advertise().map_err(failed)?;
+    let server_advertise_s = start.elapsed().as_secs_f64();
     let replies: Vec<_> = clients
         .par_iter_mut()
         .zip(forwards.par_iter())
-        .map(|(c, f)| c.handle_keys(f))
+        .map(|(c, f)| {
+            let start = Instant::now();
+            c.handle_keys(f).map(|r| (r, start.elapsed().as_secs_f64()))
+        })
         .collect::<Result<_, _>>()
         .map_err(failed)?;
-    for r in replies {
+    let mut client_keys: Vec<f64> = replies.iter().map(|(_, s)| *s).collect();
+    client_keys.sort_by(f64::total_cmp);
+    let client_keys_s = client_keys[client_keys.len() / 2];
+    let share_keys_bytes = encode(&replies[0].0).len();
+    let start = Instant::now();
+    for (r, _) in replies {
         server.receive_share_keys(r.client, r).map_err(failed)?;
     }
     let forwards = server.close_share_keys().map_err(failed)?;
+    let server_share_keys_s = start.elapsed().as_secs_f64();
+    let shares_forward_bytes = encode(&forwards[0]).len();
     let setup_s = t0.elapsed().as_secs_f64();
 
     // Phase 2: clients mask in parallel (they are independent machines); the server adds each
@@ -430,6 +442,11 @@ fn run(args: &Args) -> Result<(), Failure> {
         "u3": u3.len(),
         "exact": exact,
         "setup_s": setup_s,
+        "server_advertise_s": server_advertise_s,
+        "server_share_keys_s": server_share_keys_s,
+        "client_keys_s": client_keys_s,
+        "share_keys_bytes": share_keys_bytes,
+        "shares_forward_bytes": shares_forward_bytes,
         "client_mask_s": client_mask_s,
         "server_sum_s": server_sum_s,
         "server_unmask_s": server_unmask_s,

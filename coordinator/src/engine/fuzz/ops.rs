@@ -325,6 +325,11 @@ impl World {
                 p.out = Some(Out::Late(wire.phase()));
                 true
             }
+            Err(Error::Protocol(fedsec_crypto::Error::NotEligible { .. })) if p.excluded => {
+                // Its corrupt ShareKeys excluded it: the attempt goes on without it.
+                p.out = Some(Out::NoReply(Phase::ShareKeys));
+                true
+            }
             Err(e) => {
                 assert!(!honest, "an honest message refused: {e}");
                 false

@@ -46,6 +46,25 @@ type AttemptPrint = (
     BTreeMap<ClientId, Instant>,
 );
 
+/// Whether a refused ShareKeys failed the checks of the dealer's commitments (protocol v2),
+/// which exclude it from the attempt, rather than a check that leaves it free to send again.
+fn excludes_the_dealer(e: &fedsec_crypto::Error) -> bool {
+    use fedsec_crypto::error::SharesProblem as P;
+    match e {
+        fedsec_crypto::Error::IncompleteShares { problem, .. } => matches!(
+            problem,
+            P::TooFewHolders { .. }
+                | P::EntryCount { .. }
+                | P::EntryHolder { .. }
+                | P::CiphertextHash(_)
+                | P::Commitment(_)
+                | P::DegreeTest
+        ),
+        fedsec_crypto::Error::BadSignature(_) => true,
+        _ => false,
+    }
+}
+
 impl World {
     /// Sends `wire` as `from`: the engine answers what its rules say, and a refused or
     /// repeated message changes nothing. (The caller records what was sent, then drains.)
@@ -73,6 +92,15 @@ impl World {
         };
         let phase = wire.phase();
         assert!(agrees, "{phase} from {from}: the engine answered {got:?}, its rules {expected:?}");
+        // A dealer whose commitments fail the phase-1 checks is out of the attempt.
+        if let Err(Error::Protocol(e)) = &got
+            && phase == Phase::ShareKeys
+            && excludes_the_dealer(e)
+            && let Some(p) =
+                self.run.as_mut().and_then(|r| r.parties.iter_mut().find(|p| p.id == from))
+        {
+            p.excluded = true;
+        }
         if expected != Ok(Taken::New) {
             assert!(
                 self.fingerprint() == before,
@@ -157,7 +185,20 @@ impl World {
                 closed
             });
         }
-        match core.expect("a message that reaches the open phase comes with what it must get") {
+        let core = core.expect("a message that reaches the open phase comes with what it must get");
+        if phase == Phase::ShareKeys && party.excluded {
+            // Refused unread: only what the server checks before the exclusion comes first.
+            return Err(match core {
+                Core::Refused(Error::Protocol(
+                    e @ (fedsec_crypto::Error::SenderMismatch { .. }
+                    | fedsec_crypto::Error::UnsupportedVersion { .. }
+                    | fedsec_crypto::Error::WrongContext
+                    | fedsec_crypto::Error::NotSelected(_)),
+                )) => e.into(),
+                _ => fedsec_crypto::Error::NotEligible { client: from, phase }.into(),
+            });
+        }
+        match core {
             Core::Refused(e) | Core::Shape(e) => return Err(e),
             Core::Taken => {}
         }

@@ -73,6 +73,9 @@ pub(super) struct Party {
     pub(super) evicted: bool,
     /// It stops answering once it reaches this phase (its connection closing, if `.1`).
     pub(super) stop_at: Option<(Phase, bool)>,
+    /// Its ShareKeys failed the checks of its commitments: it is out of the attempt, and a
+    /// later ShareKeys of its own is refused unread (protocol v2).
+    pub(super) excluded: bool,
 }
 
 /// Why a party of an attempt sends nothing more in it.
@@ -466,6 +469,7 @@ impl World {
                     lease: None,
                     evicted: false,
                     stop_at: None,
+                    excluded: false,
                 }
             })
             .collect();
@@ -561,11 +565,16 @@ impl World {
         assert!(!short, "an unmasking closed below q resumed");
         let run = self.run.as_mut().expect("checked above");
         (run.expect, run.refused) = (None, None);
+        let open_phase = reopened;
         // A resumed attempt keeps no evictions or leases (the saved state holds neither),
-        // whichever phase it resumes after.
+        // whichever phase it resumes after; nor the dealers excluded while phase 1 was open
+        // (it reopens with nothing of it received).
         for p in &mut run.parties {
             p.evicted = false;
             p.lease = None;
+            if open_phase == Some(Phase::ShareKeys) {
+                p.excluded = false;
+            }
         }
         let Some(open) = reopened else {
             // Resumed after the unmasking's close, the sum is computed at once from the saved
