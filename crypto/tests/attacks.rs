@@ -815,6 +815,23 @@ fn a_share_the_server_altered_makes_the_recipient_stop() {
         server.shares(c.handle_keys(f).unwrap()).unwrap();
     }
     let forwards = server.close_share_keys().unwrap();
+    // What a restarted coordinator rebuilds from the ciphertexts alone is what was sent; a
+    // ciphertext said to come from the recipient itself, or from a stranger, rebuilds nothing.
+    let inboxes = |f: &[SharesForward]| -> Vec<(ClientId, Vec<(ClientId, Vec<u8>)>)> {
+        f.iter()
+            .map(|f| {
+                let sent = f.shares.iter().map(|s| (s.from, s.dealt.ciphertext.clone()));
+                (f.recipient, sent.collect())
+            })
+            .collect()
+    };
+    assert_eq!(server.rebuild_share_forwards(inboxes(&forwards)), Some(forwards.clone()));
+    let mut own = inboxes(&forwards);
+    own[0].1[0].0 = own[0].0;
+    assert_eq!(server.rebuild_share_forwards(own), None);
+    let mut stranger = inboxes(&forwards);
+    stranger[0].1[0].0 = ClientId([0xee; 32]);
+    assert_eq!(server.rebuild_share_forwards(stranger), None);
     let x = vec![0u32; DIM as usize];
     let mut altered = forwards[1].clone();
     altered.shares[0].dealt.ciphertext[5] ^= 1;

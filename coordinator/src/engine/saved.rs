@@ -7,8 +7,8 @@
 //! the closed phases is the one saved — resent byte for byte, never computed again.
 //!
 //! What it holds is what the engine and its protocol server already held in memory: the plan,
-//! the adverts with the identity keys their credentials certified, U1–U3, the forwarded
-//! ciphertexts, the running masked sum, U4's signatures, and the digests of the messages each
+//! the adverts with the identity keys their credentials certified, U1–U3, the dealers' signed
+//! commitments, the forwarded ciphertexts, the running masked sum, U4's signatures, and the digests of the messages each
 //! client sent (to recognise an identical resend and refuse a different one). No secret of any
 //! party: the server never holds one.
 //!
@@ -46,8 +46,10 @@ pub struct SavedAttempt {
     /// Phase 0's replies: each recipient with the positions, in `server.adverts`, of the
     /// adverts forwarded to it, in the order they were forwarded.
     pub keys: Vec<(ClientId, Vec<u32>)>,
-    /// Phase 1's replies, as sent.
-    pub shares: Vec<Arc<SharesForward>>,
+    /// Phase 1's replies: each recipient with the dealers and ciphertexts forwarded to it, in
+    /// the order they were. The rest of each forwarded share — the dealer's entry, index, path
+    /// and signature — is rebuilt from the dealings in `server` on resume.
+    pub shares: Vec<(ClientId, Vec<(ClientId, Vec<u8>)>)>,
     /// The digest of each client's message in each closed phase but phase 2.
     pub answered: Vec<Vec<(ClientId, [u8; 32])>>,
     /// The digests of the chunks of each complete masked input.
@@ -129,7 +131,14 @@ pub(super) fn record(attempt: &Attempt, contributed: &BTreeSet<ClientId>) -> Sav
         upload_chunk_words: attempt.info.upload_chunk_words,
         server,
         keys,
-        shares: attempt.shares.values().cloned().collect(),
+        shares: attempt
+            .shares
+            .values()
+            .map(|f| {
+                let sent = f.shares.iter().map(|s| (s.from, s.dealt.ciphertext.clone()));
+                (f.recipient, sent.collect())
+            })
+            .collect(),
         answered,
         upload_digests,
         upload_bytes: if closed >= Phase::MaskedInputCollection { attempt.upload_bytes } else { 0 },
@@ -268,8 +277,12 @@ impl Engine {
             };
             keys.insert(recipient, Arc::new(fwd));
         }
-        let shares: BTreeMap<ClientId, Arc<SharesForward>> =
-            saved.shares.into_iter().map(|f| (f.recipient, f)).collect();
+        let shares: BTreeMap<ClientId, Arc<SharesForward>> = server
+            .rebuild_share_forwards(saved.shares)
+            .ok_or_else(bad)?
+            .into_iter()
+            .map(|f| (f.recipient, Arc::new(f)))
+            .collect();
         // The replies go to exactly the set each close fixed.
         let ids = |set: BTreeSet<usize>| -> BTreeSet<ClientId> {
             set.into_iter().map(|i| plan.selected[i]).collect()

@@ -884,6 +884,51 @@ impl SecAggServer {
             .collect())
     }
 
+    /// Phase 1's replies rebuilt from the dealings this server holds and, for each recipient,
+    /// the ciphertexts it was forwarded (dealer, ciphertext) in the order they were: byte for
+    /// byte what [`close_share_keys`](Self::close_share_keys) sent. A coordinator saves only
+    /// the ciphertexts and rebuilds the rest after a restart (each dealer's entry, index, path
+    /// and signature come from its checked dealing, never from the saved replies). `None` if a
+    /// dealer holds no dealing or did not deal the recipient a share.
+    pub fn rebuild_share_forwards(
+        &self,
+        inboxes: Vec<(ClientId, Vec<(ClientId, Vec<u8>)>)>,
+    ) -> Option<Vec<SharesForward>> {
+        let mut trees: BTreeMap<usize, merkle::Tree> = BTreeMap::new();
+        let mut out = Vec::with_capacity(inboxes.len());
+        for (recipient, inbox) in inboxes {
+            let mut shares = Vec::with_capacity(inbox.len());
+            for (from, ciphertext) in inbox {
+                let u = self.plan.index_of(&from)?;
+                let dealing = self.dealings.get(&u)?;
+                if !trees.contains_key(&u) {
+                    trees.insert(
+                        u,
+                        merkle::Tree::new(dealing.entries.iter().map(Entry::leaf).collect())?,
+                    );
+                }
+                let tree = &trees[&u];
+                if from == recipient {
+                    return None;
+                }
+                let (index, entry) = dealing.entry(&recipient)?;
+                shares.push(ForwardedShares {
+                    from,
+                    dealt: Dealt {
+                        entry: *entry,
+                        index: index as u32,
+                        size: tree.size(),
+                        path: tree.path(index as u32)?,
+                        signature: dealing.signature.0,
+                        ciphertext,
+                    },
+                });
+            }
+            out.push(SharesForward { version: PROTOCOL_VERSION, ctx: self.ctx, recipient, shares });
+        }
+        Some(out)
+    }
+
     // ---------------------------------------------------------------- phase 2
 
     /// Phase 2: a masked input, whole or in chunks at word offsets. A client's upload is kept
