@@ -817,7 +817,7 @@ fn a_share_the_server_altered_makes_the_recipient_stop() {
     let forwards = server.close_share_keys().unwrap();
     // What a restarted coordinator rebuilds from the ciphertexts alone is what was sent; a
     // ciphertext said to come from the recipient itself, or from a stranger, rebuilds nothing.
-    let inboxes = |f: &[SharesForward]| -> Vec<(ClientId, Vec<(ClientId, Vec<u8>)>)> {
+    let inboxes = |f: &[SharesForward]| -> Vec<fedsec_crypto::secagg::server::SavedInbox> {
         f.iter()
             .map(|f| {
                 let sent = f.shares.iter().map(|s| (s.from, s.dealt.ciphertext.clone()));

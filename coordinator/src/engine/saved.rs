@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{KeysForward, SharesForward};
-use fedsec_crypto::secagg::server::{ClosedState, SecAggServer};
+use fedsec_crypto::secagg::server::{ClosedState, SavedInbox, SecAggServer};
 use fedsec_crypto::{ClientId, RoundContext, RoundPlan};
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +49,7 @@ pub struct SavedAttempt {
     /// Phase 1's replies: each recipient with the dealers and ciphertexts forwarded to it, in
     /// the order they were. The rest of each forwarded share — the dealer's entry, index, path
     /// and signature — is rebuilt from the dealings in `server` on resume.
-    pub shares: Vec<(ClientId, Vec<(ClientId, Vec<u8>)>)>,
+    pub shares: Vec<SavedInbox>,
     /// The digest of each client's message in each closed phase but phase 2.
     pub answered: Vec<Vec<(ClientId, [u8; 32])>>,
     /// The digests of the chunks of each complete masked input.

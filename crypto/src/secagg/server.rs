@@ -201,6 +201,11 @@ impl Dealing {
     }
 }
 
+/// Phase 1's reply to one recipient as a coordinator saves it: the recipient, and the dealer
+/// and ciphertext of each share forwarded to it, in order
+/// ([`SecAggServer::rebuild_share_forwards`]).
+pub type SavedInbox = (ClientId, Vec<(ClientId, Vec<u8>)>);
+
 /// A masked input being received in aligned chunks.
 struct PartialUpload {
     words: Vec<u32>,
@@ -890,10 +895,7 @@ impl SecAggServer {
     /// the ciphertexts and rebuilds the rest after a restart (each dealer's entry, index, path
     /// and signature come from its checked dealing, never from the saved replies). `None` if a
     /// dealer holds no dealing or did not deal the recipient a share.
-    pub fn rebuild_share_forwards(
-        &self,
-        inboxes: Vec<(ClientId, Vec<(ClientId, Vec<u8>)>)>,
-    ) -> Option<Vec<SharesForward>> {
+    pub fn rebuild_share_forwards(&self, inboxes: Vec<SavedInbox>) -> Option<Vec<SharesForward>> {
         let mut trees: BTreeMap<usize, merkle::Tree> = BTreeMap::new();
         let mut out = Vec::with_capacity(inboxes.len());
         for (recipient, inbox) in inboxes {
@@ -901,13 +903,12 @@ impl SecAggServer {
             for (from, ciphertext) in inbox {
                 let u = self.plan.index_of(&from)?;
                 let dealing = self.dealings.get(&u)?;
-                if !trees.contains_key(&u) {
-                    trees.insert(
-                        u,
-                        merkle::Tree::new(dealing.entries.iter().map(Entry::leaf).collect())?,
-                    );
-                }
-                let tree = &trees[&u];
+                let tree = match trees.entry(u) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => v.insert(merkle::Tree::new(
+                        dealing.entries.iter().map(Entry::leaf).collect(),
+                    )?),
+                };
                 if from == recipient {
                     return None;
                 }
