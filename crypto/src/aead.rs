@@ -49,22 +49,6 @@ impl ShareKey {
         ShareKey(derive::<32>(shared.to_bytes().as_ref(), Label::ShareEnc, ctx, &[&from.0, &to.0]))
     }
 
-    /// Both keys of the pair `me`, `peer` from one key agreement: K_{me→peer} to seal what
-    /// `me` sends, and K_{peer→me} to open what `peer` sends. Both directions use the same
-    /// shared secret, so a party computes it once per peer.
-    pub fn derive_pair(
-        mine: &SecretScalar,
-        theirs: &PublicKey,
-        ctx: &RoundContext,
-        me: &ClientId,
-        peer: &ClientId,
-    ) -> (Self, Self) {
-        let shared = mine.agree(theirs);
-        let seal = derive::<32>(shared.as_ref(), Label::ShareEnc, ctx, &[&me.0, &peer.0]);
-        let open = derive::<32>(shared.as_ref(), Label::ShareEnc, ctx, &[&peer.0, &me.0]);
-        (ShareKey(seal), ShareKey(open))
-    }
-
     fn aad(ctx: &RoundContext, from: &ClientId, to: &ClientId) -> [u8; 96] {
         let mut aad = [0u8; 96];
         aad[..32].copy_from_slice(&ctx.0);
@@ -144,15 +128,18 @@ mod tests {
     }
 
     #[test]
-    fn a_pair_from_one_agreement_is_the_two_directional_keys() {
+    fn the_key_from_the_agreed_point_is_the_directional_key_from_either_side() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
         let cu = SecretScalar::random(&mut rng);
         let cv = SecretScalar::random(&mut rng);
         let (u, v) = (ClientId([1; 32]), ClientId([2; 32]));
         let ctx = RoundContext([3; 32]);
-        let (seal, open) = ShareKey::derive_pair(&cu, &cv.public(), &ctx, &u, &v);
+        let k = cu.agree_point(&cv.public());
+        let seal = ShareKey::from_shared(&k, &ctx, &u, &v);
         assert_eq!(*seal.0, *ShareKey::derive(&cv, &cu.public(), &ctx, &u, &v).0);
-        assert_eq!(*open.0, *ShareKey::derive(&cv, &cu.public(), &ctx, &v, &u).0);
+        assert_eq!(*seal.0, *ShareKey::derive(&cu, &cv.public(), &ctx, &u, &v).0);
+        let open = ShareKey::from_shared(&cv.agree_point(&cu.public()), &ctx, &v, &u);
+        assert_eq!(*open.0, *ShareKey::derive(&cu, &cv.public(), &ctx, &v, &u).0);
         assert_ne!(*seal.0, *open.0);
     }
 }

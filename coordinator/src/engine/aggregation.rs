@@ -94,10 +94,14 @@ impl Aggregation {
         let sum = match self.attempt.server.finish() {
             Ok(sum) => sum,
             Err(e) => {
+                // Holders whose shares failed their commitments are named on an abort too:
+                // their lying may be why too few shares remained.
+                let misbehaving =
+                    self.attempt.server.misbehaving_holders().iter().copied().collect();
                 return Aggregated {
                     attempt: self.attempt,
                     result: Err(AbortReason::Protocol(e)),
-                    misbehaving: Vec::new(),
+                    misbehaving,
                 };
             }
         };

@@ -427,13 +427,11 @@ impl SecAggClient {
             return Err(Error::InconsistentForward(ForwardFault::OwnAdvertMissing));
         }
         // Each client checks that at least t of its share holders (itself included) remain
-        // before sending anything (`min_holders`): the m ≥ t entries the server's degree test
-        // needs.
+        // before sending anything: the m ≥ t entries the server's degree test needs.
         let holders = peers.len() + 1;
         let t = self.plan.threshold as usize;
-        let need = crate::secagg::server::min_holders(&self.graph, t);
-        if holders < need {
-            return Err(Error::TooFewNeighbours { have: holders, need });
+        if holders < t {
+            return Err(Error::TooFewNeighbours { have: holders, need: t });
         }
         // Complete graph: the client sees all of U1 and checks q itself.
         if self.graph.degree() + 1 == self.plan.n() && holders < self.plan.q() {

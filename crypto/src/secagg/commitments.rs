@@ -539,19 +539,21 @@ mod tests {
             }
         }
 
+        /// `open` on holder i's share with the key-agreement value `k`.
+        fn open_with(&self, i: usize, k: &SharedPoint, dealt: &Dealt) -> Verdict {
+            let parties = Parties {
+                ctx: &CTX,
+                dealer: &self.dealer.id(),
+                dealer_key: &self.dealer.verifying_key(),
+                holder: &self.holders[i].0,
+                shared: k,
+            };
+            open(&parties, dealt)
+        }
+
         /// Holder i's verdict, with the K it computes itself.
         fn open_as_holder(&self, i: usize, dealt: &Dealt) -> Verdict {
-            let k = self.holders[i].1.agree_point(&self.dealer_enc.public());
-            open(
-                &Parties {
-                    ctx: &CTX,
-                    dealer: &self.dealer.id(),
-                    dealer_key: &self.dealer.verifying_key(),
-                    holder: &self.holders[i].0,
-                    shared: &k,
-                },
-                dealt,
-            )
+            self.open_with(i, &self.holders[i].1.agree_point(&self.dealer_enc.public()), dealt)
         }
 
         /// The server's verdict on the same share, as a complaint shows it: the holder reveals
@@ -577,16 +579,7 @@ mod tests {
             let judged =
                 ComplaintStatement::new(&dealer, &holder, dealt, &accused_key, &complainer_key, &k);
             assert!(proof.verify(&judged, &CTX), "the complaint's proof holds");
-            open(
-                &Parties {
-                    ctx: &CTX,
-                    dealer: &self.dealer.id(),
-                    dealer_key: &self.dealer.verifying_key(),
-                    holder: &self.holders[i].0,
-                    shared: &k,
-                },
-                dealt,
-            )
+            self.open_with(i, &k, dealt)
         }
 
         fn degree_test(&self, seed: u64) -> bool {

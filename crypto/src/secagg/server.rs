@@ -439,7 +439,7 @@ impl SecAggServer {
                     return Err(bad("a dealing's entries are not its holders"));
                 }
                 let t = server.plan.threshold as usize;
-                if holders.len() < min_holders(&server.graph, t) {
+                if holders.len() < t {
                     return Err(bad("a dealing has fewer holders than the threshold needs"));
                 }
                 let id = server.plan.selected[u];
@@ -780,11 +780,12 @@ impl SecAggServer {
             .into_iter()
             .filter(|v| self.advertised.contains_key(v))
             .collect();
-        // The dealer's rule: at least t holders, u included (see `min_holders`).
-        let need = min_holders(&self.graph, t);
+        // The dealer's rule: at least t holders, u included — the m ≥ t entries the degree
+        // test needs. (Not DESIGN's |N(u)∩U1| ≥ t, which the parameters cannot always meet:
+        // see `docs/security.md`.)
         holders.push(u);
-        if holders.len() < need {
-            return Err(problem(SharesProblem::TooFewHolders { have: holders.len(), need }));
+        if holders.len() < t {
+            return Err(problem(SharesProblem::TooFewHolders { have: holders.len(), need: t }));
         }
         holders.sort_unstable();
         if msg.entries.len() != holders.len() {
@@ -1277,15 +1278,6 @@ impl SecAggServer {
         self.stats = stats;
         Ok(sum)
     }
-}
-
-/// The fewest holders (the dealer included) a dealer needs: t on either graph, the m ≥ t
-/// entries the degree test needs. (DESIGN's |N(u)∩U1| ≥ t is not used: on the complete graph
-/// t = q, so every dealer would stop when exactly q clients advertise, and on small Harary
-/// graphs the parameters can give t = k + 1, which no dealer could meet; see
-/// `docs/security.md`.)
-pub(crate) fn min_holders(_graph: &Graph, threshold: usize) -> usize {
-    threshold
 }
 
 /// Which of a client's two shared secrets.
