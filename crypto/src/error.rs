@@ -356,6 +356,15 @@ pub enum Malformation {
     /// A share that is not a canonical scalar.
     #[error("the share of {0} is not a canonical scalar")]
     NonCanonicalShare(ClientId),
+    /// More complaints than the complainer has neighbours that dealt it a share.
+    #[error("{got} complaints, but at most {max} dealers dealt this client a share")]
+    TooManyComplaints { got: usize, max: usize },
+    /// A complaint about its own sender.
+    #[error("a client complains about itself")]
+    ComplaintAboutSelf,
+    /// Complaints not in canonical order of the accused, or two about one dealer.
+    #[error("the complaint about {0} is out of order or not the only one about it")]
+    ComplaintsOutOfOrder(ClientId),
 }
 
 /// What is wrong with a Shamir split or reconstruction.

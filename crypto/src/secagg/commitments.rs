@@ -285,7 +285,9 @@ impl Dealt {
 
 /// Why a forwarded share is malformed: a check the server makes before forwarding failed, so
 /// whoever shows it to a holder tampered with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error,
+)]
 pub enum Malformed {
     /// The entry names another holder.
     #[error("the entry names another holder")]
@@ -302,7 +304,9 @@ pub enum Malformed {
 }
 
 /// Why a well-signed share is bad: the dealer's fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error,
+)]
 pub enum Bad {
     /// The ciphertext is not [`CIPHERTEXT_LEN`] bytes (the server refuses such a ShareKeys).
     #[error("the ciphertext is not {CIPHERTEXT_LEN} bytes")]
@@ -421,7 +425,7 @@ pub fn open(parties: &Parties<'_>, dealt: &Dealt) -> Verdict {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::keys::SecretScalar;
     use crate::proofs::{ComplaintProof, ComplaintStatement};
@@ -433,28 +437,28 @@ mod tests {
         rand_chacha::ChaCha20Rng::seed_from_u64(seed)
     }
 
-    const CTX: RoundContext = RoundContext([3; 32]);
+    pub(crate) const CTX: RoundContext = RoundContext([3; 32]);
 
     /// One dealer u (holder 0, with its own entry) dealing to m − 1 others, x = 1..=m.
-    struct Dealing {
+    pub(crate) struct Dealing {
         signing: ed25519_dalek::SigningKey,
-        dealer: IdentityKey,
-        dealer_enc: SecretScalar,
-        holders: Vec<(ClientId, SecretScalar)>,
+        pub(crate) dealer: IdentityKey,
+        pub(crate) dealer_enc: SecretScalar,
+        pub(crate) holders: Vec<(ClientId, SecretScalar)>,
         b: SecretScalar,
         s: SecretScalar,
         threshold: usize,
         xs: Vec<u32>,
-        entries: Vec<Entry>,
-        signature: [u8; 64],
+        pub(crate) entries: Vec<Entry>,
+        pub(crate) signature: [u8; 64],
         ciphertexts: Vec<Vec<u8>>,
     }
 
     /// What a dishonest dealer changes: the plaintext it encrypts for holder i, the shares it
     /// commits to.
-    type Tamper<'a> = &'a dyn Fn(usize, &mut [u8; 64], &mut [u8; 32], &mut [u8; 32]);
+    pub(crate) type Tamper<'a> = &'a dyn Fn(usize, &mut [u8; 64], &mut [u8; 32], &mut [u8; 32]);
 
-    fn deal(m: usize, threshold: usize, seed: u64, tamper: Tamper<'_>) -> Dealing {
+    pub(crate) fn deal(m: usize, threshold: usize, seed: u64, tamper: Tamper<'_>) -> Dealing {
         let mut r = rng(seed);
         let signing = ed25519_dalek::SigningKey::generate(&mut r);
         let dealer = IdentityKey::from_signing_key(signing.clone());
@@ -503,7 +507,7 @@ mod tests {
         dealing
     }
 
-    fn honest(_: usize, _: &mut [u8; 64], _: &mut [u8; 32], _: &mut [u8; 32]) {}
+    pub(crate) fn honest(_: usize, _: &mut [u8; 64], _: &mut [u8; 32], _: &mut [u8; 32]) {}
 
     impl Dealing {
         /// Signs the root of the current entries, as the dealer does.
@@ -518,7 +522,7 @@ mod tests {
         }
 
         /// A dealer that sends holder i another ciphertext, names it in the entry and signs.
-        fn send_instead(&mut self, i: usize, ciphertext: Vec<u8>) {
+        pub(crate) fn send_instead(&mut self, i: usize, ciphertext: Vec<u8>) {
             let hash: [u8; 32] = Sha256::digest(&ciphertext).into();
             let e = self.entries[i];
             self.entries[i] =
@@ -527,7 +531,7 @@ mod tests {
             self.sign();
         }
 
-        fn dealt(&self, i: usize) -> Dealt {
+        pub(crate) fn dealt(&self, i: usize) -> Dealt {
             let tree = merkle::Tree::new(self.entries.iter().map(Entry::leaf).collect()).unwrap();
             Dealt {
                 entry: self.entries[i],

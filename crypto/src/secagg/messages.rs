@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::context::{PROTOCOL_VERSION, RoundContext};
 use crate::error::{Error, Malformation, Result};
 use crate::ids::ClientId;
-use crate::proofs::KeyProof;
+use crate::proofs::{ComplaintProof, KeyProof};
 use crate::secagg::commitments::{Dealt, Entry};
 
 /// An Ed25519 signature.
@@ -131,6 +131,63 @@ pub struct SharesForward {
     pub recipient: ClientId,
     /// Ciphertexts from N(v) ∩ U2, in canonical order of sender.
     pub shares: Vec<ForwardedShares>,
+}
+
+/// One complaint (protocol v2, phase 1½): holder v shows the share dealer u dealt it, as the
+/// server forwarded it, with the key-agreement value K = KA(c_v^SK, c_u^PK) and a
+/// Chaum–Pedersen proof that K is the one v's advertised key gives
+/// ([`complaints::complain`](super::complaints::complain)).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Complaint {
+    /// The accused dealer u.
+    pub accused: ClientId,
+    /// The share as forwarded: entry, leaf index, m, path, u's signature and ciphertext.
+    pub dealt: Dealt,
+    /// K, compressed: it opens both directions of the pair, so it goes to the server alone.
+    #[serde(with = "serde_bytes")]
+    pub shared: [u8; 32],
+    /// The proof that log_G(c_v^PK) = log_{c_u^PK}(K).
+    pub proof: ComplaintProof,
+}
+
+impl core::fmt::Debug for Complaint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Complaint")
+            .field("accused", &self.accused)
+            .field("index", &self.dealt.index)
+            .field("size", &self.dealt.size)
+            .field("shared", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Phase 1½, client → server (protocol v2): every complaint of one client about a share it was
+/// dealt — possibly none — computed once per attempt and resent identically, signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Complaints {
+    /// Protocol version.
+    pub version: u32,
+    /// Round context.
+    pub ctx: RoundContext,
+    /// The complainer v.
+    pub client: ClientId,
+    /// At most one complaint per dealer of N(v) ∩ U2, in canonical order of the accused.
+    pub complaints: Vec<Complaint>,
+    /// Sign_id(`complaints` ‖ ctx ‖ v ‖ SHA-256 of the complaints' encoding): the audit log
+    /// can show that v made exactly these complaints, an empty list included.
+    pub signature: Sig,
+}
+
+/// Phase 1½ → 2, server → the senders of a complaints message (protocol v2): the excluded set
+/// E, without evidence (the evidence goes to the audit log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exclusions {
+    /// Protocol version.
+    pub version: u32,
+    /// Round context.
+    pub ctx: RoundContext,
+    /// E, a bitmap over the canonical order of the selected set.
+    pub excluded: Survivors,
 }
 
 /// Phase 2, client → server: y_u, or a chunk of it, as little-endian `u32` words.

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod commitments;
+pub mod complaints;
 pub mod driver;
 pub mod messages;
 mod phase;

@@ -1,0 +1,452 @@
+//! Protocol v2's complaints (phase 1½): how a holder accuses a dealer whose share is bad, and
+//! how the server — and, from the audit log, an auditor — judges the accusation.
+//!
+//! A holder v complains about dealer u iff [`open`] finds u's share *bad*
+//! ([`complain`]). The complaint shows the share exactly as the server forwarded it, the
+//! key-agreement value K = KA(c_v^SK, c_u^PK) and a Chaum–Pedersen proof that K is the one v's
+//! advertised key gives, so the judge can run `open` itself with v's K without learning c_v^SK.
+//! [`judge`] is the one judging function: the server runs it on receipt and the audit
+//! verifier runs it again on what the audit log holds.
+//!
+//! Each complaint excludes exactly one party ([`Judgement::excluded`]): the dealer when the
+//! share is bad; otherwise the complainer — its complaint was void (no valid proof, an
+//! invalid K, an accused that dealt it nothing, a share that is not the one accepted) or
+//! false (the share opens, or it is not what the dealer signed).
+
+use std::collections::BTreeSet;
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use crate::context::{PROTOCOL_VERSION, RoundContext};
+use crate::error::{Error, Malformation, Result};
+use crate::ids::ClientId;
+use crate::kdf::Label;
+use crate::keys::{PublicKey, SecretScalar, SharedPoint};
+use crate::proofs::{ComplaintProof, ComplaintStatement};
+use crate::secagg::commitments::{Bad, Dealt, Malformed, Parties, Verdict, open};
+use crate::secagg::messages::{Complaint, Complaints, Sig, message_digest};
+use crate::secagg::server::Dealing;
+use crate::sign::IdentityKey;
+
+/// Holder v's complaint about the share `dealt` that dealer u dealt it: K and the proof that
+/// it is KA(c_v^SK, c_u^PK). `None` if `shared` is not that value for this secret (the proof
+/// would be false, and a prover never makes one).
+pub fn complain(
+    ctx: &RoundContext,
+    complainer: &ClientId,
+    complainer_sk: &SecretScalar,
+    accused: &ClientId,
+    accused_enc_pk: &PublicKey,
+    shared: &SharedPoint,
+    dealt: Dealt,
+) -> Option<Complaint> {
+    let complainer_pk = complainer_sk.public();
+    let statement = ComplaintStatement::new(
+        accused,
+        complainer,
+        &dealt,
+        accused_enc_pk,
+        &complainer_pk,
+        shared,
+    );
+    let proof = ComplaintProof::prove(complainer_sk, &statement, ctx)?;
+    Some(Complaint { accused: *accused, dealt, shared: *shared.to_bytes(), proof })
+}
+
+/// What a complaints message's signature covers after `complaints` ‖ ctx: v and the SHA-256
+/// of the complaints' canonical encoding.
+pub fn signed_parts(client: &ClientId, complaints: &[Complaint]) -> [Vec<u8>; 2] {
+    [client.0.to_vec(), message_digest(&complaints).to_vec()]
+}
+
+/// v's complaints message: `complaints` (in canonical order of the accused) under v's
+/// signature.
+pub fn sign(identity: &IdentityKey, ctx: &RoundContext, complaints: Vec<Complaint>) -> Complaints {
+    let client = identity.id();
+    let parts = signed_parts(&client, &complaints);
+    let signature = identity.sign(Label::Complaints, ctx, &[&parts[0], &parts[1]]);
+    Complaints {
+        version: PROTOCOL_VERSION,
+        ctx: *ctx,
+        client,
+        complaints,
+        signature: Sig(signature),
+    }
+}
+
+/// Checks a complaints message's signature under its sender's identity key.
+pub fn verify_signature(msg: &Complaints, identity_key: &VerifyingKey) -> Result<()> {
+    let parts = signed_parts(&msg.client, &msg.complaints);
+    crate::sign::verify(
+        identity_key,
+        msg.client,
+        Label::Complaints,
+        &msg.ctx,
+        &[&parts[0], &parts[1]],
+        &msg.signature.0,
+    )
+}
+
+/// The shape every complaints message must have before any complaint in it is judged: at most
+/// `max` complaints (v's neighbours in U2), each about a different dealer other than v, in
+/// canonical order. A message that breaks it is refused unread, as if never sent.
+pub fn check_shape(msg: &Complaints, max: usize) -> Result<()> {
+    if msg.complaints.len() > max {
+        return Err(Error::Malformed(Malformation::TooManyComplaints {
+            got: msg.complaints.len(),
+            max,
+        }));
+    }
+    let mut seen = BTreeSet::new();
+    let mut last: Option<&ClientId> = None;
+    for c in &msg.complaints {
+        if c.accused == msg.client {
+            return Err(Error::Malformed(Malformation::ComplaintAboutSelf));
+        }
+        if !seen.insert(c.accused) || last.is_some_and(|l| *l > c.accused) {
+            return Err(Error::Malformed(Malformation::ComplaintsOutOfOrder(c.accused)));
+        }
+        last = Some(&c.accused);
+    }
+    Ok(())
+}
+
+/// The accused dealer as the judge knows it: its id, the keys of its advert and the dealing the
+/// server accepted from it at phase 1.
+#[derive(Debug, Clone, Copy)]
+pub struct Accused<'a> {
+    /// u.
+    pub id: &'a ClientId,
+    /// c_u^PK.
+    pub enc_pk: &'a PublicKey,
+    /// u's identity key (from its credential).
+    pub identity_key: &'a VerifyingKey,
+    /// u's entries and root signature as accepted at phase 1.
+    pub dealing: &'a Dealing,
+}
+
+/// The complainer as the judge knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Complainer<'a> {
+    /// v.
+    pub id: &'a ClientId,
+    /// c_v^PK.
+    pub enc_pk: &'a PublicKey,
+}
+
+/// Why a complaint is void: it excludes the complainer without the share being looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Void {
+    /// The accused dealt the complainer nothing: not a neighbour, or not in U2.
+    #[error("the accused dealt the complainer no share")]
+    NotAccusable,
+    /// K is not a canonical encoding of a point other than the identity.
+    #[error("the revealed key-agreement value is not a canonical non-identity point")]
+    SharedPoint,
+    /// The Chaum–Pedersen proof does not hold.
+    #[error("the proof that the revealed value is the agreed key does not hold")]
+    Proof,
+    /// The entry, its index, m or the signature are not those of the dealing accepted.
+    #[error("the share shown is not the one the server accepted and forwarded")]
+    NotAsForwarded,
+}
+
+/// Why a complaint with a valid proof is false: the share shown is not bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Unfounded {
+    /// The share opens and matches its commitments.
+    #[error("the share opens and matches its commitments")]
+    ShareOk,
+    /// The share is not what the dealer signed.
+    #[error("the share is not what the dealer signed: {0}")]
+    Malformed(Malformed),
+}
+
+/// A complaint's judgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Judgement {
+    /// The share is bad: the dealer is excluded.
+    Upheld(Bad),
+    /// The complaint is void: the complainer is excluded.
+    Void(Void),
+    /// The complaint is false: the complainer is excluded.
+    False(Unfounded),
+}
+
+impl Judgement {
+    /// Whether the dealer is at fault.
+    pub fn upheld(&self) -> bool {
+        matches!(self, Judgement::Upheld(_))
+    }
+
+    /// The one party the complaint excludes.
+    pub fn excluded(&self, complainer: ClientId, accused: ClientId) -> ClientId {
+        if self.upheld() { accused } else { complainer }
+    }
+}
+
+impl core::fmt::Display for Judgement {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Judgement::Upheld(why) => write!(f, "upheld: {why}"),
+            Judgement::Void(why) => write!(f, "void: {why}"),
+            Judgement::False(why) => write!(f, "false: {why}"),
+        }
+    }
+}
+
+/// Judges one complaint of `complainer`, independently of any other. `accused` is `None` when
+/// the accused dealt the complainer nothing (it is not in N(v) ∩ U2): the complaint is void.
+/// Otherwise the complaint is void unless K decodes, the proof holds on the share shown, and
+/// that share is the one accepted from the dealer (its entry for v, index, m and signature);
+/// then [`open`] with the revealed K decides: *bad* upholds it, *ok* or *malformed* makes it
+/// false.
+pub fn judge(
+    ctx: &RoundContext,
+    complainer: Complainer<'_>,
+    accused: Option<Accused<'_>>,
+    complaint: &Complaint,
+) -> Judgement {
+    let Some(accused) = accused.filter(|a| *a.id == complaint.accused) else {
+        return Judgement::Void(Void::NotAccusable);
+    };
+    let Some(shared) = SharedPoint::from_bytes(&complaint.shared) else {
+        return Judgement::Void(Void::SharedPoint);
+    };
+    let dealt = &complaint.dealt;
+    let statement = ComplaintStatement::new(
+        accused.id,
+        complainer.id,
+        dealt,
+        accused.enc_pk,
+        complainer.enc_pk,
+        &shared,
+    );
+    if !complaint.proof.verify(&statement, ctx) {
+        return Judgement::Void(Void::Proof);
+    }
+    let dealing = accused.dealing;
+    // The entry at the index shown, m and the signature are those accepted (whether the
+    // entry names v is `open`'s to decide: a share dealt to another is malformed).
+    let as_accepted = dealing.entries.get(dealt.index as usize) == Some(&dealt.entry)
+        && dealing.entries.len() as u32 == dealt.size
+        && dealing.signature.0 == dealt.signature;
+    if !as_accepted {
+        return Judgement::Void(Void::NotAsForwarded);
+    }
+    let parties = Parties {
+        ctx,
+        dealer: accused.id,
+        dealer_key: accused.identity_key,
+        holder: complainer.id,
+        shared: &shared,
+    };
+    match open(&parties, dealt) {
+        Verdict::Bad(why) => Judgement::Upheld(why),
+        Verdict::Ok(..) => Judgement::False(Unfounded::ShareOk),
+        Verdict::Malformed(why) => Judgement::False(Unfounded::Malformed(why)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secagg::commitments::tests::{CTX, Dealing as Dealer, deal, honest};
+    use rand::SeedableRng;
+
+    /// Holder i's complaint about its share, with the K it computes itself.
+    fn complaint_of(d: &Dealer, i: usize, dealt: Dealt) -> Complaint {
+        let (holder, sk) = &d.holders[i];
+        let k = sk.agree_point(&d.dealer_enc.public());
+        complain(&CTX, holder, sk, &d.dealer.id(), &d.dealer_enc.public(), &k, dealt)
+            .expect("the holder's own K")
+    }
+
+    /// The dealing the server accepted from `d`.
+    fn accepted(d: &Dealer) -> Dealing {
+        Dealing { entries: d.entries.clone(), signature: Sig(d.signature) }
+    }
+
+    /// The server's judgement of holder i's complaint, the server having accepted `dealing`.
+    fn judged(d: &Dealer, dealing: &Dealing, i: usize, complaint: &Complaint) -> Judgement {
+        let (dealer, dealer_pk) = (d.dealer.id(), d.dealer_enc.public());
+        let (holder, holder_pk) = (d.holders[i].0, d.holders[i].1.public());
+        let key = d.dealer.verifying_key();
+        let accused = Accused { id: &dealer, enc_pk: &dealer_pk, identity_key: &key, dealing };
+        judge(&CTX, Complainer { id: &holder, enc_pk: &holder_pk }, Some(accused), complaint)
+    }
+
+    /// A share that does not decrypt, a non-canonical share (share + ℓ) and a share off its
+    /// commitment: each complaint is upheld and excludes the dealer.
+    #[test]
+    fn a_complaint_about_a_bad_share_is_upheld_and_excludes_the_dealer() {
+        let other =
+            crate::keys::SecretScalar::random(&mut rand_chacha::ChaCha20Rng::from_seed([4; 32]));
+        let other_bytes = *other.to_ikm();
+        let mut d = deal(6, 3, 21, &|i, plain, _, _| match i {
+            1 => {
+                let share: [u8; 32] = plain[..32].try_into().unwrap();
+                let plus_l = crate::proofs::tests::add_group_order(&share).expect("s + ℓ < 2^254");
+                plain[..32].copy_from_slice(&plus_l);
+            }
+            2 => plain[32..].copy_from_slice(&other_bytes),
+            _ => {}
+        });
+        d.send_instead(3, vec![7; crate::secagg::commitments::CIPHERTEXT_LEN]);
+        let dealing = accepted(&d);
+        for (i, why) in [(1, Bad::NonCanonical), (2, Bad::MaskKeyShare), (3, Bad::Undecryptable)] {
+            let c = complaint_of(&d, i, d.dealt(i));
+            let j = judged(&d, &dealing, i, &c);
+            assert_eq!(j, Judgement::Upheld(why), "holder {i}");
+            assert_eq!(j.excluded(d.holders[i].0, d.dealer.id()), d.dealer.id());
+        }
+        // The holders that got good shares have nothing to complain about: a complaint of
+        // theirs is false.
+        for i in [4, 5] {
+            let c = complaint_of(&d, i, d.dealt(i));
+            assert_eq!(judged(&d, &dealing, i, &c), Judgement::False(Unfounded::ShareOk));
+        }
+    }
+
+    #[test]
+    fn a_complaint_about_a_good_share_is_false_and_excludes_the_complainer() {
+        let d = deal(5, 3, 22, &honest);
+        let dealing = accepted(&d);
+        let c = complaint_of(&d, 2, d.dealt(2));
+        let j = judged(&d, &dealing, 2, &c);
+        assert_eq!(j, Judgement::False(Unfounded::ShareOk));
+        assert_eq!(j.excluded(d.holders[2].0, d.dealer.id()), d.holders[2].0);
+        // Showing the dealer's entry with another ciphertext (it is not what the dealer
+        // signed) is false too: the server forwarded the signed one.
+        let mut dealt = d.dealt(2);
+        dealt.ciphertext = vec![1; crate::secagg::commitments::CIPHERTEXT_LEN];
+        let c = complaint_of(&d, 2, dealt);
+        assert_eq!(
+            judged(&d, &dealing, 2, &c),
+            Judgement::False(Unfounded::Malformed(Malformed::CiphertextHash))
+        );
+        // So is another holder's share shown as one's own (it names holder 3).
+        let c = complaint_of(&d, 2, d.dealt(3));
+        assert_eq!(
+            judged(&d, &dealing, 2, &c),
+            Judgement::False(Unfounded::Malformed(Malformed::OtherHolder))
+        );
+        // So is a path that fits no tree.
+        let mut dealt = d.dealt(2);
+        dealt.path.pop();
+        let c = complaint_of(&d, 2, dealt);
+        assert_eq!(
+            judged(&d, &dealing, 2, &c),
+            Judgement::False(Unfounded::Malformed(Malformed::Path))
+        );
+    }
+
+    #[test]
+    fn a_complaint_without_valid_evidence_is_void() {
+        let mut d = deal(6, 3, 23, &honest);
+        d.send_instead(2, vec![9; crate::secagg::commitments::CIPHERTEXT_LEN]);
+        let dealing = accepted(&d);
+        let good = complaint_of(&d, 2, d.dealt(2));
+        assert!(judged(&d, &dealing, 2, &good).upheld());
+        // K replaced: by another point (the proof fails), by the identity or a non-canonical
+        // encoding (it does not decode).
+        let mut c = good.clone();
+        c.shared = *d.holders[3].1.agree_point(&d.dealer_enc.public()).to_bytes();
+        assert_eq!(judged(&d, &dealing, 2, &c), Judgement::Void(Void::Proof));
+        for bytes in [[0u8; 32], [0xff; 32]] {
+            let mut c = good.clone();
+            c.shared = bytes;
+            assert_eq!(judged(&d, &dealing, 2, &c), Judgement::Void(Void::SharedPoint));
+        }
+        // Another complaint's proof, a changed proof, a share changed after proving.
+        let mut c = good.clone();
+        c.proof = complaint_of(&d, 3, d.dealt(3)).proof;
+        assert_eq!(judged(&d, &dealing, 2, &c), Judgement::Void(Void::Proof));
+        let mut c = good.clone();
+        c.proof.0[70] ^= 1;
+        assert_eq!(judged(&d, &dealing, 2, &c), Judgement::Void(Void::Proof));
+        let mut c = good.clone();
+        c.dealt.ciphertext[0] ^= 1;
+        assert_eq!(judged(&d, &dealing, 2, &c), Judgement::Void(Void::Proof));
+        // Holder 3's complaint presented as holder 2's: the proof is about holder 3.
+        let c = complaint_of(&d, 3, d.dealt(3));
+        assert_eq!(judged(&d, &dealing, 2, &c), Judgement::Void(Void::Proof));
+        // An accused that dealt the complainer nothing, or another dealer than named.
+        let (holder, holder_pk) = (d.holders[2].0, d.holders[2].1.public());
+        let complainer = Complainer { id: &holder, enc_pk: &holder_pk };
+        assert_eq!(judge(&CTX, complainer, None, &good), Judgement::Void(Void::NotAccusable));
+        let (other, other_pk, key) =
+            (d.holders[4].0, d.dealer_enc.public(), d.dealer.verifying_key());
+        let wrong =
+            Accused { id: &other, enc_pk: &other_pk, identity_key: &key, dealing: &dealing };
+        assert_eq!(
+            judge(&CTX, complainer, Some(wrong), &good),
+            Judgement::Void(Void::NotAccusable)
+        );
+    }
+
+    /// A dealer that colludes with a holder signs a second dealing with a bad share for it;
+    /// the server accepted the first. The complaint shows the second: it is void, and the
+    /// dealer is not excluded on evidence the server never forwarded.
+    #[test]
+    fn a_complaint_about_a_share_the_server_never_accepted_is_void() {
+        let d = deal(5, 3, 24, &honest);
+        let dealing = accepted(&d);
+        let mut second = deal(5, 3, 24, &honest);
+        second.send_instead(1, vec![3; crate::secagg::commitments::CIPHERTEXT_LEN]);
+        assert_ne!(second.signature, d.signature);
+        let c = complaint_of(&second, 1, second.dealt(1));
+        assert_eq!(judged(&d, &dealing, 1, &c), Judgement::Void(Void::NotAsForwarded));
+        // Against the dealing it accepted, the same complaint would be upheld.
+        assert!(judged(&second, &accepted(&second), 1, &c).upheld());
+        // Another index, or another m, than the accepted dealing's.
+        let mut c = complaint_of(&d, 1, d.dealt(1));
+        c.dealt.index = 2;
+        let proof = complaint_of(&d, 1, c.dealt.clone()).proof;
+        c.proof = proof;
+        assert_eq!(judged(&d, &dealing, 1, &c), Judgement::Void(Void::NotAsForwarded));
+    }
+
+    #[test]
+    fn a_complaints_message_is_signed_and_its_shape_checked() {
+        let mut d = deal(6, 3, 25, &honest);
+        d.send_instead(1, vec![5; crate::secagg::commitments::CIPHERTEXT_LEN]);
+        let holder = IdentityKey::generate(&mut rand_chacha::ChaCha20Rng::from_seed([6; 32]));
+        let c = complaint_of(&d, 1, d.dealt(1));
+        let msg = sign(&holder, &CTX, vec![c.clone()]);
+        verify_signature(&msg, &holder.verifying_key()).unwrap();
+        check_shape(&msg, 1).unwrap();
+        // An empty message is signed too, and a changed list no longer verifies.
+        let empty = sign(&holder, &CTX, Vec::new());
+        verify_signature(&empty, &holder.verifying_key()).unwrap();
+        let forged = Complaints { complaints: vec![c.clone()], ..empty.clone() };
+        assert!(matches!(
+            verify_signature(&forged, &holder.verifying_key()),
+            Err(Error::BadSignature(_))
+        ));
+        // Too many, twice the same dealer, out of order, about itself.
+        assert!(check_shape(&msg, 0).is_err());
+        let twice = Complaints { complaints: vec![c.clone(), c.clone()], ..msg.clone() };
+        assert!(matches!(
+            check_shape(&twice, 5),
+            Err(Error::Malformed(Malformation::ComplaintsOutOfOrder(_)))
+        ));
+        let (lo, hi) = {
+            let mut a = c.clone();
+            let mut b = c.clone();
+            a.accused = ClientId([1; 32]);
+            b.accused = ClientId([2; 32]);
+            (a, b)
+        };
+        let unordered = Complaints { complaints: vec![hi, lo], ..msg.clone() };
+        assert!(check_shape(&unordered, 5).is_err());
+        let mut own = c;
+        own.accused = holder.id();
+        let about_self = Complaints { complaints: vec![own], ..msg };
+        assert_eq!(
+            check_shape(&about_self, 5),
+            Err(Error::Malformed(Malformation::ComplaintAboutSelf))
+        );
+    }
+}
