@@ -13,6 +13,12 @@ use crate::sign::CredentialRefusal;
 #[non_exhaustive]
 pub enum Error {
     // ---- round plan and context ----
+    /// The plan's certificate instant T is too far from this client's clock.
+    #[error(
+        "the plan validates certificates at {cert_time} (Unix seconds), {} s from this client's clock ({now}); at most {max_skew} s is allowed",
+        cert_time.abs_diff(*now)
+    )]
+    CertTimeSkew { cert_time: u64, now: u64, max_skew: u64 },
     /// The message or plan was made for another protocol version.
     #[error("protocol version {got} is not supported (this build speaks {supported})")]
     UnsupportedVersion { got: u32, supported: u32 },
@@ -365,6 +371,9 @@ pub enum Malformation {
     /// Complaints not in canonical order of the accused, or two about one dealer.
     #[error("the complaint about {0} is out of order or not the only one about it")]
     ComplaintsOutOfOrder(ClientId),
+    /// A complaint's ciphertext or Merkle path is not of a size a share's can be.
+    #[error("the evidence of the complaint about {0} is not of a share's size")]
+    ComplaintEvidenceSize(ClientId),
 }
 
 /// What is wrong with a Shamir split or reconstruction.

@@ -23,8 +23,11 @@ use crate::error::{Error, Malformation, Result};
 use crate::ids::ClientId;
 use crate::kdf::Label;
 use crate::keys::{PublicKey, SecretScalar, SharedPoint};
+use crate::merkle::{self, Hash, MAX_PATH};
 use crate::proofs::{ComplaintProof, ComplaintStatement};
-use crate::secagg::commitments::{Bad, Dealt, Malformed, Parties, Verdict, open};
+use crate::secagg::commitments::{
+    Bad, CIPHERTEXT_LEN, Dealt, Entry, Malformed, Parties, Verdict, open,
+};
 use crate::secagg::messages::{Complaint, Complaints, Sig, message_digest};
 use crate::secagg::server::Dealing;
 use crate::sign::IdentityKey;
@@ -75,22 +78,28 @@ pub fn sign(identity: &IdentityKey, ctx: &RoundContext, complaints: Vec<Complain
     }
 }
 
-/// Checks a complaints message's signature under its sender's identity key.
-pub fn verify_signature(msg: &Complaints, identity_key: &VerifyingKey) -> Result<()> {
+/// Checks a complaints message's signature, under its sender's identity key, on the attempt
+/// `ctx` (the judge's own, never the one the message names).
+pub fn verify_signature(
+    ctx: &RoundContext,
+    msg: &Complaints,
+    identity_key: &VerifyingKey,
+) -> Result<()> {
     let parts = signed_parts(&msg.client, &msg.complaints);
     crate::sign::verify(
         identity_key,
         msg.client,
         Label::Complaints,
-        &msg.ctx,
+        ctx,
         &[&parts[0], &parts[1]],
         &msg.signature.0,
     )
 }
 
-/// The shape every complaints message must have before any complaint in it is judged: at most
-/// `max` complaints (v's neighbours in U2), each about a different dealer other than v, in
-/// canonical order. A message that breaks it is refused unread, as if never sent.
+/// The shape every complaints message must have before any complaint in it is judged (or
+/// hashed): at most `max` complaints (v's neighbours in U2), each about a different dealer
+/// other than v, in canonical order, each ciphertext [`CIPHERTEXT_LEN`] bytes and each path at
+/// most [`MAX_PATH`] hashes.
 pub fn check_shape(msg: &Complaints, max: usize) -> Result<()> {
     if msg.complaints.len() > max {
         return Err(Error::Malformed(Malformation::TooManyComplaints {
@@ -108,12 +117,15 @@ pub fn check_shape(msg: &Complaints, max: usize) -> Result<()> {
             return Err(Error::Malformed(Malformation::ComplaintsOutOfOrder(c.accused)));
         }
         last = Some(&c.accused);
+        if c.dealt.ciphertext.len() != CIPHERTEXT_LEN || c.dealt.path.len() > MAX_PATH {
+            return Err(Error::Malformed(Malformation::ComplaintEvidenceSize(c.accused)));
+        }
     }
     Ok(())
 }
 
-/// The accused dealer as the judge knows it: its id, the keys of its advert and the dealing the
-/// server accepted from it at phase 1.
+/// The accused dealer as the judge knows it: its id, the keys of its advert and the signed root
+/// of the dealing the server accepted from it at phase 1 — all the audit log needs to hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Accused<'a> {
     /// u.
@@ -122,8 +134,29 @@ pub struct Accused<'a> {
     pub enc_pk: &'a PublicKey,
     /// u's identity key (from its credential).
     pub identity_key: &'a VerifyingKey,
-    /// u's entries and root signature as accepted at phase 1.
-    pub dealing: &'a Dealing,
+    /// The root, m and signature of u's dealing as accepted at phase 1.
+    pub accepted: &'a AcceptedRoot,
+}
+
+/// A dealing's Merkle root, its size m and the dealer's signature on them, as the server
+/// accepted them at phase 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedRoot {
+    /// The RFC 6962 root of the dealer's entries.
+    pub root: Hash,
+    /// m, the number of entries.
+    pub size: u32,
+    /// Sign_id(`share-keys` ‖ ctx ‖ u ‖ m ‖ root).
+    #[serde(with = "serde_bytes")]
+    pub signature: [u8; 64],
+}
+
+impl AcceptedRoot {
+    /// The signed root of an accepted dealing.
+    pub fn of(dealing: &Dealing) -> Option<AcceptedRoot> {
+        let tree = merkle::Tree::new(dealing.entries.iter().map(Entry::leaf).collect())?;
+        Some(AcceptedRoot { root: tree.root(), size: tree.size(), signature: dealing.signature.0 })
+    }
 }
 
 /// The complainer as the judge knows it.
@@ -199,9 +232,9 @@ impl core::fmt::Display for Judgement {
 /// Judges one complaint of `complainer`, independently of any other. `accused` is `None` when
 /// the accused dealt the complainer nothing (it is not in N(v) ∩ U2): the complaint is void.
 /// Otherwise the complaint is void unless K decodes, the proof holds on the share shown, and
-/// that share is the one accepted from the dealer (its entry for v, index, m and signature);
-/// then [`open`] with the revealed K decides: *bad* upholds it, *ok* or *malformed* makes it
-/// false.
+/// that share is one the server accepted from the dealer (its entry, index and path lead to the
+/// accepted root, under the same m and signature); then [`open`] with the revealed K decides:
+/// *bad* upholds it, *ok* or *malformed* makes it false.
 pub fn judge(
     ctx: &RoundContext,
     complainer: Complainer<'_>,
@@ -226,12 +259,13 @@ pub fn judge(
     if !complaint.proof.verify(&statement, ctx) {
         return Judgement::Void(Void::Proof);
     }
-    let dealing = accused.dealing;
-    // The entry at the index shown, m and the signature are those accepted (whether the
-    // entry names v is `open`'s to decide: a share dealt to another is malformed).
-    let as_accepted = dealing.entries.get(dealt.index as usize) == Some(&dealt.entry)
-        && dealing.entries.len() as u32 == dealt.size
-        && dealing.signature.0 == dealt.signature;
+    // The entry, its index and path lead to the root accepted, under the same m and signature
+    // (whether the entry names v is `open`'s to decide: a share dealt to another is malformed).
+    let accepted = accused.accepted;
+    let as_accepted = dealt.size == accepted.size
+        && dealt.signature == accepted.signature
+        && merkle::root_from_path(&dealt.entry.leaf(), dealt.index, dealt.size, &dealt.path)
+            == Some(accepted.root);
     if !as_accepted {
         return Judgement::Void(Void::NotAsForwarded);
     }
@@ -263,17 +297,19 @@ mod tests {
             .expect("the holder's own K")
     }
 
-    /// The dealing the server accepted from `d`.
-    fn accepted(d: &Dealer) -> Dealing {
-        Dealing { entries: d.entries.clone(), signature: Sig(d.signature) }
+    /// The signed root of the dealing the server accepted from `d`.
+    fn accepted(d: &Dealer) -> AcceptedRoot {
+        AcceptedRoot::of(&Dealing { entries: d.entries.clone(), signature: Sig(d.signature) })
+            .unwrap()
     }
 
     /// The server's judgement of holder i's complaint, the server having accepted `dealing`.
-    fn judged(d: &Dealer, dealing: &Dealing, i: usize, complaint: &Complaint) -> Judgement {
+    fn judged(d: &Dealer, dealing: &AcceptedRoot, i: usize, complaint: &Complaint) -> Judgement {
         let (dealer, dealer_pk) = (d.dealer.id(), d.dealer_enc.public());
         let (holder, holder_pk) = (d.holders[i].0, d.holders[i].1.public());
         let key = d.dealer.verifying_key();
-        let accused = Accused { id: &dealer, enc_pk: &dealer_pk, identity_key: &key, dealing };
+        let accused =
+            Accused { id: &dealer, enc_pk: &dealer_pk, identity_key: &key, accepted: dealing };
         judge(&CTX, Complainer { id: &holder, enc_pk: &holder_pk }, Some(accused), complaint)
     }
 
@@ -332,14 +368,11 @@ mod tests {
             judged(&d, &dealing, 2, &c),
             Judgement::False(Unfounded::Malformed(Malformed::OtherHolder))
         );
-        // So is a path that fits no tree.
+        // A path that fits no tree does not lead to the accepted root: void.
         let mut dealt = d.dealt(2);
         dealt.path.pop();
         let c = complaint_of(&d, 2, dealt);
-        assert_eq!(
-            judged(&d, &dealing, 2, &c),
-            Judgement::False(Unfounded::Malformed(Malformed::Path))
-        );
+        assert_eq!(judged(&d, &dealing, 2, &c), Judgement::Void(Void::NotAsForwarded));
     }
 
     #[test]
@@ -379,7 +412,7 @@ mod tests {
         let (other, other_pk, key) =
             (d.holders[4].0, d.dealer_enc.public(), d.dealer.verifying_key());
         let wrong =
-            Accused { id: &other, enc_pk: &other_pk, identity_key: &key, dealing: &dealing };
+            Accused { id: &other, enc_pk: &other_pk, identity_key: &key, accepted: &dealing };
         assert_eq!(
             judge(&CTX, complainer, Some(wrong), &good),
             Judgement::Void(Void::NotAccusable)
@@ -400,12 +433,20 @@ mod tests {
         assert_eq!(judged(&d, &dealing, 1, &c), Judgement::Void(Void::NotAsForwarded));
         // Against the dealing it accepted, the same complaint would be upheld.
         assert!(judged(&second, &accepted(&second), 1, &c).upheld());
-        // Another index, or another m, than the accepted dealing's.
-        let mut c = complaint_of(&d, 1, d.dealt(1));
-        c.dealt.index = 2;
-        let proof = complaint_of(&d, 1, c.dealt.clone()).proof;
-        c.proof = proof;
-        assert_eq!(judged(&d, &dealing, 1, &c), Judgement::Void(Void::NotAsForwarded));
+        // Another index, another m, another signature than the accepted dealing's (each
+        // proved anew, so only the tie to the accepted root can refuse it).
+        let edits: [&dyn Fn(&mut Dealt); 4] = [
+            &|dealt| dealt.index = 2,
+            &|dealt| dealt.size = 6,
+            &|dealt| dealt.signature[0] ^= 1,
+            &|dealt| dealt.path[0][0] ^= 1,
+        ];
+        for edit in edits {
+            let mut dealt = d.dealt(1);
+            edit(&mut dealt);
+            let c = complaint_of(&d, 1, dealt);
+            assert_eq!(judged(&d, &dealing, 1, &c), Judgement::Void(Void::NotAsForwarded));
+        }
     }
 
     #[test]
@@ -415,14 +456,14 @@ mod tests {
         let holder = IdentityKey::generate(&mut rand_chacha::ChaCha20Rng::from_seed([6; 32]));
         let c = complaint_of(&d, 1, d.dealt(1));
         let msg = sign(&holder, &CTX, vec![c.clone()]);
-        verify_signature(&msg, &holder.verifying_key()).unwrap();
+        verify_signature(&CTX, &msg, &holder.verifying_key()).unwrap();
         check_shape(&msg, 1).unwrap();
         // An empty message is signed too, and a changed list no longer verifies.
         let empty = sign(&holder, &CTX, Vec::new());
-        verify_signature(&empty, &holder.verifying_key()).unwrap();
+        verify_signature(&CTX, &empty, &holder.verifying_key()).unwrap();
         let forged = Complaints { complaints: vec![c.clone()], ..empty.clone() };
         assert!(matches!(
-            verify_signature(&forged, &holder.verifying_key()),
+            verify_signature(&CTX, &forged, &holder.verifying_key()),
             Err(Error::BadSignature(_))
         ));
         // Too many, twice the same dealer, out of order, about itself.
@@ -443,10 +484,23 @@ mod tests {
         assert!(check_shape(&unordered, 5).is_err());
         let mut own = c;
         own.accused = holder.id();
-        let about_self = Complaints { complaints: vec![own], ..msg };
+        let about_self = Complaints { complaints: vec![own], ..msg.clone() };
         assert_eq!(
             check_shape(&about_self, 5),
             Err(Error::Malformed(Malformation::ComplaintAboutSelf))
         );
+        // Evidence of the wrong size is refused before anything is hashed.
+        let mut long = msg.clone();
+        long.complaints[0].dealt.ciphertext.push(0);
+        let mut deep = msg.clone();
+        deep.complaints[0].dealt.path = vec![[0; 32]; MAX_PATH + 1];
+        for bad in [long, deep] {
+            assert!(matches!(
+                check_shape(&bad, 5),
+                Err(Error::Malformed(Malformation::ComplaintEvidenceSize(_)))
+            ));
+        }
+        // Signed on another attempt: refused on this one.
+        assert!(verify_signature(&RoundContext([9; 32]), &msg, &holder.verifying_key()).is_err());
     }
 }
