@@ -345,13 +345,19 @@ impl Client {
         Ok(summary)
     }
 
-    fn verifier(&self) -> Arc<dyn CredentialVerifier> {
+    /// The verifier of peers' chains for a plan whose certificate instant is `cert_time`,
+    /// once the plan's T is found within this site's allowed skew of its own clock.
+    fn verifier(&self, cert_time: u64) -> Result<Arc<dyn CredentialVerifier>> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        match X509Credentials::new(&self.ca_roots, now) {
-            Ok(v) => Arc::new(v),
+        let max_skew = self.config.policy.max_clock_skew_secs;
+        // Every peer's chain is judged at T: a T this site's clock does not agree with is
+        // refused before anything else of the plan is read.
+        fedsec_crypto::context::check_cert_time(cert_time, now, max_skew)?;
+        match X509Credentials::new(&self.ca_roots, cert_time) {
+            Ok(v) => Ok(Arc::new(v)),
             Err(e) => unreachable!("the CA parsed when the client connected: {e}"),
         }
     }
@@ -365,7 +371,7 @@ impl Client {
         uploaded: &mut Vec<(u64, [u8; 16])>,
     ) -> Result<RoundReport> {
         let (mut round, mut step) =
-            Round::new(&self.member, self.verifier(), p, &self.state, Instant::now())?;
+            Round::new(&self.member, self.verifier(p.cert_time)?, p, &self.state, Instant::now())?;
         tracing::info!(
             round = round.plan().round_id.0,
             attempt = %hex::encode(round.plan().attempt.0),

@@ -82,7 +82,14 @@ pub struct PolicyConfig {
     pub min_clients: usize,
     /// Smallest ⌈(1−δ)|U|⌉ accepted.
     pub min_surviving: usize,
+    /// Largest distance, in seconds, between a plan's certificate instant T and this site's
+    /// clock when the plan arrives: it covers the clocks' error and the plan's delivery. Every
+    /// peer's certificate chain is judged at T, so a T beyond it is refused.
+    pub max_clock_skew_secs: u64,
 }
+
+/// The default `max_clock_skew_secs`: five minutes.
+pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 300;
 
 impl Default for PolicyConfig {
     fn default() -> Self {
@@ -93,6 +100,7 @@ impl Default for PolicyConfig {
             max_dropout: f64::from(p.max_dropout_ppm) / 1e6,
             min_clients: p.min_clients,
             min_surviving: p.min_surviving,
+            max_clock_skew_secs: DEFAULT_MAX_CLOCK_SKEW_SECS,
         }
     }
 }

@@ -54,6 +54,14 @@ impl AdversaryClass {
     }
 }
 
+/// [`RoundPlan::check_cert_time`] on a plan's T before the rest of the plan is read.
+pub fn check_cert_time(cert_time: u64, now: u64, max_skew: u64) -> Result<()> {
+    if cert_time.abs_diff(now) > max_skew {
+        return Err(Error::CertTimeSkew { cert_time, now, max_skew });
+    }
+    Ok(())
+}
+
 /// Everything the server fixes for one attempt of one round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundPlan {
@@ -87,6 +95,12 @@ pub struct RoundPlan {
     pub quant: QuantParams,
     /// SHA-256 of the checkpoint to train on.
     pub checkpoint: CheckpointHash,
+    /// The instant T, Unix seconds, at which every party validates every certificate chain of
+    /// the attempt (protocol v2): one instant for all, so that no two parties can judge one
+    /// chain differently. A client refuses a plan whose T is further from its own clock than
+    /// it allows ([`RoundPlan::check_cert_time`]); the server admits only chains valid from T
+    /// until the attempt's last deadline.
+    pub cert_time: u64,
 }
 
 impl RoundPlan {
@@ -120,6 +134,15 @@ impl RoundPlan {
     /// The Shamir x-coordinate of the client at `index`: 1 + its canonical index.
     pub fn x_coordinate(index: usize) -> u32 {
         index as u32 + 1
+    }
+
+    /// A client's check of T against its own clock when it receives the plan: `now` (Unix
+    /// seconds) at most `max_skew` seconds from T either way. The skew covers the clocks' error
+    /// and the plan's delivery delay; a T beyond it would have the client validate its peers'
+    /// chains at an instant it did not agree to (one where a revoked or expired certificate
+    /// was still valid).
+    pub fn check_cert_time(&self, now: u64, max_skew: u64) -> Result<()> {
+        check_cert_time(self.cert_time, now, max_skew)
     }
 
     /// Structural checks every party makes: version, sorted unique U, degree and threshold in
@@ -217,6 +240,27 @@ impl RoundPlan {
         push_lp(&mut enc, &self.dim.to_be_bytes());
         push_lp(&mut enc, &self.quant.encode());
         push_lp(&mut enc, &self.checkpoint.0);
+        push_lp(&mut enc, &self.cert_time.to_be_bytes());
         RoundContext(Sha256::digest(&enc).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_binds_its_certificate_instant_and_a_client_checks_it_against_its_clock() {
+        const T: u64 = 1_790_000_000;
+        assert_eq!(check_cert_time(T, T + 300, 300), Ok(()));
+        assert_eq!(check_cert_time(T, T - 300, 300), Ok(()));
+        for now in [T + 301, T - 301, 0, u64::MAX] {
+            assert_eq!(
+                check_cert_time(T, now, 300),
+                Err(Error::CertTimeSkew { cert_time: T, now, max_skew: 300 })
+            );
+        }
+        let err = check_cert_time(T, T + 400, 300).unwrap_err().to_string();
+        assert!(err.contains("400 s from this client's clock"), "{err}");
     }
 }

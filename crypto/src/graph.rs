@@ -312,6 +312,7 @@ mod tests {
                 max_examples: 1,
             },
             checkpoint: CheckpointHash([3; 32]),
+            cert_time: 0,
         }
     }
 

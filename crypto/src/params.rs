@@ -746,6 +746,7 @@ mod tests {
             dim: 1,
             quant: QuantParams { clip: 1.0, value_scale: 1.0, weight_scale: 1.0, max_examples: 1 },
             checkpoint: CheckpointHash([4; 32]),
+            cert_time: 0,
         }
     }
 

@@ -125,6 +125,19 @@ pub trait CredentialVerifier: Send + Sync {
     /// Verifies `credential` for `claimed` and returns the identity key it certifies.
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> Result<VerifyingKey>;
 
+    /// This verifier for one attempt: credentials judged at the plan's instant T
+    /// (`cert_time`, Unix seconds) and, where `until` is given (the server's admission), still
+    /// valid at the attempt's last deadline. `None` for verifiers that read no time (raw keys):
+    /// they judge alike at every instant.
+    fn for_attempt(
+        &self,
+        cert_time: u64,
+        until: Option<u64>,
+    ) -> Option<std::sync::Arc<dyn CredentialVerifier>> {
+        let _ = (cert_time, until);
+        None
+    }
+
     /// Verifies one signature by `signer` (whose key is `key`) over `message` by
     /// [`signature_holds`].
     fn verify_signature(

@@ -199,6 +199,7 @@ fn plan_complete() -> RoundPlan {
         dim: 1001,
         quant: quant(),
         checkpoint: CheckpointHash(pattern(0xc4)),
+        cert_time: 1_790_000_000,
     }
 }
 
@@ -225,6 +226,7 @@ fn plan_harary() -> RoundPlan {
             max_examples: 1,
         },
         checkpoint: CheckpointHash(pattern(0xc5)),
+        cert_time: 1_790_000_000,
     }
 }
 
@@ -246,6 +248,7 @@ fn plan_curious_pair() -> RoundPlan {
         dim: 1,
         quant: quant(),
         checkpoint: CheckpointHash(pattern(0xc6)),
+        cert_time: 1_790_000_000,
     }
 }
 
@@ -279,7 +282,7 @@ fn documented_context_preimage(plan: &RoundPlan) -> Vec<u8> {
     ]
     .concat();
     let ids: Vec<u8> = plan.selected.iter().flat_map(|id| id.0).collect();
-    let fields: [&[u8]; 16] = [
+    let fields: [&[u8]; 17] = [
         b"fedsec/v1/context",
         &plan.version.to_be_bytes(),
         &plan.task_id.0,
@@ -296,6 +299,7 @@ fn documented_context_preimage(plan: &RoundPlan) -> Vec<u8> {
         &plan.dim.to_be_bytes(),
         &quant,
         &plan.checkpoint.0,
+        &plan.cert_time.to_be_bytes(),
     ];
     let mut out = Vec::new();
     for f in fields {
@@ -327,6 +331,7 @@ fn plan_json(plan: &RoundPlan) -> Value {
             "max_examples": plan.quant.max_examples,
         },
         "checkpoint": hex_value(&plan.checkpoint.0),
+        "cert_time": plan.cert_time,
     })
 }
 
@@ -753,6 +758,7 @@ fn v2_transcripts_match_committed_vectors() {
     use fedsec_crypto::merkle;
     use fedsec_crypto::proofs::{ComplaintProof, ComplaintStatement, KeyProof, KeyRole};
     use fedsec_crypto::secagg::commitments::{self, Dealt, Entry, Parties, Verdict};
+    use fedsec_crypto::secagg::messages::Complaint;
     use fedsec_crypto::shamir;
     use rand::SeedableRng;
 
@@ -962,6 +968,18 @@ fn v2_transcripts_match_committed_vectors() {
         "z·c_u^PK = R2 + e·K"
     );
 
+    // The complaints message's digest, as documented: u32 count ‖ (u ‖ evidence ‖ SHA-256(ct) ‖
+    // K ‖ proof) per complaint.
+    let complaint = Complaint { accused: dealer, dealt: dealt[1].clone(), shared: k_bytes, proof };
+    let complaints_digest = fedsec_crypto::secagg::complaints::digest(&[complaint]);
+    let documented_digest: [u8; 32] = Sha256::digest(
+        [&1u32.to_be_bytes()[..], &dealer.0, &evidence, &ct_hash, &k_bytes, &proof.0].concat(),
+    )
+    .into();
+    assert_eq!(complaints_digest, documented_digest, "the complaints message's digest");
+    let empty_digest = fedsec_crypto::secagg::complaints::digest(&[]);
+    assert_eq!(empty_digest, <[u8; 32]>::from(Sha256::digest(0u32.to_be_bytes())));
+
     check_known_answers(
         "fedsec_v2_transcripts.json",
         &json!({
@@ -972,7 +990,9 @@ fn v2_transcripts_match_committed_vectors() {
                             root, Ed25519 over `fedsec/v1/share-keys` ‖ ctx ‖ u ‖ m (u32 BE) ‖ \
                             root; ciphertexts ChaCha20-Poly1305 of b-share ‖ s-share under \
                             HKDF(K, `fedsec/v1/share-enc` ‖ ctx ‖ u ‖ v). A complaint's \
-                            Chaum–Pedersen proof R1 ‖ R2 ‖ z over the evidence digest. Nonces are \
+                            Chaum–Pedersen proof R1 ‖ R2 ‖ z over the evidence digest; a \
+                            complaints message signs SHA-256(u32 BE count ‖ per complaint u ‖ \
+                            evidence digest ‖ SHA-256(ct) ‖ K ‖ proof). Nonces are \
                             hedged: r = SHA-512(len-prefixed `fedsec/v1/proof-nonce` ‖ ctx ‖ \
                             the proof's label ‖ secret ‖ secret·G ‖ the statement ‖ 32 fresh \
                             bytes) reduced wide mod ℓ; given the fresh bytes, the proofs are \
@@ -1005,6 +1025,7 @@ fn v2_transcripts_match_committed_vectors() {
                 "ciphertext_hash": hex_value(&ct_hash),
                 "nonce_entropy": hex_value(&entropy),
                 "challenge_input": hex_value(&info),
+                "complaints_message_digest": hex_value(&complaints_digest),
                 "proof": hex_value(&proof.0),
             },
         }),

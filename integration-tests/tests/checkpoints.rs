@@ -201,6 +201,10 @@ fn round_plan(me: ClientId, dim: u32, checkpoint: CheckpointHash) -> RoundPlan {
         quant: QuantParams::for_clients(n, CLIP, MAX_EXAMPLES)
             .expect("ten clients fit the bit budget"),
         checkpoint,
+        cert_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970")
+            .as_secs(),
     }
 }
 
@@ -237,6 +241,8 @@ struct Scenario {
     seen_before: Option<u64>,
     /// The task's end names the served checkpoint as its final one (else no final model).
     final_model: bool,
+    /// Seconds added to the plan's certificate instant T (now, by default).
+    cert_time_offset: i64,
 }
 
 impl Default for Scenario {
@@ -248,6 +254,7 @@ impl Default for Scenario {
             plan_names_another: false,
             seen_before: None,
             final_model: true,
+            cert_time_offset: 0,
         }
     }
 }
@@ -355,7 +362,8 @@ fn run_scenario(s: Scenario) -> Outcome {
     } else {
         signed.manifest.sha256
     };
-    let plan = round_plan(me, model.len() as u32 + 1, named);
+    let mut plan = round_plan(me, model.len() as u32 + 1, named);
+    plan.cert_time = plan.cert_time.saturating_add_signed(s.cert_time_offset);
     let context = plan.context().0.to_vec();
 
     if let Some(version) = s.seen_before {
@@ -473,6 +481,26 @@ fn a_valid_checkpoint_the_plan_does_not_name_is_refused() {
     });
     out.assert_refused("the plan's checkpoint hash is not the checkpoint this client verified");
     assert_eq!(out.last_seen(), None, "a checkpoint outside the plan is not recorded as seen");
+}
+
+/// A plan whose certificate instant T is further from the site's clock than its allowed skew
+/// (300 s by default) is refused before anything is downloaded: the client would judge its
+/// peers' certificates at an instant it did not agree to.
+#[test]
+fn a_plan_dated_beyond_the_sites_clock_skew_is_refused_before_anything_is_downloaded() {
+    for offset in [-3_600, 3_600] {
+        let out = run_scenario(Scenario { cert_time_offset: offset, ..Scenario::default() });
+        assert!(
+            out.exited_ok,
+            "the client failed:
+{}",
+            out.output
+        );
+        assert_eq!(out.seen.downloads, 0, "{}", out.output);
+        assert!(out.seen.advertised.is_empty(), "{}", out.output);
+        let left = out.left_the_attempt();
+        assert!(left.contains("at most 300 s is allowed"), "{left}");
+    }
 }
 
 #[test]

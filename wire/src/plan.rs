@@ -107,6 +107,7 @@ impl Wire for Assignment {
                 max_examples: p.quant.max_examples,
             }),
             checkpoint_sha256: p.checkpoint.0.to_vec(),
+            cert_time: p.cert_time,
             checkpoint_version: self.checkpoint_version,
             upload_chunk_words: self.upload_chunk_words,
             phase_deadline_ms: self
@@ -149,6 +150,7 @@ impl Wire for Assignment {
                 max_examples: q.max_examples,
             },
             checkpoint: CheckpointHash(fixed("plan.checkpoint_sha256", &p.checkpoint_sha256)?),
+            cert_time: p.cert_time,
         };
         let deadlines: [u32; 5] =
             p.phase_deadline_ms.as_slice().try_into().map_err(|_| WireError {

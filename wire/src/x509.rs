@@ -209,6 +209,9 @@ pub fn client_id_of(cert_der: &[u8]) -> Result<ClientId> {
 pub struct X509Credentials {
     roots: Vec<TrustAnchor<'static>>,
     now: UnixTime,
+    /// Where set, chains must also be valid at this later instant (the server's admission:
+    /// valid from T until the attempt's last deadline).
+    until: Option<UnixTime>,
 }
 
 impl X509Credentials {
@@ -231,7 +234,16 @@ impl X509Credentials {
         Ok(X509Credentials {
             roots,
             now: UnixTime::since_unix_epoch(Duration::from_secs(now_unix_secs)),
+            until: None,
         })
+    }
+
+    /// The same roots, judging chains at `at` (Unix seconds) and, if given, also at `until`:
+    /// a chain passes only if it is valid at both, so at every instant between (each
+    /// certificate's validity is one interval).
+    pub fn at(&self, at: u64, until: Option<u64>) -> Self {
+        let time = |s: u64| UnixTime::since_unix_epoch(Duration::from_secs(s));
+        X509Credentials { roots: self.roots.clone(), now: time(at), until: until.map(time) }
     }
 }
 
@@ -247,22 +259,32 @@ impl X509Credentials {
             intermediates.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
         let cert = EndEntityCert::try_from(&leaf_der)
             .map_err(|e| X509Error::MalformedCertificate(refusal(&e)))?;
-        cert.verify_for_usage(
-            SIGNATURE_ALGORITHMS,
-            &self.roots,
-            &intermediates,
-            self.now,
-            KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| X509Error::ChainRejected(refusal(&e)))?;
+        for time in core::iter::once(self.now).chain(self.until) {
+            cert.verify_for_usage(
+                SIGNATURE_ALGORITHMS,
+                &self.roots,
+                &intermediates,
+                time,
+                KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| X509Error::ChainRejected(refusal(&e)))?;
+        }
         identity_key_of_spki(claimed, cert.subject_public_key_info().as_ref())
             .map_err(X509Error::Identity)
     }
 }
 
 impl CredentialVerifier for X509Credentials {
+    fn for_attempt(
+        &self,
+        cert_time: u64,
+        until: Option<u64>,
+    ) -> Option<std::sync::Arc<dyn CredentialVerifier>> {
+        Some(std::sync::Arc::new(self.at(cert_time, until)))
+    }
+
     fn verify(&self, claimed: &ClientId, credential: &[u8]) -> fedsec_crypto::Result<VerifyingKey> {
         self.check(claimed, credential).map_err(|e| fedsec_crypto::Error::BadCredential {
             client: *claimed,
@@ -429,6 +451,33 @@ mod tests {
         let creds = X509Credentials::new(&[ca.der], LATER).unwrap();
         let r = rejected(creds.check(&id, &encode_chain(&[&cert])));
         assert!(matches!(r, CertificateRefusal::Expired { checked_at: LATER, .. }), "{r}");
+    }
+
+    /// An attempt's verifier judges every chain at the plan's instant T, whatever the clock
+    /// reads; the server's also requires the chain to last until the attempt's last deadline.
+    #[test]
+    fn an_attempt_judges_chains_at_its_instant_and_the_server_until_its_last_deadline() {
+        let ca = make_ca("ca");
+        let cert = leaf(&ca);
+        let id = client_id_of(&cert).unwrap();
+        let chain = encode_chain(&[&cert]);
+        // Built at a time the certificate had expired, judging at T (before not_after).
+        let late = X509Credentials::new(&[&ca.der], LATER).unwrap();
+        assert!(late.check(&id, &chain).is_err());
+        let at_t = late.for_attempt(NOW, None).expect("certificates read the time");
+        assert!(at_t.verify(&id, &chain).is_ok());
+        // The server's admission: valid at T, but expired before the attempt's last deadline.
+        let not_after = 1_893_456_000; // 2030-01-01T00:00:00Z
+        let server = late.for_attempt(not_after - 60, Some(not_after + 60)).unwrap();
+        assert!(matches!(
+            server.verify(&id, &chain),
+            Err(fedsec_crypto::Error::BadCredential { .. })
+        ));
+        let server = late.for_attempt(not_after - 120, Some(not_after - 60)).unwrap();
+        assert!(server.verify(&id, &chain).is_ok());
+        // Not yet valid at T.
+        let early = late.for_attempt(1_700_000_000, None).unwrap();
+        assert!(early.verify(&id, &chain).is_err());
     }
 
     #[test]

@@ -112,6 +112,7 @@ proptest! {
                 dim: numbers[0] ^ numbers[1],
                 quant: QuantParams { clip: scales.0, value_scale: scales.1, weight_scale: scales.2, max_examples: scales.3 },
                 checkpoint: CheckpointHash(checkpoint),
+                cert_time: 1_790_000_000,
             }),
             checkpoint_version: version,
             upload_chunk_words: chunk,

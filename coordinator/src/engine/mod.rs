@@ -657,6 +657,13 @@ impl Engine {
         let mut graph_seed = [0u8; 32];
         self.rng.fill_bytes(&mut attempt);
         self.rng.fill_bytes(&mut graph_seed);
+        // T: every certificate chain of the attempt is judged at this one instant, and the
+        // server admits only chains still valid at the attempt's last deadline.
+        let cert_time = unix_now();
+        let phases: Duration = c.deadlines.phases().iter().sum();
+        let until = cert_time + phases.as_secs() + u64::from(phases.subsec_nanos() > 0);
+        let verifier =
+            self.verifier.for_attempt(cert_time, Some(until)).unwrap_or(self.verifier.clone());
         let plan = RoundPlan {
             version: PROTOCOL_VERSION,
             task_id: c.task_id,
@@ -673,8 +680,9 @@ impl Engine {
             dim: (self.model.len() + 1) as u32,
             quant: self.quant,
             checkpoint: self.checkpoint_hash,
+            cert_time,
         };
-        let mut server = SecAggServer::new(plan.clone(), self.verifier.clone())?
+        let mut server = SecAggServer::new(plan.clone(), verifier)?
             .with_upload_chunk_words(c.upload_chunk_words as usize)
             .with_max_uploads_in_flight(c.max_uploads_in_flight);
         if let Some(pool) = &self.pool {
@@ -1005,3 +1013,11 @@ impl Engine {
 mod fuzz;
 #[cfg(test)]
 mod tests;
+
+/// The wall clock, Unix seconds: the certificate instant T of an attempt starting now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::context::{PROTOCOL_VERSION, RoundContext};
 use crate::error::{Error, Malformation, Result};
@@ -28,7 +29,7 @@ use crate::proofs::{ComplaintProof, ComplaintStatement};
 use crate::secagg::commitments::{
     Bad, CIPHERTEXT_LEN, Dealt, Entry, Malformed, Parties, Verdict, open,
 };
-use crate::secagg::messages::{Complaint, Complaints, Sig, message_digest};
+use crate::secagg::messages::{Complaint, Complaints, Sig};
 use crate::secagg::server::Dealing;
 use crate::sign::IdentityKey;
 
@@ -57,10 +58,26 @@ pub fn complain(
     Some(Complaint { accused: *accused, dealt, shared: *shared.to_bytes(), proof })
 }
 
-/// What a complaints message's signature covers after `complaints` ‖ ctx: v and the SHA-256
-/// of the complaints' canonical encoding.
+/// What a complaints message's signature covers after `complaints` ‖ ctx: v and
+/// [`digest`] of its complaints.
 pub fn signed_parts(client: &ClientId, complaints: &[Complaint]) -> [Vec<u8>; 2] {
-    [client.0.to_vec(), message_digest(&complaints).to_vec()]
+    [client.0.to_vec(), digest(complaints).to_vec()]
+}
+
+/// SHA-256 of the number of complaints (u32 big-endian), then for each, fixed-length: the
+/// accused u ‖ the evidence digest ([`Dealt::evidence_digest`]) ‖ SHA-256(ct) ‖ K ‖ the proof
+/// — every byte of every complaint, in an encoding an auditor in any language can rebuild.
+pub fn digest(complaints: &[Complaint]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(u32::try_from(complaints.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for c in complaints {
+        h.update(c.accused.0);
+        h.update(c.dealt.evidence_digest());
+        h.update(Sha256::digest(&c.dealt.ciphertext));
+        h.update(c.shared);
+        h.update(c.proof.0);
+    }
+    h.finalize().into()
 }
 
 /// v's complaints message: `complaints` (in canonical order of the accused) under v's

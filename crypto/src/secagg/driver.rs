@@ -272,6 +272,8 @@ pub fn make_plan<R: CryptoRng + ?Sized>(
         dim,
         quant: crate::quant::QuantParams::for_clients(ids.len(), 1.0, 1)?,
         checkpoint,
+        // Raw-key credentials read no time; a caller with certificates sets its instant.
+        cert_time: 0,
     })
 }
 

@@ -168,7 +168,7 @@ fn float() -> impl Strategy<Value = f64> {
 
 fn round_plan() -> impl Strategy<Value = v1::RoundPlan> {
     let ids = (sized(16), sized(16), vec(sized(32), 0..6), sized(32), sized(32));
-    let numbers = (any::<[u32; 6]>(), any::<u64>(), any::<u64>());
+    let numbers = (any::<[u32; 6]>(), any::<[u64; 2]>(), any::<u64>());
     let quant = (float(), float(), float(), any::<u64>()).prop_map(|(c, v, w, m)| {
         v1::QuantParams { clip: c, value_scale: v, weight_scale: w, max_examples: m }
     });
@@ -177,8 +177,11 @@ fn round_plan() -> impl Strategy<Value = v1::RoundPlan> {
     let shape = (named(2), named(3), prop::option::weighted(0.95, quant), chunk, deadlines);
     (ids, numbers, shape).prop_map(|(ids, numbers, shape)| {
         let (task_id, attempt, selected, graph_seed, checkpoint_sha256) = ids;
-        let ([version, degree, threshold, dropout_ppm, corrupt_ppm, dim], round_id, checkpoint) =
-            numbers;
+        let (
+            [version, degree, threshold, dropout_ppm, corrupt_ppm, dim],
+            [round_id, cert_time],
+            checkpoint,
+        ) = numbers;
         let (graph, adversary, quant, upload_chunk_words, phase_deadline_ms) = shape;
         v1::RoundPlan {
             version,
@@ -199,6 +202,7 @@ fn round_plan() -> impl Strategy<Value = v1::RoundPlan> {
             checkpoint_version: checkpoint,
             upload_chunk_words,
             phase_deadline_ms,
+            cert_time,
         }
     })
 }
