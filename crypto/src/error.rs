@@ -140,6 +140,17 @@ pub enum Error {
     /// A forwarded share is not what its dealer signed: the server tampered with it.
     #[error("the share forwarded from client {dealer} is not what it signed: {why}")]
     TamperedShare { dealer: ClientId, why: crate::secagg::commitments::Malformed },
+    /// The server's judgement of the complaints excluded this client (protocol v2).
+    #[error("the server's judgement of the complaints excluded this client from the attempt")]
+    Excluded,
+    /// This client complained about a dealer that the excluded set does not hold, while this
+    /// client is not in it either: the server did not judge its complaint (protocol v2).
+    #[error("this client's complaint about {0} is missing from the server's judgement")]
+    ComplaintIgnored(ClientId),
+    /// After the exclusions, fewer than t of a client's share holders remain in U2 \ E: its
+    /// secrets could not be rebuilt (protocol v2).
+    #[error("client {client} has {have} share holders left after the exclusions, {need} needed")]
+    HolderShortfall { client: ClientId, have: usize, need: usize },
     /// A message came from or refers to a client that is not a neighbour.
     #[error("client {0} is not a neighbour in the round's graph")]
     NotNeighbour(ClientId),
@@ -338,6 +349,15 @@ pub enum ViewContradiction {
     /// A consistency signature comes from a client outside U3.
     #[error("consistency signature from {0} who is not in U3")]
     SignerOutsideU3(ClientId),
+    /// The consistency request names another excluded set E than the one this client masked
+    /// under (protocol v2).
+    #[error(
+        "the consistency request names another excluded set than the one this client masked under"
+    )]
+    OtherExcludedSet,
+    /// U3 holds a member of the excluded set E (protocol v2).
+    #[error("U3 contains {0}, a member of the excluded set")]
+    ContainsExcluded(ClientId),
 }
 
 /// What is wrong with a message's encoding or content.

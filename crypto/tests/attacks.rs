@@ -85,10 +85,11 @@ fn stage(
         server.shares(c.handle_keys(f).unwrap()).unwrap();
     }
     let fwd = server.close_share_keys().unwrap();
+    let excluded = through_complaints(&mut server, clients.iter_mut().zip(&fwd));
     let inputs = inputs(n, plan.dim, 77);
     let mut masked = Vec::new();
-    for (i, (c, f)) in clients.iter_mut().zip(&fwd).enumerate() {
-        let y = c.handle_shares(f, &inputs[i], &mut ledgers[i]).unwrap();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let y = c.handle_exclusions(&excluded, &inputs[i], &mut ledgers[i]).unwrap();
         server.masked(&y).unwrap();
         masked.push(y);
     }
@@ -105,7 +106,8 @@ fn show_view(s: &mut Staged, group: &[usize], view: &[usize]) -> Vec<UnmaskingRe
     let n = s.plan.n();
     let ctx = *s.clients[0].context();
     let survivors = Survivors::from_indices(n, view.iter().copied());
-    let request = ConsistencyRequest { version: 1, ctx, survivors: survivors.clone() };
+    let request =
+        ConsistencyRequest { version: 1, ctx, survivors: survivors.clone(), excluded: nobody(n) };
     let mut sigs = Vec::new();
     for &i in group {
         if let Ok(sig) = s.clients[i].handle_consistency(&request) {
@@ -281,6 +283,7 @@ fn signing_two_views_leaks_nothing_only_because_a_client_signs_one_u3() {
             version: 1,
             ctx,
             survivors: Survivors::from_indices(n, view.iter().copied()),
+            excluded: nobody(n),
         };
         // `group` is asked to sign `view`; the signatures the server gets.
         let sign = |view: &[usize], group: &[usize], s: &mut Staged| -> UnmaskingRequest {
@@ -409,8 +412,9 @@ fn retry_without_w(one_input_per_checkpoint: bool, retry_on: Retry) -> Result<Ve
             server.shares(c.handle_keys(f).unwrap()).unwrap();
         }
         let f = server.close_share_keys().unwrap();
-        for (i, (c, f)) in clients.iter_mut().zip(&f).enumerate() {
-            server.masked(&c.handle_shares(f, &xs[i], &mut ledgers[i]).unwrap()).unwrap();
+        let e = through_complaints(&mut server, clients.iter_mut().zip(&f));
+        for (i, c) in clients.iter_mut().enumerate() {
+            server.masked(&c.handle_exclusions(&e, &xs[i], &mut ledgers[i]).unwrap()).unwrap();
         }
         let r = server.close_masked_input().unwrap();
         for c in clients.iter_mut() {
@@ -500,7 +504,12 @@ fn asking_for_both_shares_of_one_peer_is_refused() {
     let survivors = Survivors::from_indices(n, all.iter().copied());
     let ctx1 = *s.clients[1].context();
     let signed = s.clients[1]
-        .handle_consistency(&ConsistencyRequest { version: 1, ctx: ctx1, survivors })
+        .handle_consistency(&ConsistencyRequest {
+            version: 1,
+            ctx: ctx1,
+            survivors,
+            excluded: nobody(n),
+        })
         .unwrap();
     let other = Survivors::from_indices(n, without.iter().copied());
     let req = UnmaskingRequest {
@@ -518,7 +527,12 @@ fn asking_for_both_shares_of_one_peer_is_refused() {
         Err(Error::ContradictsSignedView(ViewContradiction::OtherU3))
     );
     let survivors = Survivors::from_indices(n, all.iter().copied());
-    let again = ConsistencyRequest { version: 1, ctx: *s.clients[1].context(), survivors };
+    let again = ConsistencyRequest {
+        version: 1,
+        ctx: *s.clients[1].context(),
+        survivors,
+        excluded: nobody(n),
+    };
     assert!(
         s.clients[1].handle_consistency(&again).is_ok(),
         "identical retry of an answered phase"
@@ -662,9 +676,14 @@ fn finish_without(
     let xs = inputs(n, DIM, 31);
     let mut ledgers = vec![ContributionLedger::default(); n];
     let others: Vec<usize> = (0..n).filter(|&i| i != out).collect();
-    for f in &forwards {
-        let i = plan.index_of(&f.recipient).unwrap();
-        let y = clients[i].handle_shares(f, &xs[i], &mut ledgers[i]).unwrap();
+    let answering: Vec<usize> =
+        forwards.iter().map(|f| plan.index_of(&f.recipient).unwrap()).collect();
+    for (f, &i) in forwards.iter().zip(&answering) {
+        server.complain(clients[i].handle_shares(f).unwrap()).unwrap();
+    }
+    let e = server.close_complaints().unwrap();
+    for &i in &answering {
+        let y = clients[i].handle_exclusions(&e, &xs[i], &mut ledgers[i]).unwrap();
         server.masked(&y).unwrap();
     }
     let r = server.close_masked_input().unwrap();
@@ -832,19 +851,18 @@ fn a_share_the_server_altered_makes_the_recipient_stop() {
     let mut stranger = inboxes(&forwards);
     stranger[0].1[0].0 = ClientId([0xee; 32]);
     assert_eq!(server.rebuild_share_forwards(stranger), None);
-    let x = vec![0u32; DIM as usize];
     let mut altered = forwards[1].clone();
     altered.shares[0].dealt.ciphertext[5] ^= 1;
     let dealer = altered.shares[0].from;
     assert_eq!(
-        clients[1].handle_shares(&altered, &x, &mut ContributionLedger::default()),
+        clients[1].handle_shares(&altered),
         Err(Error::TamperedShare { dealer, why: Malformed::CiphertextHash })
     );
     let mut resigned = forwards[2].clone();
     resigned.shares[0].dealt.index ^= 1;
     let dealer = resigned.shares[0].from;
     assert!(matches!(
-        clients[2].handle_shares(&resigned, &x, &mut ContributionLedger::default()),
+        clients[2].handle_shares(&resigned),
         Err(Error::TamperedShare { dealer: d, why: Malformed::Signature | Malformed::Path }) if d == dealer
     ));
     // Another holder's entry and path, from the same dealer, with this holder's ciphertext.
@@ -854,10 +872,10 @@ fn a_share_the_server_altered_makes_the_recipient_stop() {
     other.shares[0].dealt = Dealt { ciphertext, ..theirs.dealt.clone() };
     let dealer = other.shares[0].from;
     assert_eq!(
-        clients[4].handle_shares(&other, &x, &mut ContributionLedger::default()),
+        clients[4].handle_shares(&other),
         Err(Error::TamperedShare { dealer, why: Malformed::OtherHolder })
     );
-    assert!(clients[3].handle_shares(&forwards[3], &x, &mut ContributionLedger::default()).is_ok());
+    assert!(clients[3].handle_shares(&forwards[3]).is_ok());
 }
 
 #[test]
@@ -950,10 +968,25 @@ fn a_retried_phase_returns_byte_identical_messages() {
     server.shares(first.clone()).unwrap();
     assert_eq!(server.shares(first), Ok(()), "an identical retry is accepted");
     let fwd = server.close_share_keys().unwrap();
+    // The complaints message, proofs drawn fresh, is computed once and resent identically.
+    let c1 = clients[2].handle_shares(&fwd[2]).unwrap();
+    let c2 = clients[2].handle_shares(&fwd[2]).unwrap();
+    assert_eq!(encode(&c1), encode(&c2), "complaints resent byte-identical");
+    let mut fewer = fwd[2].clone();
+    fewer.shares.pop();
+    assert!(matches!(clients[2].handle_shares(&fewer), Err(Error::PhaseAlreadyAnswered(_))));
+    for (i, c) in clients.iter_mut().enumerate() {
+        if i != 2 {
+            server.complain(c.handle_shares(&fwd[i]).unwrap()).unwrap();
+        }
+    }
+    server.complain(c1.clone()).unwrap();
+    assert_eq!(server.complain(c1), Ok(()), "an identical retry is accepted");
+    let e = server.close_complaints().unwrap();
     let x = vec![5u32; DIM as usize];
     let mut ledger = ContributionLedger::default();
-    let y1 = clients[2].handle_shares(&fwd[2], &x, &mut ledger).unwrap();
-    let y2 = clients[2].handle_shares(&fwd[2], &x, &mut ledger).unwrap();
+    let y1 = clients[2].handle_exclusions(&e, &x, &mut ledger).unwrap();
+    let y2 = clients[2].handle_exclusions(&e, &x, &mut ledger).unwrap();
     assert_eq!(encode(&y1), encode(&y2), "masked input resent byte-identical");
     assert!(ledger.contributed(&CHECKPOINT));
 }
@@ -1016,13 +1049,14 @@ fn wrong_vector_length_and_bad_chunks_are_refused() {
         server.shares(c.handle_keys(f).unwrap()).unwrap();
     }
     let fwd = server.close_share_keys().unwrap();
+    let e = through_complaints(&mut server, clients.iter_mut().zip(&fwd));
     let mut server = server.with_upload_chunk_words(10);
     let mut ledger = ContributionLedger::default();
     assert_eq!(
-        clients[0].handle_shares(&fwd[0], &[1, 2, 3], &mut ledger),
+        clients[0].handle_exclusions(&e, &[1, 2, 3], &mut ledger),
         Err(Error::WrongLength { got: 3, expected: DIM as usize })
     );
-    let y = clients[0].handle_shares(&fwd[0], &vec![1; DIM as usize], &mut ledger).unwrap();
+    let y = clients[0].handle_exclusions(&e, &vec![1; DIM as usize], &mut ledger).unwrap();
     // Too long, misaligned, past the end: refused, nothing changes.
     let mut long = y.clone();
     long.data.extend_from_slice(&[0; 4]);
@@ -1066,11 +1100,7 @@ fn shares_from_a_non_neighbour_are_refused() {
         from: plan.selected[stranger],
         dealt: fwd[stranger].shares[0].dealt.clone(),
     });
-    let mut ledger = ContributionLedger::default();
-    assert_eq!(
-        clients[0].handle_shares(&bad, &vec![0; DIM as usize], &mut ledger),
-        Err(Error::NotNeighbour(plan.selected[stranger]))
-    );
+    assert_eq!(clients[0].handle_shares(&bad), Err(Error::NotNeighbour(plan.selected[stranger])));
     // On the server side: a ShareKeys ciphertext addressed to a non-neighbour.
     let (plan2, keys2) =
         federation(24, GraphKind::Harary, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 13);
@@ -1167,11 +1197,11 @@ fn partial_uploads_are_bounded_and_aligned() {
         server.shares(c.handle_keys(f).unwrap()).unwrap();
     }
     let fwd = server.close_share_keys().unwrap();
+    let e = through_complaints(&mut server, clients.iter_mut().zip(&fwd));
     let ys: Vec<MaskedInput> = clients
         .iter_mut()
-        .zip(&fwd)
-        .map(|(c, f)| {
-            c.handle_shares(f, &[3; DIM as usize], &mut ContributionLedger::default()).unwrap()
+        .map(|c| {
+            c.handle_exclusions(&e, &[3; DIM as usize], &mut ContributionLedger::default()).unwrap()
         })
         .collect();
     // Misaligned or wrongly sized chunks are refused.
@@ -1226,7 +1256,8 @@ fn unmasking_needs_q_valid_signatures_on_the_signed_view() {
     let mut s = stage(&plan, &keys, ledgers, &policy());
     let ctx = *s.clients[0].context();
     let survivors = Survivors::from_indices(n, 0..n);
-    let check = ConsistencyRequest { version: 1, ctx, survivors: survivors.clone() };
+    let check =
+        ConsistencyRequest { version: 1, ctx, survivors: survivors.clone(), excluded: nobody(n) };
     let signed: Vec<SignedSurvivors> = (0..n)
         .map(|i| {
             let sig = s.clients[i].handle_consistency(&check).unwrap();
@@ -1394,13 +1425,14 @@ fn a_signature_only_a_lenient_rule_accepts_is_refused_by_client_and_server_alike
     let message = fedsec_crypto::kdf::labelled(
         fedsec_crypto::kdf::Label::Consistency,
         &ctx,
-        &[&survivors.digest()],
+        &[&survivors.digest(), &nobody(n).digest()],
     );
     // The same message, honestly signed, passes the one rule: only the crafted encoding fails.
     let honest = s.clients[w].handle_consistency(&ConsistencyRequest {
         version: 1,
         ctx,
         survivors: survivors.clone(),
+        excluded: nobody(n),
     });
     let honest = honest.unwrap().signature;
     assert!(fedsec_crypto::sign::signature_holds(&keys[w].verifying_key(), &message, &honest.0));
@@ -1427,7 +1459,8 @@ fn a_signature_only_a_lenient_rule_accepts_is_refused_by_client_and_server_alike
     );
 
     // A server that forwards it among q signatures: every client refuses it alike.
-    let check = ConsistencyRequest { version: 1, ctx, survivors: survivors.clone() };
+    let check =
+        ConsistencyRequest { version: 1, ctx, survivors: survivors.clone(), excluded: nobody(n) };
     let mut signed: Vec<SignedSurvivors> = (0..n)
         .map(|i| {
             let sig = s.clients[i].handle_consistency(&check).unwrap();
@@ -1505,9 +1538,18 @@ fn garbage_after_honest_messages_changes_nothing() {
     }
     let fwd = server.close_share_keys().unwrap();
     assert!(server.shares(sent[0].clone()).is_err(), "phase 1 is closed");
+    let mut complaints = Vec::new();
+    for (c, f) in clients.iter_mut().zip(&fwd) {
+        let m = c.handle_shares(f).unwrap();
+        server.complain(m.clone()).unwrap();
+        garbage!(m.clone(), complain);
+        complaints.push(m);
+    }
+    let e = server.close_complaints().unwrap();
+    assert!(server.complain(complaints[0].clone()).is_err(), "phase 1½ is closed");
     let xs = inputs(n, DIM, 21);
-    for (i, (c, f)) in clients.iter_mut().zip(&fwd).enumerate() {
-        let y = c.handle_shares(f, &xs[i], &mut ContributionLedger::default()).unwrap();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let y = c.handle_exclusions(&e, &xs[i], &mut ContributionLedger::default()).unwrap();
         for chunk in y.chunks(8) {
             server.masked(&chunk).unwrap();
         }

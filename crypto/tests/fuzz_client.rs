@@ -51,15 +51,17 @@ enum Step {
 /// What the client must hold, and so answer.
 #[derive(Default)]
 struct Model {
-    /// The kind the client answers next (4: all answered).
+    /// The kind the client answers next (5: all answered).
     next: usize,
     aborted: Option<Error>,
     /// Each kind's first accepted message and the reply.
-    answered: [Option<(ToClient, Msg)>; 4],
+    answered: [Option<(ToClient, Msg)>; 5],
     /// Owners of the shares held: itself and the senders of the shares it accepted.
     held: BTreeSet<usize>,
     /// The U3 it signed.
     signed: Option<Survivors>,
+    /// The excluded set E it masked under.
+    excluded: Option<Survivors>,
 }
 
 /// The client under test, the model of what it must answer, and its world.
@@ -71,7 +73,7 @@ struct Fuzz {
     rng: ChaCha20Rng,
     stranger: Arc<IdentityKey>,
     /// The last message of each kind delivered, with the refusal its corruption earns.
-    last: [Option<(ToClient, Option<Error>)>; 4],
+    last: [Option<(ToClient, Option<Error>)>; 5],
     /// Every masked input the client sent.
     uploads: Vec<MaskedInput>,
 }
@@ -93,7 +95,7 @@ impl Fuzz {
     /// Plays one step of the sequence.
     fn play(&mut self, step: Step) {
         let kind = match step {
-            Step::Current => self.model.next.min(3),
+            Step::Current => self.model.next.min(4),
             Step::Replay(k) | Step::Corrupt(k, _) | Step::Empty(k) => k,
         };
         let (msg, flaw) = match step {
@@ -139,8 +141,9 @@ impl Fuzz {
             (Ok(reply), Ok(Some(cached))) => assert_eq!(reply, cached, "answered again alike"),
             (Ok(reply), Ok(None)) => {
                 let honest = self.world.honest[kind].as_ref() == Some(&msg);
-                // Only a U3 can be wrong in a way the client cannot see (a lying server).
-                assert!(honest || kind == 2, "accepted a bad message: {msg:?}");
+                // Only shares withheld, E and U3 can be wrong in ways the client cannot see (a
+                // lying server).
+                assert!(honest || (1..=3).contains(&kind), "accepted a bad message: {msg:?}");
                 self.accept(kind, &msg, &reply);
                 self.model.answered[kind] = Some((msg, reply.clone()));
                 self.model.next = kind + 1;
@@ -162,9 +165,15 @@ impl Fuzz {
     fn accept(&mut self, kind: usize, msg: &ToClient, reply: &Msg) {
         let plan = &self.world.round.plan;
         match (msg, reply) {
-            (ToClient::Shares(f), Msg::Masked(y)) => {
+            (ToClient::Shares(f), Msg::Complaints(c)) => {
                 let senders = f.shares.iter().filter_map(|s| plan.index_of(&s.from));
                 self.model.held.extend(senders);
+                // Every dealer here is honest: nothing to complain about.
+                assert!(c.complaints.is_empty(), "complaints about honest dealers");
+            }
+            (ToClient::Excluded(e), Msg::Masked(y)) => {
+                self.model.held.retain(|&v| !e.excluded.contains(v));
+                self.model.excluded = Some(e.excluded.clone());
                 assert_eq!((y.offset, y.data.len()), (0, 4 * plan.dim as usize));
             }
             (ToClient::Check(r), Msg::Signature(_)) => {
@@ -227,12 +236,26 @@ impl Fuzz {
                 }
                 Ok(())
             }
-            ToClient::Shares(f) => {
+            ToClient::Shares(_) => flaw.map_or(Ok(()), Err),
+            ToClient::Excluded(e) => {
+                bitmap(&e.excluded, plan.n())?;
                 flaw.map_or(Ok(()), Err)?;
-                let have = f.shares.len() + 1;
+                let have = self.model.held.iter().filter(|&&v| !e.excluded.contains(v)).count();
                 if have < t { Err(Error::TooFewNeighbours { have, need: t }) } else { Ok(()) }
             }
-            ToClient::Check(r) => self.view(&r.survivors),
+            ToClient::Check(r) => {
+                bitmap(&r.survivors, plan.n())?;
+                if Some(&r.excluded) != self.model.excluded.as_ref() {
+                    return Err(Error::ContradictsSignedView(ViewContradiction::OtherExcludedSet));
+                }
+                if let Some(x) =
+                    (0..plan.n()).find(|&i| r.survivors.contains(i) && r.excluded.contains(i))
+                {
+                    let contains = ViewContradiction::ContainsExcluded(self.id(x));
+                    return Err(Error::ContradictsSignedView(contains));
+                }
+                self.view(&r.survivors)
+            }
             ToClient::Unmask(r) => {
                 if Some(&r.survivors) != self.model.signed.as_ref() {
                     return Err(Error::ContradictsSignedView(ViewContradiction::OtherU3));
@@ -252,14 +275,6 @@ impl Fuzz {
     fn view(&self, u3: &Survivors) -> Result<(), Error> {
         let (plan, me, held) = (&self.world.round.plan, self.world.me, &self.model.held);
         let (n, t, q) = (plan.n(), plan.threshold as usize, plan.q());
-        let expected = n.div_ceil(8);
-        if u3.0.len() != expected {
-            let got = u3.0.len();
-            return Err(Error::Malformed(Malformation::BitmapLength { got, clients: n, expected }));
-        }
-        if !n.is_multiple_of(8) && u3.0[n / 8] >> (n % 8) != 0 {
-            return Err(Error::Malformed(Malformation::BitmapPadding));
-        }
         if !u3.contains(me) {
             return Err(Error::ContradictsSignedView(ViewContradiction::OmitsSelf));
         }
@@ -279,12 +294,25 @@ impl Fuzz {
     }
 }
 
+/// A bitmap over n clients: its length and padding.
+fn bitmap(bits: &Survivors, n: usize) -> Result<(), Error> {
+    let expected = n.div_ceil(8);
+    if bits.0.len() != expected {
+        let got = bits.0.len();
+        return Err(Error::Malformed(Malformation::BitmapLength { got, clients: n, expected }));
+    }
+    if !n.is_multiple_of(8) && bits.0[n / 8] >> (n % 8) != 0 {
+        return Err(Error::Malformed(Malformation::BitmapPadding));
+    }
+    Ok(())
+}
+
 impl Fuzz {
     /// A random step: mostly the phase's honest message, else a replay, a corruption (half of
     /// them of the phase the client is in) or an empty message.
     fn random_step(&mut self) -> Step {
-        let (r, next) = (&mut self.rng, self.model.next.min(3));
-        let kind = r.random_range(0..4);
+        let (r, next) = (&mut self.rng, self.model.next.min(4));
+        let kind = r.random_range(0..5);
         match r.random_range(0..20) {
             0..=8 => Step::Current,
             9..=11 => Step::Replay(kind),
@@ -296,7 +324,7 @@ impl Fuzz {
     /// The client answers what the server sends it until it stops or is done; the round ends
     /// without it if it stopped, with the exact sum of U3, its input in it iff it uploaded.
     fn finish(&mut self) {
-        while self.model.aborted.is_none() && self.model.next < 4 {
+        while self.model.aborted.is_none() && self.model.next < 5 {
             let kind = self.model.next;
             let Some(msg) = self.world.honest[kind].clone() else { break };
             self.deliver(kind, msg, None);

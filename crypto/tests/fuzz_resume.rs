@@ -48,10 +48,11 @@ fn not_a_point() -> [u8; 32] {
 fn applies(kind: u32, at: usize) -> bool {
     match kind {
         13 | 14 | 22 | 30 | 31 => at >= 1,
-        15 | 16 | 18 => at >= 2,
-        19..=21 => at >= 3,
-        23 => at <= 3,
-        24..=28 => at == 4,
+        32..=34 => at >= 2,
+        15 | 16 | 18 => at >= 3,
+        19..=21 => at >= 4,
+        23 => at <= 4,
+        24..=28 => at == 5,
         _ => true,
     }
 }
@@ -61,7 +62,7 @@ fn applies(kind: u32, at: usize) -> bool {
 fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str, Verdict) {
     use Verdict::*;
     let at = state.closed.index();
-    let kinds: Vec<u32> = (0..32).filter(|&k| applies(k, at)).collect();
+    let kinds: Vec<u32> = (0..35).filter(|&k| applies(k, at)).collect();
     let kind = kinds[choice as usize % kinds.len()];
     let inconsistent = |why| Refused(Error::SavedStateInconsistent(why));
     let fewer = inconsistent("a closed phase left fewer than q clients");
@@ -77,6 +78,12 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
         state.u3.clone(),
     );
     let first_signer = state.signatures.first().map(|s| s.client);
+    // The senders of a complaints message: none is excluded in an honest round, so these
+    // are the clients that may upload.
+    let senders: Vec<u32> = state.complaints.iter().map(|m| index(&m.client)).collect();
+    let not_uploaders = inconsistent("U3 is not within the senders of complaints outside E");
+    let unclosed = inconsistent("phase 1½ does not close on the saved complaints");
+    let complaints = state.complaints.len().max(1);
     let (sigs, responses) = (state.signatures.len().max(1), state.unmasking.len().max(1));
     let advert = &mut state.adverts[e];
     match kind {
@@ -154,10 +161,19 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
                 .unmasking
                 .iter()
                 .any(|r| r.mask_key_shares.iter().any(|s| s.owner == client(v)));
-            let verdict = if u3.contains(&v) {
-                inconsistent("U3 is not within U2")
-            } else if state.u2.len() < q {
-                fewer
+            // Without v, some member of U2 may keep fewer than t holders.
+            let graph = fedsec_crypto::graph::Graph::from_plan(plan).expect("a valid plan");
+            let t = plan.threshold as usize;
+            let short = state.u2.iter().any(|&u| {
+                let holders = graph.holders(u as usize);
+                holders.iter().filter(|&&h| state.u2.contains(&(h as u32))).count() < t
+            });
+            let verdict = if senders.contains(&v) {
+                Refused(Error::NotEligible { client: client(v), phase: Phase::Complaints })
+            } else if at >= 2 && short {
+                unclosed
+            } else if u3.contains(&v) {
+                not_uploaders
             } else if revealed {
                 Refused(Error::Malformed(Malformation::UnexpectedMaskKeyShare(client(v))))
             } else {
@@ -195,15 +211,19 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
         16 => match u2.iter().copied().find(|v| !u3.contains(v)) {
             Some(v) => {
                 state.u3.push(v);
-                let verdict = first_signer.map_or(Trusted, |s| Refused(Error::BadSignature(s)));
+                let verdict = if senders.contains(&v) {
+                    first_signer.map_or(Trusted, |s| Refused(Error::BadSignature(s)))
+                } else {
+                    not_uploaders
+                };
                 ("a member of U2 added to U3", verdict)
             }
             None => {
                 state.u3.push(n as u32);
-                ("a non-member added to U3", inconsistent("U3 is not within U2"))
+                ("a non-member added to U3", not_uploaders)
             }
         },
-        17 if at >= 2 => {
+        17 if at >= 3 => {
             state.sum.pop();
             ("the masked sum cut", inconsistent("the masked sum's length is not the plan's"))
         }
@@ -240,6 +260,7 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
             state.closed = Phase::ALL[at - 1];
             let why = [
                 "U2 before phase 1 closed",
+                "complaints before phase 1½ closed",
                 "U3 before phase 2 closed",
                 "signatures before phase 3 closed",
                 "unmasking responses before phase 4 closed",
@@ -248,10 +269,10 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
         }
         23 => {
             state.closed = Phase::ALL[at + 1];
-            let verdict = if at == 1 {
-                inconsistent("the masked sum's length is not the plan's")
-            } else {
-                fewer
+            let verdict = match at {
+                1 => unclosed,
+                2 => inconsistent("the masked sum's length is not the plan's"),
+                _ => fewer,
             };
             ("the closed phase moved on", verdict)
         }
@@ -322,6 +343,26 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
             entries[j].0[96..].copy_from_slice(&b);
             ("a dealing's entry changed", Refused(Error::BadSignature(client(u2[i]))))
         }
+        32 => {
+            state.complaints.push(state.complaints[x % complaints].clone());
+            ("a complaints message twice", inconsistent("a complaints message appears twice"))
+        }
+        33 => {
+            let m = &mut state.complaints[x % complaints];
+            m.signature = flip_sig(m.signature, x);
+            ("a complaints message's signature flipped", Refused(Error::BadSignature(m.client)))
+        }
+        34 => {
+            let s = index(&state.complaints.remove(x % complaints).client);
+            let verdict = if state.complaints.len() < q {
+                unclosed
+            } else if u3.contains(&s) {
+                not_uploaders
+            } else {
+                Resumes
+            };
+            ("a complaints message dropped", verdict)
+        }
         _ => unreachable!("edit {kind} does not apply at phase {at}"),
     }
 }
@@ -374,6 +415,7 @@ fn reopen(
                 })
                 .collect(),
         ),
+        Sent::Exclusions(_) => Sent::Exclusions(server.exclusions().expect("phase 1½ closed")),
         Sent::Check(_) => Sent::Check(server.consistency_request().expect("phase 2 closed")),
         Sent::Unmask(_) => Sent::Unmask(server.unmasking_request().expect("phase 3 closed")),
         sent => sent,
@@ -442,7 +484,7 @@ proptest! {
     fn an_edited_saved_state_is_refused_by_the_rule_it_breaks_or_resumes(
         shape in shape(),
         drops in vec(0u8..24, 12),
-        at in 0usize..5,
+        at in 0usize..6,
         choice in any::<u32>(),
     ) {
         resumed_round(&shape, &drops, Phase::ALL[at], choice);

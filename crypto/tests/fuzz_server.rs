@@ -22,8 +22,10 @@ use fedsec_crypto::error::{Error, Malformation, SharesProblem};
 use fedsec_crypto::graph::Graph;
 use fedsec_crypto::ids::{ClientId, RoundContext};
 use fedsec_crypto::kdf::Label;
+use fedsec_crypto::proofs::ComplaintProof;
 use fedsec_crypto::proofs::KeyRole;
 use fedsec_crypto::secagg::Phase;
+use fedsec_crypto::secagg::commitments::{Dealt, Entry};
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
 use fedsec_crypto::sign::{CredentialRefusal, IdentityKey};
@@ -57,7 +59,7 @@ struct Model {
     accepted: BTreeMap<usize, Msg>,
     /// The chunks of incomplete uploads, by client and word offset.
     partial: BTreeMap<usize, BTreeMap<usize, Vec<u8>>>,
-    /// U1, U2, U3 and U4 as their phases closed.
+    /// U1, U2, the senders of complaints, U3 and U4 as their phases closed.
     closed: Vec<BTreeSet<usize>>,
 }
 
@@ -180,7 +182,7 @@ impl Model {
     /// Each b_u of u ∈ U3 has a share at each holder of H(u) that answered; each s_v^SK of a
     /// dropped v ∈ U2 \ U3 with a neighbour in U3 has one at each neighbour that answered.
     fn share_counts(&self, answered: &BTreeSet<usize>) -> Result<(), Error> {
-        let (u2, u3, t) = (&self.closed[1], &self.closed[2], self.plan.threshold as usize);
+        let (u2, u3, t) = (&self.closed[1], &self.closed[3], self.plan.threshold as usize);
         let count = |owner: usize, holders: Vec<usize>| {
             let have = holders.iter().filter(|h| answered.contains(h)).count();
             if have >= t {
@@ -283,7 +285,7 @@ impl Fuzz {
         let mut events: Vec<Event> = (0..parts).map(Event::Honest).collect();
         for _ in 0..r.random_range(0..=6) {
             let (k, j) = (r.random_range(0..parts.max(1)), r.random_range(0..n));
-            let phase = Phase::ALL[r.random_range(0..5)];
+            let phase = Phase::ALL[r.random_range(0..Phase::ALL.len())];
             events.push(match r.random_range(0..9) {
                 0..=2 if parts > 0 => Event::Corrupt(k, r.random()),
                 3 if parts > 0 => Event::Honest(k),
@@ -356,13 +358,14 @@ impl Fuzz {
         match (got, expected) {
             (Err(got), Err(want)) => assert_eq!(got, want, "close of {phase}"),
             (Ok(Sent::Sum(sum)), Ok(())) => {
-                let u3 = closed[2].iter().copied();
+                let u3 = closed[3].iter().copied();
                 assert_eq!(sum, self.round.clear_sum(u3), "the sum is the clear sum of U3");
             }
             (Ok(sent), Ok(())) => {
                 let server = match &sent {
                     Sent::Keys(_) => self.server.u1(),
                     Sent::Shares(_) => self.server.u2(),
+                    Sent::Exclusions(_) => self.server.uploaders(),
                     Sent::Check(_) => self.server.u3(),
                     Sent::Unmask(req) => req
                         .signatures
@@ -480,6 +483,29 @@ impl Fuzz {
                     }
                 };
                 return (msg, flaw);
+            }
+            (w, Msg::Complaints(c)) => {
+                let flaw = if w % 2 == 0 {
+                    c.signature = flip_sig(c.signature, x);
+                    Error::BadSignature(id)
+                } else {
+                    // A complaint about itself: refused for its shape, before anything else.
+                    c.complaints.push(Complaint {
+                        accused: id,
+                        dealt: Dealt {
+                            entry: Entry([0; 128]),
+                            index: 0,
+                            size: 1,
+                            path: Vec::new(),
+                            signature: [0; 64],
+                            ciphertext: vec![0; 80],
+                        },
+                        shared: [0; 32],
+                        proof: ComplaintProof([0; 96]),
+                    });
+                    Error::Malformed(Malformation::ComplaintAboutSelf)
+                };
+                return (msg, Some(flaw));
             }
             (w, Msg::Masked(m)) => {
                 let c = self.model.chunk;

@@ -221,6 +221,7 @@ fn an_inconsistent_saved_state_is_refused() {
         adverts: Vec::new(),
         u2: vec![0],
         dealings: Vec::new(),
+        complaints: Vec::new(),
         u3: Vec::new(),
         sum: Vec::new(),
         signatures: Vec::new(),
@@ -255,7 +256,7 @@ proptest::proptest! {
         u2 in proptest::collection::vec(0u32..12, 0..12),
         u3 in proptest::collection::vec(0u32..12, 0..12),
         words in 0usize..80,
-        closed in 0usize..5,
+        closed in 0usize..6,
     ) {
         let (plan, _) = federation(8, GraphKind::Complete, 0.3, 0.05, AdversaryClass::SemiMalicious, DIM, 9);
         if let Ok(state) = ClosedState::from_bytes(&bytes) {
@@ -266,6 +267,7 @@ proptest::proptest! {
             adverts: Vec::new(),
             u2,
             dealings: Vec::new(),
+            complaints: Vec::new(),
             u3,
             sum: vec![0; 4 * words],
             signatures: Vec::new(),

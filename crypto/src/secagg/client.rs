@@ -28,6 +28,7 @@ use crate::proofs::{KeyProof, KeyRole};
 use crate::rng::os_rng;
 use crate::secagg::Phase;
 use crate::secagg::commitments::{self, Entry, Parties, Verdict};
+use crate::secagg::complaints;
 use crate::secagg::messages::*;
 use crate::secagg::policy::check_floor;
 pub use crate::secagg::policy::{ClientPolicy, ContributionLedger, TrainedOn};
@@ -41,6 +42,8 @@ pub enum ClientPhase {
     AdvertiseKeys,
     /// Sent ShareKeys, waiting for the shares addressed to it.
     ShareKeys,
+    /// Sent its complaints (protocol v2), waiting for the excluded set E.
+    Complaints,
     /// Sent the masked input, waiting for U3.
     MaskedInputCollection,
     /// Signed U3, waiting for the unmasking request.
@@ -57,6 +60,7 @@ impl ClientPhase {
         match self {
             ClientPhase::AdvertiseKeys => Some(Phase::AdvertiseKeys),
             ClientPhase::ShareKeys => Some(Phase::ShareKeys),
+            ClientPhase::Complaints => Some(Phase::Complaints),
             ClientPhase::MaskedInputCollection => Some(Phase::MaskedInputCollection),
             ClientPhase::ConsistencyCheck => Some(Phase::ConsistencyCheck),
             ClientPhase::Unmasking => Some(Phase::Unmasking),
@@ -71,7 +75,7 @@ impl ClientPhase {
 
     /// The phase a message handled in this state belongs to.
     fn answered(self) -> Phase {
-        self.phase().expect("messages are answered in one of the five phases, never when aborted")
+        self.phase().expect("messages are answered in one of the six phases, never when aborted")
     }
 }
 
@@ -136,6 +140,11 @@ pub struct SecAggClient {
     /// Boxed, so that moving entries never leaves copies of a share behind.
     held: BTreeMap<usize, Box<HeldShares>>,
     share_keys: Option<Answered<ShareKeys>>,
+    /// The dealers this client complained about (canonical indices; protocol v2).
+    complained: std::collections::BTreeSet<usize>,
+    complaints: Option<Answered<Complaints>>,
+    /// The excluded set E this client masked under (protocol v2).
+    excluded: Option<Survivors>,
     masked_input: Option<Answered<MaskedInput>>,
     consistency: Option<Answered<ConsistencySignature>>,
     signed_survivors: Option<Survivors>,
@@ -289,6 +298,9 @@ impl SecAggClient {
             agreed: BTreeMap::new(),
             held: BTreeMap::new(),
             share_keys: None,
+            complained: std::collections::BTreeSet::new(),
+            complaints: None,
+            excluded: None,
             masked_input: None,
             consistency: None,
             signed_survivors: None,
@@ -492,10 +504,7 @@ impl SecAggClient {
             &[&me_id.0, &tree.size().to_be_bytes(), &tree.root()],
         ));
         self.peers = peers;
-        // The agreed values are all this client needs of c_u^SK from here on. (Protocol v2's
-        // complaints need a proof made with c_u^SK after the ciphertexts arrive: it will keep
-        // c_u^SK until the complaints phase.)
-        self.enc_sk = None;
+        // c_u^SK stays until the complaints are made: a complaint's proof is made with it.
         Ok(ShareKeys {
             version: PROTOCOL_VERSION,
             ctx: self.ctx,
@@ -506,12 +515,96 @@ impl SecAggClient {
         })
     }
 
-    /// Phase 1 → 2: decrypts the shares addressed to this client, then computes the masked
-    /// input y_u = x_u + PRG(self) + Σ_{v∈N(u)∩U2} σ(u,v)·PRG(s_uv) — once per attempt — and
-    /// records the checkpoint in `ledger` (persist it before sending).
-    pub fn handle_shares(
+    /// Phase 1 → 1½: opens each share forwarded to this client with the one validity function
+    /// and answers with its complaints (protocol v2) — once per attempt. A share that is
+    /// malformed (not what its dealer signed: the server tampered) stops the client; a share
+    /// that is bad (the dealer's fault) gets a complaint, with K and the proof that it is the
+    /// agreed key; the others are kept. c_u^SK is forgotten once the complaints are made.
+    pub fn handle_shares(&mut self, msg: &SharesForward) -> Result<Complaints> {
+        let digest = message_digest(msg);
+        self.answer(
+            ClientPhase::ShareKeys,
+            digest,
+            |s| s.complaints.as_ref(),
+            |s| s.complaints_inner(msg),
+            |s, a| {
+                s.complaints = Some(a);
+                s.phase = ClientPhase::Complaints;
+            },
+        )
+    }
+
+    fn complaints_inner(&mut self, msg: &SharesForward) -> Result<Complaints> {
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        let me_id = self.id();
+        if msg.recipient != me_id {
+            return Err(Error::InconsistentForward(ForwardFault::SharesForAnother));
+        }
+        let enc_sk = self.enc_sk.take().expect("secrets live until abort or unmasking");
+        let mut received = BTreeMap::new();
+        let mut complaints = Vec::new();
+        let mut complained = std::collections::BTreeSet::new();
+        for fwd in &msg.shares {
+            let idx = self.plan.index_of(&fwd.from).ok_or(Error::NotSelected(fwd.from))?;
+            if !self.peers.contains_key(&idx) {
+                return Err(Error::NotNeighbour(fwd.from));
+            }
+            if received.contains_key(&idx) || complained.contains(&idx) {
+                return Err(Error::DuplicateClient(fwd.from));
+            }
+            let k = self.agreed.remove(&idx).ok_or(Error::NotNeighbour(fwd.from))?;
+            let peer = &self.peers[&idx];
+            let parties = Parties {
+                ctx: &self.ctx,
+                dealer: &fwd.from,
+                dealer_key: &peer.verifying_key,
+                holder: &me_id,
+                shared: &k,
+            };
+            match commitments::open(&parties, &fwd.dealt) {
+                Verdict::Ok(self_mask, mask_key) => {
+                    received.insert(idx, Box::new(HeldShares { mask_key, self_mask }));
+                }
+                // What the server was to check before forwarding: it tampered.
+                Verdict::Malformed(why) => {
+                    return Err(Error::TamperedShare { dealer: fwd.from, why });
+                }
+                // The dealer's fault: complain, showing the share and K.
+                Verdict::Bad(_) => {
+                    let complaint = complaints::complain(
+                        &self.ctx,
+                        &me_id,
+                        &enc_sk,
+                        &fwd.from,
+                        &peer.enc_pk,
+                        &k,
+                        fwd.dealt.clone(),
+                    )
+                    .expect("K is this client's own agreement with the dealer");
+                    complaints.push(complaint);
+                    complained.insert(idx);
+                }
+            }
+        }
+        complaints.sort_by(|a, b| a.accused.cmp(&b.accused));
+        self.held.extend(received);
+        self.complained = complained;
+        // K and c_u^SK are needed no more.
+        self.agreed.clear();
+        drop(enc_sk);
+        Ok(complaints::sign(&self.identity, &self.ctx, complaints))
+    }
+
+    /// Phase 1½ → 2: given the excluded set E, computes the masked input
+    /// y_u = x_u + PRG(self) + Σ_{v∈N(u)∩(U2∖E)} σ(u,v)·PRG(s_uv) — once per attempt — and records
+    /// the checkpoint in `ledger` (persist it before sending). The client stops instead (a
+    /// dropout after ShareKeys: no upload, so it keeps its one upload per checkpoint) if it is
+    /// in E, if a dealer it complained about is not in E, or if fewer than t of its share
+    /// holders (itself included) remain outside E. It never masks over a neighbour it
+    /// complained about or one in E, and forgets the shares it holds of E's members.
+    pub fn handle_exclusions(
         &mut self,
-        msg: &SharesForward,
+        msg: &Exclusions,
         input: &[u32],
         ledger: &mut ContributionLedger,
     ) -> Result<MaskedInput> {
@@ -521,7 +614,7 @@ impl SecAggClient {
             return if done.request == digest {
                 Ok(done.reply.clone())
             } else {
-                Err(Error::PhaseAlreadyAnswered(Phase::ShareKeys))
+                Err(Error::PhaseAlreadyAnswered(Phase::Complaints))
             };
         }
         // A wrong length is the caller's own mistake: refused without aborting.
@@ -537,7 +630,7 @@ impl SecAggClient {
             return Err(e);
         }
         let reply = self.answer(
-            ClientPhase::ShareKeys,
+            ClientPhase::Complaints,
             digest,
             |s| s.masked_input.as_ref(),
             |s| s.masked_input_inner(msg, input),
@@ -550,49 +643,28 @@ impl SecAggClient {
         Ok(reply)
     }
 
-    fn masked_input_inner(&mut self, msg: &SharesForward, input: &[u32]) -> Result<MaskedInput> {
+    fn masked_input_inner(&mut self, msg: &Exclusions, input: &[u32]) -> Result<MaskedInput> {
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let me_id = self.id();
-        if msg.recipient != me_id {
-            return Err(Error::InconsistentForward(ForwardFault::SharesForAnother));
+        msg.excluded.indices(self.plan.n())?;
+        if msg.excluded.contains(self.me) {
+            return Err(Error::Excluded);
         }
-        let mut received = BTreeMap::new();
-        for fwd in &msg.shares {
-            let idx = self.plan.index_of(&fwd.from).ok_or(Error::NotSelected(fwd.from))?;
-            if !self.peers.contains_key(&idx) {
-                return Err(Error::NotNeighbour(fwd.from));
-            }
-            if received.contains_key(&idx) {
-                return Err(Error::DuplicateClient(fwd.from));
-            }
-            let k = self.agreed.remove(&idx).ok_or(Error::NotNeighbour(fwd.from))?;
-            let parties = Parties {
-                ctx: &self.ctx,
-                dealer: &fwd.from,
-                dealer_key: &self.peers[&idx].verifying_key,
-                holder: &me_id,
-                shared: &k,
-            };
-            let (self_mask, mask_key) = match commitments::open(&parties, &fwd.dealt) {
-                Verdict::Ok(b, s) => (b, s),
-                // What the server was to check before forwarding: it tampered.
-                Verdict::Malformed(why) => {
-                    return Err(Error::TamperedShare { dealer: fwd.from, why });
-                }
-                Verdict::Bad(why) => return Err(Error::BadShare { dealer: fwd.from, why }),
-            };
-            received.insert(idx, Box::new(HeldShares { mask_key, self_mask }));
+        if let Some(&ignored) = self.complained.iter().find(|&&i| !msg.excluded.contains(i)) {
+            return Err(Error::ComplaintIgnored(self.plan.selected[ignored]));
         }
+        // E's members are out of the attempt: none of their shares is ever revealed.
+        self.held.retain(|&owner, _| !msg.excluded.contains(owner));
         let t = self.plan.threshold as usize;
-        if received.len() + 1 < t {
-            return Err(Error::TooFewNeighbours { have: received.len() + 1, need: t });
+        if self.held.len() < t {
+            return Err(Error::TooFewNeighbours { have: self.held.len(), need: t });
         }
 
         let mask_sk = self.mask_sk.as_ref().expect("secrets live until abort or unmasking");
         let self_seed = self.self_seed.as_ref().expect("secrets live until abort or unmasking");
-        let mut seeds = Vec::with_capacity(received.len() + 1);
+        let mut seeds = Vec::with_capacity(self.held.len());
         seeds.push((MaskSeed::self_mask(self_seed, &self.ctx, &me_id), Sign::Add));
-        for &idx in received.keys() {
+        for &idx in self.held.keys().filter(|&&i| i != self.me) {
             let peer = &self.peers[&idx];
             seeds.push((
                 MaskSeed::pairwise(mask_sk, &peer.mask_pk, &self.ctx, &me_id, &peer.id),
@@ -602,10 +674,8 @@ impl SecAggClient {
         let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, g)| (s, *g)).collect();
         let mut y = input.to_vec();
         Kernel::single().apply(&mut y, 0, &masks);
-        self.held.extend(received);
+        self.excluded = Some(msg.excluded.clone());
         // The own shares are in `held`; nothing else needs the secret keys any more.
-        self.agreed.clear();
-        self.enc_sk = None;
         self.mask_sk = None;
         self.self_seed = None;
         let mut data = Vec::with_capacity(4 * y.len());
@@ -642,9 +712,17 @@ impl SecAggClient {
     fn consistency_inner(&mut self, msg: &ConsistencyRequest) -> Result<ConsistencySignature> {
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let u3 = msg.survivors.indices(self.plan.n())?;
+        let excluded = self.excluded.as_ref().expect("set when the masked input was made");
+        if msg.excluded != *excluded {
+            return Err(Error::ContradictsSignedView(ViewContradiction::OtherExcludedSet));
+        }
+        if let Some(&member) = u3.iter().find(|&&i| excluded.contains(i)) {
+            let id = self.plan.selected[member];
+            return Err(Error::ContradictsSignedView(ViewContradiction::ContainsExcluded(id)));
+        }
         self.check_survivors(&msg.survivors, u3.len())?;
-        let signature =
-            self.identity.sign(Label::Consistency, &self.ctx, &[&msg.survivors.digest()]);
+        let [u3_digest, e_digest] = ConsistencyRequest::signed_parts(&msg.survivors, excluded);
+        let signature = self.identity.sign(Label::Consistency, &self.ctx, &[&u3_digest, &e_digest]);
         self.signed_survivors = Some(msg.survivors.clone());
         Ok(ConsistencySignature {
             version: PROTOCOL_VERSION,
@@ -715,8 +793,10 @@ impl SecAggClient {
         }
         let n = self.plan.n();
         // Every signature signs the same message.
+        let excluded = self.excluded.as_ref().expect("set when the masked input was made");
+        let [u3_digest, e_digest] = ConsistencyRequest::signed_parts(signed, excluded);
         let message: std::sync::Arc<[u8]> =
-            crate::kdf::labelled(Label::Consistency, &self.ctx, &[&signed.digest()]).into();
+            crate::kdf::labelled(Label::Consistency, &self.ctx, &[&u3_digest, &e_digest]).into();
         let mut seen = vec![false; n];
         let mut batch = Vec::with_capacity(msg.signatures.len());
         // The server lists signers in canonical order: each one is usually the next member of

@@ -213,6 +213,25 @@ pub enum Unfounded {
     Malformed(Malformed),
 }
 
+/// One complaint as judged: who complained about whom, and the judgement. The server keeps
+/// every one, for the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Judged {
+    /// The complainer v.
+    pub complainer: ClientId,
+    /// The accused dealer u.
+    pub accused: ClientId,
+    /// The judgement.
+    pub judgement: Judgement,
+}
+
+impl Judged {
+    /// The one party this complaint excludes.
+    pub fn excluded(&self) -> ClientId {
+        self.judgement.excluded(self.complainer, self.accused)
+    }
+}
+
 /// A complaint's judgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Judgement {

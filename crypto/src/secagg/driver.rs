@@ -176,13 +176,25 @@ fn run(
     let forwards = close!(Phase::ShareKeys, server.close_share_keys());
     outcome.set_sizes.push(server.u2().len());
 
-    // Phase 2.
+    // Phase 1½: complaints (protocol v2).
+    let mut complained = Vec::new();
     for f in &forwards {
         let i = plan.index_of(&f.recipient).expect("server forwards only to U");
-        if active(i, Phase::MaskedInputCollection)
-            && let Ok(msg) = clients[i].handle_shares(f, &inputs[i], &mut ledgers[i])
+        if active(i, Phase::Complaints)
+            && let Ok(msg) = clients[i].handle_shares(f)
         {
-            server.receive_masked_input(f.recipient, &msg)?;
+            server.receive_complaints(f.recipient, msg)?;
+            complained.push(i);
+        }
+    }
+    let exclusions = close!(Phase::Complaints, server.close_complaints());
+
+    // Phase 2.
+    for i in complained {
+        if active(i, Phase::MaskedInputCollection)
+            && let Ok(msg) = clients[i].handle_exclusions(&exclusions, &inputs[i], &mut ledgers[i])
+        {
+            server.receive_masked_input(plan.selected[i], &msg)?;
         }
     }
     let request = close!(Phase::MaskedInputCollection, server.close_masked_input());

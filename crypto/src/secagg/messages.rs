@@ -278,9 +278,19 @@ pub struct ConsistencyRequest {
     pub ctx: RoundContext,
     /// U3.
     pub survivors: Survivors,
+    /// E, the excluded set every member of U3 masked under (protocol v2).
+    pub excluded: Survivors,
 }
 
-/// Phase 3, client → server: Sign_id(`consistency` ‖ ctx ‖ SHA-256(U3)).
+impl ConsistencyRequest {
+    /// What a consistency signature covers after `consistency` ‖ ctx: SHA-256(U3 bitmap) ‖
+    /// SHA-256(E bitmap).
+    pub fn signed_parts(survivors: &Survivors, excluded: &Survivors) -> [[u8; 32]; 2] {
+        [survivors.digest(), excluded.digest()]
+    }
+}
+
+/// Phase 3, client → server: Sign_id(`consistency` ‖ ctx ‖ SHA-256(U3) ‖ SHA-256(E)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsistencySignature {
     /// Protocol version.

@@ -1,4 +1,5 @@
-//! The five phases of a SecAgg attempt (Bonawitz et al. §4, Figure 4, rounds 0–4), named once.
+//! The six phases of a SecAgg attempt — Bonawitz et al. §4, Figure 4, rounds 0–4, with protocol
+//! v2's Complaints ("1½") between ShareKeys and MaskedInputCollection — named once.
 //!
 //! [`Phase`] lives in the protocol core because the core's own state machines are built on it:
 //! [`ClientPhase`](super::client::ClientPhase) and [`ServerPhase`](super::server::ServerPhase)
@@ -6,7 +7,7 @@
 //! errors name the phase they concern with it. The round engine, the client round, the wire
 //! crate and the simulation use the same type.
 
-/// The five phases, in order. Every party — client round, round engine, gRPC adapter, the
+/// The six phases, in order. Every party — client round, round engine, gRPC adapter, the
 /// simulation — names phases with this type; [`Phase::name`] is how messages and errors show it.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
@@ -16,6 +17,9 @@ pub enum Phase {
     AdvertiseKeys,
     /// Phase 1: each client sends its encrypted shares to its share holders.
     ShareKeys,
+    /// Phase 1½ (protocol v2): each client complains about the dealers whose shares are bad,
+    /// and learns the excluded set E.
+    Complaints,
     /// Phase 2: each client uploads its masked input.
     MaskedInputCollection,
     /// Phase 3: each client signs the set of clients whose input is in the sum (U3).
@@ -25,10 +29,11 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// All five, in order.
-    pub const ALL: [Phase; 5] = [
+    /// All six, in order.
+    pub const ALL: [Phase; 6] = [
         Phase::AdvertiseKeys,
         Phase::ShareKeys,
+        Phase::Complaints,
         Phase::MaskedInputCollection,
         Phase::ConsistencyCheck,
         Phase::Unmasking,
@@ -39,18 +44,20 @@ impl Phase {
         match self {
             Phase::AdvertiseKeys => "AdvertiseKeys",
             Phase::ShareKeys => "ShareKeys",
+            Phase::Complaints => "Complaints",
             Phase::MaskedInputCollection => "MaskedInputCollection",
             Phase::ConsistencyCheck => "ConsistencyCheck",
             Phase::Unmasking => "Unmasking",
         }
     }
 
-    /// Its number, 0–4.
+    /// Its position, 0–5 (Complaints, the design's phase 1½, is 2; the phases after it are one
+    /// more than their number in the paper).
     pub const fn index(self) -> usize {
         self as usize
     }
 
-    /// The phase numbered `index` (0–4).
+    /// The phase at position `index` (0–5).
     pub fn from_index(index: usize) -> Option<Phase> {
         Phase::ALL.get(index).copied()
     }
@@ -84,7 +91,9 @@ mod tests {
             assert_eq!(Phase::from_name(p.name()), Some(p));
             assert_eq!(p.to_string(), p.name());
         }
-        assert_eq!(Phase::from_index(5), None);
+        assert_eq!(Phase::from_index(6), None);
+        assert_eq!(Phase::ShareKeys.next(), Some(Phase::Complaints));
+        assert_eq!(Phase::Complaints.next(), Some(Phase::MaskedInputCollection));
         assert_eq!(Phase::Unmasking.next(), None);
         assert_eq!(Phase::AdvertiseKeys.next(), Some(Phase::ShareKeys));
         assert!(Phase::AdvertiseKeys < Phase::Unmasking);

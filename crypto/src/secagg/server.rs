@@ -26,6 +26,7 @@ use crate::prg::MaskSeed;
 use crate::secagg::Phase;
 use crate::secagg::client::{Peer, verify_advert, verify_key_proofs};
 use crate::secagg::commitments::{self, Dealt, DegreeTest, DualWeights, Entry};
+use crate::secagg::complaints::{self, AcceptedRoot, Accused, Complainer, Judged};
 use crate::secagg::messages::*;
 use crate::shamir::{LagrangeCache, ShareValue};
 use crate::sign::{CredentialVerifier, verify};
@@ -46,6 +47,8 @@ pub enum ServerPhase {
     AdvertiseKeys,
     /// Collecting ShareKeys (U2).
     ShareKeys,
+    /// Collecting complaints and judging them (E; protocol v2).
+    Complaints,
     /// Collecting masked inputs (U3).
     MaskedInputCollection,
     /// Collecting consistency signatures (U4).
@@ -64,6 +67,7 @@ impl ServerPhase {
         match self {
             ServerPhase::AdvertiseKeys => Some(Phase::AdvertiseKeys),
             ServerPhase::ShareKeys => Some(Phase::ShareKeys),
+            ServerPhase::Complaints => Some(Phase::Complaints),
             ServerPhase::MaskedInputCollection => Some(Phase::MaskedInputCollection),
             ServerPhase::ConsistencyCheck => Some(Phase::ConsistencyCheck),
             ServerPhase::Unmasking => Some(Phase::Unmasking),
@@ -86,6 +90,7 @@ impl From<Phase> for ServerPhase {
         match phase {
             Phase::AdvertiseKeys => ServerPhase::AdvertiseKeys,
             Phase::ShareKeys => ServerPhase::ShareKeys,
+            Phase::Complaints => ServerPhase::Complaints,
             Phase::MaskedInputCollection => ServerPhase::MaskedInputCollection,
             Phase::ConsistencyCheck => ServerPhase::ConsistencyCheck,
             Phase::Unmasking => ServerPhase::Unmasking,
@@ -145,6 +150,9 @@ pub struct ClosedState {
     /// Each dealer of U2's commitments and root signature, in the order of U2 (once phase 1
     /// closed; protocol v2): what revealed shares are checked against.
     pub dealings: Vec<Dealing>,
+    /// Phase 1½'s complaints messages, in canonical order of sender (once it closed; protocol
+    /// v2): on resume each is judged again, which gives E again.
+    pub complaints: Vec<Complaints>,
     /// U3, canonical indices ascending (once phase 2 closed).
     pub u3: Vec<u32>,
     /// The sum of U3's masked inputs, little-endian words (once phase 2 closed).
@@ -235,6 +243,18 @@ pub struct SecAggServer {
     /// Dealers whose commitments failed the phase-1 checks: excluded as if they had dropped
     /// before ShareKeys, so a later ShareKeys of theirs is refused unread.
     excluded_dealers: BTreeSet<usize>,
+    /// Each dealer of U2's signed root as accepted (protocol v2): what a complaint's evidence
+    /// must lead to.
+    accepted: BTreeMap<usize, AcceptedRoot>,
+    /// Phase 1½'s messages, by sender (protocol v2).
+    complaints: BTreeMap<usize, Complaints>,
+    /// Every complaint received, judged on receipt, in the order received.
+    judgements: Vec<Judged>,
+    /// E, once phase 1½ closed: excluded from the rest of the attempt. (`u2` keeps U2 as it
+    /// closed; from phase 2 on, the protocol's U2 is `u2` less E.)
+    excluded: BTreeSet<usize>,
+    /// The senders of a complaints message outside E: who may upload a masked input.
+    uploaders: BTreeSet<usize>,
     uploads: BTreeMap<usize, PartialUpload>,
     complete: BTreeSet<usize>,
     sum: Vec<u32>,
@@ -281,6 +301,11 @@ impl SecAggServer {
             dealings: BTreeMap::new(),
             dual_weights: HashMap::new(),
             excluded_dealers: BTreeSet::new(),
+            accepted: BTreeMap::new(),
+            complaints: BTreeMap::new(),
+            judgements: Vec::new(),
+            excluded: BTreeSet::new(),
+            uploaders: BTreeSet::new(),
             uploads: BTreeMap::new(),
             complete: BTreeSet::new(),
             sum: vec![0; dim],
@@ -301,7 +326,8 @@ impl SecAggServer {
     pub fn closed_state(&self) -> Option<ClosedState> {
         let closed = match self.phase {
             ServerPhase::ShareKeys => Phase::AdvertiseKeys,
-            ServerPhase::MaskedInputCollection => Phase::ShareKeys,
+            ServerPhase::Complaints => Phase::ShareKeys,
+            ServerPhase::MaskedInputCollection => Phase::Complaints,
             ServerPhase::ConsistencyCheck => Phase::MaskedInputCollection,
             ServerPhase::Unmasking => Phase::ConsistencyCheck,
             _ => return None,
@@ -321,6 +347,11 @@ impl SecAggServer {
             u2: if after(Phase::ShareKeys) { indices(&self.u2) } else { Vec::new() },
             dealings: if after(Phase::ShareKeys) {
                 self.u2.iter().map(|u| self.dealings[u].clone()).collect()
+            } else {
+                Vec::new()
+            },
+            complaints: if after(Phase::Complaints) {
+                self.complaints.values().cloned().collect()
             } else {
                 Vec::new()
             },
@@ -455,14 +486,40 @@ impl SecAggServer {
                 let signed = commitments::signed_root(&server.ctx, &id, tree.size(), &tree.root());
                 let key = server.advertised[&u].1.verifying_key;
                 server.verifier.verify_signature(id, &key, &signed, &dealing.signature.0)?;
+                let root = AcceptedRoot {
+                    root: tree.root(),
+                    size: tree.size(),
+                    signature: dealing.signature.0,
+                };
+                server.accepted.insert(u, root);
                 server.dealings.insert(u, dealing);
             }
         } else if !state.u2.is_empty() || !state.dealings.is_empty() {
             return Err(bad("U2 before phase 1 closed"));
         }
+        if after(Phase::Complaints) {
+            // Each complaints message is checked and judged again, as on receipt; E follows.
+            server.phase = ServerPhase::Complaints;
+            for msg in state.complaints {
+                let from = msg.client;
+                if server.complaints.contains_key(&server.index(&from)?) {
+                    return Err(bad("a complaints message appears twice"));
+                }
+                server.receive_complaints(from, msg)?;
+            }
+            server
+                .close_complaints()
+                .map_err(|_| bad("phase 1½ does not close on the saved complaints"))?;
+        } else if !state.complaints.is_empty() {
+            return Err(bad("complaints before phase 1½ closed"));
+        }
         if after(Phase::MaskedInputCollection) {
-            let u2 = server.u2.clone();
-            server.complete = set(&state.u3, &|i| u2.contains(&i), "U3 is not within U2")?;
+            let uploaders = server.uploaders.clone();
+            server.complete = set(
+                &state.u3,
+                &|i| uploaders.contains(&i),
+                "U3 is not within the senders of complaints outside E",
+            )?;
             if state.sum.len() != 4 * server.plan.dim as usize {
                 return Err(bad("the masked sum's length is not the plan's"));
             }
@@ -476,7 +533,11 @@ impl SecAggServer {
             return Err(bad("U3 before phase 2 closed"));
         }
         if after(Phase::ConsistencyCheck) {
-            let digest = server.survivors.as_ref().expect("set above").digest();
+            let excluded = server.excluded_set();
+            let [u3_digest, e_digest] = ConsistencyRequest::signed_parts(
+                server.survivors.as_ref().expect("set above"),
+                &excluded,
+            );
             for msg in state.signatures {
                 check_header(msg.version, &msg.ctx, &server.ctx)?;
                 let u = server.index(&msg.client)?;
@@ -489,7 +550,7 @@ impl SecAggServer {
                     msg.client,
                     Label::Consistency,
                     &server.ctx,
-                    &[&digest],
+                    &[&u3_digest, &e_digest],
                     &msg.signature.0,
                 )?;
                 if server.consistency.insert(u, msg).is_some() {
@@ -517,6 +578,7 @@ impl SecAggServer {
         let sizes = [
             server.advertised.len(),
             server.u2.len(),
+            server.uploaders.len(),
             server.complete.len(),
             server.consistency.len(),
             server.unmasking.len(),
@@ -858,6 +920,14 @@ impl SecAggServer {
             let dealing = &self.dealings[u];
             let tree = merkle::Tree::new(dealing.entries.iter().map(Entry::leaf).collect())
                 .expect("at least the dealer's own entry");
+            self.accepted.insert(
+                *u,
+                AcceptedRoot {
+                    root: tree.root(),
+                    size: tree.size(),
+                    signature: dealing.signature.0,
+                },
+            );
             for s in &msg.shares {
                 if let Some(list) = inbox.get_mut(&s.to) {
                     let (index, entry) = dealing.entry(&s.to).expect("checked on receipt");
@@ -875,7 +945,7 @@ impl SecAggServer {
                 }
             }
         }
-        self.phase = ServerPhase::MaskedInputCollection;
+        self.phase = ServerPhase::Complaints;
         // Forwarded: the server needs only U2 and the dealings from here on.
         self.share_keys.clear();
         self.dual_weights.clear();
@@ -931,6 +1001,136 @@ impl SecAggServer {
         Some(out)
     }
 
+    // ---------------------------------------------------------------- phase 1½
+
+    /// Phase 1½ (protocol v2): a client's complaints, possibly none. The message must come
+    /// from a member of U2, be signed on this attempt by its sender, and have the shape every
+    /// complaints message has ([`complaints::check_shape`]); each complaint in it is then
+    /// judged on receipt, independently of the others ([`complaints::judge`]). A dealer is
+    /// accusable only by its neighbours in U2 as phase 1 closed.
+    pub fn receive_complaints(&mut self, from: ClientId, msg: Complaints) -> Result<()> {
+        check_sender(&from, &msg.client)?;
+        self.expect_phase(Phase::Complaints)?;
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        let v = self.index(&msg.client)?;
+        if !self.u2.contains(&v) {
+            return Err(Error::NotEligible { client: msg.client, phase: Phase::Complaints });
+        }
+        if let Some(prev) = self.complaints.get(&v) {
+            return if *prev == msg { Ok(()) } else { Err(Error::DuplicateClient(msg.client)) };
+        }
+        let dealers = self.graph.neighbours(v).into_iter().filter(|u| self.u2.contains(u)).count();
+        complaints::check_shape(&msg, dealers)?;
+        let complainer = &self.advertised[&v].1;
+        complaints::verify_signature(&self.ctx, &msg, &complainer.verifying_key)?;
+        for c in &msg.complaints {
+            let accused = self
+                .plan
+                .index_of(&c.accused)
+                .filter(|&u| self.u2.contains(&u) && self.graph.are_neighbours(u, v))
+                .map(|u| {
+                    let peer = &self.advertised[&u].1;
+                    Accused {
+                        id: &peer.id,
+                        enc_pk: &peer.enc_pk,
+                        identity_key: &peer.verifying_key,
+                        accepted: &self.accepted[&u],
+                    }
+                });
+            let judgement = complaints::judge(
+                &self.ctx,
+                Complainer { id: &complainer.id, enc_pk: &complainer.enc_pk },
+                accused,
+                c,
+            );
+            self.judgements.push(Judged { complainer: msg.client, accused: c.accused, judgement });
+        }
+        self.complaints.insert(v, msg);
+        Ok(())
+    }
+
+    /// Closes phase 1½: E is the party each complaint excludes. Aborts if fewer than q
+    /// senders of a complaints message remain outside E, or if a member of U2 outside E has
+    /// fewer than t share holders (itself included) left in U2 \ E — its secrets could not be
+    /// rebuilt. Returns E for the senders of a complaints message; only those outside E may
+    /// upload.
+    pub fn close_complaints(&mut self) -> Result<Exclusions> {
+        self.expect_phase(Phase::Complaints)?;
+        let excluded: BTreeSet<usize> = self
+            .judgements
+            .iter()
+            .map(|j| self.plan.index_of(&j.excluded()).expect("an upheld accused is selected"))
+            .collect();
+        let uploaders: BTreeSet<usize> =
+            self.complaints.keys().filter(|v| !excluded.contains(v)).copied().collect();
+        self.require_quorum(Phase::Complaints, uploaders.len())?;
+        let t = self.plan.threshold as usize;
+        for &u in self.u2.iter().filter(|u| !excluded.contains(u)) {
+            let have = self
+                .graph
+                .holders(u)
+                .into_iter()
+                .filter(|h| self.u2.contains(h) && !excluded.contains(h))
+                .count();
+            if have < t {
+                let e = Error::HolderShortfall { client: self.plan.selected[u], have, need: t };
+                self.abort(e.clone());
+                return Err(e);
+            }
+        }
+        self.excluded = excluded;
+        self.uploaders = uploaders;
+        self.phase = ServerPhase::MaskedInputCollection;
+        Ok(self.exclusions().expect("phase 1½ closed"))
+    }
+
+    /// What phase 1½'s close sent ([`close_complaints`](Self::close_complaints)'s output),
+    /// once it closed.
+    pub fn exclusions(&self) -> Option<Exclusions> {
+        let closed = matches!(
+            self.phase,
+            ServerPhase::MaskedInputCollection
+                | ServerPhase::ConsistencyCheck
+                | ServerPhase::Unmasking
+                | ServerPhase::Finished
+        );
+        if !closed {
+            return None;
+        }
+        Some(Exclusions { version: PROTOCOL_VERSION, ctx: self.ctx, excluded: self.excluded_set() })
+    }
+
+    /// E as a bitmap (empty before phase 1½ closes).
+    fn excluded_set(&self) -> Survivors {
+        Survivors::from_indices(self.plan.n(), self.excluded.iter().copied())
+    }
+
+    /// Every complaint received so far, with its judgement, in the order received: what the
+    /// audit log records.
+    pub fn judgements(&self) -> &[Judged] {
+        &self.judgements
+    }
+
+    /// The complaints messages received, by sender, in canonical order.
+    pub fn complaints(&self) -> impl Iterator<Item = &Complaints> {
+        self.complaints.values()
+    }
+
+    /// E, canonical indices (empty before phase 1½ closes).
+    pub fn excluded(&self) -> &BTreeSet<usize> {
+        &self.excluded
+    }
+
+    /// The senders of a complaints message outside E, who may upload (once phase 1½ closed).
+    pub fn uploaders(&self) -> BTreeSet<usize> {
+        self.uploaders.clone()
+    }
+
+    /// Each dealer of U2's accepted signed root (once phase 1 closed).
+    pub fn accepted_roots(&self) -> &BTreeMap<usize, AcceptedRoot> {
+        &self.accepted
+    }
+
     // ---------------------------------------------------------------- phase 2
 
     /// Phase 2: a masked input, whole or in chunks at word offsets. A client's upload is kept
@@ -944,7 +1144,7 @@ impl SecAggServer {
         self.expect_phase(Phase::MaskedInputCollection)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         let u = self.index(&msg.client)?;
-        if !self.u2.contains(&u) {
+        if !self.uploaders.contains(&u) {
             return Err(Error::NotEligible {
                 client: msg.client,
                 phase: Phase::MaskedInputCollection,
@@ -1032,9 +1232,13 @@ impl SecAggServer {
         if let Some(prev) = self.consistency.get(&u) {
             return if *prev == msg { Ok(()) } else { Err(Error::DuplicateClient(msg.client)) };
         }
-        let digest = self.survivors.as_ref().expect("set when phase 2 closed").digest();
+        let [u3_digest, e_digest] = ConsistencyRequest::signed_parts(
+            self.survivors.as_ref().expect("set when phase 2 closed"),
+            &self.excluded_set(),
+        );
         let key = &self.advertised[&u].1.verifying_key;
-        verify(key, msg.client, Label::Consistency, &self.ctx, &[&digest], &msg.signature.0)?;
+        let parts: [&[u8]; 2] = [&u3_digest, &e_digest];
+        verify(key, msg.client, Label::Consistency, &self.ctx, &parts, &msg.signature.0)?;
         self.consistency.insert(u, msg);
         Ok(())
     }
@@ -1051,7 +1255,12 @@ impl SecAggServer {
     /// output), once it closed.
     pub fn consistency_request(&self) -> Option<ConsistencyRequest> {
         let survivors = self.survivors.clone()?;
-        Some(ConsistencyRequest { version: PROTOCOL_VERSION, ctx: self.ctx, survivors })
+        Some(ConsistencyRequest {
+            version: PROTOCOL_VERSION,
+            ctx: self.ctx,
+            survivors,
+            excluded: self.excluded_set(),
+        })
     }
 
     /// What phase 3's close sent U4 ([`close_consistency`](Self::close_consistency)'s output),
@@ -1109,7 +1318,11 @@ impl SecAggServer {
             if !self.graph.are_neighbours(h, v) {
                 return Err(Error::NotNeighbour(s.owner));
             }
-            if self.complete.contains(&v) || !self.u2.contains(&v) || !owners.insert(v) {
+            if self.complete.contains(&v)
+                || !self.u2.contains(&v)
+                || self.excluded.contains(&v)
+                || !owners.insert(v)
+            {
                 return Err(Error::Malformed(Malformation::UnexpectedMaskKeyShare(s.owner)));
             }
             ShareValue::from_bytes(&s.share)
@@ -1231,7 +1444,10 @@ impl SecAggServer {
             seeds.push((MaskSeed::self_mask(&b, &self.ctx, &id), Sign::Sub));
         }
         let mut dropped = Vec::new();
-        for &v in self.u2.iter().filter(|v| !self.complete.contains(v)) {
+        // U2 \ E: nothing of an excluded client is in the sum, and nothing of it is rebuilt.
+        for &v in
+            self.u2.iter().filter(|v| !self.complete.contains(v) && !self.excluded.contains(v))
+        {
             let v_id = self.plan.selected[v];
             let survivors: Vec<usize> = self
                 .graph

@@ -19,11 +19,13 @@ use rand_chacha::ChaCha20Rng;
 use super::fuzz::{Msg, Round, Sent, Shape, close, flip, flip_sig, other_ctx, signed_advert};
 use super::verifier;
 
-/// A server message to the client, of kind 0 (keys), 1 (shares), 2 (U3) or 3 (unmasking).
+/// A server message to the client, of kind 0 (keys), 1 (shares), 2 (E), 3 (U3) or 4
+/// (unmasking): the index of the phase the client answers it in.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToClient {
     Keys(KeysForward),
     Shares(SharesForward),
+    Excluded(Exclusions),
     Check(ConsistencyRequest),
     Unmask(UnmaskingRequest),
 }
@@ -34,6 +36,7 @@ impl ToClient {
         match self {
             ToClient::Keys(m) => (&mut m.version, &mut m.ctx),
             ToClient::Shares(m) => (&mut m.version, &mut m.ctx),
+            ToClient::Excluded(m) => (&mut m.version, &mut m.ctx),
             ToClient::Check(m) => (&mut m.version, &mut m.ctx),
             ToClient::Unmask(m) => (&mut m.version, &mut m.ctx),
         }
@@ -48,7 +51,13 @@ impl ToClient {
                 ToClient::Keys(KeysForward { version, ctx, recipient, adverts: vec![own.clone()] })
             }
             1 => ToClient::Shares(SharesForward { version, ctx, recipient, shares: Vec::new() }),
-            2 => ToClient::Check(ConsistencyRequest { version, ctx, survivors }),
+            2 => ToClient::Excluded(Exclusions { version, ctx, excluded: survivors }),
+            3 => ToClient::Check(ConsistencyRequest {
+                version,
+                ctx,
+                survivors: survivors.clone(),
+                excluded: survivors,
+            }),
             _ => ToClient::Unmask(UnmaskingRequest { version, ctx, survivors, signatures: vec![] }),
         }
     }
@@ -62,7 +71,7 @@ pub struct World {
     /// The phase the server collects; `None` once it finished or aborted.
     pub at: Option<Phase>,
     /// What the server sent the client, by kind, once it did.
-    pub honest: [Option<ToClient>; 4],
+    pub honest: [Option<ToClient>; 5],
     pub outcome: Option<Result<Vec<u32>, Error>>,
     /// Whether the server holds the client's masked input.
     pub uploaded: bool,
@@ -110,14 +119,24 @@ impl World {
         let me = self.round.plan.selected[self.me];
         if let Some((msg, honest)) = reply {
             assert_eq!(msg.phase(), phase, "the client answers the phase the server collects");
-            let got = msg.deliver(&mut self.server, me);
             if honest {
+                let got = msg.deliver(&mut self.server, me);
                 assert!(got.is_ok(), "the server refused an honest reply: {got:?}");
+                self.uploaded |= phase == Phase::MaskedInputCollection;
+            } else if phase == Phase::MaskedInputCollection {
+                // Masked under an E the server did not send (it lied to this client alone):
+                // withheld, as from a dropout, so that the honest server's sum stays exact.
             } else {
-                // Only a signature on a U3 the server did not send can come of a bad request.
-                assert_eq!(got, Err(Error::BadSignature(me)), "a reply to a bad request");
+                let got = msg.deliver(&mut self.server, me);
+                match phase {
+                    // Complaints about fewer shares than were forwarded: the server cannot
+                    // tell.
+                    Phase::Complaints => assert!(got.is_ok(), "{got:?}"),
+                    // Only a signature on a U3 the server did not send can come of a bad
+                    // request.
+                    _ => assert_eq!(got, Err(Error::BadSignature(me)), "a reply to a bad request"),
+                }
             }
-            self.uploaded |= phase == Phase::MaskedInputCollection;
         }
         let sent = match close(&mut self.server, phase) {
             Ok(Sent::Sum(sum)) => Ok(sum),
@@ -130,6 +149,7 @@ impl World {
                     Sent::Shares(f) => {
                         f.iter().find(|f| f.recipient == me).cloned().map(ToClient::Shares)
                     }
+                    Sent::Exclusions(e) => Some(ToClient::Excluded(e.clone())),
                     Sent::Check(r) => {
                         r.survivors.contains(self.me).then(|| ToClient::Check(r.clone()))
                     }
@@ -162,7 +182,8 @@ pub fn feed(
 ) -> Result<Msg, Error> {
     match msg {
         ToClient::Keys(m) => c.handle_keys(m).map(Msg::Shares),
-        ToClient::Shares(m) => c.handle_shares(m, input, ledger).map(Msg::Masked),
+        ToClient::Shares(m) => c.handle_shares(m).map(Msg::Complaints),
+        ToClient::Excluded(m) => c.handle_exclusions(m, input, ledger).map(Msg::Masked),
         ToClient::Check(m) => c.handle_consistency(m).map(Msg::Signature),
         ToClient::Unmask(m) => c.handle_unmasking(m).map(Msg::Reveal),
     }
@@ -321,6 +342,38 @@ impl World {
                     }
                     _ => {
                         f.shares.truncate(t.saturating_sub(2));
+                        None
+                    }
+                }
+            }
+            (w, ToClient::Excluded(e)) => {
+                let bits = &mut e.excluded.0;
+                let toggle = |bits: &mut Vec<u8>, i: usize| bits[i / 8] ^= 1 << (i % 8);
+                let not_me = (me + 1 + x % (n - 1)) % n;
+                match w % 5 {
+                    0 => {
+                        bits.push(0);
+                        None
+                    }
+                    1 => {
+                        toggle(bits, me);
+                        Some(Error::Excluded)
+                    }
+                    // Another client excluded (to this client alone): it cannot tell.
+                    2 => {
+                        toggle(bits, not_me);
+                        None
+                    }
+                    // Its holders excluded until fewer than t are left.
+                    _ => {
+                        let mut left = held.len();
+                        for &h in held.iter().filter(|&&h| h != me) {
+                            if left < t {
+                                break;
+                            }
+                            toggle(bits, h);
+                            left -= 1;
+                        }
                         None
                     }
                 }

@@ -121,6 +121,7 @@ pub fn stranger() -> Arc<IdentityKey> {
 pub enum Msg {
     Advert(AdvertiseKeys),
     Shares(ShareKeys),
+    Complaints(Complaints),
     Masked(MaskedInput),
     Signature(ConsistencySignature),
     Reveal(UnmaskingResponse),
@@ -132,6 +133,7 @@ impl Msg {
         match self {
             Msg::Advert(_) => Phase::AdvertiseKeys,
             Msg::Shares(_) => Phase::ShareKeys,
+            Msg::Complaints(_) => Phase::Complaints,
             Msg::Masked(_) => Phase::MaskedInputCollection,
             Msg::Signature(_) => Phase::ConsistencyCheck,
             Msg::Reveal(_) => Phase::Unmasking,
@@ -143,6 +145,7 @@ impl Msg {
         match self {
             Msg::Advert(m) => m.client,
             Msg::Shares(m) => m.client,
+            Msg::Complaints(m) => m.client,
             Msg::Masked(m) => m.client,
             Msg::Signature(m) => m.client,
             Msg::Reveal(m) => m.client,
@@ -161,6 +164,7 @@ impl Msg {
         match self {
             Msg::Advert(m) => (&mut m.version, &mut m.ctx),
             Msg::Shares(m) => (&mut m.version, &mut m.ctx),
+            Msg::Complaints(m) => (&mut m.version, &mut m.ctx),
             Msg::Masked(m) => (&mut m.version, &mut m.ctx),
             Msg::Signature(m) => (&mut m.version, &mut m.ctx),
             Msg::Reveal(m) => (&mut m.version, &mut m.ctx),
@@ -176,6 +180,7 @@ impl Msg {
         match self.clone() {
             Msg::Advert(m) => server.receive_advertise(from, m).map(|()| None),
             Msg::Shares(m) => server.receive_share_keys(from, m).map(|()| None),
+            Msg::Complaints(m) => server.receive_complaints(from, m).map(|()| None),
             Msg::Masked(m) => server.receive_masked_input(from, &m).map(Some),
             Msg::Signature(m) => server.receive_consistency(from, m).map(|()| None),
             Msg::Reveal(m) => server.receive_unmasking(from, m).map(|()| None),
@@ -207,6 +212,13 @@ impl Msg {
                 entries: Vec::new(),
                 root_signature: Sig([0; 64]),
             }),
+            Phase::Complaints => Msg::Complaints(Complaints {
+                version,
+                ctx,
+                client,
+                complaints: Vec::new(),
+                signature: Sig([0; 64]),
+            }),
             Phase::MaskedInputCollection => Msg::Masked(MaskedInput {
                 version,
                 ctx,
@@ -237,6 +249,7 @@ pub enum Sent {
     Nothing,
     Keys(Vec<KeysForward>),
     Shares(Vec<SharesForward>),
+    Exclusions(Exclusions),
     Check(ConsistencyRequest),
     Unmask(UnmaskingRequest),
     Sum(Vec<u32>),
@@ -247,6 +260,7 @@ pub fn close(server: &mut SecAggServer, phase: Phase) -> Result<Sent, Error> {
     match phase {
         Phase::AdvertiseKeys => server.close_advertise().map(Sent::Keys),
         Phase::ShareKeys => server.close_share_keys().map(Sent::Shares),
+        Phase::Complaints => server.close_complaints().map(Sent::Exclusions),
         Phase::MaskedInputCollection => server.close_masked_input().map(Sent::Check),
         Phase::ConsistencyCheck => server.close_consistency().map(Sent::Unmask),
         Phase::Unmasking => server.finish().map(Sent::Sum),
@@ -267,7 +281,7 @@ pub struct Round {
 }
 
 impl Round {
-    /// The clients of `shape`; `drops[i] < 5` makes client i drop at that phase.
+    /// The clients of `shape`; `drops[i] < 6` makes client i drop at that phase.
     pub fn new(shape: &Shape, drops: &[u8]) -> Round {
         let (plan, keys) = plan_of(shape);
         let n = plan.n();
@@ -327,13 +341,17 @@ impl Round {
                     Some(f) => c.handle_keys(f).map(Msg::Shares),
                     None => continue,
                 },
-                (Phase::MaskedInputCollection, Sent::Shares(fwd)) => {
+                (Phase::Complaints, Sent::Shares(fwd)) => {
                     match fwd.iter().find(|f| f.recipient == id) {
-                        Some(f) => c
-                            .handle_shares(f, &self.inputs[i], &mut self.ledgers[i])
-                            .map(Msg::Masked),
+                        Some(f) => c.handle_shares(f).map(Msg::Complaints),
                         None => continue,
                     }
+                }
+                // Only the senders of a complaints message learn E.
+                (Phase::MaskedInputCollection, Sent::Exclusions(e))
+                    if c.phase() == fedsec_crypto::secagg::client::ClientPhase::Complaints =>
+                {
+                    c.handle_exclusions(e, &self.inputs[i], &mut self.ledgers[i]).map(Msg::Masked)
                 }
                 (Phase::ConsistencyCheck, Sent::Check(req)) if req.survivors.contains(i) => {
                     c.handle_consistency(req).map(Msg::Signature)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use fedsec_crypto::context::{AdversaryClass, GraphKind, PPM, RoundPlan};
 use fedsec_crypto::ids::{AttemptNonce, CheckpointHash, ClientId};
-use fedsec_crypto::secagg::client::ClientPolicy;
+use fedsec_crypto::secagg::client::{ClientPolicy, SecAggClient};
 use fedsec_crypto::secagg::driver::make_plan;
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
@@ -92,6 +92,7 @@ pub fn verifier() -> Arc<RawKeyCredentials> {
 pub trait Authed {
     fn adv(&mut self, m: AdvertiseKeys) -> fedsec_crypto::Result<()>;
     fn shares(&mut self, m: ShareKeys) -> fedsec_crypto::Result<()>;
+    fn complain(&mut self, m: Complaints) -> fedsec_crypto::Result<()>;
     fn masked(&mut self, m: &MaskedInput) -> fedsec_crypto::Result<UploadProgress>;
     fn consistent(&mut self, m: ConsistencySignature) -> fedsec_crypto::Result<()>;
     fn unmask(&mut self, m: UnmaskingResponse) -> fedsec_crypto::Result<()>;
@@ -104,6 +105,9 @@ impl Authed for SecAggServer {
     fn shares(&mut self, m: ShareKeys) -> fedsec_crypto::Result<()> {
         self.receive_share_keys(m.client, m)
     }
+    fn complain(&mut self, m: Complaints) -> fedsec_crypto::Result<()> {
+        self.receive_complaints(m.client, m)
+    }
     fn masked(&mut self, m: &MaskedInput) -> fedsec_crypto::Result<UploadProgress> {
         self.receive_masked_input(m.client, m)
     }
@@ -113,4 +117,22 @@ impl Authed for SecAggServer {
     fn unmask(&mut self, m: UnmaskingResponse) -> fedsec_crypto::Result<()> {
         self.receive_unmasking(m.client, m)
     }
+}
+
+/// Phase 1½ where every client given answers: each client's complaints (from the shares
+/// forwarded to it) go to the server, which closes the phase; E comes back.
+pub fn through_complaints<'a>(
+    server: &mut SecAggServer,
+    answering: impl IntoIterator<Item = (&'a mut SecAggClient, &'a SharesForward)>,
+) -> Exclusions {
+    for (c, f) in answering {
+        let complaints = c.handle_shares(f).expect("honest shares");
+        server.complain(complaints).expect("honest complaints");
+    }
+    server.close_complaints().expect("phase 1½ closes")
+}
+
+/// No client excluded: E of a round without complaints, over n clients.
+pub fn nobody(n: usize) -> Survivors {
+    Survivors::from_indices(n, [])
 }
