@@ -586,7 +586,7 @@ impl SecAggClient {
                 }
             }
         }
-        complaints.sort_by(|a, b| a.accused.cmp(&b.accused));
+        complaints.sort_by_key(|c| c.accused);
         self.held.extend(received);
         self.complained = complained;
         // K and c_u^SK are needed no more.
