@@ -432,6 +432,14 @@ impl Client {
                 )
                 .await?,
             ),
+            Request::Complaints(r) => {
+                Response::Complaints(
+                    self.call(deadline, "Complaints", r, |mut c, r| async move {
+                        c.complaints(r).await
+                    })
+                    .await?,
+                )
+            }
             Request::UploadMaskedInput(chunks) => Response::UploadMaskedInput(
                 self.call(deadline, "UploadMaskedInput", chunks, |mut c, r| async move {
                     c.upload_masked_input(futures::stream::iter(r.into_inner())).await

@@ -25,7 +25,8 @@
 //! handle(Model { manifest, data })       → Train(model)          state: newest version seen
 //! trained(fit)                           → Send AdvertiseKeys
 //! handle(AdvertiseKeys reply)            → Send ShareKeys
-//! handle(ShareKeys reply)                → Send UploadMaskedInput  state: ledger (persist first)
+//! handle(ShareKeys reply)                → Send Complaints
+//! handle(Complaints reply: E)            → Send UploadMaskedInput  state: ledger (persist first)
 //! handle(UploadMaskedInput reply)        → Send ConsistencyCheck
 //! handle(ConsistencyCheck reply)         → Send Unmask
 //! handle(Unmask reply: the round result) → Done(report)
@@ -38,7 +39,7 @@ use ed25519_dalek::VerifyingKey;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::client::{ClientPolicy, SecAggClient, TrainedOn};
 use fedsec_crypto::secagg::messages::{
-    ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
+    ConsistencyRequest, Exclusions, KeysForward, SharesForward, UnmaskingRequest,
 };
 use fedsec_crypto::sign::{CredentialVerifier, IdentityKey};
 use fedsec_crypto::{CheckpointHash, ClientId, RoundPlan, TaskId};
@@ -135,6 +136,8 @@ pub enum Request {
     AdvertiseKeys(v1::AdvertiseKeysRequest),
     /// Phase 1.
     ShareKeys(v1::ShareKeysRequest),
+    /// Phase 1½: the complaints, possibly none.
+    Complaints(v1::ComplaintsRequest),
     /// Phase 2, in chunks.
     UploadMaskedInput(Vec<v1::MaskedInputChunk>),
     /// Phase 3.
@@ -150,6 +153,7 @@ impl Request {
             Request::DownloadModel(_) => None,
             Request::AdvertiseKeys(_) => Some(Phase::AdvertiseKeys),
             Request::ShareKeys(_) => Some(Phase::ShareKeys),
+            Request::Complaints(_) => Some(Phase::Complaints),
             Request::UploadMaskedInput(_) => Some(Phase::MaskedInputCollection),
             Request::ConsistencyCheck(_) => Some(Phase::ConsistencyCheck),
             Request::Unmask(_) => Some(Phase::Unmasking),
@@ -162,6 +166,7 @@ impl Request {
             Request::DownloadModel(_) => "DownloadModel",
             Request::AdvertiseKeys(_) => "AdvertiseKeys",
             Request::ShareKeys(_) => "ShareKeys",
+            Request::Complaints(_) => "Complaints",
             Request::UploadMaskedInput(_) => "UploadMaskedInput",
             Request::ConsistencyCheck(_) => "ConsistencyCheck",
             Request::Unmask(_) => "Unmask",
@@ -174,6 +179,7 @@ impl Request {
             Request::DownloadModel(r) => r.encoded_len(),
             Request::AdvertiseKeys(r) => r.encoded_len(),
             Request::ShareKeys(r) => r.encoded_len(),
+            Request::Complaints(r) => r.encoded_len(),
             Request::UploadMaskedInput(c) => c.iter().map(Message::encoded_len).sum(),
             Request::ConsistencyCheck(r) => r.encoded_len(),
             Request::Unmask(r) => r.encoded_len(),
@@ -193,8 +199,10 @@ pub enum Response {
     },
     /// Phase 0 → 1: the share holders' advertisements.
     AdvertiseKeys(v1::AdvertiseKeysResponse),
-    /// Phase 1 → 2: the ciphertexts addressed to this client.
+    /// Phase 1 → 1½: the ciphertexts addressed to this client.
     ShareKeys(v1::ShareKeysResponse),
+    /// Phase 1½ → 2: E.
+    Complaints(v1::ComplaintsResponse),
     /// Phase 2 → 3: U3.
     UploadMaskedInput(v1::UploadMaskedInputResponse),
     /// Phase 3 → 4: U3 and the signatures on it.
@@ -210,6 +218,7 @@ impl Response {
             Response::Model { .. } => "the model",
             Response::AdvertiseKeys(_) => "the AdvertiseKeys reply",
             Response::ShareKeys(_) => "the ShareKeys reply",
+            Response::Complaints(_) => "the Complaints reply",
             Response::UploadMaskedInput(_) => "the UploadMaskedInput reply",
             Response::ConsistencyCheck(_) => "the ConsistencyCheck reply",
             Response::Unmask(_) => "the round result",
@@ -222,6 +231,7 @@ impl Response {
             Response::Model { .. } => Awaiting::Model,
             Response::AdvertiseKeys(_) => Awaiting::Reply(Phase::AdvertiseKeys),
             Response::ShareKeys(_) => Awaiting::Reply(Phase::ShareKeys),
+            Response::Complaints(_) => Awaiting::Reply(Phase::Complaints),
             Response::UploadMaskedInput(_) => Awaiting::Reply(Phase::MaskedInputCollection),
             Response::ConsistencyCheck(_) => Awaiting::Reply(Phase::ConsistencyCheck),
             Response::Unmask(_) => Awaiting::Reply(Phase::Unmasking),
@@ -234,6 +244,7 @@ impl Response {
             Response::Model { data, .. } => data.len(),
             Response::AdvertiseKeys(r) => r.encoded_len(),
             Response::ShareKeys(r) => r.encoded_len(),
+            Response::Complaints(r) => r.encoded_len(),
             Response::UploadMaskedInput(r) => r.encoded_len(),
             Response::ConsistencyCheck(r) => r.encoded_len(),
             Response::Unmask(r) => r.encoded_len(),
@@ -518,6 +529,7 @@ impl Round {
             Awaiting::Training => "a training result",
             Awaiting::Reply(Phase::AdvertiseKeys) => "the AdvertiseKeys reply",
             Awaiting::Reply(Phase::ShareKeys) => "the ShareKeys reply",
+            Awaiting::Reply(Phase::Complaints) => "the Complaints reply",
             Awaiting::Reply(Phase::MaskedInputCollection) => "the UploadMaskedInput reply",
             Awaiting::Reply(Phase::ConsistencyCheck) => "the ConsistencyCheck reply",
             Awaiting::Reply(Phase::Unmasking) => "the round result",
@@ -590,7 +602,13 @@ impl Round {
                 Ok(self.send(request, Phase::ShareKeys, false))
             }
             Response::ShareKeys(r) => {
-                let forwarded = SharesForward::from_wire(r, me)?;
+                // Opens each share once for the attempt: complains about the bad ones.
+                let complaints = self.core().handle_shares(&SharesForward::from_wire(r, me)?)?;
+                let request = Request::Complaints(complaints.to_wire(&self.key));
+                Ok(self.send(request, Phase::Complaints, false))
+            }
+            Response::Complaints(r) => {
+                let excluded = Exclusions::from_wire(r, me)?;
                 let plan = &self.assignment.plan;
                 let mut x = plan.quant.quantize(&self.update, self.examples, coins)?;
                 self.update.zeroize();
@@ -600,7 +618,7 @@ impl Round {
                 }
                 // Masks once for the attempt and records the checkpoint in the ledger; the
                 // driver persists it before the masked input leaves.
-                let y = self.core().handle_shares(&forwarded, &x, &mut state.ledger);
+                let y = self.core().handle_exclusions(&excluded, &x, &mut state.ledger);
                 x.zeroize();
                 let words = self.assignment.upload_chunk_words as usize;
                 let chunks = fedsec_wire::chunks(&self.key, &y?, words);

@@ -259,6 +259,8 @@ pub struct DeadlinesMs {
     pub advertise_keys: Option<u64>,
     /// Phase 1.
     pub share_keys: Option<u64>,
+    /// Phase 1½.
+    pub complaints: Option<u64>,
     /// Phase 2.
     pub masked_input: Option<u64>,
     /// Phase 3.
@@ -365,6 +367,7 @@ impl TaskSection {
             selection: ms(d.selection, def.selection),
             advertise_keys: ms(d.advertise_keys, def.advertise_keys),
             share_keys: ms(d.share_keys, def.share_keys),
+            complaints: ms(d.complaints, def.complaints),
             masked_input: ms(d.masked_input, def.masked_input),
             consistency: ms(d.consistency, def.consistency),
             unmasking: ms(d.unmasking, def.unmasking),

@@ -44,7 +44,7 @@ use fedsec_crypto::keys::PublicKey;
 use fedsec_crypto::proofs::{KeyProof, KeyRole};
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
-    AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
+    AdvertiseKeys, Complaints, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
 };
 use fedsec_crypto::sign::{CredentialVerifier, IdentityKey, SignedItem};
 use fedsec_crypto::{AdversaryClass, ClientId, RoundContext, TaskId};
@@ -153,6 +153,7 @@ enum Decoded {
     /// Boxed: an advertisement is several times the size of the other messages.
     Advertise(Box<AdvertiseKeys>),
     Shares(ShareKeys),
+    Complaints(Complaints),
     /// The chunks that decoded, in order, and whether all did.
     Masked(Vec<MaskedInput>, bool),
     Consistency(ConsistencySignature),
@@ -175,6 +176,7 @@ fn wire_reply(
     shared: &mut Option<(Arc<dyn std::any::Any + Send + Sync>, Arc<Response>)>,
 ) -> Pending {
     let one: Arc<dyn std::any::Any + Send + Sync> = match &reply {
+        Reply::Excluded(e) => e.clone(),
         Reply::Survivors(r) => r.clone(),
         Reply::Unmask(r) => r.clone(),
         _ => return Pending::Convert(Box::new(reply)),
@@ -194,6 +196,7 @@ fn to_wire(key: &RoundKey, reply: Reply) -> Response {
     match reply {
         Reply::Keys(f) => Response::AdvertiseKeys(f.to_wire(key)),
         Reply::Shares(f) => Response::ShareKeys(f.to_wire(key)),
+        Reply::Excluded(e) => Response::Complaints(e.to_wire(key)),
         Reply::Survivors(r) => Response::UploadMaskedInput(r.to_wire(key)),
         Reply::Unmask(r) => Response::ConsistencyCheck(r.to_wire(key)),
         Reply::Result(o) => Response::Unmask(server_wire::result_to_wire(&o, key.task)),
@@ -440,6 +443,9 @@ impl World<'_> {
                     Some(Request::ShareKeys(r)) => {
                         ShareKeys::from_wire(&r, id).map_or(Decoded::Leaves, Decoded::Shares)
                     }
+                    Some(Request::Complaints(r)) => {
+                        Complaints::from_wire(&r, id).map_or(Decoded::Leaves, Decoded::Complaints)
+                    }
                     Some(Request::UploadMaskedInput(chunks)) => {
                         let mut whole = true;
                         let taken = chunks
@@ -467,6 +473,7 @@ impl World<'_> {
                 Decoded::Leaves => false,
                 Decoded::Advertise(m) => e.advertise(id, *m, now).is_ok(),
                 Decoded::Shares(m) => e.share_keys(id, m, now).is_ok(),
+                Decoded::Complaints(m) => e.complaints(id, m, now).is_ok(),
                 Decoded::Masked(chunks, whole) => {
                     let fed = chunks.iter().all(|m| e.masked_input(id, m, now).is_ok());
                     c.uploaded = fed && whole;

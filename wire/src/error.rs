@@ -56,4 +56,7 @@ pub enum Reason {
         /// The most it can have.
         max: usize,
     },
+    /// Two fields that must name the same thing do not.
+    #[error("does not match {0}")]
+    Mismatch(&'static str),
 }

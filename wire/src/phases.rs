@@ -1,13 +1,14 @@
-//! The messages of the five phases: each client request and each coordinator reply.
+//! The messages of the six phases: each client request and each coordinator reply.
 
 use crate::x509::encode_chain;
 use fedsec_crypto::merkle::MAX_PATH;
+use fedsec_crypto::proofs::ComplaintProof;
 use fedsec_crypto::proofs::KeyProof;
 use fedsec_crypto::secagg::commitments::{Dealt, Entry};
 use fedsec_crypto::secagg::messages::{
-    AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShares, ForwardedShares,
-    KeysForward, MaskedInput, RevealedShare, ShareKeys, SharesForward, Sig, SignedSurvivors,
-    Survivors, UnmaskingRequest, UnmaskingResponse,
+    AdvertiseKeys, Complaint, Complaints, ConsistencyRequest, ConsistencySignature,
+    EncryptedShares, Exclusions, ForwardedShares, KeysForward, MaskedInput, RevealedShare,
+    ShareKeys, SharesForward, Sig, SignedSurvivors, Survivors, UnmaskingRequest, UnmaskingResponse,
 };
 use fedsec_crypto::{ClientId, PROTOCOL_VERSION};
 use fedsec_proto::v1;
@@ -184,19 +185,7 @@ impl PhaseMessage for SharesForward {
     fn to_wire(&self, key: &RoundKey) -> Self::Proto {
         v1::ShareKeysResponse {
             round: round(key),
-            shares: self
-                .shares
-                .iter()
-                .map(|s| v1::ForwardedShares {
-                    from: s.from.0.to_vec(),
-                    ciphertext: s.dealt.ciphertext.clone(),
-                    entry: s.dealt.entry.0.to_vec(),
-                    index: s.dealt.index,
-                    size: s.dealt.size,
-                    path: s.dealt.path.iter().map(|h| h.to_vec()).collect(),
-                    signature: s.dealt.signature.to_vec(),
-                })
-                .collect(),
+            shares: self.shares.iter().map(|s| forwarded_to_wire(&s.from, &s.dealt)).collect(),
         }
     }
 
@@ -205,26 +194,8 @@ impl PhaseMessage for SharesForward {
             .shares
             .iter()
             .map(|s| {
-                let from = client_id("shares.from", &s.from)?;
-                let entry = Entry(fixed("shares.entry", &s.entry)?);
-                if s.path.len() > MAX_PATH {
-                    return Err(WireError {
-                        field: "shares.path",
-                        reason: Reason::TooMany { got: s.path.len(), max: MAX_PATH },
-                    });
-                }
-                let path = s.path.iter().map(|h| fixed("shares.path", h)).collect::<Result<_>>()?;
-                Ok(ForwardedShares {
-                    from,
-                    dealt: Dealt {
-                        entry,
-                        index: s.index,
-                        size: s.size,
-                        path,
-                        signature: fixed("shares.signature", &s.signature)?,
-                        ciphertext: s.ciphertext.clone(),
-                    },
-                })
+                let (from, dealt) = forwarded_from_wire("shares", s)?;
+                Ok(ForwardedShares { from, dealt })
             })
             .collect::<Result<_>>()?;
         Ok(SharesForward {
@@ -232,6 +203,129 @@ impl PhaseMessage for SharesForward {
             ctx: RoundKey::from_ref(resp.round.as_ref())?.ctx,
             recipient,
             shares,
+        })
+    }
+}
+
+/// A forwarded share on the wire: its dealer and what it dealt.
+fn forwarded_to_wire(from: &ClientId, dealt: &Dealt) -> v1::ForwardedShares {
+    v1::ForwardedShares {
+        from: from.0.to_vec(),
+        ciphertext: dealt.ciphertext.clone(),
+        entry: dealt.entry.0.to_vec(),
+        index: dealt.index,
+        size: dealt.size,
+        path: dealt.path.iter().map(|h| h.to_vec()).collect(),
+        signature: dealt.signature.to_vec(),
+    }
+}
+
+/// A forwarded share from the wire: fixed lengths checked, at most [`MAX_PATH`] path hashes.
+/// `at` names the field it sits in (`shares`, `complaints.share`).
+fn forwarded_from_wire(at: &'static str, s: &v1::ForwardedShares) -> Result<(ClientId, Dealt)> {
+    let field = |name: &'static str| -> &'static str {
+        match (at, name) {
+            ("shares", "from") => "shares.from",
+            ("shares", "entry") => "shares.entry",
+            ("shares", "path") => "shares.path",
+            ("shares", _) => "shares.signature",
+            (_, "from") => "complaints.share.from",
+            (_, "entry") => "complaints.share.entry",
+            (_, "path") => "complaints.share.path",
+            _ => "complaints.share.signature",
+        }
+    };
+    let from = client_id(field("from"), &s.from)?;
+    let entry = Entry(fixed(field("entry"), &s.entry)?);
+    if s.path.len() > MAX_PATH {
+        return Err(WireError {
+            field: field("path"),
+            reason: Reason::TooMany { got: s.path.len(), max: MAX_PATH },
+        });
+    }
+    let path = s.path.iter().map(|h| fixed(field("path"), h)).collect::<Result<_>>()?;
+    Ok((
+        from,
+        Dealt {
+            entry,
+            index: s.index,
+            size: s.size,
+            path,
+            signature: fixed(field("signature"), &s.signature)?,
+            ciphertext: s.ciphertext.clone(),
+        },
+    ))
+}
+
+/// Phase 1½ request (protocol v2): the client's complaints, possibly none.
+impl PhaseMessage for Complaints {
+    type Proto = v1::ComplaintsRequest;
+
+    fn to_wire(&self, key: &RoundKey) -> Self::Proto {
+        v1::ComplaintsRequest {
+            round: round(key),
+            complaints: self
+                .complaints
+                .iter()
+                .map(|c| v1::Complaint {
+                    accused: c.accused.0.to_vec(),
+                    share: Some(forwarded_to_wire(&c.accused, &c.dealt)),
+                    shared_key: c.shared.to_vec(),
+                    proof: c.proof.0.to_vec(),
+                })
+                .collect(),
+            signature: self.signature.0.to_vec(),
+        }
+    }
+
+    fn from_wire(req: &Self::Proto, sender: ClientId) -> Result<Self> {
+        let complaints = req
+            .complaints
+            .iter()
+            .map(|c| {
+                let accused = client_id("complaints.accused", &c.accused)?;
+                let share = c
+                    .share
+                    .as_ref()
+                    .ok_or(WireError { field: "complaints.share", reason: Reason::Missing })?;
+                let (from, dealt) = forwarded_from_wire("complaints.share", share)?;
+                if from != accused {
+                    return Err(WireError {
+                        field: "complaints.share.from",
+                        reason: Reason::Mismatch("complaints.accused"),
+                    });
+                }
+                Ok(Complaint {
+                    accused,
+                    dealt,
+                    shared: fixed("complaints.shared_key", &c.shared_key)?,
+                    proof: ComplaintProof(fixed("complaints.proof", &c.proof)?),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Complaints {
+            version: PROTOCOL_VERSION,
+            ctx: RoundKey::from_ref(req.round.as_ref())?.ctx,
+            client: sender,
+            complaints,
+            signature: Sig(fixed("signature", &req.signature)?),
+        })
+    }
+}
+
+/// Phase 1½ reply (protocol v2): E.
+impl PhaseMessage for Exclusions {
+    type Proto = v1::ComplaintsResponse;
+
+    fn to_wire(&self, key: &RoundKey) -> Self::Proto {
+        v1::ComplaintsResponse { round: round(key), excluded: self.excluded.0.clone() }
+    }
+
+    fn from_wire(resp: &Self::Proto, _recipient: ClientId) -> Result<Self> {
+        Ok(Exclusions {
+            version: PROTOCOL_VERSION,
+            ctx: RoundKey::from_ref(resp.round.as_ref())?.ctx,
+            excluded: Survivors(resp.excluded.clone()),
         })
     }
 }
@@ -265,7 +359,11 @@ impl PhaseMessage for ConsistencyRequest {
     type Proto = v1::UploadMaskedInputResponse;
 
     fn to_wire(&self, key: &RoundKey) -> Self::Proto {
-        v1::UploadMaskedInputResponse { round: round(key), survivors: self.survivors.0.clone() }
+        v1::UploadMaskedInputResponse {
+            round: round(key),
+            survivors: self.survivors.0.clone(),
+            excluded: self.excluded.0.clone(),
+        }
     }
 
     fn from_wire(resp: &Self::Proto, _recipient: ClientId) -> Result<Self> {
@@ -273,6 +371,7 @@ impl PhaseMessage for ConsistencyRequest {
             version: PROTOCOL_VERSION,
             ctx: RoundKey::from_ref(resp.round.as_ref())?.ctx,
             survivors: Survivors(resp.survivors.clone()),
+            excluded: Survivors(resp.excluded.clone()),
         })
     }
 }

@@ -23,7 +23,7 @@ pub struct Assignment {
     /// Masked-input chunk size in words.
     pub upload_chunk_words: u32,
     /// Per-phase deadlines, each relative to its phase's start, in [`Phase::ALL`]'s order.
-    pub phase_deadlines: [Duration; 5],
+    pub phase_deadlines: [Duration; 6],
 }
 
 impl Assignment {
@@ -152,10 +152,10 @@ impl Wire for Assignment {
             checkpoint: CheckpointHash(fixed("plan.checkpoint_sha256", &p.checkpoint_sha256)?),
             cert_time: p.cert_time,
         };
-        let deadlines: [u32; 5] =
+        let deadlines: [u32; 6] =
             p.phase_deadline_ms.as_slice().try_into().map_err(|_| WireError {
                 field: "plan.phase_deadline_ms",
-                reason: Reason::Count { got: p.phase_deadline_ms.len(), expected: 5 },
+                reason: Reason::Count { got: p.phase_deadline_ms.len(), expected: 6 },
             })?;
         if p.upload_chunk_words == 0 {
             return Err(WireError {

@@ -94,7 +94,7 @@ proptest! {
     }
 
     #[test]
-    fn plans(key in key(), selected in prop::collection::vec(id(), 0..8), seed in bytes32(), checkpoint in bytes32(), numbers in any::<[u32; 5]>(), complete in any::<bool>(), class in 0usize..3, scales in (-1e9f64..1e9, -1e9f64..1e9, -1e9f64..1e9, any::<u64>()), version in any::<u64>(), chunk in 1u32.., ms in any::<[u32; 5]>()) {
+    fn plans(key in key(), selected in prop::collection::vec(id(), 0..8), seed in bytes32(), checkpoint in bytes32(), numbers in any::<[u32; 5]>(), complete in any::<bool>(), class in 0usize..3, scales in (-1e9f64..1e9, -1e9f64..1e9, -1e9f64..1e9, any::<u64>()), version in any::<u64>(), chunk in 1u32.., ms in any::<[u32; 6]>()) {
         let a = Assignment {
             plan: std::sync::Arc::new(RoundPlan {
                 version: numbers[0],
@@ -176,7 +176,7 @@ fn malformed_fields_are_named() {
         quant: Some(v1::QuantParams::default()),
         checkpoint_sha256: vec![0; 32],
         upload_chunk_words: 1,
-        phase_deadline_ms: vec![1; 5],
+        phase_deadline_ms: vec![1; 6],
         ..Default::default()
     };
     assert!(Assignment::from_wire(&plan).is_ok());
@@ -189,7 +189,7 @@ fn malformed_fields_are_named() {
     plan.phase_deadline_ms.pop();
     assert_eq!(
         Assignment::from_wire(&plan),
-        Err(err("plan.phase_deadline_ms", Reason::Count { got: 4, expected: 5 }))
+        Err(err("plan.phase_deadline_ms", Reason::Count { got: 5, expected: 6 }))
     );
     plan.phase_deadline_ms.push(1);
     plan.upload_chunk_words = 0;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
-    ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
+    ConsistencyRequest, Exclusions, KeysForward, SharesForward, UnmaskingRequest,
 };
 use fedsec_crypto::secagg::server::SecAggServer;
 use fedsec_crypto::{ClientId, RoundContext};
@@ -25,7 +25,7 @@ pub(super) struct Attempt {
     pub(super) phase_seconds: Vec<f64>,
     pub(super) set_sizes: Vec<usize>,
     /// Digest of each client's message, per phase (phase 2 uses `upload_digests`).
-    pub(super) answered: [BTreeMap<ClientId, [u8; 32]>; 5],
+    pub(super) answered: [BTreeMap<ClientId, [u8; 32]>; 6],
     /// Digest of each chunk of each client's masked input.
     pub(super) upload_digests: BTreeMap<ClientId, Vec<Option<[u8; 32]>>>,
     pub(super) upload_bytes: u64,
@@ -33,6 +33,8 @@ pub(super) struct Attempt {
     pub(super) keys: BTreeMap<ClientId, Arc<KeysForward>>,
     /// Each client's reply to phase 1 (likewise).
     pub(super) shares: BTreeMap<ClientId, Arc<SharesForward>>,
+    /// E, the same for every sender of a complaints message (shared, never copied).
+    pub(super) exclusions: Option<Arc<Exclusions>>,
     /// U3, the same for every client of it (shared with each reply, never copied).
     pub(super) survivors: Option<Arc<ConsistencyRequest>>,
     /// U3 and its signatures, the same for every signer (shared, never copied).
@@ -71,14 +73,16 @@ impl Attempt {
         }
     }
 
-    /// The clients the open phase runs over: U, U1, U2, U3, U4.
+    /// The clients the open phase runs over: U, U1, U2, the senders of complaints outside E,
+    /// U3, U4.
     pub(super) fn expected(&self) -> BTreeSet<ClientId> {
         let plan = &self.info.plan;
         let ids = |s: BTreeSet<usize>| s.into_iter().map(|i| plan.selected[i]).collect();
         match self.phase {
             Phase::AdvertiseKeys => plan.selected.iter().copied().collect(),
             Phase::ShareKeys => ids(self.server.u1()),
-            Phase::MaskedInputCollection => ids(self.server.u2()),
+            Phase::Complaints => ids(self.server.u2()),
+            Phase::MaskedInputCollection => ids(self.server.uploaders()),
             Phase::ConsistencyCheck => ids(self.server.u3()),
             Phase::Unmasking => self
                 .unmask

@@ -22,6 +22,9 @@ pub struct PhaseDeadlines {
     /// Phase 1: share keys.
     #[serde(with = "millis")]
     pub share_keys: Duration,
+    /// Phase 1½: open the shares and complain about bad ones.
+    #[serde(with = "millis", default = "default_complaints")]
+    pub complaints: Duration,
     /// Phase 2: upload the masked input.
     #[serde(with = "millis")]
     pub masked_input: Duration,
@@ -39,6 +42,7 @@ impl Default for PhaseDeadlines {
             selection: Duration::from_secs(30),
             advertise_keys: Duration::from_secs(600),
             share_keys: Duration::from_secs(60),
+            complaints: default_complaints(),
             masked_input: Duration::from_secs(300),
             consistency: Duration::from_secs(60),
             unmasking: Duration::from_secs(60),
@@ -47,9 +51,16 @@ impl Default for PhaseDeadlines {
 }
 
 impl PhaseDeadlines {
-    /// The five SecAgg phase deadlines, in phase order.
-    pub fn phases(&self) -> [Duration; 5] {
-        [self.advertise_keys, self.share_keys, self.masked_input, self.consistency, self.unmasking]
+    /// The six SecAgg phase deadlines, in phase order.
+    pub fn phases(&self) -> [Duration; 6] {
+        [
+            self.advertise_keys,
+            self.share_keys,
+            self.complaints,
+            self.masked_input,
+            self.consistency,
+            self.unmasking,
+        ]
     }
 
     /// The same deadline for every step (simulations, tests).
@@ -58,11 +69,18 @@ impl PhaseDeadlines {
             selection: d,
             advertise_keys: d,
             share_keys: d,
+            complaints: d,
             masked_input: d,
             consistency: d,
             unmasking: d,
         }
     }
+}
+
+/// The default deadline of phase 1½: a minute (opening the shares and proving a complaint
+/// take milliseconds).
+fn default_complaints() -> Duration {
+    Duration::from_secs(60)
 }
 
 mod millis {

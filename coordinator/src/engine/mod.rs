@@ -706,6 +706,7 @@ impl Engine {
             answered: Default::default(),
             upload_digests: BTreeMap::new(),
             upload_bytes: 0,
+            exclusions: None,
             keys: BTreeMap::new(),
             shares: BTreeMap::new(),
             survivors: None,
@@ -793,6 +794,23 @@ impl Engine {
                 // caller saves this before the shares go out.
                 contributed.extend(a.shares.keys().copied());
             }),
+            Phase::Complaints => {
+                let closed = a.server.close_complaints();
+                for judged in a.server.judgements() {
+                    tracing::warn!(
+                        round = a.info.plan.round_id.0,
+                        complainer = %judged.complainer.to_hex(),
+                        accused = %judged.accused.to_hex(),
+                        judgement = %judged.judgement,
+                        excluded = %judged.excluded().to_hex(),
+                        "a complaint was judged"
+                    );
+                }
+                closed.map(|e| {
+                    a.set_sizes.push(a.server.uploaders().len());
+                    a.exclusions = Some(Arc::new(e));
+                })
+            }
             Phase::MaskedInputCollection => {
                 let plan = &a.info.plan;
                 // Whoever completed an upload has contributed on this checkpoint, whatever

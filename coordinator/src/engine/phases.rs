@@ -1,10 +1,11 @@
-//! The five phases: messages in, retries recognised, phases closed early when everyone answered.
+//! The six phases: messages in, retries recognised, phases closed early when everyone answered.
 
 use std::time::Instant;
 
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
-    AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse, message_digest,
+    AdvertiseKeys, Complaints, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
+    message_digest,
 };
 use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
 use fedsec_crypto::{ClientId, RoundContext};
@@ -30,6 +31,13 @@ impl Engine {
         let digest = message_digest(&msg);
         let ctx = msg.ctx;
         self.submit(from, &ctx, Phase::ShareKeys, digest, now, |s| s.receive_share_keys(from, msg))
+    }
+
+    /// Phase 1½: a client's complaints, possibly none (each judged on receipt).
+    pub fn complaints(&mut self, from: ClientId, msg: Complaints, now: Instant) -> Result<()> {
+        let digest = message_digest(&msg);
+        let ctx = msg.ctx;
+        self.submit(from, &ctx, Phase::Complaints, digest, now, |s| s.receive_complaints(from, msg))
     }
 
     /// Phase 3: a client's signature on U3.
@@ -264,6 +272,12 @@ impl Engine {
             Phase::ShareKeys => {
                 attempt.shares.get(client).cloned().map(Reply::Shares).map_or_else(missing, Ok)
             }
+            Phase::Complaints => match &attempt.exclusions {
+                Some(e) if attempt.answered[Phase::Complaints.index()].contains_key(client) => {
+                    Ok(Reply::Excluded(e.clone()))
+                }
+                _ => missing(),
+            },
             Phase::MaskedInputCollection => match &attempt.survivors {
                 Some(s)
                     if attempt

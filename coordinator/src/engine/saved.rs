@@ -299,7 +299,7 @@ impl Engine {
         {
             return Err(bad());
         }
-        let mut answered: [BTreeMap<ClientId, [u8; 32]>; 5] = Default::default();
+        let mut answered: [BTreeMap<ClientId, [u8; 32]>; 6] = Default::default();
         if saved.answered.len() != closed.index() + 1 {
             return Err(bad());
         }
@@ -307,6 +307,7 @@ impl Engine {
             answered[i] = list.into_iter().collect();
         }
         let ctx = plan.context();
+        let exclusions = server.exclusions().map(Arc::new);
         let survivors = server.consistency_request().map(Arc::new);
         let unmask = if closed >= Phase::ConsistencyCheck {
             let request = server.unmasking_request().map_err(|e| cannot(&e.to_string()))?;
@@ -336,6 +337,7 @@ impl Engine {
             upload_bytes: saved.upload_bytes,
             keys,
             shares,
+            exclusions,
             survivors,
             unmask,
             gone: BTreeSet::new(),

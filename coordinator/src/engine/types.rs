@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
-    ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
+    ConsistencyRequest, Exclusions, KeysForward, SharesForward, UnmaskingRequest,
 };
 use fedsec_crypto::{AttemptNonce, CheckpointHash, ClientId, RoundContext, RoundId};
 
@@ -37,8 +37,10 @@ pub enum Reply {
     /// Phase 0 → 1: the advertisements of the client's share holders (made once, when the
     /// phase closed; a reply shares it).
     Keys(Arc<KeysForward>),
-    /// Phase 1 → 2: the ciphertexts addressed to the client (shared likewise).
+    /// Phase 1 → 1½: the ciphertexts addressed to the client (shared likewise).
     Shares(Arc<SharesForward>),
+    /// Phase 1½ → 2: E — one message for every sender of complaints, shared.
+    Excluded(Arc<Exclusions>),
     /// Phase 2 → 3: U3 — one message for every client in it, shared.
     Survivors(Arc<ConsistencyRequest>),
     /// Phase 3 → 4: U3 and the signatures on it — one message for every signer, shared.

@@ -111,7 +111,7 @@ pub struct TaskRuntime {
     pub(crate) id: TaskId,
     pub(crate) name: String,
     /// Each phase's deadline, from its opening.
-    pub(crate) phase_deadlines: [Duration; 5],
+    pub(crate) phase_deadlines: [Duration; 6],
     /// The vector length d (the model's parameters and the weight).
     pub(crate) dim: usize,
     /// Words per masked-input chunk.

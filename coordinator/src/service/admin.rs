@@ -123,9 +123,9 @@ pub fn task_config(req: &v1::CreateTaskRequest, id: TaskId) -> Result<TaskConfig
     if !req.phase_deadline_ms.is_empty() {
         let d: Vec<Duration> =
             req.phase_deadline_ms.iter().map(|&ms| Duration::from_millis(ms as u64)).collect();
-        let [a, s, m, k, u] = d[..] else {
+        let [a, s, x, m, k, u] = d[..] else {
             return Err(Status::invalid_argument(format!(
-                "phase_deadline_ms: {} values, expected 5",
+                "phase_deadline_ms: {} values, expected 6",
                 d.len()
             )));
         };
@@ -133,6 +133,7 @@ pub fn task_config(req: &v1::CreateTaskRequest, id: TaskId) -> Result<TaskConfig
             selection: c.deadlines.selection,
             advertise_keys: a,
             share_keys: s,
+            complaints: x,
             masked_input: m,
             consistency: k,
             unmasking: u,

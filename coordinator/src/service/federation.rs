@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{CHECK_IN_LONG_POLL, LONG_POLL_SLACK, identify};
 use crate::runtime::{Coordinator, TaskRuntime};
 use fedsec_crypto::secagg::messages::{
-    AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
+    AdvertiseKeys, Complaints, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
 };
 use fedsec_wire::checkpoint::SignedManifest;
 use fedsec_wire::{Assignment, PhaseMessage, RoundKey, Wire};
@@ -250,6 +250,21 @@ impl Federation for FederationService {
         task.call(move |e, now| e.share_keys(client, msg, now)).await??;
         match Self::reply(&task, client, key.ctx, Phase::ShareKeys).await? {
             Reply::Shares(fwd) => Ok(Response::new(fwd.to_wire(&key))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn complaints(
+        &self,
+        req: Request<v1::ComplaintsRequest>,
+    ) -> Result<Response<v1::ComplaintsResponse>, Status> {
+        let client = identify(&self.coordinator, &req)?;
+        let msg: Complaints = wire::decode(req.get_ref(), client)?;
+        let key = wire::round_key(req.get_ref().round.as_ref())?;
+        let (task, _) = self.round(&key)?;
+        task.call(move |e, now| e.complaints(client, msg, now)).await??;
+        match Self::reply(&task, client, key.ctx, Phase::Complaints).await? {
+            Reply::Excluded(e) => Ok(Response::new(e.to_wire(&key))),
             other => Err(unexpected(&other)),
         }
     }

@@ -173,7 +173,7 @@ fn round_plan() -> impl Strategy<Value = v1::RoundPlan> {
         v1::QuantParams { clip: c, value_scale: v, weight_scale: w, max_examples: m }
     });
     let chunk = prop_oneof![10 => 1..=u32::MAX, 1 => Just(0)];
-    let deadlines = prop_oneof![10 => vec(any::<u32>(), 5), 1 => vec(any::<u32>(), 0..8)];
+    let deadlines = prop_oneof![10 => vec(any::<u32>(), 6), 1 => vec(any::<u32>(), 0..8)];
     let shape = (named(2), named(3), prop::option::weighted(0.95, quant), chunk, deadlines);
     (ids, numbers, shape).prop_map(|(ids, numbers, shape)| {
         let (task_id, attempt, selected, graph_seed, checkpoint_sha256) = ids;

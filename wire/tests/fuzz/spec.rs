@@ -219,8 +219,8 @@ impl Spec for v1::RoundPlan {
         }
         length(&mut d, "plan.graph_seed", &self.graph_seed, 32);
         length(&mut d, "plan.checkpoint_sha256", &self.checkpoint_sha256, 32);
-        if self.phase_deadline_ms.len() != 5 {
-            let reason = Reason::Count { got: self.phase_deadline_ms.len(), expected: 5 };
+        if self.phase_deadline_ms.len() != 6 {
+            let reason = Reason::Count { got: self.phase_deadline_ms.len(), expected: 6 };
             d.push(WireError { field: "plan.phase_deadline_ms", reason });
         }
         if self.upload_chunk_words == 0 {
