@@ -737,7 +737,7 @@ mod tests {
             plan: plan.into(),
             checkpoint_version: 3,
             upload_chunk_words: 2,
-            phase_deadlines: [Duration::from_secs(1); 5],
+            phase_deadlines: [Duration::from_secs(1); 6],
         };
         let coordinator = SigningKey::from_bytes(&[9; 32]);
         let me = identities.into_iter().next().unwrap();

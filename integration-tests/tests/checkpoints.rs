@@ -144,6 +144,13 @@ impl Federation for FakeCoordinator {
         Err(Status::unimplemented("ShareKeys"))
     }
 
+    async fn complaints(
+        &self,
+        _req: Request<v1::ComplaintsRequest>,
+    ) -> Result<Response<v1::ComplaintsResponse>, Status> {
+        Err(Status::unimplemented("Complaints"))
+    }
+
     async fn upload_masked_input(
         &self,
         _req: Request<Streaming<v1::MaskedInputChunk>>,
@@ -214,7 +221,7 @@ fn plan_to_wire(p: &RoundPlan, checkpoint_version: u64) -> v1::RoundPlan {
         plan: p.clone().into(),
         checkpoint_version,
         upload_chunk_words: 4,
-        phase_deadlines: [Duration::from_secs(10); 5],
+        phase_deadlines: [Duration::from_secs(10); 6],
     })
 }
 

@@ -114,6 +114,13 @@ impl FederationService for Busy {
         Err(Status::unimplemented("ShareKeys"))
     }
 
+    async fn complaints(
+        &self,
+        _req: Request<v1::ComplaintsRequest>,
+    ) -> Result<Response<v1::ComplaintsResponse>, Status> {
+        Err(Status::unimplemented("Complaints"))
+    }
+
     async fn upload_masked_input(
         &self,
         _req: Request<Streaming<v1::MaskedInputChunk>>,

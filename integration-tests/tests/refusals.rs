@@ -18,7 +18,7 @@ use fedsec_client::tls::client_tls;
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
 use fedsec_crypto::secagg::driver::stand_in_trained_on;
 use fedsec_crypto::secagg::messages::{
-    ConsistencyRequest, KeysForward, SharesForward, UnmaskingRequest,
+    ConsistencyRequest, Exclusions, KeysForward, SharesForward, UnmaskingRequest,
 };
 use fedsec_proto::v1;
 use fedsec_proto::v1::admin_client::AdminClient;
@@ -477,7 +477,7 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
         }
         .await;
 
-        // Phase 2 is open now and waits for this client's upload: time for the refusals.
+        // Phase 1½ is open now and waits for this client's complaints: time for the refusals.
         // A different advertisement for the answered phase 0 (fresh keys) is refused; the
         // identical one is a retry and gets the identical answer.
         let other_advert = new_client().advertise().to_wire(&key);
@@ -496,11 +496,27 @@ fn malformed_and_out_of_phase_calls_are_refused_and_the_round_still_sums_exactly
             "ShareKeys",
         );
 
+        // Phase 1½: this client's complaints (none: every dealer is honest). A complaints
+        // message signed by no one is refused before the phase records anything.
+        let forwarded = SharesForward::from_wire(&shares, my_id).unwrap();
+        let complaints_req = secagg.handle_shares(&forwarded).unwrap().to_wire(&key);
+        let mut unsigned = complaints_req.clone();
+        unsigned.signature = vec![0; 64];
+        refused(me.complaints(unsigned.clone()).await, Code::InvalidArgument, "signature");
+        let exclusions = {
+            let req = complaints_req.clone();
+            join(spawn(&me, |mut c| async move { c.complaints(req).await }), "Complaints")
+        }
+        .await;
+        assert_eq!(me.complaints(complaints_req.clone()).await.unwrap().into_inner(), exclusions);
+        refused(me.complaints(unsigned).await, Code::AlreadyExists, "Complaints");
+
         // This client's quantized input: a zero update from ten examples.
         let update = vec![0.0f32; a.plan.dim as usize - 1];
         let x = a.plan.quant.quantize(&update, 10, &mut rand::rng()).unwrap();
-        let forwarded = SharesForward::from_wire(&shares, my_id).unwrap();
-        let y = secagg.handle_shares(&forwarded, &x, &mut ledger).unwrap();
+        let excluded = Exclusions::from_wire(&exclusions, my_id).unwrap();
+        assert_eq!(excluded.excluded.indices(a.plan.n()).unwrap(), Vec::<usize>::new());
+        let y = secagg.handle_exclusions(&excluded, &x, &mut ledger).unwrap();
         let chunks = fedsec_wire::chunks(&key, &y, a.upload_chunk_words as usize);
         assert_eq!(chunks.len(), 4, "16 words in chunks of 4");
 

@@ -82,7 +82,22 @@ proptest! {
             joined.extend(back.data);
         }
         prop_assert_eq!(joined, y.data);
-        trip(&ConsistencyRequest { version: PROTOCOL_VERSION, ctx: key.ctx, survivors: Survivors(bitmap) }, &key, me);
+        trip(&ConsistencyRequest { version: PROTOCOL_VERSION, ctx: key.ctx, survivors: Survivors(bitmap.clone()), excluded: Survivors(bitmap.iter().map(|b| !b).collect()) }, &key, me);
+    }
+
+    #[test]
+    fn phase_1_and_a_half_messages(key in key(), me in id(), s in sig(), complaints in prop::collection::vec((id(), prop::collection::vec(any::<u8>(), 0..100), any::<u32>(), any::<u32>(), prop::collection::vec(any::<[u8; 32]>(), 0..4), any::<[u8; 32]>(), prop::collection::vec(any::<u8>(), 96)), 0..4), bitmap in prop::collection::vec(any::<u8>(), 0..20)) {
+        let complaints = complaints
+            .into_iter()
+            .map(|(accused, ciphertext, index, size, path, shared, proof)| Complaint {
+                accused,
+                dealt: Dealt { entry: Entry([index as u8; 128]), index, size, path, signature: s.0, ciphertext },
+                shared,
+                proof: fedsec_crypto::proofs::ComplaintProof(proof.try_into().unwrap()),
+            })
+            .collect();
+        trip(&Complaints { version: PROTOCOL_VERSION, ctx: key.ctx, client: me, complaints, signature: s }, &key, me);
+        trip(&Exclusions { version: PROTOCOL_VERSION, ctx: key.ctx, excluded: Survivors(bitmap) }, &key, me);
     }
 
     #[test]

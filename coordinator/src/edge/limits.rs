@@ -49,6 +49,11 @@ const SHARE_ENTRY_BYTES: usize = 128;
 /// length), rounded up. A ShareKeys message carries one per holder, the dealer's own included.
 const COMMITMENT_ENTRY_BYTES: usize = 136;
 
+/// Bytes of one complaint (protocol v2): the accused's id, the share as forwarded (its dealer,
+/// 80-byte ciphertext, 128-byte entry, index, size, an inclusion path of at most 32 hashes and
+/// the 64-byte signature), K and the 96-byte proof, with tags and lengths, rounded up.
+const COMPLAINT_BYTES: usize = 1664;
+
 /// Bytes of one revealed share (`RevealedShare`: a 32-byte owner id and a 32-byte scalar, tags
 /// and lengths), rounded up.
 const REVEALED_SHARE_BYTES: usize = 80;
@@ -60,6 +65,8 @@ pub struct SizeLimits {
     pub advertise_keys: usize,
     /// `Federation/ShareKeys`.
     pub share_keys: usize,
+    /// `Federation/Complaints`.
+    pub complaints: usize,
     /// One message (chunk) of `Federation/UploadMaskedInput`.
     pub upload_chunk: usize,
     /// `Federation/Unmask`.
@@ -89,6 +96,11 @@ impl SizeLimits {
                 .saturating_mul(SHARE_ENTRY_BYTES + COMMITMENT_ENTRY_BYTES)
                 .saturating_add(96 + FRAMING_BYTES)
                 .min(cap),
+            // At most one complaint per neighbour, and the signature.
+            complaints: n
+                .saturating_mul(COMPLAINT_BYTES)
+                .saturating_add(64 + FRAMING_BYTES)
+                .min(cap),
             upload_chunk: words.saturating_mul(4).saturating_add(FRAMING_BYTES).min(cap),
             // A share of b_v for each holder and of s_v^SK for each dropped neighbour.
             unmask: n
@@ -105,6 +117,7 @@ impl SizeLimits {
         SizeLimits {
             advertise_keys: self.advertise_keys.max(other.advertise_keys),
             share_keys: self.share_keys.max(other.share_keys),
+            complaints: self.complaints.max(other.complaints),
             upload_chunk: self.upload_chunk.max(other.upload_chunk),
             unmask: self.unmask.max(other.unmask),
             create_task: self.create_task.max(other.create_task),
@@ -117,6 +130,7 @@ impl SizeLimits {
         match path {
             "/fedsec.v1.Federation/AdvertiseKeys" => self.advertise_keys,
             "/fedsec.v1.Federation/ShareKeys" => self.share_keys,
+            "/fedsec.v1.Federation/Complaints" => self.complaints,
             "/fedsec.v1.Federation/UploadMaskedInput" => self.upload_chunk,
             "/fedsec.v1.Federation/Unmask" => self.unmask,
             "/fedsec.v1.Admin/CreateTask" => self.create_task,
@@ -369,6 +383,34 @@ mod tests {
         assert!(a.advertise_keys >= 8 * 16 * 1024, "a full certificate chain fits");
         assert_eq!(b.of_path("/fedsec.v1.Federation/CheckIn"), SMALL_MESSAGE_BYTES);
         assert_eq!(b.of_path("/fedsec.v1.Federation/ShareKeys"), b.share_keys);
+        // A complaint about each of 999 neighbours, each path of the most hashes, fits.
+        use prost::Message;
+        let complaint = fedsec_proto::v1::Complaint {
+            accused: vec![1; 32],
+            share: Some(fedsec_proto::v1::ForwardedShares {
+                from: vec![1; 32],
+                ciphertext: vec![2; 80],
+                entry: vec![3; 128],
+                index: u32::MAX,
+                size: u32::MAX,
+                path: vec![vec![4; 32]; fedsec_crypto::merkle::MAX_PATH],
+                signature: vec![5; 64],
+            }),
+            shared_key: vec![6; 32],
+            proof: vec![7; 96],
+        };
+        let full = fedsec_proto::v1::ComplaintsRequest {
+            round: Some(fedsec_proto::v1::RoundRef {
+                task_id: vec![0; 16],
+                round_id: u64::MAX,
+                attempt: vec![0; 16],
+                context: vec![0; 32],
+            }),
+            complaints: vec![complaint; 999],
+            signature: vec![8; 64],
+        };
+        assert!(full.encoded_len() <= b.complaints, "{} > {}", full.encoded_len(), b.complaints);
+        assert_eq!(b.of_path("/fedsec.v1.Federation/Complaints"), b.complaints);
         assert_eq!(b.of_path("/fedsec.v1.Admin/CreateTask"), fedsec_proto::MAX_MESSAGE_BYTES);
         assert_eq!(b.of_path("/grpc.health.v1.Health/Check"), SMALL_MESSAGE_BYTES);
     }

@@ -182,6 +182,20 @@ impl Fed {
             }
         }
         self.wait_closed(&ctx, Phase::ShareKeys, &any);
+        // Phase 1½.
+        self.close_connections(drops, &plan, Phase::Complaints);
+        for (&i, c) in clients.iter_mut() {
+            if !drops.active(i, Phase::Complaints) {
+                continue;
+            }
+            let id = self.sites[i].key.id();
+            if let Some(Ok(Reply::Shares(fwd))) = self.engine.reply(&id, &ctx, Phase::ShareKeys)
+                && let Ok(msg) = c.handle_shares(&fwd)
+            {
+                self.engine.complaints(id, msg, self.now).unwrap();
+            }
+        }
+        self.wait_closed(&ctx, Phase::Complaints, &any);
         // Phase 2.
         self.close_connections(drops, &plan, Phase::MaskedInputCollection);
         let mut quantized = BTreeMap::new();
@@ -190,13 +204,13 @@ impl Fed {
                 continue;
             }
             let id = self.sites[i].key.id();
-            let Some(Ok(Reply::Shares(fwd))) = self.engine.reply(&id, &ctx, Phase::ShareKeys)
+            let Some(Ok(Reply::Excluded(e))) = self.engine.reply(&id, &ctx, Phase::Complaints)
             else {
                 continue;
             };
             let site = &mut self.sites[i];
             let x = plan.quant.quantize(&site.update, site.examples, &mut self.rng).unwrap();
-            let Ok(y) = c.handle_shares(&fwd, &x, &mut site.ledger) else { continue };
+            let Ok(y) = c.handle_exclusions(&e, &x, &mut site.ledger) else { continue };
             for chunk in y.chunks(info.upload_chunk_words as usize) {
                 self.engine.masked_input(id, &chunk, self.now).unwrap();
             }
@@ -569,12 +583,19 @@ fn uploads_are_checked_chunk_by_chunk_and_retries_after_completion_are_recognise
         let msg = c.handle_keys(&fwd).unwrap();
         f.engine.share_keys(*id, msg, f.now).unwrap();
     }
+    for (id, c) in clients.iter_mut() {
+        let Some(Ok(Reply::Shares(fwd))) = f.engine.reply(id, &ctx, Phase::ShareKeys) else {
+            panic!("phase 1 closed early once everyone shared")
+        };
+        let msg = c.handle_shares(&fwd).unwrap();
+        f.engine.complaints(*id, msg, f.now).unwrap();
+    }
     let (id, c) = &mut clients[0];
-    let Some(Ok(Reply::Shares(fwd))) = f.engine.reply(id, &ctx, Phase::ShareKeys) else {
-        panic!("phase 1 closed early once everyone shared")
+    let Some(Ok(Reply::Excluded(e))) = f.engine.reply(id, &ctx, Phase::Complaints) else {
+        panic!("phase 1½ closed early once everyone answered")
     };
     let x = plan.quant.quantize(&[0.5; DIM], 10, &mut f.rng).unwrap();
-    let y = c.handle_shares(&fwd, &x, &mut ContributionLedger::default()).unwrap();
+    let y = c.handle_exclusions(&e, &x, &mut ContributionLedger::default()).unwrap();
     let chunks = y.chunks(4);
     assert_eq!(chunks.len(), 2, "dim 7 in chunks of 4");
     // Misaligned, wrong-length and ragged chunks.
@@ -716,6 +737,17 @@ fn the_operator_hears_of_waiting_clients_ended_attempts_and_the_end() {
     assert_eq!(f.progress.last(), Some(&Progress::Finished { rounds: 1, checkpoint_version: 1 }));
 }
 
+/// Phase 1½ by hand: every client complains (about nothing: every dealer is honest) once
+/// phase 1 closed; the phase closes once all did.
+fn complain_all(f: &mut Fed, ctx: &RoundContext, clients: &mut [(ClientId, SecAggClient)]) {
+    for (id, c) in clients.iter_mut() {
+        let Some(Ok(Reply::Shares(s))) = f.engine.reply(id, ctx, Phase::ShareKeys) else {
+            panic!("phase 1 closed once everyone shared")
+        };
+        f.engine.complaints(*id, c.handle_shares(&s).unwrap(), f.now).unwrap();
+    }
+}
+
 /// Runs an attempt of ten by hand up to the end of its unmasking: the engine hands out the
 /// sum. Returns the attempt, one of its clients, and each client's unmasking message.
 fn run_to_the_sum(f: &mut Fed) -> (RoundContext, ClientId, Vec<(ClientId, UnmaskingResponse)>) {
@@ -750,12 +782,13 @@ fn run_to_the_sum(f: &mut Fed) -> (RoundContext, ClientId, Vec<(ClientId, Unmask
         };
         f.engine.share_keys(*id, c.handle_keys(&k).unwrap(), f.now).unwrap();
     }
+    complain_all(f, &ctx, &mut clients);
     for (id, c) in clients.iter_mut() {
-        let Some(Ok(Reply::Shares(s))) = f.engine.reply(id, &ctx, Phase::ShareKeys) else {
+        let Some(Ok(Reply::Excluded(e))) = f.engine.reply(id, &ctx, Phase::Complaints) else {
             panic!()
         };
         let x = info.plan.quant.quantize(&[0.1; DIM], 5, &mut f.rng).unwrap();
-        let y = c.handle_shares(&s, &x, &mut ContributionLedger::default()).unwrap();
+        let y = c.handle_exclusions(&e, &x, &mut ContributionLedger::default()).unwrap();
         for chunk in y.chunks(4) {
             f.engine.masked_input(*id, &chunk, f.now).unwrap();
         }
@@ -972,12 +1005,13 @@ fn an_idle_partial_upload_is_evicted_and_the_round_goes_on() {
     let start = f.now;
     let phase_deadline = start + info.phase_deadlines[Phase::MaskedInputCollection.index()];
     let mut chunks = Vec::new();
+    complain_all(&mut f, &ctx, &mut clients);
     for (id, c) in clients.iter_mut() {
-        let Some(Ok(Reply::Shares(s))) = f.engine.reply(id, &ctx, Phase::ShareKeys) else {
-            panic!("phase 1 closed once everyone shared")
+        let Some(Ok(Reply::Excluded(e))) = f.engine.reply(id, &ctx, Phase::Complaints) else {
+            panic!("phase 1½ closed once everyone answered")
         };
         let x = info.plan.quant.quantize(&[0.1; DIM], 5, &mut f.rng).unwrap();
-        let y = c.handle_shares(&s, &x, &mut ContributionLedger::default()).unwrap();
+        let y = c.handle_exclusions(&e, &x, &mut ContributionLedger::default()).unwrap();
         chunks.push((*id, y.chunks(4)));
     }
     // Seven clients upload at once; a and c send one chunk of two and hold both places.
@@ -1246,15 +1280,23 @@ fn an_attempt_resumes_after_a_restart_at_each_phase_close() {
                         sent.insert((id, phase), postcard::to_stdvec(&m).unwrap());
                         f.engine.share_keys(id, m, f.now).unwrap();
                     }
-                    Phase::MaskedInputCollection => {
+                    Phase::Complaints => {
                         let Some(Ok(Reply::Shares(fwd))) = reply(Phase::ShareKeys) else {
                             panic!("no shares after {restart_after:?}")
+                        };
+                        let m = c.handle_shares(&fwd).unwrap();
+                        sent.insert((id, phase), postcard::to_stdvec(&m).unwrap());
+                        f.engine.complaints(id, m, f.now).unwrap();
+                    }
+                    Phase::MaskedInputCollection => {
+                        let Some(Ok(Reply::Excluded(e))) = reply(Phase::Complaints) else {
+                            panic!("no E after {restart_after:?}")
                         };
                         let i = f.site_of(&id);
                         let site = &mut f.sites[i];
                         let x =
                             plan.quant.quantize(&site.update, site.examples, &mut f.rng).unwrap();
-                        let y = c.handle_shares(&fwd, &x, &mut site.ledger).unwrap();
+                        let y = c.handle_exclusions(&e, &x, &mut site.ledger).unwrap();
                         for chunk in y.chunks(info.upload_chunk_words as usize) {
                             f.engine.masked_input(id, &chunk, f.now).unwrap();
                         }

@@ -182,6 +182,7 @@ mod tests {
                 adverts: Vec::new(),
                 u2: vec![0, 1],
                 dealings: Vec::new(),
+                complaints: Vec::new(),
                 u3: vec![1],
                 sum: vec![0xAB; 64],
                 signatures: Vec::new(),

@@ -12,6 +12,9 @@
 //! `--unsafe-params` is given. It lives here, not in the IO-free core, because it needs a
 //! command line and JSON.
 
+// The report is one `json!` object of some fifty fields.
+#![recursion_limit = "256"]
+
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -304,6 +307,27 @@ fn run(args: &Args) -> Result<(), Failure> {
     let forwards = server.close_share_keys().map_err(failed)?;
     let server_share_keys_s = start.elapsed().as_secs_f64();
     let shares_forward_bytes = encode(&forwards[0]).len();
+
+    // Phase 1½: each client opens its shares (in parallel); the server judges what comes.
+    let complaints: Vec<_> = clients
+        .par_iter_mut()
+        .zip(forwards.par_iter())
+        .map(|(c, f)| {
+            let start = Instant::now();
+            c.handle_shares(f).map(|r| (r, start.elapsed().as_secs_f64()))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(failed)?;
+    let mut client_open: Vec<f64> = complaints.iter().map(|(_, s)| *s).collect();
+    client_open.sort_by(f64::total_cmp);
+    let client_open_s = client_open[client_open.len() / 2];
+    let complaints_bytes = encode(&complaints[0].0).len();
+    let start = Instant::now();
+    for (m, _) in complaints {
+        server.receive_complaints(m.client, m).map_err(failed)?;
+    }
+    let exclusions = server.close_complaints().map_err(failed)?;
+    let server_complaints_s = start.elapsed().as_secs_f64();
     let setup_s = t0.elapsed().as_secs_f64();
 
     // Phase 2: clients mask in parallel (they are independent machines); the server adds each
@@ -326,7 +350,7 @@ fn run(args: &Args) -> Result<(), Failure> {
                 let i = b * batch + j;
                 let x = input_of(args.seed, i, d);
                 let start = Instant::now();
-                let y = c.handle_shares(&forwards[i], &x, ledger);
+                let y = c.handle_exclusions(&exclusions, &x, ledger);
                 (x, y, start.elapsed())
             })
             .collect();
@@ -445,6 +469,9 @@ fn run(args: &Args) -> Result<(), Failure> {
         "server_advertise_s": server_advertise_s,
         "server_share_keys_s": server_share_keys_s,
         "client_keys_s": client_keys_s,
+        "client_open_s": client_open_s,
+        "server_complaints_s": server_complaints_s,
+        "complaints_bytes": complaints_bytes,
         "share_keys_bytes": share_keys_bytes,
         "shares_forward_bytes": shares_forward_bytes,
         "client_mask_s": client_mask_s,

@@ -4,8 +4,8 @@
 
 use fedsec_crypto::PROTOCOL_VERSION;
 use fedsec_crypto::secagg::messages::{
-    AdvertiseKeys, ConsistencyRequest, ConsistencySignature, KeysForward, MaskedInput, ShareKeys,
-    SharesForward, UnmaskingRequest, UnmaskingResponse,
+    AdvertiseKeys, Complaints, ConsistencyRequest, ConsistencySignature, Exclusions, KeysForward,
+    MaskedInput, ShareKeys, SharesForward, UnmaskingRequest, UnmaskingResponse,
 };
 use fedsec_wire::checkpoint::SignedManifest;
 use fedsec_wire::x509::{MAX_CERT_LEN, MAX_CHAIN_CERTS};
@@ -127,6 +127,36 @@ fn share_keys() -> impl Strategy<Value = (v1::ShareKeysRequest, v1::ShareKeysRes
             };
             (request, v1::ShareKeysResponse { round, shares: forwarded })
         })
+}
+
+fn complaints_request() -> impl Strategy<Value = v1::ComplaintsRequest> {
+    let id = vec(any::<u8>(), 32);
+    let forwarded = (
+        prop::option::weighted(0.9, id.clone()),
+        bytes(100),
+        sized(128),
+        any::<(u32, u32)>(),
+        vec(sized(32), 0..6),
+        sized(64),
+    );
+    let complaint = (
+        prop::option::weighted(0.95, id),
+        prop::option::weighted(0.95, forwarded),
+        sized(32),
+        sized(96),
+    )
+        .prop_map(|(accused, share, shared_key, proof)| {
+            let accused = accused.unwrap_or_else(|| vec![0; 31]);
+            let share = share.map(|(from, ciphertext, entry, (index, size), path, signature)| {
+                // Mostly the accused's own share; sometimes another dealer's.
+                let from = if from.is_some() { accused.clone() } else { vec![9; 32] };
+                v1::ForwardedShares { from, ciphertext, entry, index, size, path, signature }
+            });
+            v1::Complaint { accused, share, shared_key, proof }
+        });
+    (some_round(), vec(complaint, 0..4), sized(64)).prop_map(|(round, complaints, signature)| {
+        v1::ComplaintsRequest { round, complaints, signature }
+    })
 }
 
 fn consistency_check_response() -> impl Strategy<Value = v1::ConsistencyCheckResponse> {
@@ -298,6 +328,8 @@ proptest! {
         decoded(&bytes, judge_phase::<KeysForward>)?;
         decoded(&bytes, judge_phase::<ShareKeys>)?;
         decoded(&bytes, judge_phase::<SharesForward>)?;
+        decoded(&bytes, judge_phase::<Complaints>)?;
+        decoded(&bytes, judge_phase::<Exclusions>)?;
         decoded(&bytes, judge_phase::<MaskedInput>)?;
         decoded(&bytes, judge_phase::<ConsistencyRequest>)?;
         decoded(&bytes, judge_phase::<ConsistencySignature>)?;
@@ -321,9 +353,15 @@ proptest! {
     }
 
     #[test]
+    fn phase_1_and_a_half_messages_are_accepted_exactly_when_every_field_has_its_shape(req in complaints_request(), round in some_round(), excluded in bytes(16)) {
+        judge_phase::<Complaints>(&req)?;
+        judge_phase::<Exclusions>(&v1::ComplaintsResponse { round, excluded })?;
+    }
+
+    #[test]
     fn phase_2_and_3_messages_are_accepted_exactly_when_every_field_has_its_shape(round in some_round(), offset in any::<u32>(), data in bytes(64), signature in sized(64), resp in consistency_check_response()) {
         judge_phase::<MaskedInput>(&v1::MaskedInputChunk { round: round.clone(), offset, data: data.clone() })?;
-        judge_phase::<ConsistencyRequest>(&v1::UploadMaskedInputResponse { round: round.clone(), survivors: data })?;
+        judge_phase::<ConsistencyRequest>(&v1::UploadMaskedInputResponse { round: round.clone(), survivors: data.clone(), excluded: data })?;
         judge_phase::<ConsistencySignature>(&v1::ConsistencyCheckRequest { round, signature })?;
         judge_phase::<UnmaskingRequest>(&resp)?;
     }

@@ -37,6 +37,8 @@ framed!(
     v1::AdvertiseKeysRequest,
     v1::AdvertiseKeysResponse,
     v1::ShareKeysRequest,
+    v1::ComplaintsRequest,
+    v1::ComplaintsResponse,
     v1::ShareKeysResponse,
     v1::MaskedInputChunk,
     v1::UploadMaskedInputResponse,
@@ -140,6 +142,51 @@ impl Spec for v1::ShareKeysResponse {
             }
             length(&mut d, "shares.signature", &s.signature, 64);
         }
+        d
+    }
+}
+
+impl Spec for v1::ComplaintsRequest {
+    fn defects(&self) -> Vec<WireError> {
+        let mut d = Vec::new();
+        round(&mut d, self.round.as_ref());
+        for c in &self.complaints {
+            length(&mut d, "complaints.accused", &c.accused, 32);
+            match &c.share {
+                None => d.push(WireError { field: "complaints.share", reason: Reason::Missing }),
+                Some(s) => {
+                    length(&mut d, "complaints.share.from", &s.from, 32);
+                    length(&mut d, "complaints.share.entry", &s.entry, 128);
+                    if s.path.len() > 32 {
+                        d.push(WireError {
+                            field: "complaints.share.path",
+                            reason: Reason::TooMany { got: s.path.len(), max: 32 },
+                        });
+                    }
+                    for h in &s.path {
+                        length(&mut d, "complaints.share.path", h, 32);
+                    }
+                    length(&mut d, "complaints.share.signature", &s.signature, 64);
+                    if s.from.len() == 32 && c.accused.len() == 32 && s.from != c.accused {
+                        d.push(WireError {
+                            field: "complaints.share.from",
+                            reason: Reason::Mismatch("complaints.accused"),
+                        });
+                    }
+                }
+            }
+            length(&mut d, "complaints.shared_key", &c.shared_key, 32);
+            length(&mut d, "complaints.proof", &c.proof, 96);
+        }
+        length(&mut d, "signature", &self.signature, 64);
+        d
+    }
+}
+
+impl Spec for v1::ComplaintsResponse {
+    fn defects(&self) -> Vec<WireError> {
+        let mut d = Vec::new();
+        round(&mut d, self.round.as_ref());
         d
     }
 }

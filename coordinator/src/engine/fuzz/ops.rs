@@ -224,11 +224,14 @@ impl World {
                     (Phase::ShareKeys, Reply::Keys(k)) => {
                         p.client.handle_keys(&k).map(Wire::Shares)
                     }
-                    (Phase::MaskedInputCollection, Reply::Shares(s)) => {
+                    (Phase::Complaints, Reply::Shares(s)) => {
+                        p.client.handle_shares(&s).map(Wire::Complaints)
+                    }
+                    (Phase::MaskedInputCollection, Reply::Excluded(e)) => {
                         let site = &mut self.sites[p.site];
                         let x = plan.quant.quantize(&site.update, site.examples, &mut self.rng);
                         let x = x.expect("a finite update quantizes");
-                        let y = p.client.handle_shares(&s, &x, &mut site.ledger);
+                        let y = p.client.handle_exclusions(&e, &x, &mut site.ledger);
                         y.map(|y| {
                             p.masked = y.data.chunks_exact(4).map(word).collect();
                             p.input = x;
@@ -414,7 +417,8 @@ impl World {
         if open == Phase::Unmasking {
             return;
         }
-        let later = Phase::ALL[open.index() + 1 + k as usize % (4 - open.index())];
+        let last = Phase::ALL.len() - 1;
+        let later = Phase::ALL[open.index() + 1 + k as usize % (last - open.index())];
         let p = &run.parties[i % run.parties.len()];
         let wire = Wire::crafted(later, run.ctx, p.id, self.chunk_len());
         let _ = self.deliver(p.id, &wire, None);
@@ -424,9 +428,10 @@ impl World {
     fn other_context(&mut self, i: usize, k: u8) {
         let Some(run) = &self.run else { return };
         let p = &run.parties[i % run.parties.len()];
-        let phase = Phase::ALL[k as usize % 5];
+        let phases = Phase::ALL.len();
+        let phase = Phase::ALL[k as usize % phases];
         let mut plan: RoundPlan = (*run.plan).clone();
-        let ctx = match (k / 5) % 4 {
+        let ctx = match (k as usize / phases) % 4 {
             0 => {
                 plan.round_id = RoundId(plan.round_id.0 + 1);
                 plan.context()
@@ -454,7 +459,8 @@ impl World {
     fn unselected(&mut self, site: ClientId, k: u8) {
         let Some(run) = &self.run else { return };
         let from = if run.party(&site).is_some() { STRANGER } else { site };
-        let wire = Wire::crafted(Phase::ALL[k as usize % 5], run.ctx, from, self.chunk_len());
+        let phase = Phase::ALL[k as usize % Phase::ALL.len()];
+        let wire = Wire::crafted(phase, run.ctx, from, self.chunk_len());
         let _ = self.deliver(from, &wire, None);
         self.drain();
     }

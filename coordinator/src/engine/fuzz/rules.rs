@@ -39,9 +39,9 @@ struct Fingerprint {
 
 type AttemptPrint = (
     (Phase, Instant, u64, usize),
-    [BTreeMap<ClientId, [u8; 32]>; 5],
+    [BTreeMap<ClientId, [u8; 32]>; 6],
     BTreeMap<ClientId, Vec<Option<[u8; 32]>>>,
-    [BTreeSet<usize>; 3],
+    [BTreeSet<usize>; 4],
     [BTreeSet<ClientId>; 2],
     BTreeMap<ClientId, Instant>,
 );
@@ -80,6 +80,7 @@ impl World {
         let got = match wire.clone() {
             Wire::Advert(m) => self.engine.advertise(from, m, now).map(|()| None),
             Wire::Shares(m) => self.engine.share_keys(from, m, now).map(|()| None),
+            Wire::Complaints(m) => self.engine.complaints(from, m, now).map(|()| None),
             Wire::Chunk(m) => self.engine.masked_input(from, &m, now).map(Some),
             Wire::Sig(m) => self.engine.consistency(from, m, now).map(|()| None),
             Wire::Unmask(m) => self.engine.unmasking(from, m, now).map(|()| None),
@@ -236,7 +237,7 @@ impl World {
                     (a.phase, a.deadline, a.upload_bytes, a.server.uploads_in_flight()),
                     a.answered.clone(),
                     a.upload_digests.clone(),
-                    [a.server.u1(), a.server.u2(), a.server.u3()],
+                    [a.server.u1(), a.server.u2(), a.server.uploaders(), a.server.u3()],
                     [a.gone.clone(), a.evicted.clone()],
                     a.upload_leases.clone(),
                 )

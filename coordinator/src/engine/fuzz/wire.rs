@@ -4,8 +4,8 @@
 use fedsec_crypto::error::{Malformation, SharesProblem};
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
-    AdvertiseKeys, ConsistencySignature, MaskedInput, ShareKeys, Sig, UnmaskingResponse,
-    message_digest,
+    AdvertiseKeys, Complaints, ConsistencySignature, MaskedInput, ShareKeys, Sig,
+    UnmaskingResponse, message_digest,
 };
 use fedsec_crypto::{ClientId, PROTOCOL_VERSION, RoundContext};
 use sha2::{Digest, Sha256};
@@ -19,6 +19,7 @@ use crate::error::Error;
 pub(super) enum Wire {
     Advert(AdvertiseKeys),
     Shares(ShareKeys),
+    Complaints(Complaints),
     Chunk(MaskedInput),
     Sig(ConsistencySignature),
     Unmask(UnmaskingResponse),
@@ -41,6 +42,7 @@ impl Wire {
         match self {
             Wire::Advert(_) => Phase::AdvertiseKeys,
             Wire::Shares(_) => Phase::ShareKeys,
+            Wire::Complaints(_) => Phase::Complaints,
             Wire::Chunk(_) => Phase::MaskedInputCollection,
             Wire::Sig(_) => Phase::ConsistencyCheck,
             Wire::Unmask(_) => Phase::Unmasking,
@@ -51,6 +53,7 @@ impl Wire {
         match self {
             Wire::Advert(m) => m.ctx,
             Wire::Shares(m) => m.ctx,
+            Wire::Complaints(m) => m.ctx,
             Wire::Chunk(m) => m.ctx,
             Wire::Sig(m) => m.ctx,
             Wire::Unmask(m) => m.ctx,
@@ -61,6 +64,7 @@ impl Wire {
         match self {
             Wire::Advert(m) => m.ctx = ctx,
             Wire::Shares(m) => m.ctx = ctx,
+            Wire::Complaints(m) => m.ctx = ctx,
             Wire::Chunk(m) => m.ctx = ctx,
             Wire::Sig(m) => m.ctx = ctx,
             Wire::Unmask(m) => m.ctx = ctx,
@@ -72,6 +76,7 @@ impl Wire {
         match self {
             Wire::Advert(m) => message_digest(m),
             Wire::Shares(m) => message_digest(m),
+            Wire::Complaints(m) => message_digest(m),
             Wire::Chunk(m) => Sha256::digest(&m.data).into(),
             Wire::Sig(m) => message_digest(m),
             Wire::Unmask(m) => message_digest(m),
@@ -82,6 +87,7 @@ impl Wire {
         match self {
             Wire::Advert(m) => &mut m.version,
             Wire::Shares(m) => &mut m.version,
+            Wire::Complaints(m) => &mut m.version,
             Wire::Chunk(m) => &mut m.version,
             Wire::Sig(m) => &mut m.version,
             Wire::Unmask(m) => &mut m.version,
@@ -92,6 +98,7 @@ impl Wire {
         match self {
             Wire::Advert(m) => m.client,
             Wire::Shares(m) => m.client,
+            Wire::Complaints(m) => m.client,
             Wire::Chunk(m) => m.client,
             Wire::Sig(m) => m.client,
             Wire::Unmask(m) => m.client,
@@ -102,6 +109,7 @@ impl Wire {
         match self {
             Wire::Advert(m) => &mut m.client,
             Wire::Shares(m) => &mut m.client,
+            Wire::Complaints(m) => &mut m.client,
             Wire::Chunk(m) => &mut m.client,
             Wire::Sig(m) => &mut m.client,
             Wire::Unmask(m) => &mut m.client,
@@ -133,6 +141,13 @@ impl Wire {
                 entries: vec![],
                 root_signature: Sig([0; 64]),
             }),
+            Phase::Complaints => Wire::Complaints(Complaints {
+                version,
+                ctx,
+                client,
+                complaints: vec![],
+                signature: Sig([0; 64]),
+            }),
             Phase::MaskedInputCollection => Wire::Chunk(MaskedInput {
                 version,
                 ctx,
@@ -163,6 +178,7 @@ impl Wire {
                 Some(first) if !first.ciphertext.is_empty() => first.ciphertext[0] ^= bit,
                 _ => s.version += 1,
             },
+            Wire::Complaints(c) => c.signature.0[byte as usize % 64] ^= bit,
             Wire::Chunk(c) => {
                 let len = c.data.len();
                 c.data[byte as usize % len] ^= bit;
@@ -258,6 +274,11 @@ pub(super) fn corrupt(
                 problem: SharesProblem::CiphertextHash(s.shares[0].to),
             })
         }
+        (Wire::Complaints(c), 1 | 2) => {
+            c.signature.0[at % 64] ^= bit;
+            protocol(fedsec_crypto::Error::BadSignature(sender))
+        }
+        (Wire::Complaints(_), 3) => claimed(&mut m),
         (Wire::Chunk(c), 1..=3) => {
             match (field % 6, byte % 2) {
                 // Past the vector, or (a chunk of two words or more: chunks are that long)
