@@ -3,6 +3,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Where |U3| sits in an attempt's set sizes: the size phase 2's close fixed.
+const U3_AT: usize = fedsec_crypto::secagg::Phase::MaskedInputCollection.index() + 1;
+
 use fedsec_client::Evaluation;
 use plotters::prelude::*;
 use serde::Serialize;
@@ -86,7 +89,7 @@ pub fn build(
             plaintext_loss: plaintext.and_then(|p| p.get(j)).map(|e| e.loss),
             attempts: run.attempts.iter().filter(|b| b.round_id == a.round_id).count(),
             selected: a.selected(),
-            participants: a.set_sizes.get(3).copied().unwrap_or(0),
+            participants: a.set_sizes.get(U3_AT).copied().unwrap_or(0),
             dropped: a.dropped(),
             scheduled_drops: run
                 .attempts

@@ -12,7 +12,8 @@ pub struct AttemptRecord {
     pub completed: bool,
     /// Why it aborted, when it did.
     pub abort_reason: Option<String>,
-    /// |U|, |U1|, |U2|, |U3|, |U4|, revealed — as far as the attempt got.
+    /// |U|, |U1|, |U2|, the senders of complaints outside E, |U3|, |U4|, revealed — as far as
+    /// the attempt got.
     pub set_sizes: Vec<usize>,
     /// Seconds each phase stayed open.
     pub phase_seconds: Vec<f64>,
@@ -42,7 +43,7 @@ impl AttemptRecord {
 
     /// Selected clients that did not see the round through (|U| minus those that revealed).
     pub fn dropped(&self) -> usize {
-        let last = if self.completed { self.set_sizes.get(5).copied() } else { None };
+        let last = if self.completed { self.set_sizes.last().copied() } else { None };
         self.selected().saturating_sub(last.unwrap_or(0))
     }
 }

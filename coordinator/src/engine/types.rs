@@ -74,9 +74,9 @@ pub struct RoundOutcome {
 }
 
 impl RoundOutcome {
-    /// |U3|: the clients whose inputs are in the sum.
+    /// |U3|: the clients whose inputs are in the sum (the size phase 2's close fixed).
     pub fn participants(&self) -> usize {
-        self.set_sizes.get(3).copied().unwrap_or(0)
+        self.set_sizes.get(Phase::MaskedInputCollection.index() + 1).copied().unwrap_or(0)
     }
 }
 

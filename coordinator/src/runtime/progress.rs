@@ -120,13 +120,13 @@ mod tests {
             completed: true,
             new_checkpoint_version: Some(3),
             abort_reason: None,
-            set_sizes: vec![10, 10, 10, 9, 9, 9],
-            phase_seconds: vec![0.01, 0.02, 0.1, 0.01, 0.02],
+            set_sizes: vec![10, 10, 10, 10, 9, 9, 9],
+            phase_seconds: vec![0.01, 0.02, 0.03, 0.1, 0.01, 0.02],
             upload_bytes: 0,
         };
         assert_eq!(
             ended_line(&outcome, 2),
-            "round 3 attempt 2 completed: selected 10, summed 9, dropped 1; phases 0.01 0.02 0.10 0.01 0.02 s; checkpoint version 3"
+            "round 3 attempt 2 completed: selected 10, summed 9, dropped 1; phases 0.01 0.02 0.03 0.10 0.01 0.02 s; checkpoint version 3"
         );
     }
 

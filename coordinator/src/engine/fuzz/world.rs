@@ -59,7 +59,7 @@ pub(super) struct Party {
     /// It stopped answering (silently, or its connection closed).
     pub(super) dropped: bool,
     /// The message of each phase the engine took (phase 2's are in `chunks`).
-    pub(super) accepted: [Option<Wire>; 5],
+    pub(super) accepted: [Option<Wire>; 6],
     /// Its quantized input x, and y as the protocol client masked it.
     pub(super) input: Vec<u32>,
     pub(super) masked: Vec<u32>,
