@@ -17,9 +17,9 @@ use crate::split::Split;
 /// The corrupt fraction γ every simulated task assumes (the clients' default floor).
 pub const ASSUMED_CORRUPT: f64 = 0.05;
 
-/// The names of the five phases, in [`Phase::ALL`]'s order, as options and reports write them.
-pub const PHASES: [&str; 5] =
-    ["advertise_keys", "share_keys", "masked_input", "consistency", "unmasking"];
+/// The names of the six phases, in [`Phase::ALL`]'s order, as options and reports write them.
+pub const PHASES: [&str; 6] =
+    ["advertise_keys", "share_keys", "complaints", "masked_input", "consistency", "unmasking"];
 
 /// Why an experiment cannot run.
 #[derive(Debug, thiserror::Error)]

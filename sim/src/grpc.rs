@@ -102,7 +102,7 @@ clip = {clip}
 max_examples = {max_examples}
 server_learning_rate = {eta}
 rounds = {rounds}
-deadlines_ms = {{ selection = {d}, advertise_keys = {advertise}, share_keys = {d}, masked_input = {d}, consistency = {d}, unmasking = {d} }}
+deadlines_ms = {{ selection = {d}, advertise_keys = {advertise}, share_keys = {d}, complaints = {d}, masked_input = {d}, consistency = {d}, unmasking = {d} }}
 "#,
         target = p.clients_per_round,
         min = p.min_clients,

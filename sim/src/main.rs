@@ -99,7 +99,7 @@ struct Args {
     /// independently from the seed). Below 1.
     #[arg(long, default_value_t = 0.1)]
     dropout: f64,
-    /// The phase a dropout hits: random, advertise_keys, share_keys, masked_input,
+    /// The phase a dropout hits: random, advertise_keys, share_keys, complaints, masked_input,
     /// consistency or unmasking. A client that drops out before masked_input is left out of
     /// the sum; after it, its input is in the sum and its shares are recovered from the others.
     #[arg(long, default_value = "random")]

@@ -31,7 +31,7 @@ fn the_default_experiment_at_a_small_size_writes_its_report() {
     let rounds = json["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
     for r in rounds {
-        assert_eq!(r["phase_seconds"].as_array().unwrap().len(), 5);
+        assert_eq!(r["phase_seconds"].as_array().unwrap().len(), 6);
         assert!(r["participants"].as_u64().unwrap() >= 6);
         assert!(r["bytes_sent_per_client"].as_f64().unwrap() > 0.0);
     }
