@@ -101,6 +101,11 @@ pub enum EntryKind {
     /// An operator re-published the model above every version a client reported (with the
     /// operator's identity and reason); the `checkpoint` entry of the new version follows.
     ModelRepublished,
+    /// A client's complaints (protocol v2): each complaint, its judgement, and the evidence
+    /// judging it took (`record`, which `audit verify` judges again).
+    Complaints,
+    /// The clients phase 1½ excluded (E; protocol v2).
+    Excluded,
 }
 
 /// One line of the audit log.
@@ -142,6 +147,8 @@ impl std::fmt::Debug for EntryHash {
 pub struct VerifyReport {
     /// Number of entries in the log.
     pub entries: u64,
+    /// Complaints judged again (protocol v2), each to the judgement recorded.
+    pub complaints: u64,
     /// Hash of the last entry (the genesis hash for an empty log), as the signed head states.
     pub head_hash: [u8; 32],
 }
@@ -530,7 +537,38 @@ pub fn verify(log: &Path, head: &Path, key: &VerifyingKey) -> Result<VerifyRepor
             log_entries: tail.entries,
         });
     }
-    Ok(VerifyReport { entries: tail.entries, head_hash: tail.last_hash })
+    let complaints = rejudge_complaints(log)?;
+    Ok(VerifyReport { entries: tail.entries, complaints, head_hash: tail.last_hash })
+}
+
+/// Judges again every complaint the log records ([`EntryKind::Complaints`]) from the evidence
+/// the entry holds, and refuses the log at the first one whose recorded judgement is not the
+/// one the rules give; returns how many were judged.
+fn rejudge_complaints(log: &Path) -> Result<u64, AuditError> {
+    use fedsec_crypto::secagg::complaints::{AuditedComplaints, rejudge};
+    let file = File::open(log).map_err(io_error(log))?;
+    let mut judged = 0;
+    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.map_err(io_error(log))?;
+        let Ok(entry) = serde_json::from_slice::<AuditEntry>(&line) else { continue };
+        if entry.kind != EntryKind::Complaints {
+            continue;
+        }
+        let malformed = |reason: String| AuditError::Malformed {
+            path: log.to_owned(),
+            line: i as u64 + 1,
+            reason,
+        };
+        let bytes = entry.detail["record"]
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or_else(|| malformed("a complaints entry without its record".into()))?;
+        let record: AuditedComplaints = fedsec_crypto::secagg::messages::decode(&bytes)
+            .map_err(|e| malformed(format!("the complaints record does not decode: {e}")))?;
+        rejudge(&record).map_err(|e| malformed(format!("a complaint does not hold up: {e}")))?;
+        judged += record.message.complaints.len() as u64;
+    }
+    Ok(judged)
 }
 
 /// What the log says of one attempt: its [`EntryKind::PhaseSaved`] entries (each phase, 0–4,
@@ -888,6 +926,117 @@ mod tests {
         bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect()
     }
 
+    /// The complaints of a round in which client 2 deals client 5 a share that does not
+    /// decrypt, as the protocol server records them for the log.
+    fn complaints_of_a_round() -> Vec<fedsec_crypto::secagg::complaints::AuditedComplaints> {
+        use fedsec_crypto::secagg::client::{ContributionLedger, SecAggClient, hazmat};
+        use fedsec_crypto::secagg::driver::{make_plan, stand_in_trained_on};
+        use fedsec_crypto::secagg::server::SecAggServer;
+        use fedsec_crypto::sign::{IdentityKey, RawKeyCredentials};
+        use fedsec_crypto::{AdversaryClass, CheckpointHash, GraphKind};
+        use std::sync::Arc;
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let keys: Vec<Arc<IdentityKey>> =
+            (0..10).map(|_| Arc::new(IdentityKey::generate(&mut rng))).collect();
+        let mut ids: Vec<_> = keys.iter().map(|k| k.id()).collect();
+        let plan = make_plan(
+            &mut ids,
+            GraphKind::Complete,
+            200_000,
+            50_000,
+            AdversaryClass::SemiMalicious,
+            4,
+            CheckpointHash([1; 32]),
+            &mut rng,
+        )
+        .unwrap();
+        let mut keys = keys;
+        keys.sort_by_key(|k| k.id());
+        let verifier = Arc::new(RawKeyCredentials);
+        let policy = fedsec_crypto::secagg::client::ClientPolicy {
+            min_clients: 2,
+            min_surviving: 1,
+            ..Default::default()
+        };
+        let mut clients: Vec<SecAggClient> = keys
+            .iter()
+            .map(|k| {
+                let on = stand_in_trained_on(&plan, 0);
+                SecAggClient::new(
+                    k.clone(),
+                    verifier.clone(),
+                    &policy,
+                    plan.clone(),
+                    &on,
+                    &ContributionLedger::default(),
+                )
+                .unwrap()
+            })
+            .collect();
+        hazmat::deal_bad_share(&mut clients[2], ids[5], hazmat::BadShare::Undecryptable);
+        let mut server = SecAggServer::new(plan.clone(), verifier).unwrap();
+        for c in &clients {
+            server.receive_advertise(c.advertise().client, c.advertise().clone()).unwrap();
+        }
+        let fwd = server.close_advertise().unwrap();
+        for (c, f) in clients.iter_mut().zip(&fwd) {
+            let m = c.handle_keys(f).unwrap();
+            server.receive_share_keys(m.client, m).unwrap();
+        }
+        let fwd = server.close_share_keys().unwrap();
+        for (c, f) in clients.iter_mut().zip(&fwd) {
+            let m = c.handle_shares(f).unwrap();
+            server.receive_complaints(m.client, m).unwrap();
+        }
+        server.close_complaints().unwrap();
+        server.audited_complaints()
+    }
+
+    /// `audit verify` judges every recorded complaint again from the evidence its entry holds,
+    /// and refuses a log whose judgement, evidence or signature was changed — naming the line.
+    #[test]
+    fn verify_judges_every_recorded_complaint_again() {
+        use fedsec_crypto::secagg::complaints::Judgement;
+        let records = complaints_of_a_round();
+        assert_eq!(records.len(), 1, "the one holder of a bad share complained");
+        assert!(records[0].judged()[0].judgement.upheld());
+        let write = |record: &fedsec_crypto::secagg::complaints::AuditedComplaints| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let mut log = AuditLog::open(&path, key(1)).unwrap();
+            log.append(EntryKind::RoundStarted, json!({ "round": 1 }), 1).unwrap();
+            let hex = hex::encode(fedsec_crypto::secagg::messages::encode(record));
+            log.append(EntryKind::Complaints, json!({ "round": 1, "record": hex }), 2).unwrap();
+            (dir, path)
+        };
+        let (_d, path) = write(&records[0]);
+        let report = verify_with(&path, 1).unwrap();
+        assert_eq!((report.entries, report.complaints), (2, 1));
+        // A judgement written otherwise than the rules give.
+        let mut lied = records[0].clone();
+        lied.accused[0].judgement =
+            Judgement::False(fedsec_crypto::secagg::complaints::Unfounded::ShareOk);
+        // Evidence changed after the fact (the complaint's ciphertext).
+        let mut changed = records[0].clone();
+        changed.message.complaints[0].dealt.ciphertext[0] ^= 1;
+        // The accused's keys swapped for the complainer's.
+        let mut keys = records[0].clone();
+        keys.accused[0].keys.as_mut().unwrap().0 = keys.complainer_identity_key;
+        for (bad, reason) in [
+            (lied, "was judged false"),
+            (changed, "is not signed by it"),
+            (keys, "is not valid or not the client's"),
+        ] {
+            let (_d, path) = write(&bad);
+            match verify_with(&path, 1) {
+                Err(AuditError::Malformed { line: 2, reason: r, .. }) => {
+                    assert!(r.contains(reason), "{r}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn written_log_verifies_and_chains_by_line_hash() {
         let (_dir, path) = write_log(5);
@@ -1199,7 +1348,7 @@ mod tests {
         drop(AuditLog::open(&path, key(1)).unwrap());
         assert_eq!(fs::read(&path).unwrap(), b"");
         let report = verify_with(&path, 1).unwrap();
-        assert_eq!(report, VerifyReport { entries: 0, head_hash: genesis_hash() });
+        assert_eq!(report, VerifyReport { entries: 0, complaints: 0, head_hash: genesis_hash() });
         let head: serde_json::Value =
             serde_json::from_slice(&fs::read(head_path(&path)).unwrap()).unwrap();
         assert_eq!(head["seq"], serde_json::Value::Null);

@@ -353,8 +353,9 @@ fn run(cli: Cli) -> Result<(), String> {
             let head = head.unwrap_or_else(|| audit::head_path(&log));
             let report = audit::verify(&log, &head, &key).map_err(|e| e.to_string())?;
             println!(
-                "audit log verified: {} entries, head {}",
+                "audit log verified: {} entries, {} complaints judged again, head {}",
                 report.entries,
+                report.complaints,
                 hex::encode(report.head_hash)
             );
             Ok(())

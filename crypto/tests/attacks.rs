@@ -1607,3 +1607,198 @@ fn every_attempt_makes_fresh_keys() {
         assert_ne!(x.self_mask_commitment, y.self_mask_commitment);
     }
 }
+
+/// What a round run through the complaints phase with some faulty clients came to.
+struct Judged {
+    /// E.
+    excluded: Vec<usize>,
+    /// Each client's answer to E (its masked input, or why it stopped).
+    answers: Vec<Option<Result<MaskedInput, Error>>>,
+    /// The unmasking responses.
+    revealed: Vec<UnmaskingResponse>,
+    /// The sum, or why the round aborted.
+    sum: Result<Vec<u32>, Error>,
+    inputs: Vec<Vec<u32>>,
+}
+
+/// Runs a whole round over `clients` (faults set by the caller), every client answering every
+/// phase it can.
+fn run_judged(plan: &RoundPlan, clients: &mut [SecAggClient]) -> Judged {
+    let n = plan.n();
+    let inputs = inputs(n, plan.dim, 91);
+    let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
+    for c in clients.iter() {
+        server.adv(c.advertise().clone()).unwrap();
+    }
+    let fwd = server.close_advertise().unwrap();
+    for (c, f) in clients.iter_mut().zip(&fwd) {
+        server.shares(c.handle_keys(f).unwrap()).unwrap();
+    }
+    let fwd = server.close_share_keys().unwrap();
+    for (c, f) in clients.iter_mut().zip(&fwd) {
+        server.complain(c.handle_shares(f).unwrap()).unwrap();
+    }
+    let e = server.close_complaints().unwrap();
+    let excluded = e.excluded.indices(n).unwrap();
+    let mut answers = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let y = c.handle_exclusions(&e, &inputs[i], &mut ContributionLedger::default());
+        if let Ok(y) = &y {
+            server.masked(y).unwrap();
+        }
+        answers.push(Some(y));
+    }
+    let request = server.close_masked_input().unwrap();
+    let u3 = server.u3();
+    for &i in &u3 {
+        server.consistent(clients[i].handle_consistency(&request).unwrap()).unwrap();
+    }
+    let request = server.close_consistency().unwrap();
+    let mut revealed = Vec::new();
+    for &i in &u3 {
+        let r = clients[i].handle_unmasking(&request).unwrap();
+        server.unmask(r.clone()).unwrap();
+        revealed.push(r);
+    }
+    let sum = server.finish();
+    Judged { excluded, answers, revealed, sum, inputs }
+}
+
+/// A corrupt dealer deals one holder a share that does not decrypt, and another one a share
+/// off its commitment, each under a correctly signed commitment (the server's phase-1 checks
+/// pass). Each holder complains; each complaint is upheld; the dealer alone is excluded, its
+/// neighbours finish the round with the exact sum of everyone else, and nobody reveals a
+/// share of the excluded dealer. Without the complaints phase, a holder that could not open
+/// its share stopped (v1: one corrupt client knocked out its neighbours).
+#[test]
+fn a_corrupt_dealer_is_excluded_by_its_holders_complaints_and_its_neighbours_finish() {
+    use fedsec_crypto::secagg::client::hazmat::BadShare;
+    for (graph, n, seed) in [(GraphKind::Complete, 10, 61), (GraphKind::Harary, 24, 62)] {
+        let (plan, keys) =
+            federation(n, graph, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, seed);
+        let mut clients = new_clients(&plan, &keys, &policy());
+        let g = Graph::from_plan(&plan).unwrap();
+        let dealer = 3;
+        let holders = g.neighbours(dealer);
+        let (a, b) = (holders[0], holders[1]);
+        hazmat::deal_bad_share(&mut clients[dealer], plan.selected[a], BadShare::Undecryptable);
+        hazmat::deal_bad_share(&mut clients[dealer], plan.selected[b], BadShare::OffCommitment);
+        let j = run_judged(&plan, &mut clients);
+        assert_eq!(j.excluded, vec![dealer], "{graph:?}");
+        assert_eq!(j.answers[dealer].as_ref().unwrap().as_ref().unwrap_err(), &Error::Excluded);
+        let others: Vec<usize> = (0..n).filter(|&i| i != dealer).collect();
+        assert!(others.iter().all(|&i| j.answers[i].as_ref().unwrap().is_ok()), "{graph:?}");
+        assert_eq!(j.sum.unwrap(), clear_sum(&j.inputs, &others), "{graph:?}");
+        let dealer_id = plan.selected[dealer];
+        assert!(
+            j.revealed.iter().all(|r| {
+                r.self_mask_shares.iter().chain(&r.mask_key_shares).all(|s| s.owner != dealer_id)
+            }),
+            "a share of the excluded dealer was revealed"
+        );
+    }
+}
+
+/// A client that complains about a good share (its K and proof true) is excluded; the dealer
+/// it accused finishes the round with the others.
+#[test]
+fn a_false_complaint_excludes_the_complainer() {
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 63);
+    let mut clients = new_clients(&plan, &keys, &policy());
+    let (liar, accused) = (5, 2);
+    hazmat::complain_falsely(&mut clients[liar], plan.selected[accused]);
+    let j = run_judged(&plan, &mut clients);
+    assert_eq!(j.excluded, vec![liar]);
+    let others: Vec<usize> = (0..n).filter(|&i| i != liar).collect();
+    assert_eq!(j.sum.unwrap(), clear_sum(&j.inputs, &others));
+}
+
+/// A dealer that deals valid shares to t − 1 holders and bad ones to all the rest: every
+/// holder of a bad share complains, the dealer is excluded, and the round finishes with every
+/// honest client.
+#[test]
+fn a_dealer_valid_to_t_minus_1_holders_only_is_excluded_and_every_honest_client_finishes() {
+    use fedsec_crypto::secagg::client::hazmat::BadShare;
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 64);
+    let t = plan.threshold as usize;
+    let mut clients = new_clients(&plan, &keys, &policy());
+    let dealer = 0;
+    // Its own share and t − 2 others valid: t − 1 holders; every other holder's bad.
+    for (k, v) in (1..n).enumerate() {
+        if k >= t.saturating_sub(2) {
+            let how = if k % 2 == 0 { BadShare::Undecryptable } else { BadShare::OffCommitment };
+            hazmat::deal_bad_share(&mut clients[dealer], plan.selected[v], how);
+        }
+    }
+    let j = run_judged(&plan, &mut clients);
+    assert_eq!(j.excluded, vec![dealer]);
+    let honest: Vec<usize> = (1..n).collect();
+    assert!(honest.iter().all(|&i| j.answers[i].as_ref().unwrap().is_ok()));
+    assert_eq!(j.sum.unwrap(), clear_sum(&j.inputs, &honest));
+}
+
+/// What E a client refuses, and the U3 it refuses against it: in E itself; a dealer it
+/// complained about left out of E; a consistency request naming another E, or a U3 holding a
+/// member of E.
+#[test]
+fn a_client_refuses_an_e_that_excludes_it_or_ignores_its_complaint_and_a_u3_with_a_member_of_e() {
+    use fedsec_crypto::error::ViewContradiction as V;
+    use fedsec_crypto::secagg::client::hazmat::BadShare;
+    let n = 10;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.2, 0.05, AdversaryClass::SemiMalicious, DIM, 65);
+    let ctx = plan.context();
+    let mut clients = new_clients(&plan, &keys, &policy());
+    let (dealer, victim) = (4, 6);
+    hazmat::deal_bad_share(&mut clients[dealer], plan.selected[victim], BadShare::Undecryptable);
+    let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
+    for c in clients.iter() {
+        server.adv(c.advertise().clone()).unwrap();
+    }
+    let fwd = server.close_advertise().unwrap();
+    for (c, f) in clients.iter_mut().zip(&fwd) {
+        server.shares(c.handle_keys(f).unwrap()).unwrap();
+    }
+    let fwd = server.close_share_keys().unwrap();
+    let complaints: Vec<Complaints> =
+        clients.iter_mut().zip(&fwd).map(|(c, f)| c.handle_shares(f).unwrap()).collect();
+    assert_eq!(complaints[victim].complaints.len(), 1, "the victim complains about the dealer");
+    assert!(complaints.iter().enumerate().all(|(i, m)| i == victim || m.complaints.is_empty()));
+    let x = vec![0u32; DIM as usize];
+    let exclusions = |members: &[usize]| Exclusions {
+        version: 1,
+        ctx,
+        excluded: Survivors::from_indices(n, members.iter().copied()),
+    };
+    let mut ledger = ContributionLedger::default();
+    // An E without the accused, the victim not in it either: its complaint was ignored.
+    assert_eq!(
+        clients[victim].handle_exclusions(&exclusions(&[]), &x, &mut ledger),
+        Err(Error::ComplaintIgnored(plan.selected[dealer]))
+    );
+    assert!(!ledger.contributed(&plan.checkpoint), "nothing recorded: it never uploaded");
+    // An E holding the client itself.
+    assert_eq!(
+        clients[1].handle_exclusions(&exclusions(&[1]), &x, &mut ledger),
+        Err(Error::Excluded)
+    );
+    // The honest E: the dealer. A consistency request with another E, or a U3 holding it.
+    let e = exclusions(&[dealer]);
+    for i in [2, 3] {
+        clients[i].handle_exclusions(&e, &x, &mut ContributionLedger::default()).unwrap();
+    }
+    let all_but = |out: &[usize]| Survivors::from_indices(n, (0..n).filter(|i| !out.contains(i)));
+    let request = |survivors, excluded| ConsistencyRequest { version: 1, ctx, survivors, excluded };
+    assert_eq!(
+        clients[2].handle_consistency(&request(all_but(&[dealer, 1, 6]), nobody(n))),
+        Err(Error::ContradictsSignedView(V::OtherExcludedSet))
+    );
+    assert_eq!(
+        clients[3].handle_consistency(&request(all_but(&[1, 6]), e.excluded.clone())),
+        Err(Error::ContradictsSignedView(V::ContainsExcluded(plan.selected[dealer])))
+    );
+}

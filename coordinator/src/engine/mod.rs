@@ -796,15 +796,37 @@ impl Engine {
             }),
             Phase::Complaints => {
                 let closed = a.server.close_complaints();
-                for judged in a.server.judgements() {
-                    tracing::warn!(
-                        round = a.info.plan.round_id.0,
-                        complainer = %judged.complainer.to_hex(),
-                        accused = %judged.accused.to_hex(),
-                        judgement = %judged.judgement,
-                        excluded = %judged.excluded().to_hex(),
-                        "a complaint was judged"
-                    );
+                let (round_id, attempt) = (a.info.plan.round_id, a.info.plan.attempt);
+                // Every complaint, its judgement and what judging it took, then E, to the
+                // audit log (`audit verify` judges each again).
+                for record in a.server.audited_complaints() {
+                    for judged in record.judged() {
+                        tracing::warn!(
+                            round = round_id.0,
+                            complainer = %judged.complainer.to_hex(),
+                            accused = %judged.accused.to_hex(),
+                            judgement = %judged.judgement,
+                            excluded = %judged.excluded().to_hex(),
+                            "a complaint was judged"
+                        );
+                    }
+                    let record = Box::new(record);
+                    self.outputs.push_back(Output::Audit(AuditEvent::Complaints {
+                        round_id,
+                        attempt,
+                        record,
+                    }));
+                }
+                if let Ok(e) = &closed
+                    && let Ok(members) = e.excluded.indices(a.info.plan.n())
+                    && !members.is_empty()
+                {
+                    let excluded = members.iter().map(|&i| a.info.plan.selected[i]).collect();
+                    self.outputs.push_back(Output::Audit(AuditEvent::Excluded {
+                        round_id,
+                        attempt,
+                        excluded,
+                    }));
                 }
                 closed.map(|e| {
                     a.set_sizes.push(a.server.uploaders().len());

@@ -149,8 +149,9 @@ pub struct NewCheckpoint {
     pub summary: String,
 }
 
-/// Something the audit log records. Holds ids, counts and reasons — never key material or
-/// any client's vector.
+/// Something the audit log records. Holds ids, counts and reasons — never a secret key or any
+/// client's vector; a complaint's evidence holds the key-agreement value K the complainer
+/// revealed and the disputed ciphertext (which is why the log is access-restricted).
 #[derive(Debug, Clone, PartialEq)]
 pub enum AuditEvent {
     /// A client checked in for the first time.
@@ -214,6 +215,24 @@ pub enum AuditEvent {
         round_id: RoundId,
         /// The holder.
         client: ClientId,
+    },
+    /// A complaints message (protocol v2) with what judging it took and the judgements made.
+    Complaints {
+        /// The round.
+        round_id: RoundId,
+        /// The attempt.
+        attempt: AttemptNonce,
+        /// The record `audit verify` re-judges.
+        record: Box<fedsec_crypto::secagg::complaints::AuditedComplaints>,
+    },
+    /// Phase 1½ closed with these clients excluded (E; protocol v2).
+    Excluded {
+        /// The round.
+        round_id: RoundId,
+        /// The attempt.
+        attempt: AttemptNonce,
+        /// E.
+        excluded: Vec<ClientId>,
     },
 }
 

@@ -902,6 +902,28 @@ impl Coordinator {
                         "contributed": contributed, "ahead": ahead,
                         "highest_reported": highest_reported, "min_clients": min_clients }),
             ),
+            AuditEvent::Complaints { round_id, attempt, record } => {
+                let complaints: Vec<serde_json::Value> = record
+                    .judged()
+                    .iter()
+                    .map(|j| {
+                        json!({ "accused": j.accused.to_hex(), "judgement": j.judgement.to_string(),
+                                "excluded": j.excluded().to_hex() })
+                    })
+                    .collect();
+                (
+                    EntryKind::Complaints,
+                    json!({ "task": t, "round": round_id.0, "attempt": hex::encode(attempt.0),
+                            "complainer": record.message.client.to_hex(),
+                            "complaints": complaints,
+                            "record": hex::encode(fedsec_crypto::secagg::messages::encode(&*record)) }),
+                )
+            }
+            AuditEvent::Excluded { round_id, attempt, excluded } => (
+                EntryKind::Excluded,
+                json!({ "task": t, "round": round_id.0, "attempt": hex::encode(attempt.0),
+                        "excluded": excluded.iter().map(ClientId::to_hex).collect::<Vec<_>>() }),
+            ),
             AuditEvent::MisbehavingHolder { round_id, client } => (
                 EntryKind::Refusal,
                 json!({ "task": t, "round": round_id.0, "client": client.to_hex(),

@@ -121,6 +121,8 @@ pub struct SecAggClient {
     /// Sign one U3 per attempt: always, but for the attack test that removes it
     /// ([`hazmat::allow_signing_another_view`]).
     one_view: bool,
+    /// How this client misbehaves, in tests of the complaints ([`hazmat`]): never otherwise.
+    faults: hazmat::Faults,
     /// What this client trains on, as it verified it: recorded in the ledger with the input.
     trained_on: TrainedOn,
     phase: ClientPhase,
@@ -287,6 +289,7 @@ impl SecAggClient {
             one_input_per_checkpoint: policy.one_input_per_checkpoint,
             consistency_quorum: true,
             one_view: true,
+            faults: hazmat::Faults::default(),
             trained_on,
             phase: ClientPhase::AdvertiseKeys,
             abort_reason: None,
@@ -488,8 +491,17 @@ impl SecAggClient {
             let k = Box::new(enc_sk.agree_point(&peer.enc_pk));
             let key = ShareKey::from_shared(&k, &self.ctx, &me_id, &peer.id);
             self.agreed.insert(idx, k);
-            let plaintext = commitments::plaintext(b_share, sk_share);
-            let ciphertext = key.seal(&self.ctx, &me_id, &peer.id, plaintext.as_ref());
+            let mut plaintext = commitments::plaintext(b_share, sk_share);
+            let fault = self.faults.bad_shares.get(&peer.id).copied();
+            if fault == Some(hazmat::BadShare::OffCommitment) {
+                // Another share than the one committed to (the b-share's top byte changed,
+                // so that it stays a canonical scalar).
+                plaintext[30] ^= 1;
+            }
+            let mut ciphertext = key.seal(&self.ctx, &me_id, &peer.id, plaintext.as_ref());
+            if fault == Some(hazmat::BadShare::Undecryptable) {
+                ciphertext.iter_mut().for_each(|b| *b ^= 0x5a);
+            }
             ids.push(peer.id);
             hashes.push(Sha256::digest(&ciphertext).into());
             out.push(EncryptedShares { to: peer.id, ciphertext });
@@ -561,8 +573,10 @@ impl SecAggClient {
                 holder: &me_id,
                 shared: &k,
             };
-            match commitments::open(&parties, &fwd.dealt) {
-                Verdict::Ok(self_mask, mask_key) => {
+            let verdict = commitments::open(&parties, &fwd.dealt);
+            let complain_anyway = self.faults.false_complaints.contains(&fwd.from);
+            match verdict {
+                Verdict::Ok(self_mask, mask_key) if !complain_anyway => {
                     received.insert(idx, Box::new(HeldShares { mask_key, self_mask }));
                 }
                 // What the server was to check before forwarding: it tampered.
@@ -570,7 +584,7 @@ impl SecAggClient {
                     return Err(Error::TamperedShare { dealer: fwd.from, why });
                 }
                 // The dealer's fault: complain, showing the share and K.
-                Verdict::Bad(_) => {
+                Verdict::Bad(_) | Verdict::Ok(..) => {
                     let complaint = complaints::complain(
                         &self.ctx,
                         &me_id,
@@ -910,6 +924,37 @@ pub mod hazmat {
     /// recovers a client's input.
     pub fn allow_signing_another_view(client: &mut SecAggClient) {
         client.one_view = false;
+    }
+
+    /// How a corrupt dealer spoils the share it deals one holder (protocol v2's tests).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BadShare {
+        /// A ciphertext that does not decrypt (its hash in the signed entry, as sent).
+        Undecryptable,
+        /// A share that decrypts but is not the one its commitment names.
+        OffCommitment,
+    }
+
+    /// A client's faults, for the tests of the complaints.
+    #[derive(Debug, Clone, Default)]
+    pub(crate) struct Faults {
+        pub(crate) bad_shares: BTreeMap<ClientId, BadShare>,
+        pub(crate) false_complaints: std::collections::BTreeSet<ClientId>,
+    }
+
+    /// Makes the client a corrupt dealer: it deals `holder` a bad share of the kind given,
+    /// under a correctly signed commitment (so the server's phase-1 checks pass, and only the
+    /// holder's Open finds it bad). For the tests that show the holder's complaint excludes the
+    /// dealer and the round goes on.
+    pub fn deal_bad_share(client: &mut SecAggClient, holder: ClientId, how: BadShare) {
+        client.faults.bad_shares.insert(holder, how);
+    }
+
+    /// Makes the client a corrupt complainer: it complains about `dealer`'s share whatever the
+    /// share is (its K and proof true, the share good). For the test that shows a false
+    /// complaint excludes the complainer.
+    pub fn complain_falsely(client: &mut SecAggClient, dealer: ClientId) {
+        client.faults.false_complaints.insert(dealer);
     }
 
     /// [`SecAggClient::new`] without the client's own check of (k, t): the plan's degree and

@@ -319,6 +319,131 @@ pub fn judge(
     }
 }
 
+/// One complaints message as the audit log keeps it: the signed message and everything
+/// [`judge`] took to judge each of its complaints — both parties' identity and encryption keys
+/// (from their admitted adverts), each accused's accepted signed root — with the judgements
+/// made. [`rejudge`] checks it again from these bytes alone.
+///
+/// It holds K and the disputed ciphertext: with a liar's complaint about an honest dealer,
+/// a share of that dealer's secrets (which the liar's coalition holds already). The audit
+/// log is access-restricted for this reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditedComplaints {
+    /// The attempt.
+    pub ctx: RoundContext,
+    /// The complainer's identity key (its id is the key's hash).
+    #[serde(with = "serde_bytes")]
+    pub complainer_identity_key: [u8; 32],
+    /// c_v^PK.
+    #[serde(with = "serde_bytes")]
+    pub complainer_enc_pk: [u8; 32],
+    /// The message, as signed.
+    pub message: Complaints,
+    /// For each complaint, in order: what was known of the accused, and the judgement.
+    pub accused: Vec<AuditedAccused>,
+}
+
+/// The accused of one complaint as the judge knew it, and the judgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditedAccused {
+    /// Its identity key and c_u^PK, and its accepted signed root — `None` when it dealt the
+    /// complainer nothing (the complaint is void).
+    pub keys: Option<([u8; 32], [u8; 32], AcceptedRoot)>,
+    /// The judgement made.
+    pub judgement: Judgement,
+}
+
+impl AuditedComplaints {
+    /// The judged complaints of this message: (complainer, accused, judgement), in order.
+    pub fn judged(&self) -> Vec<Judged> {
+        (self.message.complaints.iter().zip(&self.accused))
+            .map(|(c, a)| Judged {
+                complainer: self.message.client,
+                accused: c.accused,
+                judgement: a.judgement,
+            })
+            .collect()
+    }
+}
+
+/// Why an audited complaints message does not hold up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejudged {
+    /// A key is not a valid encoding, or an identity key is not the client's.
+    #[error("a key of {0} is not valid or not the client's")]
+    Key(ClientId),
+    /// The message's signature does not verify.
+    #[error("the complaints message of {0} is not signed by it")]
+    Signature(ClientId),
+    /// Not one record per complaint.
+    #[error("the record of {0}'s complaints does not list one accused per complaint")]
+    Shape(ClientId),
+    /// A judgement made is not the one the rules give.
+    #[error(
+        "the complaint of {complainer} about {accused} was judged {recorded}; the rules give {actual}"
+    )]
+    Judgement {
+        /// The complainer.
+        complainer: ClientId,
+        /// The accused.
+        accused: ClientId,
+        /// As recorded.
+        recorded: Judgement,
+        /// As judged again.
+        actual: Judgement,
+    },
+}
+
+/// Checks an audited complaints message from its bytes alone, as `audit verify` does: each
+/// identity key is its client's (the id is the hash of its key), the message is signed by the
+/// complainer on the recorded attempt, and each complaint, judged again by [`judge`], gets the
+/// judgement recorded.
+pub fn rejudge(record: &AuditedComplaints) -> core::result::Result<(), Rejudged> {
+    let msg = &record.message;
+    let identity = |id: ClientId, bytes: &[u8; 32]| {
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| Rejudged::Key(id))?;
+        if ClientId::from_spki_der(&crate::sign::ed25519_spki_der(&key)) != id {
+            return Err(Rejudged::Key(id));
+        }
+        Ok(key)
+    };
+    let complainer_key = identity(msg.client, &record.complainer_identity_key)?;
+    let complainer_enc =
+        PublicKey::from_bytes(&record.complainer_enc_pk).ok_or(Rejudged::Key(msg.client))?;
+    verify_signature(&record.ctx, msg, &complainer_key)
+        .map_err(|_| Rejudged::Signature(msg.client))?;
+    if msg.complaints.len() != record.accused.len() {
+        return Err(Rejudged::Shape(msg.client));
+    }
+    for (c, a) in msg.complaints.iter().zip(&record.accused) {
+        let keys = match &a.keys {
+            None => None,
+            Some((identity_key, enc_pk, root)) => {
+                let key = identity(c.accused, identity_key)?;
+                let enc = PublicKey::from_bytes(enc_pk).ok_or(Rejudged::Key(c.accused))?;
+                Some((key, enc, root))
+            }
+        };
+        let accused = keys.as_ref().map(|(key, enc, root)| Accused {
+            id: &c.accused,
+            enc_pk: enc,
+            identity_key: key,
+            accepted: root,
+        });
+        let complainer = Complainer { id: &msg.client, enc_pk: &complainer_enc };
+        let actual = judge(&record.ctx, complainer, accused, c);
+        if actual != a.judgement {
+            return Err(Rejudged::Judgement {
+                complainer: msg.client,
+                accused: c.accused,
+                recorded: a.judgement,
+                actual,
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1105,10 +1105,47 @@ impl SecAggServer {
         Survivors::from_indices(self.plan.n(), self.excluded.iter().copied())
     }
 
-    /// Every complaint received so far, with its judgement, in the order received: what the
-    /// audit log records.
+    /// Every complaint received so far, with its judgement, in the order received.
     pub fn judgements(&self) -> &[Judged] {
         &self.judgements
+    }
+
+    /// Each complaints message that holds a complaint, with what judging it took and the
+    /// judgements made, in canonical order of complainer: what the audit log records.
+    pub fn audited_complaints(&self) -> Vec<complaints::AuditedComplaints> {
+        // One message per complainer, one complaint per accused in it.
+        let made: BTreeMap<(ClientId, ClientId), complaints::Judgement> =
+            self.judgements.iter().map(|j| ((j.complainer, j.accused), j.judgement)).collect();
+        let mut out = Vec::new();
+        for (&v, msg) in &self.complaints {
+            let peer = &self.advertised[&v].1;
+            let accused = msg
+                .complaints
+                .iter()
+                .map(|c| {
+                    let judgement = made[&(msg.client, c.accused)];
+                    let keys = self
+                        .plan
+                        .index_of(&c.accused)
+                        .filter(|&u| self.u2.contains(&u) && self.graph.are_neighbours(u, v))
+                        .map(|u| {
+                            let p = &self.advertised[&u].1;
+                            (p.verifying_key.to_bytes(), p.enc_pk.to_bytes(), self.accepted[&u])
+                        });
+                    complaints::AuditedAccused { keys, judgement }
+                })
+                .collect();
+            if !msg.complaints.is_empty() {
+                out.push(complaints::AuditedComplaints {
+                    ctx: self.ctx,
+                    complainer_identity_key: peer.verifying_key.to_bytes(),
+                    complainer_enc_pk: peer.enc_pk.to_bytes(),
+                    message: msg.clone(),
+                    accused,
+                });
+            }
+        }
+        out
     }
 
     /// The complaints messages received, by sender, in canonical order.
