@@ -14,7 +14,7 @@ use crate::kdf::{Label, push_lp};
 use crate::quant::QuantParams;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One million: probabilities in the plan are integer parts per million.
 pub const PPM: u32 = 1_000_000;

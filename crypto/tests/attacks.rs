@@ -4,6 +4,7 @@
 
 mod common;
 
+use fedsec_crypto::PROTOCOL_VERSION;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -106,8 +107,12 @@ fn show_view(s: &mut Staged, group: &[usize], view: &[usize]) -> Vec<UnmaskingRe
     let n = s.plan.n();
     let ctx = *s.clients[0].context();
     let survivors = Survivors::from_indices(n, view.iter().copied());
-    let request =
-        ConsistencyRequest { version: 1, ctx, survivors: survivors.clone(), excluded: nobody(n) };
+    let request = ConsistencyRequest {
+        version: PROTOCOL_VERSION,
+        ctx,
+        survivors: survivors.clone(),
+        excluded: nobody(n),
+    };
     let mut sigs = Vec::new();
     for &i in group {
         if let Ok(sig) = s.clients[i].handle_consistency(&request) {
@@ -118,7 +123,7 @@ fn show_view(s: &mut Staged, group: &[usize], view: &[usize]) -> Vec<UnmaskingRe
             });
         }
     }
-    let request = UnmaskingRequest { version: 1, ctx, survivors, signatures: sigs };
+    let request = UnmaskingRequest { version: PROTOCOL_VERSION, ctx, survivors, signatures: sigs };
     group.iter().filter_map(|&i| s.clients[i].handle_unmasking(&request).ok()).collect()
 }
 
@@ -280,7 +285,7 @@ fn signing_two_views_leaks_nothing_only_because_a_client_signs_one_u3() {
         }
         let ctx = *s.clients[0].context();
         let request = |view: &[usize]| ConsistencyRequest {
-            version: 1,
+            version: PROTOCOL_VERSION,
             ctx,
             survivors: Survivors::from_indices(n, view.iter().copied()),
             excluded: nobody(n),
@@ -299,7 +304,12 @@ fn signing_two_views_leaks_nothing_only_because_a_client_signs_one_u3() {
                     })
                 })
                 .collect();
-            UnmaskingRequest { version: 1, ctx, survivors: req.survivors, signatures }
+            UnmaskingRequest {
+                version: PROTOCOL_VERSION,
+                ctx,
+                survivors: req.survivors,
+                signatures,
+            }
         };
         let on_b = sign(&without_w, &all, &mut s);
         let on_a = sign(&all, &all, &mut s);
@@ -494,7 +504,7 @@ fn asking_for_both_shares_of_one_peer_is_refused() {
     // Now the server claims w = 3 dropped after all and asks again: refused, same U3 only.
     let without: Vec<usize> = all.iter().copied().filter(|&i| i != 3).collect();
     let survivors = Survivors::from_indices(n, without.iter().copied());
-    let req = UnmaskingRequest { version: 1, ctx, survivors, signatures: vec![] };
+    let req = UnmaskingRequest { version: PROTOCOL_VERSION, ctx, survivors, signatures: vec![] };
     for c in s.clients.iter_mut() {
         assert!(matches!(c.handle_unmasking(&req), Err(Error::PhaseAlreadyAnswered(_))));
     }
@@ -505,7 +515,7 @@ fn asking_for_both_shares_of_one_peer_is_refused() {
     let ctx1 = *s.clients[1].context();
     let signed = s.clients[1]
         .handle_consistency(&ConsistencyRequest {
-            version: 1,
+            version: PROTOCOL_VERSION,
             ctx: ctx1,
             survivors,
             excluded: nobody(n),
@@ -513,7 +523,7 @@ fn asking_for_both_shares_of_one_peer_is_refused() {
         .unwrap();
     let other = Survivors::from_indices(n, without.iter().copied());
     let req = UnmaskingRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         ctx: *s.clients[1].context(),
         survivors: other,
         signatures: vec![SignedSurvivors {
@@ -528,7 +538,7 @@ fn asking_for_both_shares_of_one_peer_is_refused() {
     );
     let survivors = Survivors::from_indices(n, all.iter().copied());
     let again = ConsistencyRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         ctx: *s.clients[1].context(),
         survivors,
         excluded: nobody(n),
@@ -1256,8 +1266,12 @@ fn unmasking_needs_q_valid_signatures_on_the_signed_view() {
     let mut s = stage(&plan, &keys, ledgers, &policy());
     let ctx = *s.clients[0].context();
     let survivors = Survivors::from_indices(n, 0..n);
-    let check =
-        ConsistencyRequest { version: 1, ctx, survivors: survivors.clone(), excluded: nobody(n) };
+    let check = ConsistencyRequest {
+        version: PROTOCOL_VERSION,
+        ctx,
+        survivors: survivors.clone(),
+        excluded: nobody(n),
+    };
     let signed: Vec<SignedSurvivors> = (0..n)
         .map(|i| {
             let sig = s.clients[i].handle_consistency(&check).unwrap();
@@ -1269,7 +1283,7 @@ fn unmasking_needs_q_valid_signatures_on_the_signed_view() {
         })
         .collect();
     let request = |sigs: &[SignedSurvivors]| UnmaskingRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         ctx,
         survivors: survivors.clone(),
         signatures: sigs.to_vec(),
@@ -1429,7 +1443,7 @@ fn a_signature_only_a_lenient_rule_accepts_is_refused_by_client_and_server_alike
     );
     // The same message, honestly signed, passes the one rule: only the crafted encoding fails.
     let honest = s.clients[w].handle_consistency(&ConsistencyRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         ctx,
         survivors: survivors.clone(),
         excluded: nobody(n),
@@ -1450,7 +1464,7 @@ fn a_signature_only_a_lenient_rule_accepts_is_refused_by_client_and_server_alike
     // The server refuses it from its signer.
     assert_eq!(
         s.server.consistent(ConsistencySignature {
-            version: 1,
+            version: PROTOCOL_VERSION,
             ctx,
             client: keys[w].id(),
             signature: crafted
@@ -1459,8 +1473,12 @@ fn a_signature_only_a_lenient_rule_accepts_is_refused_by_client_and_server_alike
     );
 
     // A server that forwards it among q signatures: every client refuses it alike.
-    let check =
-        ConsistencyRequest { version: 1, ctx, survivors: survivors.clone(), excluded: nobody(n) };
+    let check = ConsistencyRequest {
+        version: PROTOCOL_VERSION,
+        ctx,
+        survivors: survivors.clone(),
+        excluded: nobody(n),
+    };
     let mut signed: Vec<SignedSurvivors> = (0..n)
         .map(|i| {
             let sig = s.clients[i].handle_consistency(&check).unwrap();
@@ -1473,7 +1491,7 @@ fn a_signature_only_a_lenient_rule_accepts_is_refused_by_client_and_server_alike
         .collect();
     signed[w].signature = crafted;
     let request = UnmaskingRequest {
-        version: 1,
+        version: PROTOCOL_VERSION,
         ctx,
         survivors: survivors.clone(),
         signatures: signed[..q].to_vec(),
@@ -1770,7 +1788,7 @@ fn a_client_refuses_an_e_that_excludes_it_or_ignores_its_complaint_and_a_u3_with
     assert!(complaints.iter().enumerate().all(|(i, m)| i == victim || m.complaints.is_empty()));
     let x = vec![0u32; DIM as usize];
     let exclusions = |members: &[usize]| Exclusions {
-        version: 1,
+        version: PROTOCOL_VERSION,
         ctx,
         excluded: Survivors::from_indices(n, members.iter().copied()),
     };
@@ -1792,7 +1810,12 @@ fn a_client_refuses_an_e_that_excludes_it_or_ignores_its_complaint_and_a_u3_with
         clients[i].handle_exclusions(&e, &x, &mut ContributionLedger::default()).unwrap();
     }
     let all_but = |out: &[usize]| Survivors::from_indices(n, (0..n).filter(|i| !out.contains(i)));
-    let request = |survivors, excluded| ConsistencyRequest { version: 1, ctx, survivors, excluded };
+    let request = |survivors, excluded| ConsistencyRequest {
+        version: PROTOCOL_VERSION,
+        ctx,
+        survivors,
+        excluded,
+    };
     assert_eq!(
         clients[2].handle_consistency(&request(all_but(&[dealer, 1, 6]), nobody(n))),
         Err(Error::ContradictsSignedView(V::OtherExcludedSet))

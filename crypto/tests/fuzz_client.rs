@@ -15,6 +15,7 @@
 
 mod common;
 
+use fedsec_crypto::PROTOCOL_VERSION;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -210,8 +211,8 @@ impl Fuzz {
             let (v, c) = copy.header_mut();
             (*v, *c)
         };
-        if version != 1 {
-            return Err(Error::UnsupportedVersion { got: version, supported: 1 });
+        if version != PROTOCOL_VERSION {
+            return Err(Error::UnsupportedVersion { got: version, supported: PROTOCOL_VERSION });
         }
         if ctx != plan.context() {
             return Err(Error::WrongContext);
@@ -386,8 +387,8 @@ fn plan_refusal(shape: &Shape, choice: u32) {
     let (invalid, floor) = (Error::InvalidPlan, Error::PlanBelowFloor);
     let expected = match choice % 16 {
         0 => {
-            p.version = 2;
-            Error::UnsupportedVersion { got: 2, supported: 1 }
+            p.version = PROTOCOL_VERSION + 1;
+            Error::UnsupportedVersion { got: PROTOCOL_VERSION + 1, supported: PROTOCOL_VERSION }
         }
         1 => {
             p.selected.swap(0, 1 + x as usize % (n - 1));

@@ -9,6 +9,7 @@
 
 mod common;
 
+use fedsec_crypto::PROTOCOL_VERSION;
 use std::collections::BTreeMap;
 
 use common::fuzz::*;
@@ -119,10 +120,13 @@ fn edit(state: &mut ClosedState, plan: &RoundPlan, choice: u32) -> (&'static str
             ("an advert of another round", Refused(Error::WrongContext))
         }
         5 => {
-            advert.advert.version = 2;
+            advert.advert.version = PROTOCOL_VERSION + 1;
             (
                 "an advert of another version",
-                Refused(Error::UnsupportedVersion { got: 2, supported: 1 }),
+                Refused(Error::UnsupportedVersion {
+                    got: PROTOCOL_VERSION + 1,
+                    supported: PROTOCOL_VERSION,
+                }),
             )
         }
         6 => {

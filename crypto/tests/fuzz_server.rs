@@ -12,6 +12,7 @@
 
 mod common;
 
+use fedsec_crypto::PROTOCOL_VERSION;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -95,8 +96,8 @@ impl Model {
             return Err(e);
         }
         let (version, ctx) = msg.header();
-        if version != 1 {
-            return Err(Error::UnsupportedVersion { got: version, supported: 1 });
+        if version != PROTOCOL_VERSION {
+            return Err(Error::UnsupportedVersion { got: version, supported: PROTOCOL_VERSION });
         }
         if ctx != self.ctx {
             return Err(Error::WrongContext);
@@ -392,7 +393,7 @@ impl Fuzz {
         // A client of U that is not a neighbour of i, if the graph has one.
         let far = (0..plan.n()).find(|&j| j != i && !graph.are_neighbours(i, j));
         match (which, &mut msg) {
-            (0, _) => *msg.header_mut().0 = 2,
+            (0, _) => *msg.header_mut().0 = PROTOCOL_VERSION + 1,
             (1, _) => *msg.header_mut().1 = other_ctx(ctx),
             (w, Msg::Advert(a)) => {
                 let keys = |enc, mask, b| Msg::Advert(signed_advert(key, ctx, [enc, mask, b]));
@@ -581,7 +582,7 @@ impl Fuzz {
                 };
                 return (msg, flaw);
             }
-            _ => *msg.header_mut().0 = 2,
+            _ => *msg.header_mut().0 = PROTOCOL_VERSION + 1,
         }
         (msg, None)
     }

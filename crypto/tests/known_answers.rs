@@ -18,6 +18,7 @@
 //! module docs state them (with `hkdf`, `chacha20poly1305` and `ed25519-dalek` directly), so the
 //! files also say that the code does what its documentation says.
 
+use fedsec_crypto::PROTOCOL_VERSION;
 use std::path::PathBuf;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -183,7 +184,7 @@ fn quant() -> QuantParams {
 /// SecAgg over the complete graph against a malicious server.
 fn plan_complete() -> RoundPlan {
     RoundPlan {
-        version: 1,
+        version: PROTOCOL_VERSION,
         task_id: TaskId(pattern(0x7a)),
         // Eight distinct bytes pin the byte order of the round id.
         round_id: RoundId(0x0102_0304_0506_0708),
@@ -206,7 +207,7 @@ fn plan_complete() -> RoundPlan {
 /// SecAgg+ over a Harary graph against a semi-malicious server.
 fn plan_harary() -> RoundPlan {
     RoundPlan {
-        version: 1,
+        version: PROTOCOL_VERSION,
         task_id: TaskId(pattern(0x7b)),
         round_id: RoundId(42),
         attempt: AttemptNonce(pattern(0xa8)),
@@ -233,7 +234,7 @@ fn plan_harary() -> RoundPlan {
 /// The smallest round: two clients, honest-but-curious server.
 fn plan_curious_pair() -> RoundPlan {
     RoundPlan {
-        version: 1,
+        version: PROTOCOL_VERSION,
         task_id: TaskId(pattern(0x7c)),
         round_id: RoundId(0),
         attempt: AttemptNonce(pattern(0xa9)),

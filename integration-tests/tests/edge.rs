@@ -451,7 +451,9 @@ fn an_idle_connection_is_sent_goaway_and_one_with_a_call_in_flight_is_kept() {
         tokio::time::timeout(LONG, conn).await.expect("closed once idle").unwrap().ok();
         let after = ended_from.elapsed();
         println!("connection closed {after:?} after its last call ended");
-        assert!(after >= IDLE && after < IDLE + Duration::from_secs(10), "{after:?}");
+        // Timed from the client's side: the server may see the call end a moment before.
+        let slack = Duration::from_millis(50);
+        assert!(after + slack >= IDLE && after < IDLE + Duration::from_secs(10), "{after:?}");
         let e = sent_away(&mut send).await.expect("a new call is refused");
         assert!(is_graceful_goaway(&e), "{e:?}");
     });

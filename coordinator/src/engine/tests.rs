@@ -473,7 +473,7 @@ fn retries_are_idempotent_and_conflicts_are_refused() {
     assert!(matches!(err, Error::Protocol(fedsec_crypto::Error::PhaseAlreadyAnswered(_))));
     // Out of phase: a ShareKeys before phase 0 closed.
     let early = ShareKeys {
-        version: 1,
+        version: fedsec_crypto::PROTOCOL_VERSION,
         ctx,
         client: key.id(),
         shares: vec![],

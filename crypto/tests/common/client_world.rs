@@ -3,6 +3,7 @@
 //! messages to a client as one type; and those messages corrupted in one field, each with the
 //! refusal the corrupted field earns.
 
+use fedsec_crypto::PROTOCOL_VERSION;
 use std::collections::BTreeSet;
 
 use fedsec_crypto::error::{Error, ForwardFault, ViewContradiction};
@@ -44,7 +45,7 @@ impl ToClient {
 
     /// A message of `kind` right in version and context, empty otherwise.
     pub fn empty(kind: usize, ctx: RoundContext, own: &AdvertiseKeys, n: usize) -> ToClient {
-        let (version, recipient) = (1, own.client);
+        let (version, recipient) = (PROTOCOL_VERSION, own.client);
         let survivors = Survivors(vec![0; n.div_ceil(8)]);
         match kind {
             0 => {
@@ -475,7 +476,7 @@ impl World {
         };
         if msg == self.base(kind, own) {
             // Nothing above applied (or `which` chose it): another version.
-            *msg.header_mut().0 = 2;
+            *msg.header_mut().0 = PROTOCOL_VERSION + 1;
         }
         (msg, flaw)
     }

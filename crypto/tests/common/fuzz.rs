@@ -3,6 +3,7 @@
 //! adversary class, honest clients stepped one phase at a time, the clients' messages as one
 //! type, and the corruptions both sides use.
 
+use fedsec_crypto::PROTOCOL_VERSION;
 use std::sync::Arc;
 
 use fedsec_crypto::context::{AdversaryClass, GraphKind, RoundPlan};
@@ -190,7 +191,7 @@ impl Msg {
     /// A message of `phase` from `client`, right in version and context and empty otherwise:
     /// what is refused before its content is looked at.
     pub fn empty(phase: Phase, ctx: RoundContext, client: ClientId, dim: u32) -> Msg {
-        let version = 1;
+        let version = PROTOCOL_VERSION;
         match phase {
             Phase::AdvertiseKeys => Msg::Advert(AdvertiseKeys {
                 version,
@@ -416,7 +417,7 @@ pub fn signed_advert_with_proofs(
     let [enc_pk, mask_pk, self_mask_commitment] = keys;
     let [enc_pk_proof, mask_pk_proof] = proofs;
     let mut advert = AdvertiseKeys {
-        version: 1,
+        version: PROTOCOL_VERSION,
         ctx,
         client: key.id(),
         credential: key.raw_credential(),
