@@ -1825,3 +1825,73 @@ fn a_client_refuses_an_e_that_excludes_it_or_ignores_its_complaint_and_a_u3_with
         Err(Error::ContradictsSignedView(V::ContainsExcluded(plan.selected[dealer])))
     );
 }
+
+/// A server restarted after phase 1½ closed, with a dealer excluded and a false complainer:
+/// it judges the saved complaints again and comes to the same E; the round goes on and its sum
+/// is exact. A complaints message refused for its signature leaves its sender a dropout.
+#[test]
+fn a_server_resumed_after_the_complaints_comes_to_the_same_e_and_an_exact_sum() {
+    use fedsec_crypto::secagg::client::hazmat::BadShare;
+    use fedsec_crypto::secagg::server::ClosedState;
+    let n = 12;
+    let (plan, keys) =
+        federation(n, GraphKind::Complete, 0.3, 0.05, AdversaryClass::SemiMalicious, DIM, 66);
+    let mut clients = new_clients(&plan, &keys, &policy());
+    let (dealer, liar, forger) = (1, 7, 9);
+    hazmat::deal_bad_share(&mut clients[dealer], plan.selected[4], BadShare::OffCommitment);
+    hazmat::complain_falsely(&mut clients[liar], plan.selected[2]);
+    let mut server = SecAggServer::new(plan.clone(), verifier()).unwrap();
+    for c in &clients {
+        server.adv(c.advertise().clone()).unwrap();
+    }
+    let fwd = server.close_advertise().unwrap();
+    for (c, f) in clients.iter_mut().zip(&fwd) {
+        server.shares(c.handle_keys(f).unwrap()).unwrap();
+    }
+    let fwd = server.close_share_keys().unwrap();
+    for (i, (c, f)) in clients.iter_mut().zip(&fwd).enumerate() {
+        let mut m = c.handle_shares(f).unwrap();
+        if i == forger {
+            m.signature.0[0] ^= 1;
+            assert_eq!(server.complain(m), Err(Error::BadSignature(plan.selected[forger])));
+        } else {
+            server.complain(m).unwrap();
+        }
+    }
+    let e = server.close_complaints().unwrap();
+    assert_eq!(e.excluded.indices(n).unwrap(), vec![dealer, liar]);
+    let state = ClosedState::from_bytes(&server.closed_state().unwrap().to_bytes()).unwrap();
+    let mut server = SecAggServer::resume(plan.clone(), verifier(), state).unwrap();
+    assert_eq!(server.exclusions(), Some(e.clone()), "the same E after the restart");
+    let xs = inputs(n, DIM, 67);
+    let mut uploaded = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        match c.handle_exclusions(&e, &xs[i], &mut ContributionLedger::default()) {
+            Ok(y) if i == forger => assert_eq!(
+                server.masked(&y),
+                Err(Error::NotEligible {
+                    client: plan.selected[forger],
+                    phase: fedsec_crypto::secagg::Phase::MaskedInputCollection,
+                })
+            ),
+            Ok(y) => {
+                server.masked(&y).unwrap();
+                uploaded.push(i);
+            }
+            Err(e) => assert!(i == dealer || i == liar, "{i}: {e}"),
+        }
+    }
+    assert_eq!(
+        uploaded,
+        (0..n).filter(|i| ![dealer, liar, forger].contains(i)).collect::<Vec<_>>()
+    );
+    let r = server.close_masked_input().unwrap();
+    for &i in &uploaded {
+        server.consistent(clients[i].handle_consistency(&r).unwrap()).unwrap();
+    }
+    let r = server.close_consistency().unwrap();
+    for &i in &uploaded {
+        server.unmask(clients[i].handle_unmasking(&r).unwrap()).unwrap();
+    }
+    assert_eq!(server.finish().unwrap(), clear_sum(&xs, &uploaded));
+}

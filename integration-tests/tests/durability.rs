@@ -144,11 +144,11 @@ fn an_audit_log_that_cannot_be_written_stops_new_rounds_until_it_can() {
 /// and the saved state is gone once the attempt ended.
 #[test]
 fn a_coordinator_killed_in_the_middle_of_an_attempt_resumes_the_same_attempt() {
-    // After each phase close: after phase 1 the uploads are lost with the process and sent
-    // again, after phase 3 the unmasking shares are, and after phase 4 the sum is computed from
-    // the saved shares (unless the kill came after the checkpoint was stored: then the round is
-    // simply done).
-    for phase in [0u64, 1, 2, 3, 4] {
+    // After each phase close (0–5, Complaints is 2): after phase 1½ the uploads are lost with
+    // the process and sent again, after phase 3 the unmasking shares are, and after phase 4 the
+    // sum is computed from the saved shares (unless the kill came after the checkpoint was
+    // stored: then the round is simply done).
+    for phase in [0u64, 1, 2, 3, 4, 5] {
         let mut fed = Federation::start(Options { rounds: 1, ..Options::default() });
         for i in 1..=10 {
             // Each call waits 1.5 s first: the kill lands before the next phase's messages.
@@ -159,7 +159,7 @@ fn a_coordinator_killed_in_the_middle_of_an_attempt_resumes_the_same_attempt() {
         fed.restart_coordinator_in_place();
         fed.wait_clients(LONG);
         let resumed = fed.audit_entries("attempt_resumed");
-        let stored_before_the_kill = phase == 4 && resumed.is_empty();
+        let stored_before_the_kill = phase == 5 && resumed.is_empty();
         if !stored_before_the_kill {
             assert_eq!(resumed.len(), 1, "phase {phase}: {resumed:?}");
             assert_eq!(resumed[0]["detail"]["attempt"], attempt.as_str());

@@ -16,7 +16,7 @@ const LONG: Duration = Duration::from_secs(300);
 const MOST_ALLOWED: usize = 2;
 
 /// Kills `m` clients (certificates 1..=m) with SIGKILL right before they would send their
-/// message of `phase` (0–4), and checks the attempt.
+/// message of `phase` (0–5: Complaints is 2), and checks the attempt.
 fn clients_killed_at(phase: u64, m: usize) {
     let mut fed = Federation::start(Options { rounds: 1, ..Options::default() });
     for i in 1..=10 {
@@ -37,11 +37,11 @@ fn clients_killed_at(phase: u64, m: usize) {
     assert_eq!(completed.len(), 1, "phase {phase}, {m} killed");
     assert_eq!(completed[0]["detail"]["attempt"], attempt.as_str(), "the same attempt");
     assert!(fed.audit_entries("round_aborted").is_empty());
-    // U3: everyone who uploaded — the killed clients too, once they were past phase 2.
-    let in_u3 = |id: &String| phase > 2 || !killed.contains(id);
+    // U3: everyone who uploaded — the killed clients too, once they were past the upload.
+    let in_u3 = |id: &String| phase > 3 || !killed.contains(id);
     let dumps = fed.dumps(1, &attempt);
     let inputs: Vec<&Vec<u32>> = dumps.iter().filter(|(id, _)| in_u3(id)).map(|(_, x)| x).collect();
-    let expected = if phase > 2 { 10 } else { 10 - m };
+    let expected = if phase > 3 { 10 } else { 10 - m };
     assert_eq!(inputs.len(), expected, "phase {phase}, {m} killed: |U3|");
     assert_eq!(completed[0]["detail"]["participants"], expected);
     fed.assert_exact_round(1, &inputs);
@@ -50,14 +50,14 @@ fn clients_killed_at(phase: u64, m: usize) {
 
 #[test]
 fn one_client_killed_at_each_phase_the_same_attempt_completes_exactly() {
-    for phase in 0..=4 {
+    for phase in 0..=5 {
         clients_killed_at(phase, 1);
     }
 }
 
 #[test]
 fn the_most_clients_allowed_killed_at_each_phase_the_same_attempt_completes_exactly() {
-    for phase in 0..=4 {
+    for phase in 0..=5 {
         clients_killed_at(phase, MOST_ALLOWED);
     }
 }
@@ -71,7 +71,7 @@ fn the_most_clients_allowed_killed_at_each_phase_the_same_attempt_completes_exac
 #[test]
 #[ignore = "about four minutes; run by hand"]
 fn one_kill_past_the_thresholds_aborts_the_attempt_and_the_next_one_completes() {
-    for phase in 0..=4u64 {
+    for phase in 0..=5u64 {
         // Ten selected of eighteen: eight wait in reserve for the retry.
         let mut fed =
             Federation::start(Options { rounds: 1, extra_certs: 10, ..Options::default() });

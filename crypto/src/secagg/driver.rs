@@ -180,10 +180,11 @@ fn run(
     let mut complained = Vec::new();
     for f in &forwards {
         let i = plan.index_of(&f.recipient).expect("server forwards only to U");
+        // A message the server refuses is as if never sent: the client is a dropout.
         if active(i, Phase::Complaints)
             && let Ok(msg) = clients[i].handle_shares(f)
+            && server.receive_complaints(f.recipient, msg).is_ok()
         {
-            server.receive_complaints(f.recipient, msg)?;
             complained.push(i);
         }
     }
