@@ -26,7 +26,6 @@ use fedsec_crypto::kdf::Label;
 use fedsec_crypto::proofs::ComplaintProof;
 use fedsec_crypto::proofs::KeyRole;
 use fedsec_crypto::secagg::Phase;
-use fedsec_crypto::secagg::commitments::{Dealt, Entry};
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
 use fedsec_crypto::sign::{CredentialRefusal, IdentityKey};
@@ -493,14 +492,7 @@ impl Fuzz {
                     // A complaint about itself: refused for its shape, before anything else.
                     c.complaints.push(Complaint {
                         accused: id,
-                        dealt: Dealt {
-                            entry: Entry([0; 128]),
-                            index: 0,
-                            size: 1,
-                            path: Vec::new(),
-                            signature: [0; 64],
-                            ciphertext: vec![0; 80],
-                        },
+                        dealt: blank_dealt(),
                         shared: [0; 32],
                         proof: ComplaintProof([0; 96]),
                     });

@@ -10,14 +10,16 @@ use fedsec_crypto::error::{Error, ForwardFault, ViewContradiction};
 use fedsec_crypto::ids::RoundContext;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::client::{ContributionLedger, SecAggClient};
-use fedsec_crypto::secagg::commitments::{Dealt, Entry, Malformed};
+use fedsec_crypto::secagg::commitments::Malformed;
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::SecAggServer;
 use fedsec_crypto::sign::{CredentialRefusal, IdentityKey};
 use rand::RngExt;
 use rand_chacha::ChaCha20Rng;
 
-use super::fuzz::{Msg, Round, Sent, Shape, close, flip, flip_sig, other_ctx, signed_advert};
+use super::fuzz::{
+    Msg, Round, Sent, Shape, blank_dealt, close, flip, flip_sig, other_ctx, signed_advert,
+};
 use super::verifier;
 
 /// A server message to the client, of kind 0 (keys), 1 (shares), 2 (E), 3 (U3) or 4
@@ -479,18 +481,5 @@ impl World {
             *msg.header_mut().0 = PROTOCOL_VERSION + 1;
         }
         (msg, flaw)
-    }
-}
-
-/// A forwarded share no dealer made: refused for who it claims to be from before its content
-/// is looked at.
-fn blank_dealt() -> Dealt {
-    Dealt {
-        entry: Entry([0; 128]),
-        index: 0,
-        size: 1,
-        path: Vec::new(),
-        signature: [0; 64],
-        ciphertext: vec![0; 80],
     }
 }

@@ -14,6 +14,7 @@ use fedsec_crypto::kdf::Label;
 use fedsec_crypto::proofs::KeyProof;
 use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::client::{ClientPolicy, ContributionLedger, SecAggClient};
+use fedsec_crypto::secagg::commitments::{Dealt, Entry};
 use fedsec_crypto::secagg::driver::{make_plan, stand_in_trained_on};
 use fedsec_crypto::secagg::messages::*;
 use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
@@ -437,4 +438,17 @@ pub fn other_ctx(ctx: RoundContext) -> RoundContext {
     let mut bytes = ctx.0;
     bytes[0] ^= 0x80;
     RoundContext(bytes)
+}
+
+/// A forwarded share no dealer made: refused for who it claims to be from before its content
+/// is looked at.
+pub fn blank_dealt() -> Dealt {
+    Dealt {
+        entry: Entry([0; 128]),
+        index: 0,
+        size: 1,
+        path: Vec::new(),
+        signature: [0; 64],
+        ciphertext: vec![0; 80],
+    }
 }
