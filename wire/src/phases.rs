@@ -194,7 +194,7 @@ impl PhaseMessage for SharesForward {
             .shares
             .iter()
             .map(|s| {
-                let (from, dealt) = forwarded_from_wire("shares", s)?;
+                let (from, dealt) = forwarded_from_wire(&FORWARDED, s)?;
                 Ok(ForwardedShares { from, dealt })
             })
             .collect::<Result<_>>()?;
@@ -220,30 +220,39 @@ fn forwarded_to_wire(from: &ClientId, dealt: &Dealt) -> v1::ForwardedShares {
     }
 }
 
+/// The field names of a forwarded share where it sits in a message, for errors.
+struct ShareFields {
+    from: &'static str,
+    entry: &'static str,
+    path: &'static str,
+    signature: &'static str,
+}
+
+const FORWARDED: ShareFields = ShareFields {
+    from: "shares.from",
+    entry: "shares.entry",
+    path: "shares.path",
+    signature: "shares.signature",
+};
+
+const COMPLAINED: ShareFields = ShareFields {
+    from: "complaints.share.from",
+    entry: "complaints.share.entry",
+    path: "complaints.share.path",
+    signature: "complaints.share.signature",
+};
+
 /// A forwarded share from the wire: fixed lengths checked, at most [`MAX_PATH`] path hashes.
-/// `at` names the field it sits in (`shares`, `complaints.share`).
-fn forwarded_from_wire(at: &'static str, s: &v1::ForwardedShares) -> Result<(ClientId, Dealt)> {
-    let field = |name: &'static str| -> &'static str {
-        match (at, name) {
-            ("shares", "from") => "shares.from",
-            ("shares", "entry") => "shares.entry",
-            ("shares", "path") => "shares.path",
-            ("shares", _) => "shares.signature",
-            (_, "from") => "complaints.share.from",
-            (_, "entry") => "complaints.share.entry",
-            (_, "path") => "complaints.share.path",
-            _ => "complaints.share.signature",
-        }
-    };
-    let from = client_id(field("from"), &s.from)?;
-    let entry = Entry(fixed(field("entry"), &s.entry)?);
+fn forwarded_from_wire(f: &ShareFields, s: &v1::ForwardedShares) -> Result<(ClientId, Dealt)> {
+    let from = client_id(f.from, &s.from)?;
+    let entry = Entry(fixed(f.entry, &s.entry)?);
     if s.path.len() > MAX_PATH {
         return Err(WireError {
-            field: field("path"),
+            field: f.path,
             reason: Reason::TooMany { got: s.path.len(), max: MAX_PATH },
         });
     }
-    let path = s.path.iter().map(|h| fixed(field("path"), h)).collect::<Result<_>>()?;
+    let path = s.path.iter().map(|h| fixed(f.path, h)).collect::<Result<_>>()?;
     Ok((
         from,
         Dealt {
@@ -251,7 +260,7 @@ fn forwarded_from_wire(at: &'static str, s: &v1::ForwardedShares) -> Result<(Cli
             index: s.index,
             size: s.size,
             path,
-            signature: fixed(field("signature"), &s.signature)?,
+            signature: fixed(f.signature, &s.signature)?,
             ciphertext: s.ciphertext.clone(),
         },
     ))
@@ -288,7 +297,7 @@ impl PhaseMessage for Complaints {
                     .share
                     .as_ref()
                     .ok_or(WireError { field: "complaints.share", reason: Reason::Missing })?;
-                let (from, dealt) = forwarded_from_wire("complaints.share", share)?;
+                let (from, dealt) = forwarded_from_wire(&COMPLAINED, share)?;
                 if from != accused {
                     return Err(WireError {
                         field: "complaints.share.from",

@@ -1024,19 +1024,15 @@ impl SecAggServer {
         let complainer = &self.advertised[&v].1;
         complaints::verify_signature(&self.ctx, &msg, &complainer.verifying_key)?;
         for c in &msg.complaints {
-            let accused = self
-                .plan
-                .index_of(&c.accused)
-                .filter(|&u| self.u2.contains(&u) && self.graph.are_neighbours(u, v))
-                .map(|u| {
-                    let peer = &self.advertised[&u].1;
-                    Accused {
-                        id: &peer.id,
-                        enc_pk: &peer.enc_pk,
-                        identity_key: &peer.verifying_key,
-                        accepted: &self.accepted[&u],
-                    }
-                });
+            let accused = self.accusable(&c.accused, v).map(|u| {
+                let peer = &self.advertised[&u].1;
+                Accused {
+                    id: &peer.id,
+                    enc_pk: &peer.enc_pk,
+                    identity_key: &peer.verifying_key,
+                    accepted: &self.accepted[&u],
+                }
+            });
             let judgement = complaints::judge(
                 &self.ctx,
                 Complainer { id: &complainer.id, enc_pk: &complainer.enc_pk },
@@ -1047,6 +1043,14 @@ impl SecAggServer {
         }
         self.complaints.insert(v, msg);
         Ok(())
+    }
+
+    /// The canonical index of `accused` if client `v` may accuse it: a neighbour of v in U2 as
+    /// phase 1 closed (a dealer that dealt v a share).
+    fn accusable(&self, accused: &ClientId, v: usize) -> Option<usize> {
+        self.plan
+            .index_of(accused)
+            .filter(|&u| self.u2.contains(&u) && self.graph.are_neighbours(u, v))
     }
 
     /// Closes phase 1½: E is the party each complaint excludes. Aborts if fewer than q
@@ -1124,14 +1128,10 @@ impl SecAggServer {
                 .iter()
                 .map(|c| {
                     let judgement = made[&(msg.client, c.accused)];
-                    let keys = self
-                        .plan
-                        .index_of(&c.accused)
-                        .filter(|&u| self.u2.contains(&u) && self.graph.are_neighbours(u, v))
-                        .map(|u| {
-                            let p = &self.advertised[&u].1;
-                            (p.verifying_key.to_bytes(), p.enc_pk.to_bytes(), self.accepted[&u])
-                        });
+                    let keys = self.accusable(&c.accused, v).map(|u| {
+                        let p = &self.advertised[&u].1;
+                        (p.verifying_key.to_bytes(), p.enc_pk.to_bytes(), self.accepted[&u])
+                    });
                     complaints::AuditedAccused { keys, judgement }
                 })
                 .collect();
