@@ -166,17 +166,13 @@ impl DualWeights {
     /// The weights for `xs` (sorted, distinct, non-zero; an error otherwise).
     pub fn new(xs: &[u32]) -> crate::error::Result<DualWeights> {
         crate::shamir::check_sorted_distinct_nonzero(xs)?;
-        let alphas: Vec<Scalar> =
-            core::iter::once(Scalar::ZERO).chain(xs.iter().map(|&x| Scalar::from(x))).collect();
+        let alphas: Vec<i64> =
+            core::iter::once(0).chain(xs.iter().map(|&x| i64::from(x))).collect();
         let mut weights: Vec<Scalar> = alphas
             .iter()
             .enumerate()
-            .map(|(i, a)| {
-                alphas
-                    .iter()
-                    .enumerate()
-                    .filter(|&(j, _)| j != i)
-                    .fold(Scalar::ONE, |acc, (_, b)| acc * (a - b))
+            .map(|(i, &a)| {
+                product(alphas.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &b)| a - b))
             })
             .collect();
         Scalar::invert_batch_alloc(&mut weights);
@@ -193,6 +189,28 @@ impl DualWeights {
     pub fn weights(&self) -> &[Scalar] {
         &self.weights
     }
+}
+
+/// Π of non-zero integers mod ℓ. The differences of x-coordinates are below 2^32 in
+/// magnitude, so several multiply exactly in a u128 before one product mod ℓ: a few times
+/// fewer scalar multiplications than one per factor.
+fn product(factors: impl Iterator<Item = i64>) -> Scalar {
+    let mut negative = false;
+    let mut total = Scalar::ONE;
+    let mut run: u128 = 1;
+    for f in factors {
+        negative ^= f < 0;
+        let f = u128::from(f.unsigned_abs());
+        match run.checked_mul(f) {
+            Some(r) => run = r,
+            None => {
+                total *= Scalar::from(run);
+                run = f;
+            }
+        }
+    }
+    total *= Scalar::from(run);
+    if negative { -total } else { total }
 }
 
 /// What the degree test needs of one dealer: the threshold, the weights of its holders'
@@ -648,6 +666,35 @@ pub(crate) mod tests {
         let total: Scalar =
             core::iter::once(0u32).chain(xs).zip(w).map(|(x, w)| w * eval(Scalar::from(x))).sum();
         assert_ne!(total, Scalar::ZERO);
+    }
+
+    /// The weights computed with several differences per u128 equal the product of one
+    /// scalar per difference, signs included, with x-coordinates up to u32::MAX (so that a
+    /// run overflows a u128 after three factors).
+    #[test]
+    fn dual_weights_are_the_inverse_products_of_the_differences() {
+        let naive = |xs: &[u32]| -> Vec<Scalar> {
+            let alphas: Vec<Scalar> =
+                core::iter::once(0u32).chain(xs.iter().copied()).map(Scalar::from).collect();
+            alphas
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    alphas
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| j != i)
+                        .fold(Scalar::ONE, |acc, (_, b)| acc * (a - b))
+                        .invert()
+                })
+                .collect()
+        };
+        let big: Vec<u32> = (0..40).map(|i| u32::MAX - 7 * (39 - i)).collect();
+        let spread: Vec<u32> = (0..60).map(|i| 1 + i * 71_582_788).collect();
+        let harary: Vec<u32> = (1..=40).chain(961..=1000).collect();
+        for xs in [vec![5u32], vec![1, 2, 4, 7, 9], big, spread, harary] {
+            assert_eq!(DualWeights::new(&xs).unwrap().weights(), naive(&xs), "{xs:?}");
+        }
     }
 
     /// A dealer whose commitments are off the polynomial — one share changed (and committed
