@@ -831,6 +831,92 @@ fn a_dealer_whose_commitments_do_not_hold_is_excluded_at_phase_1() {
     }
 }
 
+/// The phase-1 checks made off the server's state — on other threads, as the messages arrive,
+/// as the coordinator makes them — give the same verdicts as the server's own: a dealer whose
+/// commitments fail is refused for the attempt whatever order the verdicts come back in; a
+/// verdict on a dealer already in U2 changes nothing; a verdict from another attempt's checker
+/// is refused; and the round finishes with the exact sum of the others.
+#[test]
+fn phase_one_checked_on_other_threads_gives_the_servers_verdicts() {
+    use fedsec_crypto::error::SharesProblem;
+    use fedsec_crypto::secagg::commitments::Entry;
+    use fedsec_crypto::secagg::server::CheckedShareKeys;
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let n = 40;
+    let (plan, keys) =
+        federation(n, GraphKind::Harary, 0.3, 0.05, AdversaryClass::Curious, DIM, 34);
+    let (mut clients, mut server, fwd) = after_advertise(&plan, &keys);
+    let mut messages: Vec<ShareKeys> =
+        clients.iter_mut().zip(&fwd).map(|(c, f)| c.handle_keys(f).unwrap()).collect();
+    // Dealer 0's commitment to holder 1's share moved off its polynomial, and re-signed.
+    let e = messages[0].entries[1];
+    let other = SecretScalar::random(&mut rng(35)).public().to_bytes();
+    messages[0].entries[1] =
+        Entry::new(&e.holder(), &e.ciphertext_hash(), &other, &e.mask_key_commitment());
+    resign(&keys[0], &mut messages[0]);
+    let check = server.share_keys_check().unwrap();
+    send_sync(&check);
+    let mut checked: Vec<CheckedShareKeys> = std::thread::scope(|scope| {
+        let workers: Vec<_> = messages
+            .chunks(7)
+            .map(|batch| {
+                let check = check.clone();
+                scope.spawn(move || {
+                    let out: Vec<CheckedShareKeys> =
+                        batch.iter().map(|m| check.check(m.client, m.clone()).unwrap()).collect();
+                    out
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    // Another attempt's server takes none of these verdicts.
+    let (_, mut other_attempt, _) = after_advertise(&next_attempt(&plan, 36), &keys);
+    let foreign = check.check(messages[5].client, messages[5].clone()).unwrap();
+    assert_eq!(
+        other_attempt.receive_checked_share_keys(messages[5].client, foreign),
+        Err(Error::WrongContext)
+    );
+    // The verdicts come back in the reverse order.
+    let bad = checked.remove(0);
+    for c in checked.into_iter().rev() {
+        server.receive_checked_share_keys(c.message().client, c).unwrap();
+    }
+    let dealer = keys[0].id();
+    assert_eq!(
+        server.receive_checked_share_keys(dealer, bad),
+        Err(Error::IncompleteShares { client: dealer, problem: SharesProblem::DegreeTest })
+    );
+    // Refused for the attempt: its honest message is not taken now, checked or not.
+    let honest = clients[0].handle_keys(&fwd[0]).unwrap();
+    let refused =
+        Err(Error::NotEligible { client: dealer, phase: fedsec_crypto::secagg::Phase::ShareKeys });
+    let honest = check.check(dealer, honest).unwrap();
+    assert_eq!(server.receive_checked_share_keys(dealer, honest), refused);
+    // A failing verdict on a dealer already in U2 refuses the message, not the dealer; and a
+    // verdict is taken from its sender only.
+    let (third, fifth) = (keys[3].id(), keys[5].id());
+    let late = || {
+        let mut late = messages[3].clone();
+        late.entries.swap(1, 2);
+        resign(&keys[3], &mut late);
+        check.check(third, late).unwrap()
+    };
+    assert_eq!(
+        server.receive_checked_share_keys(fifth, late()),
+        Err(Error::SenderMismatch { claimed: third, authenticated: fifth })
+    );
+    assert_eq!(
+        server.receive_checked_share_keys(third, late()),
+        Err(Error::DuplicateClient(third))
+    );
+    assert!(server.u2().contains(&3));
+    finish_without(&plan, &mut clients, &mut server, &fwd, 0);
+    assert_eq!(server.u2().len(), n - 1);
+    // Once phase 1 closed there is no checker.
+    assert!(server.share_keys_check().is_err());
+}
+
 /// A share the server altered is not what its dealer signed: the recipient stops (a dropout)
 /// with the dealer named and the check that failed; an honest forward of the same share opens.
 #[test]

@@ -46,6 +46,7 @@ use fedsec_crypto::secagg::Phase;
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, Complaints, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
 };
+use fedsec_crypto::secagg::server::CheckedShareKeys;
 use fedsec_crypto::sign::{CredentialVerifier, IdentityKey, SignedItem};
 use fedsec_crypto::{AdversaryClass, ClientId, RoundContext, TaskId};
 use fedsec_proto::v1;
@@ -153,6 +154,8 @@ enum Decoded {
     /// Boxed: an advertisement is several times the size of the other messages.
     Advertise(Box<AdvertiseKeys>),
     Shares(ShareKeys),
+    /// A ShareKeys checked on the decoding core, as the coordinator's service checks it.
+    Checked(CheckedShareKeys),
     Complaints(Complaints),
     /// The chunks that decoded, in order, and whether all did.
     Masked(Vec<MaskedInput>, bool),
@@ -417,14 +420,16 @@ impl World<'_> {
     /// Hands the pending request of each active client that `these` picks (by position) to
     /// the engine, in order, through the coordinator's wire conversion; a client that misses
     /// the phase or whose message is refused leaves. The messages are decoded on all cores,
-    /// as the coordinator's service decodes each on its own connection; the engine takes them
-    /// one by one.
+    /// as the coordinator's service decodes each on its own connection (and checks a
+    /// ShareKeys there, off the engine); the engine takes them one by one.
     fn submit(
         &mut self,
         taking: &mut [Taking],
+        ctx: &RoundContext,
         on_time: bool,
         these: impl Fn(usize) -> bool + Sync,
     ) {
+        let check = self.engine.share_keys_check(ctx);
         let decoded: Vec<Decoded> = taking
             .par_iter_mut()
             .enumerate()
@@ -440,9 +445,13 @@ impl World<'_> {
                 match request {
                     Some(Request::AdvertiseKeys(r)) => AdvertiseKeys::from_wire(&r, id)
                         .map_or(Decoded::Leaves, |a| Decoded::Advertise(Box::new(a))),
-                    Some(Request::ShareKeys(r)) => {
-                        ShareKeys::from_wire(&r, id).map_or(Decoded::Leaves, Decoded::Shares)
-                    }
+                    Some(Request::ShareKeys(r)) => match (ShareKeys::from_wire(&r, id), &check) {
+                        (Err(_), _) => Decoded::Leaves,
+                        (Ok(m), Some(check)) => {
+                            check.check(id, m).map_or(Decoded::Leaves, Decoded::Checked)
+                        }
+                        (Ok(m), None) => Decoded::Shares(m),
+                    },
                     Some(Request::Complaints(r)) => {
                         Complaints::from_wire(&r, id).map_or(Decoded::Leaves, Decoded::Complaints)
                     }
@@ -473,6 +482,7 @@ impl World<'_> {
                 Decoded::Leaves => false,
                 Decoded::Advertise(m) => e.advertise(id, *m, now).is_ok(),
                 Decoded::Shares(m) => e.share_keys(id, m, now).is_ok(),
+                Decoded::Checked(m) => e.checked_share_keys(id, m, now).is_ok(),
                 Decoded::Complaints(m) => e.complaints(id, m, now).is_ok(),
                 Decoded::Masked(chunks, whole) => {
                     let fed = chunks.iter().all(|m| e.masked_input(id, m, now).is_ok());
@@ -550,7 +560,7 @@ impl World<'_> {
             }
             let mine: Vec<bool> = taking.iter().map(group).collect();
             let on_time = self.wait(arrive.saturating_duration_since(self.now));
-            self.submit(taking, on_time, |i| mine[i]);
+            self.submit(taking, &ctx, on_time, |i| mine[i]);
         }
         self.close(&ctx, Phase::AdvertiseKeys, &any);
 
@@ -560,7 +570,7 @@ impl World<'_> {
             self.drop_out(taking, phase);
             let on_time = self.wait(latency);
             self.work(taking, &key, before);
-            self.submit(taking, on_time, |_| true);
+            self.submit(taking, &ctx, on_time, |_| true);
             self.close(&ctx, phase, &any);
         }
         let uploaded: BTreeSet<usize> =

@@ -7,7 +7,9 @@ use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, Complaints, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
     message_digest,
 };
-use fedsec_crypto::secagg::server::{SecAggServer, UploadProgress};
+use fedsec_crypto::secagg::server::{
+    CheckedShareKeys, SecAggServer, ShareKeysCheck, UploadProgress,
+};
 use fedsec_crypto::{ClientId, RoundContext};
 use sha2::{Digest, Sha256};
 
@@ -31,6 +33,35 @@ impl Engine {
         let digest = message_digest(&msg);
         let ctx = msg.ctx;
         self.submit(from, &ctx, Phase::ShareKeys, digest, now, |s| s.receive_share_keys(from, msg))
+    }
+
+    /// Phase 1's checker of the attempt `ctx`, while its phase 1 is open (`None` otherwise):
+    /// the caller checks a ShareKeys with it off the engine — on the server's cores, as the
+    /// messages arrive — and hands the verdict to [`checked_share_keys`](Self::checked_share_keys).
+    /// A message that finds no checker goes through [`share_keys`](Self::share_keys), which
+    /// answers resends and messages out of phase.
+    pub fn share_keys_check(&mut self, ctx: &RoundContext) -> Option<ShareKeysCheck> {
+        match &mut self.state {
+            State::Running(a) if a.ctx == *ctx && a.phase == Phase::ShareKeys => {
+                a.server.share_keys_check().ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// Phase 1: a client's encrypted shares, checked off the engine by
+    /// [`share_keys_check`](Self::share_keys_check)'s checker.
+    pub fn checked_share_keys(
+        &mut self,
+        from: ClientId,
+        checked: CheckedShareKeys,
+        now: Instant,
+    ) -> Result<()> {
+        let digest = message_digest(checked.message());
+        let ctx = checked.message().ctx;
+        self.submit(from, &ctx, Phase::ShareKeys, digest, now, |s| {
+            s.receive_checked_share_keys(from, checked)
+        })
     }
 
     /// Phase 1½: a client's complaints, possibly none (each judged on receipt).

@@ -1503,3 +1503,74 @@ fn a_contributed_hint_on_the_current_checkpoint_keeps_a_client_out_of_selection(
     assert!(matches!(f.engine.check_in(b, f.now), CheckIn::Pending));
     assert_eq!(f.engine.contributors().1, vec![a]);
 }
+
+/// Phase 1 checked off the engine, as the service checks it: a dealer whose check failed is
+/// refused for the attempt, an identical resend is taken again, and once the phase closed there
+/// is no checker (the message then goes through `share_keys`, which answers it).
+#[test]
+fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
+    let mut f = fed(10, config(10));
+    let info = f.check_in_all();
+    let plan = info.plan.clone();
+    let ctx = plan.context();
+    let mut clients: Vec<(ClientId, SecAggClient)> = plan
+        .selected
+        .iter()
+        .map(|id| {
+            let s = &f.sites[f.site_of(id)];
+            let c = SecAggClient::new(
+                s.key.clone(),
+                Arc::new(RawKeyCredentials),
+                &policy(),
+                plan.clone(),
+                &stand_in_trained_on(&plan, 0),
+                &ContributionLedger::default(),
+            )
+            .unwrap();
+            (*id, c)
+        })
+        .collect();
+    assert!(f.engine.share_keys_check(&ctx).is_none(), "no checker before phase 1 opens");
+    for (id, c) in &clients {
+        f.engine.advertise(*id, c.advertise().clone(), f.now).unwrap();
+    }
+    assert!(f.engine.share_keys_check(&RoundContext([9; 32])).is_none(), "another attempt");
+    let check = f.engine.share_keys_check(&ctx).expect("phase 1 is open");
+    let messages: Vec<(ClientId, ShareKeys)> = clients
+        .iter_mut()
+        .map(|(id, c)| {
+            let Some(Ok(Reply::Keys(k))) = f.engine.reply(id, &ctx, Phase::AdvertiseKeys) else {
+                panic!("phase 0 closed once everyone advertised")
+            };
+            (*id, c.handle_keys(&k).unwrap())
+        })
+        .collect();
+    // The first dealer's root signature broken: refused, and refused for the attempt.
+    let (bad, honest) = &messages[0];
+    let mut forged = honest.clone();
+    forged.root_signature.0[0] ^= 1;
+    let err =
+        f.engine.checked_share_keys(*bad, check.check(*bad, forged).unwrap(), f.now).unwrap_err();
+    assert_eq!(err, Error::Protocol(fedsec_crypto::Error::BadSignature(*bad)));
+    let err = f
+        .engine
+        .checked_share_keys(*bad, check.check(*bad, honest.clone()).unwrap(), f.now)
+        .unwrap_err();
+    assert!(matches!(err, Error::Protocol(fedsec_crypto::Error::NotEligible { .. })), "{err:?}");
+    // The others, each checked off the engine; the second one twice (a resend).
+    for (id, m) in &messages[1..] {
+        f.engine.checked_share_keys(*id, check.check(*id, m.clone()).unwrap(), f.now).unwrap();
+    }
+    let (second, m) = &messages[1];
+    f.engine.checked_share_keys(*second, check.check(*second, m.clone()).unwrap(), f.now).unwrap();
+    // The phase closes at its deadline without the refused dealer.
+    f.now += info.phase_deadlines[Phase::ShareKeys.index()] + Duration::from_millis(1);
+    f.engine.handle_timeout(f.now);
+    assert!(f.engine.share_keys_check(&ctx).is_none(), "phase 1 closed");
+    f.engine.share_keys(*second, m.clone(), f.now).unwrap();
+    let Some(Ok(Reply::Shares(fwd))) = f.engine.reply(second, &ctx, Phase::ShareKeys) else {
+        panic!("phase 1 closed at its deadline")
+    };
+    assert!(fwd.shares.iter().all(|s| s.from != *bad), "nothing of the refused dealer forwarded");
+    assert_eq!(fwd.shares.len(), plan.n() - 2);
+}

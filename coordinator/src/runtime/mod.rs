@@ -108,6 +108,12 @@ impl core::fmt::Debug for Coordinator {
 }
 
 impl Coordinator {
+    /// The pool the rounds' heavy work runs on (the unmasking, phase 1's checks), if one was
+    /// configured.
+    pub(crate) fn pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+        self.pool.clone()
+    }
+
     /// A coordinator with no tasks yet. Fails if the audit log's writer thread cannot start.
     #[allow(clippy::too_many_arguments)] // each is one part of the server, named at the call
     pub fn new(

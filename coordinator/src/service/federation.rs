@@ -247,7 +247,18 @@ impl Federation for FederationService {
         let msg: ShareKeys = wire::decode(req.get_ref(), client)?;
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, _) = self.round(&key)?;
-        task.call(move |e, now| e.share_keys(client, msg, now)).await??;
+        // The checks of the message (signature, commitments, degree test) run off the engine,
+        // on the server's cores, while the phase waits for the others.
+        let ctx = msg.ctx;
+        match task.call(move |e, _| e.share_keys_check(&ctx)).await? {
+            Some(check) => {
+                let checked =
+                    off_engine(self.coordinator.pool(), move || check.check(client, msg)).await?;
+                let checked = checked.map_err(crate::Error::from)?;
+                task.call(move |e, now| e.checked_share_keys(client, checked, now)).await??;
+            }
+            None => task.call(move |e, now| e.share_keys(client, msg, now)).await??,
+        }
         match Self::reply(&task, client, key.ctx, Phase::ShareKeys).await? {
             Reply::Shares(fwd) => Ok(Response::new(fwd.to_wire(&key))),
             other => Err(unexpected(&other)),
@@ -387,5 +398,26 @@ impl Drop for Withdraw {
             let (client, at) = (self.client, self.at);
             self.task.call_detached(move |e, _| e.withdraw_check_in(&client, at));
         }
+    }
+}
+
+/// Runs `f` on the server's pool if it has one, else on tokio's blocking threads: CPU work that
+/// must not hold up the engine or the async workers.
+async fn off_engine<T: Send + 'static>(
+    pool: Option<Arc<rayon::ThreadPool>>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    let lost = |_| Status::internal("a check of the message failed to run");
+    match pool {
+        Some(pool) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            pool.spawn(move || {
+                let _ = tx.send(f());
+            });
+            rx.await.map_err(lost)
+        }
+        None => tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|_| Status::internal("a check of the message failed to run")),
     }
 }

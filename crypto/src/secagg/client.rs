@@ -86,6 +86,7 @@ impl core::fmt::Display for ClientPhase {
 }
 
 /// A verified advertisement.
+#[derive(Clone)]
 pub(crate) struct Peer {
     pub(crate) id: ClientId,
     pub(crate) verifying_key: VerifyingKey,

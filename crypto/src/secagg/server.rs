@@ -8,7 +8,7 @@
 //! typed error and changes nothing. Every `receive_*` method takes the sender's id as the
 //! transport authenticated it, and refuses a message that claims another sender.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,182 @@ pub const DEFAULT_MAX_UPLOADS_IN_FLIGHT: usize = 64;
 
 /// Default words per masked-input chunk (1 MiB).
 pub const DEFAULT_UPLOAD_CHUNK_WORDS: usize = 1 << 18;
+
+/// Phase 1's checks of one dealer's ShareKeys that read only the message and what phase 0
+/// fixed: cheap to clone, `Send` and `Sync`, so that a server checks the messages as they
+/// arrive, on as many threads as it has, while the phase waits for the others. Got from
+/// [`SecAggServer::share_keys_check`]; its verdicts go back through
+/// [`SecAggServer::receive_checked_share_keys`].
+#[derive(Clone)]
+pub struct ShareKeysCheck(Arc<CheckInner>);
+
+struct CheckInner {
+    plan: RoundPlan,
+    ctx: RoundContext,
+    graph: Graph,
+    verifier: Arc<dyn CredentialVerifier>,
+    /// U1, with each member's verified keys.
+    advertised: BTreeMap<usize, Peer>,
+    /// The degree test's weights of the complete graph's one holder set (U1), computed once.
+    complete_weights: Option<Arc<DualWeights>>,
+}
+
+impl core::fmt::Debug for ShareKeysCheck {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ShareKeysCheck")
+            .field("ctx", &self.0.ctx)
+            .field("u1", &self.0.advertised.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A ShareKeys as [`ShareKeysCheck::check`] judged it: its commitments' dealing if they
+/// passed, the reason its dealer is refused if they did not. Made only by the check.
+#[derive(Debug)]
+pub struct CheckedShareKeys {
+    u: usize,
+    msg: ShareKeys,
+    outcome: Result<Dealing>,
+}
+
+impl CheckedShareKeys {
+    /// The message checked.
+    pub fn message(&self) -> &ShareKeys {
+        &self.msg
+    }
+}
+
+impl ShareKeysCheck {
+    /// The attempt this checker belongs to.
+    pub fn context(&self) -> &RoundContext {
+        &self.0.ctx
+    }
+
+    /// Checks a ShareKeys from `from` (the authenticated sender). A message that is not one
+    /// share for each neighbour in U1, each of the ciphertext length, is refused here
+    /// (`Err`, its sender may send a correct one); one whose commitments fail comes back
+    /// checked with the reason, for the server to refuse its dealer for the attempt.
+    pub fn check(&self, from: ClientId, msg: ShareKeys) -> Result<CheckedShareKeys> {
+        let me = &*self.0;
+        check_sender(&from, &msg.client)?;
+        check_header(msg.version, &msg.ctx, &me.ctx)?;
+        let u = me.plan.index_of(&msg.client).ok_or(Error::NotSelected(msg.client))?;
+        if !me.advertised.contains_key(&u) {
+            return Err(Error::NotEligible { client: msg.client, phase: Phase::ShareKeys });
+        }
+        let mut seen = BTreeSet::new();
+        for s in &msg.shares {
+            let v = me.plan.index_of(&s.to).ok_or(Error::NotSelected(s.to))?;
+            if v == u || !me.graph.are_neighbours(u, v) {
+                return Err(Error::NotNeighbour(s.to));
+            }
+            if !me.advertised.contains_key(&v) {
+                return Err(Error::IncompleteShares {
+                    client: msg.client,
+                    problem: SharesProblem::NotAdvertised(s.to),
+                });
+            }
+            if s.ciphertext.len() != SHARE_CIPHERTEXT_LEN {
+                return Err(Error::IncompleteShares {
+                    client: msg.client,
+                    problem: SharesProblem::CiphertextLength {
+                        to: s.to,
+                        got: s.ciphertext.len(),
+                        expected: SHARE_CIPHERTEXT_LEN,
+                    },
+                });
+            }
+            if !seen.insert(v) {
+                return Err(Error::IncompleteShares {
+                    client: msg.client,
+                    problem: SharesProblem::Duplicate(s.to),
+                });
+            }
+        }
+        let expected =
+            me.graph.neighbours(u).into_iter().filter(|v| me.advertised.contains_key(v)).count();
+        if seen.len() != expected {
+            return Err(Error::IncompleteShares {
+                client: msg.client,
+                problem: SharesProblem::Count { got: seen.len(), expected },
+            });
+        }
+        let outcome = self.check_commitments(u, &msg);
+        Ok(CheckedShareKeys { u, msg, outcome })
+    }
+
+    /// Protocol v2's phase-1 checks of a dealer's commitments, all before anything of it is
+    /// forwarded: the entries are exactly H(u)∩U1 in canonical order (at least t of them), each
+    /// but u's own names the SHA-256 of the ciphertext sent with it, every commitment is a
+    /// canonical non-identity point, the signature verifies on the recomputed root, and the
+    /// degree test passes (g and ρ from the OS RNG, drawn now that the message is complete).
+    fn check_commitments(&self, u: usize, msg: &ShareKeys) -> Result<Dealing> {
+        let me = &*self.0;
+        let problem = |problem| Error::IncompleteShares { client: msg.client, problem };
+        let t = me.plan.threshold as usize;
+        let mut holders: Vec<usize> =
+            me.graph.neighbours(u).into_iter().filter(|v| me.advertised.contains_key(v)).collect();
+        // The dealer's rule: at least t holders, u included — the m ≥ t entries the degree
+        // test needs. (Not DESIGN's |N(u)∩U1| ≥ t, which the parameters cannot always meet:
+        // see `docs/security.md`.)
+        holders.push(u);
+        if holders.len() < t {
+            return Err(problem(SharesProblem::TooFewHolders { have: holders.len(), need: t }));
+        }
+        holders.sort_unstable();
+        if msg.entries.len() != holders.len() {
+            return Err(problem(SharesProblem::EntryCount {
+                got: msg.entries.len(),
+                expected: holders.len(),
+            }));
+        }
+        let sent: BTreeMap<ClientId, &[u8]> =
+            msg.shares.iter().map(|s| (s.to, s.ciphertext.as_slice())).collect();
+        let mut points = Vec::with_capacity(holders.len());
+        for (position, (&h, entry)) in holders.iter().zip(&msg.entries).enumerate() {
+            let id = me.plan.selected[h];
+            if entry.holder() != id {
+                return Err(problem(SharesProblem::EntryHolder { position, expected: id }));
+            }
+            let hash = match sent.get(&id) {
+                Some(ct) => Sha256::digest(ct).into(),
+                None => [0u8; 32],
+            };
+            if entry.ciphertext_hash() != hash {
+                return Err(problem(SharesProblem::CiphertextHash(id)));
+            }
+            points.push(entry.commitments().ok_or(problem(SharesProblem::Commitment(id)))?);
+        }
+        let tree = merkle::Tree::new(msg.entries.iter().map(Entry::leaf).collect())
+            .expect("at least the dealer's own entry");
+        let signed = commitments::signed_root(&me.ctx, &msg.client, tree.size(), &tree.root());
+        let peer = &me.advertised[&u];
+        me.verifier.verify_signature(
+            msg.client,
+            &peer.verifying_key,
+            &signed,
+            &msg.root_signature.0,
+        )?;
+        let weights = match &me.complete_weights {
+            Some(w) => Arc::clone(w),
+            None => {
+                let xs: Vec<u32> = holders.iter().map(|&h| RoundPlan::x_coordinate(h)).collect();
+                Arc::new(DualWeights::new(&xs)?)
+            }
+        };
+        let test = DegreeTest {
+            threshold: t,
+            weights: &weights,
+            self_mask_key: &peer.self_mask_commitment,
+            mask_key: &peer.mask_pk,
+            commitments: &points,
+        };
+        if !test.passes() {
+            return Err(problem(SharesProblem::DegreeTest));
+        }
+        Ok(Dealing { entries: msg.entries.clone(), signature: msg.root_signature })
+    }
+}
 
 /// Where the server stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,8 +414,8 @@ pub struct SecAggServer {
     /// Each dealer of U2's commitments and signature on their root (protocol v2): the server
     /// forwards each holder its entry and checks every revealed share against it.
     dealings: BTreeMap<usize, Dealing>,
-    /// The degree test's weights of the complete graph's one holder set (U1), computed once.
-    dual_weights: HashMap<Vec<u32>, Arc<DualWeights>>,
+    /// Phase 1's checker, built when first asked for while phase 1 is open.
+    share_keys_check: Option<ShareKeysCheck>,
     /// Dealers whose commitments failed the phase-1 checks: excluded as if they had dropped
     /// before ShareKeys, so a later ShareKeys of theirs is refused unread.
     excluded_dealers: BTreeSet<usize>,
@@ -299,7 +475,7 @@ impl SecAggServer {
             share_keys: BTreeMap::new(),
             u2: BTreeSet::new(),
             dealings: BTreeMap::new(),
-            dual_weights: HashMap::new(),
+            share_keys_check: None,
             excluded_dealers: BTreeSet::new(),
             accepted: BTreeMap::new(),
             complaints: BTreeMap::new(),
@@ -763,150 +939,100 @@ impl SecAggServer {
 
     // ---------------------------------------------------------------- phase 1
 
-    /// Phase 1: a client's encrypted shares, exactly one per neighbour in U1.
+    /// Phase 1: a client's encrypted shares, exactly one per neighbour in U1. The same as
+    /// [`check`](ShareKeysCheck::check) with [`share_keys_check`](Self::share_keys_check)'s
+    /// checker, then [`receive_checked_share_keys`](Self::receive_checked_share_keys).
     pub fn receive_share_keys(&mut self, from: ClientId, msg: ShareKeys) -> Result<()> {
+        check_sender(&from, &msg.client)?;
+        let check = self.share_keys_check()?;
+        check_header(msg.version, &msg.ctx, &self.ctx)?;
+        let u = self.index(&msg.client)?;
+        // A resend, or a message from a dealer already refused: answered without the checks.
+        if let Some(answer) = self.share_keys_seen(u, &msg) {
+            return answer;
+        }
+        let checked = check.check(from, msg)?;
+        self.receive_checked_share_keys(from, checked)
+    }
+
+    /// The checker of phase 1's messages, while phase 1 is open: every check of a ShareKeys
+    /// that reads only the message and what phase 0 fixed (the signature, the ciphertext
+    /// hashes, the commitments and the degree test), to run off the server's state — on
+    /// another thread, as the messages arrive — before
+    /// [`receive_checked_share_keys`](Self::receive_checked_share_keys) takes the result.
+    pub fn share_keys_check(&mut self) -> Result<ShareKeysCheck> {
+        self.expect_phase(Phase::ShareKeys)?;
+        if let Some(check) = &self.share_keys_check {
+            return Ok(check.clone());
+        }
+        let advertised: BTreeMap<usize, Peer> =
+            self.advertised.iter().map(|(&u, (_, peer))| (u, peer.clone())).collect();
+        // The complete graph's dealers all have U1 as their holders: one set of weights.
+        let complete_weights = match self.graph.kind() {
+            GraphKind::Complete => {
+                let xs: Vec<u32> = advertised.keys().map(|&h| RoundPlan::x_coordinate(h)).collect();
+                Some(Arc::new(DualWeights::new(&xs)?))
+            }
+            _ => None,
+        };
+        let check = ShareKeysCheck(Arc::new(CheckInner {
+            plan: self.plan.clone(),
+            ctx: self.ctx,
+            graph: self.graph.clone(),
+            verifier: Arc::clone(&self.verifier),
+            advertised,
+            complete_weights,
+        }));
+        self.share_keys_check = Some(check.clone());
+        Ok(check)
+    }
+
+    /// Takes a ShareKeys [`ShareKeysCheck::check`] judged: accepted into U2 if it passed (and
+    /// its dealer neither answered already nor was refused), its dealer refused for the rest of
+    /// the attempt if its commitments failed. A resend of the message accepted is accepted
+    /// again; another message from the same dealer is refused.
+    pub fn receive_checked_share_keys(
+        &mut self,
+        from: ClientId,
+        checked: CheckedShareKeys,
+    ) -> Result<()> {
+        let CheckedShareKeys { u, msg, outcome } = checked;
         check_sender(&from, &msg.client)?;
         self.expect_phase(Phase::ShareKeys)?;
         check_header(msg.version, &msg.ctx, &self.ctx)?;
-        let u = self.index(&msg.client)?;
-        if !self.advertised.contains_key(&u) {
-            return Err(Error::NotEligible { client: msg.client, phase: Phase::ShareKeys });
+        if self.index(&msg.client)? != u {
+            return Err(Error::WrongContext);
         }
-        if let Some(prev) = self.share_keys.get(&u) {
-            return if *prev == msg { Ok(()) } else { Err(Error::DuplicateClient(msg.client)) };
+        if let Some(answer) = self.share_keys_seen(u, &msg) {
+            return answer;
         }
-        if self.excluded_dealers.contains(&u) {
-            return Err(Error::NotEligible { client: msg.client, phase: Phase::ShareKeys });
-        }
-        let mut seen = BTreeSet::new();
-        for s in &msg.shares {
-            let v = self.index(&s.to)?;
-            if v == u || !self.graph.are_neighbours(u, v) {
-                return Err(Error::NotNeighbour(s.to));
+        match outcome {
+            Ok(dealing) => {
+                self.dealings.insert(u, dealing);
+                self.share_keys.insert(u, msg);
+                self.u2.insert(u);
+                Ok(())
             }
-            if !self.advertised.contains_key(&v) {
-                return Err(Error::IncompleteShares {
-                    client: msg.client,
-                    problem: SharesProblem::NotAdvertised(s.to),
-                });
-            }
-            if s.ciphertext.len() != SHARE_CIPHERTEXT_LEN {
-                return Err(Error::IncompleteShares {
-                    client: msg.client,
-                    problem: SharesProblem::CiphertextLength {
-                        to: s.to,
-                        got: s.ciphertext.len(),
-                        expected: SHARE_CIPHERTEXT_LEN,
-                    },
-                });
-            }
-            if !seen.insert(v) {
-                return Err(Error::IncompleteShares {
-                    client: msg.client,
-                    problem: SharesProblem::Duplicate(s.to),
-                });
+            Err(e) => {
+                self.excluded_dealers.insert(u);
+                Err(e)
             }
         }
-        let expected = self
-            .graph
-            .neighbours(u)
-            .into_iter()
-            .filter(|v| self.advertised.contains_key(v))
-            .count();
-        if seen.len() != expected {
-            return Err(Error::IncompleteShares {
-                client: msg.client,
-                problem: SharesProblem::Count { got: seen.len(), expected },
-            });
-        }
-        let dealing = self.check_commitments(u, &msg).inspect_err(|_| {
-            self.excluded_dealers.insert(u);
-        })?;
-        self.dealings.insert(u, dealing);
-        self.share_keys.insert(u, msg);
-        self.u2.insert(u);
-        Ok(())
     }
 
-    /// Protocol v2's phase-1 checks of a dealer's commitments, all before anything of it is
-    /// forwarded: the entries are exactly H(u)∩U1 in canonical order (at least t of them), each
-    /// but u's own names the SHA-256 of the ciphertext sent with it, every commitment is a
-    /// canonical non-identity point, the signature verifies on the recomputed root, and the
-    /// degree test passes (g and ρ from the OS RNG, drawn now that the message is complete).
-    fn check_commitments(&mut self, u: usize, msg: &ShareKeys) -> Result<Dealing> {
-        let problem = |problem| Error::IncompleteShares { client: msg.client, problem };
-        let t = self.plan.threshold as usize;
-        let mut holders: Vec<usize> = self
-            .graph
-            .neighbours(u)
-            .into_iter()
-            .filter(|v| self.advertised.contains_key(v))
-            .collect();
-        // The dealer's rule: at least t holders, u included — the m ≥ t entries the degree
-        // test needs. (Not DESIGN's |N(u)∩U1| ≥ t, which the parameters cannot always meet:
-        // see `docs/security.md`.)
-        holders.push(u);
-        if holders.len() < t {
-            return Err(problem(SharesProblem::TooFewHolders { have: holders.len(), need: t }));
+    /// The answer to a ShareKeys from u that needs no checks: a resend of the message accepted,
+    /// another message after one was accepted, or any message after u's was refused.
+    fn share_keys_seen(&self, u: usize, msg: &ShareKeys) -> Option<Result<()>> {
+        if let Some(prev) = self.share_keys.get(&u) {
+            return Some(if prev == msg {
+                Ok(())
+            } else {
+                Err(Error::DuplicateClient(msg.client))
+            });
         }
-        holders.sort_unstable();
-        if msg.entries.len() != holders.len() {
-            return Err(problem(SharesProblem::EntryCount {
-                got: msg.entries.len(),
-                expected: holders.len(),
-            }));
-        }
-        let sent: BTreeMap<ClientId, &[u8]> =
-            msg.shares.iter().map(|s| (s.to, s.ciphertext.as_slice())).collect();
-        let mut points = Vec::with_capacity(holders.len());
-        for (position, (&h, entry)) in holders.iter().zip(&msg.entries).enumerate() {
-            let id = self.plan.selected[h];
-            if entry.holder() != id {
-                return Err(problem(SharesProblem::EntryHolder { position, expected: id }));
-            }
-            let hash = match sent.get(&id) {
-                Some(ct) => Sha256::digest(ct).into(),
-                None => [0u8; 32],
-            };
-            if entry.ciphertext_hash() != hash {
-                return Err(problem(SharesProblem::CiphertextHash(id)));
-            }
-            points.push(entry.commitments().ok_or(problem(SharesProblem::Commitment(id)))?);
-        }
-        let tree = merkle::Tree::new(msg.entries.iter().map(Entry::leaf).collect())
-            .expect("at least the dealer's own entry");
-        let signed = commitments::signed_root(&self.ctx, &msg.client, tree.size(), &tree.root());
-        let peer = &self.advertised[&u].1;
-        self.verifier.verify_signature(
-            msg.client,
-            &peer.verifying_key,
-            &signed,
-            &msg.root_signature.0,
-        )?;
-        let xs: Vec<u32> = holders.iter().map(|&h| RoundPlan::x_coordinate(h)).collect();
-        let complete = self.graph.kind() == GraphKind::Complete;
-        let weights = match self.dual_weights.get(&xs) {
-            Some(w) => Arc::clone(w),
-            None => {
-                let w = Arc::new(DualWeights::new(&xs)?);
-                // Only the complete graph's dealers share a holder set.
-                if complete {
-                    self.dual_weights.insert(xs, Arc::clone(&w));
-                }
-                w
-            }
-        };
-        let test = DegreeTest {
-            threshold: t,
-            weights: &weights,
-            self_mask_key: &peer.self_mask_commitment,
-            mask_key: &peer.mask_pk,
-            commitments: &points,
-        };
-        if !test.passes() {
-            return Err(problem(SharesProblem::DegreeTest));
-        }
-        Ok(Dealing { entries: msg.entries.clone(), signature: msg.root_signature })
+        self.excluded_dealers
+            .contains(&u)
+            .then_some(Err(Error::NotEligible { client: msg.client, phase: Phase::ShareKeys }))
     }
 
     /// Closes phase 1 (U2 fixed) and returns, for each v ∈ U2, the ciphertexts addressed to v
@@ -948,7 +1074,7 @@ impl SecAggServer {
         self.phase = ServerPhase::Complaints;
         // Forwarded: the server needs only U2 and the dealings from here on.
         self.share_keys.clear();
-        self.dual_weights.clear();
+        self.share_keys_check = None;
         Ok(inbox
             .into_iter()
             .map(|(recipient, shares)| SharesForward {
