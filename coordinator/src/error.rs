@@ -72,6 +72,9 @@ pub enum Error {
     /// evicted: the client counts as dropped in this attempt and may not upload again in it.
     #[error("the masked-input upload was evicted after {idle_ms} ms without a new chunk")]
     UploadEvicted { idle_ms: u64 },
+    /// The check of a message failed to run (a fault of the server, not of the message).
+    #[error("the check of the message failed to run")]
+    CheckNotRun,
 }
 
 /// The rule a task configuration breaks.

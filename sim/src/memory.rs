@@ -482,7 +482,10 @@ impl World<'_> {
                 Decoded::Leaves => false,
                 Decoded::Advertise(m) => e.advertise(id, *m, now).is_ok(),
                 Decoded::Shares(m) => e.share_keys(id, m, now).is_ok(),
-                Decoded::Checked(m) => e.checked_share_keys(id, m, now).is_ok(),
+                Decoded::Checked(m) => {
+                    let ctx = m.message().ctx;
+                    e.checked_share_keys(id, &ctx, Some(Ok(m)), now).is_ok()
+                }
                 Decoded::Complaints(m) => e.complaints(id, m, now).is_ok(),
                 Decoded::Masked(chunks, whole) => {
                     let fed = chunks.iter().all(|m| e.masked_input(id, m, now).is_ok());

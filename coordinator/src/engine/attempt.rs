@@ -26,6 +26,9 @@ pub(super) struct Attempt {
     pub(super) set_sizes: Vec<usize>,
     /// Digest of each client's message, per phase (phase 2 uses `upload_digests`).
     pub(super) answered: [BTreeMap<ClientId, [u8; 32]>; 6],
+    /// The ShareKeys being checked off the engine: each sender's message digest, from the
+    /// checker handed out until the verdict comes back (one check per client at a time).
+    pub(super) checking: BTreeMap<ClientId, [u8; 32]>,
     /// Digest of each chunk of each client's masked input.
     pub(super) upload_digests: BTreeMap<ClientId, Vec<Option<[u8; 32]>>>,
     pub(super) upload_bytes: u64,

@@ -65,7 +65,7 @@ pub use republish::{MAX_VERSION, REPUBLISHED_SUMMARY, Republication};
 pub use saved::SavedAttempt;
 pub use types::{
     Assignment, AuditEvent, CheckIn, EngineState, NewCheckpoint, Output, Progress, Reply,
-    RoundOutcome, Status,
+    RoundOutcome, ShareKeysRoute, Status,
 };
 
 use aggregation::Finishing;
@@ -704,6 +704,7 @@ impl Engine {
             phase_seconds: Vec::new(),
             set_sizes: vec![n],
             answered: Default::default(),
+            checking: BTreeMap::new(),
             upload_digests: BTreeMap::new(),
             upload_bytes: 0,
             exclusions: None,

@@ -14,7 +14,7 @@ use fedsec_crypto::{ClientId, RoundContext};
 use sha2::{Digest, Sha256};
 
 use super::attempt::Attempt;
-use super::types::{Reply, RoundOutcome};
+use super::types::{Reply, RoundOutcome, ShareKeysRoute};
 use super::{Engine, State};
 use crate::error::{Error, Result};
 
@@ -35,11 +35,47 @@ impl Engine {
         self.submit(from, &ctx, Phase::ShareKeys, digest, now, |s| s.receive_share_keys(from, msg))
     }
 
-    /// Phase 1's checker of the attempt `ctx`, while its phase 1 is open (`None` otherwise):
-    /// the caller checks a ShareKeys with it off the engine — on the server's cores, as the
-    /// messages arrive — and hands the verdict to [`checked_share_keys`](Self::checked_share_keys).
-    /// A message that finds no checker goes through [`share_keys`](Self::share_keys), which
-    /// answers resends and messages out of phase.
+    /// Where a ShareKeys from `from` (its digest `digest`) for the attempt `ctx` goes before
+    /// any of it is checked. [`ShareKeysRoute::Check`] hands out phase 1's checker, for the
+    /// caller to check the message off the engine — on the server's cores, as the messages
+    /// arrive — and to hand the verdict to [`checked_share_keys`](Self::checked_share_keys)
+    /// whatever happens to the call (a dealer whose check fails is refused for the attempt
+    /// however it leaves). Everything that needs no check goes to
+    /// [`share_keys`](Self::share_keys), which answers it at once: a message out of phase,
+    /// from a client not selected, a resend, a dealer that was accepted or refused. One check
+    /// per client at a time: a resend of the message being checked waits for its verdict
+    /// ([`ShareKeysRoute::Pending`]); another message is refused.
+    pub fn share_keys_route(
+        &mut self,
+        from: ClientId,
+        ctx: &RoundContext,
+        digest: [u8; 32],
+    ) -> Result<ShareKeysRoute> {
+        let State::Running(a) = &mut self.state else { return Ok(ShareKeysRoute::Engine) };
+        if a.ctx != *ctx
+            || a.phase != Phase::ShareKeys
+            || a.info.plan.index_of(&from).is_none()
+            || a.answered[Phase::ShareKeys.index()].contains_key(&from)
+            || a.server.share_keys_answered(&from)
+        {
+            return Ok(ShareKeysRoute::Engine);
+        }
+        match a.checking.get(&from) {
+            Some(d) if *d == digest => return Ok(ShareKeysRoute::Pending),
+            Some(_) => {
+                return Err(fedsec_crypto::Error::PhaseAlreadyAnswered(Phase::ShareKeys).into());
+            }
+            None => {}
+        }
+        let check = a.server.share_keys_check()?;
+        a.checking.insert(from, digest);
+        Ok(ShareKeysRoute::Check(check))
+    }
+
+    /// Phase 1's checker of the attempt `ctx` while its phase 1 is open, without the screening
+    /// of [`share_keys_route`](Self::share_keys_route): for a caller that hands every verdict
+    /// to [`checked_share_keys`](Self::checked_share_keys) and sends each client's message
+    /// once (the simulation).
     pub fn share_keys_check(&mut self, ctx: &RoundContext) -> Option<ShareKeysCheck> {
         match &mut self.state {
             State::Running(a) if a.ctx == *ctx && a.phase == Phase::ShareKeys => {
@@ -49,17 +85,26 @@ impl Engine {
         }
     }
 
-    /// Phase 1: a client's encrypted shares, checked off the engine by
-    /// [`share_keys_check`](Self::share_keys_check)'s checker.
+    /// Phase 1: the verdict on a client's encrypted shares, checked off the engine (`None` if
+    /// the check failed to run). The client may send again once this returns.
     pub fn checked_share_keys(
         &mut self,
         from: ClientId,
-        checked: CheckedShareKeys,
+        ctx: &RoundContext,
+        verdict: Option<fedsec_crypto::Result<CheckedShareKeys>>,
         now: Instant,
     ) -> Result<()> {
+        if let State::Running(a) = &mut self.state
+            && a.ctx == *ctx
+        {
+            a.checking.remove(&from);
+        }
+        let checked = verdict.ok_or(Error::CheckNotRun)??;
+        if checked.message().ctx != *ctx {
+            return Err(fedsec_crypto::Error::WrongContext.into());
+        }
         let digest = message_digest(checked.message());
-        let ctx = checked.message().ctx;
-        self.submit(from, &ctx, Phase::ShareKeys, digest, now, |s| {
+        self.submit(from, ctx, Phase::ShareKeys, digest, now, |s| {
             s.receive_checked_share_keys(from, checked)
         })
     }

@@ -333,6 +333,7 @@ impl Engine {
             phase_seconds: saved.phase_seconds,
             set_sizes: saved.set_sizes.iter().map(|&s| s as usize).collect(),
             answered,
+            checking: BTreeMap::new(),
             upload_digests: saved.upload_digests.into_iter().collect(),
             upload_bytes: saved.upload_bytes,
             keys,

@@ -1504,11 +1504,14 @@ fn a_contributed_hint_on_the_current_checkpoint_keeps_a_client_out_of_selection(
     assert_eq!(f.engine.contributors().1, vec![a]);
 }
 
-/// Phase 1 checked off the engine, as the service checks it: a dealer whose check failed is
-/// refused for the attempt, an identical resend is taken again, and once the phase closed there
-/// is no checker (the message then goes through `share_keys`, which answers it).
+/// Phase 1 checked off the engine, as the service checks it: only what needs a check is
+/// handed a checker, one check per client at a time; a dealer whose check failed is refused for
+/// the attempt, without another check; a resend is answered by the engine; once the phase closed
+/// there is no checker.
 #[test]
 fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
+    use super::ShareKeysRoute;
+    use fedsec_crypto::secagg::messages::message_digest;
     let mut f = fed(10, config(10));
     let info = f.check_in_all();
     let plan = info.plan.clone();
@@ -1530,12 +1533,25 @@ fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
             (*id, c)
         })
         .collect();
-    assert!(f.engine.share_keys_check(&ctx).is_none(), "no checker before phase 1 opens");
+    let route = |f: &mut Fed, id: ClientId, m: &ShareKeys| {
+        f.engine.share_keys_route(id, &ctx, message_digest(m))
+    };
+    let check = |r: Result<ShareKeysRoute>| match r {
+        Ok(ShareKeysRoute::Check(c)) => c,
+        other => panic!("a checker, not {other:?}"),
+    };
+    let early = ShareKeys {
+        version: fedsec_crypto::PROTOCOL_VERSION,
+        ctx,
+        client: clients[0].0,
+        shares: vec![],
+        entries: vec![],
+        root_signature: fedsec_crypto::secagg::messages::Sig([0; 64]),
+    };
+    assert!(matches!(route(&mut f, clients[0].0, &early), Ok(ShareKeysRoute::Engine)));
     for (id, c) in &clients {
         f.engine.advertise(*id, c.advertise().clone(), f.now).unwrap();
     }
-    assert!(f.engine.share_keys_check(&RoundContext([9; 32])).is_none(), "another attempt");
-    let check = f.engine.share_keys_check(&ctx).expect("phase 1 is open");
     let messages: Vec<(ClientId, ShareKeys)> = clients
         .iter_mut()
         .map(|(id, c)| {
@@ -1545,28 +1561,40 @@ fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
             (*id, c.handle_keys(&k).unwrap())
         })
         .collect();
-    // The first dealer's root signature broken: refused, and refused for the attempt.
+    // The first dealer's root signature broken.
     let (bad, honest) = &messages[0];
     let mut forged = honest.clone();
     forged.root_signature.0[0] ^= 1;
-    let err =
-        f.engine.checked_share_keys(*bad, check.check(*bad, forged).unwrap(), f.now).unwrap_err();
+    let checker = check(route(&mut f, *bad, &forged));
+    // While it is being checked: the same message waits for the verdict, another is refused.
+    assert!(matches!(route(&mut f, *bad, &forged), Ok(ShareKeysRoute::Pending)));
+    let err = route(&mut f, *bad, honest).unwrap_err();
+    assert!(matches!(err, Error::Protocol(fedsec_crypto::Error::PhaseAlreadyAnswered(_))));
+    let verdict = Some(checker.check(*bad, forged.clone()));
+    let err = f.engine.checked_share_keys(*bad, &ctx, verdict, f.now).unwrap_err();
     assert_eq!(err, Error::Protocol(fedsec_crypto::Error::BadSignature(*bad)));
-    let err = f
-        .engine
-        .checked_share_keys(*bad, check.check(*bad, honest.clone()).unwrap(), f.now)
-        .unwrap_err();
+    // Refused for the attempt: its honest message is answered without a check.
+    assert!(matches!(route(&mut f, *bad, honest), Ok(ShareKeysRoute::Engine)));
+    let err = f.engine.share_keys(*bad, honest.clone(), f.now).unwrap_err();
     assert!(matches!(err, Error::Protocol(fedsec_crypto::Error::NotEligible { .. })), "{err:?}");
-    // The others, each checked off the engine; the second one twice (a resend).
-    for (id, m) in &messages[1..] {
-        f.engine.checked_share_keys(*id, check.check(*id, m.clone()).unwrap(), f.now).unwrap();
-    }
+    // A check that failed to run frees the client to send again.
     let (second, m) = &messages[1];
-    f.engine.checked_share_keys(*second, check.check(*second, m.clone()).unwrap(), f.now).unwrap();
+    check(route(&mut f, *second, m));
+    let err = f.engine.checked_share_keys(*second, &ctx, None, f.now).unwrap_err();
+    assert_eq!(err, Error::CheckNotRun);
+    // The others, each checked off the engine; a resend then goes to the engine.
+    for (id, m) in &messages[1..] {
+        let checker = check(route(&mut f, *id, m));
+        let verdict = Some(checker.check(*id, m.clone()));
+        f.engine.checked_share_keys(*id, &ctx, verdict, f.now).unwrap();
+    }
+    assert!(matches!(route(&mut f, *second, m), Ok(ShareKeysRoute::Engine)));
+    f.engine.share_keys(*second, m.clone(), f.now).unwrap();
     // The phase closes at its deadline without the refused dealer.
     f.now += info.phase_deadlines[Phase::ShareKeys.index()] + Duration::from_millis(1);
     f.engine.handle_timeout(f.now);
     assert!(f.engine.share_keys_check(&ctx).is_none(), "phase 1 closed");
+    assert!(matches!(route(&mut f, *second, m), Ok(ShareKeysRoute::Engine)));
     f.engine.share_keys(*second, m.clone(), f.now).unwrap();
     let Some(Ok(Reply::Shares(fwd))) = f.engine.reply(second, &ctx, Phase::ShareKeys) else {
         panic!("phase 1 closed at its deadline")

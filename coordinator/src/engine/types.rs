@@ -289,3 +289,15 @@ impl core::fmt::Display for EngineState {
         f.write_str(self.name())
     }
 }
+
+/// Where a ShareKeys goes before it is checked ([`Engine::share_keys_route`](super::Engine::share_keys_route)).
+#[derive(Debug)]
+pub enum ShareKeysRoute {
+    /// Checked off the engine with this checker; the verdict goes back through
+    /// [`Engine::checked_share_keys`](super::Engine::checked_share_keys).
+    Check(fedsec_crypto::secagg::server::ShareKeysCheck),
+    /// The same message is being checked: its verdict answers this one too.
+    Pending,
+    /// Answered by [`Engine::share_keys`](super::Engine::share_keys) without a check.
+    Engine,
+}

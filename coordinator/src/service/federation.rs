@@ -15,11 +15,12 @@ use super::{CHECK_IN_LONG_POLL, LONG_POLL_SLACK, identify};
 use crate::runtime::{Coordinator, TaskRuntime};
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, Complaints, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
+    message_digest,
 };
 use fedsec_wire::checkpoint::SignedManifest;
 use fedsec_wire::{Assignment, PhaseMessage, RoundKey, Wire};
 
-use crate::engine::{CheckIn, Reply};
+use crate::engine::{CheckIn, Reply, ShareKeysRoute};
 use crate::wire;
 
 /// Bytes of checkpoint per `ModelChunk`.
@@ -250,14 +251,27 @@ impl Federation for FederationService {
         // The checks of the message (signature, commitments, degree test) run off the engine,
         // on the server's cores, while the phase waits for the others.
         let ctx = msg.ctx;
-        match task.call(move |e, _| e.share_keys_check(&ctx)).await? {
-            Some(check) => {
-                let checked =
-                    off_engine(self.coordinator.pool(), move || check.check(client, msg)).await?;
-                let checked = checked.map_err(crate::Error::from)?;
-                task.call(move |e, now| e.checked_share_keys(client, checked, now)).await??;
+        let digest = message_digest(&msg);
+        match task.call(move |e, _| e.share_keys_route(client, &ctx, digest)).await?? {
+            ShareKeysRoute::Check(check) => {
+                // Detached: the verdict reaches the engine even if this call goes away (a
+                // dealer whose check fails is refused for the attempt however it leaves).
+                let pool = self.coordinator.pool();
+                let engine = task.clone();
+                tokio::spawn(async move {
+                    let verdict = off_engine(pool, move || check.check(client, msg)).await;
+                    engine
+                        .call(move |e, now| e.checked_share_keys(client, &ctx, verdict, now))
+                        .await?
+                        .map_err(Status::from)
+                })
+                .await
+                .map_err(|_| Status::from(crate::Error::CheckNotRun))??;
             }
-            None => task.call(move |e, now| e.share_keys(client, msg, now)).await??,
+            ShareKeysRoute::Pending => {}
+            ShareKeysRoute::Engine => {
+                task.call(move |e, now| e.share_keys(client, msg, now)).await??
+            }
         }
         match Self::reply(&task, client, key.ctx, Phase::ShareKeys).await? {
             Reply::Shares(fwd) => Ok(Response::new(fwd.to_wire(&key))),
@@ -402,22 +416,39 @@ impl Drop for Withdraw {
 }
 
 /// Runs `f` on the server's pool if it has one, else on tokio's blocking threads: CPU work that
-/// must not hold up the engine or the async workers.
+/// must not hold up the engine or the async workers. `None` if it panicked (the panic stays
+/// with the call: the pool and the process go on).
 async fn off_engine<T: Send + 'static>(
     pool: Option<Arc<rayon::ThreadPool>>,
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Status> {
-    let lost = |_| Status::internal("a check of the message failed to run");
+) -> Option<T> {
+    let guarded = move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
     match pool {
         Some(pool) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
             pool.spawn(move || {
-                let _ = tx.send(f());
+                let _ = tx.send(guarded());
             });
-            rx.await.map_err(lost)
+            rx.await.ok().flatten()
         }
-        None => tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|_| Status::internal("a check of the message failed to run")),
+        None => tokio::task::spawn_blocking(guarded).await.ok().flatten(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A check that panics fails its own call: the pool (or the blocking threads) and the
+    /// process go on, and the next check runs.
+    #[tokio::test]
+    async fn a_check_that_panics_fails_alone() {
+        let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap());
+        for pool in [Some(pool), None] {
+            let panicked: Option<u32> =
+                off_engine(pool.clone(), || panic!("a check that panics")).await;
+            assert_eq!(panicked, None);
+            assert_eq!(off_engine(pool, || 7).await, Some(7));
+        }
     }
 }

@@ -12,7 +12,8 @@ impl From<Error> for Status {
             // The service's own bookkeeping of checkpoints, never a caller's doing.
             Error::NothingToCommit { .. }
             | Error::WrongCommit { .. }
-            | Error::NothingToAggregate => Code::Internal,
+            | Error::NothingToAggregate
+            | Error::CheckNotRun => Code::Internal,
             Error::InvalidConfig(_)
             | Error::Malformed(_)
             | Error::BadUpload { .. }
@@ -66,6 +67,7 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (Error::PhaseClosed { phase: Phase::ShareKeys }, Code::FailedPrecondition),
+            (Error::CheckNotRun, Code::Internal),
             (Error::NotSelected(ClientId([0; 32])), Code::PermissionDenied),
             (
                 Error::RoundAborted(AbortReason::Protocol(Core::TooFewClients {

@@ -670,7 +670,7 @@ pub(crate) mod tests {
 
     /// The weights computed with several differences per u128 equal the product of one
     /// scalar per difference, signs included, with x-coordinates up to u32::MAX (so that a
-    /// run overflows a u128 after three factors).
+    /// run overflows a u128 at its fifth factor).
     #[test]
     fn dual_weights_are_the_inverse_products_of_the_differences() {
         let naive = |xs: &[u32]| -> Vec<Scalar> {

@@ -70,11 +70,21 @@ impl core::fmt::Debug for ShareKeysCheck {
 
 /// A ShareKeys as [`ShareKeysCheck::check`] judged it: its commitments' dealing if they
 /// passed, the reason its dealer is refused if they did not. Made only by the check.
-#[derive(Debug)]
 pub struct CheckedShareKeys {
     u: usize,
     msg: ShareKeys,
     outcome: Result<Dealing>,
+    /// The checker that judged it: its server takes the verdict only from its own checker.
+    by: Arc<CheckInner>,
+}
+
+impl core::fmt::Debug for CheckedShareKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CheckedShareKeys")
+            .field("client", &self.msg.client)
+            .field("passed", &self.outcome.is_ok())
+            .finish_non_exhaustive()
+    }
 }
 
 impl CheckedShareKeys {
@@ -140,7 +150,7 @@ impl ShareKeysCheck {
             });
         }
         let outcome = self.check_commitments(u, &msg);
-        Ok(CheckedShareKeys { u, msg, outcome })
+        Ok(CheckedShareKeys { u, msg, outcome, by: Arc::clone(&self.0) })
     }
 
     /// Protocol v2's phase-1 checks of a dealer's commitments, all before anything of it is
@@ -195,12 +205,11 @@ impl ShareKeysCheck {
             &signed,
             &msg.root_signature.0,
         )?;
+        let xs: Vec<u32> = holders.iter().map(|&h| RoundPlan::x_coordinate(h)).collect();
         let weights = match &me.complete_weights {
-            Some(w) => Arc::clone(w),
-            None => {
-                let xs: Vec<u32> = holders.iter().map(|&h| RoundPlan::x_coordinate(h)).collect();
-                Arc::new(DualWeights::new(&xs)?)
-            }
+            // Every dealer of the complete graph has U1 as its holders.
+            Some(w) if w.xs() == xs => Arc::clone(w),
+            _ => Arc::new(DualWeights::new(&xs)?),
         };
         let test = DegreeTest {
             threshold: t,
@@ -996,9 +1005,13 @@ impl SecAggServer {
         from: ClientId,
         checked: CheckedShareKeys,
     ) -> Result<()> {
-        let CheckedShareKeys { u, msg, outcome } = checked;
+        let CheckedShareKeys { u, msg, outcome, by } = checked;
         check_sender(&from, &msg.client)?;
         self.expect_phase(Phase::ShareKeys)?;
+        // Only this server's checker of this phase 1 (cleared when the phase closes).
+        if !self.share_keys_check.as_ref().is_some_and(|c| Arc::ptr_eq(&c.0, &by)) {
+            return Err(Error::WrongContext);
+        }
         check_header(msg.version, &msg.ctx, &self.ctx)?;
         if self.index(&msg.client)? != u {
             return Err(Error::WrongContext);
@@ -1018,6 +1031,14 @@ impl SecAggServer {
                 Err(e)
             }
         }
+    }
+
+    /// Whether a ShareKeys from `client` is answered without checks: one of its was accepted
+    /// (a resend is taken again, another message refused) or refused (any is refused).
+    pub fn share_keys_answered(&self, client: &ClientId) -> bool {
+        self.plan
+            .index_of(client)
+            .is_some_and(|u| self.share_keys.contains_key(&u) || self.excluded_dealers.contains(&u))
     }
 
     /// The answer to a ShareKeys from u that needs no checks: a resend of the message accepted,
