@@ -154,6 +154,10 @@ pub struct CoordinatorConfig {
     /// Plain TCP without client certificates; only on a loopback address (demos).
     #[serde(default)]
     pub insecure: bool,
+    /// The ops listener: `GET /metrics` (Prometheus) and `GET /healthz` over plain HTTP, on a
+    /// loopback address only (see [`crate::metrics`]). Off when unset.
+    #[serde(default)]
+    pub ops_listen: Option<SocketAddr>,
     /// Checkpoint store: a folder, `file://…`, or `memory://`.
     pub store: String,
     /// The audit log (JSON lines); its signed head is kept beside it (`….head`).
@@ -459,6 +463,9 @@ impl CoordinatorConfig {
                 ),
             ));
         }
+        if let Some(ops) = &self.ops_listen {
+            crate::metrics::check_ops_address(ops).map_err(|e| ("ops_listen".to_string(), e))?;
+        }
         for a in &self.admins {
             if hex::decode(a).map(|b| b.len()) != Ok(32) {
                 return Err(("admins".into(), format!("{a:?} is not a client id (64 hex digits)")));
@@ -587,6 +594,23 @@ deadlines_ms = { share_keys = 5000 }
         assert!(err.to_string().contains("edge.max_handshakes must be greater than 0"), "{err}");
         let err = CoordinatorConfig::load(&p, [], &["edge.bogus=1".into()]).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn an_ops_listener_off_loopback_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), FILE);
+        assert_eq!(
+            CoordinatorConfig::load(&p, [], &[]).unwrap().ops_listen,
+            None,
+            "off by default"
+        );
+        let on = ["ops_listen=\"127.0.0.1:9464\"".to_string()];
+        let c = CoordinatorConfig::load(&p, [], &on).unwrap();
+        assert_eq!(c.ops_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let off = ["ops_listen=\"0.0.0.0:9464\"".to_string()];
+        let err = CoordinatorConfig::load(&p, [], &off).unwrap_err().to_string();
+        assert!(err.contains("ops_listen") && err.contains("loopback"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod edge;
 pub mod engine;
 pub mod error;
 pub mod lock;
+pub mod metrics;
 pub mod operator;
 pub mod pki;
 pub mod quickstart;

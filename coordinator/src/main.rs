@@ -241,6 +241,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 let ready = server::prepare(&config).await.map_err(|e| e.to_string())?;
                 // Tests and scripts read the bound address from this line.
                 println!("listening on {}", ready.local_addr().map_err(|e| e.to_string())?);
+                if let Some(ops) = ready.ops_addr().map_err(|e| e.to_string())? {
+                    println!("ops listening on {ops}");
+                }
                 let coordinator = ready.coordinator.clone();
                 let shutdown = async move {
                     let finished = async {

@@ -120,6 +120,8 @@ pub struct Ready {
     /// The shared state (for embedding and tests).
     pub coordinator: Arc<Coordinator>,
     listener: TcpListener,
+    /// The ops listener (metrics, health), if configured.
+    ops: Option<TcpListener>,
     tls: Option<Arc<rustls::ServerConfig>>,
     disconnect_grace: Duration,
     edge: EdgeConfig,
@@ -131,6 +133,11 @@ impl Ready {
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> Result<SocketAddr, StartError> {
         self.listener.local_addr().map_err(StartError::LocalAddr)
+    }
+
+    /// The address the ops listener is bound to, if there is one.
+    pub fn ops_addr(&self) -> Result<Option<SocketAddr>, StartError> {
+        self.ops.as_ref().map(|l| l.local_addr().map_err(StartError::LocalAddr)).transpose()
     }
 }
 
@@ -197,6 +204,12 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let ops = match config.ops_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let pool = if config.threads == 1 {
         None
     } else {
@@ -231,6 +244,7 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
     Ok(Ready {
         coordinator,
         listener,
+        ops,
         tls,
         disconnect_grace,
         edge: config.edge.clone(),
@@ -290,7 +304,7 @@ async fn check_stored_task(
 
 /// Serves until `shutdown` resolves.
 pub async fn serve(
-    ready: Ready,
+    mut ready: Ready,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let limit = fedsec_proto::MAX_MESSAGE_BYTES;
@@ -303,8 +317,11 @@ pub async fn serve(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<FederationServer<FederationService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
-    let health_follows_audit =
-        tokio::spawn(health_follows_audit(ready.coordinator.audit_state(), health_reporter));
+    let health_follows_audit = tokio::spawn(health_follows_audit(
+        ready.coordinator.audit_state(),
+        ready.coordinator.store_health(),
+        health_reporter,
+    ));
     // Reflection in both versions: grpcurl speaks v1, grpcio's reflection client v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -313,7 +330,8 @@ pub async fn serve(
     };
     let edge = &ready.edge;
     let c = &ready.coordinator;
-    let mut layer = EdgeLayer::new(DenyList::clone(c.deny_list()), c.size_limits(), c.auth);
+    let mut layer = EdgeLayer::new(DenyList::clone(c.deny_list()), c.size_limits(), c.auth)
+        .with_metrics(c.metrics().edge().clone());
     // Rates are per certificate: plain TCP has no identity to key them on.
     let mut rate = None;
     if ready.tls.is_some() {
@@ -330,9 +348,19 @@ pub async fn serve(
         .prepare();
     let service = tower::ServiceBuilder::new().layer(layer).service(routes);
     tracing::info!(addr = %ready.local_addr()?, tls = ready.tls.is_some(), "serving");
+    let ops = ready.ops.take().map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving /metrics and /healthz");
+        }
+        let source: Arc<dyn crate::metrics::OpsSource> = ready.coordinator.clone();
+        tokio::spawn(crate::metrics::serve_ops(listener, source, std::future::pending()))
+    });
     let coordinator = ready.coordinator.clone();
     let served = serve_with(ready, service, shutdown).await;
     health_follows_audit.abort();
+    if let Some(ops) = ops {
+        ops.abort();
+    }
     coordinator.flush_audit(AUDIT_FLUSH_AT_SHUTDOWN).await;
     if let Some((reporter, limits)) = rate {
         reporter.abort();
@@ -344,29 +372,16 @@ pub async fn serve(
 }
 
 /// Turns the health of the services (and of the server as a whole, the empty service name) to
-/// `NOT_SERVING` while the audit log cannot be written, and back to `SERVING` once it can.
+/// `NOT_SERVING` while the audit log or the store cannot be written, and back to `SERVING` once
+/// both can.
 async fn health_follows_audit(
-    mut state: tokio::sync::watch::Receiver<crate::runtime::AuditState>,
+    mut audit: tokio::sync::watch::Receiver<crate::runtime::AuditState>,
+    mut store: tokio::sync::watch::Receiver<Option<String>>,
     reporter: tonic_health::server::HealthReporter,
 ) {
-    loop {
-        let failing =
-            matches!(*state.borrow_and_update(), crate::runtime::AuditState::Failing { .. });
-        let status = if failing {
-            tonic_health::ServingStatus::NotServing
-        } else {
-            tonic_health::ServingStatus::Serving
-        };
-        reporter.set_service_status("", status).await;
-        for name in [
-            <FederationServer<FederationService> as tonic::server::NamedService>::NAME,
-            <AdminServer<AdminService> as tonic::server::NamedService>::NAME,
-        ] {
-            reporter.set_service_status(name, status).await;
-        }
-        if state.changed().await.is_err() {
-            // The writer stopped: the coordinator can record nothing more.
-            let status = tonic_health::ServingStatus::NotServing;
+    let set = |status| {
+        let reporter = &reporter;
+        async move {
             reporter.set_service_status("", status).await;
             for name in [
                 <FederationServer<FederationService> as tonic::server::NamedService>::NAME,
@@ -374,6 +389,25 @@ async fn health_follows_audit(
             ] {
                 reporter.set_service_status(name, status).await;
             }
+        }
+    };
+    loop {
+        let failing =
+            matches!(*audit.borrow_and_update(), crate::runtime::AuditState::Failing { .. })
+                || store.borrow_and_update().is_some();
+        set(if failing {
+            tonic_health::ServingStatus::NotServing
+        } else {
+            tonic_health::ServingStatus::Serving
+        })
+        .await;
+        let stopped = tokio::select! {
+            changed = audit.changed() => changed.is_err(),
+            changed = store.changed() => changed.is_err(),
+        };
+        if stopped {
+            // The audit writer stopped: the coordinator can record nothing more.
+            set(tonic_health::ServingStatus::NotServing).await;
             return;
         }
     }
@@ -429,7 +463,8 @@ where
                     coordinator.connection_event(event).await;
                 }
             });
-            let admission = crate::tls::Admission::new(&ready.edge, Some(tracker));
+            let admission = crate::tls::Admission::new(&ready.edge, Some(tracker))
+                .with_metrics(ready.coordinator.metrics().edge().clone());
             let incoming = crate::tls::tls_incoming_admitted(ready.listener, tls, admission);
             crate::edge::serve_incoming(incoming, service, limits, shutdown).await;
         }

@@ -174,6 +174,8 @@ pub struct Admission {
     pub tracker: Option<Arc<Connections>>,
     /// TCP keep-alive idle time and probe interval (`None`: off).
     pub tcp_keepalive: Option<Duration>,
+    /// Counts the connections refused (handshake limits, failed handshakes), if set.
+    pub metrics: Option<crate::metrics::EdgeMetrics>,
 }
 
 impl Admission {
@@ -184,7 +186,14 @@ impl Admission {
             limiter: edge.handshake_limiter(),
             tracker,
             tcp_keepalive: Some(edge.keepalive_interval()),
+            metrics: None,
         }
+    }
+
+    /// Also counts the connections refused in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::EdgeMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -436,6 +445,9 @@ async fn accept_loop(
             Ok(permit) => permit,
             Err(refused) => {
                 drop(tcp);
+                if let Some(m) = &admission.metrics {
+                    m.refused(crate::metrics::Refusal::Connections);
+                }
                 refused_since_report += 1;
                 if last_report.is_none_or(|t| t.elapsed() >= REFUSAL_REPORT) {
                     tracing::warn!(
@@ -461,6 +473,7 @@ async fn accept_loop(
         let ready = ready.clone();
         let tracker = admission.tracker.clone();
         let handshake_timeout = admission.handshake_timeout;
+        let metrics = admission.metrics.clone();
         tokio::spawn(async move {
             let accepted = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
             // The slot is free once the handshake is over, whatever its outcome.
@@ -473,13 +486,23 @@ async fn accept_loop(
                     // The server stopped if this fails; the connection is simply dropped.
                     let _ = ready.send(Ok(conn)).await;
                 }
-                Ok(Err(e)) => tracing::warn!(%peer, reason = %e, "TLS handshake failed"),
-                Err(_) => tracing::warn!(
-                    %peer,
-                    reason = "timed out",
-                    timeout_s = handshake_timeout.as_secs_f64(),
-                    "TLS handshake failed"
-                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, reason = %e, "TLS handshake failed");
+                    if let Some(m) = &metrics {
+                        m.refused(crate::metrics::Refusal::Tls);
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        %peer,
+                        reason = "timed out",
+                        timeout_s = handshake_timeout.as_secs_f64(),
+                        "TLS handshake failed"
+                    );
+                    if let Some(m) = &metrics {
+                        m.refused(crate::metrics::Refusal::Tls);
+                    }
+                }
             }
         });
     }

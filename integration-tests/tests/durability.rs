@@ -118,6 +118,10 @@ fn an_audit_log_that_cannot_be_written_stops_new_rounds_until_it_can() {
     // The first check-in's enrollment cannot be written: health turns NOT_SERVING.
     wait_health(&rt, &ch, ServingStatus::NotServing);
     fed.coordinator.wait_for("audit log append failed", 1, LONG);
+    let (code, why) = fed.ops_get("/healthz");
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("audit"), "{why}");
+    assert_eq!(fed.metric("fedsec_audit_log_up"), Some(0.0));
     // While it fails, no round starts and nothing reaches the log.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(rt.block_on(health(&ch)), ServingStatus::NotServing);
@@ -135,6 +139,38 @@ fn an_audit_log_that_cannot_be_written_stops_new_rounds_until_it_can() {
         assert!(started["time"].as_u64().unwrap() >= fixed_ms, "started while failing: {started}");
     }
     fed.verify_audit_log().expect("the log verifies");
+    assert_eq!(fed.metric("fedsec_audit_log_up"), Some(1.0));
+}
+
+/// A checkpoint the store cannot take turns health (gRPC and `/healthz`) to NOT_SERVING and
+/// `fedsec_store_up` to 0 while the coordinator retries, and back once the store takes it; the
+/// round then completes.
+#[test]
+fn a_store_that_cannot_be_written_turns_health_not_serving_until_it_can() {
+    let mut fed = Federation::start(Options { rounds: 1, ..Options::default() });
+    let rt = runtime();
+    let _entered = rt.enter();
+    let ch = channel(&fed, 11);
+    assert_eq!(rt.block_on(health(&ch)), ServingStatus::Serving);
+    // Checkpoint 1's data cannot be written where a directory stands in its place.
+    let blocker =
+        fed.path(&format!("store/tasks/{}/checkpoints/{:020}.safetensors", common::TASK_ID, 1));
+    std::fs::create_dir_all(&blocker).unwrap();
+    for i in 1..=10 {
+        fed.spawn_client(i, &[]);
+    }
+    wait_health(&rt, &ch, ServingStatus::NotServing);
+    fed.coordinator.wait_for("storing the checkpoint failed", 1, LONG);
+    let (code, why) = fed.ops_get("/healthz");
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("store"), "{why}");
+    assert_eq!(fed.metric("fedsec_store_up"), Some(0.0));
+    std::fs::remove_dir(&blocker).unwrap();
+    wait_health(&rt, &ch, ServingStatus::Serving);
+    fed.wait_clients(LONG);
+    assert_eq!(fed.audit_entries("checkpoint").len(), 1);
+    assert_eq!(fed.metric("fedsec_store_up"), Some(1.0));
+    assert_eq!(fed.ops_get("/healthz").0, 200);
 }
 
 /// The coordinator is killed (SIGKILL) right after a phase close was saved, before its clients

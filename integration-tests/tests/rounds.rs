@@ -92,6 +92,52 @@ fn ten_clients_three_rounds_sum_exactly_and_the_audit_log_verifies() {
     assert!(err.contains("audit.log"), "the error names the file: {err}");
 }
 
+/// The ops listener's metrics follow a real run: three completed attempts of ten clients
+/// each, the checkpoint version, bytes in and out, the refusals by reason (a connection that
+/// fails its TLS handshake, a call refused by a protocol rule); `/healthz` says serving.
+#[test]
+fn the_metrics_follow_the_rounds_and_the_refusals() {
+    let mut fed = Federation::start(Options { clients: 8, rounds: 2, ..Options::default() });
+    assert_eq!(fed.ops_get("/healthz"), (200, "serving\n".to_owned()));
+    // Not TLS at all: refused at the handshake.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&fed.addr).unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
+        let _ = std::io::Read::read(&mut s, &mut [0u8; 64]);
+    }
+    for i in 1..=8 {
+        fed.spawn_client(i, &[]);
+    }
+    fed.wait_clients(LONG);
+    let task = common::TASK_ID;
+    let m = |fed: &Federation, series: String| fed.metric(&series).unwrap_or(0.0);
+    assert_eq!(
+        m(&fed, format!("fedsec_attempts_total{{task=\"{task}\",outcome=\"completed\"}}")),
+        2.0
+    );
+    assert_eq!(m(&fed, format!("fedsec_clients_total{{task=\"{task}\",set=\"summed\"}}")), 16.0);
+    assert_eq!(m(&fed, format!("fedsec_clients_total{{task=\"{task}\",set=\"selected\"}}")), 16.0);
+    assert_eq!(m(&fed, format!("fedsec_checkpoint_version{{task=\"{task}\"}}")), 2.0);
+    let phase =
+        format!("fedsec_phase_duration_seconds_count{{task=\"{task}\",phase=\"Complaints\"}}");
+    assert_eq!(m(&fed, phase), 2.0);
+    assert!(m(&fed, format!("fedsec_masked_input_bytes_total{{task=\"{task}\"}}")) > 0.0);
+    assert!(m(&fed, "fedsec_grpc_body_bytes_total{direction=\"in\"}".into()) > 0.0);
+    assert!(m(&fed, "fedsec_grpc_body_bytes_total{direction=\"out\"}".into()) > 0.0);
+    assert!(m(&fed, "fedsec_refusals_total{reason=\"tls\"}".into()) >= 1.0);
+    assert_eq!(m(&fed, "fedsec_audit_log_up".into()), 1.0);
+    assert_eq!(m(&fed, "fedsec_store_up".into()), 1.0);
+    // A client that checks in to the finished task is refused by a rule of the service.
+    let before = m(&fed, "fedsec_refusals_total{reason=\"protocol\"}".into());
+    fed.spawn_client(9, &[]);
+    let _ = fed.client(9).wait_exit(LONG);
+    let after = m(&fed, "fedsec_refusals_total{reason=\"protocol\"}".into());
+    assert!(after > before, "protocol refusals {before} → {after}");
+    // Anything but GET /metrics and /healthz is not served.
+    assert_eq!(fed.ops_get("/").0, 404);
+}
+
 #[test]
 fn a_client_killed_after_its_upload_is_summed_and_one_killed_before_is_not() {
     // The masked-input deadline is far longer than the test may take: the round can only go

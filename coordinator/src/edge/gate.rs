@@ -34,6 +34,7 @@ use fedsec_crypto::ClientId;
 
 use super::limits::{LimitedBody, Meter, SharedLimits, SizeLimits};
 use super::rate::{RateClass, RateLimits};
+use crate::metrics::{EdgeMetrics, Refusal};
 use crate::revocation::DenyList;
 use crate::runtime::AuthMode;
 use crate::service::INSECURE_CLIENT_ID_HEADER;
@@ -49,13 +50,20 @@ pub struct EdgeLayer {
     limits: SharedLimits,
     auth: AuthMode,
     rate: Option<Arc<RateLimits>>,
+    metrics: Option<EdgeMetrics>,
 }
 
 impl EdgeLayer {
     /// A layer checking identities against `deny` (as `auth` says clients are identified) and
     /// message sizes against `limits`.
     pub fn new(deny: DenyList, limits: SharedLimits, auth: AuthMode) -> Self {
-        EdgeLayer { deny, limits, auth, rate: None }
+        EdgeLayer { deny, limits, auth, rate: None, metrics: None }
+    }
+
+    /// Also counts refusals and body bytes in `metrics`.
+    pub fn with_metrics(mut self, metrics: EdgeMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Also limits the rate of each identified client's calls (mutual TLS only: see
@@ -148,6 +156,9 @@ where
             Ok(meter) => meter,
             Err(status) => {
                 tracing::debug!(path = %req.uri().path(), code = ?status.code(), "refused at the edge");
+                if let Some(m) = &self.edge.metrics {
+                    m.refused(Refusal::of_edge_status(status.code()));
+                }
                 // The body is dropped unread: the stream is reset and the peer stops sending.
                 return Box::pin(std::future::ready(Ok(status.into_http())));
             }
@@ -156,24 +167,39 @@ where
         let call = call.map(|c| c.call_started());
         let path = req.uri().path();
         let limit = self.edge.limits.get().of_path(path);
+        let gated = GATED.iter().any(|p| path.starts_with(p));
         let method: Arc<str> = Arc::from(path);
-        let req = req.map(|body| Body::new(LimitedBody::new(body, method, limit).metered(meter)));
+        let metrics = self.edge.metrics.clone();
+        let counted = metrics.clone();
+        let req = req.map(|body| {
+            Body::new(LimitedBody::new(body, method, limit).metered(meter).counted(counted))
+        });
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;
+            if let Some(m) = &metrics
+                && gated
+                && let Some(why) = Status::from_header_map(response.headers())
+                    .and_then(|s| Refusal::of_service_status(s.code()))
+            {
+                m.refused(why);
+            }
             // A streamed response (the model download) is a call in flight until it ends.
-            Ok(response.map(|body| match call {
-                Some(call) => Body::new(InFlight { body, _call: call }),
-                None => body,
+            Ok(response.map(|body| {
+                if call.is_none() && metrics.is_none() {
+                    return body;
+                }
+                Body::new(InFlight { body, _call: call, metrics })
             }))
         })
     }
 }
 
-/// A response body that holds its call's guard until it is dropped.
+/// A response body that holds its call's guard until it is dropped, and counts its bytes.
 struct InFlight {
     body: Body,
-    _call: crate::connections::CallGuard,
+    _call: Option<crate::connections::CallGuard>,
+    metrics: Option<EdgeMetrics>,
 }
 
 impl http_body::Body for InFlight {
@@ -184,7 +210,13 @@ impl http_body::Body for InFlight {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let (Some(m), Poll::Ready(Some(Ok(frame)))) = (&self.metrics, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            m.bytes_out(data.len());
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

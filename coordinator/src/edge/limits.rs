@@ -190,6 +190,8 @@ pub struct LimitedBody<B> {
     refused: bool,
     /// Charges the messages after the first to their sender's rate limit.
     meter: Option<Meter>,
+    /// Counts the bytes that pass and the refusals.
+    metrics: Option<crate::metrics::EdgeMetrics>,
 }
 
 /// Charges each message of a stream after the first (which its call paid for at the edge) to
@@ -230,7 +232,14 @@ impl<B> LimitedBody<B> {
             payload_left: 0,
             refused: false,
             meter: None,
+            metrics: None,
         }
+    }
+
+    /// Counts the bytes that pass, and the refusals, in `metrics`.
+    pub fn counted(mut self, metrics: Option<crate::metrics::EdgeMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Charges the messages after the first to `meter`.
@@ -239,8 +248,17 @@ impl<B> LimitedBody<B> {
         self
     }
 
+    fn count(&self, why: crate::metrics::Refusal) {
+        if let Some(m) = &self.metrics {
+            m.refused(why);
+        }
+    }
+
     /// Follows the message boundaries through `data`; the status if a message is too long.
     fn scan(&mut self, mut data: &[u8]) -> Result<(), Status> {
+        if let Some(m) = &self.metrics {
+            m.bytes_in(data.len());
+        }
         while !data.is_empty() {
             if self.payload_left > 0 {
                 let skip = self.payload_left.min(data.len());
@@ -257,10 +275,14 @@ impl<B> LimitedBody<B> {
                 let [_, a, b, c, d] = self.prefix;
                 let len = u32::from_be_bytes([a, b, c, d]) as usize;
                 if len > self.limit {
+                    self.count(crate::metrics::Refusal::Size);
                     return Err(too_large(&self.method, len, self.limit));
                 }
-                if let Some(meter) = &mut self.meter {
-                    meter.message()?;
+                if let Some(meter) = &mut self.meter
+                    && let Err(refused) = meter.message()
+                {
+                    self.count(crate::metrics::Refusal::RateLimit);
+                    return Err(refused);
                 }
                 self.payload_left = len;
             }

@@ -99,6 +99,10 @@ pub struct Coordinator {
     connections: OnceLock<Arc<crate::connections::Connections>>,
     /// The per-client rate limits, once the server serves mutual TLS.
     rate: OnceLock<Arc<crate::edge::RateLimits>>,
+    /// The metrics the ops listener serves.
+    metrics: Arc<crate::metrics::Metrics>,
+    /// `Some(error)` while the last write to the store failed (a checkpoint, a round's state).
+    store_health: watch::Sender<Option<String>>,
 }
 
 impl core::fmt::Debug for Coordinator {
@@ -141,7 +145,29 @@ impl Coordinator {
             limits: crate::edge::SharedLimits::default(),
             connections: OnceLock::new(),
             rate: OnceLock::new(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            store_health: watch::channel(None).0,
         }))
+    }
+
+    /// The coordinator's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// `Some(error)` while the last write to the store failed; follows each write.
+    pub fn store_health(&self) -> watch::Receiver<Option<String>> {
+        self.store_health.subscribe()
+    }
+
+    /// Records the outcome of a write to the store.
+    fn store_wrote<T, E: std::fmt::Display>(&self, result: &Result<T, E>) {
+        let now = result.as_ref().err().map(|e| e.to_string());
+        self.store_health.send_if_modified(|was| {
+            let changed = *was != now;
+            *was = now.clone();
+            changed
+        });
     }
 
     /// The size limits of the methods, for the edge layer.
@@ -670,7 +696,10 @@ impl Coordinator {
         }
         let mut backoff = Duration::from_millis(50);
         let mut tries = 0;
-        while let Err(e) = self.store.put_attempt_state(task.id, sealed.clone()).await {
+        loop {
+            let put = self.store.put_attempt_state(task.id, sealed.clone()).await;
+            self.store_wrote(&put);
+            let Err(e) = put else { break };
             tries += 1;
             tracing::error!(error = %e, phase = %phase.name(), "saving the attempt's state failed");
             if tries >= 3 {
@@ -831,11 +860,17 @@ impl Coordinator {
         .sign(&self.signing);
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.store.put(&manifest, shared(&c.bytes)).await {
+            let put = self.store.put(&manifest, shared(&c.bytes)).await;
+            if !matches!(put, Err(crate::store::StoreError::VersionExists { .. })) {
+                self.store_wrote(&put);
+            }
+            match put {
                 Ok(()) => break,
                 Err(crate::store::StoreError::VersionExists { .. }) => {
                     // Stored by an earlier try whose sync may have failed: sync it now.
-                    match self.store.sync_committed(task.id, c.version).await {
+                    let synced = self.store.sync_committed(task.id, c.version).await;
+                    self.store_wrote(&synced);
+                    match synced {
                         Ok(()) => break,
                         Err(e) => {
                             tracing::error!(error = %e, version = c.version, "syncing the stored checkpoint failed; retrying");
@@ -1046,12 +1081,33 @@ async fn drive(
         match output {
             Output::Checkpoint(c) => coordinator.commit(&task, c).await,
             Output::Audit(e) => coordinator.audit_event(&task, e).await,
-            Output::Progress(p) => progress.record(&p, std::time::Instant::now()),
+            Output::Progress(p) => {
+                if let crate::engine::Progress::Ended(outcome) = &p {
+                    coordinator.metrics.attempt_ended(&task.id, outcome);
+                }
+                progress.record(&p, std::time::Instant::now());
+            }
             Output::SaveAttempt(saved) => coordinator.save_attempt(&task, saved).await,
             Output::AttemptEnded(_) => coordinator.attempt_ended(&task).await,
             // The engine thread runs the sums; none comes here.
             Output::Aggregate(_) => {}
         }
+    }
+}
+
+impl crate::metrics::OpsSource for Coordinator {
+    fn metrics_text(&self) -> String {
+        for task in self.tasks.borrow().values() {
+            self.metrics.checkpoint(&task.id, task.published().manifest.manifest.version);
+        }
+        self.metrics.render(self.audit.is_writing(), self.store_health.borrow().is_none())
+    }
+
+    fn unhealthy(&self) -> Option<String> {
+        if let Err(status) = self.audit_writable() {
+            return Some(status.message().to_owned());
+        }
+        self.store_health.borrow().as_ref().map(|e| format!("the store cannot be written: {e}"))
     }
 }
 

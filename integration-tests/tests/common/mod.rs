@@ -144,7 +144,7 @@ impl Proc {
 }
 
 /// Starts `fedsec-coordinator serve` on `root/coordinator.toml`; the process and its address.
-fn spawn_coordinator(root: &Path) -> (Proc, String) {
+fn spawn_coordinator(root: &Path) -> (Proc, String, String) {
     let coordinator = Proc::spawn(
         "coordinator",
         Command::new(bin("fedsec-coordinator"))
@@ -154,7 +154,9 @@ fn spawn_coordinator(root: &Path) -> (Proc, String) {
     );
     let line = coordinator.wait_for("listening on", 1, Duration::from_secs(60));
     let addr = line.trim_start_matches("listening on ").trim().to_string();
-    (coordinator, addr)
+    let line = coordinator.wait_for("ops listening on", 1, Duration::from_secs(60));
+    let ops = line.trim_start_matches("ops listening on ").trim().to_string();
+    (coordinator, addr, ops)
 }
 
 impl Drop for Proc {
@@ -229,6 +231,8 @@ pub struct Federation {
     pub opts: Options,
     pub coordinator: Proc,
     pub addr: String,
+    /// The ops listener (metrics, health).
+    pub ops: String,
     pub clients: Vec<Option<Proc>>,
     /// Where clients connect (the coordinator, or a proxy in front of it).
     pub client_addr: String,
@@ -299,6 +303,7 @@ impl Federation {
         let config = format!(
             r#"
 listen = "127.0.0.1:0"
+ops_listen = "127.0.0.1:0"
 store = "store"
 audit_log = "audit.log"
 signing_key = "pki/coordinator-signing.key"
@@ -344,19 +349,28 @@ upload_chunk_words = {chunk}
             chunk = opts.upload_chunk_words,
         );
         std::fs::write(root.join("coordinator.toml"), config).unwrap();
-        let (coordinator, addr) = spawn_coordinator(root);
+        let (coordinator, addr, ops) = spawn_coordinator(root);
         std::fs::create_dir_all(root.join("dumps")).unwrap();
-        Federation { dir, opts, coordinator, client_addr: addr.clone(), addr, clients: Vec::new() }
+        Federation {
+            dir,
+            opts,
+            coordinator,
+            client_addr: addr.clone(),
+            addr,
+            ops,
+            clients: Vec::new(),
+        }
     }
 
     /// Kills the coordinator (SIGKILL) and starts it again on the same files. It listens on a
     /// new port: clients started before do not follow it.
     pub fn restart_coordinator(&mut self) {
         self.coordinator.kill();
-        let (coordinator, addr) = spawn_coordinator(self.dir.path());
+        let (coordinator, addr, ops) = spawn_coordinator(self.dir.path());
         self.coordinator = coordinator;
         self.client_addr = addr.clone();
         self.addr = addr;
+        self.ops = ops;
     }
 
     /// Kills the coordinator (SIGKILL) and starts it again on the same files and the same
@@ -368,9 +382,33 @@ upload_chunk_words = {chunk}
         let listen = text.lines().find(|l| l.starts_with("listen = ")).unwrap().to_owned();
         let text = text.replace(&listen, &format!("listen = \"{}\"", self.addr));
         std::fs::write(&config, text).unwrap();
-        let (coordinator, addr) = spawn_coordinator(self.dir.path());
+        let (coordinator, addr, ops) = spawn_coordinator(self.dir.path());
         assert_eq!(addr, self.addr, "restarted on the same address");
         self.coordinator = coordinator;
+        self.ops = ops;
+    }
+
+    /// `GET path` on the coordinator's ops listener: the status code and the body.
+    pub fn ops_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.ops).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.ops)
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP response");
+        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap();
+        (code, body.to_owned())
+    }
+
+    /// The value of the metric line that starts with `series` (name and labels), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (code, body) = self.ops_get("/metrics");
+        assert_eq!(code, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
     }
 
     /// Waits until the audit log holds an entry of `kind` whose detail has `field` = `value`;
