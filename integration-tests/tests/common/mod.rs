@@ -379,8 +379,14 @@ upload_chunk_words = {chunk}
         self.coordinator.kill();
         let config = self.path("coordinator.toml");
         let text = std::fs::read_to_string(&config).unwrap();
-        let listen = text.lines().find(|l| l.starts_with("listen = ")).unwrap().to_owned();
-        let text = text.replace(&listen, &format!("listen = \"{}\"", self.addr));
+        // The `listen` line only (not `ops_listen`, which takes a new port).
+        let text: String = text
+            .lines()
+            .map(|l| match l.starts_with("listen = ") {
+                true => format!("listen = \"{}\"\n", self.addr),
+                false => format!("{l}\n"),
+            })
+            .collect();
         std::fs::write(&config, text).unwrap();
         let (coordinator, addr, ops) = spawn_coordinator(self.dir.path());
         assert_eq!(addr, self.addr, "restarted on the same address");
