@@ -75,6 +75,11 @@ pub enum Error {
     /// The check of a message failed to run (a fault of the server, not of the message).
     #[error("the check of the message failed to run")]
     CheckNotRun,
+    /// Another message of this client for the phase is being checked.
+    #[error(
+        "another message of this client for the phase is being checked; send again once it is answered"
+    )]
+    CheckInFlight,
 }
 
 /// The rule a task configuration breaks.

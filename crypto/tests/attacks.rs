@@ -870,6 +870,15 @@ fn phase_one_checked_on_other_threads_gives_the_servers_verdicts() {
             .collect();
         workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
     });
+    // Another server of the same attempt (the same ctx) takes none of them either: a verdict
+    // counts only with the checker that made it.
+    let (_, mut twin, _) = after_advertise(&plan, &keys);
+    twin.share_keys_check().unwrap();
+    let other = check.check(messages[6].client, messages[6].clone()).unwrap();
+    assert_eq!(
+        twin.receive_checked_share_keys(messages[6].client, other),
+        Err(Error::WrongContext)
+    );
     // Another attempt's server takes none of these verdicts.
     let (_, mut other_attempt, _) = after_advertise(&next_attempt(&plan, 36), &keys);
     let foreign = check.check(messages[5].client, messages[5].clone()).unwrap();

@@ -111,6 +111,10 @@ impl Attempt {
     /// done while fewer of them answered than are not gone. Only then are the sets compared —
     /// near a phase's end, not after each of its n messages.
     pub(super) fn all_answered(&self) -> bool {
+        // A ShareKeys being checked off the engine has arrived: its verdict is awaited.
+        if self.phase == Phase::ShareKeys && !self.checking.is_empty() {
+            return false;
+        }
         let answered = match self.phase {
             Phase::MaskedInputCollection => self.server.u3_len(),
             p => self.answered[p.index()].len(),

@@ -35,41 +35,50 @@ impl Engine {
         self.submit(from, &ctx, Phase::ShareKeys, digest, now, |s| s.receive_share_keys(from, msg))
     }
 
-    /// Where a ShareKeys from `from` (its digest `digest`) for the attempt `ctx` goes before
-    /// any of it is checked. [`ShareKeysRoute::Check`] hands out phase 1's checker, for the
-    /// caller to check the message off the engine — on the server's cores, as the messages
-    /// arrive — and to hand the verdict to [`checked_share_keys`](Self::checked_share_keys)
-    /// whatever happens to the call (a dealer whose check fails is refused for the attempt
-    /// however it leaves). Everything that needs no check goes to
-    /// [`share_keys`](Self::share_keys), which answers it at once: a message out of phase,
-    /// from a client not selected, a resend, a dealer that was accepted or refused. One check
-    /// per client at a time: a resend of the message being checked waits for its verdict
-    /// ([`ShareKeysRoute::Pending`]); another message is refused.
+    /// Phase 1 for a caller that checks off the engine: a ShareKeys that needs no check is
+    /// answered here and now by [`share_keys`](Self::share_keys) — a message out of phase,
+    /// from a client not selected, a resend, one from a dealer accepted or refused — and one
+    /// that does is handed back with phase 1's checker ([`ShareKeysRoute::Check`]), for the
+    /// caller to check on the server's cores as it arrives and to hand the verdict to
+    /// [`checked_share_keys`](Self::checked_share_keys) whatever happens to the call (a dealer
+    /// whose check fails is refused for the attempt however it leaves). One check per client
+    /// at a time: the same message while it is being checked comes back
+    /// [`ShareKeysRoute::Pending`] (ask again once the verdict is in); another is refused
+    /// ([`Error::CheckInFlight`]). Until the verdicts of the checks in flight are in, the
+    /// phase does not close early.
     pub fn share_keys_route(
         &mut self,
         from: ClientId,
-        ctx: &RoundContext,
-        digest: [u8; 32],
-    ) -> Result<ShareKeysRoute> {
-        let State::Running(a) = &mut self.state else { return Ok(ShareKeysRoute::Engine) };
-        if a.ctx != *ctx
-            || a.phase != Phase::ShareKeys
-            || a.info.plan.index_of(&from).is_none()
-            || a.answered[Phase::ShareKeys.index()].contains_key(&from)
-            || a.server.share_keys_answered(&from)
-        {
-            return Ok(ShareKeysRoute::Engine);
-        }
-        match a.checking.get(&from) {
-            Some(d) if *d == digest => return Ok(ShareKeysRoute::Pending),
-            Some(_) => {
-                return Err(fedsec_crypto::Error::PhaseAlreadyAnswered(Phase::ShareKeys).into());
+        msg: ShareKeys,
+        now: Instant,
+    ) -> ShareKeysRoute {
+        let needs_check = match &self.state {
+            State::Running(a) => {
+                a.ctx == msg.ctx
+                    && a.phase == Phase::ShareKeys
+                    && a.info.plan.index_of(&from).is_some()
+                    && !a.answered[Phase::ShareKeys.index()].contains_key(&from)
+                    && !a.server.share_keys_answered(&from)
             }
+            _ => false,
+        };
+        if !needs_check {
+            return ShareKeysRoute::Answered(self.share_keys(from, msg, now));
+        }
+        let State::Running(a) = &mut self.state else { unreachable!("checked above") };
+        let digest = message_digest(&msg);
+        match a.checking.get(&from) {
+            Some(d) if *d == digest => return ShareKeysRoute::Pending(msg),
+            Some(_) => return ShareKeysRoute::Answered(Err(Error::CheckInFlight)),
             None => {}
         }
-        let check = a.server.share_keys_check()?;
-        a.checking.insert(from, digest);
-        Ok(ShareKeysRoute::Check(check))
+        match a.server.share_keys_check() {
+            Ok(check) => {
+                a.checking.insert(from, digest);
+                ShareKeysRoute::Check(check, msg)
+            }
+            Err(e) => ShareKeysRoute::Answered(Err(e.into())),
+        }
     }
 
     /// Phase 1's checker of the attempt `ctx` while its phase 1 is open, without the screening
@@ -99,7 +108,23 @@ impl Engine {
         {
             a.checking.remove(&from);
         }
-        let checked = verdict.ok_or(Error::CheckNotRun)??;
+        let checked = match verdict {
+            Some(Ok(checked)) => checked,
+            refused => {
+                // The phase may close now that this verdict is in (if the client is gone).
+                if let State::Running(a) = &self.state
+                    && a.ctx == *ctx
+                    && a.phase == Phase::ShareKeys
+                    && a.all_answered()
+                {
+                    self.close_phase(now);
+                }
+                return Err(match refused {
+                    Some(Err(e)) => e.into(),
+                    _ => Error::CheckNotRun,
+                });
+            }
+        };
         if checked.message().ctx != *ctx {
             return Err(fedsec_crypto::Error::WrongContext.into());
         }

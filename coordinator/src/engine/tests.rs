@@ -1504,14 +1504,14 @@ fn a_contributed_hint_on_the_current_checkpoint_keeps_a_client_out_of_selection(
     assert_eq!(f.engine.contributors().1, vec![a]);
 }
 
-/// Phase 1 checked off the engine, as the service checks it: only what needs a check is
-/// handed a checker, one check per client at a time; a dealer whose check failed is refused for
-/// the attempt, without another check; a resend is answered by the engine; once the phase closed
-/// there is no checker.
+/// Phase 1 checked off the engine, as the service checks it: what needs no check is answered
+/// by the engine in the same call (out of phase, a resend, a dealer accepted or refused); one
+/// check per client at a time; a dealer whose check failed is refused for the attempt; the
+/// phase does not close early while a verdict is awaited; a verdict after the phase closed
+/// comes too late.
 #[test]
 fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
     use super::ShareKeysRoute;
-    use fedsec_crypto::secagg::messages::message_digest;
     let mut f = fed(10, config(10));
     let info = f.check_in_all();
     let plan = info.plan.clone();
@@ -1534,10 +1534,11 @@ fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
         })
         .collect();
     let route = |f: &mut Fed, id: ClientId, m: &ShareKeys| {
-        f.engine.share_keys_route(id, &ctx, message_digest(m))
+        let now = f.now;
+        f.engine.share_keys_route(id, m.clone(), now)
     };
-    let check = |r: Result<ShareKeysRoute>| match r {
-        Ok(ShareKeysRoute::Check(c)) => c,
+    let check = |r: ShareKeysRoute| match r {
+        ShareKeysRoute::Check(c, m) => (c, m),
         other => panic!("a checker, not {other:?}"),
     };
     let early = ShareKeys {
@@ -1548,7 +1549,11 @@ fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
         entries: vec![],
         root_signature: fedsec_crypto::secagg::messages::Sig([0; 64]),
     };
-    assert!(matches!(route(&mut f, clients[0].0, &early), Ok(ShareKeysRoute::Engine)));
+    // Out of phase: answered at once.
+    match route(&mut f, clients[0].0, &early) {
+        ShareKeysRoute::Answered(Err(Error::PhaseNotOpen { .. })) => {}
+        other => panic!("answered out of phase, not {other:?}"),
+    }
     for (id, c) in &clients {
         f.engine.advertise(*id, c.advertise().clone(), f.now).unwrap();
     }
@@ -1565,39 +1570,51 @@ fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
     let (bad, honest) = &messages[0];
     let mut forged = honest.clone();
     forged.root_signature.0[0] ^= 1;
-    let checker = check(route(&mut f, *bad, &forged));
-    // While it is being checked: the same message waits for the verdict, another is refused.
-    assert!(matches!(route(&mut f, *bad, &forged), Ok(ShareKeysRoute::Pending)));
-    let err = route(&mut f, *bad, honest).unwrap_err();
-    assert!(matches!(err, Error::Protocol(fedsec_crypto::Error::PhaseAlreadyAnswered(_))));
-    let verdict = Some(checker.check(*bad, forged.clone()));
+    let (checker, m) = check(route(&mut f, *bad, &forged));
+    // While it is being checked: the same message waits, another is refused for now.
+    assert!(matches!(route(&mut f, *bad, &forged), ShareKeysRoute::Pending(_)));
+    assert!(matches!(
+        route(&mut f, *bad, honest),
+        ShareKeysRoute::Answered(Err(Error::CheckInFlight))
+    ));
+    let verdict = Some(checker.check(*bad, m));
     let err = f.engine.checked_share_keys(*bad, &ctx, verdict, f.now).unwrap_err();
     assert_eq!(err, Error::Protocol(fedsec_crypto::Error::BadSignature(*bad)));
     // Refused for the attempt: its honest message is answered without a check.
-    assert!(matches!(route(&mut f, *bad, honest), Ok(ShareKeysRoute::Engine)));
-    let err = f.engine.share_keys(*bad, honest.clone(), f.now).unwrap_err();
-    assert!(matches!(err, Error::Protocol(fedsec_crypto::Error::NotEligible { .. })), "{err:?}");
+    match route(&mut f, *bad, honest) {
+        ShareKeysRoute::Answered(Err(Error::Protocol(fedsec_crypto::Error::NotEligible {
+            ..
+        }))) => {}
+        other => panic!("refused at once, not {other:?}"),
+    }
     // A check that failed to run frees the client to send again.
-    let (second, m) = &messages[1];
-    check(route(&mut f, *second, m));
+    let (second, m2) = &messages[1];
+    check(route(&mut f, *second, m2));
     let err = f.engine.checked_share_keys(*second, &ctx, None, f.now).unwrap_err();
     assert_eq!(err, Error::CheckNotRun);
-    // The others, each checked off the engine; a resend then goes to the engine.
-    for (id, m) in &messages[1..] {
-        let checker = check(route(&mut f, *id, m));
-        let verdict = Some(checker.check(*id, m.clone()));
+    // The others, each checked off the engine; the last one's client is gone while its check
+    // runs, and the phase waits for its verdict all the same.
+    let (last, m_last) = messages.last().unwrap();
+    let (last_checker, last_msg) = check(route(&mut f, *last, m_last));
+    f.engine.client_gone(bad, f.now);
+    f.engine.client_gone(last, f.now);
+    for (id, m) in &messages[1..messages.len() - 1] {
+        let (checker, m) = check(route(&mut f, *id, m));
+        let verdict = Some(checker.check(*id, m));
         f.engine.checked_share_keys(*id, &ctx, verdict, f.now).unwrap();
     }
-    assert!(matches!(route(&mut f, *second, m), Ok(ShareKeysRoute::Engine)));
-    f.engine.share_keys(*second, m.clone(), f.now).unwrap();
-    // The phase closes at its deadline without the refused dealer.
-    f.now += info.phase_deadlines[Phase::ShareKeys.index()] + Duration::from_millis(1);
-    f.engine.handle_timeout(f.now);
-    assert!(f.engine.share_keys_check(&ctx).is_none(), "phase 1 closed");
-    assert!(matches!(route(&mut f, *second, m), Ok(ShareKeysRoute::Engine)));
-    f.engine.share_keys(*second, m.clone(), f.now).unwrap();
+    assert!(f.engine.share_keys_check(&ctx).is_some(), "phase 1 waits for the verdict");
+    let verdict = Some(last_checker.check(*last, last_msg));
+    f.engine.checked_share_keys(*last, &ctx, verdict, f.now).unwrap();
+    assert!(f.engine.share_keys_check(&ctx).is_none(), "phase 1 closed with the last verdict");
+    // A resend after the close is answered (identical), and a verdict that comes too late is
+    // refused.
+    assert!(matches!(route(&mut f, *second, m2), ShareKeysRoute::Answered(Ok(()))));
+    let late = Some(checker.check(*bad, honest.clone()));
+    let err = f.engine.checked_share_keys(*bad, &ctx, late, f.now).unwrap_err();
+    assert!(matches!(err, Error::PhaseClosed { .. }), "{err:?}");
     let Some(Ok(Reply::Shares(fwd))) = f.engine.reply(second, &ctx, Phase::ShareKeys) else {
-        panic!("phase 1 closed at its deadline")
+        panic!("phase 1 closed")
     };
     assert!(fwd.shares.iter().all(|s| s.from != *bad), "nothing of the refused dealer forwarded");
     assert_eq!(fwd.shares.len(), plan.n() - 2);

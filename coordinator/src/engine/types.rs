@@ -290,14 +290,17 @@ impl core::fmt::Display for EngineState {
     }
 }
 
-/// Where a ShareKeys goes before it is checked ([`Engine::share_keys_route`](super::Engine::share_keys_route)).
+/// What [`Engine::share_keys_route`](super::Engine::share_keys_route) made of a ShareKeys.
 #[derive(Debug)]
 pub enum ShareKeysRoute {
-    /// Checked off the engine with this checker; the verdict goes back through
+    /// Answered without a check.
+    Answered(crate::error::Result<()>),
+    /// The same message is being checked: ask again once its verdict is in.
+    Pending(fedsec_crypto::secagg::messages::ShareKeys),
+    /// To check off the engine with this checker; the verdict goes back through
     /// [`Engine::checked_share_keys`](super::Engine::checked_share_keys).
-    Check(fedsec_crypto::secagg::server::ShareKeysCheck),
-    /// The same message is being checked: its verdict answers this one too.
-    Pending,
-    /// Answered by [`Engine::share_keys`](super::Engine::share_keys) without a check.
-    Engine,
+    Check(
+        fedsec_crypto::secagg::server::ShareKeysCheck,
+        fedsec_crypto::secagg::messages::ShareKeys,
+    ),
 }

@@ -15,7 +15,6 @@ use super::{CHECK_IN_LONG_POLL, LONG_POLL_SLACK, identify};
 use crate::runtime::{Coordinator, TaskRuntime};
 use fedsec_crypto::secagg::messages::{
     AdvertiseKeys, Complaints, ConsistencySignature, MaskedInput, ShareKeys, UnmaskingResponse,
-    message_digest,
 };
 use fedsec_wire::checkpoint::SignedManifest;
 use fedsec_wire::{Assignment, PhaseMessage, RoundKey, Wire};
@@ -249,30 +248,35 @@ impl Federation for FederationService {
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, _) = self.round(&key)?;
         // The checks of the message (signature, commitments, degree test) run off the engine,
-        // on the server's cores, while the phase waits for the others.
+        // on the server's cores, while the phase waits for the others. The whole exchange is
+        // detached from the call: once the engine handed out a checker, its verdict reaches
+        // the engine even if the call goes away (a dealer whose check fails is refused for
+        // the attempt however it leaves; an honest client is not left marked as in flight).
         let ctx = msg.ctx;
-        let digest = message_digest(&msg);
-        match task.call(move |e, _| e.share_keys_route(client, &ctx, digest)).await?? {
-            ShareKeysRoute::Check(check) => {
-                // Detached: the verdict reaches the engine even if this call goes away (a
-                // dealer whose check fails is refused for the attempt however it leaves).
-                let pool = self.coordinator.pool();
-                let engine = task.clone();
-                tokio::spawn(async move {
-                    let verdict = off_engine(pool, move || check.check(client, msg)).await;
-                    engine
-                        .call(move |e, now| e.checked_share_keys(client, &ctx, verdict, now))
-                        .await?
-                        .map_err(Status::from)
-                })
-                .await
-                .map_err(|_| Status::from(crate::Error::CheckNotRun))??;
+        let pool = self.coordinator.pool();
+        let engine = task.clone();
+        tokio::spawn(async move {
+            let mut msg = msg;
+            loop {
+                let route = engine.call(move |e, now| e.share_keys_route(client, msg, now));
+                match route.await? {
+                    ShareKeysRoute::Answered(answer) => return answer.map_err(Status::from),
+                    ShareKeysRoute::Pending(same) => {
+                        // The same message is being checked: its verdict answers this too.
+                        msg = same;
+                        tokio::time::sleep(PENDING_CHECK_POLL).await;
+                    }
+                    ShareKeysRoute::Check(check, msg) => {
+                        let verdict = off_engine(pool, move || check.check(client, msg)).await;
+                        let taken = engine
+                            .call(move |e, now| e.checked_share_keys(client, &ctx, verdict, now));
+                        return taken.await?.map_err(Status::from);
+                    }
+                }
             }
-            ShareKeysRoute::Pending => {}
-            ShareKeysRoute::Engine => {
-                task.call(move |e, now| e.share_keys(client, msg, now)).await??
-            }
-        }
+        })
+        .await
+        .map_err(|_| Status::from(crate::Error::CheckNotRun))??;
         match Self::reply(&task, client, key.ctx, Phase::ShareKeys).await? {
             Reply::Shares(fwd) => Ok(Response::new(fwd.to_wire(&key))),
             other => Err(unexpected(&other)),
@@ -414,6 +418,9 @@ impl Drop for Withdraw {
         }
     }
 }
+
+/// How often a resend of a ShareKeys being checked asks whether its verdict is in.
+const PENDING_CHECK_POLL: Duration = Duration::from_millis(20);
 
 /// Runs `f` on the server's pool if it has one, else on tokio's blocking threads: CPU work that
 /// must not hold up the engine or the async workers. `None` if it panicked (the panic stays

@@ -29,6 +29,7 @@ impl From<Error> for Status {
             | Error::UploadEvicted { .. }
             | Error::RepublishNotNow { .. } => Code::FailedPrecondition,
             Error::RoundAborted(_) => Code::Aborted,
+            Error::CheckInFlight => Code::Unavailable,
         };
         Status::new(code, e.to_string())
     }
@@ -68,6 +69,7 @@ mod tests {
             ),
             (Error::PhaseClosed { phase: Phase::ShareKeys }, Code::FailedPrecondition),
             (Error::CheckNotRun, Code::Internal),
+            (Error::CheckInFlight, Code::Unavailable),
             (Error::NotSelected(ClientId([0; 32])), Code::PermissionDenied),
             (
                 Error::RoundAborted(AbortReason::Protocol(Core::TooFewClients {
