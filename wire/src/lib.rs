@@ -47,6 +47,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod at_rest;
 pub mod checkpoint;
 mod error;
 pub mod model;
