@@ -30,6 +30,7 @@ pub mod engine;
 pub mod error;
 pub mod lock;
 pub mod metrics;
+pub mod offline;
 pub mod operator;
 pub mod pki;
 pub mod quickstart;

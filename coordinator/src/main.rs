@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fedsec_coordinator::config::CoordinatorConfig;
 use fedsec_coordinator::quickstart::{self, QuickstartOptions};
-use fedsec_coordinator::{audit, operator, pki, server};
+use fedsec_coordinator::{audit, offline, operator, pki, server};
 
 /// The fedsec coordinator: runs secure federated training rounds and learns only the sum of
 /// the clients' updates.
@@ -114,6 +114,16 @@ enum Command {
         command: PkiCommand,
     },
     /// The audit log.
+    /// The checkpoint store: keys of its encryption at rest.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Stored checkpoints.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -157,6 +167,45 @@ enum PkiCommand {
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Write a fresh key-encryption key (64 hex digits) to a new file readable by its owner
+    /// only; name it in the configuration: [encryption] key = "file:PATH".
+    Keygen {
+        /// The key file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Re-wrap every object of the store under the current key-encryption key, after a
+    /// rotation ([encryption] key = the new one, previous = [the old ones]); the coordinator
+    /// must be stopped. Then the previous keys can go.
+    Rewrap {
+        /// The coordinator's configuration file.
+        #[arg(long, short, env = "FEDSEC_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckpointCommand {
+    /// Decrypt and verify one stored checkpoint (size, SHA-256, the coordinator's signature)
+    /// and write it as a safetensors file.
+    Export {
+        /// The coordinator's configuration file.
+        #[arg(long, short, env = "FEDSEC_CONFIG")]
+        config: PathBuf,
+        /// The version to export.
+        #[arg(long)]
+        version: u64,
+        /// The task (32 hex digits; default: the configuration's [task]).
+        #[arg(long)]
+        task: Option<String>,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -349,6 +398,29 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             std::fs::write(&out, cert).map_err(|e| format!("{}: {e}", out.display()))?;
             println!("certificate written to {}", out.display());
+            Ok(())
+        }
+        Command::Store { command: StoreCommand::Keygen { out } } => {
+            let id = offline::keygen(&out)?;
+            println!("key-encryption key {id} written to {}", out.display());
+            Ok(())
+        }
+        Command::Store { command: StoreCommand::Rewrap { config } } => {
+            let config = CoordinatorConfig::load(&config, std::env::vars(), &[])
+                .map_err(|e| e.to_string())?;
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            let (moved, kept) = runtime.block_on(offline::rewrap(&config))?;
+            println!("{moved} objects re-wrapped under the current key, {kept} already under it");
+            Ok(())
+        }
+        Command::Checkpoint {
+            command: CheckpointCommand::Export { config, version, task, out },
+        } => {
+            let config = CoordinatorConfig::load(&config, std::env::vars(), &[])
+                .map_err(|e| e.to_string())?;
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            runtime.block_on(offline::export(&config, task.as_deref(), version, &out))?;
+            println!("checkpoint version {version} verified and written to {}", out.display());
             Ok(())
         }
         Command::Audit { command: AuditCommand::Verify { log, head, key } } => {

@@ -39,6 +39,9 @@ pub enum StartError {
     /// The checkpoint store does not open.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A key-encryption key of `[encryption]` does not load.
+    #[error("encryption: {0}")]
+    Encryption(String),
     /// The audit log does not open.
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
@@ -197,7 +200,16 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
         }
         None => None,
     };
-    let store = CheckpointStore::open_existing(&config.store)?;
+    // Encryption at rest: the keys load before anything is read or written.
+    let keys = match &config.encryption {
+        Some(e) => Some(Arc::new(e.key_ring(Path::new(".")).map_err(StartError::Encryption)?)),
+        None => None,
+    };
+    let with_keys = |store: CheckpointStore| match &keys {
+        Some(k) => store.with_keys(k.clone()),
+        None => store,
+    };
+    let store = CheckpointStore::open_existing(&config.store)?.map(with_keys);
     if let (Some(store), Some((section, task_config, model))) = (&store, &task) {
         check_stored_task(store, task_config.task_id, model, section, &signing).await?;
     }
@@ -224,8 +236,11 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
     let audit = AuditLog::open(&config.audit_log, signing.clone())?;
     let store = match store {
         Some(store) => store,
-        None => CheckpointStore::from_url(&config.store)?,
+        None => with_keys(CheckpointStore::from_url(&config.store)?),
     };
+    if let Some(k) = &keys {
+        tracing::info!(kek = %k.current_id(), "the store encrypts at rest");
+    }
     if config.insecure {
         tracing::warn!(listen = %config.listen, "insecure mode: plain TCP, clients name themselves; loopback demos only");
     }

@@ -28,6 +28,8 @@
 
 use std::sync::Arc;
 
+use fedsec_wire::at_rest::{KeyRing, Object};
+
 use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
 use fedsec_crypto::{CheckpointHash, ClientId, TaskId};
@@ -87,6 +89,12 @@ pub enum StoreError {
     /// The object store failed (IO, network, permissions).
     #[error("object store failed at {path}: {source}")]
     Backend { path: Path, source: object_store::Error },
+    /// An encrypted object did not open (the error names it).
+    #[error(transparent)]
+    Sealed(#[from] fedsec_wire::at_rest::AtRestError),
+    /// An object is encrypted, but no key-encryption key is configured.
+    #[error("{path} is encrypted, but no [encryption] key is configured to open it")]
+    NoKey { path: Path },
 }
 
 /// Versioned, signed checkpoints of every task, on any [`ObjectStore`].
@@ -95,12 +103,86 @@ pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     /// The directory of a local store: its files are synced to disk by [`put`](Self::put).
     local_root: Option<std::path::PathBuf>,
+    /// Encryption at rest: every object sealed under a fresh data key wrapped by this ring's
+    /// KEK, and every object read opened with it (an unencrypted one is refused).
+    keys: Option<Arc<KeyRing>>,
 }
 
 impl CheckpointStore {
     /// Stores checkpoints on `store`, at its root.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        CheckpointStore { store, local_root: None }
+        CheckpointStore { store, local_root: None, keys: None }
+    }
+
+    /// Encrypts every object written from now on under `keys`, and opens every object read
+    /// with them (refusing one that is not encrypted).
+    pub fn with_keys(mut self, keys: Arc<KeyRing>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Whether the store encrypts at rest.
+    pub fn encrypts(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// `bytes` as stored at `path`: sealed if the store encrypts.
+    fn seal(&self, path: &Path, bytes: Bytes) -> Bytes {
+        match &self.keys {
+            Some(keys) => {
+                let (purpose, version) = object_kind(path);
+                let object = Object { purpose, name: path.as_ref(), version };
+                Bytes::from(keys.seal(&object, &bytes))
+            }
+            None => bytes,
+        }
+    }
+
+    /// The object stored at `path`, opened if the store encrypts.
+    fn open(&self, path: &Path, stored: Bytes) -> Result<Bytes, StoreError> {
+        match &self.keys {
+            Some(keys) => {
+                let (purpose, version) = object_kind(path);
+                let object = Object { purpose, name: path.as_ref(), version };
+                Ok(Bytes::from(keys.open(&object, &stored)?))
+            }
+            None if KeyRing::is_sealed(&stored) => Err(StoreError::NoKey { path: path.clone() }),
+            None => Ok(stored),
+        }
+    }
+
+    /// Re-wraps every object of the store under the current key-encryption key (after a
+    /// rotation): returns how many were re-wrapped and how many were already under it.
+    pub async fn rewrap(&self) -> Result<(usize, usize), StoreError> {
+        let Some(keys) = &self.keys else {
+            return Err(StoreError::NoKey { path: Path::from("tasks") });
+        };
+        let prefix = Path::from("tasks");
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Backend { path: prefix.clone(), source })?;
+        let (mut moved, mut kept) = (0, 0);
+        for meta in objects {
+            let path = meta.location;
+            let stored = self.read_raw(&path).await?;
+            if KeyRing::sealed_under(&stored).as_deref() == Some(keys.current_id().as_str()) {
+                kept += 1;
+                continue;
+            }
+            let (purpose, version) = object_kind(&path);
+            let object = Object { purpose, name: path.as_ref(), version };
+            let rewrapped = keys.rewrap(&object, &stored)?;
+            self.store
+                .put(&path, PutPayload::from(rewrapped))
+                .await
+                .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
+            self.sync_in_place(&path).await?;
+            moved += 1;
+        }
+        Ok((moved, kept))
     }
 
     /// Opens the store a URL names:
@@ -172,7 +254,7 @@ impl CheckpointStore {
             .map_err(|source| StoreError::Open { url: url.to_owned(), source })?;
         let root = std::fs::canonicalize(root)
             .map_err(|source| StoreError::CreateDir { root: root.to_owned(), source })?;
-        Ok(CheckpointStore { store: Arc::new(fs), local_root: Some(root) })
+        Ok(CheckpointStore { store: Arc::new(fs), local_root: Some(root), keys: None })
     }
 
     /// Stores a checkpoint: its data, then its manifest, which commits it.
@@ -197,7 +279,7 @@ impl CheckpointStore {
             Err(source) => return Err(StoreError::Backend { path: manifest_path, source }),
         }
         self.store
-            .put(&data_path, PutPayload::from(bytes))
+            .put(&data_path, PutPayload::from(self.seal(&data_path, bytes)))
             .await
             .map_err(|source| StoreError::Backend { path: data_path.clone(), source })?;
         // The data is on disk before the manifest that commits it exists.
@@ -206,6 +288,7 @@ impl CheckpointStore {
             StoreError::MalformedManifest { path: manifest_path.clone(), source }
         })?;
         let create = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        let json = self.seal(&manifest_path, Bytes::from(json));
         match self.store.put_opts(&manifest_path, PutPayload::from(json), create).await {
             Ok(_) => self.sync(&manifest_path).await,
             Err(object_store::Error::AlreadyExists { .. }) => {
@@ -223,9 +306,9 @@ impl CheckpointStore {
     }
 
     /// Writes `path` (over what was there) in a directory already on disk, then syncs it.
-    async fn put_in_place(&self, path: &Path, payload: PutPayload) -> Result<(), StoreError> {
+    async fn put_in_place(&self, path: &Path, bytes: Bytes) -> Result<(), StoreError> {
         self.store
-            .put(path, payload)
+            .put(path, PutPayload::from(self.seal(path, bytes)))
             .await
             .map_err(|source| StoreError::Backend { path: path.clone(), source })?;
         self.sync_in_place(path).await
@@ -286,7 +369,7 @@ impl CheckpointStore {
     /// local store the file and its directories are synced before this returns.
     pub async fn put_attempt_state(&self, task: TaskId, sealed: Bytes) -> Result<(), StoreError> {
         let path = attempt_state_path(task);
-        self.put_in_place(&path, PutPayload::from(sealed)).await
+        self.put_in_place(&path, sealed).await
     }
 
     /// The saved attempt state of `task`, if there is one.
@@ -313,7 +396,7 @@ impl CheckpointStore {
             clients: clients.iter().map(ClientId::to_hex).collect(),
         };
         let json = serde_json::to_vec_pretty(&record).expect("strings always serialize");
-        self.put_in_place(&path, PutPayload::from(json)).await
+        self.put_in_place(&path, Bytes::from(json)).await
     }
 
     /// Who contributed on the checkpoint the record names, if there is a record.
@@ -349,14 +432,14 @@ impl CheckpointStore {
         definition: Bytes,
     ) -> Result<(), StoreError> {
         let path = task_file(task, DEFINITION);
-        self.put_in_place(&path, PutPayload::from(definition)).await
+        self.put_in_place(&path, definition).await
     }
 
     /// Marks `task` as started (`mark`: the caller's signed mark), durably, so that a restart
     /// lets clients in again at once.
     pub async fn put_task_started(&self, task: TaskId, mark: Bytes) -> Result<(), StoreError> {
         let path = task_file(task, STARTED);
-        self.put_in_place(&path, PutPayload::from(mark)).await
+        self.put_in_place(&path, mark).await
     }
 
     /// The definitions of the Admin-created tasks, each with its started mark if any.
@@ -495,13 +578,39 @@ impl CheckpointStore {
         Ok(manifest)
     }
 
-    /// Reads a whole object.
+    /// Reads a whole object, opened if the store encrypts.
     async fn read(&self, path: &Path) -> Result<Bytes, StoreError> {
+        let stored = self.read_raw(path).await?;
+        self.open(path, stored)
+    }
+
+    /// Reads a whole object as stored.
+    async fn read_raw(&self, path: &Path) -> Result<Bytes, StoreError> {
         let read = async { self.store.get(path).await?.bytes().await };
         read.await.map_err(|source| match source {
             object_store::Error::NotFound { .. } => StoreError::NotFound { path: path.clone() },
             source => StoreError::Backend { path: path.clone(), source },
         })
+    }
+}
+
+/// What an object of the store is, from its name: its purpose and version (0 if none), bound
+/// to its ciphertext when the store encrypts.
+fn object_kind(path: &Path) -> (&'static str, u64) {
+    let name = path.filename().unwrap_or_default();
+    let version = |suffix: &str| name.strip_suffix(suffix).and_then(|v| v.parse().ok());
+    if let Some(v) = version(MANIFEST_SUFFIX) {
+        return ("manifest", v);
+    }
+    if let Some(v) = version(DATA_SUFFIX) {
+        return ("checkpoint", v);
+    }
+    match name {
+        "attempt.state" => ("attempt-state", 0),
+        "contributors.json" => ("contributors", 0),
+        DEFINITION => ("task-definition", 0),
+        STARTED => ("task-started", 0),
+        _ => ("object", 0),
     }
 }
 
@@ -561,6 +670,7 @@ mod tests {
     use fedsec_crypto::ids::CheckpointHash;
     use fedsec_wire::checkpoint::Manifest;
     use fedsec_wire::model::{Model, Tensor};
+    use zeroize::Zeroizing;
 
     const TASK: TaskId = TaskId([0xab; 16]);
 
@@ -748,6 +858,98 @@ mod tests {
         assert!(matches!(err, StoreError::UnsupportedUrl { .. }), "{err}");
         assert!(err.to_string().contains("ftp"), "{err}");
         assert!(matches!(CheckpointStore::from_url(""), Err(StoreError::UnsupportedUrl { .. })));
+    }
+
+    /// An encrypting store: everything it writes is sealed (no tensor name, no manifest field
+    /// in the stored bytes), it reads back what it wrote, and refuses an object swapped for
+    /// another, a flipped bit, a wrong key and an unencrypted object, naming the object; a
+    /// store without the key refuses its objects too; after a rotation old objects still read
+    /// and `rewrap` moves them all under the new key.
+    #[tokio::test]
+    async fn an_encrypting_store_seals_every_object_and_refuses_swaps_and_changes() {
+        use fedsec_wire::at_rest::Kek;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("checkpoints");
+        let plain = CheckpointStore::from_url(root.to_str().unwrap()).unwrap();
+        let old = Kek::generate();
+        let old_hex = old.to_hex();
+        let store = plain.clone().with_keys(Arc::new(KeyRing::new(old, vec![])));
+        for v in [1, 2] {
+            let (m, b) = checkpoint(v);
+            store.put(&m, b).await.unwrap();
+        }
+        store.put_contributors(TASK, CheckpointHash([1; 32]), &[ClientId([2; 32])]).await.unwrap();
+        store.put_attempt_state(TASK, Bytes::from_static(b"sealed attempt")).await.unwrap();
+        // On disk: only sealed bytes.
+        let mut files = 0;
+        for entry in walk(&root) {
+            let bytes = std::fs::read(&entry).unwrap();
+            assert!(KeyRing::is_sealed(&bytes), "{} is sealed", entry.display());
+            for plaintext in [&b"\"w\""[..], b"round_summary", b"sealed attempt", b"0202020202"] {
+                assert!(
+                    !bytes.windows(plaintext.len()).any(|w| w == plaintext),
+                    "{}",
+                    entry.display()
+                );
+            }
+            files += 1;
+        }
+        assert_eq!(files, 6);
+        // It reads back what it wrote.
+        let (m, b) = store.get_verified(TASK, 2, &key().verifying_key()).await.unwrap();
+        assert_eq!((m, b), checkpoint(2));
+        assert_eq!(store.latest(TASK).await.unwrap().unwrap().manifest.version, 2);
+        assert_eq!(store.attempt_state(TASK).await.unwrap().unwrap(), &b"sealed attempt"[..]);
+        // Version 1's data in version 2's place: refused, naming version 2's object.
+        let v1 = plain.read_raw(&data_path(TASK, 1)).await.unwrap();
+        let v2 = plain.read_raw(&data_path(TASK, 2)).await.unwrap();
+        overwrite(&store, &data_path(TASK, 2), v1.to_vec()).await;
+        let e = store.get(TASK, 2).await.unwrap_err().to_string();
+        assert!(e.contains(data_path(TASK, 2).as_ref()) && e.contains("does not open"), "{e}");
+        // A flipped bit.
+        let mut flipped = v2.to_vec();
+        flipped[v2.len() / 2] ^= 1;
+        overwrite(&store, &data_path(TASK, 2), flipped).await;
+        assert!(matches!(store.get(TASK, 2).await, Err(StoreError::Sealed(_))));
+        overwrite(&store, &data_path(TASK, 2), v2.to_vec()).await;
+        // An unencrypted object in an encrypted store.
+        overwrite(&store, &contributors_path(TASK), b"{}".to_vec()).await;
+        let e = store.contributors(TASK).await.unwrap_err().to_string();
+        assert!(e.contains("contributors.json") && e.contains("not encrypted"), "{e}");
+        // A wrong key, and no key at all.
+        let wrong = plain.clone().with_keys(Arc::new(KeyRing::new(Kek::generate(), vec![])));
+        let e = wrong.get(TASK, 2).await.unwrap_err().to_string();
+        assert!(e.contains(manifest_path(TASK, 2).as_ref()), "{e}");
+        let e = plain.get(TASK, 2).await.unwrap_err().to_string();
+        assert!(e.contains("no [encryption] key"), "{e}");
+        // Rotation: the old key as a previous one still reads; rewrap moves every object.
+        store.put_contributors(TASK, CheckpointHash([1; 32]), &[]).await.unwrap();
+        let mut previous = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(old_hex.as_str(), previous.as_mut()).unwrap();
+        let new = Kek::generate();
+        let new_hex = new.to_hex();
+        let rotated =
+            plain.clone().with_keys(Arc::new(KeyRing::new(new, vec![Kek::new(previous)])));
+        assert_eq!(rotated.get(TASK, 1).await.unwrap(), checkpoint(1));
+        assert_eq!(rotated.rewrap().await.unwrap(), (6, 0));
+        assert_eq!(rotated.rewrap().await.unwrap(), (0, 6));
+        let mut only = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(new_hex.as_str(), only.as_mut()).unwrap();
+        let new_only = plain.with_keys(Arc::new(KeyRing::new(Kek::new(only), vec![])));
+        assert_eq!(new_only.get(TASK, 2).await.unwrap(), checkpoint(2));
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Federation, Options};
@@ -462,4 +463,129 @@ fn a_store_restored_from_an_older_backup_stalls_until_the_operator_republishes_t
         fed.assert_exact_update(from, from + 1, &inputs);
     }
     fed.verify_audit_log().expect("the audit log verifies");
+}
+
+/// Encryption at rest end to end: a store under `[encryption]` holds no plaintext tensor name,
+/// manifest field or client id; `checkpoint export` decrypts and verifies a checkpoint; a
+/// coordinator with the wrong key refuses to start, naming the object; after a rotation old
+/// objects still read, `store rewrap` (refused while the coordinator runs) moves every object
+/// under the new key, and the new key alone then opens them.
+#[test]
+fn an_encrypted_store_holds_no_plaintext_and_rotates_its_key() {
+    let mut fed = Federation::start(Options { rounds: 2, encryption: true, ..Options::default() });
+    for i in 1..=10 {
+        fed.spawn_client(i, &[]);
+    }
+    fed.wait_clients(LONG);
+    assert_eq!(fed.audit_entries("checkpoint").len(), 2);
+    let coordinator = common::bin("fedsec-coordinator");
+    let config = fed.path("coordinator.toml");
+    // No plaintext: the model's tensor names, the manifests' fields, the clients' ids.
+    let model = std::fs::read(fed.path("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(model[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&model[8..8 + header_len]).unwrap();
+    let mut needles: Vec<Vec<u8>> = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    assert!(!needles.is_empty());
+    needles.push(b"round_summary".to_vec());
+    needles.push(fed.client_id(1).into_bytes());
+    let mut files = 0;
+    for path in walk(&fed.path("store")) {
+        let bytes = std::fs::read(&path).unwrap();
+        for n in &needles {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n.as_slice()),
+                "{} holds {:?}",
+                path.display(),
+                String::from_utf8_lossy(n)
+            );
+        }
+        files += 1;
+    }
+    assert!(files >= 6, "{files} objects");
+    // Export: decrypted and verified.
+    let out = fed.path("exported.safetensors");
+    let export = |out: &std::path::Path| {
+        Command::new(&coordinator)
+            .args(["checkpoint", "export", "--version", "2", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let done = export(&out);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let exported = std::fs::read(&out).unwrap();
+    fedsec_wire::model::Model::from_safetensors(&exported).expect("a model");
+    // Rewrap refuses while the coordinator runs.
+    let rewrap = || {
+        Command::new(&coordinator)
+            .args(["store", "rewrap", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let busy = rewrap();
+    assert!(!busy.status.success());
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("coordinator.lock"));
+    fed.coordinator.kill();
+    // Another key: the coordinator refuses to start, naming the object.
+    std::fs::rename(fed.path("store.kek"), fed.path("old.kek")).unwrap();
+    common::run_ok(
+        Command::new(&coordinator).args(["store", "keygen", "--out"]).arg(fed.path("store.kek")),
+    );
+    let wrong =
+        Command::new(&coordinator).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("manifest.json") && err.contains("key"), "{err}");
+    // Rotation: the new key current, the old one previous; old objects read, rewrap moves them.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "key = \"file:store.kek\"",
+            "key = \"file:store.kek\"\nprevious = [\"file:old.kek\"]",
+        ),
+    )
+    .unwrap();
+    assert!(export(&out).status.success(), "the old objects still read");
+    let moved = rewrap();
+    assert!(moved.status.success(), "{}", String::from_utf8_lossy(&moved.stderr));
+    assert!(
+        String::from_utf8_lossy(&moved.stdout).contains(" re-wrapped"),
+        "{}",
+        String::from_utf8_lossy(&moved.stdout)
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("previous = [\"file:old.kek\"]", "")).unwrap();
+    let again = fed.path("again.safetensors");
+    let done = export(&again);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(std::fs::read(&again).unwrap(), exported);
+    // The coordinator starts again under the new key alone and serves the same checkpoints.
+    fed.restart_coordinator();
+    assert_eq!(
+        fed.metric(&format!("fedsec_checkpoint_version{{task=\"{}\"}}", common::TASK_ID)),
+        Some(2.0)
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -199,6 +199,8 @@ pub struct Options {
     pub client_toml: Vec<(usize, String)>,
     /// Lines of the coordinator's `[edge]` section (`key = value`), if any.
     pub edge: Vec<String>,
+    /// Encrypt the store at rest under a key made by `store keygen` (`store.kek`).
+    pub encryption: bool,
 }
 
 impl Default for Options {
@@ -221,6 +223,7 @@ impl Default for Options {
             client_min_clients: None,
             client_toml: Vec::new(),
             edge: Vec::new(),
+            encryption: false,
         }
     }
 }
@@ -348,6 +351,15 @@ upload_chunk_words = {chunk}
             dropout = opts.dropout,
             chunk = opts.upload_chunk_words,
         );
+        let mut config = config;
+        if opts.encryption {
+            run_ok(
+                Command::new(bin("fedsec-coordinator"))
+                    .args(["store", "keygen", "--out"])
+                    .arg(root.join("store.kek")),
+            );
+            config.push_str("\n[encryption]\nkey = \"file:store.kek\"\n");
+        }
         std::fs::write(root.join("coordinator.toml"), config).unwrap();
         let (coordinator, addr, ops) = spawn_coordinator(root);
         std::fs::create_dir_all(root.join("dumps")).unwrap();
