@@ -153,6 +153,12 @@ impl Client {
         let ca_roots = pem_certs(&config.ca)?;
         let coordinator_key = load_coordinator_key(&config.coordinator_key)?;
         let state_file = StateFile::in_dir(&config.state_dir)?;
+        let state_file = match &config.encryption {
+            Some(e) => {
+                state_file.with_keys(Arc::new(e.key_ring(Path::new("."))?), identity.id().to_hex())
+            }
+            None => state_file,
+        };
         let state = state_file.load()?;
         let endpoint = Endpoint::from_shared(config.coordinator.clone())
             .map_err(|source| ConfigError::Coordinator { url: config.coordinator.clone(), source })?

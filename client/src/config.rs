@@ -45,6 +45,36 @@ pub struct ClientConfig {
     /// Stop after taking part in this many completed rounds (default: until the task ends).
     #[serde(default)]
     pub max_rounds: Option<u64>,
+    /// Encrypts the state file at rest (see [`fedsec_wire::at_rest`]): `key` (the current
+    /// key-encryption key: `file:PATH`, `env:NAME` or `command:PROGRAM ARGS`) and `previous`
+    /// keys still accepted for reading.
+    #[serde(default)]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// The key-encryption keys of the state file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// The current KEK.
+    pub key: String,
+    /// Previous KEKs, still accepted for reading (the next save seals under the current one).
+    #[serde(default)]
+    pub previous: Vec<String>,
+}
+
+impl EncryptionConfig {
+    /// Loads the keys; a relative `file:` path is relative to `base`.
+    pub fn key_ring(
+        &self,
+        base: &Path,
+    ) -> Result<fedsec_wire::at_rest::KeyRing, fedsec_wire::at_rest::AtRestError> {
+        use fedsec_wire::at_rest::{KeyRing, KeySource};
+        let load = |spec: &str| KeySource::parse(spec, base).and_then(|s| s.load());
+        let current = load(&self.key)?;
+        let previous = self.previous.iter().map(|s| load(s)).collect::<Result<Vec<_>, _>>()?;
+        Ok(KeyRing::new(current, previous))
+    }
 }
 
 fn default_server_name() -> String {
@@ -148,6 +178,15 @@ impl ClientConfig {
                 *p = base.join(&*p);
             }
         }
+        if let Some(e) = &mut c.encryption {
+            for spec in std::iter::once(&mut e.key).chain(e.previous.iter_mut()) {
+                if let Some(p) = spec.strip_prefix("file:")
+                    && Path::new(p).is_relative()
+                {
+                    *spec = format!("file:{}", base.join(p).display());
+                }
+            }
+        }
         c.check()?;
         Ok(c)
     }
@@ -241,6 +280,7 @@ max_dropout = 0.3
             insecure,
             max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
             max_rounds: None,
+            encryption: None,
         }
     }
 

@@ -35,6 +35,9 @@ pub enum ClientError {
         /// Why.
         source: serde_json::Error,
     },
+    /// The encrypted state file does not open, or a key does not load.
+    #[error(transparent)]
+    Sealed(#[from] fedsec_wire::at_rest::AtRestError),
     /// Another process holds the state folder's lock: two clients on one state folder would
     /// overwrite each other's contribution ledger.
     #[error(

@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fedsec_wire::at_rest::{AtRestError, KeyRing, Object};
 
 use fedsec_crypto::secagg::client::ContributionLedger;
 use serde::{Deserialize, Serialize};
@@ -27,6 +30,9 @@ pub struct StateFile {
     /// `client.lock`, locked exclusively while this value lives (the operating system
     /// releases it when the process exits, however it exits).
     _lock: std::fs::File,
+    /// Encryption at rest: the keys, and the client the file belongs to (bound to it, so
+    /// another client's state cannot be put in its place).
+    keys: Option<(Arc<KeyRing>, String)>,
 }
 
 impl StateFile {
@@ -50,16 +56,43 @@ impl StateFile {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        Ok(StateFile { path: dir.join("state.json"), _lock: lock })
+        Ok(StateFile { path: dir.join("state.json"), _lock: lock, keys: None })
+    }
+
+    /// Seals the file under `keys` from now on, bound to `client` (its id, hex); a file that
+    /// is not sealed, or does not open, is refused naming it.
+    pub fn with_keys(mut self, keys: Arc<KeyRing>, client: String) -> Self {
+        self.keys = Some((keys, client));
+        self
+    }
+
+    fn object<'a>(&'a self, client: &'a str) -> Object<'a> {
+        Object { purpose: "client-state", name: client, version: 0 }
     }
 
     /// The saved state, or the empty state if there is none yet.
     pub fn load(&self) -> Result<ClientState> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| ClientError::State { path: self.path.clone(), source }),
+            Ok(bytes) => {
+                let bytes = match &self.keys {
+                    Some((keys, client)) => {
+                        keys.open(&self.object(client), &bytes).map_err(|e| self.named(e))?
+                    }
+                    None => bytes,
+                };
+                serde_json::from_slice(&bytes)
+                    .map_err(|source| ClientError::State { path: self.path.clone(), source })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientState::default()),
             Err(source) => Err(ClientError::Io { path: self.path.clone(), source }),
+        }
+    }
+
+    /// The error of a state file that did not open, naming the file.
+    fn named(&self, e: AtRestError) -> ClientError {
+        ClientError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
         }
     }
 
@@ -71,6 +104,10 @@ impl StateFile {
         let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|source| ClientError::State { path: self.path.clone(), source })?;
+        let bytes = match &self.keys {
+            Some((keys, client)) => keys.seal(&self.object(client), &bytes),
+            None => bytes,
+        };
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp).map_err(io)?;
@@ -92,6 +129,48 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With `[encryption]`, the state file is sealed (nothing of the ledger in its bytes),
+    /// bound to its client: another client's file, a flipped bit, a wrong key and a plaintext
+    /// file are refused naming the file.
+    #[test]
+    fn an_encrypted_state_file_is_sealed_and_bound_to_its_client() {
+        use fedsec_wire::at_rest::Kek;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(KeyRing::new(Kek::generate(), vec![]));
+        let mut state = ClientState::default();
+        state.last_seen_version.insert("00112233445566778899aabbccddeeff".into(), 7);
+        {
+            let f = StateFile::in_dir(dir.path()).unwrap().with_keys(keys.clone(), "aa".into());
+            assert_eq!(f.load().unwrap(), ClientState::default(), "none yet");
+            f.save(&state).unwrap();
+            assert_eq!(f.load().unwrap(), state);
+        }
+        let path = dir.path().join("state.json");
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(KeyRing::is_sealed(&bytes));
+        for needle in [&b"last_seen_version"[..], b"00112233445566778899aabbccddeeff"] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+        }
+        let refused = |keys: Arc<KeyRing>, client: &str| {
+            let f = StateFile::in_dir(dir.path()).unwrap().with_keys(keys, client.into());
+            let e = f.load().unwrap_err().to_string();
+            assert!(e.contains("state.json"), "{e}");
+            e
+        };
+        // Another client's state in its place.
+        assert!(refused(keys.clone(), "bb").contains("does not open"));
+        // A wrong key.
+        assert!(refused(Arc::new(KeyRing::new(Kek::generate(), vec![])), "aa").contains("key"));
+        // A flipped bit.
+        let mut bad = bytes.clone();
+        bad[bytes.len() - 3] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        refused(keys.clone(), "aa");
+        // A plaintext file where a sealed one is expected.
+        std::fs::write(&path, b"{}").unwrap();
+        assert!(refused(keys, "aa").contains("not encrypted"));
+    }
 
     #[test]
     fn one_holder_of_a_state_folder_at_a_time() {

@@ -213,6 +213,7 @@ fn client_config(s: &Setup, i: usize, addr: SocketAddr) -> ClientConfig {
         insecure: false,
         max_model_bytes: fedsec_client::config::DEFAULT_MAX_MODEL_BYTES,
         max_rounds: Some(1),
+        encryption: None,
     }
 }
 

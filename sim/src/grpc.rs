@@ -187,6 +187,7 @@ pub fn run(exp: &Experiment, p: &Prepared, progress: &ProgressBar) -> Result<Sec
                 insecure: false,
                 max_model_bytes: fedsec_client::config::DEFAULT_MAX_MODEL_BYTES,
                 max_rounds: None,
+                encryption: None,
             };
             let hooks = TestHooks {
                 drop_out: schedule::drops_of(exp, i, exp.rounds),
