@@ -28,7 +28,7 @@ pub(super) struct Attempt {
     pub(super) answered: [BTreeMap<ClientId, [u8; 32]>; 6],
     /// The ShareKeys being checked off the engine: each sender's message digest, from the
     /// checker handed out until the verdict comes back (one check per client at a time).
-    pub(super) checking: BTreeMap<ClientId, [u8; 32]>,
+    pub(super) checking: BTreeMap<ClientId, ([u8; 32], tokio::sync::watch::Sender<()>)>,
     /// Digest of each chunk of each client's masked input.
     pub(super) upload_digests: BTreeMap<ClientId, Vec<Option<[u8; 32]>>>,
     pub(super) upload_bytes: u64,
@@ -120,14 +120,23 @@ impl Attempt {
             p => self.answered[p.index()].len(),
         };
         let runs_over = self.set_sizes.get(self.phase.index()).copied().unwrap_or(0);
-        let away = self.gone.len() + self.evicted.difference(&self.gone).count();
+        // Phase 1's refused dealers are out of the attempt: nothing more is awaited of them.
+        let refused = match self.phase {
+            Phase::ShareKeys => self.server.refused_dealers(),
+            _ => BTreeSet::new(),
+        };
+        let away = self
+            .gone
+            .union(&self.evicted)
+            .chain(refused.iter().filter(|c| !self.gone.contains(c) && !self.evicted.contains(c)));
+        let away = away.count();
         if answered + away < runs_over {
             return false;
         }
         let expected: BTreeSet<ClientId> = self
             .expected()
             .into_iter()
-            .filter(|c| !self.gone.contains(c) && !self.evicted.contains(c))
+            .filter(|c| !self.gone.contains(c) && !self.evicted.contains(c) && !refused.contains(c))
             .collect();
         match self.phase {
             Phase::MaskedInputCollection => {

@@ -68,13 +68,15 @@ impl Engine {
         let State::Running(a) = &mut self.state else { unreachable!("checked above") };
         let digest = message_digest(&msg);
         match a.checking.get(&from) {
-            Some(d) if *d == digest => return ShareKeysRoute::Pending(msg),
+            Some((d, done)) if *d == digest => {
+                return ShareKeysRoute::Pending(msg, done.subscribe());
+            }
             Some(_) => return ShareKeysRoute::Answered(Err(Error::CheckInFlight)),
             None => {}
         }
         match a.server.share_keys_check() {
             Ok(check) => {
-                a.checking.insert(from, digest);
+                a.checking.insert(from, (digest, tokio::sync::watch::channel(()).0));
                 ShareKeysRoute::Check(check, msg)
             }
             Err(e) => ShareKeysRoute::Answered(Err(e.into())),
@@ -106,32 +108,30 @@ impl Engine {
         if let State::Running(a) = &mut self.state
             && a.ctx == *ctx
         {
+            // Dropping the entry's sender wakes the resends waiting for this verdict.
             a.checking.remove(&from);
         }
-        let checked = match verdict {
-            Some(Ok(checked)) => checked,
-            refused => {
-                // The phase may close now that this verdict is in (if the client is gone).
-                if let State::Running(a) = &self.state
-                    && a.ctx == *ctx
-                    && a.phase == Phase::ShareKeys
-                    && a.all_answered()
-                {
-                    self.close_phase(now);
-                }
-                return Err(match refused {
-                    Some(Err(e)) => e.into(),
-                    _ => Error::CheckNotRun,
-                });
+        let taken = match verdict {
+            Some(Ok(checked)) if checked.message().ctx == *ctx => {
+                let digest = message_digest(checked.message());
+                self.submit(from, ctx, Phase::ShareKeys, digest, now, |s| {
+                    s.receive_checked_share_keys(from, checked)
+                })
             }
+            Some(Ok(_)) => Err(fedsec_crypto::Error::WrongContext.into()),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(Error::CheckNotRun),
         };
-        if checked.message().ctx != *ctx {
-            return Err(fedsec_crypto::Error::WrongContext.into());
+        // Whatever the verdict, the phase may close now that it is in (everyone else answered
+        // or is gone); `submit` closed it already if this one was taken and was the last.
+        if let State::Running(a) = &self.state
+            && a.ctx == *ctx
+            && a.phase == Phase::ShareKeys
+            && a.all_answered()
+        {
+            self.close_phase(now);
         }
-        let digest = message_digest(checked.message());
-        self.submit(from, ctx, Phase::ShareKeys, digest, now, |s| {
-            s.receive_checked_share_keys(from, checked)
-        })
+        taken
     }
 
     /// Phase 1½: a client's complaints, possibly none (each judged on receipt).

@@ -1572,7 +1572,10 @@ fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
     forged.root_signature.0[0] ^= 1;
     let (checker, m) = check(route(&mut f, *bad, &forged));
     // While it is being checked: the same message waits, another is refused for now.
-    assert!(matches!(route(&mut f, *bad, &forged), ShareKeysRoute::Pending(_)));
+    let ShareKeysRoute::Pending(_, waiting) = route(&mut f, *bad, &forged) else {
+        panic!("the same message waits for its verdict")
+    };
+    assert!(matches!(waiting.has_changed(), Ok(false)));
     assert!(matches!(
         route(&mut f, *bad, honest),
         ShareKeysRoute::Answered(Err(Error::CheckInFlight))
@@ -1580,6 +1583,7 @@ fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
     let verdict = Some(checker.check(*bad, m));
     let err = f.engine.checked_share_keys(*bad, &ctx, verdict, f.now).unwrap_err();
     assert_eq!(err, Error::Protocol(fedsec_crypto::Error::BadSignature(*bad)));
+    assert!(waiting.has_changed().is_err(), "the waiting resend is woken by the verdict");
     // Refused for the attempt: its honest message is answered without a check.
     match route(&mut f, *bad, honest) {
         ShareKeysRoute::Answered(Err(Error::Protocol(fedsec_crypto::Error::NotEligible {
@@ -1592,11 +1596,14 @@ fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
     check(route(&mut f, *second, m2));
     let err = f.engine.checked_share_keys(*second, &ctx, None, f.now).unwrap_err();
     assert_eq!(err, Error::CheckNotRun);
-    // The others, each checked off the engine; the last one's client is gone while its check
-    // runs, and the phase waits for its verdict all the same.
+    // The others, each checked off the engine; the last one sends a forged message and its
+    // client is gone while its check runs: the phase waits for that verdict all the same (the
+    // refused first dealer, still connected, holds nothing up), and closes when it comes, a
+    // refusal.
     let (last, m_last) = messages.last().unwrap();
-    let (last_checker, last_msg) = check(route(&mut f, *last, m_last));
-    f.engine.client_gone(bad, f.now);
+    let mut forged_last = m_last.clone();
+    forged_last.root_signature.0[5] ^= 1;
+    let (last_checker, last_msg) = check(route(&mut f, *last, &forged_last));
     f.engine.client_gone(last, f.now);
     for (id, m) in &messages[1..messages.len() - 1] {
         let (checker, m) = check(route(&mut f, *id, m));
@@ -1605,7 +1612,8 @@ fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
     }
     assert!(f.engine.share_keys_check(&ctx).is_some(), "phase 1 waits for the verdict");
     let verdict = Some(last_checker.check(*last, last_msg));
-    f.engine.checked_share_keys(*last, &ctx, verdict, f.now).unwrap();
+    let err = f.engine.checked_share_keys(*last, &ctx, verdict, f.now).unwrap_err();
+    assert_eq!(err, Error::Protocol(fedsec_crypto::Error::BadSignature(*last)));
     assert!(f.engine.share_keys_check(&ctx).is_none(), "phase 1 closed with the last verdict");
     // A resend after the close is answered (identical), and a verdict that comes too late is
     // refused.
@@ -1616,6 +1624,6 @@ fn share_keys_checked_off_the_engine_are_taken_as_the_engine_takes_them() {
     let Some(Ok(Reply::Shares(fwd))) = f.engine.reply(second, &ctx, Phase::ShareKeys) else {
         panic!("phase 1 closed")
     };
-    assert!(fwd.shares.iter().all(|s| s.from != *bad), "nothing of the refused dealer forwarded");
-    assert_eq!(fwd.shares.len(), plan.n() - 2);
+    assert!(fwd.shares.iter().all(|s| s.from != *bad && s.from != *last), "nothing refused");
+    assert_eq!(fwd.shares.len(), plan.n() - 3);
 }

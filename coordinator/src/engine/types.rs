@@ -295,8 +295,9 @@ impl core::fmt::Display for EngineState {
 pub enum ShareKeysRoute {
     /// Answered without a check.
     Answered(crate::error::Result<()>),
-    /// The same message is being checked: ask again once its verdict is in.
-    Pending(fedsec_crypto::secagg::messages::ShareKeys),
+    /// The same message is being checked: ask again once its verdict is in (the receiver
+    /// sees its sender dropped then).
+    Pending(fedsec_crypto::secagg::messages::ShareKeys, tokio::sync::watch::Receiver<()>),
     /// To check off the engine with this checker; the verdict goes back through
     /// [`Engine::checked_share_keys`](super::Engine::checked_share_keys).
     Check(

@@ -248,35 +248,39 @@ impl Federation for FederationService {
         let key = wire::round_key(req.get_ref().round.as_ref())?;
         let (task, _) = self.round(&key)?;
         // The checks of the message (signature, commitments, degree test) run off the engine,
-        // on the server's cores, while the phase waits for the others. The whole exchange is
-        // detached from the call: once the engine handed out a checker, its verdict reaches
-        // the engine even if the call goes away (a dealer whose check fails is refused for
-        // the attempt however it leaves; an honest client is not left marked as in flight).
+        // on the server's cores, while the phase waits for the others. Each exchange with the
+        // engine that may hand out a checker runs detached from the call, so that its verdict
+        // reaches the engine even if the call goes away (a dealer whose check fails is refused
+        // for the attempt however it leaves; no client is left marked as being checked). A
+        // resend of a message being checked waits, in the call, for that verdict.
         let ctx = msg.ctx;
-        let pool = self.coordinator.pool();
-        let engine = task.clone();
-        tokio::spawn(async move {
-            let mut msg = msg;
-            loop {
+        let mut msg = msg;
+        loop {
+            let pool = self.coordinator.pool();
+            let engine = task.clone();
+            let exchange = tokio::spawn(async move {
                 let route = engine.call(move |e, now| e.share_keys_route(client, msg, now));
                 match route.await? {
-                    ShareKeysRoute::Answered(answer) => return answer.map_err(Status::from),
-                    ShareKeysRoute::Pending(same) => {
-                        // The same message is being checked: its verdict answers this too.
-                        msg = same;
-                        tokio::time::sleep(PENDING_CHECK_POLL).await;
-                    }
+                    ShareKeysRoute::Answered(answer) => answer.map(|()| None).map_err(Status::from),
+                    ShareKeysRoute::Pending(same, done) => Ok(Some((same, done))),
                     ShareKeysRoute::Check(check, msg) => {
                         let verdict = off_engine(pool, move || check.check(client, msg)).await;
                         let taken = engine
                             .call(move |e, now| e.checked_share_keys(client, &ctx, verdict, now));
-                        return taken.await?.map_err(Status::from);
+                        taken.await?.map(|()| None).map_err(Status::from)
                     }
                 }
+            });
+            let pending = exchange.await.map_err(|_| Status::from(crate::Error::CheckNotRun))??;
+            match pending {
+                None => break,
+                Some((same, mut done)) => {
+                    // Ends when the verdict is in (the sender is dropped); then ask again.
+                    while done.changed().await.is_ok() {}
+                    msg = same;
+                }
             }
-        })
-        .await
-        .map_err(|_| Status::from(crate::Error::CheckNotRun))??;
+        }
         match Self::reply(&task, client, key.ctx, Phase::ShareKeys).await? {
             Reply::Shares(fwd) => Ok(Response::new(fwd.to_wire(&key))),
             other => Err(unexpected(&other)),
@@ -418,9 +422,6 @@ impl Drop for Withdraw {
         }
     }
 }
-
-/// How often a resend of a ShareKeys being checked asks whether its verdict is in.
-const PENDING_CHECK_POLL: Duration = Duration::from_millis(20);
 
 /// Runs `f` on the server's pool if it has one, else on tokio's blocking threads: CPU work that
 /// must not hold up the engine or the async workers. `None` if it panicked (the panic stays

@@ -12,8 +12,7 @@ impl From<Error> for Status {
             // The service's own bookkeeping of checkpoints, never a caller's doing.
             Error::NothingToCommit { .. }
             | Error::WrongCommit { .. }
-            | Error::NothingToAggregate
-            | Error::CheckNotRun => Code::Internal,
+            | Error::NothingToAggregate => Code::Internal,
             Error::InvalidConfig(_)
             | Error::Malformed(_)
             | Error::BadUpload { .. }
@@ -29,7 +28,8 @@ impl From<Error> for Status {
             | Error::UploadEvicted { .. }
             | Error::RepublishNotNow { .. } => Code::FailedPrecondition,
             Error::RoundAborted(_) => Code::Aborted,
-            Error::CheckInFlight => Code::Unavailable,
+            // Retryable: the client sends again (the check runs again, or its verdict answers).
+            Error::CheckInFlight | Error::CheckNotRun => Code::Unavailable,
         };
         Status::new(code, e.to_string())
     }
@@ -68,7 +68,7 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (Error::PhaseClosed { phase: Phase::ShareKeys }, Code::FailedPrecondition),
-            (Error::CheckNotRun, Code::Internal),
+            (Error::CheckNotRun, Code::Unavailable),
             (Error::CheckInFlight, Code::Unavailable),
             (Error::NotSelected(ClientId([0; 32])), Code::PermissionDenied),
             (

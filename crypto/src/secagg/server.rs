@@ -1033,6 +1033,12 @@ impl SecAggServer {
         }
     }
 
+    /// The dealers refused at phase 1 (their commitments failed its checks): out of the
+    /// attempt, as if they had dropped before ShareKeys.
+    pub fn refused_dealers(&self) -> BTreeSet<ClientId> {
+        self.excluded_dealers.iter().map(|&u| self.plan.selected[u]).collect()
+    }
+
     /// Whether a ShareKeys from `client` is answered without checks: one of its was accepted
     /// (a resend is taken again, another message refused) or refused (any is refused).
     pub fn share_keys_answered(&self, client: &ClientId) -> bool {
