@@ -128,7 +128,10 @@ fn json_logs_are_one_object_a_line_and_a_failed_start_is_one_of_them() {
     json.kill();
     let output = json.output();
     let mut logged = 0;
-    for line in output.lines().filter(|l| !l.starts_with("listening on ")) {
+    for line in output
+        .lines()
+        .filter(|l| !l.starts_with("listening on ") && !l.starts_with("ops listening on "))
+    {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         for key in ["timestamp", "level", "target", "message"] {
