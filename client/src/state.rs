@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fedsec_wire::at_rest::{AtRestError, KeyRing, Object};
+use zeroize::Zeroizing;
 
 use fedsec_crypto::secagg::client::ContributionLedger;
 use serde::{Deserialize, Serialize};
@@ -74,14 +75,34 @@ impl StateFile {
     pub fn load(&self) -> Result<ClientState> {
         match std::fs::read(&self.path) {
             Ok(bytes) => {
-                let bytes = match &self.keys {
-                    Some((keys, client)) => {
-                        keys.open(&self.object(client), &bytes).map_err(|e| self.named(e))?
+                let stale = match &self.keys {
+                    Some((keys, _)) => {
+                        KeyRing::sealed_under(&bytes).is_some_and(|id| id != keys.current_id())
                     }
-                    None => bytes,
+                    None => false,
                 };
-                serde_json::from_slice(&bytes)
-                    .map_err(|source| ClientError::State { path: self.path.clone(), source })
+                let bytes = match &self.keys {
+                    Some((keys, client)) => Zeroizing::new(
+                        keys.open(&self.object(client), &bytes).map_err(|e| self.named(e))?,
+                    ),
+                    None if KeyRing::is_sealed(&bytes) => {
+                        return Err(self.named(AtRestError::Key {
+                            source_name: "client.toml".into(),
+                            problem:
+                                "the state file is encrypted, but no [encryption] key is configured"
+                                    .into(),
+                        }));
+                    }
+                    None => Zeroizing::new(bytes),
+                };
+                let state: ClientState = serde_json::from_slice(&bytes)
+                    .map_err(|source| ClientError::State { path: self.path.clone(), source })?;
+                if stale {
+                    // Sealed under a previous key: sealed again under the current one at
+                    // once, so the previous key can go.
+                    self.save(&state)?;
+                }
+                Ok(state)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientState::default()),
             Err(source) => Err(ClientError::Io { path: self.path.clone(), source }),
@@ -170,6 +191,41 @@ mod tests {
         // A plaintext file where a sealed one is expected.
         std::fs::write(&path, b"{}").unwrap();
         assert!(refused(keys, "aa").contains("not encrypted"));
+    }
+
+    /// After a rotation the state file still opens under the previous key and is sealed again
+    /// under the current one at once; without a key, a sealed file is refused plainly.
+    #[test]
+    fn a_state_file_under_a_previous_key_is_sealed_again_on_load() {
+        use fedsec_wire::at_rest::Kek;
+        let dir = tempfile::tempdir().unwrap();
+        let old = Kek::generate();
+        let old_hex = old.to_hex();
+        let again = |hex: &str| {
+            let mut k = Zeroizing::new([0u8; 32]);
+            hex::decode_to_slice(hex, k.as_mut()).unwrap();
+            Kek::new(k)
+        };
+        let mut state = ClientState::default();
+        state.last_seen_version.insert("ab".into(), 3);
+        {
+            let keys = Arc::new(KeyRing::new(old, vec![]));
+            StateFile::in_dir(dir.path())
+                .unwrap()
+                .with_keys(keys, "aa".into())
+                .save(&state)
+                .unwrap();
+        }
+        let path = dir.path().join("state.json");
+        let rotated = Arc::new(KeyRing::new(Kek::generate(), vec![again(&old_hex)]));
+        {
+            let f = StateFile::in_dir(dir.path()).unwrap().with_keys(rotated.clone(), "aa".into());
+            assert_eq!(f.load().unwrap(), state);
+        }
+        let now = std::fs::read(&path).unwrap();
+        assert_eq!(KeyRing::sealed_under(&now), Some(rotated.current_id()));
+        let e = StateFile::in_dir(dir.path()).unwrap().load().unwrap_err().to_string();
+        assert!(e.contains("state.json") && e.contains("no [encryption] key"), "{e}");
     }
 
     #[test]

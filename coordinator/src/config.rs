@@ -129,8 +129,9 @@ pub enum ConfigError {
 }
 
 /// The keys at the top of the file; environment variables for other names are not overrides.
-const TOP_LEVEL_KEYS: [&str; 12] = [
+const TOP_LEVEL_KEYS: [&str; 14] = [
     "listen",
+    "ops_listen",
     "insecure",
     "store",
     "audit_log",
@@ -142,6 +143,7 @@ const TOP_LEVEL_KEYS: [&str; 12] = [
     "tls",
     "edge",
     "task",
+    "encryption",
 ];
 
 /// The whole configuration.
@@ -635,6 +637,43 @@ deadlines_ms = { share_keys = 5000 }
         assert!(err.to_string().contains("edge.max_handshakes must be greater than 0"), "{err}");
         let err = CoordinatorConfig::load(&p, [], &["edge.bogus=1".into()]).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    /// Every top-level key of the file can be set from the environment too: a setting the
+    /// environment names is never silently ignored (an `[encryption]` key that did not take
+    /// would leave the store in the clear).
+    #[test]
+    fn every_top_level_key_can_come_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), FILE);
+        let env = [
+            ("FEDSEC_ENCRYPTION__KEY".to_string(), "env:SOME_KEK".to_string()),
+            ("FEDSEC_OPS_LISTEN".to_string(), "127.0.0.1:9464".to_string()),
+        ];
+        let c = CoordinatorConfig::load(&p, env, &[]).unwrap();
+        assert_eq!(c.encryption.unwrap().key, "env:SOME_KEK");
+        assert_eq!(c.ops_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        // The list holds every field of the file (a new field must be added to it).
+        let fields = [
+            "listen",
+            "ops_listen",
+            "insecure",
+            "store",
+            "audit_log",
+            "signing_key",
+            "deny_list",
+            "admins",
+            "threads",
+            "disconnect_grace_ms",
+            "tls",
+            "edge",
+            "task",
+            "encryption",
+        ];
+        assert_eq!(TOP_LEVEL_KEYS.len(), fields.len());
+        for f in fields {
+            assert!(TOP_LEVEL_KEYS.contains(&f), "{f}");
+        }
     }
 
     #[test]

@@ -186,6 +186,10 @@ enum StoreCommand {
         /// The coordinator's configuration file.
         #[arg(long, short, env = "FEDSEC_CONFIG")]
         config: PathBuf,
+        /// Also seal the objects stored in the clear (to turn encryption on for a store that
+        /// ran without it); without it they are refused.
+        #[arg(long)]
+        seal_plaintext: bool,
     },
 }
 
@@ -405,11 +409,11 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("key-encryption key {id} written to {}", out.display());
             Ok(())
         }
-        Command::Store { command: StoreCommand::Rewrap { config } } => {
+        Command::Store { command: StoreCommand::Rewrap { config, seal_plaintext } } => {
             let config = CoordinatorConfig::load(&config, std::env::vars(), &[])
                 .map_err(|e| e.to_string())?;
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            let (moved, kept) = runtime.block_on(offline::rewrap(&config))?;
+            let (moved, kept) = runtime.block_on(offline::rewrap(&config, seal_plaintext))?;
             println!("{moved} objects re-wrapped under the current key, {kept} already under it");
             Ok(())
         }

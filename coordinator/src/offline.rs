@@ -16,15 +16,29 @@ use crate::store::CheckpointStore;
 /// refuses to overwrite a file. Returns the key's id.
 pub fn keygen(out: &Path) -> Result<String, String> {
     let kek = Kek::generate();
+    let err = |e: std::io::Error| format!("{}: {e}", out.display());
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut file = owner_only_new(out).map_err(err)?;
+    let written = std::io::Write::write_all(&mut file, kek.to_hex().as_bytes())
+        .and_then(|()| std::io::Write::write_all(&mut file, b"\n"))
+        .and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        // No half-written key file left behind for the next try to trip on.
+        let _ = std::fs::remove_file(out);
+        return Err(err(e));
+    }
+    Ok(kek.id())
+}
+
+/// A new file (never an existing one) that only its owner may read.
+fn owner_only_new(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    std::io::Write::write_all(&mut file, format!("{}\n", kek.to_hex().as_str()).as_bytes())
-        .map_err(|e| format!("{}: {e}", out.display()))?;
-    file.sync_all().map_err(|e| format!("{}: {e}", out.display()))?;
-    Ok(kek.id())
+    options.open(path)
 }
 
 /// The store the configuration names, with its keys.
@@ -40,12 +54,17 @@ fn store(config: &CoordinatorConfig) -> Result<CheckpointStore, String> {
 
 /// Re-wraps every object of the store under the current key-encryption key, with the
 /// coordinator stopped (its data-directory lock is taken): `(re-wrapped, already current)`.
-pub async fn rewrap(config: &CoordinatorConfig) -> Result<(usize, usize), String> {
+/// With `seal_plaintext`, objects in the clear are sealed (turning encryption on for a store
+/// that ran without it); without it they are refused.
+pub async fn rewrap(
+    config: &CoordinatorConfig,
+    seal_plaintext: bool,
+) -> Result<(usize, usize), String> {
     if config.encryption.is_none() {
         return Err("rewrap needs an [encryption] section: the key to wrap under".into());
     }
     let _lock = DataLock::acquire(&lock_path(&config.audit_log)).map_err(|e| e.to_string())?;
-    store(config)?.rewrap().await.map_err(|e| e.to_string())
+    store(config)?.rewrap(seal_plaintext).await.map_err(|e| e.to_string())
 }
 
 /// Checkpoint `version` of `task` (the configured task if `None`), decrypted and verified
@@ -70,6 +89,8 @@ pub async fn export(
         .get_verified(task, version, &key.verifying_key())
         .await
         .map_err(|e| e.to_string())?;
-    std::fs::write(out, &bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+    // The plaintext model: a new file, readable by its owner only.
+    let mut file = owner_only_new(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::io::Write::write_all(&mut file, &bytes).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(())
 }

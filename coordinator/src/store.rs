@@ -152,8 +152,10 @@ impl CheckpointStore {
     }
 
     /// Re-wraps every object of the store under the current key-encryption key (after a
-    /// rotation): returns how many were re-wrapped and how many were already under it.
-    pub async fn rewrap(&self) -> Result<(usize, usize), StoreError> {
+    /// rotation): returns how many were re-wrapped (or sealed) and how many were already under
+    /// it. An object in the clear is refused, or sealed with `seal_plaintext` (to turn
+    /// encryption on for a store that has run without it).
+    pub async fn rewrap(&self, seal_plaintext: bool) -> Result<(usize, usize), StoreError> {
         let Some(keys) = &self.keys else {
             return Err(StoreError::NoKey { path: Path::from("tasks") });
         };
@@ -174,7 +176,11 @@ impl CheckpointStore {
             }
             let (purpose, version) = object_kind(&path);
             let object = Object { purpose, name: path.as_ref(), version };
-            let rewrapped = keys.rewrap(&object, &stored)?;
+            let rewrapped = if seal_plaintext && !KeyRing::is_sealed(&stored) {
+                keys.seal(&object, &stored)
+            } else {
+                keys.rewrap(&object, &stored)?
+            };
             self.store
                 .put(&path, PutPayload::from(rewrapped))
                 .await
@@ -931,12 +937,22 @@ mod tests {
         let rotated =
             plain.clone().with_keys(Arc::new(KeyRing::new(new, vec![Kek::new(previous)])));
         assert_eq!(rotated.get(TASK, 1).await.unwrap(), checkpoint(1));
-        assert_eq!(rotated.rewrap().await.unwrap(), (6, 0));
-        assert_eq!(rotated.rewrap().await.unwrap(), (0, 6));
+        assert_eq!(rotated.rewrap(false).await.unwrap(), (6, 0));
+        assert_eq!(rotated.rewrap(false).await.unwrap(), (0, 6));
         let mut only = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(new_hex.as_str(), only.as_mut()).unwrap();
         let new_only = plain.with_keys(Arc::new(KeyRing::new(Kek::new(only), vec![])));
         assert_eq!(new_only.get(TASK, 2).await.unwrap(), checkpoint(2));
+        // A plaintext object is refused by a rewrap, and sealed by one told to.
+        overwrite(
+            &new_only,
+            &contributors_path(TASK),
+            b"{\"checkpoint\":\"\",\"clients\":[]}".to_vec(),
+        )
+        .await;
+        assert!(matches!(new_only.rewrap(false).await, Err(StoreError::Sealed(_))));
+        assert_eq!(new_only.rewrap(true).await.unwrap(), (1, 5));
+        assert!(KeyRing::is_sealed(&new_only.read_raw(&contributors_path(TASK)).await.unwrap()));
     }
 
     fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

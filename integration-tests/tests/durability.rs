@@ -232,8 +232,10 @@ fn a_coordinator_killed_in_the_middle_of_an_attempt_resumes_the_same_attempt() {
 /// (killed after phase 0 was saved: no client has spent its upload yet).
 #[test]
 fn a_missing_or_changed_saved_state_aborts_the_attempt_and_a_new_one_completes() {
-    for damage in ["missing", "changed"] {
-        let mut fed = Federation::start(Options { rounds: 1, ..Options::default() });
+    // "changed, encrypted": the store encrypts at rest, and the sealed state does not open.
+    for damage in ["missing", "changed", "changed, encrypted"] {
+        let encryption = damage.ends_with("encrypted");
+        let mut fed = Federation::start(Options { rounds: 1, encryption, ..Options::default() });
         for i in 1..=10 {
             fed.spawn_client(i, &["--test-latency-ms", "1500"]);
         }
@@ -258,7 +260,8 @@ fn a_missing_or_changed_saved_state_aborts_the_attempt_and_a_new_one_completes()
         assert_eq!(aborted[0]["detail"]["attempt"], attempt.as_str());
         match damage {
             "missing" => assert!(reason.contains("is missing"), "{reason}"),
-            _ => assert!(reason.contains("authentication tag does not verify"), "{reason}"),
+            "changed" => assert!(reason.contains("authentication tag does not verify"), "{reason}"),
+            _ => assert!(reason.contains("does not open"), "{reason}"),
         }
         assert!(fed.audit_entries("attempt_resumed").is_empty());
         let completed = fed.audit_entries("round_completed");
@@ -555,7 +558,12 @@ fn an_encrypted_store_holds_no_plaintext_and_rotates_its_key() {
         ),
     )
     .unwrap();
-    assert!(export(&out).status.success(), "the old objects still read");
+    assert!(
+        export(&fed.path("old-key.safetensors")).status.success(),
+        "the old objects still read"
+    );
+    // Export never writes over a file.
+    assert!(!export(&out).status.success());
     let moved = rewrap();
     assert!(moved.status.success(), "{}", String::from_utf8_lossy(&moved.stderr));
     assert!(

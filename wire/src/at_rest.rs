@@ -20,8 +20,8 @@
 //! ```
 //!
 //! Associated data of both: `fedsec/v1/at-rest` ‖ the part (`data-key` or `object`) ‖ the KEK
-//! id (zeros for the object, whose key a re-wrap moves) ‖ purpose, name (each length-prefixed)
-//! ‖ version (u64, big-endian).
+//! id (zeros for the object, whose key a re-wrap moves) ‖ purpose ‖ name, each of these four
+//! prefixed by its length (u32, big-endian) ‖ version (u64, big-endian).
 //!
 //! Key rotation: a [`KeyRing`] seals under its current KEK and opens under the current one or
 //! any previous one (found by id); [`KeyRing::rewrap`] re-wraps an object's data key under the
@@ -173,8 +173,15 @@ impl KeySource {
     /// Parses `file:PATH`, `env:NAME` or `command:PROGRAM ARGS…`; a relative file path is
     /// taken relative to `base`.
     pub fn parse(spec: &str, base: &Path) -> Result<KeySource, AtRestError> {
+        // Never the spec itself: a key pasted in its place would land in a log.
+        let shown = match spec.split_once(':') {
+            Some((scheme, _)) if ["file", "env", "command"].contains(&scheme) => {
+                format!("{scheme}:…")
+            }
+            _ => format!("a key source of {} characters", spec.chars().count()),
+        };
         let bad = |problem: &str| AtRestError::Key {
-            source_name: spec.to_owned(),
+            source_name: shown.clone(),
             problem: problem.to_owned(),
         };
         match spec.split_once(':') {
@@ -204,14 +211,19 @@ impl KeySource {
         let fail = |problem: String| AtRestError::Key { source_name: self.name(), problem };
         let text: Zeroizing<Vec<u8>> = match self {
             KeySource::File(path) => {
-                check_owner_only(path).map_err(fail)?;
-                let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-                if bytes.len() == 32 {
+                // Opened once: the permissions checked are those of the file read.
+                use std::io::Read;
+                let mut file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+                let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+                check_owner_only(&meta).map_err(fail)?;
+                let mut bytes = Zeroizing::new(Vec::with_capacity(128));
+                file.by_ref().take(128).read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
+                if bytes.len() == 32 && !bytes.iter().all(u8::is_ascii_hexdigit) {
                     let mut key = Zeroizing::new([0u8; 32]);
                     key.copy_from_slice(&bytes);
                     return Ok(Kek::new(key));
                 }
-                Zeroizing::new(bytes)
+                bytes
             }
             KeySource::Env(name) => Zeroizing::new(
                 std::env::var(name)
@@ -225,10 +237,11 @@ impl KeySource {
                     .stderr(std::process::Stdio::inherit())
                     .output()
                     .map_err(|e| fail(format!("cannot run: {e}")))?;
+                let stdout = Zeroizing::new(out.stdout);
                 if !out.status.success() {
                     return Err(fail(format!("exited with {}", out.status)));
                 }
-                Zeroizing::new(out.stdout)
+                stdout
             }
         };
         let hex_text =
@@ -242,9 +255,9 @@ impl KeySource {
 
 /// Refuses a key file that its group or others may read or write.
 #[cfg(unix)]
-fn check_owner_only(path: &Path) -> Result<(), String> {
+fn check_owner_only(meta: &std::fs::Metadata) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).map_err(|e| e.to_string())?.permissions().mode();
+    let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(format!(
             "its mode is {:o}: a key file must be readable by its owner only (chmod 600)",
@@ -255,7 +268,7 @@ fn check_owner_only(path: &Path) -> Result<(), String> {
 }
 
 #[cfg(not(unix))]
-fn check_owner_only(_path: &Path) -> Result<(), String> {
+fn check_owner_only(_meta: &std::fs::Metadata) -> Result<(), String> {
     Ok(())
 }
 
@@ -423,7 +436,7 @@ impl<'a> Parts<'a> {
 }
 
 fn cipher_of(key: &[u8; 32]) -> Aes256Gcm {
-    Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key))
+    Aes256Gcm::new(<&Key<Aes256Gcm>>::from(key))
 }
 
 fn nonce(bytes: &[u8]) -> Nonce<aes_gcm::aead::consts::U12> {
@@ -576,5 +589,18 @@ mod tests {
         let short = KeySource::parse("command:echo abcd", dir.path()).unwrap().load().unwrap_err();
         assert!(short.to_string().contains("64 hex digits"), "{short}");
         assert!(KeySource::parse("vault:x", dir.path()).is_err());
+        // A key pasted where its source belongs is never echoed.
+        let pasted = kek.to_hex();
+        let e = KeySource::parse(pasted.as_str(), dir.path()).unwrap_err().to_string();
+        assert!(!e.contains(&pasted[..16]), "{e}");
+        // 32 hex characters are a mistaken 128-bit key, not 32 raw bytes: refused.
+        let short_hex = dir.path().join("short.kek");
+        std::fs::write(&short_hex, &pasted[..32]).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&short_hex, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        assert!(KeySource::File(short_hex).load().is_err());
     }
 }

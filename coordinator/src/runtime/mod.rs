@@ -533,7 +533,19 @@ impl Coordinator {
         let internal = |e: crate::store::StoreError| Status::internal(e.to_string());
         let path = crate::store::CheckpointStore::attempt_state_path(id);
         let t = hex::encode(id.0);
-        let Some(sealed) = self.store.attempt_state(id).await.map_err(internal)? else {
+        let stored = match self.store.attempt_state(id).await {
+            Ok(stored) => stored.map(Ok),
+            // Encrypted, and it does not open (changed, cut, another object, not encrypted):
+            // refused like a changed state, the attempt aborts. A key the ring does not hold
+            // is the configuration's fault: the start stops.
+            Err(crate::store::StoreError::Sealed(e))
+                if !matches!(e, fedsec_wire::at_rest::AtRestError::UnknownKey { .. }) =>
+            {
+                Some(Err(e.to_string()))
+            }
+            Err(e) => return Err(internal(e)),
+        };
+        let Some(stored) = stored else {
             // An attempt the log says was running, with no saved state (lost, or deleted):
             // it cannot resume; say so.
             let (audit_path, task_hex) = (self.audit_path.clone(), t.clone());
@@ -568,8 +580,12 @@ impl Coordinator {
             }
             return Ok(());
         };
-        let saved = match saved::open(&self.signing, id, &sealed) {
-            Ok(saved) => saved,
+        let opened = stored.and_then(|sealed| match saved::open(&self.signing, id, &sealed) {
+            Ok(saved) => Ok((saved, sealed)),
+            Err(e) => Err(e.to_string()),
+        });
+        let (saved, sealed) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
                 tracing::error!(%path, error = %e, "the saved attempt cannot resume; a new attempt starts");
                 // The attempt the log says was running: the one the state was of, if authentic.
