@@ -605,6 +605,19 @@ state_dir = "state-{i:03}"
 
     /// The stored checkpoint `version`.
     pub fn checkpoint(&self, version: u64) -> Vec<u8> {
+        if self.opts.encryption {
+            // Sealed in the store: `checkpoint export` decrypts and verifies it.
+            let out = self.path(&format!("checkpoint-{version}.safetensors"));
+            let _ = std::fs::remove_file(&out);
+            run_ok(
+                Command::new(bin("fedsec-coordinator"))
+                    .args(["checkpoint", "export", "--version", &version.to_string(), "--config"])
+                    .arg(self.path("coordinator.toml"))
+                    .arg("--out")
+                    .arg(&out),
+            );
+            return std::fs::read(out).unwrap();
+        }
         std::fs::read(
             self.path(&format!("store/tasks/{TASK_ID}/checkpoints/{version:020}.safetensors")),
         )
