@@ -154,9 +154,7 @@ impl Client {
         let coordinator_key = load_coordinator_key(&config.coordinator_key)?;
         let state_file = StateFile::in_dir(&config.state_dir)?;
         let state_file = match &config.encryption {
-            Some(e) => {
-                state_file.with_keys(Arc::new(e.key_ring(Path::new("."))?), identity.id().to_hex())
-            }
+            Some(e) => state_file.with_keys(Arc::new(e.key_ring()?), identity.id().to_hex()),
             None => state_file,
         };
         let state = state_file.load()?;

@@ -49,32 +49,7 @@ pub struct ClientConfig {
     /// key-encryption key: `file:PATH`, `env:NAME` or `command:PROGRAM ARGS`) and `previous`
     /// keys still accepted for reading.
     #[serde(default)]
-    pub encryption: Option<EncryptionConfig>,
-}
-
-/// The key-encryption keys of the state file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EncryptionConfig {
-    /// The current KEK.
-    pub key: String,
-    /// Previous KEKs, still accepted for reading (the next save seals under the current one).
-    #[serde(default)]
-    pub previous: Vec<String>,
-}
-
-impl EncryptionConfig {
-    /// Loads the keys; a relative `file:` path is relative to `base`.
-    pub fn key_ring(
-        &self,
-        base: &Path,
-    ) -> Result<fedsec_wire::at_rest::KeyRing, fedsec_wire::at_rest::AtRestError> {
-        use fedsec_wire::at_rest::{KeyRing, KeySource};
-        let load = |spec: &str| KeySource::parse(spec, base).and_then(|s| s.load());
-        let current = load(&self.key)?;
-        let previous = self.previous.iter().map(|s| load(s)).collect::<Result<Vec<_>, _>>()?;
-        Ok(KeyRing::new(current, previous))
-    }
+    pub encryption: Option<fedsec_wire::at_rest::EncryptionConfig>,
 }
 
 fn default_server_name() -> String {
@@ -179,13 +154,7 @@ impl ClientConfig {
             }
         }
         if let Some(e) = &mut c.encryption {
-            for spec in std::iter::once(&mut e.key).chain(e.previous.iter_mut()) {
-                if let Some(p) = spec.strip_prefix("file:")
-                    && Path::new(p).is_relative()
-                {
-                    *spec = format!("file:{}", base.join(p).display());
-                }
-            }
+            e.resolve(base);
         }
         c.check()?;
         Ok(c)

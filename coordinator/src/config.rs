@@ -192,34 +192,7 @@ pub struct CoordinatorConfig {
     /// Encryption at rest of the checkpoint store (see [`fedsec_wire::at_rest`]); off when
     /// absent.
     #[serde(default)]
-    pub encryption: Option<EncryptionConfig>,
-}
-
-/// The key-encryption keys of the store: where each comes from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EncryptionConfig {
-    /// The current KEK: `file:PATH` (readable by its owner only), `env:NAME` or
-    /// `command:PROGRAM ARGS` (prints the key, 64 hex digits).
-    pub key: String,
-    /// Previous KEKs, still accepted for reading until `store rewrap` has moved every object
-    /// under the current one.
-    #[serde(default)]
-    pub previous: Vec<String>,
-}
-
-impl EncryptionConfig {
-    /// Loads the keys: the ring the store seals and opens with. A relative `file:` path is
-    /// relative to `base` (the configuration file's folder).
-    pub fn key_ring(&self, base: &Path) -> Result<fedsec_wire::at_rest::KeyRing, String> {
-        use fedsec_wire::at_rest::{KeyRing, KeySource};
-        let load = |spec: &str| {
-            KeySource::parse(spec, base).and_then(|s| s.load()).map_err(|e| e.to_string())
-        };
-        let current = load(&self.key)?;
-        let previous = self.previous.iter().map(|s| load(s)).collect::<Result<Vec<_>, _>>()?;
-        Ok(KeyRing::new(current, previous))
-    }
+    pub encryption: Option<fedsec_wire::at_rest::EncryptionConfig>,
 }
 
 fn default_disconnect_grace_ms() -> u64 {
@@ -472,14 +445,7 @@ impl CoordinatorConfig {
             resolve(&mut t.initial_model);
         }
         if let Some(e) = &mut c.encryption {
-            // `file:` paths relative to the configuration's folder, like every path.
-            for spec in std::iter::once(&mut e.key).chain(e.previous.iter_mut()) {
-                if let Some(p) = spec.strip_prefix("file:")
-                    && Path::new(p).is_relative()
-                {
-                    *spec = format!("file:{}", base.join(p).display());
-                }
-            }
+            e.resolve(base);
         }
         if !c.store.contains("://") && Path::new(&c.store).is_relative() {
             c.store = base.join(&c.store).display().to_string();

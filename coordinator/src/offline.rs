@@ -47,7 +47,7 @@ fn store(config: &CoordinatorConfig) -> Result<CheckpointStore, String> {
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{}: no store there", config.store))?;
     Ok(match &config.encryption {
-        Some(e) => store.with_keys(Arc::new(e.key_ring(Path::new("."))?)),
+        Some(e) => store.with_keys(Arc::new(e.key_ring().map_err(|e| e.to_string())?)),
         None => store,
     })
 }

@@ -202,7 +202,7 @@ pub async fn prepare(config: &CoordinatorConfig) -> Result<Ready, StartError> {
     };
     // Encryption at rest: the keys load before anything is read or written.
     let keys = match &config.encryption {
-        Some(e) => Some(Arc::new(e.key_ring(Path::new(".")).map_err(StartError::Encryption)?)),
+        Some(e) => Some(Arc::new(e.key_ring().map_err(|e| StartError::Encryption(e.to_string()))?)),
         None => None,
     };
     let with_keys = |store: CheckpointStore| match &keys {

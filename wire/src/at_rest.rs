@@ -272,6 +272,40 @@ fn check_owner_only(_meta: &std::fs::Metadata) -> Result<(), String> {
     Ok(())
 }
 
+/// The `[encryption]` section of a configuration file: where the current KEK comes from, and
+/// the previous ones still accepted for reading.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// The current KEK: `file:PATH`, `env:NAME` or `command:PROGRAM ARGS`.
+    pub key: String,
+    /// Previous KEKs, still accepted for reading until every object is under the current one.
+    #[serde(default)]
+    pub previous: Vec<String>,
+}
+
+impl EncryptionConfig {
+    /// Makes `file:` paths relative to `base` (the configuration file's folder), like every
+    /// path of a configuration.
+    pub fn resolve(&mut self, base: &Path) {
+        for spec in std::iter::once(&mut self.key).chain(self.previous.iter_mut()) {
+            if let Some(p) = spec.strip_prefix("file:")
+                && Path::new(p).is_relative()
+            {
+                *spec = format!("file:{}", base.join(p).display());
+            }
+        }
+    }
+
+    /// Loads the keys: the ring that seals and opens.
+    pub fn key_ring(&self) -> Result<KeyRing, AtRestError> {
+        let load = |spec: &str| KeySource::parse(spec, Path::new(".")).and_then(|s| s.load());
+        let current = load(&self.key)?;
+        let previous = self.previous.iter().map(|s| load(s)).collect::<Result<Vec<_>, _>>()?;
+        Ok(KeyRing::new(current, previous))
+    }
+}
+
 /// The current KEK and the previous ones still accepted for reading.
 #[derive(Debug)]
 pub struct KeyRing {
@@ -300,10 +334,28 @@ impl KeyRing {
         let mut rng = fedsec_crypto::rng::os_rng();
         let mut dek = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(dek.as_mut());
-        let mut wrap_nonce = [0u8; NONCE_LEN];
-        rng.fill_bytes(&mut wrap_nonce);
         let mut data_nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut data_nonce);
+        let ciphertext = cipher_of(&dek)
+            .encrypt(
+                &nonce(&data_nonce),
+                Payload { msg: plaintext, aad: &aad(b"object", &[0; ID_LEN], object) },
+            )
+            .expect("AES-GCM seals any object a store holds");
+        self.wrap(object, &dek, &data_nonce, &ciphertext)
+    }
+
+    /// The sealed object: `dek` wrapped under the current KEK, then the data nonce and the
+    /// ciphertext.
+    fn wrap(
+        &self,
+        object: &Object<'_>,
+        dek: &[u8; 32],
+        data_nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Vec<u8> {
+        let mut wrap_nonce = [0u8; NONCE_LEN];
+        fedsec_crypto::rng::os_rng().fill_bytes(&mut wrap_nonce);
         let id = self.current.id;
         let wrapped = self
             .current
@@ -313,19 +365,13 @@ impl KeyRing {
                 Payload { msg: dek.as_ref(), aad: &aad(b"data-key", &id, object) },
             )
             .expect("AES-GCM seals 32 bytes");
-        let ciphertext = cipher_of(&dek)
-            .encrypt(
-                &nonce(&data_nonce),
-                Payload { msg: plaintext, aad: &aad(b"object", &[0; ID_LEN], object) },
-            )
-            .expect("AES-GCM seals any object a store holds");
-        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+        let mut out = Vec::with_capacity(OVERHEAD - TAG_LEN + ciphertext.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&id);
         out.extend_from_slice(&wrap_nonce);
         out.extend_from_slice(&wrapped);
-        out.extend_from_slice(&data_nonce);
-        out.extend_from_slice(&ciphertext);
+        out.extend_from_slice(data_nonce);
+        out.extend_from_slice(ciphertext);
         out
     }
 
@@ -350,25 +396,7 @@ impl KeyRing {
             return Ok(sealed.to_vec());
         }
         let (dek, _) = self.unwrap(object, &parts)?;
-        let mut wrap_nonce = [0u8; NONCE_LEN];
-        fedsec_crypto::rng::os_rng().fill_bytes(&mut wrap_nonce);
-        let id = self.current.id;
-        let wrapped = self
-            .current
-            .cipher()
-            .encrypt(
-                &nonce(&wrap_nonce),
-                Payload { msg: dek.as_ref(), aad: &aad(b"data-key", &id, object) },
-            )
-            .expect("AES-GCM seals 32 bytes");
-        let mut out = Vec::with_capacity(sealed.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&id);
-        out.extend_from_slice(&wrap_nonce);
-        out.extend_from_slice(&wrapped);
-        out.extend_from_slice(parts.data_nonce);
-        out.extend_from_slice(parts.ciphertext);
-        Ok(out)
+        Ok(self.wrap(object, &dek, parts.data_nonce, parts.ciphertext))
     }
 
     /// The data key of `parts`, and the id of the KEK that wrapped it.
